@@ -1,0 +1,102 @@
+//! Test-only filter: misbehaves when the request header `x-fault` asks it to, so
+//! the end-to-end tests can check that the host contains each failure to the one
+//! request. Not a first-party filter.
+//!
+//! `x-fault` values: `trap` (panic), `loop` (spin forever), `alloc` (allocate
+//! without bound), `recurse` (overflow the stack), `sandbox` (try the file system,
+//! the environment and the network, print to stdout/stderr, and answer 200 with
+//! what happened), `init` in the config's `fail_init` rejects the config.
+//! Anything else: proceed and mark the request with `x-fault-seen: <tag>`.
+
+use serde::Deserialize;
+use wasmgate_sdk::{
+    export_filter, log, parse_config, Filter, FilterInfo, OnRequest, Request, RequestEdits,
+    Response,
+};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    fail_init: bool,
+}
+
+struct Fault {
+    tag: String,
+}
+
+#[inline(never)]
+#[expect(unconditional_recursion, reason = "overflowing the stack is the point")]
+fn recurse(depth: u64, sink: &mut [u64; 64]) -> u64 {
+    sink[(depth % 64) as usize] = depth;
+    let mut local = [depth; 64];
+    local[0] = recurse(depth + 1, &mut local);
+    std::hint::black_box(local[0] + sink[0])
+}
+
+fn sandbox_report() -> String {
+    println!("fault filter: hello on stdout");
+    eprintln!("fault filter: hello on stderr");
+    let file = std::fs::read("/etc/passwd").is_ok();
+    let dir = std::fs::read_dir("/").is_ok() || std::fs::read_dir(".").is_ok();
+    let write = std::fs::write("escape.txt", b"x").is_ok();
+    let env = std::env::vars().count();
+    let args = std::env::args().count();
+    let tcp = std::net::TcpStream::connect("127.0.0.1:80").is_ok();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").is_ok();
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() > 1_600_000_000)
+        .unwrap_or(false);
+    let mut random = std::collections::hash_map::RandomState::new();
+    let _ = &mut random;
+    format!(
+        r#"{{"file_read":{file},"dir_read":{dir},"file_write":{write},"env_vars":{env},"args":{args},"tcp_connect":{tcp},"udp_bind":{udp},"clock_ok":{clock}}}"#
+    )
+}
+
+impl Filter for Fault {
+    fn new(config: &str) -> Result<Self, String> {
+        let config: Config = parse_config(config)?;
+        if config.fail_init {
+            return Err("fault filter: init failure requested by config".into());
+        }
+        Ok(Fault { tag: config.tag.unwrap_or_else(|| "fault".into()) })
+    }
+
+    fn info(&self) -> FilterInfo {
+        FilterInfo::new().request_headers(["x-fault"])
+    }
+
+    fn on_request(&self, req: &Request) -> OnRequest {
+        match req.header("x-fault") {
+            Some("trap") => panic!("fault filter: trap requested"),
+            Some("loop") => loop {
+                std::hint::black_box(0u64);
+            },
+            Some("alloc") => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    let mut chunk = vec![0u8; 1 << 20];
+                    chunk[0] = 1;
+                    hoard.push(std::hint::black_box(chunk));
+                }
+            }
+            Some("recurse") => {
+                let mut sink = [0u64; 64];
+                let n = recurse(0, &mut sink);
+                OnRequest::respond(Response::new(200).text(format!("{n}")))
+            }
+            Some("sandbox") => OnRequest::respond(Response::new(200).json(sandbox_report())),
+            Some("log") => {
+                log::warn("fault filter: a warning through the log import");
+                OnRequest::proceed()
+            }
+            _ => OnRequest::proceed_with(RequestEdits::default().set_header("x-fault-seen", &self.tag)),
+        }
+    }
+}
+
+export_filter!(Fault);

@@ -1,0 +1,554 @@
+//! The gateway configuration: TOML parsed into raw serde structs (unknown keys
+//! rejected), then validated into the typed [`Config`] the runtime uses.
+//!
+//! Every problem is reported with the key path that caused it, e.g.
+//! `routes[1].cluster: unknown cluster "serch" (defined: cart, search)`, and
+//! validation reports all problems it finds, not just the first. The schema is
+//! documented in `docs/config.md`.
+//!
+//! Loading filters (reading and compiling the `.wasm` files, running each
+//! route's `init`) is the filter engine's job, so those errors come from
+//! [`crate::gateway`]; they use the same [`ConfigError`] shape.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One problem in a config, with the key path that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `routes[0].filters[1].name`; empty for the file.
+    pub path: String,
+    /// What is wrong, in words a user can act on.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    /// The file the errors are about (or `<inline>`).
+    pub source: String,
+    /// At least one error.
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(f, "{}: {} error{} in config", self.source, n, if n == 1 { "" } else { "s" })?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// ---------------------------------------------------------------------------
+// Human-friendly value types.
+
+/// A duration written as `"50ms"`, `"5s"`, `"1m 30s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(HumanDuration).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"50ms\" or \"5s\""))
+        })
+    }
+}
+
+/// A size written as `"64MiB"`, `"512KiB"`, `"1GB"` or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanSize(pub u64);
+
+impl<'de> Deserialize<'de> for HumanSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(HumanSize(n)),
+            Raw::Text(s) => s.trim().parse::<bytesize::ByteSize>().map(|b| HumanSize(b.as_u64())).map_err(|e| {
+                serde::de::Error::custom(format!("invalid size {s:?} ({e}); write e.g. \"64MiB\""))
+            }),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw (as written) config.
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    engine: RawEngine,
+    #[serde(default)]
+    filters: BTreeMap<String, RawFilter>,
+    #[serde(default)]
+    clusters: BTreeMap<String, RawCluster>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEngine {
+    max_instances: Option<u32>,
+    max_memory: Option<HumanSize>,
+    epoch_tick: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    path: String,
+    memory_limit: Option<HumanSize>,
+    cpu_limit: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    endpoints: Vec<String>,
+    connect_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    path: Option<String>,
+    path_prefix: Option<String>,
+    #[serde(default)]
+    methods: Vec<String>,
+    cluster: String,
+    #[serde(default)]
+    filters: Vec<RawRouteFilter>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouteFilter {
+    name: String,
+    #[serde(default)]
+    config: Option<toml::Table>,
+}
+
+// ---------------------------------------------------------------------------
+// Validated config.
+
+/// Default listen address of the proxy.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default number of filter instances that may exist at once (pooling slots).
+pub const DEFAULT_MAX_INSTANCES: u32 = 256;
+/// Default upper bound of any filter's memory (the pooling slot size).
+pub const DEFAULT_MAX_MEMORY: u64 = 256 << 20;
+/// Default interval of the epoch ticker that enforces CPU budgets.
+pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Default memory limit of one filter instance.
+pub const DEFAULT_FILTER_MEMORY: u64 = 64 << 20;
+/// Default CPU budget of one filter call.
+pub const DEFAULT_FILTER_CPU: Duration = Duration::from_millis(50);
+/// Default upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from, for messages.
+    pub source: String,
+    /// The proxy listener.
+    pub server: ServerConfig,
+    /// The filter engine.
+    pub engine: EngineConfig,
+    /// Filter modules by name.
+    pub filters: BTreeMap<String, FilterConfig>,
+    /// Upstream clusters by name.
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    /// Routes in config order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address the proxy listens on.
+    pub listen: SocketAddr,
+}
+
+/// `[engine]`: settings of the one wasmtime engine all filters share.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Filter instances that can exist at once; more concurrent calls fail fast.
+    pub max_instances: u32,
+    /// The largest memory any filter may be given (pooling slot size).
+    pub max_memory: u64,
+    /// Epoch ticker interval: the granularity of CPU budgets.
+    pub epoch_tick: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_instances: DEFAULT_MAX_INSTANCES,
+            max_memory: DEFAULT_MAX_MEMORY,
+            epoch_tick: DEFAULT_EPOCH_TICK,
+        }
+    }
+}
+
+/// `[filters.NAME]`: a filter module and its limits.
+#[derive(Debug, Clone)]
+pub struct FilterConfig {
+    /// The module file, resolved against the config file's folder.
+    pub path: PathBuf,
+    /// Linear memory one instance may grow to.
+    pub memory_limit: u64,
+    /// CPU time one call (`init`, `on-request`, `on-response`) may take.
+    pub cpu_limit: Duration,
+}
+
+/// `[clusters.NAME]`: a group of upstream endpoints.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `host:port` of each endpoint, in config order.
+    pub endpoints: Vec<http::uri::Authority>,
+    /// Time allowed to open a connection to one endpoint.
+    pub connect_timeout: Duration,
+}
+
+/// How a route matches the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The whole path equals this.
+    Exact(String),
+    /// The path starts with these whole segments (`/api` matches `/api` and
+    /// `/api/x`, not `/apix`). Stored without a trailing slash; `/` is empty.
+    Prefix(String),
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Unique name, used in logs, metrics and filter metadata.
+    pub name: String,
+    /// Host patterns (lower-case; `*.example.com` wildcards); empty = any host.
+    pub hosts: Vec<String>,
+    /// Path match.
+    pub path: PathMatch,
+    /// Methods (upper-case); empty = any method.
+    pub methods: Vec<http::Method>,
+    /// The cluster requests go to.
+    pub cluster: String,
+    /// The filter chain, in request order.
+    pub filters: Vec<RouteFilter>,
+    /// Position in the config, which breaks ties between equal matches.
+    pub order: usize,
+}
+
+/// One filter in a route's chain.
+#[derive(Debug, Clone)]
+pub struct RouteFilter {
+    /// Name of a `[filters.NAME]` entry.
+    pub name: String,
+    /// The route's config for it, as the JSON text handed to `init`.
+    pub config_json: String,
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative filter paths are resolved
+    /// against the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            source: source.clone(),
+            errors: vec![ConfigError::new("", format!("cannot read the config file: {e}"))],
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse(&text, &source, &base)
+    }
+
+    /// Parses and validates config text. `base` is the folder relative filter
+    /// paths are resolved against.
+    pub fn parse(text: &str, source: &str, base: &Path) -> Result<Config, ConfigErrors> {
+        let fail = |errors| ConfigErrors { source: source.to_owned(), errors };
+        let raw = parse_raw(text).map_err(|e| fail(vec![e]))?;
+        validate(raw, source, base).map_err(fail)
+    }
+}
+
+fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_error("", &e, text))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        toml_error(&path, e.inner(), text)
+    })
+}
+
+fn toml_error(path: &str, e: &toml::de::Error, text: &str) -> ConfigError {
+    let location = e
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" (line {line}, column {column})")
+        })
+        .unwrap_or_default();
+    ConfigError::new(path, format!("{}{location}", e.message().trim_end()))
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+
+    let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|e| {
+        errors.push(ConfigError::new(
+            "server.listen",
+            format!("{listen_text:?} is not an address ({e}); write e.g. \"127.0.0.1:8080\""),
+        ));
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    });
+
+    let mut engine = EngineConfig::default();
+    if let Some(n) = raw.engine.max_instances {
+        if n == 0 || n > 100_000 {
+            errors.push(ConfigError::new("engine.max_instances", format!("must be between 1 and 100000, got {n}")));
+        } else {
+            engine.max_instances = n;
+        }
+    }
+    if let Some(HumanSize(n)) = raw.engine.max_memory {
+        if !(64 << 10..=4 << 30).contains(&n) {
+            errors.push(ConfigError::new("engine.max_memory", format!("must be between 64KiB and 4GiB, got {n} bytes")));
+        } else {
+            engine.max_memory = n;
+        }
+    }
+    if let Some(HumanDuration(d)) = raw.engine.epoch_tick {
+        if d < Duration::from_millis(1) || d > Duration::from_secs(1) {
+            errors.push(ConfigError::new("engine.epoch_tick", "must be between 1ms and 1s"));
+        } else {
+            engine.epoch_tick = d;
+        }
+    }
+
+    let mut filters = BTreeMap::new();
+    for (name, f) in raw.filters {
+        let key = format!("filters.{name}");
+        if !is_valid_name(&name) {
+            errors.push(ConfigError::new(&key, "filter names use letters, digits, '-', '_' and '.' (at most 64)"));
+        }
+        let memory_limit = f.memory_limit.map_or(DEFAULT_FILTER_MEMORY.min(engine.max_memory), |s| s.0);
+        if memory_limit < 64 << 10 {
+            errors.push(ConfigError::new(format!("{key}.memory_limit"), "must be at least 64KiB (one WebAssembly page)"));
+        } else if memory_limit > engine.max_memory {
+            errors.push(ConfigError::new(
+                format!("{key}.memory_limit"),
+                format!("{memory_limit} bytes is more than engine.max_memory ({} bytes)", engine.max_memory),
+            ));
+        }
+        let cpu_limit = f.cpu_limit.map_or(DEFAULT_FILTER_CPU, |d| d.0);
+        if cpu_limit < engine.epoch_tick {
+            errors.push(ConfigError::new(
+                format!("{key}.cpu_limit"),
+                format!("must be at least engine.epoch_tick ({:?})", engine.epoch_tick),
+            ));
+        }
+        if f.path.trim().is_empty() {
+            errors.push(ConfigError::new(format!("{key}.path"), "must name a .wasm file"));
+        }
+        let path = base.join(&f.path);
+        filters.insert(name, FilterConfig { path, memory_limit, cpu_limit });
+    }
+
+    let mut clusters = BTreeMap::new();
+    for (name, c) in raw.clusters {
+        let key = format!("clusters.{name}");
+        if !is_valid_name(&name) {
+            errors.push(ConfigError::new(&key, "cluster names use letters, digits, '-', '_' and '.' (at most 64)"));
+        }
+        if c.endpoints.is_empty() {
+            errors.push(ConfigError::new(format!("{key}.endpoints"), "must list at least one \"host:port\""));
+        }
+        let mut endpoints = Vec::new();
+        for (i, e) in c.endpoints.iter().enumerate() {
+            match parse_endpoint(e) {
+                Ok(a) => endpoints.push(a),
+                Err(m) => errors.push(ConfigError::new(format!("{key}.endpoints[{i}]"), m)),
+            }
+        }
+        let connect_timeout = c.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0);
+        clusters.insert(name, ClusterConfig { endpoints, connect_timeout });
+    }
+
+    let mut routes = Vec::new();
+    let mut names = HashSet::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let key = format!("routes[{i}]");
+        if !is_valid_name(&r.name) {
+            errors.push(ConfigError::new(
+                format!("{key}.name"),
+                format!("{:?}: route names use letters, digits, '-', '_' and '.' (at most 64)", r.name),
+            ));
+        } else if !names.insert(r.name.clone()) {
+            errors.push(ConfigError::new(format!("{key}.name"), format!("duplicate route name {:?}", r.name)));
+        }
+        let mut hosts = Vec::new();
+        for (j, h) in r.hosts.iter().enumerate() {
+            match parse_host_pattern(h) {
+                Ok(h) => hosts.push(h),
+                Err(m) => errors.push(ConfigError::new(format!("{key}.hosts[{j}]"), m)),
+            }
+        }
+        let path = match (r.path, r.path_prefix) {
+            (Some(_), Some(_)) => {
+                errors.push(ConfigError::new(&key, "give either `path` (exact) or `path_prefix`, not both"));
+                PathMatch::Prefix(String::new())
+            }
+            (Some(p), None) => {
+                if let Err(m) = check_path(&p) {
+                    errors.push(ConfigError::new(format!("{key}.path"), m));
+                }
+                PathMatch::Exact(p)
+            }
+            (None, Some(p)) => {
+                if let Err(m) = check_path(&p) {
+                    errors.push(ConfigError::new(format!("{key}.path_prefix"), m));
+                }
+                PathMatch::Prefix(p.trim_end_matches('/').to_owned())
+            }
+            (None, None) => PathMatch::Prefix(String::new()),
+        };
+        let mut methods = Vec::new();
+        for (j, m) in r.methods.iter().enumerate() {
+            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) if !methods.contains(&m) => methods.push(m),
+                Ok(_) => errors.push(ConfigError::new(format!("{key}.methods[{j}]"), format!("{m:?} is listed twice"))),
+                Err(_) => errors.push(ConfigError::new(format!("{key}.methods[{j}]"), format!("{m:?} is not an HTTP method"))),
+            }
+        }
+        if !clusters.contains_key(&r.cluster) {
+            errors.push(ConfigError::new(
+                format!("{key}.cluster"),
+                format!("unknown cluster {:?} (defined: {})", r.cluster, list(clusters.keys())),
+            ));
+        }
+        let mut chain = Vec::new();
+        for (j, f) in r.filters.into_iter().enumerate() {
+            if !filters.contains_key(&f.name) {
+                errors.push(ConfigError::new(
+                    format!("{key}.filters[{j}].name"),
+                    format!("unknown filter {:?} (defined: {})", f.name, list(filters.keys())),
+                ));
+            }
+            let config_json = match f.config {
+                Some(table) => serde_json::to_string(&table).unwrap_or_else(|e| {
+                    errors.push(ConfigError::new(format!("{key}.filters[{j}].config"), format!("cannot be converted to JSON: {e}")));
+                    "{}".into()
+                }),
+                None => "{}".into(),
+            };
+            chain.push(RouteFilter { name: f.name, config_json });
+        }
+        routes.push(RouteConfig { name: r.name, hosts, path, methods, cluster: r.cluster, filters: chain, order: i });
+    }
+    if routes.is_empty() {
+        errors.push(ConfigError::new("routes", "no routes: add at least one [[routes]] entry"));
+    }
+
+    if errors.is_empty() {
+        Ok(Config { source: source.to_owned(), server: ServerConfig { listen }, engine, filters, clusters, routes })
+    } else {
+        Err(errors)
+    }
+}
+
+fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = names.map(String::as_str).collect();
+    if v.is_empty() { "none".into() } else { v.join(", ") }
+}
+
+fn parse_endpoint(e: &str) -> Result<http::uri::Authority, String> {
+    let a: http::uri::Authority =
+        e.parse().map_err(|_| format!("{e:?} is not \"host:port\""))?;
+    if a.as_str().contains('@') {
+        return Err(format!("{e:?}: user info is not allowed in an endpoint"));
+    }
+    if a.port_u16().is_none() {
+        return Err(format!("{e:?} has no port; write \"host:port\""));
+    }
+    if a.host().is_empty() {
+        return Err(format!("{e:?} has no host"));
+    }
+    Ok(a)
+}
+
+fn parse_host_pattern(h: &str) -> Result<String, String> {
+    let lower = h.to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !valid {
+        return Err(format!("{h:?} is not a host name or a \"*.domain\" wildcard"));
+    }
+    Ok(lower)
+}
+
+fn check_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} must start with '/'"));
+    }
+    if p.contains(['?', '#']) || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(format!("{p:?} must be a plain path (no query, fragment, spaces or control characters)"));
+    }
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! The filter engine: the only part of the host that touches wasmtime.
+//!
+//! - [`FilterEngine`] owns the one `wasmtime::Engine` (component model, pooling
+//!   allocator, epoch interruption), the `Linker` with WASI and the host imports,
+//!   and the epoch ticker thread that enforces CPU budgets.
+//! - [`FilterModule`] is a compiled, pre-linked component (`InstancePre`): a
+//!   filter is compiled once at load, never per request.
+//! - [`FilterInstance`] is one instance in its own `Store`, with a memory cap and
+//!   a per-call CPU deadline. A trap, a blown CPU budget or the memory cap fails
+//!   the call with a [`FilterFailure`]; the instance is then dropped.
+//!
+//! This issue's engine instantiates a fresh instance for each call; pooling
+//! plugs in behind [`FilterModule::instantiate`].
+
+mod bindings;
+mod host;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+pub use bindings::wit;
+use bindings::{Plugin, PluginPre};
+pub use host::CallSite;
+use host::HostState;
+
+use crate::config::EngineConfig;
+
+/// Why a filter module could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not WebAssembly, a core module, or an invalid component.
+    #[error("{path}: {reason}")]
+    NotAComponent {
+        /// The file.
+        path: String,
+        /// What it is instead.
+        reason: String,
+    },
+    /// A valid component that does not fit the host: wrong exports or imports
+    /// the host does not provide.
+    #[error("{path}: does not implement the wasmgate:filter@0.1 contract: {reason}")]
+    Contract {
+        /// The file.
+        path: String,
+        /// What is missing or mismatched.
+        reason: String,
+    },
+}
+
+/// How a filter call failed. Each one fails only the request it served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FilterFailure {
+    /// The guest trapped (panic, unreachable, stack overflow, ...).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The call ran past its CPU budget and was interrupted.
+    #[error("exceeded its CPU budget of {0:?}")]
+    CpuBudget(Duration),
+    /// The instance tried to grow its memory past the cap.
+    #[error("exceeded its memory limit of {0} bytes")]
+    Memory(u64),
+    /// `init` returned an error for this route's config.
+    #[error("rejected its config: {0}")]
+    Init(String),
+    /// No instance could be created (e.g. every pooling slot is in use).
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
+    /// The filter returned something the host cannot apply.
+    #[error("returned an invalid decision: {0}")]
+    InvalidDecision(String),
+}
+
+impl FilterFailure {
+    /// A short machine-readable code for error bodies, logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FilterFailure::Trap(_) => "filter_trap",
+            FilterFailure::CpuBudget(_) => "filter_cpu_budget",
+            FilterFailure::Memory(_) => "filter_memory_limit",
+            FilterFailure::Init(_) => "filter_init_failed",
+            FilterFailure::Instantiate(_) => "filter_unavailable",
+            FilterFailure::InvalidDecision(_) => "filter_invalid_decision",
+        }
+    }
+}
+
+/// Per-filter limits, from `[filters.NAME]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Linear memory cap per instance.
+    pub memory: u64,
+    /// CPU time per call.
+    pub cpu: Duration,
+}
+
+/// The shared wasmtime engine, linker and epoch ticker.
+pub struct FilterEngine {
+    engine: Engine,
+    linker: Linker<HostState>,
+    tick: Duration,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for FilterEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilterEngine").field("tick", &self.tick).finish_non_exhaustive()
+    }
+}
+
+impl FilterEngine {
+    /// Creates the engine and starts its epoch ticker thread.
+    pub fn new(config: &EngineConfig) -> anyhow::Result<FilterEngine> {
+        let n = config.max_instances;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n)
+            .total_tables(n.saturating_mul(8))
+            .total_stacks(n)
+            .max_memory_size(config.max_memory as usize)
+            .max_core_instances_per_component(32)
+            .max_tables_per_component(32)
+            .max_memories_per_component(4);
+        let mut wasm = wasmtime::Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| anyhow::anyhow!("cannot create the filter engine: {e:#}"))?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
+        Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("cannot link host imports: {e:#}"))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let tick = config.epoch_tick;
+        {
+            let engine = engine.weak();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("wasmgate-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        match engine.upgrade() {
+                            Some(engine) => engine.increment_epoch(),
+                            None => break,
+                        }
+                    }
+                })
+                .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker: {e}"))?;
+        }
+        Ok(FilterEngine { engine, linker, tick, ticker_stop })
+    }
+
+    /// Reads, compiles and pre-links a filter component. The returned module is
+    /// ready to instantiate; nothing is compiled later.
+    pub fn load(&self, name: &str, path: &Path, limits: Limits) -> Result<FilterModule, LoadError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: shown.clone(), source })?;
+        self.load_bytes(name, &shown, &bytes, limits)
+    }
+
+    /// Like [`FilterEngine::load`], from bytes; `origin` names them in errors.
+    pub fn load_bytes(&self, name: &str, origin: &str, bytes: &[u8], limits: Limits) -> Result<FilterModule, LoadError> {
+        let not_component = |reason: String| LoadError::NotAComponent { path: origin.to_owned(), reason };
+        check_component_header(bytes).map_err(not_component)?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| not_component(format!("not a valid WebAssembly component: {e:#}")))?;
+        let contract = |e: wasmtime::Error| LoadError::Contract { path: origin.to_owned(), reason: format!("{e:#}") };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(contract)?;
+        let pre = PluginPre::new(instance_pre).map_err(contract)?;
+        Ok(FilterModule { name: Arc::from(name), pre, limits, tick: self.tick })
+    }
+}
+
+impl Drop for FilterEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Tells a core module or a non-WebAssembly file from a component before
+/// handing it to the compiler, for a message that says what to do.
+fn check_component_header(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err("not a WebAssembly file (no \\0asm header)".into());
+    }
+    // Bytes 4..6 are the version, 6..8 the layer: 0 = core module, 1 = component.
+    match (bytes[6], bytes[7]) {
+        (0, 0) => Err("is a core WebAssembly module, not a component; build the filter for \
+                       wasm32-wasip2 or wrap it with `wasm-tools component new`"
+            .into()),
+        (1, 0) => Ok(()),
+        _ => Err("unknown WebAssembly layer (neither a core module nor a component)".into()),
+    }
+}
+
+/// A compiled, pre-linked filter component.
+pub struct FilterModule {
+    name: Arc<str>,
+    pre: PluginPre<HostState>,
+    limits: Limits,
+    tick: Duration,
+}
+
+impl std::fmt::Debug for FilterModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilterModule").field("name", &self.name).field("limits", &self.limits).finish()
+    }
+}
+
+impl FilterModule {
+    /// The filter's name in the config.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The filter's limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Epoch ticks that cover the CPU budget. One extra tick because the
+    /// current tick is already partly over when a call starts.
+    fn deadline_ticks(&self) -> u64 {
+        let tick = self.tick.as_nanos().max(1);
+        (self.limits.cpu.as_nanos().div_ceil(tick) as u64).max(1) + 1
+    }
+
+    /// Creates an instance for `route` and runs its `init` with `config_json`.
+    pub async fn instantiate(&self, route: &Arc<str>, config_json: &str) -> Result<FilterInstance, FilterFailure> {
+        let site = CallSite { filter: self.name.clone(), route: route.clone() };
+        let mut store = Store::new(self.pre.engine(), HostState::new(site, self.limits.memory));
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks());
+        let plugin = match self.pre.instantiate_async(&mut store).await {
+            Ok(p) => p,
+            Err(e) => return Err(classify_instantiate(&store, e, self.limits)),
+        };
+        let mut instance = FilterInstance { store, plugin, limits: self.limits, ticks: self.deadline_ticks() };
+        let info = instance.init(config_json).await?;
+        drop(info);
+        Ok(instance)
+    }
+
+    /// Creates an instance, runs `init`, and returns what the filter declared.
+    /// Used at load to validate a route's config and learn the filter's needs.
+    pub async fn probe(&self, route: &Arc<str>, config_json: &str) -> Result<wit::FilterInfo, FilterFailure> {
+        let site = CallSite { filter: self.name.clone(), route: route.clone() };
+        let mut store = Store::new(self.pre.engine(), HostState::new(site, self.limits.memory));
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks());
+        let plugin = match self.pre.instantiate_async(&mut store).await {
+            Ok(p) => p,
+            Err(e) => return Err(classify_instantiate(&store, e, self.limits)),
+        };
+        let mut instance = FilterInstance { store, plugin, limits: self.limits, ticks: self.deadline_ticks() };
+        instance.init(config_json).await
+    }
+}
+
+fn classify_instantiate(store: &Store<HostState>, e: wasmtime::Error, limits: Limits) -> FilterFailure {
+    if store.data().limiter.exceeded {
+        return FilterFailure::Memory(limits.memory);
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => FilterFailure::CpuBudget(limits.cpu),
+        Some(_) => FilterFailure::Trap(format!("{e:#}")),
+        None => FilterFailure::Instantiate(format!("{e:#}")),
+    }
+}
+
+/// One live instance of a filter in its own store.
+pub struct FilterInstance {
+    store: Store<HostState>,
+    plugin: Plugin,
+    limits: Limits,
+    ticks: u64,
+}
+
+impl FilterInstance {
+    fn classify(&self, e: wasmtime::Error) -> FilterFailure {
+        if self.store.data().limiter.exceeded {
+            return FilterFailure::Memory(self.limits.memory);
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => FilterFailure::CpuBudget(self.limits.cpu),
+            Some(Trap::StackOverflow) => FilterFailure::Trap("stack overflow".into()),
+            _ => FilterFailure::Trap(format!("{e:#}")),
+        }
+    }
+
+    async fn init(&mut self, config_json: &str) -> Result<wit::FilterInfo, FilterFailure> {
+        self.store.set_epoch_deadline(self.ticks);
+        let exports = self.plugin.wasmgate_filter_filter();
+        match exports.call_init(&mut self.store, config_json).await {
+            Ok(Ok(info)) => Ok(info),
+            Ok(Err(message)) => Err(FilterFailure::Init(message)),
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
+    /// Calls `on-request`.
+    pub async fn on_request(&mut self, req: &wit::Request) -> Result<wit::RequestDecision, FilterFailure> {
+        self.store.set_epoch_deadline(self.ticks);
+        let exports = self.plugin.wasmgate_filter_filter();
+        exports.call_on_request(&mut self.store, req).await.map_err(|e| self.classify(e))
+    }
+
+    /// Calls `on-response`.
+    pub async fn on_response(
+        &mut self,
+        req: &wit::Request,
+        resp: &wit::Response,
+        context: Option<&[u8]>,
+    ) -> Result<wit::ResponseDecision, FilterFailure> {
+        self.store.set_epoch_deadline(self.ticks);
+        let exports = self.plugin.wasmgate_filter_filter();
+        exports.call_on_response(&mut self.store, req, resp, context).await.map_err(|e| self.classify(e))
+    }
+}

@@ -1,0 +1,131 @@
+//! Assembles a running gateway from a validated [`Config`]: compiles the
+//! filters, validates every route's filter config with the filter's own `init`,
+//! builds clusters and the route table, then serves.
+//!
+//! Building is all-or-nothing: any error is reported (with its key path) and
+//! nothing starts half-configured.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::chain::{ChainFilter, Needs};
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::filter::{FilterEngine, FilterModule, Limits};
+use crate::proxy::{Proxy, Route};
+use crate::router::{RouteMatch, RouteTable};
+use crate::server;
+use crate::upstream::Cluster;
+
+/// A gateway ready to serve: config loaded, filters compiled, routes built.
+#[derive(Debug)]
+pub struct Gateway {
+    config: Config,
+    proxy: Arc<Proxy>,
+    // Keeps the engine (and its epoch ticker) alive as long as the gateway.
+    _engine: Arc<FilterEngine>,
+}
+
+impl Gateway {
+    /// Builds everything the config describes. Filter files are read and
+    /// compiled, and each route's filter config is run through the filter's
+    /// `init`; every problem found is returned with its key path.
+    pub async fn build(config: Config) -> Result<Gateway, ConfigErrors> {
+        let fail = |errors: Vec<ConfigError>| ConfigErrors { source: config.source.clone(), errors };
+        let engine = FilterEngine::new(&config.engine).map_err(|e| fail(vec![ConfigError::new("engine", format!("{e:#}"))]))?;
+        let engine = Arc::new(engine);
+
+        let mut errors = Vec::new();
+        let mut modules: BTreeMap<&str, Arc<FilterModule>> = BTreeMap::new();
+        for (name, f) in &config.filters {
+            let limits = Limits { memory: f.memory_limit, cpu: f.cpu_limit };
+            match engine.load(name, &f.path, limits) {
+                Ok(m) => {
+                    modules.insert(name, Arc::new(m));
+                }
+                Err(e) => errors.push(ConfigError::new(format!("filters.{name}.path"), e.to_string())),
+            }
+        }
+
+        let clusters: HashMap<String, Arc<Cluster>> =
+            config.clusters.iter().map(|(n, c)| (n.clone(), Arc::new(Cluster::new(n, c)))).collect();
+
+        let mut routes = Vec::new();
+        for (i, r) in config.routes.iter().enumerate() {
+            let name: Arc<str> = Arc::from(r.name.as_str());
+            let mut chain = Vec::new();
+            for (j, rf) in r.filters.iter().enumerate() {
+                let Some(module) = modules.get(rf.name.as_str()) else { continue };
+                let key = format!("routes[{i}].filters[{j}].config");
+                match module.probe(&name, &rf.config_json).await {
+                    Ok(info) => match Needs::from_wit(info) {
+                        Ok(needs) => chain.push(ChainFilter {
+                            module: module.clone(),
+                            config: Arc::from(rf.config_json.as_str()),
+                            needs,
+                        }),
+                        Err(m) => errors.push(ConfigError::new(key, format!("filter {:?}: {m}", rf.name))),
+                    },
+                    Err(failure) => errors.push(ConfigError::new(key, format!("filter {:?} {failure}", rf.name))),
+                }
+            }
+            let Some(cluster) = clusters.get(&r.cluster) else { continue };
+            routes.push(RouteMatch {
+                hosts: r.hosts.clone(),
+                path: r.path.clone(),
+                methods: r.methods.clone(),
+                order: r.order,
+                target: Arc::new(Route { name, cluster: cluster.clone(), chain }),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(fail(errors));
+        }
+        let proxy = Arc::new(Proxy::new(RouteTable::new(routes), clusters));
+        Ok(Gateway { config, proxy, _engine: engine })
+    }
+
+    /// The config the gateway was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Binds the configured listen address and serves until `shutdown` flips
+    /// to true; then stops accepting and lets open requests finish.
+    pub async fn start(self) -> std::io::Result<RunningGateway> {
+        let listener = TcpListener::bind(self.config.server.listen).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = watch::channel(false);
+        let proxy = self.proxy.clone();
+        let task = tokio::spawn(async move {
+            server::serve(listener, proxy, rx).await;
+            drop(self);
+        });
+        tracing::info!(%addr, "wasmgate listening");
+        Ok(RunningGateway { addr, shutdown: tx, task })
+    }
+}
+
+/// A gateway serving on a socket.
+#[derive(Debug)]
+pub struct RunningGateway {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningGateway {
+    /// The address the proxy listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}

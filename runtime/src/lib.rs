@@ -1,0 +1,17 @@
+//! wasmgate: a WebAssembly-extensible API gateway and reverse proxy.
+//!
+//! The library behind the `wasmgate` binary. See `ARCHITECTURE.md` for the map.
+//! Start here: [`config::Config::load`] → [`Gateway::build`] → [`Gateway::start`].
+
+pub mod body;
+pub mod chain;
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod gateway;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod upstream;
+
+pub use gateway::{Gateway, RunningGateway};

@@ -1,0 +1,286 @@
+//! The request path: route, run the filter chain's request side, forward to the
+//! cluster, run the response side in reverse, answer.
+//!
+//! ```text
+//! request ─▶ route ─▶ on-request 1..n ─▶ upstream ─▶ on-response n..1 ─▶ client
+//!                         │ respond(r)                      ▲
+//!                         └──── on-response of filters before it ──┘
+//! ```
+//! A filter failure (trap, CPU budget, memory cap, invalid decision) fails the
+//! request it served with a 500 in the standard error format and a log line
+//! naming route and filter; nothing else is affected.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::{self, ProxyBody};
+use crate::chain::{self, ChainFilter};
+use crate::error::GatewayError;
+use crate::filter::{FilterFailure, wit};
+use crate::router::{RouteTable, TenantId, normalize_host};
+use crate::upstream::Cluster;
+
+/// A route with everything the request path needs.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's name.
+    pub name: Arc<str>,
+    /// Where requests go unless a filter picks another cluster.
+    pub cluster: Arc<Cluster>,
+    /// The filter chain in request order.
+    pub chain: Vec<ChainFilter>,
+}
+
+/// The routing state the request path reads.
+#[derive(Debug)]
+pub struct Proxy {
+    pub(crate) routes: RouteTable<Route>,
+    pub(crate) clusters: std::collections::HashMap<String, Arc<Cluster>>,
+    tenant: TenantId,
+    ids: RequestIds,
+}
+
+impl Proxy {
+    pub(crate) fn new(routes: RouteTable<Route>, clusters: std::collections::HashMap<String, Arc<Cluster>>) -> Proxy {
+        Proxy { routes, clusters, tenant: TenantId::default_tenant(), ids: RequestIds::new() }
+    }
+
+    /// Handles one request from `peer`. Never fails: every error becomes a
+    /// response in the standard error format.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let request_id = self.ids.next();
+        let (mut parts, body) = req.into_parts();
+        let authority = authority_of(&parts);
+        let host = authority.as_deref().and_then(normalize_host);
+        let Some(route) = self.routes.find(&self.tenant, host.as_deref(), &parts.method, parts.uri.path()) else {
+            return GatewayError::route_not_found().into_response(Some(&request_id));
+        };
+        let route = route.clone();
+        strip_hop_by_hop(&mut parts.headers);
+
+        let meta = wit::RequestMeta {
+            request_id: request_id.clone(),
+            route: route.name.to_string(),
+            client_addr: peer.to_string(),
+            tls: false,
+            received_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        };
+        let mut cluster = route.cluster.clone();
+        let mut contexts: Vec<Option<Vec<u8>>> = Vec::with_capacity(route.chain.len());
+        let mut short_circuit = None;
+
+        // Request side.
+        for (i, f) in route.chain.iter().enumerate() {
+            let wreq = wit_request(&parts, authority.as_deref(), &f.needs.request_headers, &meta);
+            let decision = match call_on_request(f, &route.name, &wreq).await {
+                Ok(d) => d,
+                Err(failure) => return filter_failed(&route.name, f, &failure, &request_id),
+            };
+            match decision {
+                wit::RequestDecision::Proceed(p) => {
+                    if let Err(failure) = self.apply_request_edits(&mut parts, &mut cluster, &p.edits) {
+                        return filter_failed(&route.name, f, &failure, &request_id);
+                    }
+                    contexts.push(p.context);
+                }
+                wit::RequestDecision::Respond(r) => match chain::build_response(r) {
+                    Ok(resp) => {
+                        contexts.push(None);
+                        short_circuit = Some((i, resp));
+                        break;
+                    }
+                    Err(failure) => return filter_failed(&route.name, f, &failure, &request_id),
+                },
+            }
+        }
+
+        // The request as forwarded, for the response side.
+        let forwarded: Vec<Option<wit::Request>> = route
+            .chain
+            .iter()
+            .map(|f| {
+                f.needs
+                    .wants_response
+                    .then(|| wit_request(&parts, authority.as_deref(), &f.needs.request_headers, &meta))
+            })
+            .collect();
+
+        let (mut resp, seen_by) = match short_circuit {
+            Some((i, resp)) => (resp, i),
+            None => {
+                let upstream_req = Request::from_parts(parts, body::stream(body));
+                let resp = match cluster.forward(upstream_req).await {
+                    Ok((resp, _endpoint)) => {
+                        let (mut rparts, rbody) = resp.into_parts();
+                        strip_hop_by_hop(&mut rparts.headers);
+                        Response::from_parts(rparts, body::stream(rbody))
+                    }
+                    Err(failure) => {
+                        tracing::warn!(route = &*route.name, cluster = &**cluster.name(), request_id, "upstream: {failure}");
+                        failure.to_gateway_error(cluster.name()).into_response(Some(&request_id))
+                    }
+                };
+                (resp, route.chain.len())
+            }
+        };
+
+        // Response side, in reverse, for the filters that saw the request.
+        for i in (0..seen_by).rev() {
+            let f = &route.chain[i];
+            let Some(wreq) = &forwarded[i] else { continue };
+            let wresp = wit::Response {
+                status: resp.status().as_u16(),
+                headers: f.needs.response_headers.copy(resp.headers()),
+                body: None,
+            };
+            let context = contexts.get(i).and_then(|c| c.as_deref());
+            let decision = match call_on_response(f, &route.name, wreq, &wresp, context).await {
+                Ok(d) => d,
+                Err(failure) => return filter_failed(&route.name, f, &failure, &request_id),
+            };
+            let applied = match decision {
+                wit::ResponseDecision::Proceed(edits) => chain::apply_response_edits(&mut resp, &edits),
+                wit::ResponseDecision::Replace(r) => chain::build_response(r).map(|r| resp = r),
+            };
+            if let Err(failure) = applied {
+                return filter_failed(&route.name, f, &failure, &request_id);
+            }
+        }
+        resp
+    }
+
+    fn apply_request_edits(
+        &self,
+        parts: &mut Parts,
+        cluster: &mut Arc<Cluster>,
+        edits: &wit::RequestEdits,
+    ) -> Result<(), FilterFailure> {
+        if edits.body.is_some() {
+            return Err(FilterFailure::InvalidDecision(
+                "a body edit needs buffer-request-body, which this release does not support yet".into(),
+            ));
+        }
+        // Validate everything first, so a rejected decision changes nothing.
+        let method = edits.method.as_deref().map(chain::parse_method).transpose()?;
+        let path = edits.path_with_query.as_deref().map(chain::parse_path).transpose()?;
+        let new_cluster = match &edits.cluster {
+            Some(name) => Some(self.clusters.get(name).cloned().ok_or_else(|| {
+                FilterFailure::InvalidDecision(format!("cluster {name:?} does not exist"))
+            })?),
+            None => None,
+        };
+        chain::apply_header_edits(&mut parts.headers, &edits.headers)?;
+        if let Some(m) = method {
+            parts.method = m;
+        }
+        if let Some(p) = path {
+            parts.uri = http::Uri::from(p);
+        }
+        if let Some(c) = new_cluster {
+            *cluster = c;
+        }
+        Ok(())
+    }
+}
+
+async fn call_on_request(f: &ChainFilter, route: &Arc<str>, req: &wit::Request) -> Result<wit::RequestDecision, FilterFailure> {
+    let mut instance = f.module.instantiate(route, &f.config).await?;
+    instance.on_request(req).await
+}
+
+async fn call_on_response(
+    f: &ChainFilter,
+    route: &Arc<str>,
+    req: &wit::Request,
+    resp: &wit::Response,
+    context: Option<&[u8]>,
+) -> Result<wit::ResponseDecision, FilterFailure> {
+    let mut instance = f.module.instantiate(route, &f.config).await?;
+    instance.on_response(req, resp, context).await
+}
+
+fn filter_failed(route: &str, f: &ChainFilter, failure: &FilterFailure, request_id: &str) -> Response<ProxyBody> {
+    let filter = &**f.module.name();
+    tracing::error!(route, filter, code = failure.code(), request_id, "filter {filter:?} on route {route:?} {failure}");
+    let status = match failure {
+        FilterFailure::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    GatewayError::new(status, failure.code(), format!("filter {filter:?} failed"))
+        .into_response(Some(request_id))
+}
+
+fn authority_of(parts: &Parts) -> Option<String> {
+    if let Some(a) = parts.uri.authority() {
+        return Some(a.as_str().to_owned());
+    }
+    parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
+}
+
+fn wit_request(parts: &Parts, authority: Option<&str>, interest: &chain::Interest, meta: &wit::RequestMeta) -> wit::Request {
+    wit::Request {
+        method: parts.method.as_str().to_owned(),
+        scheme: "http".to_owned(),
+        authority: authority.unwrap_or_default().to_owned(),
+        path_with_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        headers: interest.copy(&parts.headers),
+        body: None,
+        meta: meta.clone(),
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the
+/// `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(n);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Request ids: a random per-process prefix and a counter; unique within the
+/// process and, with high probability, across processes.
+#[derive(Debug)]
+struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.write_u32(std::process::id());
+        RequestIds { prefix: h.finish(), counter: AtomicU64::new(0) }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:016x}", self.prefix, n)
+    }
+}

@@ -1,0 +1,255 @@
+//! The route table: matches a request's host, path and method to a route.
+//!
+//! ## Precedence
+//! Among the routes whose host, path and method all match, the winner is the
+//! first by, in order:
+//! 1. host: an exact host name, then `*.suffix` wildcards (longer suffix first),
+//!    then routes without `hosts` (any host);
+//! 2. path: an exact `path`, then `path_prefix` (longer prefix first);
+//! 3. method: routes that list methods before routes that take any method;
+//! 4. config order: the route written first.
+//!
+//! Prefixes match whole segments: `/api/search` matches `/api/search` and
+//! `/api/search/x`, never `/api/searchx`.
+//!
+//! The table is keyed by tenant so that multi-tenancy can add tenants without
+//! changing the lookup; today every route belongs to [`TenantId::DEFAULT`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::config::PathMatch;
+
+/// A tenant's id. Today there is only the default tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TenantId(pub Arc<str>);
+
+impl TenantId {
+    /// The tenant every route belongs to until tenants are configured.
+    pub const DEFAULT: &'static str = "default";
+
+    /// The default tenant.
+    pub fn default_tenant() -> TenantId {
+        TenantId(Arc::from(Self::DEFAULT))
+    }
+}
+
+/// A host pattern from a route's `hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`.
+    Suffix(String),
+    Any,
+}
+
+impl HostPattern {
+    fn parse(p: &str) -> HostPattern {
+        match p.strip_prefix('*') {
+            Some(suffix) => HostPattern::Suffix(suffix.to_owned()),
+            None => HostPattern::Exact(p.to_owned()),
+        }
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+            HostPattern::Any => true,
+        }
+    }
+
+    /// Sort key: lower sorts first.
+    fn rank(&self) -> (u8, usize) {
+        match self {
+            HostPattern::Exact(_) => (0, 0),
+            HostPattern::Suffix(s) => (1, usize::MAX - s.len()),
+            HostPattern::Any => (2, 0),
+        }
+    }
+}
+
+fn path_matches(m: &PathMatch, path: &str) -> bool {
+    match m {
+        PathMatch::Exact(p) => p == path,
+        PathMatch::Prefix(p) => {
+            path.starts_with(p.as_str()) && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+        }
+    }
+}
+
+fn path_rank(m: &PathMatch) -> (u8, usize) {
+    match m {
+        PathMatch::Exact(_) => (0, 0),
+        PathMatch::Prefix(p) => (1, usize::MAX - p.len()),
+    }
+}
+
+/// What the router needs to know about a route; `R` is whatever the caller
+/// attaches (the gateway attaches the cluster and filter chain).
+#[derive(Debug)]
+pub struct RouteMatch<R> {
+    /// Host patterns (lower-case), empty = any.
+    pub hosts: Vec<String>,
+    /// Path match.
+    pub path: PathMatch,
+    /// Methods, empty = any.
+    pub methods: Vec<Method>,
+    /// Config order.
+    pub order: usize,
+    /// The caller's payload.
+    pub target: Arc<R>,
+}
+
+#[derive(Debug)]
+struct Entry<R> {
+    host: HostPattern,
+    path: PathMatch,
+    methods: Vec<Method>,
+    target: Arc<R>,
+}
+
+/// Routes of one tenant, sorted by precedence so that the first full match
+/// is the winner.
+#[derive(Debug)]
+struct TenantRoutes<R> {
+    entries: Vec<Entry<R>>,
+}
+
+/// The route table.
+#[derive(Debug)]
+pub struct RouteTable<R> {
+    tenants: HashMap<TenantId, TenantRoutes<R>>,
+}
+
+impl<R> RouteTable<R> {
+    /// Builds the table for the default tenant.
+    pub fn new(routes: Vec<RouteMatch<R>>) -> Self {
+        let mut keyed = Vec::new();
+        for r in routes {
+            let patterns: Vec<HostPattern> = if r.hosts.is_empty() {
+                vec![HostPattern::Any]
+            } else {
+                r.hosts.iter().map(|h| HostPattern::parse(h)).collect()
+            };
+            for host in patterns {
+                let key = (host.rank(), path_rank(&r.path), u8::from(r.methods.is_empty()), r.order);
+                keyed.push((
+                    key,
+                    Entry { host, path: r.path.clone(), methods: r.methods.clone(), target: r.target.clone() },
+                ));
+            }
+        }
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        let entries = keyed.into_iter().map(|(_, e)| e).collect();
+        let mut tenants = HashMap::new();
+        tenants.insert(TenantId::default_tenant(), TenantRoutes { entries });
+        RouteTable { tenants }
+    }
+
+    /// Finds the route for a request. `host` is the request's host without
+    /// port, lower-case (see [`normalize_host`]); `path` excludes the query.
+    pub fn find(&self, tenant: &TenantId, host: Option<&str>, method: &Method, path: &str) -> Option<&Arc<R>> {
+        let routes = self.tenants.get(tenant)?;
+        routes
+            .entries
+            .iter()
+            .find(|e| {
+                let host_ok = match host {
+                    Some(h) => e.host.matches(h),
+                    None => e.host == HostPattern::Any,
+                };
+                host_ok && (e.methods.is_empty() || e.methods.contains(method)) && path_matches(&e.path, path)
+            })
+            .map(|e| &e.target)
+    }
+}
+
+/// The host part of a `Host` header or URI authority, lower-case, without the
+/// port or a trailing dot. `None` if it is empty.
+pub fn normalize_host(authority: &str) -> Option<String> {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        // IPv6 literal: keep the brackets' content.
+        rest.split(']').next().unwrap_or("")
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) { h } else { authority }
+        })
+    };
+    let host = host.trim_end_matches('.');
+    if host.is_empty() { None } else { Some(host.to_ascii_lowercase()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &'static str, hosts: &[&str], path: PathMatch, methods: &[Method], order: usize) -> RouteMatch<&'static str> {
+        RouteMatch {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            path,
+            methods: methods.to_vec(),
+            order,
+            target: Arc::new(name),
+        }
+    }
+
+    fn find<'a>(t: &'a RouteTable<&'static str>, host: &str, method: Method, path: &str) -> Option<&'a str> {
+        t.find(&TenantId::default_tenant(), normalize_host(host).as_deref(), &method, path).map(|r| **r)
+    }
+
+    #[test]
+    fn prefix_matches_whole_segments_only() {
+        let t = RouteTable::new(vec![route("search", &[], PathMatch::Prefix("/api/search".into()), &[], 0)]);
+        assert_eq!(find(&t, "x", Method::GET, "/api/search"), Some("search"));
+        assert_eq!(find(&t, "x", Method::GET, "/api/search/"), Some("search"));
+        assert_eq!(find(&t, "x", Method::GET, "/api/search/a/b"), Some("search"));
+        assert_eq!(find(&t, "x", Method::GET, "/api/searchx"), None);
+        assert_eq!(find(&t, "x", Method::GET, "/api"), None);
+    }
+
+    #[test]
+    fn root_prefix_matches_everything() {
+        let t = RouteTable::new(vec![route("all", &[], PathMatch::Prefix(String::new()), &[], 0)]);
+        assert_eq!(find(&t, "x", Method::GET, "/"), Some("all"));
+        assert_eq!(find(&t, "x", Method::GET, "/anything/at/all"), Some("all"));
+    }
+
+    #[test]
+    fn precedence_exact_then_longest_prefix_then_order() {
+        let t = RouteTable::new(vec![
+            route("short", &[], PathMatch::Prefix("/api".into()), &[], 0),
+            route("long", &[], PathMatch::Prefix("/api/v1".into()), &[], 1),
+            route("exact", &[], PathMatch::Exact("/api/v1/health".into()), &[], 2),
+            route("long-again", &[], PathMatch::Prefix("/api/v1".into()), &[], 3),
+        ]);
+        assert_eq!(find(&t, "x", Method::GET, "/api/v1/health"), Some("exact"));
+        assert_eq!(find(&t, "x", Method::GET, "/api/v1/users"), Some("long"));
+        assert_eq!(find(&t, "x", Method::GET, "/api/v2"), Some("short"));
+    }
+
+    #[test]
+    fn host_specificity_and_methods() {
+        let t = RouteTable::new(vec![
+            route("any", &[], PathMatch::Prefix(String::new()), &[], 0),
+            route("wild", &["*.example.com"], PathMatch::Prefix(String::new()), &[], 1),
+            route("exact", &["api.example.com"], PathMatch::Prefix(String::new()), &[], 2),
+            route("post", &["api.example.com"], PathMatch::Prefix(String::new()), &[Method::POST], 3),
+        ]);
+        assert_eq!(find(&t, "API.example.com:8080", Method::GET, "/"), Some("exact"));
+        assert_eq!(find(&t, "api.example.com", Method::POST, "/"), Some("post"));
+        assert_eq!(find(&t, "www.example.com", Method::GET, "/"), Some("wild"));
+        assert_eq!(find(&t, "example.com", Method::GET, "/"), Some("any"));
+        assert_eq!(find(&t, "other.org", Method::GET, "/"), Some("any"));
+    }
+
+    #[test]
+    fn host_normalisation() {
+        assert_eq!(normalize_host("Example.COM:80").as_deref(), Some("example.com"));
+        assert_eq!(normalize_host("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(normalize_host("[::1]:8080").as_deref(), Some("::1"));
+        assert_eq!(normalize_host("").as_deref(), None);
+    }
+}

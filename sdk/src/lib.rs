@@ -1,0 +1,174 @@
+//! # wasmgate-sdk: write wasmgate filters in Rust
+//!
+//! A wasmgate filter is a WebAssembly component that the gateway runs for every
+//! request on the routes that list it. This crate hides the generated WIT bindings
+//! behind a small API: implement [`Filter`] (every phase has a no-op default),
+//! then export it with [`export_filter!`]. Build with
+//! `cargo build --target wasm32-wasip2 --release`.
+//!
+//! ```no_run
+//! use wasmgate_sdk::{export_filter, Filter, FilterInfo, OnRequest, Request, Response};
+//!
+//! struct RequireTenant;
+//!
+//! impl Filter for RequireTenant {
+//!     fn new(_config: &str) -> Result<Self, String> {
+//!         Ok(RequireTenant)
+//!     }
+//!
+//!     fn info(&self) -> FilterInfo {
+//!         // The host copies only the headers a filter names here.
+//!         FilterInfo::new().request_headers(["x-tenant"])
+//!     }
+//!
+//!     fn on_request(&self, req: &Request) -> OnRequest {
+//!         match req.header("x-tenant") {
+//!             Some(_) => OnRequest::proceed(),
+//!             None => OnRequest::respond(Response::new(400).text("x-tenant is required")),
+//!         }
+//!     }
+//! }
+//!
+//! export_filter!(RequireTenant);
+//! ```
+//!
+//! ## Lifecycle
+//! The gateway creates instances of a filter as it needs them (possibly one per
+//! request) and calls [`Filter::new`] once per instance with the route's config, so
+//! `new` must be deterministic for a given config. Per-request state that
+//! [`Filter::on_response`] needs travels in the context bytes set with
+//! [`RequestEdits::context`], because the instance that runs `on_response` may not
+//! be the one that ran `on_request`.
+//!
+//! ## Sandbox
+//! A filter has no files, no environment, no network. Standard output and
+//! standard error go to the gateway log under the filter's name; [`log`] writes
+//! leveled entries there. Clocks and randomness work as usual.
+#![deny(missing_docs)]
+
+extern crate self as wasmgate_sdk;
+
+mod http;
+pub mod log;
+
+pub use http::{
+    FilterInfo, HeaderInterest, OnRequest, OnResponse, Request, RequestEdits, RequestMeta,
+    Response, ResponseEdits,
+};
+
+/// Generated bindings and glue used by [`export_filter!`]. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub mod bindings {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "plugin",
+            pub_export_macro: true,
+            export_macro_name: "export",
+            default_bindings_module: "wasmgate_sdk::__private::bindings",
+            runtime_path: "wasmgate_sdk::__private::wit_bindgen_rt",
+        });
+    }
+    pub use crate::http::glue;
+    pub use wit_bindgen::rt as wit_bindgen_rt;
+}
+
+/// A filter: one value per instance, created by [`Filter::new`] from the route's
+/// config. Every phase has a default that lets the exchange pass unchanged.
+pub trait Filter: Sized + 'static {
+    /// Builds the filter from its config: the route's `config` table as JSON text
+    /// (`"{}"` when the route gives none). Return `Err` with a message that names
+    /// the problem to reject the config; the gateway shows it at load.
+    fn new(config: &str) -> Result<Self, String>;
+
+    /// What the filter needs from the host: which headers to copy into each
+    /// call, and whether to call [`Filter::on_response`]. The default reads no
+    /// headers and skips the response phase.
+    fn info(&self) -> FilterInfo {
+        FilterInfo::new()
+    }
+
+    /// Runs before the request goes upstream. The default proceeds unchanged.
+    fn on_request(&self, req: &Request) -> OnRequest {
+        let _ = req;
+        OnRequest::proceed()
+    }
+
+    /// Runs on the way back (in reverse filter order), only when
+    /// [`FilterInfo::wants_response`] is set. `req` is the request as forwarded.
+    /// The default proceeds unchanged.
+    fn on_response(&self, req: &Request, resp: &Response, context: Option<&[u8]>) -> OnResponse {
+        let _ = (req, resp, context);
+        OnResponse::proceed()
+    }
+}
+
+/// Parses a JSON config into a typed value, with an error message that names the
+/// problem (field and position), ready to return from [`Filter::new`].
+///
+/// ```no_run
+/// #[derive(serde::Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct Config { header: String }
+///
+/// let config: Config = wasmgate_sdk::parse_config(r#"{"header":"x-api-key"}"#)?;
+/// # Ok::<(), String>(())
+/// ```
+#[cfg(feature = "json")]
+pub fn parse_config<T: serde::de::DeserializeOwned>(config: &str) -> Result<T, String> {
+    serde_json::from_str(config).map_err(|e| format!("invalid config: {e}"))
+}
+
+/// Exports a [`Filter`] implementation as the component's `wasmgate:filter/filter`
+/// interface. Use it once per filter crate, at the top level.
+#[macro_export]
+macro_rules! export_filter {
+    ($ty:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static __WASMGATE_FILTER: ::std::cell::RefCell<::std::option::Option<$ty>> =
+                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+
+            struct __WasmgateExport;
+
+            impl $crate::__private::bindings::exports::wasmgate::filter::filter::Guest
+                for __WasmgateExport
+            {
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<
+                    $crate::__private::bindings::wasmgate::filter::types::FilterInfo,
+                    ::std::string::String,
+                > {
+                    let filter = <$ty as $crate::Filter>::new(&config)?;
+                    let info = $crate::__private::glue::info(&filter);
+                    __WASMGATE_FILTER.with_borrow_mut(|slot| *slot = ::std::option::Option::Some(filter));
+                    ::std::result::Result::Ok(info)
+                }
+
+                fn on_request(
+                    req: $crate::__private::bindings::wasmgate::filter::types::Request,
+                ) -> $crate::__private::bindings::wasmgate::filter::types::RequestDecision {
+                    __WASMGATE_FILTER.with_borrow(|slot| {
+                        let filter = slot.as_ref().expect("wasmgate called on-request before init");
+                        $crate::__private::glue::on_request(filter, req)
+                    })
+                }
+
+                fn on_response(
+                    req: $crate::__private::bindings::wasmgate::filter::types::Request,
+                    resp: $crate::__private::bindings::wasmgate::filter::types::Response,
+                    context: ::std::option::Option<::std::vec::Vec<u8>>,
+                ) -> $crate::__private::bindings::wasmgate::filter::types::ResponseDecision {
+                    __WASMGATE_FILTER.with_borrow(|slot| {
+                        let filter = slot.as_ref().expect("wasmgate called on-response before init");
+                        $crate::__private::glue::on_response(filter, req, resp, context)
+                    })
+                }
+            }
+
+            $crate::__private::bindings::export!(__WasmgateExport with_types_in $crate::__private::bindings);
+        };
+    };
+}
