@@ -44,7 +44,10 @@ impl Interest {
     pub fn copy(&self, headers: &HeaderMap) -> Vec<(String, String)> {
         match self {
             Interest::None => Vec::new(),
-            Interest::All => headers.iter().map(|(n, v)| (n.as_str().to_owned(), value_to_string(v))).collect(),
+            Interest::All => headers
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), value_to_string(v)))
+                .collect(),
             Interest::Names(names) => {
                 let mut out = Vec::new();
                 for n in names {
@@ -73,9 +76,11 @@ impl Needs {
     /// Validates a filter's `filter-info`.
     pub fn from_wit(info: wit::FilterInfo) -> Result<Needs, String> {
         if info.buffer_request_body || info.buffer_response_body {
-            return Err("the filter asks for a buffered body, which this wasmgate release does not \
+            return Err(
+                "the filter asks for a buffered body, which this wasmgate release does not \
                         support yet (bodies stream through untouched)"
-                .into());
+                    .into(),
+            );
         }
         Ok(Needs {
             request_headers: Interest::from_wit(info.request_headers, "request-headers")?,
@@ -141,17 +146,27 @@ fn header_name(n: &str) -> Result<HeaderName, String> {
     let name = HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
         .map_err(|_| format!("{n:?} is not a valid header name"))?;
     if is_protected(&name) {
-        return Err(format!("the {name} header is managed by the gateway and cannot be edited"));
+        return Err(format!(
+            "the {name} header is managed by the gateway and cannot be edited"
+        ));
     }
     Ok(name)
 }
 
 /// Applies header edits: remove, then set, then append.
-pub fn apply_header_edits(headers: &mut HeaderMap, edits: &wit::HeaderEdits) -> Result<(), FilterFailure> {
+pub fn apply_header_edits(
+    headers: &mut HeaderMap,
+    edits: &wit::HeaderEdits,
+) -> Result<(), FilterFailure> {
     let invalid = FilterFailure::InvalidDecision;
     // Validate everything before changing anything, so a bad edit leaves the
     // message as it was.
-    let remove = edits.remove.iter().map(|n| header_name(n)).collect::<Result<Vec<_>, _>>().map_err(invalid)?;
+    let remove = edits
+        .remove
+        .iter()
+        .map(|n| header_name(n))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
     let set = edits
         .set
         .iter()
@@ -184,15 +199,19 @@ pub fn apply_header_edits(headers: &mut HeaderMap, edits: &wit::HeaderEdits) -> 
 
 /// Parses a method from a request edit.
 pub fn parse_method(m: &str) -> Result<Method, FilterFailure> {
-    Method::from_bytes(m.as_bytes()).map_err(|_| FilterFailure::InvalidDecision(format!("{m:?} is not an HTTP method")))
+    Method::from_bytes(m.as_bytes())
+        .map_err(|_| FilterFailure::InvalidDecision(format!("{m:?} is not an HTTP method")))
 }
 
 /// Parses a path-and-query from a request edit.
 pub fn parse_path(p: &str) -> Result<http::uri::PathAndQuery, FilterFailure> {
     if !p.starts_with('/') {
-        return Err(FilterFailure::InvalidDecision(format!("path {p:?} must start with '/'")));
+        return Err(FilterFailure::InvalidDecision(format!(
+            "path {p:?} must start with '/'"
+        )));
     }
-    p.parse().map_err(|_| FilterFailure::InvalidDecision(format!("{p:?} is not a valid path and query")))
+    p.parse()
+        .map_err(|_| FilterFailure::InvalidDecision(format!("{p:?} is not a valid path and query")))
 }
 
 /// Builds the HTTP response for a filter's `respond` or `replace`.
@@ -200,9 +219,15 @@ pub fn build_response(r: wit::Response) -> Result<Response<ProxyBody>, FilterFai
     let status = StatusCode::from_u16(r.status)
         .ok()
         .filter(|s| s.as_u16() >= 200)
-        .ok_or_else(|| FilterFailure::InvalidDecision(format!("{} is not a valid final status", r.status)))?;
+        .ok_or_else(|| {
+            FilterFailure::InvalidDecision(format!("{} is not a valid final status", r.status))
+        })?;
     let mut headers = HeaderMap::new();
-    let edits = wit::HeaderEdits { remove: Vec::new(), set: Vec::new(), append: r.headers };
+    let edits = wit::HeaderEdits {
+        remove: Vec::new(),
+        set: Vec::new(),
+        append: r.headers,
+    };
     apply_header_edits(&mut headers, &edits)?;
     let body = match r.body {
         Some(b) if !b.is_empty() => body::full(Bytes::from(b)),
@@ -215,10 +240,14 @@ pub fn build_response(r: wit::Response) -> Result<Response<ProxyBody>, FilterFai
 }
 
 /// Applies `response-edits` (status and headers).
-pub fn apply_response_edits(resp: &mut Response<ProxyBody>, edits: &wit::ResponseEdits) -> Result<(), FilterFailure> {
+pub fn apply_response_edits(
+    resp: &mut Response<ProxyBody>,
+    edits: &wit::ResponseEdits,
+) -> Result<(), FilterFailure> {
     if edits.body.is_some() {
         return Err(FilterFailure::InvalidDecision(
-            "a body edit needs buffer-response-body, which this release does not support yet".into(),
+            "a body edit needs buffer-response-body, which this release does not support yet"
+                .into(),
         ));
     }
     let status = match edits.status {
@@ -226,7 +255,9 @@ pub fn apply_response_edits(resp: &mut Response<ProxyBody>, edits: &wit::Respons
             StatusCode::from_u16(s)
                 .ok()
                 .filter(|s| s.as_u16() >= 200)
-                .ok_or_else(|| FilterFailure::InvalidDecision(format!("{s} is not a valid final status")))?,
+                .ok_or_else(|| {
+                    FilterFailure::InvalidDecision(format!("{s} is not a valid final status"))
+                })?,
         ),
         None => None,
     };
@@ -259,8 +290,15 @@ mod tests {
             append: vec![],
         };
         assert!(apply_header_edits(&mut h, &bad).is_err());
-        assert!(h.contains_key("x-keep"), "a rejected edit must change nothing");
-        let bad_value = wit::HeaderEdits { remove: vec![], set: vec![("x-a".into(), "a\r\nb".into())], append: vec![] };
+        assert!(
+            h.contains_key("x-keep"),
+            "a rejected edit must change nothing"
+        );
+        let bad_value = wit::HeaderEdits {
+            remove: vec![],
+            set: vec![("x-a".into(), "a\r\nb".into())],
+            append: vec![],
+        };
         assert!(apply_header_edits(&mut h, &bad_value).is_err());
     }
 
@@ -276,7 +314,11 @@ mod tests {
             append: vec![("x-a".into(), "more".into())],
         };
         apply_header_edits(&mut h, &edits).unwrap();
-        let a: Vec<_> = h.get_all("x-a").iter().map(|v| v.to_str().unwrap()).collect();
+        let a: Vec<_> = h
+            .get_all("x-a")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
         assert_eq!(a, ["new", "more"]);
         assert!(!h.contains_key("x-b"));
     }

@@ -29,7 +29,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), message: message.into() }
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -55,7 +58,13 @@ pub struct ConfigErrors {
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.errors.len();
-        write!(f, "{}: {} error{} in config", self.source, n, if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{}: {} error{} in config",
+            self.source,
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in &self.errors {
             write!(f, "\n  {e}")?;
         }
@@ -75,9 +84,13 @@ pub struct HumanDuration(pub Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(HumanDuration).map_err(|e| {
-            serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"50ms\" or \"5s\""))
-        })
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {s:?} ({e}); write e.g. \"50ms\" or \"5s\""
+                ))
+            })
     }
 }
 
@@ -95,9 +108,15 @@ impl<'de> Deserialize<'de> for HumanSize {
         }
         match Raw::deserialize(d)? {
             Raw::Bytes(n) => Ok(HumanSize(n)),
-            Raw::Text(s) => s.trim().parse::<bytesize::ByteSize>().map(|b| HumanSize(b.as_u64())).map_err(|e| {
-                serde::de::Error::custom(format!("invalid size {s:?} ({e}); write e.g. \"64MiB\""))
-            }),
+            Raw::Text(s) => s
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map(|b| HumanSize(b.as_u64()))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "invalid size {s:?} ({e}); write e.g. \"64MiB\""
+                    ))
+                }),
         }
     }
 }
@@ -300,7 +319,10 @@ impl Config {
         let source = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             source: source.clone(),
-            errors: vec![ConfigError::new("", format!("cannot read the config file: {e}"))],
+            errors: vec![ConfigError::new(
+                "",
+                format!("cannot read the config file: {e}"),
+            )],
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Config::parse(&text, &source, &base)
@@ -309,7 +331,10 @@ impl Config {
     /// Parses and validates config text. `base` is the folder relative filter
     /// paths are resolved against.
     pub fn parse(text: &str, source: &str, base: &Path) -> Result<Config, ConfigErrors> {
-        let fail = |errors| ConfigErrors { source: source.to_owned(), errors };
+        let fail = |errors| ConfigErrors {
+            source: source.to_owned(),
+            errors,
+        };
         let raw = parse_raw(text).map_err(|e| fail(vec![e]))?;
         validate(raw, source, base).map_err(fail)
     }
@@ -340,7 +365,9 @@ fn toml_error(path: &str, e: &toml::de::Error, text: &str) -> ConfigError {
 fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
@@ -358,21 +385,30 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
     let mut engine = EngineConfig::default();
     if let Some(n) = raw.engine.max_instances {
         if n == 0 || n > 100_000 {
-            errors.push(ConfigError::new("engine.max_instances", format!("must be between 1 and 100000, got {n}")));
+            errors.push(ConfigError::new(
+                "engine.max_instances",
+                format!("must be between 1 and 100000, got {n}"),
+            ));
         } else {
             engine.max_instances = n;
         }
     }
     if let Some(HumanSize(n)) = raw.engine.max_memory {
         if !(64 << 10..=4 << 30).contains(&n) {
-            errors.push(ConfigError::new("engine.max_memory", format!("must be between 64KiB and 4GiB, got {n} bytes")));
+            errors.push(ConfigError::new(
+                "engine.max_memory",
+                format!("must be between 64KiB and 4GiB, got {n} bytes"),
+            ));
         } else {
             engine.max_memory = n;
         }
     }
     if let Some(HumanDuration(d)) = raw.engine.epoch_tick {
         if d < Duration::from_millis(1) || d > Duration::from_secs(1) {
-            errors.push(ConfigError::new("engine.epoch_tick", "must be between 1ms and 1s"));
+            errors.push(ConfigError::new(
+                "engine.epoch_tick",
+                "must be between 1ms and 1s",
+            ));
         } else {
             engine.epoch_tick = d;
         }
@@ -382,39 +418,69 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
     for (name, f) in raw.filters {
         let key = format!("filters.{name}");
         if !is_valid_name(&name) {
-            errors.push(ConfigError::new(&key, "filter names use letters, digits, '-', '_' and '.' (at most 64)"));
+            errors.push(ConfigError::new(
+                &key,
+                "filter names use letters, digits, '-', '_' and '.' (at most 64)",
+            ));
         }
-        let memory_limit = f.memory_limit.map_or(DEFAULT_FILTER_MEMORY.min(engine.max_memory), |s| s.0);
+        let memory_limit = f
+            .memory_limit
+            .map_or(DEFAULT_FILTER_MEMORY.min(engine.max_memory), |s| s.0);
         if memory_limit < 64 << 10 {
-            errors.push(ConfigError::new(format!("{key}.memory_limit"), "must be at least 64KiB (one WebAssembly page)"));
+            errors.push(ConfigError::new(
+                format!("{key}.memory_limit"),
+                "must be at least 64KiB (one WebAssembly page)",
+            ));
         } else if memory_limit > engine.max_memory {
             errors.push(ConfigError::new(
                 format!("{key}.memory_limit"),
-                format!("{memory_limit} bytes is more than engine.max_memory ({} bytes)", engine.max_memory),
+                format!(
+                    "{memory_limit} bytes is more than engine.max_memory ({} bytes)",
+                    engine.max_memory
+                ),
             ));
         }
         let cpu_limit = f.cpu_limit.map_or(DEFAULT_FILTER_CPU, |d| d.0);
         if cpu_limit < engine.epoch_tick {
             errors.push(ConfigError::new(
                 format!("{key}.cpu_limit"),
-                format!("must be at least engine.epoch_tick ({:?})", engine.epoch_tick),
+                format!(
+                    "must be at least engine.epoch_tick ({:?})",
+                    engine.epoch_tick
+                ),
             ));
         }
         if f.path.trim().is_empty() {
-            errors.push(ConfigError::new(format!("{key}.path"), "must name a .wasm file"));
+            errors.push(ConfigError::new(
+                format!("{key}.path"),
+                "must name a .wasm file",
+            ));
         }
         let path = base.join(&f.path);
-        filters.insert(name, FilterConfig { path, memory_limit, cpu_limit });
+        filters.insert(
+            name,
+            FilterConfig {
+                path,
+                memory_limit,
+                cpu_limit,
+            },
+        );
     }
 
     let mut clusters = BTreeMap::new();
     for (name, c) in raw.clusters {
         let key = format!("clusters.{name}");
         if !is_valid_name(&name) {
-            errors.push(ConfigError::new(&key, "cluster names use letters, digits, '-', '_' and '.' (at most 64)"));
+            errors.push(ConfigError::new(
+                &key,
+                "cluster names use letters, digits, '-', '_' and '.' (at most 64)",
+            ));
         }
         if c.endpoints.is_empty() {
-            errors.push(ConfigError::new(format!("{key}.endpoints"), "must list at least one \"host:port\""));
+            errors.push(ConfigError::new(
+                format!("{key}.endpoints"),
+                "must list at least one \"host:port\"",
+            ));
         }
         let mut endpoints = Vec::new();
         for (i, e) in c.endpoints.iter().enumerate() {
@@ -424,7 +490,13 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             }
         }
         let connect_timeout = c.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0);
-        clusters.insert(name, ClusterConfig { endpoints, connect_timeout });
+        clusters.insert(
+            name,
+            ClusterConfig {
+                endpoints,
+                connect_timeout,
+            },
+        );
     }
 
     let mut routes = Vec::new();
@@ -434,10 +506,16 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
         if !is_valid_name(&r.name) {
             errors.push(ConfigError::new(
                 format!("{key}.name"),
-                format!("{:?}: route names use letters, digits, '-', '_' and '.' (at most 64)", r.name),
+                format!(
+                    "{:?}: route names use letters, digits, '-', '_' and '.' (at most 64)",
+                    r.name
+                ),
             ));
         } else if !names.insert(r.name.clone()) {
-            errors.push(ConfigError::new(format!("{key}.name"), format!("duplicate route name {:?}", r.name)));
+            errors.push(ConfigError::new(
+                format!("{key}.name"),
+                format!("duplicate route name {:?}", r.name),
+            ));
         }
         let mut hosts = Vec::new();
         for (j, h) in r.hosts.iter().enumerate() {
@@ -448,7 +526,10 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
         }
         let path = match (r.path, r.path_prefix) {
             (Some(_), Some(_)) => {
-                errors.push(ConfigError::new(&key, "give either `path` (exact) or `path_prefix`, not both"));
+                errors.push(ConfigError::new(
+                    &key,
+                    "give either `path` (exact) or `path_prefix`, not both",
+                ));
                 PathMatch::Prefix(String::new())
             }
             (Some(p), None) => {
@@ -469,14 +550,24 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
         for (j, m) in r.methods.iter().enumerate() {
             match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
                 Ok(m) if !methods.contains(&m) => methods.push(m),
-                Ok(_) => errors.push(ConfigError::new(format!("{key}.methods[{j}]"), format!("{m:?} is listed twice"))),
-                Err(_) => errors.push(ConfigError::new(format!("{key}.methods[{j}]"), format!("{m:?} is not an HTTP method"))),
+                Ok(_) => errors.push(ConfigError::new(
+                    format!("{key}.methods[{j}]"),
+                    format!("{m:?} is listed twice"),
+                )),
+                Err(_) => errors.push(ConfigError::new(
+                    format!("{key}.methods[{j}]"),
+                    format!("{m:?} is not an HTTP method"),
+                )),
             }
         }
         if !clusters.contains_key(&r.cluster) {
             errors.push(ConfigError::new(
                 format!("{key}.cluster"),
-                format!("unknown cluster {:?} (defined: {})", r.cluster, list(clusters.keys())),
+                format!(
+                    "unknown cluster {:?} (defined: {})",
+                    r.cluster,
+                    list(clusters.keys())
+                ),
             ));
         }
         let mut chain = Vec::new();
@@ -484,26 +575,54 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             if !filters.contains_key(&f.name) {
                 errors.push(ConfigError::new(
                     format!("{key}.filters[{j}].name"),
-                    format!("unknown filter {:?} (defined: {})", f.name, list(filters.keys())),
+                    format!(
+                        "unknown filter {:?} (defined: {})",
+                        f.name,
+                        list(filters.keys())
+                    ),
                 ));
             }
             let config_json = match f.config {
                 Some(table) => serde_json::to_string(&table).unwrap_or_else(|e| {
-                    errors.push(ConfigError::new(format!("{key}.filters[{j}].config"), format!("cannot be converted to JSON: {e}")));
+                    errors.push(ConfigError::new(
+                        format!("{key}.filters[{j}].config"),
+                        format!("cannot be converted to JSON: {e}"),
+                    ));
                     "{}".into()
                 }),
                 None => "{}".into(),
             };
-            chain.push(RouteFilter { name: f.name, config_json });
+            chain.push(RouteFilter {
+                name: f.name,
+                config_json,
+            });
         }
-        routes.push(RouteConfig { name: r.name, hosts, path, methods, cluster: r.cluster, filters: chain, order: i });
+        routes.push(RouteConfig {
+            name: r.name,
+            hosts,
+            path,
+            methods,
+            cluster: r.cluster,
+            filters: chain,
+            order: i,
+        });
     }
     if routes.is_empty() {
-        errors.push(ConfigError::new("routes", "no routes: add at least one [[routes]] entry"));
+        errors.push(ConfigError::new(
+            "routes",
+            "no routes: add at least one [[routes]] entry",
+        ));
     }
 
     if errors.is_empty() {
-        Ok(Config { source: source.to_owned(), server: ServerConfig { listen }, engine, filters, clusters, routes })
+        Ok(Config {
+            source: source.to_owned(),
+            server: ServerConfig { listen },
+            engine,
+            filters,
+            clusters,
+            routes,
+        })
     } else {
         Err(errors)
     }
@@ -511,12 +630,17 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
 
 fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
     let v: Vec<&str> = names.map(String::as_str).collect();
-    if v.is_empty() { "none".into() } else { v.join(", ") }
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
 }
 
 fn parse_endpoint(e: &str) -> Result<http::uri::Authority, String> {
-    let a: http::uri::Authority =
-        e.parse().map_err(|_| format!("{e:?} is not \"host:port\""))?;
+    let a: http::uri::Authority = e
+        .parse()
+        .map_err(|_| format!("{e:?} is not \"host:port\""))?;
     if a.as_str().contains('@') {
         return Err(format!("{e:?}: user info is not allowed in an endpoint"));
     }
@@ -535,10 +659,15 @@ fn parse_host_pattern(h: &str) -> Result<String, String> {
     let valid = !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {
-            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if !valid {
-        return Err(format!("{h:?} is not a host name or a \"*.domain\" wildcard"));
+        return Err(format!(
+            "{h:?} is not a host name or a \"*.domain\" wildcard"
+        ));
     }
     Ok(lower)
 }
@@ -548,7 +677,9 @@ fn check_path(p: &str) -> Result<(), String> {
         return Err(format!("{p:?} must start with '/'"));
     }
     if p.contains(['?', '#']) || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err(format!("{p:?} must be a plain path (no query, fragment, spaces or control characters)"));
+        return Err(format!(
+            "{p:?} must be a plain path (no query, fragment, spaces or control characters)"
+        ));
     }
     Ok(())
 }

@@ -26,13 +26,25 @@ pub struct GatewayError {
 
 impl GatewayError {
     /// A new error.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        GatewayError { status, code, message: message.into() }
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        GatewayError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     /// 404: no route matches.
     pub fn route_not_found() -> Self {
-        GatewayError::new(StatusCode::NOT_FOUND, "route_not_found", "no route matches this request")
+        GatewayError::new(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            "no route matches this request",
+        )
     }
 
     /// 400: the request cannot be handled as sent.
@@ -53,14 +65,24 @@ impl GatewayError {
         let bytes = Bytes::from(json.to_string());
         let mut resp = Response::new(body::full(bytes));
         *resp.status_mut() = self.status;
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp
     }
 }
 
 impl std::fmt::Display for GatewayError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }

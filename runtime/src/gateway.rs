@@ -34,31 +34,46 @@ impl Gateway {
     /// compiled, and each route's filter config is run through the filter's
     /// `init`; every problem found is returned with its key path.
     pub async fn build(config: Config) -> Result<Gateway, ConfigErrors> {
-        let fail = |errors: Vec<ConfigError>| ConfigErrors { source: config.source.clone(), errors };
-        let engine = FilterEngine::new(&config.engine).map_err(|e| fail(vec![ConfigError::new("engine", format!("{e:#}"))]))?;
+        let fail = |errors: Vec<ConfigError>| ConfigErrors {
+            source: config.source.clone(),
+            errors,
+        };
+        let engine = FilterEngine::new(&config.engine)
+            .map_err(|e| fail(vec![ConfigError::new("engine", format!("{e:#}"))]))?;
         let engine = Arc::new(engine);
 
         let mut errors = Vec::new();
         let mut modules: BTreeMap<&str, Arc<FilterModule>> = BTreeMap::new();
         for (name, f) in &config.filters {
-            let limits = Limits { memory: f.memory_limit, cpu: f.cpu_limit };
+            let limits = Limits {
+                memory: f.memory_limit,
+                cpu: f.cpu_limit,
+            };
             match engine.load(name, &f.path, limits) {
                 Ok(m) => {
                     modules.insert(name, Arc::new(m));
                 }
-                Err(e) => errors.push(ConfigError::new(format!("filters.{name}.path"), e.to_string())),
+                Err(e) => errors.push(ConfigError::new(
+                    format!("filters.{name}.path"),
+                    e.to_string(),
+                )),
             }
         }
 
-        let clusters: HashMap<String, Arc<Cluster>> =
-            config.clusters.iter().map(|(n, c)| (n.clone(), Arc::new(Cluster::new(n, c)))).collect();
+        let clusters: HashMap<String, Arc<Cluster>> = config
+            .clusters
+            .iter()
+            .map(|(n, c)| (n.clone(), Arc::new(Cluster::new(n, c))))
+            .collect();
 
         let mut routes = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
             let name: Arc<str> = Arc::from(r.name.as_str());
             let mut chain = Vec::new();
             for (j, rf) in r.filters.iter().enumerate() {
-                let Some(module) = modules.get(rf.name.as_str()) else { continue };
+                let Some(module) = modules.get(rf.name.as_str()) else {
+                    continue;
+                };
                 let key = format!("routes[{i}].filters[{j}].config");
                 match module.probe(&name, &rf.config_json).await {
                     Ok(info) => match Needs::from_wit(info) {
@@ -67,25 +82,40 @@ impl Gateway {
                             config: Arc::from(rf.config_json.as_str()),
                             needs,
                         }),
-                        Err(m) => errors.push(ConfigError::new(key, format!("filter {:?}: {m}", rf.name))),
+                        Err(m) => {
+                            errors.push(ConfigError::new(key, format!("filter {:?}: {m}", rf.name)))
+                        }
                     },
-                    Err(failure) => errors.push(ConfigError::new(key, format!("filter {:?} {failure}", rf.name))),
+                    Err(failure) => errors.push(ConfigError::new(
+                        key,
+                        format!("filter {:?} {failure}", rf.name),
+                    )),
                 }
             }
-            let Some(cluster) = clusters.get(&r.cluster) else { continue };
+            let Some(cluster) = clusters.get(&r.cluster) else {
+                continue;
+            };
             routes.push(RouteMatch {
                 hosts: r.hosts.clone(),
                 path: r.path.clone(),
                 methods: r.methods.clone(),
                 order: r.order,
-                target: Arc::new(Route { name, cluster: cluster.clone(), chain }),
+                target: Arc::new(Route {
+                    name,
+                    cluster: cluster.clone(),
+                    chain,
+                }),
             });
         }
         if !errors.is_empty() {
             return Err(fail(errors));
         }
         let proxy = Arc::new(Proxy::new(RouteTable::new(routes), clusters));
-        Ok(Gateway { config, proxy, _engine: engine })
+        Ok(Gateway {
+            config,
+            proxy,
+            _engine: engine,
+        })
     }
 
     /// The config the gateway was built from.
@@ -105,7 +135,11 @@ impl Gateway {
             drop(self);
         });
         tracing::info!(%addr, "wasmgate listening");
-        Ok(RunningGateway { addr, shutdown: tx, task })
+        Ok(RunningGateway {
+            addr,
+            shutdown: tx,
+            task,
+        })
     }
 }
 

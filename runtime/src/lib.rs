@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod chain;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod filter;

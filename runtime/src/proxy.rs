@@ -48,8 +48,16 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub(crate) fn new(routes: RouteTable<Route>, clusters: std::collections::HashMap<String, Arc<Cluster>>) -> Proxy {
-        Proxy { routes, clusters, tenant: TenantId::default_tenant(), ids: RequestIds::new() }
+    pub(crate) fn new(
+        routes: RouteTable<Route>,
+        clusters: std::collections::HashMap<String, Arc<Cluster>>,
+    ) -> Proxy {
+        Proxy {
+            routes,
+            clusters,
+            tenant: TenantId::default_tenant(),
+            ids: RequestIds::new(),
+        }
     }
 
     /// Handles one request from `peer`. Never fails: every error becomes a
@@ -59,7 +67,12 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let authority = authority_of(&parts);
         let host = authority.as_deref().and_then(normalize_host);
-        let Some(route) = self.routes.find(&self.tenant, host.as_deref(), &parts.method, parts.uri.path()) else {
+        let Some(route) = self.routes.find(
+            &self.tenant,
+            host.as_deref(),
+            &parts.method,
+            parts.uri.path(),
+        ) else {
             return GatewayError::route_not_found().into_response(Some(&request_id));
         };
         let route = route.clone();
@@ -70,7 +83,9 @@ impl Proxy {
             route: route.name.to_string(),
             client_addr: peer.to_string(),
             tls: false,
-            received_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            received_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
         let mut cluster = route.cluster.clone();
         let mut contexts: Vec<Option<Vec<u8>>> = Vec::with_capacity(route.chain.len());
@@ -78,14 +93,21 @@ impl Proxy {
 
         // Request side.
         for (i, f) in route.chain.iter().enumerate() {
-            let wreq = wit_request(&parts, authority.as_deref(), &f.needs.request_headers, &meta);
+            let wreq = wit_request(
+                &parts,
+                authority.as_deref(),
+                &f.needs.request_headers,
+                &meta,
+            );
             let decision = match call_on_request(f, &route.name, &wreq).await {
                 Ok(d) => d,
                 Err(failure) => return filter_failed(&route.name, f, &failure, &request_id),
             };
             match decision {
                 wit::RequestDecision::Proceed(p) => {
-                    if let Err(failure) = self.apply_request_edits(&mut parts, &mut cluster, &p.edits) {
+                    if let Err(failure) =
+                        self.apply_request_edits(&mut parts, &mut cluster, &p.edits)
+                    {
                         return filter_failed(&route.name, f, &failure, &request_id);
                     }
                     contexts.push(p.context);
@@ -106,9 +128,14 @@ impl Proxy {
             .chain
             .iter()
             .map(|f| {
-                f.needs
-                    .wants_response
-                    .then(|| wit_request(&parts, authority.as_deref(), &f.needs.request_headers, &meta))
+                f.needs.wants_response.then(|| {
+                    wit_request(
+                        &parts,
+                        authority.as_deref(),
+                        &f.needs.request_headers,
+                        &meta,
+                    )
+                })
             })
             .collect();
 
@@ -123,8 +150,15 @@ impl Proxy {
                         Response::from_parts(rparts, body::stream(rbody))
                     }
                     Err(failure) => {
-                        tracing::warn!(route = &*route.name, cluster = &**cluster.name(), request_id, "upstream: {failure}");
-                        failure.to_gateway_error(cluster.name()).into_response(Some(&request_id))
+                        tracing::warn!(
+                            route = &*route.name,
+                            cluster = &**cluster.name(),
+                            request_id,
+                            "upstream: {failure}"
+                        );
+                        failure
+                            .to_gateway_error(cluster.name())
+                            .into_response(Some(&request_id))
                     }
                 };
                 (resp, route.chain.len())
@@ -146,7 +180,9 @@ impl Proxy {
                 Err(failure) => return filter_failed(&route.name, f, &failure, &request_id),
             };
             let applied = match decision {
-                wit::ResponseDecision::Proceed(edits) => chain::apply_response_edits(&mut resp, &edits),
+                wit::ResponseDecision::Proceed(edits) => {
+                    chain::apply_response_edits(&mut resp, &edits)
+                }
                 wit::ResponseDecision::Replace(r) => chain::build_response(r).map(|r| resp = r),
             };
             if let Err(failure) = applied {
@@ -164,12 +200,21 @@ impl Proxy {
     ) -> Result<(), FilterFailure> {
         if edits.body.is_some() {
             return Err(FilterFailure::InvalidDecision(
-                "a body edit needs buffer-request-body, which this release does not support yet".into(),
+                "a body edit needs buffer-request-body, which this release does not support yet"
+                    .into(),
             ));
         }
         // Validate everything first, so a rejected decision changes nothing.
-        let method = edits.method.as_deref().map(chain::parse_method).transpose()?;
-        let path = edits.path_with_query.as_deref().map(chain::parse_path).transpose()?;
+        let method = edits
+            .method
+            .as_deref()
+            .map(chain::parse_method)
+            .transpose()?;
+        let path = edits
+            .path_with_query
+            .as_deref()
+            .map(chain::parse_path)
+            .transpose()?;
         let new_cluster = match &edits.cluster {
             Some(name) => Some(self.clusters.get(name).cloned().ok_or_else(|| {
                 FilterFailure::InvalidDecision(format!("cluster {name:?} does not exist"))
@@ -190,7 +235,11 @@ impl Proxy {
     }
 }
 
-async fn call_on_request(f: &ChainFilter, route: &Arc<str>, req: &wit::Request) -> Result<wit::RequestDecision, FilterFailure> {
+async fn call_on_request(
+    f: &ChainFilter,
+    route: &Arc<str>,
+    req: &wit::Request,
+) -> Result<wit::RequestDecision, FilterFailure> {
     let mut instance = f.module.instantiate(route, &f.config).await?;
     instance.on_request(req).await
 }
@@ -206,9 +255,20 @@ async fn call_on_response(
     instance.on_response(req, resp, context).await
 }
 
-fn filter_failed(route: &str, f: &ChainFilter, failure: &FilterFailure, request_id: &str) -> Response<ProxyBody> {
+fn filter_failed(
+    route: &str,
+    f: &ChainFilter,
+    failure: &FilterFailure,
+    request_id: &str,
+) -> Response<ProxyBody> {
     let filter = &**f.module.name();
-    tracing::error!(route, filter, code = failure.code(), request_id, "filter {filter:?} on route {route:?} {failure}");
+    tracing::error!(
+        route,
+        filter,
+        code = failure.code(),
+        request_id,
+        "filter {filter:?} on route {route:?} {failure}"
+    );
     let status = match failure {
         FilterFailure::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -221,15 +281,28 @@ fn authority_of(parts: &Parts) -> Option<String> {
     if let Some(a) = parts.uri.authority() {
         return Some(a.as_str().to_owned());
     }
-    parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
 }
 
-fn wit_request(parts: &Parts, authority: Option<&str>, interest: &chain::Interest, meta: &wit::RequestMeta) -> wit::Request {
+fn wit_request(
+    parts: &Parts,
+    authority: Option<&str>,
+    interest: &chain::Interest,
+    meta: &wit::RequestMeta,
+) -> wit::Request {
     wit::Request {
         method: parts.method.as_str().to_owned(),
         scheme: "http".to_owned(),
         authority: authority.unwrap_or_default().to_owned(),
-        path_with_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        path_with_query: parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
         headers: interest.copy(&parts.headers),
         body: None,
         meta: meta.clone(),
@@ -274,9 +347,16 @@ impl RequestIds {
     fn new() -> Self {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
         h.write_u32(std::process::id());
-        RequestIds { prefix: h.finish(), counter: AtomicU64::new(0) }
+        RequestIds {
+            prefix: h.finish(),
+            counter: AtomicU64::new(0),
+        }
     }
 
     fn next(&self) -> String {

@@ -75,7 +75,8 @@ fn path_matches(m: &PathMatch, path: &str) -> bool {
     match m {
         PathMatch::Exact(p) => p == path,
         PathMatch::Prefix(p) => {
-            path.starts_with(p.as_str()) && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+            path.starts_with(p.as_str())
+                && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
         }
     }
 }
@@ -135,14 +136,24 @@ impl<R> RouteTable<R> {
                 r.hosts.iter().map(|h| HostPattern::parse(h)).collect()
             };
             for host in patterns {
-                let key = (host.rank(), path_rank(&r.path), u8::from(r.methods.is_empty()), r.order);
+                let key = (
+                    host.rank(),
+                    path_rank(&r.path),
+                    u8::from(r.methods.is_empty()),
+                    r.order,
+                );
                 keyed.push((
                     key,
-                    Entry { host, path: r.path.clone(), methods: r.methods.clone(), target: r.target.clone() },
+                    Entry {
+                        host,
+                        path: r.path.clone(),
+                        methods: r.methods.clone(),
+                        target: r.target.clone(),
+                    },
                 ));
             }
         }
-        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        keyed.sort_by_key(|(key, _)| *key);
         let entries = keyed.into_iter().map(|(_, e)| e).collect();
         let mut tenants = HashMap::new();
         tenants.insert(TenantId::default_tenant(), TenantRoutes { entries });
@@ -151,7 +162,13 @@ impl<R> RouteTable<R> {
 
     /// Finds the route for a request. `host` is the request's host without
     /// port, lower-case (see [`normalize_host`]); `path` excludes the query.
-    pub fn find(&self, tenant: &TenantId, host: Option<&str>, method: &Method, path: &str) -> Option<&Arc<R>> {
+    pub fn find(
+        &self,
+        tenant: &TenantId,
+        host: Option<&str>,
+        method: &Method,
+        path: &str,
+    ) -> Option<&Arc<R>> {
         let routes = self.tenants.get(tenant)?;
         routes
             .entries
@@ -161,7 +178,9 @@ impl<R> RouteTable<R> {
                     Some(h) => e.host.matches(h),
                     None => e.host == HostPattern::Any,
                 };
-                host_ok && (e.methods.is_empty() || e.methods.contains(method)) && path_matches(&e.path, path)
+                host_ok
+                    && (e.methods.is_empty() || e.methods.contains(method))
+                    && path_matches(&e.path, path)
             })
             .map(|e| &e.target)
     }
@@ -175,18 +194,32 @@ pub fn normalize_host(authority: &str) -> Option<String> {
         rest.split(']').next().unwrap_or("")
     } else {
         authority.rsplit_once(':').map_or(authority, |(h, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) { h } else { authority }
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                authority
+            }
         })
     };
     let host = host.trim_end_matches('.');
-    if host.is_empty() { None } else { Some(host.to_ascii_lowercase()) }
+    if host.is_empty() {
+        None
+    } else {
+        Some(host.to_ascii_lowercase())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn route(name: &'static str, hosts: &[&str], path: PathMatch, methods: &[Method], order: usize) -> RouteMatch<&'static str> {
+    fn route(
+        name: &'static str,
+        hosts: &[&str],
+        path: PathMatch,
+        methods: &[Method],
+        order: usize,
+    ) -> RouteMatch<&'static str> {
         RouteMatch {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             path,
@@ -196,23 +229,49 @@ mod tests {
         }
     }
 
-    fn find<'a>(t: &'a RouteTable<&'static str>, host: &str, method: Method, path: &str) -> Option<&'a str> {
-        t.find(&TenantId::default_tenant(), normalize_host(host).as_deref(), &method, path).map(|r| **r)
+    fn find<'a>(
+        t: &'a RouteTable<&'static str>,
+        host: &str,
+        method: Method,
+        path: &str,
+    ) -> Option<&'a str> {
+        t.find(
+            &TenantId::default_tenant(),
+            normalize_host(host).as_deref(),
+            &method,
+            path,
+        )
+        .map(|r| **r)
     }
 
     #[test]
     fn prefix_matches_whole_segments_only() {
-        let t = RouteTable::new(vec![route("search", &[], PathMatch::Prefix("/api/search".into()), &[], 0)]);
+        let t = RouteTable::new(vec![route(
+            "search",
+            &[],
+            PathMatch::Prefix("/api/search".into()),
+            &[],
+            0,
+        )]);
         assert_eq!(find(&t, "x", Method::GET, "/api/search"), Some("search"));
         assert_eq!(find(&t, "x", Method::GET, "/api/search/"), Some("search"));
-        assert_eq!(find(&t, "x", Method::GET, "/api/search/a/b"), Some("search"));
+        assert_eq!(
+            find(&t, "x", Method::GET, "/api/search/a/b"),
+            Some("search")
+        );
         assert_eq!(find(&t, "x", Method::GET, "/api/searchx"), None);
         assert_eq!(find(&t, "x", Method::GET, "/api"), None);
     }
 
     #[test]
     fn root_prefix_matches_everything() {
-        let t = RouteTable::new(vec![route("all", &[], PathMatch::Prefix(String::new()), &[], 0)]);
+        let t = RouteTable::new(vec![route(
+            "all",
+            &[],
+            PathMatch::Prefix(String::new()),
+            &[],
+            0,
+        )]);
         assert_eq!(find(&t, "x", Method::GET, "/"), Some("all"));
         assert_eq!(find(&t, "x", Method::GET, "/anything/at/all"), Some("all"));
     }
@@ -222,8 +281,20 @@ mod tests {
         let t = RouteTable::new(vec![
             route("short", &[], PathMatch::Prefix("/api".into()), &[], 0),
             route("long", &[], PathMatch::Prefix("/api/v1".into()), &[], 1),
-            route("exact", &[], PathMatch::Exact("/api/v1/health".into()), &[], 2),
-            route("long-again", &[], PathMatch::Prefix("/api/v1".into()), &[], 3),
+            route(
+                "exact",
+                &[],
+                PathMatch::Exact("/api/v1/health".into()),
+                &[],
+                2,
+            ),
+            route(
+                "long-again",
+                &[],
+                PathMatch::Prefix("/api/v1".into()),
+                &[],
+                3,
+            ),
         ]);
         assert_eq!(find(&t, "x", Method::GET, "/api/v1/health"), Some("exact"));
         assert_eq!(find(&t, "x", Method::GET, "/api/v1/users"), Some("long"));
@@ -234,11 +305,32 @@ mod tests {
     fn host_specificity_and_methods() {
         let t = RouteTable::new(vec![
             route("any", &[], PathMatch::Prefix(String::new()), &[], 0),
-            route("wild", &["*.example.com"], PathMatch::Prefix(String::new()), &[], 1),
-            route("exact", &["api.example.com"], PathMatch::Prefix(String::new()), &[], 2),
-            route("post", &["api.example.com"], PathMatch::Prefix(String::new()), &[Method::POST], 3),
+            route(
+                "wild",
+                &["*.example.com"],
+                PathMatch::Prefix(String::new()),
+                &[],
+                1,
+            ),
+            route(
+                "exact",
+                &["api.example.com"],
+                PathMatch::Prefix(String::new()),
+                &[],
+                2,
+            ),
+            route(
+                "post",
+                &["api.example.com"],
+                PathMatch::Prefix(String::new()),
+                &[Method::POST],
+                3,
+            ),
         ]);
-        assert_eq!(find(&t, "API.example.com:8080", Method::GET, "/"), Some("exact"));
+        assert_eq!(
+            find(&t, "API.example.com:8080", Method::GET, "/"),
+            Some("exact")
+        );
         assert_eq!(find(&t, "api.example.com", Method::POST, "/"), Some("post"));
         assert_eq!(find(&t, "www.example.com", Method::GET, "/"), Some("wild"));
         assert_eq!(find(&t, "example.com", Method::GET, "/"), Some("any"));
@@ -247,8 +339,14 @@ mod tests {
 
     #[test]
     fn host_normalisation() {
-        assert_eq!(normalize_host("Example.COM:80").as_deref(), Some("example.com"));
-        assert_eq!(normalize_host("example.com.").as_deref(), Some("example.com"));
+        assert_eq!(
+            normalize_host("Example.COM:80").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            normalize_host("example.com.").as_deref(),
+            Some("example.com")
+        );
         assert_eq!(normalize_host("[::1]:8080").as_deref(), Some("::1"));
         assert_eq!(normalize_host("").as_deref(), None);
     }

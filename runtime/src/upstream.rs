@@ -63,19 +63,33 @@ impl Cluster {
 
     /// Sends `req` to one endpoint. The request's URI must carry only a path
     /// and query; the endpoint's authority is filled in here.
-    pub async fn forward(&self, mut req: Request<ProxyBody>) -> Result<(Response<Incoming>, Authority), UpstreamFailure> {
+    pub async fn forward(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Authority), UpstreamFailure> {
         let endpoint = self.pick().clone();
-        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(endpoint.clone());
         parts.path_and_query = Some(path);
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| UpstreamFailure::Other(e.to_string()))?;
+        *req.uri_mut() =
+            Uri::from_parts(parts).map_err(|e| UpstreamFailure::Other(e.to_string()))?;
         *req.version_mut() = http::Version::HTTP_11;
         match self.client.request(req).await {
             Ok(resp) => Ok((resp, endpoint)),
-            Err(e) if e.is_connect() => Err(UpstreamFailure::Connect { endpoint, detail: error_chain(&e) }),
-            Err(e) => Err(UpstreamFailure::Exchange { endpoint, detail: error_chain(&e) }),
+            Err(e) if e.is_connect() => Err(UpstreamFailure::Connect {
+                endpoint,
+                detail: error_chain(&e),
+            }),
+            Err(e) => Err(UpstreamFailure::Exchange {
+                endpoint,
+                detail: error_chain(&e),
+            }),
         }
     }
 }
@@ -139,8 +153,12 @@ impl UpstreamFailure {
 impl std::fmt::Display for UpstreamFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            UpstreamFailure::Connect { endpoint, detail } => write!(f, "connect to {endpoint} failed: {detail}"),
-            UpstreamFailure::Exchange { endpoint, detail } => write!(f, "exchange with {endpoint} failed: {detail}"),
+            UpstreamFailure::Connect { endpoint, detail } => {
+                write!(f, "connect to {endpoint} failed: {detail}")
+            }
+            UpstreamFailure::Exchange { endpoint, detail } => {
+                write!(f, "exchange with {endpoint} failed: {detail}")
+            }
             UpstreamFailure::Other(d) => write!(f, "{d}"),
         }
     }

@@ -62,7 +62,10 @@ impl Request {
     }
     /// All copied headers as `(name, value)`, names lower-case.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.inner.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.inner
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
     }
     /// The buffered body, if the filter asked for it.
     pub fn body(&self) -> Option<&[u8]> {
@@ -99,11 +102,19 @@ pub struct Response {
 impl Response {
     /// An empty response with this status.
     pub fn new(status: u16) -> Self {
-        Response { inner: wit::Response { status, headers: Vec::new(), body: None } }
+        Response {
+            inner: wit::Response {
+                status,
+                headers: Vec::new(),
+                body: None,
+            },
+        }
     }
     /// Adds a header (builder style).
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.inner.headers.push((name.into().to_ascii_lowercase(), value.into()));
+        self.inner
+            .headers
+            .push((name.into().to_ascii_lowercase(), value.into()));
         self
     }
     /// Sets the body (builder style).
@@ -113,11 +124,13 @@ impl Response {
     }
     /// Sets a `text/plain` body.
     pub fn text(self, body: impl Into<String>) -> Self {
-        self.with_header("content-type", "text/plain; charset=utf-8").with_body(body.into())
+        self.with_header("content-type", "text/plain; charset=utf-8")
+            .with_body(body.into())
     }
     /// Sets an `application/json` body from JSON text.
     pub fn json(self, body: impl Into<String>) -> Self {
-        self.with_header("content-type", "application/json").with_body(body.into())
+        self.with_header("content-type", "application/json")
+            .with_body(body.into())
     }
     /// The status code.
     pub fn status(&self) -> u16 {
@@ -134,7 +147,10 @@ impl Response {
     }
     /// All headers present as `(name, value)`.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.inner.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.inner
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
     }
     /// The body, if buffered or built by a filter.
     pub fn body(&self) -> Option<&[u8]> {
@@ -143,11 +159,20 @@ impl Response {
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
-fn header_all<'a>(headers: &'a [(String, String)], name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+fn header_all<'a>(
+    headers: &'a [(String, String)],
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 #[derive(Debug, Clone, Default)]
@@ -159,7 +184,11 @@ struct HeaderEdits {
 
 impl HeaderEdits {
     fn into_wit(self) -> wit::HeaderEdits {
-        wit::HeaderEdits { remove: self.remove, set: self.set, append: self.append }
+        wit::HeaderEdits {
+            remove: self.remove,
+            set: self.set,
+            append: self.append,
+        }
     }
 }
 
@@ -178,12 +207,16 @@ pub struct RequestEdits {
 impl RequestEdits {
     /// Replaces every value of a header with this one.
     pub fn set_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.set.push((name.into().to_ascii_lowercase(), value.into()));
+        self.headers
+            .set
+            .push((name.into().to_ascii_lowercase(), value.into()));
         self
     }
     /// Adds a value to a header, keeping the ones it has.
     pub fn append_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.append.push((name.into().to_ascii_lowercase(), value.into()));
+        self.headers
+            .append
+            .push((name.into().to_ascii_lowercase(), value.into()));
         self
     }
     /// Removes a header.
@@ -229,12 +262,16 @@ pub struct ResponseEdits {
 impl ResponseEdits {
     /// Replaces every value of a header with this one.
     pub fn set_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.set.push((name.into().to_ascii_lowercase(), value.into()));
+        self.headers
+            .set
+            .push((name.into().to_ascii_lowercase(), value.into()));
         self
     }
     /// Adds a value to a header, keeping the ones it has.
     pub fn append_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.append.push((name.into().to_ascii_lowercase(), value.into()));
+        self.headers
+            .append
+            .push((name.into().to_ascii_lowercase(), value.into()));
         self
     }
     /// Removes a header.
@@ -346,7 +383,10 @@ impl FilterInfo {
         S: AsRef<str>,
     {
         self.request_headers = HeaderInterest::Names(
-            names.into_iter().map(|n| n.as_ref().to_ascii_lowercase()).collect(),
+            names
+                .into_iter()
+                .map(|n| n.as_ref().to_ascii_lowercase())
+                .collect(),
         );
         self
     }
@@ -363,7 +403,10 @@ impl FilterInfo {
         S: AsRef<str>,
     {
         self.response_headers = HeaderInterest::Names(
-            names.into_iter().map(|n| n.as_ref().to_ascii_lowercase()).collect(),
+            names
+                .into_iter()
+                .map(|n| n.as_ref().to_ascii_lowercase())
+                .collect(),
         );
         self.wants_response = true;
         self

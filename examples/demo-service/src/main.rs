@@ -44,7 +44,12 @@ fn answer(name: &str, req: &Request<hyper::body::Incoming>) -> serde_json::Value
         .headers()
         .iter()
         .filter(|(n, _)| n.as_str().starts_with("x-"))
-        .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into(),
+            )
+        })
         .collect();
     let data = match service {
         "search" => json!({
@@ -85,11 +90,18 @@ async fn main() -> std::io::Result<()> {
                 let body = answer(&name, &req).to_string();
                 async move {
                     let mut resp = Response::new(Full::new(Bytes::from(body + "\n")));
-                    resp.headers_mut().insert("content-type", "application/json".parse().unwrap_or_else(|_| unreachable!()));
+                    resp.headers_mut().insert(
+                        "content-type",
+                        "application/json"
+                            .parse()
+                            .unwrap_or_else(|_| unreachable!()),
+                    );
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

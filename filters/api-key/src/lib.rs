@@ -13,7 +13,7 @@
 
 use serde::Deserialize;
 use wasmgate_sdk::{
-    export_filter, parse_config, Filter, FilterInfo, OnRequest, Request, RequestEdits, Response,
+    Filter, FilterInfo, OnRequest, Request, RequestEdits, Response, export_filter, parse_config,
 };
 
 #[derive(Deserialize)]
@@ -53,7 +53,9 @@ fn matches_any(keys: &[Vec<u8>], candidate: &[u8]) -> bool {
 fn unauthorized(message: &str) -> OnRequest {
     let body = format!(r#"{{"status":401,"code":"unauthorized","message":"{message}"}}"#);
     OnRequest::respond(
-        Response::new(401).with_header("www-authenticate", "ApiKey").json(body),
+        Response::new(401)
+            .with_header("www-authenticate", "ApiKey")
+            .json(body),
     )
 }
 
@@ -67,9 +69,15 @@ impl Filter for ApiKey {
             return Err("`keys` must not contain an empty key".into());
         }
         if config.header.is_empty()
-            || !config.header.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            || !config
+                .header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
         {
-            return Err(format!("`header`: {:?} is not a valid header name", config.header));
+            return Err(format!(
+                "`header`: {:?} is not a valid header name",
+                config.header
+            ));
         }
         Ok(ApiKey {
             header: config.header.to_ascii_lowercase(),
@@ -85,7 +93,9 @@ impl Filter for ApiKey {
     fn on_request(&self, req: &Request) -> OnRequest {
         match req.header(&self.header) {
             None => unauthorized("missing API key"),
-            Some(key) if !matches_any(&self.keys, key.as_bytes()) => unauthorized("invalid API key"),
+            Some(key) if !matches_any(&self.keys, key.as_bytes()) => {
+                unauthorized("invalid API key")
+            }
             Some(_) if self.hide_credentials => {
                 OnRequest::proceed_with(RequestEdits::default().remove_header(&self.header))
             }

@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use wasmgate_sdk::{
-    export_filter, parse_config, Filter, FilterInfo, OnRequest, OnResponse, Request, RequestEdits,
-    Response, ResponseEdits,
+    Filter, FilterInfo, OnRequest, OnResponse, Request, RequestEdits, Response, ResponseEdits,
+    export_filter, parse_config,
 };
 
 #[derive(Deserialize, Default)]
@@ -48,17 +48,25 @@ impl Edits {
     }
 
     fn validate(&self, side: &str) -> Result<(), String> {
-        let names = self.remove.iter().chain(self.set.keys()).chain(self.append.keys());
+        let names = self
+            .remove
+            .iter()
+            .chain(self.set.keys())
+            .chain(self.append.keys());
         for name in names {
             let valid = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
             if !valid {
                 return Err(format!("`{side}`: {name:?} is not a valid header name"));
             }
         }
         for (name, value) in self.set.iter().chain(self.append.iter()) {
             if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                return Err(format!("`{side}`: the value of {name:?} contains CR, LF or NUL"));
+                return Err(format!(
+                    "`{side}`: the value of {name:?} contains CR, LF or NUL"
+                ));
             }
         }
         Ok(())
@@ -78,7 +86,10 @@ impl Filter for Headers {
         if config.request.is_empty() && config.response.is_empty() {
             return Err("nothing to do: give `request` or `response` edits".into());
         }
-        Ok(Headers { request: config.request, response: config.response })
+        Ok(Headers {
+            request: config.request,
+            response: config.response,
+        })
     }
 
     fn info(&self) -> FilterInfo {

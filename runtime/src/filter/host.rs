@@ -36,8 +36,14 @@ impl HostState {
     /// and randomness work.
     pub fn new(site: CallSite, memory_limit: u64) -> Self {
         let wasi = WasiCtxBuilder::new()
-            .stdout(LogStream { site: site.clone(), stream: "stdout" })
-            .stderr(LogStream { site: site.clone(), stream: "stderr" })
+            .stdout(LogStream {
+                site: site.clone(),
+                stream: "stdout",
+            })
+            .stderr(LogStream {
+                site: site.clone(),
+                stream: "stderr",
+            })
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -46,7 +52,10 @@ impl HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: memory_limit as usize, exceeded: false },
+            limiter: MemoryLimiter {
+                limit: memory_limit as usize,
+                exceeded: false,
+            },
             site,
         }
     }
@@ -54,7 +63,10 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -66,17 +78,30 @@ pub struct MemoryLimiter {
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.exceeded = true;
             // An error (rather than `Ok(false)`) traps at the `memory.grow`
             // itself, which names the cause instead of a later allocator abort.
-            return Err(wasmtime::format_err!("filter memory limit of {} bytes exceeded", self.limit));
+            return Err(wasmtime::format_err!(
+                "filter memory limit of {} bytes exceeded",
+                self.limit
+            ));
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -87,21 +112,41 @@ impl log::Host for HostState {
     fn log(&mut self, level: types::LogLevel, message: String) {
         let (filter, route) = (&*self.site.filter, &*self.site.route);
         match level {
-            types::LogLevel::Trace => tracing::trace!(target: "wasmgate::filter", filter, route, "{message}"),
-            types::LogLevel::Debug => tracing::debug!(target: "wasmgate::filter", filter, route, "{message}"),
-            types::LogLevel::Info => tracing::info!(target: "wasmgate::filter", filter, route, "{message}"),
-            types::LogLevel::Warn => tracing::warn!(target: "wasmgate::filter", filter, route, "{message}"),
-            types::LogLevel::Error => tracing::error!(target: "wasmgate::filter", filter, route, "{message}"),
+            types::LogLevel::Trace => {
+                tracing::trace!(target: "wasmgate::filter", filter, route, "{message}")
+            }
+            types::LogLevel::Debug => {
+                tracing::debug!(target: "wasmgate::filter", filter, route, "{message}")
+            }
+            types::LogLevel::Info => {
+                tracing::info!(target: "wasmgate::filter", filter, route, "{message}")
+            }
+            types::LogLevel::Warn => {
+                tracing::warn!(target: "wasmgate::filter", filter, route, "{message}")
+            }
+            types::LogLevel::Error => {
+                tracing::error!(target: "wasmgate::filter", filter, route, "{message}")
+            }
         }
     }
 
     fn enabled(&mut self, level: types::LogLevel) -> bool {
         match level {
-            types::LogLevel::Trace => tracing::enabled!(target: "wasmgate::filter", tracing::Level::TRACE),
-            types::LogLevel::Debug => tracing::enabled!(target: "wasmgate::filter", tracing::Level::DEBUG),
-            types::LogLevel::Info => tracing::enabled!(target: "wasmgate::filter", tracing::Level::INFO),
-            types::LogLevel::Warn => tracing::enabled!(target: "wasmgate::filter", tracing::Level::WARN),
-            types::LogLevel::Error => tracing::enabled!(target: "wasmgate::filter", tracing::Level::ERROR),
+            types::LogLevel::Trace => {
+                tracing::enabled!(target: "wasmgate::filter", tracing::Level::TRACE)
+            }
+            types::LogLevel::Debug => {
+                tracing::enabled!(target: "wasmgate::filter", tracing::Level::DEBUG)
+            }
+            types::LogLevel::Info => {
+                tracing::enabled!(target: "wasmgate::filter", tracing::Level::INFO)
+            }
+            types::LogLevel::Warn => {
+                tracing::enabled!(target: "wasmgate::filter", tracing::Level::WARN)
+            }
+            types::LogLevel::Error => {
+                tracing::enabled!(target: "wasmgate::filter", tracing::Level::ERROR)
+            }
         }
     }
 }
@@ -121,7 +166,11 @@ impl IsTerminal for LogStream {
 
 impl StdoutStream for LogStream {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(LineWriter { site: self.site.clone(), stream: self.stream, line: Vec::new() })
+        Box::new(LineWriter {
+            site: self.site.clone(),
+            stream: self.stream,
+            line: Vec::new(),
+        })
     }
 }
 
@@ -154,7 +203,11 @@ impl LineWriter {
 }
 
 impl AsyncWrite for LineWriter {
-    fn poll_write(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         for &b in buf {
             self.line.push(b);
             if b == b'\n' || self.line.len() >= MAX_LINE {

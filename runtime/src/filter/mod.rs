@@ -116,7 +116,9 @@ pub struct FilterEngine {
 
 impl std::fmt::Debug for FilterEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FilterEngine").field("tick", &self.tick).finish_non_exhaustive()
+        f.debug_struct("FilterEngine")
+            .field("tick", &self.tick)
+            .finish_non_exhaustive()
     }
 }
 
@@ -138,7 +140,8 @@ impl FilterEngine {
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wasm).map_err(|e| anyhow::anyhow!("cannot create the filter engine: {e:#}"))?;
+        let engine = Engine::new(&wasm)
+            .map_err(|e| anyhow::anyhow!("cannot create the filter engine: {e:#}"))?;
 
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -164,27 +167,52 @@ impl FilterEngine {
                 })
                 .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker: {e}"))?;
         }
-        Ok(FilterEngine { engine, linker, tick, ticker_stop })
+        Ok(FilterEngine {
+            engine,
+            linker,
+            tick,
+            ticker_stop,
+        })
     }
 
     /// Reads, compiles and pre-links a filter component. The returned module is
     /// ready to instantiate; nothing is compiled later.
     pub fn load(&self, name: &str, path: &Path, limits: Limits) -> Result<FilterModule, LoadError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: shown.clone(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: shown.clone(),
+            source,
+        })?;
         self.load_bytes(name, &shown, &bytes, limits)
     }
 
     /// Like [`FilterEngine::load`], from bytes; `origin` names them in errors.
-    pub fn load_bytes(&self, name: &str, origin: &str, bytes: &[u8], limits: Limits) -> Result<FilterModule, LoadError> {
-        let not_component = |reason: String| LoadError::NotAComponent { path: origin.to_owned(), reason };
+    pub fn load_bytes(
+        &self,
+        name: &str,
+        origin: &str,
+        bytes: &[u8],
+        limits: Limits,
+    ) -> Result<FilterModule, LoadError> {
+        let not_component = |reason: String| LoadError::NotAComponent {
+            path: origin.to_owned(),
+            reason,
+        };
         check_component_header(bytes).map_err(not_component)?;
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| not_component(format!("not a valid WebAssembly component: {e:#}")))?;
-        let contract = |e: wasmtime::Error| LoadError::Contract { path: origin.to_owned(), reason: format!("{e:#}") };
+        let contract = |e: wasmtime::Error| LoadError::Contract {
+            path: origin.to_owned(),
+            reason: format!("{e:#}"),
+        };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(contract)?;
         let pre = PluginPre::new(instance_pre).map_err(contract)?;
-        Ok(FilterModule { name: Arc::from(name), pre, limits, tick: self.tick })
+        Ok(FilterModule {
+            name: Arc::from(name),
+            pre,
+            limits,
+            tick: self.tick,
+        })
     }
 }
 
@@ -202,9 +230,11 @@ fn check_component_header(bytes: &[u8]) -> Result<(), String> {
     }
     // Bytes 4..6 are the version, 6..8 the layer: 0 = core module, 1 = component.
     match (bytes[6], bytes[7]) {
-        (0, 0) => Err("is a core WebAssembly module, not a component; build the filter for \
+        (0, 0) => Err(
+            "is a core WebAssembly module, not a component; build the filter for \
                        wasm32-wasip2 or wrap it with `wasm-tools component new`"
-            .into()),
+                .into(),
+        ),
         (1, 0) => Ok(()),
         _ => Err("unknown WebAssembly layer (neither a core module nor a component)".into()),
     }
@@ -220,7 +250,10 @@ pub struct FilterModule {
 
 impl std::fmt::Debug for FilterModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FilterModule").field("name", &self.name).field("limits", &self.limits).finish()
+        f.debug_struct("FilterModule")
+            .field("name", &self.name)
+            .field("limits", &self.limits)
+            .finish()
     }
 }
 
@@ -243,8 +276,15 @@ impl FilterModule {
     }
 
     /// Creates an instance for `route` and runs its `init` with `config_json`.
-    pub async fn instantiate(&self, route: &Arc<str>, config_json: &str) -> Result<FilterInstance, FilterFailure> {
-        let site = CallSite { filter: self.name.clone(), route: route.clone() };
+    pub async fn instantiate(
+        &self,
+        route: &Arc<str>,
+        config_json: &str,
+    ) -> Result<FilterInstance, FilterFailure> {
+        let site = CallSite {
+            filter: self.name.clone(),
+            route: route.clone(),
+        };
         let mut store = Store::new(self.pre.engine(), HostState::new(site, self.limits.memory));
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
@@ -253,7 +293,12 @@ impl FilterModule {
             Ok(p) => p,
             Err(e) => return Err(classify_instantiate(&store, e, self.limits)),
         };
-        let mut instance = FilterInstance { store, plugin, limits: self.limits, ticks: self.deadline_ticks() };
+        let mut instance = FilterInstance {
+            store,
+            plugin,
+            limits: self.limits,
+            ticks: self.deadline_ticks(),
+        };
         let info = instance.init(config_json).await?;
         drop(info);
         Ok(instance)
@@ -261,8 +306,15 @@ impl FilterModule {
 
     /// Creates an instance, runs `init`, and returns what the filter declared.
     /// Used at load to validate a route's config and learn the filter's needs.
-    pub async fn probe(&self, route: &Arc<str>, config_json: &str) -> Result<wit::FilterInfo, FilterFailure> {
-        let site = CallSite { filter: self.name.clone(), route: route.clone() };
+    pub async fn probe(
+        &self,
+        route: &Arc<str>,
+        config_json: &str,
+    ) -> Result<wit::FilterInfo, FilterFailure> {
+        let site = CallSite {
+            filter: self.name.clone(),
+            route: route.clone(),
+        };
         let mut store = Store::new(self.pre.engine(), HostState::new(site, self.limits.memory));
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
@@ -271,12 +323,21 @@ impl FilterModule {
             Ok(p) => p,
             Err(e) => return Err(classify_instantiate(&store, e, self.limits)),
         };
-        let mut instance = FilterInstance { store, plugin, limits: self.limits, ticks: self.deadline_ticks() };
+        let mut instance = FilterInstance {
+            store,
+            plugin,
+            limits: self.limits,
+            ticks: self.deadline_ticks(),
+        };
         instance.init(config_json).await
     }
 }
 
-fn classify_instantiate(store: &Store<HostState>, e: wasmtime::Error, limits: Limits) -> FilterFailure {
+fn classify_instantiate(
+    store: &Store<HostState>,
+    e: wasmtime::Error,
+    limits: Limits,
+) -> FilterFailure {
     if store.data().limiter.exceeded {
         return FilterFailure::Memory(limits.memory);
     }
@@ -318,10 +379,16 @@ impl FilterInstance {
     }
 
     /// Calls `on-request`.
-    pub async fn on_request(&mut self, req: &wit::Request) -> Result<wit::RequestDecision, FilterFailure> {
+    pub async fn on_request(
+        &mut self,
+        req: &wit::Request,
+    ) -> Result<wit::RequestDecision, FilterFailure> {
         self.store.set_epoch_deadline(self.ticks);
         let exports = self.plugin.wasmgate_filter_filter();
-        exports.call_on_request(&mut self.store, req).await.map_err(|e| self.classify(e))
+        exports
+            .call_on_request(&mut self.store, req)
+            .await
+            .map_err(|e| self.classify(e))
     }
 
     /// Calls `on-response`.
@@ -333,6 +400,9 @@ impl FilterInstance {
     ) -> Result<wit::ResponseDecision, FilterFailure> {
         self.store.set_epoch_deadline(self.ticks);
         let exports = self.plugin.wasmgate_filter_filter();
-        exports.call_on_response(&mut self.store, req, resp, context).await.map_err(|e| self.classify(e))
+        exports
+            .call_on_response(&mut self.store, req, resp, context)
+            .await
+            .map_err(|e| self.classify(e))
     }
 }

@@ -10,8 +10,8 @@
 
 use serde::Deserialize;
 use wasmgate_sdk::{
-    export_filter, log, parse_config, Filter, FilterInfo, OnRequest, Request, RequestEdits,
-    Response,
+    Filter, FilterInfo, OnRequest, Request, RequestEdits, Response, export_filter, log,
+    parse_config,
 };
 
 #[derive(Deserialize, Default)]
@@ -63,7 +63,9 @@ impl Filter for Fault {
         if config.fail_init {
             return Err("fault filter: init failure requested by config".into());
         }
-        Ok(Fault { tag: config.tag.unwrap_or_else(|| "fault".into()) })
+        Ok(Fault {
+            tag: config.tag.unwrap_or_else(|| "fault".into()),
+        })
     }
 
     fn info(&self) -> FilterInfo {
@@ -94,7 +96,9 @@ impl Filter for Fault {
                 log::warn("fault filter: a warning through the log import");
                 OnRequest::proceed()
             }
-            _ => OnRequest::proceed_with(RequestEdits::default().set_header("x-fault-seen", &self.tag)),
+            _ => OnRequest::proceed_with(
+                RequestEdits::default().set_header("x-fault-seen", &self.tag),
+            ),
         }
     }
 }

@@ -1,0 +1,129 @@
+//! The `wasmgate` command line: `serve` runs the gateway, `check` validates a
+//! config. The binary's `main` is one call to [`main`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::Gateway;
+use crate::config::Config;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "wasmgate",
+    version,
+    about = "A WebAssembly-extensible API gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The config file.
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config (including compiling its filters and running each
+    /// route's filter `init`), print every problem, exit non-zero if any.
+    Check {
+        /// The config file.
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+}
+
+/// Parses the command line, runs the command, and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WASMGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Check { config } => check(config).await,
+            Command::Serve { config } => serve(config).await,
+        }
+    })
+}
+
+async fn load(path: PathBuf) -> Result<Gateway, ExitCode> {
+    let config = Config::load(&path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })?;
+    Gateway::build(config).await.map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+async fn check(path: PathBuf) -> ExitCode {
+    match load(path.clone()).await {
+        Ok(g) => {
+            let c = g.config();
+            println!(
+                "{}: ok ({} routes, {} clusters, {} filters)",
+                path.display(),
+                c.routes.len(),
+                c.clusters.len(),
+                c.filters.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn serve(path: PathBuf) -> ExitCode {
+    let gateway = match load(path).await {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
+    let running = match gateway.start().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot listen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,208 @@
+//! First-party filters running inside the real host, and the chain semantics:
+//! header edits in both directions, short-circuit, reverse response order.
+
+use wasmgate_tests::{Upstream, get, start_gateway};
+
+use crate::filters_toml;
+
+fn one_route(up: &Upstream, filters: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n{filters}",
+        filters_toml(),
+        up.addr
+    )
+}
+
+pub(crate) mod api_key {
+    use super::*;
+
+    #[tokio::test]
+    pub(crate) async fn runs_in_the_real_host() {
+        let up = Upstream::start("u").await;
+        let toml = one_route(
+            &up,
+            r#"
+[[routes.filters]]
+name = "api-key"
+config = { header = "x-api-key", keys = ["k-one", "k-two"] }
+"#,
+        );
+        let gw = start_gateway(&toml).await;
+        let missing = get(gw.addr(), "/", &[]).await;
+        assert_eq!(missing.status, 401);
+        assert_eq!(missing.json()["code"], "unauthorized");
+        assert_eq!(missing.header("www-authenticate"), Some("ApiKey"));
+        let wrong = get(gw.addr(), "/", &[("x-api-key", "k-on")]).await;
+        assert_eq!(wrong.status, 401);
+        assert_eq!(wrong.json()["message"], "invalid API key");
+        assert_eq!(
+            up.count(),
+            0,
+            "a refused request never reaches the upstream"
+        );
+
+        let ok = get(gw.addr(), "/", &[("x-api-key", "k-two")]).await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(
+            up.seen()[0].headers.get("x-api-key").unwrap(),
+            "k-two",
+            "forwarded unless hidden"
+        );
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn hide_credentials_removes_the_key_before_forwarding() {
+        let up = Upstream::start("u").await;
+        let toml = one_route(
+            &up,
+            r#"
+[[routes.filters]]
+name = "api-key"
+config = { keys = ["secret"], hide_credentials = true }
+"#,
+        );
+        let gw = start_gateway(&toml).await;
+        assert_eq!(
+            get(gw.addr(), "/", &[("x-api-key", "secret")]).await.status,
+            200
+        );
+        assert!(up.seen()[0].headers.get("x-api-key").is_none());
+        gw.shutdown().await;
+    }
+}
+
+pub(crate) mod headers {
+    use super::*;
+
+    #[tokio::test]
+    pub(crate) async fn runs_in_the_real_host() {
+        let up = Upstream::start("u").await;
+        let toml = one_route(
+            &up,
+            r#"
+[[routes.filters]]
+name = "headers"
+[routes.filters.config.request]
+set = { "x-gateway" = "wasmgate" }
+append = { "x-multi" = "added" }
+remove = ["x-drop-me"]
+[routes.filters.config.response]
+set = { "x-served-by" = "wasmgate" }
+remove = ["x-remove-me"]
+"#,
+        );
+        let gw = start_gateway(&toml).await;
+        let reply = get(
+            gw.addr(),
+            "/",
+            &[
+                ("x-drop-me", "1"),
+                ("x-multi", "original"),
+                ("x-gateway", "spoofed"),
+            ],
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        // Response side.
+        assert_eq!(reply.header("x-served-by"), Some("wasmgate"));
+        assert!(reply.headers.get("x-remove-me").is_none());
+        assert_eq!(reply.header("x-upstream"), Some("u"));
+        // Request side, as the upstream saw it.
+        let seen = &up.seen()[0];
+        assert_eq!(
+            seen.headers.get_all("x-gateway").iter().collect::<Vec<_>>(),
+            ["wasmgate"]
+        );
+        assert_eq!(
+            seen.headers.get_all("x-multi").iter().collect::<Vec<_>>(),
+            ["original", "added"]
+        );
+        assert!(seen.headers.get("x-drop-me").is_none());
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn invalid_config_is_rejected_with_the_filters_message() {
+        let up = Upstream::start("u").await;
+        let toml = one_route(
+            &up,
+            r#"
+[[routes.filters]]
+name = "headers"
+config.request.set = { "bad header" = "x" }
+"#,
+        );
+        let err = wasmgate_tests::build_gateway(&toml).await.unwrap_err();
+        assert!(err.contains("routes[0].filters[0].config"), "{err}");
+        assert!(
+            err.contains("\"bad header\" is not a valid header name"),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn short_circuit_is_seen_by_earlier_filters_on_the_way_back() {
+    let up = Upstream::start("u").await;
+    let toml = one_route(
+        &up,
+        r#"
+[[routes.filters]]
+name = "headers"
+config.response.set = { "x-outer" = "saw-it" }
+
+[[routes.filters]]
+name = "api-key"
+config = { keys = ["k"] }
+
+[[routes.filters]]
+name = "headers"
+config.response.set = { "x-inner" = "saw-it" }
+"#,
+    );
+    let gw = start_gateway(&toml).await;
+    let refused = get(gw.addr(), "/", &[]).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(
+        refused.header("x-outer"),
+        Some("saw-it"),
+        "the filter before the one that answered sees the answer"
+    );
+    assert!(
+        refused.headers.get("x-inner").is_none(),
+        "filters after it are skipped"
+    );
+    assert_eq!(up.count(), 0);
+
+    let ok = get(gw.addr(), "/", &[("x-api-key", "k")]).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("x-outer"), Some("saw-it"));
+    assert_eq!(ok.header("x-inner"), Some("saw-it"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn response_filters_run_in_reverse_order() {
+    let up = Upstream::start("u").await;
+    // Both set the same header; the outer (first) filter runs last on the way
+    // back, so its value wins.
+    let toml = one_route(
+        &up,
+        r#"
+[[routes.filters]]
+name = "headers"
+config.response.set = { "x-order" = "first-filter" }
+
+[[routes.filters]]
+name = "headers"
+config.response.set = { "x-order" = "second-filter" }
+"#,
+    );
+    let gw = start_gateway(&toml).await;
+    assert_eq!(
+        get(gw.addr(), "/", &[]).await.header("x-order"),
+        Some("first-filter")
+    );
+    gw.shutdown().await;
+}

@@ -1,0 +1,48 @@
+//! End-to-end tests: the real gateway on `127.0.0.1:0`, real upstream servers,
+//! real WASM filter components built from `filters/`.
+//!
+//! One test binary (see CONVENTIONS: one integration-test crate), one module
+//! per area.
+
+mod cli;
+mod config;
+mod faults;
+mod filters;
+mod routing;
+
+use wasmgate_tests::artifacts;
+
+/// `[engine]` and `[filters.*]` sections with every guest, for test configs.
+/// Small pool: each engine reserves virtual memory per slot.
+pub fn filters_toml() -> String {
+    format!(
+        r#"
+[engine]
+max_instances = 32
+
+[filters.api-key]
+path = "{api_key}"
+
+[filters.headers]
+path = "{headers}"
+
+[filters.fault]
+path = "{fault}"
+memory_limit = "16MiB"
+cpu_limit = "50ms"
+"#,
+        api_key = artifacts::API_KEY,
+        headers = artifacts::HEADERS,
+        fault = artifacts::FAULT,
+    )
+}
+
+/// Every first-party filter must have a module in `filters.rs` with a test
+/// that runs it in the real host: a missing one is a compile error here.
+macro_rules! assert_test_exists {
+    ($name:ident) => {
+        #[allow(unused_imports, reason = "the import itself is the check")]
+        use crate::filters::$name::runs_in_the_real_host as _;
+    };
+}
+wasmgate_tests::foreach_first_party_filter!(assert_test_exists);

@@ -1,0 +1,213 @@
+//! Routing by host, path and method with the documented precedence; round
+//! robin; 404 and 502.
+
+use wasmgate_tests::{Upstream, dead_addr, get, send, start_gateway};
+
+use crate::filters_toml;
+
+#[tokio::test]
+async fn routes_by_host_path_and_method_with_precedence() {
+    let names = ["exact", "long", "short", "wild", "host", "post", "any"];
+    let mut ups = Vec::new();
+    for n in names {
+        ups.push(Upstream::start(n).await);
+    }
+    let mut toml = format!("[server]\nlisten = \"127.0.0.1:0\"\n{}", filters_toml());
+    for u in &ups {
+        toml += &format!("[clusters.{}]\nendpoints = [\"{}\"]\n", u.name, u.addr);
+    }
+    // Written in an order that differs from precedence, to prove sorting.
+    toml += r#"
+[[routes]]
+name = "any"
+path_prefix = "/"
+cluster = "any"
+
+[[routes]]
+name = "short"
+path_prefix = "/api"
+cluster = "short"
+
+[[routes]]
+name = "long"
+path_prefix = "/api/search"
+cluster = "long"
+
+[[routes]]
+name = "exact"
+path = "/api/search/health"
+cluster = "exact"
+
+[[routes]]
+name = "long-later"
+path_prefix = "/api/search"
+cluster = "any"
+
+[[routes]]
+name = "wild"
+hosts = ["*.example.com"]
+path_prefix = "/"
+cluster = "wild"
+
+[[routes]]
+name = "host"
+hosts = ["api.example.com"]
+path_prefix = "/"
+cluster = "host"
+
+[[routes]]
+name = "post"
+hosts = ["api.example.com"]
+path_prefix = "/"
+methods = ["POST"]
+cluster = "post"
+"#;
+    let gw = start_gateway(&toml).await;
+    let a = gw.addr();
+    let which = |r: wasmgate_tests::Reply| r.header("x-upstream").map(str::to_owned);
+
+    assert_eq!(
+        which(get(a, "/api/search/health", &[]).await).as_deref(),
+        Some("exact")
+    );
+    assert_eq!(
+        which(get(a, "/api/search/x", &[]).await).as_deref(),
+        Some("long"),
+        "longest prefix, first in order"
+    );
+    assert_eq!(
+        which(get(a, "/api/search", &[]).await).as_deref(),
+        Some("long")
+    );
+    assert_eq!(
+        which(get(a, "/api/searchx", &[]).await).as_deref(),
+        Some("short"),
+        "prefixes match whole segments"
+    );
+    assert_eq!(which(get(a, "/api", &[]).await).as_deref(), Some("short"));
+    assert_eq!(which(get(a, "/other", &[]).await).as_deref(), Some("any"));
+    // Host beats path; exact host beats wildcard; methods narrow.
+    assert_eq!(
+        which(get(a, "/api/search/health", &[("host", "api.example.com")]).await).as_deref(),
+        Some("host")
+    );
+    assert_eq!(
+        which(send(a, "POST", "/x", &[("host", "API.example.com:8080")]).await).as_deref(),
+        Some("post")
+    );
+    assert_eq!(
+        which(get(a, "/x", &[("host", "shop.example.com")]).await).as_deref(),
+        Some("wild")
+    );
+    assert_eq!(
+        which(get(a, "/x", &[("host", "example.com")]).await).as_deref(),
+        Some("any")
+    );
+    // The upstream gets the path as sent.
+    let seen = ups[1].seen();
+    assert!(seen.iter().any(|s| s.path == "/api/search/x"), "{seen:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_in_the_standard_error_format() {
+    let up = Upstream::start("only").await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/api\"\nmethods = [\"GET\"]\ncluster = \"c\"\n",
+        filters_toml(),
+        up.addr
+    );
+    let gw = start_gateway(&toml).await;
+    for reply in [
+        get(gw.addr(), "/nothing-here", &[]).await,
+        send(gw.addr(), "DELETE", "/api", &[]).await,
+    ] {
+        assert_eq!(reply.status, 404);
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        let body = reply.json();
+        assert_eq!(body["status"], 404);
+        assert_eq!(body["code"], "route_not_found");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(body["request_id"].as_str().map(str::len), Some(32));
+    }
+    assert_eq!(up.count(), 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn round_robin_spreads_across_two_endpoints() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[clusters.c]\nendpoints = [\"{}\", \"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+        filters_toml(),
+        a.addr,
+        b.addr
+    );
+    let gw = start_gateway(&toml).await;
+    let mut order = Vec::new();
+    for _ in 0..10 {
+        order.push(
+            get(gw.addr(), "/", &[])
+                .await
+                .header("x-upstream")
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!((a.count(), b.count()), (5, 5), "order: {order:?}");
+    assert!(
+        order.windows(2).all(|w| w[0] != w[1]),
+        "strict alternation: {order:?}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_and_names_no_address() {
+    let dead = dead_addr().await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[clusters.gone]\nendpoints = [\"{dead}\"]\n[[routes]]\nname = \"r\"\ncluster = \"gone\"\n",
+        filters_toml()
+    );
+    let gw = start_gateway(&toml).await;
+    let reply = get(gw.addr(), "/", &[]).await;
+    assert_eq!(reply.status, 502);
+    let body = reply.json();
+    assert_eq!(body["code"], "upstream_unavailable");
+    assert!(
+        !reply.body.contains(&dead.port().to_string()),
+        "the error must not reveal the backend: {}",
+        reply.body
+    );
+    // The gateway keeps serving.
+    assert_eq!(get(gw.addr(), "/", &[]).await.status, 502);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_http_gets_400_and_never_reaches_the_upstream() {
+    let up = Upstream::start("u").await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+        filters_toml(),
+        up.addr
+    );
+    let gw = start_gateway(&toml).await;
+    let cases: &[&[u8]] = &[
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n",
+        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+    ];
+    for case in cases {
+        let out = wasmgate_tests::raw(gw.addr(), case).await;
+        assert!(
+            out.starts_with("HTTP/1.1 400"),
+            "{:?} got {out:?}",
+            String::from_utf8_lossy(case)
+        );
+    }
+    assert_eq!(up.count(), 0, "nothing malformed may be forwarded");
+    assert_eq!(get(gw.addr(), "/", &[]).await.status, 200, "still serving");
+    gw.shutdown().await;
+}
