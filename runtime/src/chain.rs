@@ -3,14 +3,12 @@
 //! applying the edits and responses filters return, with validation (a filter
 //! cannot smuggle framing headers or an invalid status past the host).
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use crate::body::{self, ProxyBody};
-use crate::filter::{FilterFailure, FilterModule, wit};
+use crate::filter::{FilterFailure, InstancePool, wit};
 
 /// Which headers the host copies into a call, resolved at load.
 #[derive(Debug, Clone)]
@@ -93,10 +91,8 @@ impl Needs {
 /// One filter in a route's chain.
 #[derive(Debug)]
 pub struct ChainFilter {
-    /// The compiled module.
-    pub module: Arc<FilterModule>,
-    /// The route's config for it, as JSON text for `init`.
-    pub config: Arc<str>,
+    /// The instances of this filter for this route's config.
+    pub pool: InstancePool,
     /// What it declared at `init`.
     pub needs: Needs,
 }

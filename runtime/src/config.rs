@@ -159,6 +159,22 @@ struct RawFilter {
     path: String,
     memory_limit: Option<HumanSize>,
     cpu_limit: Option<HumanDuration>,
+    isolation: Option<Isolation>,
+    pool_size: Option<u32>,
+    max_uses: Option<u64>,
+    recycle_memory: Option<HumanSize>,
+    pool_timeout: Option<HumanDuration>,
+}
+
+/// How a filter's instances are shared between requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Instances are reused, one request at a time each (the default).
+    #[default]
+    Pooled,
+    /// A new instance for every call: no state survives a request.
+    Fresh,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +222,12 @@ pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(5);
 pub const DEFAULT_FILTER_MEMORY: u64 = 64 << 20;
 /// Default CPU budget of one filter call.
 pub const DEFAULT_FILTER_CPU: Duration = Duration::from_millis(50);
+/// Default number of instances per (route, filter) pool.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
+/// Default number of calls an instance serves before it is replaced.
+pub const DEFAULT_MAX_USES: u64 = 10_000;
+/// Default wait for a free instance.
+pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_millis(100);
 /// Default upstream connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -263,6 +285,16 @@ pub struct FilterConfig {
     pub memory_limit: u64,
     /// CPU time one call (`init`, `on-request`, `on-response`) may take.
     pub cpu_limit: Duration,
+    /// Pooled (default) or a fresh instance per call.
+    pub isolation: Isolation,
+    /// Most instances per (route, filter) pool.
+    pub pool_size: u32,
+    /// Calls an instance serves before it is replaced.
+    pub max_uses: u64,
+    /// An instance whose memory grew past this is replaced after its call.
+    pub recycle_memory: u64,
+    /// How long a call waits for a free instance before failing with 503.
+    pub pool_timeout: Duration,
 }
 
 /// `[clusters.NAME]`: a group of upstream endpoints.
@@ -456,6 +488,27 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 "must name a .wasm file",
             ));
         }
+        let pool_size = f.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+        if pool_size == 0 {
+            errors.push(ConfigError::new(
+                format!("{key}.pool_size"),
+                "must be at least 1",
+            ));
+        }
+        let max_uses = f.max_uses.unwrap_or(DEFAULT_MAX_USES);
+        if max_uses == 0 {
+            errors.push(ConfigError::new(
+                format!("{key}.max_uses"),
+                "must be at least 1",
+            ));
+        }
+        let recycle_memory = f.recycle_memory.map_or(memory_limit / 2, |s| s.0);
+        if recycle_memory > memory_limit {
+            errors.push(ConfigError::new(
+                format!("{key}.recycle_memory"),
+                format!("{recycle_memory} bytes is more than memory_limit ({memory_limit} bytes)"),
+            ));
+        }
         let path = base.join(&f.path);
         filters.insert(
             name,
@@ -463,6 +516,11 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 path,
                 memory_limit,
                 cpu_limit,
+                isolation: f.isolation.unwrap_or_default(),
+                pool_size,
+                max_uses,
+                recycle_memory,
+                pool_timeout: f.pool_timeout.map_or(DEFAULT_POOL_TIMEOUT, |d| d.0),
             },
         );
     }
@@ -611,6 +669,25 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
         errors.push(ConfigError::new(
             "routes",
             "no routes: add at least one [[routes]] entry",
+        ));
+    }
+    // Every (route, filter) pair has its own pool; all of them together must
+    // fit the engine's pooling allocator, with one slot spare for validation.
+    let needed: u64 = routes
+        .iter()
+        .flat_map(|r| &r.filters)
+        .filter_map(|f| filters.get(&f.name))
+        .map(|f| u64::from(f.pool_size))
+        .sum();
+    if needed + 1 > u64::from(engine.max_instances) {
+        errors.push(ConfigError::new(
+            "engine.max_instances",
+            format!(
+                "{} is too small: the routes' filter pools can hold {needed} instances \
+                 (pool_size summed over every filter of every route), plus one for validation; \
+                 raise it or lower the filters' pool_size",
+                engine.max_instances
+            ),
         ));
     }
 

@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::chain::{ChainFilter, Needs};
-use crate::config::{Config, ConfigError, ConfigErrors};
-use crate::filter::{FilterEngine, FilterModule, Limits};
+use crate::config::{Config, ConfigError, ConfigErrors, Isolation};
+use crate::filter::{FilterEngine, FilterModule, InstancePool, Limits, PoolPolicy};
 use crate::proxy::{Proxy, Route};
 use crate::router::{RouteMatch, RouteTable};
 use crate::server;
@@ -77,11 +77,23 @@ impl Gateway {
                 let key = format!("routes[{i}].filters[{j}].config");
                 match module.probe(&name, &rf.config_json).await {
                     Ok(info) => match Needs::from_wit(info) {
-                        Ok(needs) => chain.push(ChainFilter {
-                            module: module.clone(),
-                            config: Arc::from(rf.config_json.as_str()),
-                            needs,
-                        }),
+                        Ok(needs) => {
+                            let fc = &config.filters[&rf.name];
+                            let policy = PoolPolicy {
+                                size: fc.pool_size as usize,
+                                max_uses: fc.max_uses,
+                                recycle_above: fc.recycle_memory,
+                                fresh: fc.isolation == Isolation::Fresh,
+                                acquire_timeout: fc.pool_timeout,
+                            };
+                            let pool = InstancePool::new(
+                                module.clone(),
+                                name.clone(),
+                                Arc::from(rf.config_json.as_str()),
+                                policy,
+                            );
+                            chain.push(ChainFilter { pool, needs })
+                        }
                         Err(m) => {
                             errors.push(ConfigError::new(key, format!("filter {:?}: {m}", rf.name)))
                         }

@@ -99,7 +99,7 @@ impl Proxy {
                 &f.needs.request_headers,
                 &meta,
             );
-            let decision = match call_on_request(f, &route.name, &wreq).await {
+            let decision = match f.pool.on_request(&wreq).await {
                 Ok(d) => d,
                 Err(failure) => return filter_failed(&route.name, f, &failure, &request_id),
             };
@@ -175,7 +175,7 @@ impl Proxy {
                 body: None,
             };
             let context = contexts.get(i).and_then(|c| c.as_deref());
-            let decision = match call_on_response(f, &route.name, wreq, &wresp, context).await {
+            let decision = match f.pool.on_response(wreq, &wresp, context).await {
                 Ok(d) => d,
                 Err(failure) => return filter_failed(&route.name, f, &failure, &request_id),
             };
@@ -235,33 +235,13 @@ impl Proxy {
     }
 }
 
-async fn call_on_request(
-    f: &ChainFilter,
-    route: &Arc<str>,
-    req: &wit::Request,
-) -> Result<wit::RequestDecision, FilterFailure> {
-    let mut instance = f.module.instantiate(route, &f.config).await?;
-    instance.on_request(req).await
-}
-
-async fn call_on_response(
-    f: &ChainFilter,
-    route: &Arc<str>,
-    req: &wit::Request,
-    resp: &wit::Response,
-    context: Option<&[u8]>,
-) -> Result<wit::ResponseDecision, FilterFailure> {
-    let mut instance = f.module.instantiate(route, &f.config).await?;
-    instance.on_response(req, resp, context).await
-}
-
 fn filter_failed(
     route: &str,
     f: &ChainFilter,
     failure: &FilterFailure,
     request_id: &str,
 ) -> Response<ProxyBody> {
-    let filter = &**f.module.name();
+    let filter = &**f.pool.module().name();
     tracing::error!(
         route,
         filter,
@@ -270,7 +250,9 @@ fn filter_failed(
         "filter {filter:?} on route {route:?} {failure}"
     );
     let status = match failure {
-        FilterFailure::Instantiate(_) => StatusCode::SERVICE_UNAVAILABLE,
+        FilterFailure::Instantiate(_) | FilterFailure::PoolExhausted { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     GatewayError::new(status, failure.code(), format!("filter {filter:?} failed"))

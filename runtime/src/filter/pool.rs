@@ -1,0 +1,235 @@
+//! Instance pools: reuse filter instances across requests, one request per
+//! instance at a time.
+//!
+//! A pool belongs to one (filter version, route config) pair, so an instance's
+//! `init` state always matches the route it serves. An instance goes back to
+//! the pool after a successful call and is discarded instead after a failure
+//! (trap, CPU budget, memory cap), after `max_uses` calls, or once its linear
+//! memory has grown past `recycle_above`. In `fresh` mode every call gets a new
+//! instance (the strongest isolation: no state survives a request).
+//!
+//! Pools are bounded: at most `size` instances exist per pool (idle or in
+//! use). When all are busy, a call waits up to `acquire_timeout`, then fails
+//! with [`FilterFailure::PoolExhausted`] rather than queueing without bound.
+//! The gateway checks at load that the pools' sizes fit the engine's pooling
+//! allocator, so instantiation never fails for lack of slots.
+//!
+//! The hot path takes no lock: a semaphore permit (atomic fast path) and a
+//! lock-free queue of idle instances.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use tokio::sync::Semaphore;
+
+use super::{FilterFailure, FilterInstance, FilterModule, wit};
+
+/// How a pool reuses instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolPolicy {
+    /// Most instances (idle + busy) this pool may hold.
+    pub size: usize,
+    /// Calls an instance serves before it is replaced (bounds leaks in guests).
+    pub max_uses: u64,
+    /// An instance whose memory grew past this many bytes is replaced.
+    pub recycle_above: u64,
+    /// A new instance for every call, never reused.
+    pub fresh: bool,
+    /// How long a call waits for a free instance before failing.
+    pub acquire_timeout: Duration,
+}
+
+/// Counters of one pool, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Idle instances ready for a call.
+    pub idle: usize,
+    /// Instances created so far.
+    pub created: u64,
+    /// Instances discarded so far (failure, uses, memory, fresh mode).
+    pub discarded: u64,
+    /// Calls that failed because every instance was busy.
+    pub exhausted: u64,
+}
+
+/// The instances of one filter for one route config.
+pub struct InstancePool {
+    module: Arc<FilterModule>,
+    route: Arc<str>,
+    config: Arc<str>,
+    policy: PoolPolicy,
+    idle: ArrayQueue<FilterInstance>,
+    permits: Semaphore,
+    created: AtomicU64,
+    discarded: AtomicU64,
+    exhausted: AtomicU64,
+}
+
+impl std::fmt::Debug for InstancePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstancePool")
+            .field("filter", self.module.name())
+            .field("route", &self.route)
+            .field("policy", &self.policy)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl InstancePool {
+    /// A pool for `module` configured with `config` on `route`. Creates no
+    /// instance until the first call.
+    pub fn new(
+        module: Arc<FilterModule>,
+        route: Arc<str>,
+        config: Arc<str>,
+        policy: PoolPolicy,
+    ) -> InstancePool {
+        let size = policy.size.max(1);
+        InstancePool {
+            module,
+            route,
+            config,
+            policy,
+            idle: ArrayQueue::new(size),
+            permits: Semaphore::new(size),
+            created: AtomicU64::new(0),
+            discarded: AtomicU64::new(0),
+            exhausted: AtomicU64::new(0),
+        }
+    }
+
+    /// The filter module.
+    pub fn module(&self) -> &Arc<FilterModule> {
+        &self.module
+    }
+
+    /// The pool's policy.
+    pub fn policy(&self) -> PoolPolicy {
+        self.policy
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            idle: self.idle.len(),
+            created: self.created.load(Ordering::Relaxed),
+            discarded: self.discarded.load(Ordering::Relaxed),
+            exhausted: self.exhausted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs `on-request` on an instance from the pool.
+    pub async fn on_request(
+        &self,
+        req: &wit::Request,
+    ) -> Result<wit::RequestDecision, FilterFailure> {
+        let mut lease = self.acquire().await?;
+        let result = lease.instance_mut().on_request(req).await;
+        lease.finish(result.is_ok());
+        result
+    }
+
+    /// Runs `on-response` on an instance from the pool (not necessarily the
+    /// one that ran `on-request`: per-request state travels in `context`).
+    pub async fn on_response(
+        &self,
+        req: &wit::Request,
+        resp: &wit::Response,
+        context: Option<&[u8]>,
+    ) -> Result<wit::ResponseDecision, FilterFailure> {
+        let mut lease = self.acquire().await?;
+        let result = lease.instance_mut().on_response(req, resp, context).await;
+        lease.finish(result.is_ok());
+        result
+    }
+
+    async fn acquire(&self) -> Result<Lease<'_>, FilterFailure> {
+        let permit = match self.permits.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                match tokio::time::timeout(self.policy.acquire_timeout, self.permits.acquire())
+                    .await
+                {
+                    Ok(Ok(p)) => p,
+                    // The semaphore is never closed; a timeout means every
+                    // instance stayed busy.
+                    Ok(Err(_)) | Err(_) => {
+                        self.exhausted.fetch_add(1, Ordering::Relaxed);
+                        return Err(FilterFailure::PoolExhausted {
+                            size: self.policy.size,
+                            waited: self.policy.acquire_timeout,
+                        });
+                    }
+                }
+            }
+        };
+        let reused = if self.policy.fresh {
+            None
+        } else {
+            self.idle.pop()
+        };
+        let instance = match reused {
+            Some(i) => i,
+            None => {
+                let i = self.module.instantiate(&self.route, &self.config).await;
+                self.created.fetch_add(1, Ordering::Relaxed);
+                match i {
+                    Ok(i) => i,
+                    Err(e) => {
+                        self.discarded.fetch_add(1, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        Ok(Lease {
+            pool: self,
+            instance: Some(instance),
+            _permit: permit,
+            healthy: false,
+        })
+    }
+}
+
+/// An instance borrowed for one call. Returned to the pool when dropped if the
+/// call succeeded and the instance is still within its policy; otherwise
+/// discarded (its store and pooling slot are freed).
+struct Lease<'a> {
+    pool: &'a InstancePool,
+    instance: Option<FilterInstance>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    healthy: bool,
+}
+
+impl Lease<'_> {
+    fn instance_mut(&mut self) -> &mut FilterInstance {
+        self.instance
+            .as_mut()
+            .expect("a lease holds its instance until dropped")
+    }
+
+    fn finish(&mut self, ok: bool) {
+        self.healthy = ok;
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let Some(instance) = self.instance.take() else {
+            return;
+        };
+        let policy = &self.pool.policy;
+        let keep = self.healthy
+            && !policy.fresh
+            && instance.uses() < policy.max_uses
+            && instance.memory_bytes() <= policy.recycle_above;
+        if !keep || self.pool.idle.push(instance).is_err() {
+            self.pool.discarded.fetch_add(1, Ordering::Relaxed);
+        }
+        // The permit is released after the instance is back in the queue, so a
+        // waiter always finds it.
+    }
+}
