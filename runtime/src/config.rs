@@ -148,6 +148,8 @@ struct RawServer {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawEngine {
+    compile_cache: Option<bool>,
+    cache_dir: Option<String>,
     max_instances: Option<u32>,
     max_memory: Option<HumanSize>,
     epoch_tick: Option<HumanDuration>,
@@ -264,6 +266,8 @@ pub struct EngineConfig {
     pub max_memory: u64,
     /// Epoch ticker interval: the granularity of CPU budgets.
     pub epoch_tick: Duration,
+    /// Folder of the compiled-component cache; `None` = no cache.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -272,8 +276,22 @@ impl Default for EngineConfig {
             max_instances: DEFAULT_MAX_INSTANCES,
             max_memory: DEFAULT_MAX_MEMORY,
             epoch_tick: DEFAULT_EPOCH_TICK,
+            cache_dir: default_cache_dir(),
         }
     }
+}
+
+/// `$XDG_CACHE_HOME/wasmgate`, else `$HOME/.cache/wasmgate`, else none.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("wasmgate"))
 }
 
 /// `[filters.NAME]`: a filter module and its limits.
@@ -415,6 +433,15 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
     });
 
     let mut engine = EngineConfig::default();
+    match (raw.engine.compile_cache, raw.engine.cache_dir) {
+        (Some(false), Some(_)) => errors.push(ConfigError::new(
+            "engine.cache_dir",
+            "is set but engine.compile_cache is false",
+        )),
+        (Some(false), None) => engine.cache_dir = None,
+        (_, Some(dir)) => engine.cache_dir = Some(base.join(dir)),
+        (_, None) => {}
+    }
     if let Some(n) = raw.engine.max_instances {
         if n == 0 || n > 100_000 {
             errors.push(ConfigError::new(

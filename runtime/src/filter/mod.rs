@@ -13,6 +13,7 @@
 //!   version, route config); see `pool.rs`.
 
 mod bindings;
+mod cache;
 mod host;
 mod pool;
 
@@ -21,11 +22,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 pub use bindings::wit;
 use bindings::{Plugin, PluginPre};
+use cache::CompileCache;
+pub use cache::{CacheOutcome, sha256_hex};
 pub use host::CallSite;
 use host::HostState;
 pub use pool::{InstancePool, PoolPolicy, PoolStats};
@@ -123,6 +126,7 @@ pub struct FilterEngine {
     linker: Linker<HostState>,
     tick: Duration,
     ticker_stop: Arc<AtomicBool>,
+    cache: Option<CompileCache>,
 }
 
 impl std::fmt::Debug for FilterEngine {
@@ -178,11 +182,19 @@ impl FilterEngine {
                 })
                 .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker: {e}"))?;
         }
+        let cache = config.cache_dir.as_deref().and_then(|dir| {
+            CompileCache::open(dir, &engine)
+                .inspect_err(|e| {
+                    tracing::warn!(dir = %dir.display(), "compile cache disabled: cannot create it: {e}")
+                })
+                .ok()
+        });
         Ok(FilterEngine {
             engine,
             linker,
             tick,
             ticker_stop,
+            cache,
         })
     }
 
@@ -210,8 +222,21 @@ impl FilterEngine {
             reason,
         };
         check_component_header(bytes).map_err(not_component)?;
-        let component = Component::new(&self.engine, bytes)
+        let sha256 = sha256_hex(bytes);
+        let started = std::time::Instant::now();
+        let compiled = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, bytes, &sha256),
+            None => cache::compile(&self.engine, bytes).map(|c| (c, CacheOutcome::Disabled)),
+        };
+        let (component, outcome) = compiled
             .map_err(|e| not_component(format!("not a valid WebAssembly component: {e:#}")))?;
+        tracing::info!(
+            filter = name,
+            sha256 = &sha256[..16],
+            cache = ?outcome,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "filter module loaded"
+        );
         let contract = |e: wasmtime::Error| LoadError::Contract {
             path: origin.to_owned(),
             reason: format!("{e:#}"),
@@ -220,6 +245,7 @@ impl FilterEngine {
         let pre = PluginPre::new(instance_pre).map_err(contract)?;
         Ok(FilterModule {
             name: Arc::from(name),
+            sha256,
             pre,
             limits,
             tick: self.tick,
@@ -254,6 +280,7 @@ fn check_component_header(bytes: &[u8]) -> Result<(), String> {
 /// A compiled, pre-linked filter component.
 pub struct FilterModule {
     name: Arc<str>,
+    sha256: String,
     pre: PluginPre<HostState>,
     limits: Limits,
     tick: Duration,
@@ -272,6 +299,11 @@ impl FilterModule {
     /// The filter's name in the config.
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// Hex SHA-256 of the component's bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     /// The filter's limits.

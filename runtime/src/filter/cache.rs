@@ -1,0 +1,144 @@
+//! The on-disk cache of compiled components, keyed by content hash, so that a
+//! restart (or a second gateway on the same machine) does not recompile.
+//!
+//! An entry is `<dir>/<sha256 of the .wasm>-<engine compatibility hash>.cwasm`:
+//! the output of `Engine::precompile_component` followed by the SHA-256 of that
+//! output. The trailing digest is checked before the entry is used, so a torn
+//! or corrupted file is recompiled rather than loaded. Entries are written to a
+//! unique temporary name and renamed into place, so concurrent writers are
+//! safe. The folder is created private to the user (0700): loading an entry
+//! runs its machine code, so only this user may write there.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Whether a load came from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Loaded precompiled code.
+    Hit,
+    /// Compiled now (and stored, if the folder is writable).
+    Compiled,
+    /// Compiled now; caching is off.
+    Disabled,
+}
+
+/// The cache folder and the engine's compatibility key.
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: PathBuf,
+    compat: String,
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl CompileCache {
+    /// Opens (creating) the cache folder for `engine`.
+    pub fn open(dir: &Path, engine: &Engine) -> std::io::Result<CompileCache> {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        Ok(CompileCache {
+            dir: dir.to_path_buf(),
+            compat: format!("{:016x}", h.finish()),
+        })
+    }
+
+    fn entry(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}-{}.cwasm", self.compat))
+    }
+
+    /// Loads the precompiled form of `bytes` (whose hash is `sha256`), or
+    /// compiles and stores it.
+    pub fn load_or_compile(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> wasmtime::Result<(Component, CacheOutcome)> {
+        let path = self.entry(sha256);
+        if let Some(component) = self.try_load(engine, &path) {
+            return Ok((component, CacheOutcome::Hit));
+        }
+        let compiled = engine.precompile_component(bytes)?;
+        let component = deserialize(engine, &compiled)?;
+        if let Err(e) = self.store(&path, &compiled) {
+            tracing::warn!(path = %path.display(), "cannot write the compile cache: {e}");
+        }
+        Ok((component, CacheOutcome::Compiled))
+    }
+
+    fn try_load(&self, engine: &Engine, path: &Path) -> Option<Component> {
+        let data = std::fs::read(path).ok()?;
+        let valid = data.len() > 32 && {
+            let (code, digest) = data.split_at(data.len() - 32);
+            Sha256::digest(code).as_slice() == digest
+        };
+        if !valid {
+            tracing::warn!(path = %path.display(), "discarding a corrupt compile cache entry");
+            let _ = std::fs::remove_file(path);
+            return None;
+        }
+        match deserialize(engine, &data[..data.len() - 32]) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "discarding an unusable compile cache entry: {e:#}");
+                let _ = std::fs::remove_file(path);
+                None
+            }
+        }
+    }
+
+    fn store(&self, path: &Path, compiled: &[u8]) -> std::io::Result<()> {
+        let tmp = path.with_extension(format!(
+            "tmp.{}.{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(compiled)?;
+            f.write_all(&Sha256::digest(compiled))?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Compiles without caching.
+pub fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
+    Component::new(engine, bytes)
+}
+
+#[expect(
+    unsafe_code,
+    reason = "deserializing runs precompiled machine code; the bytes come from this \
+              engine's own precompile_component, stored in a user-private folder and \
+              checked against their SHA-256 before use"
+)]
+fn deserialize(engine: &Engine, compiled: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: `compiled` was produced by `Engine::precompile_component` (just
+    // now, or earlier and stored with a digest that was verified above), and
+    // wasmtime checks the engine compatibility header itself.
+    unsafe { Component::deserialize(engine, compiled) }
+}
