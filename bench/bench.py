@@ -389,12 +389,15 @@ def peer_envoy(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
                                   "--disable-hot-restart", "-l", "warn"], cpu, ctx.workdir)
 
 
-def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]]) -> str:
-    """`chain` is [(filter name, inline TOML table of its config)]."""
+def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
+                  filter_keys: dict[str, str] | None = None) -> str:
+    """`chain` is [(filter name, inline TOML table of its config)];
+    `filter_keys` are extra `[filters.NAME]` keys (TOML values) for every filter."""
     lines = ["[server]", f'listen = "{HOST}:{port}"', ""]
     for fname in sorted({f for f, _ in chain}):
         wasm = ctx.tools.filters_dir / f"{fname.replace('-', '_')}.wasm"
-        lines += [f"[filters.{fname}]", f'path = "{wasm}"', ""]
+        lines += [f"[filters.{fname}]", f'path = "{wasm}"']
+        lines += [f"{k} = {v}" for k, v in (filter_keys or {}).items()] + [""]
     lines += ["[clusters.upstream]", f'endpoints = ["{HOST}:{ctx.upstream_port}"]', ""]
     lines += ["[[routes]]", 'name = "all"', 'path_prefix = "/"', 'cluster = "upstream"', ""]
     for fname, config in chain:
@@ -404,7 +407,7 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]]) -> str:
 
 def peer_wasmgate(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
     conf = ctx.workdir / f"{name}.toml"
-    conf.write_text(wasmgate_toml(ctx, port, opts.get("chain", [])))
+    conf.write_text(wasmgate_toml(ctx, port, opts.get("chain", []), opts.get("filter_keys")))
     check = subprocess.run([str(ctx.tools.wasmgate), "check", "--config", str(conf)],
                            capture_output=True, text=True, env={**os.environ, "WASMGATE_LOG": "warn"})
     if check.returncode != 0:
@@ -456,6 +459,11 @@ SCENARIOS: list[Scenario] = [
              {"wasm": True}, auth=True, expect_headers=dict([SERVED_BY]), ref="wasmgate-2f"),
     Scenario("wasmgate-2f", "wasmgate + api-key + headers", "wasmgate",
              {"chain": [("api-key", API_KEY_CFG), ("headers", SERVED_BY_CFG)]},
+             auth=True, expect_headers=dict([SERVED_BY]), ref="wasmgate-2f"),
+    Scenario("wasmgate-2f-fresh", "wasmgate + api-key + headers, fresh instance per call",
+             "wasmgate",
+             {"chain": [("api-key", API_KEY_CFG), ("headers", SERVED_BY_CFG)],
+              "filter_keys": {"isolation": '"fresh"'}},
              auth=True, expect_headers=dict([SERVED_BY]), ref="wasmgate-2f"),
     Scenario("wasmgate-3f", "wasmgate + headers + api-key + headers", "wasmgate",
              {"chain": [("headers", CHAIN_MARK_CFG), ("api-key", API_KEY_CFG),
@@ -604,7 +612,7 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
             if proc is not None:
                 wait_listening(proc, port)
             check_scenario(sc, port)
-            print(f"  {sc.name:<12} ok: 200 on {HOST}:{port}"
+            print(f"  {sc.name:<18} ok: 200 on {HOST}:{port}"
                   + (f" with {', '.join(f'{k}: {v}' for k, v in sc.expect_headers.items())}"
                      if sc.expect_headers else "")
                   + ("; 401 without the key" if sc.auth else ""))
@@ -882,7 +890,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.list:
         for sc in SCENARIOS:
-            print(f"{sc.name:<12} {sc.label}")
+            print(f"{sc.name:<18} {sc.label}")
         return 0
 
     scenarios = SCENARIOS

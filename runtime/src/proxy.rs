@@ -63,21 +63,41 @@ impl Proxy {
     /// Handles one request from `peer`. Never fails: every error becomes a
     /// response in the standard error format.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        let request_id = self.ids.next();
+        let id = self.ids.next();
         let (mut parts, body) = req.into_parts();
-        let authority = authority_of(&parts);
-        let host = authority.as_deref().and_then(normalize_host);
-        let Some(route) = self.routes.find(
-            &self.tenant,
-            host.as_deref(),
-            &parts.method,
-            parts.uri.path(),
-        ) else {
-            return GatewayError::route_not_found().into_response(Some(&request_id));
+        let route = {
+            let host = authority_of(&parts).and_then(normalize_host);
+            match self.routes.find(
+                &self.tenant,
+                host.as_deref(),
+                &parts.method,
+                parts.uri.path(),
+            ) {
+                Some(route) => route.clone(),
+                None => {
+                    return GatewayError::route_not_found().into_response(Some(&id.to_string()));
+                }
+            }
         };
-        let route = route.clone();
         strip_hop_by_hop(&mut parts.headers);
+        if route.chain.is_empty() {
+            // The lean path: nothing to copy, nothing to call.
+            return self.forward(&route, &route.cluster, parts, body, id).await;
+        }
+        self.handle_with_filters(&route, parts, body, peer, id)
+            .await
+    }
 
+    async fn handle_with_filters(
+        &self,
+        route: &Arc<Route>,
+        mut parts: Parts,
+        body: Incoming,
+        peer: SocketAddr,
+        id: RequestId,
+    ) -> Response<ProxyBody> {
+        let request_id = id.to_string();
+        let authority = authority_of(&parts).map(str::to_owned);
         let meta = wit::RequestMeta {
             request_id: request_id.clone(),
             route: route.name.to_string(),
@@ -142,25 +162,7 @@ impl Proxy {
         let (mut resp, seen_by) = match short_circuit {
             Some((i, resp)) => (resp, i),
             None => {
-                let upstream_req = Request::from_parts(parts, body::stream(body));
-                let resp = match cluster.forward(upstream_req).await {
-                    Ok((resp, _endpoint)) => {
-                        let (mut rparts, rbody) = resp.into_parts();
-                        strip_hop_by_hop(&mut rparts.headers);
-                        Response::from_parts(rparts, body::stream(rbody))
-                    }
-                    Err(failure) => {
-                        tracing::warn!(
-                            route = &*route.name,
-                            cluster = &**cluster.name(),
-                            request_id,
-                            "upstream: {failure}"
-                        );
-                        failure
-                            .to_gateway_error(cluster.name())
-                            .into_response(Some(&request_id))
-                    }
-                };
+                let resp = self.forward(route, &cluster, parts, body, id).await;
                 (resp, route.chain.len())
             }
         };
@@ -190,6 +192,38 @@ impl Proxy {
             }
         }
         resp
+    }
+
+    /// Sends the request to `cluster` and returns its response with
+    /// hop-by-hop headers removed, or the standard error.
+    async fn forward(
+        &self,
+        route: &Route,
+        cluster: &Arc<Cluster>,
+        parts: Parts,
+        body: Incoming,
+        id: RequestId,
+    ) -> Response<ProxyBody> {
+        let upstream_req = Request::from_parts(parts, body::stream(body));
+        match cluster.forward(upstream_req).await {
+            Ok((resp, _endpoint)) => {
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                Response::from_parts(rparts, body::stream(rbody))
+            }
+            Err(failure) => {
+                let request_id = id.to_string();
+                tracing::warn!(
+                    route = &*route.name,
+                    cluster = &**cluster.name(),
+                    request_id,
+                    "upstream: {failure}"
+                );
+                failure
+                    .to_gateway_error(cluster.name())
+                    .into_response(Some(&request_id))
+            }
+        }
     }
 
     fn apply_request_edits(
@@ -259,15 +293,14 @@ fn filter_failed(
         .into_response(Some(request_id))
 }
 
-fn authority_of(parts: &Parts) -> Option<String> {
+fn authority_of(parts: &Parts) -> Option<&str> {
     if let Some(a) = parts.uri.authority() {
-        return Some(a.as_str().to_owned());
+        return Some(a.as_str());
     }
     parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
 }
 
 fn wit_request(
@@ -341,8 +374,23 @@ impl RequestIds {
         }
     }
 
-    fn next(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:016x}", self.prefix, n)
+    fn next(&self) -> RequestId {
+        RequestId {
+            prefix: self.prefix,
+            n: self.counter.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// A request's id; rendered (32 hex digits) only when something needs the text.
+#[derive(Debug, Clone, Copy)]
+struct RequestId {
+    prefix: u64,
+    n: u64,
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}{:016x}", self.prefix, self.n)
     }
 }

@@ -15,6 +15,7 @@
 //! The table is keyed by tenant so that multi-tenancy can add tenants without
 //! changing the lookup; today every route belongs to [`TenantId::DEFAULT`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -187,8 +188,9 @@ impl<R> RouteTable<R> {
 }
 
 /// The host part of a `Host` header or URI authority, lower-case, without the
-/// port or a trailing dot. `None` if it is empty.
-pub fn normalize_host(authority: &str) -> Option<String> {
+/// port or a trailing dot. `None` if it is empty. Borrows when the input is
+/// already in that form (the common case), so routing allocates nothing.
+pub fn normalize_host(authority: &str) -> Option<Cow<'_, str>> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         // IPv6 literal: keep the brackets' content.
         rest.split(']').next().unwrap_or("")
@@ -204,8 +206,10 @@ pub fn normalize_host(authority: &str) -> Option<String> {
     let host = host.trim_end_matches('.');
     if host.is_empty() {
         None
+    } else if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
     } else {
-        Some(host.to_ascii_lowercase())
+        Some(Cow::Borrowed(host))
     }
 }
 
