@@ -47,10 +47,24 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let path = match &cli.command {
+        Command::Check { config } | Command::Serve { config } => config.clone(),
+    };
+    // The config is read before the runtime exists, because it says how many
+    // worker threads to start; errors are reported here and again never.
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("wasmgate-worker");
+    if let Some(n) = config.server.workers {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -59,25 +73,21 @@ pub fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Check { config } => check(config).await,
-            Command::Serve { config } => serve(config).await,
+            Command::Check { .. } => check(&path, config).await,
+            Command::Serve { .. } => serve(config).await,
         }
     })
 }
 
-async fn load(path: PathBuf) -> Result<Gateway, ExitCode> {
-    let config = Config::load(&path).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::FAILURE
-    })?;
+async fn build(config: Config) -> Result<Gateway, ExitCode> {
     Gateway::build(config).await.map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::FAILURE
     })
 }
 
-async fn check(path: PathBuf) -> ExitCode {
-    match load(path.clone()).await {
+async fn check(path: &std::path::Path, config: Config) -> ExitCode {
+    match build(config).await {
         Ok(g) => {
             let c = g.config();
             println!(
@@ -93,8 +103,8 @@ async fn check(path: PathBuf) -> ExitCode {
     }
 }
 
-async fn serve(path: PathBuf) -> ExitCode {
-    let gateway = match load(path).await {
+async fn serve(config: Config) -> ExitCode {
+    let gateway = match build(config).await {
         Ok(g) => g,
         Err(code) => return code,
     };

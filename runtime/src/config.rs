@@ -143,6 +143,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
+    workers: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -255,6 +256,8 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address the proxy listens on.
     pub listen: SocketAddr,
+    /// Worker threads serving requests; `None` = one per CPU.
+    pub workers: Option<usize>,
 }
 
 /// `[engine]`: settings of the one wasmtime engine all filters share.
@@ -432,6 +435,16 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
         SocketAddr::from(([127, 0, 0, 1], 8080))
     });
 
+    let workers = match raw.server.workers {
+        Some(n) if n == 0 || n > 1024 => {
+            errors.push(ConfigError::new(
+                "server.workers",
+                format!("must be between 1 and 1024, got {n}"),
+            ));
+            None
+        }
+        n => n.map(|n| n as usize),
+    };
     let mut engine = EngineConfig::default();
     match (raw.engine.compile_cache, raw.engine.cache_dir) {
         (Some(false), Some(_)) => errors.push(ConfigError::new(
@@ -721,7 +734,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
     if errors.is_empty() {
         Ok(Config {
             source: source.to_owned(),
-            server: ServerConfig { listen },
+            server: ServerConfig { listen, workers },
             engine,
             filters,
             clusters,
