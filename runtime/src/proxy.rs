@@ -97,7 +97,6 @@ impl Proxy {
         id: RequestId,
     ) -> Response<ProxyBody> {
         let request_id = id.to_string();
-        let authority = authority_of(&parts).map(str::to_owned);
         let meta = wit::RequestMeta {
             request_id: request_id.clone(),
             route: route.name.to_string(),
@@ -110,15 +109,22 @@ impl Proxy {
         let mut cluster = route.cluster.clone();
         let mut contexts: Vec<Option<Vec<u8>>> = Vec::with_capacity(route.chain.len());
         let mut short_circuit = None;
+        // Built once; each call gets only the headers its filter declared, and
+        // the request line is refreshed after edits.
+        let mut wreq = wit::Request {
+            method: String::new(),
+            scheme: "http".to_owned(),
+            authority: String::new(),
+            path_with_query: String::new(),
+            headers: Vec::new(),
+            body: None,
+            meta,
+        };
+        sync_request_line(&mut wreq, &parts);
 
         // Request side.
         for (i, f) in route.chain.iter().enumerate() {
-            let wreq = wit_request(
-                &parts,
-                authority.as_deref(),
-                &f.needs.request_headers,
-                &meta,
-            );
+            wreq.headers = f.needs.request_headers.copy(&parts.headers);
             let decision = match f.pool.on_request(&wreq).await {
                 Ok(d) => d,
                 Err(failure) => return filter_failed(&route.name, f, &failure, &request_id),
@@ -130,6 +136,7 @@ impl Proxy {
                     {
                         return filter_failed(&route.name, f, &failure, &request_id);
                     }
+                    sync_request_line(&mut wreq, &parts);
                     contexts.push(p.context);
                 }
                 wit::RequestDecision::Respond(r) => match chain::build_response(r) {
@@ -144,17 +151,14 @@ impl Proxy {
         }
 
         // The request as forwarded, for the response side.
+        wreq.headers.clear();
         let forwarded: Vec<Option<wit::Request>> = route
             .chain
             .iter()
             .map(|f| {
-                f.needs.wants_response.then(|| {
-                    wit_request(
-                        &parts,
-                        authority.as_deref(),
-                        &f.needs.request_headers,
-                        &meta,
-                    )
+                f.needs.wants_response.then(|| wit::Request {
+                    headers: f.needs.request_headers.copy(&parts.headers),
+                    ..wreq.clone()
                 })
             })
             .collect();
@@ -303,25 +307,20 @@ fn authority_of(parts: &Parts) -> Option<&str> {
         .and_then(|h| h.to_str().ok())
 }
 
-fn wit_request(
-    parts: &Parts,
-    authority: Option<&str>,
-    interest: &chain::Interest,
-    meta: &wit::RequestMeta,
-) -> wit::Request {
-    wit::Request {
-        method: parts.method.as_str().to_owned(),
-        scheme: "http".to_owned(),
-        authority: authority.unwrap_or_default().to_owned(),
-        path_with_query: parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned(),
-        headers: interest.copy(&parts.headers),
-        body: None,
-        meta: meta.clone(),
+/// Makes the WIT request's method, authority and path match `parts`,
+/// allocating only for what changed.
+fn sync_request_line(wreq: &mut wit::Request, parts: &Parts) {
+    fn sync(field: &mut String, value: &str) {
+        if field != value {
+            value.clone_into(field);
+        }
     }
+    sync(&mut wreq.method, parts.method.as_str());
+    sync(&mut wreq.authority, authority_of(parts).unwrap_or_default());
+    sync(
+        &mut wreq.path_with_query,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+    );
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the
