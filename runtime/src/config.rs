@@ -144,6 +144,8 @@ struct RawConfig {
 struct RawServer {
     listen: Option<String>,
     workers: Option<u32>,
+    #[serde(default)]
+    allow_encoded_slashes: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -258,6 +260,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Worker threads serving requests; `None` = one per CPU.
     pub workers: Option<usize>,
+    /// Keep `%2F`/`%5C` in paths instead of answering 400.
+    pub allow_encoded_slashes: bool,
 }
 
 /// `[engine]`: settings of the one wasmtime engine all filters share.
@@ -734,7 +738,11 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
     if errors.is_empty() {
         Ok(Config {
             source: source.to_owned(),
-            server: ServerConfig { listen, workers },
+            server: ServerConfig {
+                listen,
+                workers,
+                allow_encoded_slashes: raw.server.allow_encoded_slashes,
+            },
             engine,
             filters,
             clusters,

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::chain::{ChainFilter, Needs};
 use crate::config::{Config, ConfigError, ConfigErrors, Isolation};
 use crate::filter::{FilterEngine, FilterModule, InstancePool, Limits, PoolPolicy};
+use crate::normalize::PathPolicy;
 use crate::proxy::{Proxy, Route};
 use crate::router::{RouteMatch, RouteTable};
 use crate::server;
@@ -122,7 +123,13 @@ impl Gateway {
         if !errors.is_empty() {
             return Err(fail(errors));
         }
-        let proxy = Arc::new(Proxy::new(RouteTable::new(routes), clusters));
+        let proxy = Arc::new(Proxy::new(
+            RouteTable::new(routes),
+            clusters,
+            PathPolicy {
+                allow_encoded_slashes: config.server.allow_encoded_slashes,
+            },
+        ));
         Ok(Gateway {
             config,
             proxy,

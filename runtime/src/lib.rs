@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod filter;
 pub mod gateway;
+pub mod normalize;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -10,6 +10,7 @@
 //! request it served with a 500 in the standard error format and a log line
 //! naming route and filter; nothing else is affected.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use crate::body::{self, ProxyBody};
 use crate::chain::{self, ChainFilter};
 use crate::error::GatewayError;
 use crate::filter::{FilterFailure, wit};
+use crate::normalize::{PathError, PathPolicy, normalize_path};
 use crate::router::{RouteTable, TenantId, normalize_host};
 use crate::upstream::Cluster;
 
@@ -45,18 +47,21 @@ pub struct Proxy {
     pub(crate) clusters: std::collections::HashMap<String, Arc<Cluster>>,
     tenant: TenantId,
     ids: RequestIds,
+    path_policy: PathPolicy,
 }
 
 impl Proxy {
     pub(crate) fn new(
         routes: RouteTable<Route>,
         clusters: std::collections::HashMap<String, Arc<Cluster>>,
+        path_policy: PathPolicy,
     ) -> Proxy {
         Proxy {
             routes,
             clusters,
             tenant: TenantId::default_tenant(),
             ids: RequestIds::new(),
+            path_policy,
         }
     }
 
@@ -65,6 +70,9 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let id = self.ids.next();
         let (mut parts, body) = req.into_parts();
+        if let Err(e) = self.canonical_path(&mut parts) {
+            return GatewayError::bad_request(e.to_string()).into_response(Some(&id.to_string()));
+        }
         let route = {
             let host = authority_of(&parts).and_then(normalize_host);
             match self.routes.find(
@@ -196,6 +204,24 @@ impl Proxy {
             }
         }
         resp
+    }
+
+    /// Replaces the request's path with its canonical form (see
+    /// [`crate::normalize`]); the query is kept as sent.
+    fn canonical_path(&self, parts: &mut Parts) -> Result<(), PathError> {
+        let path = parts.uri.path();
+        let normalized = match normalize_path(path, self.path_policy)? {
+            Cow::Borrowed(_) => return Ok(()),
+            Cow::Owned(p) => p,
+        };
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{normalized}?{q}"),
+            None => normalized,
+        };
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = Some(pq.parse().map_err(|_| PathError::BadEscape)?);
+        parts.uri = http::Uri::from_parts(uri).map_err(|_| PathError::BadEscape)?;
+        Ok(())
     }
 
     /// Sends the request to `cluster` and returns its response with

@@ -211,3 +211,51 @@ async fn malformed_http_gets_400_and_never_reaches_the_upstream() {
     assert_eq!(get(gw.addr(), "/", &[]).await.status, 200, "still serving");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_canonical_path_for_routing_and_forwarding() {
+    let (api, other) = (Upstream::start("api").await, Upstream::start("other").await);
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[clusters.api]\nendpoints = [\"{}\"]\n[clusters.other]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"api\"\npath_prefix = \"/api/search\"\ncluster = \"api\"\n[[routes]]\nname = \"other\"\ncluster = \"other\"\n",
+        filters_toml(),
+        api.addr,
+        other.addr
+    );
+    let gw = start_gateway(&toml).await;
+    let cases = [
+        ("/api//search/./x?q=a%2Fb", "api", "/api/search/x?q=a%2Fb"),
+        ("/api/x/../search", "api", "/api/search"),
+        ("/%61pi/search", "api", "/api/search"),
+        ("/api/search/%2e%2e/%2E%2E/admin", "other", "/admin"),
+        ("/api/searchx/../search/y", "api", "/api/search/y"),
+    ];
+    for (sent, upstream, forwarded) in cases {
+        let reply = get(gw.addr(), sent, &[]).await;
+        assert_eq!(reply.status, 200, "{sent}: {}", reply.body);
+        assert_eq!(reply.header("x-upstream"), Some(upstream), "{sent}");
+        let seen = if upstream == "api" {
+            api.seen()
+        } else {
+            other.seen()
+        };
+        assert_eq!(seen.last().unwrap().path, forwarded, "{sent}");
+    }
+    let before = api.count() + other.count();
+    for rejected in [
+        "/api/search%2F..%2Fadmin",
+        "/api/%5Cadmin",
+        "/api/..;/admin",
+        "/api/%zz",
+        "/api/%00",
+    ] {
+        let reply = get(gw.addr(), rejected, &[]).await;
+        assert_eq!(reply.status, 400, "{rejected}");
+        assert_eq!(reply.json()["code"], "bad_request", "{rejected}");
+    }
+    assert_eq!(
+        api.count() + other.count(),
+        before,
+        "rejected paths are never forwarded"
+    );
+    gw.shutdown().await;
+}
