@@ -146,6 +146,12 @@ struct RawServer {
     workers: Option<u32>,
     #[serde(default)]
     allow_encoded_slashes: bool,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    forwarded_header: bool,
+    hide_response_headers: Option<Vec<String>>,
+    request_id_header: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -262,6 +268,8 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// Keep `%2F`/`%5C` in paths instead of answering 400.
     pub allow_encoded_slashes: bool,
+    /// Forwarding headers, trusted proxies, request ids.
+    pub forwarding: crate::forwarding::ForwardingPolicy,
 }
 
 /// `[engine]`: settings of the one wasmtime engine all filters share.
@@ -449,6 +457,43 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
         }
         n => n.map(|n| n as usize),
     };
+    let mut forwarding = crate::forwarding::ForwardingPolicy {
+        forwarded_header: raw.server.forwarded_header,
+        ..Default::default()
+    };
+    for (i, t) in raw.server.trusted_proxies.iter().enumerate() {
+        let parsed = t
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => forwarding.trusted_proxies.push(net),
+            Err(_) => errors.push(ConfigError::new(
+                format!("server.trusted_proxies[{i}]"),
+                format!("{t:?} is not an IP address or CIDR range (e.g. \"10.0.0.0/8\")"),
+            )),
+        }
+    }
+    if let Some(list) = &raw.server.hide_response_headers {
+        forwarding.hide_response_headers.clear();
+        for (i, h) in list.iter().enumerate() {
+            match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                Ok(n) => forwarding.hide_response_headers.push(n),
+                Err(_) => errors.push(ConfigError::new(
+                    format!("server.hide_response_headers[{i}]"),
+                    format!("{h:?} is not a header name"),
+                )),
+            }
+        }
+    }
+    if let Some(h) = &raw.server.request_id_header {
+        match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+            Ok(n) => forwarding.request_id_header = n,
+            Err(_) => errors.push(ConfigError::new(
+                "server.request_id_header",
+                format!("{h:?} is not a header name"),
+            )),
+        }
+    }
     let mut engine = EngineConfig::default();
     match (raw.engine.compile_cache, raw.engine.cache_dir) {
         (Some(false), Some(_)) => errors.push(ConfigError::new(
@@ -742,6 +787,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 listen,
                 workers,
                 allow_encoded_slashes: raw.server.allow_encoded_slashes,
+                forwarding,
             },
             engine,
             filters,

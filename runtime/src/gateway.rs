@@ -129,6 +129,7 @@ impl Gateway {
             PathPolicy {
                 allow_encoded_slashes: config.server.allow_encoded_slashes,
             },
+            config.server.forwarding.clone(),
         ));
         Ok(Gateway {
             config,

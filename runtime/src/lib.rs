@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod filter;
+pub mod forwarding;
 pub mod gateway;
 pub mod normalize;
 pub mod proxy;

@@ -25,6 +25,7 @@ use crate::body::{self, ProxyBody};
 use crate::chain::{self, ChainFilter};
 use crate::error::GatewayError;
 use crate::filter::{FilterFailure, wit};
+use crate::forwarding::{ClientView, ForwardingPolicy};
 use crate::normalize::{PathError, PathPolicy, normalize_path};
 use crate::router::{RouteTable, TenantId, normalize_host};
 use crate::upstream::Cluster;
@@ -48,6 +49,7 @@ pub struct Proxy {
     tenant: TenantId,
     ids: RequestIds,
     path_policy: PathPolicy,
+    forwarding: ForwardingPolicy,
 }
 
 impl Proxy {
@@ -55,6 +57,7 @@ impl Proxy {
         routes: RouteTable<Route>,
         clusters: std::collections::HashMap<String, Arc<Cluster>>,
         path_policy: PathPolicy,
+        forwarding: ForwardingPolicy,
     ) -> Proxy {
         Proxy {
             routes,
@@ -62,6 +65,7 @@ impl Proxy {
             tenant: TenantId::default_tenant(),
             ids: RequestIds::new(),
             path_policy,
+            forwarding,
         }
     }
 
@@ -73,27 +77,34 @@ impl Proxy {
         if let Err(e) = self.canonical_path(&mut parts) {
             return GatewayError::bad_request(e.to_string()).into_response(Some(&id.to_string()));
         }
+        strip_hop_by_hop(&mut parts.headers);
+        let view = self
+            .forwarding
+            .apply_request(&mut parts.headers, peer, "http", || id.to_string());
+        let request_id = view.request_id.to_str().unwrap_or_default();
         let route = {
             let host = authority_of(&parts).and_then(normalize_host);
-            match self.routes.find(
-                &self.tenant,
-                host.as_deref(),
-                &parts.method,
-                parts.uri.path(),
-            ) {
-                Some(route) => route.clone(),
-                None => {
-                    return GatewayError::route_not_found().into_response(Some(&id.to_string()));
-                }
-            }
+            self.routes
+                .find(
+                    &self.tenant,
+                    host.as_deref(),
+                    &parts.method,
+                    parts.uri.path(),
+                )
+                .cloned()
         };
-        strip_hop_by_hop(&mut parts.headers);
-        if route.chain.is_empty() {
+        let mut resp = match route {
+            None => GatewayError::route_not_found().into_response(Some(request_id)),
             // The lean path: nothing to copy, nothing to call.
-            return self.forward(&route, &route.cluster, parts, body, id).await;
-        }
-        self.handle_with_filters(&route, parts, body, peer, id)
-            .await
+            Some(route) if route.chain.is_empty() => {
+                self.forward(&route, &route.cluster, parts, body, request_id)
+                    .await
+            }
+            Some(route) => self.handle_with_filters(&route, parts, body, &view).await,
+        };
+        self.forwarding
+            .apply_response(resp.headers_mut(), &view.request_id);
+        resp
     }
 
     async fn handle_with_filters(
@@ -101,14 +112,13 @@ impl Proxy {
         route: &Arc<Route>,
         mut parts: Parts,
         body: Incoming,
-        peer: SocketAddr,
-        id: RequestId,
+        view: &ClientView,
     ) -> Response<ProxyBody> {
-        let request_id = id.to_string();
+        let request_id = view.request_id.to_str().unwrap_or_default();
         let meta = wit::RequestMeta {
-            request_id: request_id.clone(),
+            request_id: request_id.to_owned(),
             route: route.name.to_string(),
-            client_addr: peer.to_string(),
+            client_addr: view.client_addr.clone(),
             tls: false,
             received_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -135,14 +145,14 @@ impl Proxy {
             wreq.headers = f.needs.request_headers.copy(&parts.headers);
             let decision = match f.pool.on_request(&wreq).await {
                 Ok(d) => d,
-                Err(failure) => return filter_failed(&route.name, f, &failure, &request_id),
+                Err(failure) => return filter_failed(&route.name, f, &failure, request_id),
             };
             match decision {
                 wit::RequestDecision::Proceed(p) => {
                     if let Err(failure) =
                         self.apply_request_edits(&mut parts, &mut cluster, &p.edits)
                     {
-                        return filter_failed(&route.name, f, &failure, &request_id);
+                        return filter_failed(&route.name, f, &failure, request_id);
                     }
                     sync_request_line(&mut wreq, &parts);
                     contexts.push(p.context);
@@ -153,7 +163,7 @@ impl Proxy {
                         short_circuit = Some((i, resp));
                         break;
                     }
-                    Err(failure) => return filter_failed(&route.name, f, &failure, &request_id),
+                    Err(failure) => return filter_failed(&route.name, f, &failure, request_id),
                 },
             }
         }
@@ -174,7 +184,7 @@ impl Proxy {
         let (mut resp, seen_by) = match short_circuit {
             Some((i, resp)) => (resp, i),
             None => {
-                let resp = self.forward(route, &cluster, parts, body, id).await;
+                let resp = self.forward(route, &cluster, parts, body, request_id).await;
                 (resp, route.chain.len())
             }
         };
@@ -191,7 +201,7 @@ impl Proxy {
             let context = contexts.get(i).and_then(|c| c.as_deref());
             let decision = match f.pool.on_response(wreq, &wresp, context).await {
                 Ok(d) => d,
-                Err(failure) => return filter_failed(&route.name, f, &failure, &request_id),
+                Err(failure) => return filter_failed(&route.name, f, &failure, request_id),
             };
             let applied = match decision {
                 wit::ResponseDecision::Proceed(edits) => {
@@ -200,7 +210,7 @@ impl Proxy {
                 wit::ResponseDecision::Replace(r) => chain::build_response(r).map(|r| resp = r),
             };
             if let Err(failure) = applied {
-                return filter_failed(&route.name, f, &failure, &request_id);
+                return filter_failed(&route.name, f, &failure, request_id);
             }
         }
         resp
@@ -232,7 +242,7 @@ impl Proxy {
         cluster: &Arc<Cluster>,
         parts: Parts,
         body: Incoming,
-        id: RequestId,
+        request_id: &str,
     ) -> Response<ProxyBody> {
         let upstream_req = Request::from_parts(parts, body::stream(body));
         match cluster.forward(upstream_req).await {
@@ -242,7 +252,6 @@ impl Proxy {
                 Response::from_parts(rparts, body::stream(rbody))
             }
             Err(failure) => {
-                let request_id = id.to_string();
                 tracing::warn!(
                     route = &*route.name,
                     cluster = &**cluster.name(),
@@ -251,7 +260,7 @@ impl Proxy {
                 );
                 failure
                     .to_gateway_error(cluster.name())
-                    .into_response(Some(&request_id))
+                    .into_response(Some(request_id))
             }
         }
     }

@@ -9,6 +9,7 @@ mod cli;
 mod config;
 mod faults;
 mod filters;
+mod hygiene;
 mod pool;
 mod routing;
 

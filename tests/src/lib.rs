@@ -93,6 +93,8 @@ impl Upstream {
                             h.insert("content-type", "application/json".parse().unwrap());
                             h.insert("x-upstream", name.parse().unwrap());
                             h.insert("x-remove-me", "upstream-secret".parse().unwrap());
+                            h.insert("server", "test-upstream/1.0".parse().unwrap());
+                            h.insert("x-powered-by", "upstream-framework".parse().unwrap());
                             Ok::<_, Infallible>(resp)
                         }
                     });
