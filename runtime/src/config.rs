@@ -137,6 +137,17 @@ struct RawConfig {
     clusters: BTreeMap<String, RawCluster>,
     #[serde(default)]
     routes: Vec<RawRoute>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+    token: Option<String>,
+    token_env: Option<String>,
+    #[serde(default)]
+    protect_metrics: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -257,6 +268,8 @@ pub struct Config {
     pub clusters: BTreeMap<String, ClusterConfig>,
     /// Routes in config order.
     pub routes: Vec<RouteConfig>,
+    /// The admin listener, if configured.
+    pub admin: Option<AdminConfig>,
 }
 
 /// `[server]`
@@ -271,6 +284,20 @@ pub struct ServerConfig {
     /// Forwarding headers, trusted proxies, request ids.
     pub forwarding: crate::forwarding::ForwardingPolicy,
 }
+
+/// `[admin]`: the admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Its address (loopback by default).
+    pub listen: SocketAddr,
+    /// The bearer token protecting it, if any.
+    pub token: Option<String>,
+    /// Whether `/metrics` needs the token too.
+    pub protect_metrics: bool,
+}
+
+/// Default admin listen address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 
 /// `[engine]`: settings of the one wasmtime engine all filters share.
 #[derive(Debug, Clone)]
@@ -494,6 +521,44 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             )),
         }
     }
+    let admin = raw.admin.map(|a| {
+        let text = a.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+        let listen = text.parse::<SocketAddr>().unwrap_or_else(|e| {
+            errors.push(ConfigError::new(
+                "admin.listen",
+                format!("{text:?} is not an address ({e})"),
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 9901))
+        });
+        let token = match (a.token, a.token_env) {
+            (Some(_), Some(_)) => {
+                errors.push(ConfigError::new("admin", "give `token` or `token_env`, not both"));
+                None
+            }
+            (Some(t), None) => Some(t),
+            (None, Some(var)) => match std::env::var(&var) {
+                Ok(t) => Some(t),
+                Err(_) => {
+                    errors.push(ConfigError::new(
+                        "admin.token_env",
+                        format!("the environment variable {var} is not set"),
+                    ));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        if token.as_deref().is_some_and(|t| t.len() < 16) {
+            errors.push(ConfigError::new("admin.token", "must be at least 16 characters"));
+        }
+        if token.is_none() && !listen.ip().is_loopback() {
+            errors.push(ConfigError::new(
+                "admin.listen",
+                format!("{listen} is not a loopback address; refusing to expose the admin API without a token (set admin.token or admin.token_env)"),
+            ));
+        }
+        AdminConfig { listen, token, protect_metrics: a.protect_metrics }
+    });
     let mut engine = EngineConfig::default();
     match (raw.engine.compile_cache, raw.engine.cache_dir) {
         (Some(false), Some(_)) => errors.push(ConfigError::new(
@@ -793,6 +858,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             filters,
             clusters,
             routes,
+            admin,
         })
     } else {
         Err(errors)

@@ -12,11 +12,15 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::admin::{self, AdminState};
 use crate::chain::{ChainFilter, Needs};
 use crate::config::{Config, ConfigError, ConfigErrors, Isolation};
 use crate::filter::{FilterEngine, FilterModule, InstancePool, Limits, PoolPolicy};
+use crate::metrics::Metrics;
 use crate::normalize::PathPolicy;
-use crate::proxy::{Proxy, Route};
+use crate::proxy::{Proxy, Route, RouteMetrics};
 use crate::router::{RouteMatch, RouteTable};
 use crate::server;
 use crate::upstream::Cluster;
@@ -26,6 +30,7 @@ use crate::upstream::Cluster;
 pub struct Gateway {
     config: Config,
     proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
     // Keeps the engine (and its epoch ticker) alive as long as the gateway.
     _engine: Arc<FilterEngine>,
 }
@@ -43,6 +48,7 @@ impl Gateway {
             .map_err(|e| fail(vec![ConfigError::new("engine", format!("{e:#}"))]))?;
         let engine = Arc::new(engine);
 
+        let metrics = Metrics::new();
         let mut errors = Vec::new();
         let mut modules: BTreeMap<&str, Arc<FilterModule>> = BTreeMap::new();
         for (name, f) in &config.filters {
@@ -92,6 +98,7 @@ impl Gateway {
                                 name.clone(),
                                 Arc::from(rf.config_json.as_str()),
                                 policy,
+                                metrics.clone(),
                             );
                             chain.push(ChainFilter { pool, needs })
                         }
@@ -114,6 +121,7 @@ impl Gateway {
                 methods: r.methods.clone(),
                 order: r.order,
                 target: Arc::new(Route {
+                    metrics: RouteMetrics::new(&metrics, &name, cluster.name()),
                     name,
                     cluster: cluster.clone(),
                     chain,
@@ -130,12 +138,19 @@ impl Gateway {
                 allow_encoded_slashes: config.server.allow_encoded_slashes,
             },
             config.server.forwarding.clone(),
+            metrics.clone(),
         ));
         Ok(Gateway {
             config,
             proxy,
+            metrics,
             _engine: engine,
         })
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The config the gateway was built from.
@@ -149,15 +164,38 @@ impl Gateway {
         let listener = TcpListener::bind(self.config.server.listen).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = watch::channel(false);
+        // The admin listener outlives the drain, so `/ready` can say so.
+        let (admin_tx, admin_rx) = watch::channel(false);
+        let (admin_addr, admin) = match &self.config.admin {
+            Some(cfg) => {
+                let admin_listener = TcpListener::bind(cfg.listen).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("admin listener {}: {e}", cfg.listen))
+                })?;
+                let admin_addr = admin_listener.local_addr()?;
+                let state = Arc::new(AdminState {
+                    config: cfg.clone(),
+                    proxy: self.proxy.clone(),
+                    ready: AtomicBool::new(true),
+                });
+                tokio::spawn(admin::serve(admin_listener, state.clone(), admin_rx));
+                tracing::info!(addr = %admin_addr, "admin listening");
+                (Some(admin_addr), Some(state))
+            }
+            None => (None, None),
+        };
         let proxy = self.proxy.clone();
+        let metrics = self.metrics.clone();
         let task = tokio::spawn(async move {
-            server::serve(listener, proxy, rx).await;
+            server::serve(listener, proxy, metrics, rx).await;
             drop(self);
         });
         tracing::info!(%addr, "wasmgate listening");
         Ok(RunningGateway {
             addr,
+            admin_addr,
+            admin,
             shutdown: tx,
+            admin_shutdown: admin_tx,
             task,
         })
     }
@@ -167,7 +205,10 @@ impl Gateway {
 #[derive(Debug)]
 pub struct RunningGateway {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    admin: Option<Arc<AdminState>>,
     shutdown: watch::Sender<bool>,
+    admin_shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -177,9 +218,18 @@ impl RunningGateway {
         self.addr
     }
 
+    /// The admin listener's address, if one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// Stops accepting, lets in-flight requests finish, and waits.
     pub async fn shutdown(self) {
+        if let Some(admin) = &self.admin {
+            admin.ready.store(false, Ordering::Relaxed);
+        }
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        let _ = self.admin_shutdown.send(true);
     }
 }

@@ -3,6 +3,7 @@
 //! The library behind the `wasmgate` binary. See `ARCHITECTURE.md` for the map.
 //! Start here: [`config::Config::load`] → [`Gateway::build`] → [`Gateway::start`].
 
+pub mod admin;
 pub mod body;
 pub mod chain;
 pub mod cli;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod filter;
 pub mod forwarding;
 pub mod gateway;
+pub mod metrics;
 pub mod normalize;
 pub mod proxy;
 pub mod router;

@@ -14,7 +14,10 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 use http::header::{self, HeaderMap, HeaderName};
 use http::request::Parts;
@@ -26,13 +29,55 @@ use crate::chain::{self, ChainFilter};
 use crate::error::GatewayError;
 use crate::filter::{FilterFailure, wit};
 use crate::forwarding::{ClientView, ForwardingPolicy};
+use crate::metrics::{Metrics, RequestLabels, RouteLabels, status_class};
 use crate::normalize::{PathError, PathPolicy, normalize_path};
 use crate::router::{RouteTable, TenantId, normalize_host};
 use crate::upstream::Cluster;
 
+/// Metric handles of one route, created once.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    /// Requests to the route's own cluster by status class (1xx…5xx).
+    by_class: [Counter; 5],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Handles for `route` forwarding to `cluster`.
+    pub fn new(metrics: &Metrics, route: &str, cluster: &str) -> RouteMetrics {
+        let class = |c: &str| {
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route.to_owned(),
+                    cluster: cluster.to_owned(),
+                    status_class: c.to_owned(),
+                })
+                .clone()
+        };
+        RouteMetrics {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: metrics
+                .request_duration
+                .get_or_create(&RouteLabels {
+                    route: route.to_owned(),
+                })
+                .clone(),
+        }
+    }
+}
+
 /// A route with everything the request path needs.
 #[derive(Debug)]
 pub struct Route {
+    /// Metric handles.
+    pub metrics: RouteMetrics,
     /// The route's name.
     pub name: Arc<str>,
     /// Where requests go unless a filter picks another cluster.
@@ -50,6 +95,7 @@ pub struct Proxy {
     ids: RequestIds,
     path_policy: PathPolicy,
     forwarding: ForwardingPolicy,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
@@ -58,6 +104,7 @@ impl Proxy {
         clusters: std::collections::HashMap<String, Arc<Cluster>>,
         path_policy: PathPolicy,
         forwarding: ForwardingPolicy,
+        metrics: Arc<Metrics>,
     ) -> Proxy {
         Proxy {
             routes,
@@ -66,12 +113,14 @@ impl Proxy {
             ids: RequestIds::new(),
             path_policy,
             forwarding,
+            metrics,
         }
     }
 
     /// Handles one request from `peer`. Never fails: every error becomes a
     /// response in the standard error format.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
         let id = self.ids.next();
         let (mut parts, body) = req.into_parts();
         if let Err(e) = self.canonical_path(&mut parts) {
@@ -94,17 +143,87 @@ impl Proxy {
                 .cloned()
         };
         let mut resp = match route {
-            None => GatewayError::route_not_found().into_response(Some(request_id)),
+            None => {
+                let resp = GatewayError::route_not_found().into_response(Some(request_id));
+                self.record(None, None, resp.status().as_u16(), started);
+                resp
+            }
             // The lean path: nothing to copy, nothing to call.
             Some(route) if route.chain.is_empty() => {
-                self.forward(&route, &route.cluster, parts, body, request_id)
-                    .await
+                let resp = self
+                    .forward(&route, &route.cluster, parts, body, request_id)
+                    .await;
+                self.record(Some(&route), None, resp.status().as_u16(), started);
+                resp
             }
-            Some(route) => self.handle_with_filters(&route, parts, body, &view).await,
+            Some(route) => {
+                let (resp, cluster) = self.handle_with_filters(&route, parts, body, &view).await;
+                self.record(
+                    Some(&route),
+                    cluster.as_ref(),
+                    resp.status().as_u16(),
+                    started,
+                );
+                resp
+            }
         };
         self.forwarding
             .apply_response(resp.headers_mut(), &view.request_id);
         resp
+    }
+
+    /// Every route, in config order.
+    pub fn routes(&self) -> &[Arc<Route>] {
+        self.routes.routes()
+    }
+
+    /// The gateway's metrics, with sampled gauges brought up to date.
+    pub fn metrics_text(&self) -> String {
+        for route in self.routes.routes() {
+            for f in &route.chain {
+                f.pool.sample_metrics();
+            }
+        }
+        self.metrics.encode()
+    }
+
+    /// Counts a request. `cluster` is set when a filter sent it to another
+    /// cluster than the route's own.
+    fn record(
+        &self,
+        route: Option<&Route>,
+        cluster: Option<&Arc<Cluster>>,
+        status: u16,
+        started: Instant,
+    ) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        match (route, cluster) {
+            (Some(r), None) => {
+                r.metrics.by_class[class].inc();
+                r.metrics.duration.observe(started.elapsed().as_secs_f64());
+            }
+            (Some(r), Some(c)) => {
+                self.metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        route: r.name.to_string(),
+                        cluster: c.name().to_string(),
+                        status_class: status_class(status).to_owned(),
+                    })
+                    .inc();
+                r.metrics.duration.observe(started.elapsed().as_secs_f64());
+            }
+            (None, _) => {
+                self.metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        route: String::new(),
+                        cluster: String::new(),
+                        status_class: status_class(status).to_owned(),
+                    })
+                    .inc();
+            }
+        }
     }
 
     async fn handle_with_filters(
@@ -113,7 +232,7 @@ impl Proxy {
         mut parts: Parts,
         body: Incoming,
         view: &ClientView,
-    ) -> Response<ProxyBody> {
+    ) -> (Response<ProxyBody>, Option<Arc<Cluster>>) {
         let request_id = view.request_id.to_str().unwrap_or_default();
         let meta = wit::RequestMeta {
             request_id: request_id.to_owned(),
@@ -145,14 +264,14 @@ impl Proxy {
             wreq.headers = f.needs.request_headers.copy(&parts.headers);
             let decision = match f.pool.on_request(&wreq).await {
                 Ok(d) => d,
-                Err(failure) => return filter_failed(&route.name, f, &failure, request_id),
+                Err(failure) => return (filter_failed(&route.name, f, &failure, request_id), None),
             };
             match decision {
                 wit::RequestDecision::Proceed(p) => {
                     if let Err(failure) =
                         self.apply_request_edits(&mut parts, &mut cluster, &p.edits)
                     {
-                        return filter_failed(&route.name, f, &failure, request_id);
+                        return (filter_failed(&route.name, f, &failure, request_id), None);
                     }
                     sync_request_line(&mut wreq, &parts);
                     contexts.push(p.context);
@@ -163,7 +282,9 @@ impl Proxy {
                         short_circuit = Some((i, resp));
                         break;
                     }
-                    Err(failure) => return filter_failed(&route.name, f, &failure, request_id),
+                    Err(failure) => {
+                        return (filter_failed(&route.name, f, &failure, request_id), None);
+                    }
                 },
             }
         }
@@ -201,7 +322,7 @@ impl Proxy {
             let context = contexts.get(i).and_then(|c| c.as_deref());
             let decision = match f.pool.on_response(wreq, &wresp, context).await {
                 Ok(d) => d,
-                Err(failure) => return filter_failed(&route.name, f, &failure, request_id),
+                Err(failure) => return (filter_failed(&route.name, f, &failure, request_id), None),
             };
             let applied = match decision {
                 wit::ResponseDecision::Proceed(edits) => {
@@ -210,10 +331,11 @@ impl Proxy {
                 wit::ResponseDecision::Replace(r) => chain::build_response(r).map(|r| resp = r),
             };
             if let Err(failure) = applied {
-                return filter_failed(&route.name, f, &failure, request_id);
+                return (filter_failed(&route.name, f, &failure, request_id), None);
             }
         }
-        resp
+        let rerouted = (!Arc::ptr_eq(&cluster, &route.cluster)).then_some(cluster);
+        (resp, rerouted)
     }
 
     /// Replaces the request's path with its canonical form (see

@@ -124,13 +124,17 @@ struct TenantRoutes<R> {
 #[derive(Debug)]
 pub struct RouteTable<R> {
     tenants: HashMap<TenantId, TenantRoutes<R>>,
+    /// Every route once, in config order.
+    all: Vec<Arc<R>>,
 }
 
 impl<R> RouteTable<R> {
     /// Builds the table for the default tenant.
     pub fn new(routes: Vec<RouteMatch<R>>) -> Self {
         let mut keyed = Vec::new();
+        let mut all: Vec<(usize, Arc<R>)> = Vec::new();
         for r in routes {
+            all.push((r.order, r.target.clone()));
             let patterns: Vec<HostPattern> = if r.hosts.is_empty() {
                 vec![HostPattern::Any]
             } else {
@@ -158,7 +162,16 @@ impl<R> RouteTable<R> {
         let entries = keyed.into_iter().map(|(_, e)| e).collect();
         let mut tenants = HashMap::new();
         tenants.insert(TenantId::default_tenant(), TenantRoutes { entries });
-        RouteTable { tenants }
+        all.sort_by_key(|(order, _)| *order);
+        RouteTable {
+            tenants,
+            all: all.into_iter().map(|(_, r)| r).collect(),
+        }
+    }
+
+    /// Every route once, in config order.
+    pub fn routes(&self) -> &[Arc<R>] {
+        &self.all
     }
 
     /// Finds the route for a request. `host` is the request's host without

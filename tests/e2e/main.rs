@@ -4,6 +4,7 @@
 //! One test binary (see CONVENTIONS: one integration-test crate), one module
 //! per area.
 
+mod admin;
 mod cache;
 mod cli;
 mod config;

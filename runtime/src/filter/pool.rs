@@ -25,6 +25,66 @@ use crossbeam_queue::ArrayQueue;
 use tokio::sync::Semaphore;
 
 use super::{FilterFailure, FilterInstance, FilterModule, wit};
+use crate::metrics::{FilterLabels, FilterOutcomeLabels, Metrics};
+
+/// Metric handles of one pool, created once so a call records with atomics.
+struct PoolMetrics {
+    metrics: Arc<Metrics>,
+    labels: FilterLabels,
+    ok: prometheus_client::metrics::counter::Counter,
+    duration: prometheus_client::metrics::histogram::Histogram,
+    created: prometheus_client::metrics::counter::Counter,
+    discarded: prometheus_client::metrics::counter::Counter,
+}
+
+impl PoolMetrics {
+    fn new(metrics: Arc<Metrics>, filter: &str, route: &str) -> PoolMetrics {
+        let labels = FilterLabels {
+            filter: filter.to_owned(),
+            route: route.to_owned(),
+        };
+        let outcome = |o: &str| FilterOutcomeLabels {
+            filter: filter.to_owned(),
+            route: route.to_owned(),
+            outcome: o.to_owned(),
+        };
+        let ok = metrics.filter_calls.get_or_create(&outcome("ok")).clone();
+        let duration = metrics.filter_duration.get_or_create(&labels).clone();
+        let created = metrics
+            .filter_instances_created
+            .get_or_create(&labels)
+            .clone();
+        let discarded = metrics
+            .filter_instances_discarded
+            .get_or_create(&labels)
+            .clone();
+        PoolMetrics {
+            metrics,
+            labels,
+            ok,
+            duration,
+            created,
+            discarded,
+        }
+    }
+
+    fn record<T>(&self, started: std::time::Instant, result: &Result<T, FilterFailure>) {
+        self.duration.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => {
+                self.ok.inc();
+            }
+            Err(e) => {
+                let labels = FilterOutcomeLabels {
+                    filter: self.labels.filter.clone(),
+                    route: self.labels.route.clone(),
+                    outcome: e.code().to_owned(),
+                };
+                self.metrics.filter_calls.get_or_create(&labels).inc();
+            }
+        }
+    }
+}
 
 /// How a pool reuses instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +116,7 @@ pub struct PoolStats {
 
 /// The instances of one filter for one route config.
 pub struct InstancePool {
+    metrics: PoolMetrics,
     module: Arc<FilterModule>,
     route: Arc<str>,
     config: Arc<str>,
@@ -86,9 +147,11 @@ impl InstancePool {
         route: Arc<str>,
         config: Arc<str>,
         policy: PoolPolicy,
+        metrics: Arc<Metrics>,
     ) -> InstancePool {
         let size = policy.size.max(1);
         InstancePool {
+            metrics: PoolMetrics::new(metrics, module.name(), &route),
             module,
             route,
             config,
@@ -126,10 +189,26 @@ impl InstancePool {
         &self,
         req: &wit::Request,
     ) -> Result<wit::RequestDecision, FilterFailure> {
-        let mut lease = self.acquire().await?;
-        let result = lease.instance_mut().on_request(req).await;
-        lease.finish(result.is_ok());
+        let started = std::time::Instant::now();
+        let result = async {
+            let mut lease = self.acquire().await?;
+            let result = lease.instance_mut().on_request(req).await;
+            lease.finish(result.is_ok());
+            result
+        }
+        .await;
+        self.metrics.record(started, &result);
         result
+    }
+
+    /// Samples gauges (idle instances) into the metrics.
+    pub fn sample_metrics(&self) {
+        let idle = self.idle.len() as i64;
+        self.metrics
+            .metrics
+            .filter_instances_idle
+            .get_or_create(&self.metrics.labels)
+            .set(idle);
     }
 
     /// Runs `on-response` on an instance from the pool (not necessarily the
@@ -140,9 +219,15 @@ impl InstancePool {
         resp: &wit::Response,
         context: Option<&[u8]>,
     ) -> Result<wit::ResponseDecision, FilterFailure> {
-        let mut lease = self.acquire().await?;
-        let result = lease.instance_mut().on_response(req, resp, context).await;
-        lease.finish(result.is_ok());
+        let started = std::time::Instant::now();
+        let result = async {
+            let mut lease = self.acquire().await?;
+            let result = lease.instance_mut().on_response(req, resp, context).await;
+            lease.finish(result.is_ok());
+            result
+        }
+        .await;
+        self.metrics.record(started, &result);
         result
     }
 
@@ -176,10 +261,12 @@ impl InstancePool {
             None => {
                 let i = self.module.instantiate(&self.route, &self.config).await;
                 self.created.fetch_add(1, Ordering::Relaxed);
+                self.metrics.created.inc();
                 match i {
                     Ok(i) => i,
                     Err(e) => {
                         self.discarded.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.discarded.inc();
                         return Err(e);
                     }
                 }
@@ -228,6 +315,7 @@ impl Drop for Lease<'_> {
             && instance.memory_bytes() <= policy.recycle_above;
         if !keep || self.pool.idle.push(instance).is_err() {
             self.pool.discarded.fetch_add(1, Ordering::Relaxed);
+            self.pool.metrics.discarded.inc();
         }
         // The permit is released after the instance is back in the queue, so a
         // waiter always finds it.

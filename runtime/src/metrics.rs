@@ -1,0 +1,177 @@
+//! Prometheus metrics. One [`Metrics`] per gateway, passed as an `Arc`
+//! handle (no global registry). Handles that the request path touches are
+//! created up front (per route, per filter pool), so recording a request costs
+//! atomic increments, not map lookups.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of `wasmgate_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Route name, or `""` when no route matched.
+    pub route: String,
+    /// Cluster name, or `""` when nothing was forwarded.
+    pub cluster: String,
+    /// `1xx` … `5xx`.
+    pub status_class: String,
+}
+
+/// A route label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Route name.
+    pub route: String,
+}
+
+/// A filter's calls on one route.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterLabels {
+    /// Filter name.
+    pub filter: String,
+    /// Route name.
+    pub route: String,
+}
+
+/// A filter's calls on one route by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterOutcomeLabels {
+    /// Filter name.
+    pub filter: String,
+    /// Route name.
+    pub route: String,
+    /// `ok` or a failure code such as `filter_trap`.
+    pub outcome: String,
+}
+
+/// The gateway's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by route, cluster and status class.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time from request head to response head, by route.
+    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Open client connections.
+    pub active_connections: Gauge,
+    /// Client connections accepted.
+    pub connections: Counter,
+    /// Filter calls by outcome.
+    pub filter_calls: Family<FilterOutcomeLabels, Counter>,
+    /// Filter call duration (host view: acquire + call).
+    pub filter_duration: Family<FilterLabels, Histogram, fn() -> Histogram>,
+    /// Filter instances created.
+    pub filter_instances_created: Family<FilterLabels, Counter>,
+    /// Filter instances discarded.
+    pub filter_instances_discarded: Family<FilterLabels, Counter>,
+    /// Idle filter instances (sampled at scrape).
+    pub filter_instances_idle: Family<FilterLabels, Gauge>,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~26 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+fn filter_histogram() -> Histogram {
+    // 1 µs … ~0.5 s.
+    Histogram::new(exponential_buckets(0.000001, 2.0, 20))
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("wasmgate");
+        let m = Metrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            active_connections: Gauge::default(),
+            connections: Counter::default(),
+            filter_calls: Family::default(),
+            filter_duration: Family::new_with_constructor(filter_histogram),
+            filter_instances_created: Family::default(),
+            filter_instances_discarded: Family::default(),
+            filter_instances_idle: Family::default(),
+            access_log_dropped: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests answered, by route, cluster and status class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from the request head to the response head, by route",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Open client connections",
+            m.active_connections.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            m.connections.clone(),
+        );
+        registry.register(
+            "filter_calls",
+            "Filter calls by filter, route and outcome",
+            m.filter_calls.clone(),
+        );
+        registry.register(
+            "filter_call_duration_seconds",
+            "Filter call duration including instance acquisition",
+            m.filter_duration.clone(),
+        );
+        registry.register(
+            "filter_instances_created",
+            "Filter instances created",
+            m.filter_instances_created.clone(),
+        );
+        registry.register(
+            "filter_instances_discarded",
+            "Filter instances discarded (failure, max_uses, memory, fresh mode)",
+            m.filter_instances_discarded.clone(),
+        );
+        registry.register(
+            "filter_instances_idle",
+            "Idle filter instances in each pool",
+            m.filter_instances_idle.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            m.access_log_dropped.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Status class label for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
