@@ -485,6 +485,7 @@ class Sample:
     requests: int
     load_cpu: float        # CPU used by the load generator, fraction of one CPU
     proxy_cpu: float | None = None
+    upstream_cpu: float | None = None
     raw: str = ""
 
 
@@ -628,12 +629,14 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
                 if proc is not None and not proc.alive():
                     raise BenchError(f"{proc.name} died:\n{proc.log_tail()}")
                 before = group_cpu_ticks(proc.pgid) if proc is not None else 0
+                up_before = group_cpu_ticks(upstream.pgid)
                 t0 = time.monotonic()
                 sample = LOADS[sc.load](tools, f"{sc.scheme}://{HOST}:{port}{sc.path}",
                                         seconds, connections, load_cpu, workdir, tag)
                 elapsed = time.monotonic() - t0
                 if proc is not None:
                     sample.proxy_cpu = (group_cpu_ticks(proc.pgid) - before) / CLK_TCK / elapsed
+                sample.upstream_cpu = (group_cpu_ticks(upstream.pgid) - up_before) / CLK_TCK / elapsed
                 return sample
             finally:
                 for p in others:
@@ -690,7 +693,7 @@ def table(result: ModeResult) -> str:
         rows.append("|---|---:|---:|---:|---:|---:|---|")
     else:
         rows.append("| scenario | requests/s median (min–max) | p50 | p99 | proxy CPU | "
-                    "wrk CPU | requests/s ÷ wasmgate's |")
+                    "wrk + upstream CPU | requests/s ÷ wasmgate's |")
         rows.append("|---|---:|---:|---:|---:|---:|---|")
     for sc in result.scenarios:
         ss = result.samples[sc.name]
@@ -715,8 +718,9 @@ def table(result: ModeResult) -> str:
                     ratio = f"{statistics.median(c) / rc:.2f} × {ref.name}" if rc > 0 else "—"
             rows.append(f"| {sc.label} | {rps} | {p50} | {p99} | {pcpu} | {cost} | {ratio} |")
         else:
-            lcpu = statistics.median(s.load_cpu for s in ss) * 100
-            lcpu_s = f"{lcpu:.0f} %" + (" (bottleneck?)" if lcpu >= 90 else "")
+            lcpu = statistics.median(s.load_cpu + (s.upstream_cpu or 0) for s in ss) * 100
+            proxy_busy = sc.peer is None or statistics.median(s.proxy_cpu or 0 for s in ss) >= 0.9
+            lcpu_s = f"{lcpu:.0f} %" + (" (load-bound: at least)" if lcpu >= 90 and not proxy_busy else "")
             if ref is None:
                 ratio = "—"
             elif ref.name == sc.name:
@@ -782,9 +786,10 @@ def section(result: ModeResult, args, vers: dict[str, str], when: str) -> str:
         "S": "cost/request = 1/T_proxy − 1/T_direct, computed per round against that round's "
              "direct run; \"cost ÷ wasmgate's\" divides medians by the named wasmgate scenario "
              "(plain peers by plain wasmgate, filter peers by wasmgate + api-key + headers).",
-        "P": "proxy CPU = CPU time of the proxy's processes over the run (100 % = one CPU); "
-             "wrk CPU ≥ 90 % would mean the load generator limits the figure (read it as "
-             "\"at least\").",
+        "P": "proxy CPU = CPU time of the proxy's processes over the run (100 % = one CPU). "
+             "wrk and the upstream share the other CPU: where they use 90 % of it or more "
+             "while the proxy stays below 90 %, the load side limits the figure (marked "
+             "\"load-bound: at least\").",
     }[result.mode]
     vlines = "\n".join(f"- {k}: {v}" for k, v in vers.items())
     return f"""### {title}
@@ -906,7 +911,8 @@ def main(argv: list[str]) -> int:
     tools = Tools(
         nginx=find_tool("nginx", None),
         haproxy=find_tool("haproxy", None) if "haproxy" in needs else "haproxy",
-        envoy=find_tool("envoy", args.envoy) if "envoy" in needs else "envoy",
+        envoy=(find_tool("envoy", args.envoy) if "envoy" in needs
+               else args.envoy or shutil.which("envoy") or "envoy"),
         wrk=find_tool("wrk", None),
         wasmgate=args.wasmgate,
         filters_dir=args.filters_dir,

@@ -14,8 +14,15 @@ BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$BENCH/.." && pwd)"
 cd "$REPO"
 
-printf -v COMMAND '%q ' bench/run.sh "$@"
-COMMAND="${COMMAND% }"
+# The command as typed, for the report (quoted only where the shell needs it).
+COMMAND="bench/run.sh"
+for arg in "$@"; do
+    if [[ "$arg" =~ ^[A-Za-z0-9_./,:=@%+-]+$ ]]; then
+        COMMAND+=" $arg"
+    else
+        COMMAND+=" $(printf '%q' "$arg")"
+    fi
+done
 
 SETUP=1
 ARGS=()

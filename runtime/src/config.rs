@@ -138,6 +138,19 @@ struct RawConfig {
     #[serde(default)]
     routes: Vec<RawRoute>,
     admin: Option<RawAdmin>,
+    access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    #[serde(default = "yes")]
+    enabled: bool,
+    path: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,6 +283,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The admin listener, if configured.
     pub admin: Option<AdminConfig>,
+    /// Where access log lines go; `None` = off.
+    pub access_log: Option<crate::access_log::AccessLogTarget>,
 }
 
 /// `[server]`
@@ -559,6 +574,22 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
         }
         AdminConfig { listen, token, protect_metrics: a.protect_metrics }
     });
+    let access_log = match raw.access_log {
+        None => Some(crate::access_log::AccessLogTarget::Stdout),
+        Some(a) if !a.enabled => {
+            if a.path.is_some() {
+                errors.push(ConfigError::new(
+                    "access_log.path",
+                    "is set but access_log.enabled is false",
+                ));
+            }
+            None
+        }
+        Some(a) => match a.path.as_deref() {
+            None | Some("stdout") | Some("-") => Some(crate::access_log::AccessLogTarget::Stdout),
+            Some(p) => Some(crate::access_log::AccessLogTarget::File(base.join(p))),
+        },
+    };
     let mut engine = EngineConfig::default();
     match (raw.engine.compile_cache, raw.engine.cache_dir) {
         (Some(false), Some(_)) => errors.push(ConfigError::new(
@@ -859,6 +890,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             clusters,
             routes,
             admin,
+            access_log,
         })
     } else {
         Err(errors)

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::chain::{ChainFilter, Needs};
 use crate::config::{Config, ConfigError, ConfigErrors, Isolation};
@@ -50,6 +51,19 @@ impl Gateway {
 
         let metrics = Metrics::new();
         let mut errors = Vec::new();
+        let access_log = match &config.access_log {
+            Some(target) => match AccessLog::start(target, metrics.clone()) {
+                Ok(log) => Some(log),
+                Err(e) => {
+                    errors.push(ConfigError::new(
+                        "access_log.path",
+                        format!("cannot open: {e}"),
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
         let mut modules: BTreeMap<&str, Arc<FilterModule>> = BTreeMap::new();
         for (name, f) in &config.filters {
             let limits = Limits {
@@ -139,6 +153,7 @@ impl Gateway {
             },
             config.server.forwarding.clone(),
             metrics.clone(),
+            access_log,
         ));
         Ok(Gateway {
             config,

@@ -3,6 +3,7 @@
 //! The library behind the `wasmgate` binary. See `ARCHITECTURE.md` for the map.
 //! Start here: [`config::Config::load`] → [`Gateway::build`] → [`Gateway::start`].
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod chain;

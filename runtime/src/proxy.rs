@@ -24,6 +24,7 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::access_log::{AccessLog, Entry, LoggedBody};
 use crate::body::{self, ProxyBody};
 use crate::chain::{self, ChainFilter};
 use crate::error::GatewayError;
@@ -96,6 +97,7 @@ pub struct Proxy {
     path_policy: PathPolicy,
     forwarding: ForwardingPolicy,
     metrics: Arc<Metrics>,
+    access_log: Option<AccessLog>,
 }
 
 impl Proxy {
@@ -105,6 +107,7 @@ impl Proxy {
         path_policy: PathPolicy,
         forwarding: ForwardingPolicy,
         metrics: Arc<Metrics>,
+        access_log: Option<AccessLog>,
     ) -> Proxy {
         Proxy {
             routes,
@@ -114,13 +117,41 @@ impl Proxy {
             path_policy,
             forwarding,
             metrics,
+            access_log,
         }
     }
 
     /// Handles one request from `peer`. Never fails: every error becomes a
     /// response in the standard error format.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<LoggedBody<ProxyBody>> {
         let started = Instant::now();
+        let mut entry = self.access_log.as_ref().map(|_| Entry {
+            tenant: TenantId::DEFAULT,
+            method: req.method().as_str().to_owned(),
+            ..Entry::default()
+        });
+        let resp = self.handle_inner(req, peer, started, &mut entry).await;
+        let log = match (&self.access_log, entry) {
+            (Some(log), Some(mut e)) => {
+                e.status = resp.status().as_u16();
+                Some((log.clone(), e, started))
+            }
+            _ => None,
+        };
+        resp.map(|b| LoggedBody::new(b, log))
+    }
+
+    async fn handle_inner(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        started: Instant,
+        entry: &mut Option<Entry>,
+    ) -> Response<ProxyBody> {
         let id = self.ids.next();
         let (mut parts, body) = req.into_parts();
         if let Err(e) = self.canonical_path(&mut parts) {
@@ -131,6 +162,16 @@ impl Proxy {
             .forwarding
             .apply_request(&mut parts.headers, peer, "http", || id.to_string());
         let request_id = view.request_id.to_str().unwrap_or_default();
+        if let Some(e) = entry.as_mut() {
+            e.path = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            e.client = view.client_addr.clone();
+            request_id.clone_into(&mut e.request_id);
+            e.trace_id = view.trace_id.clone();
+        }
         let route = {
             let host = authority_of(&parts).and_then(normalize_host);
             self.routes
@@ -150,14 +191,22 @@ impl Proxy {
             }
             // The lean path: nothing to copy, nothing to call.
             Some(route) if route.chain.is_empty() => {
+                if let Some(e) = entry.as_mut() {
+                    e.route = Some(route.name.clone());
+                }
                 let resp = self
-                    .forward(&route, &route.cluster, parts, body, request_id)
+                    .forward(&route, &route.cluster, parts, body, request_id, entry)
                     .await;
                 self.record(Some(&route), None, resp.status().as_u16(), started);
                 resp
             }
             Some(route) => {
-                let (resp, cluster) = self.handle_with_filters(&route, parts, body, &view).await;
+                if let Some(e) = entry.as_mut() {
+                    e.route = Some(route.name.clone());
+                }
+                let (resp, cluster) = self
+                    .handle_with_filters(&route, parts, body, &view, entry)
+                    .await;
                 self.record(
                     Some(&route),
                     cluster.as_ref(),
@@ -232,6 +281,7 @@ impl Proxy {
         mut parts: Parts,
         body: Incoming,
         view: &ClientView,
+        entry: &mut Option<Entry>,
     ) -> (Response<ProxyBody>, Option<Arc<Cluster>>) {
         let request_id = view.request_id.to_str().unwrap_or_default();
         let meta = wit::RequestMeta {
@@ -264,8 +314,16 @@ impl Proxy {
             wreq.headers = f.needs.request_headers.copy(&parts.headers);
             let decision = match f.pool.on_request(&wreq).await {
                 Ok(d) => d,
-                Err(failure) => return (filter_failed(&route.name, f, &failure, request_id), None),
+                Err(failure) => {
+                    note(entry, f, failure.code());
+                    return (filter_failed(&route.name, f, &failure, request_id), None);
+                }
             };
+            let outcome = match &decision {
+                wit::RequestDecision::Proceed(_) => "proceed",
+                wit::RequestDecision::Respond(_) => "respond",
+            };
+            note(entry, f, outcome);
             match decision {
                 wit::RequestDecision::Proceed(p) => {
                     if let Err(failure) =
@@ -305,7 +363,9 @@ impl Proxy {
         let (mut resp, seen_by) = match short_circuit {
             Some((i, resp)) => (resp, i),
             None => {
-                let resp = self.forward(route, &cluster, parts, body, request_id).await;
+                let resp = self
+                    .forward(route, &cluster, parts, body, request_id, entry)
+                    .await;
                 (resp, route.chain.len())
             }
         };
@@ -322,8 +382,16 @@ impl Proxy {
             let context = contexts.get(i).and_then(|c| c.as_deref());
             let decision = match f.pool.on_response(wreq, &wresp, context).await {
                 Ok(d) => d,
-                Err(failure) => return (filter_failed(&route.name, f, &failure, request_id), None),
+                Err(failure) => {
+                    note(entry, f, failure.code());
+                    return (filter_failed(&route.name, f, &failure, request_id), None);
+                }
             };
+            let outcome = match &decision {
+                wit::ResponseDecision::Proceed(_) => "response-proceed",
+                wit::ResponseDecision::Replace(_) => "response-replace",
+            };
+            note(entry, f, outcome);
             let applied = match decision {
                 wit::ResponseDecision::Proceed(edits) => {
                     chain::apply_response_edits(&mut resp, &edits)
@@ -365,10 +433,17 @@ impl Proxy {
         parts: Parts,
         body: Incoming,
         request_id: &str,
+        entry: &mut Option<Entry>,
     ) -> Response<ProxyBody> {
+        if let Some(e) = entry.as_mut() {
+            e.cluster = Some(cluster.name().clone());
+        }
         let upstream_req = Request::from_parts(parts, body::stream(body));
         match cluster.forward(upstream_req).await {
-            Ok((resp, _endpoint)) => {
+            Ok((resp, endpoint)) => {
+                if let Some(e) = entry.as_mut() {
+                    e.endpoint = Some(endpoint.to_string());
+                }
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 Response::from_parts(rparts, body::stream(rbody))
@@ -427,6 +502,14 @@ impl Proxy {
             *cluster = c;
         }
         Ok(())
+    }
+}
+
+/// Adds `filter:outcome` to the access log entry, if logging.
+fn note(entry: &mut Option<Entry>, f: &ChainFilter, outcome: &str) {
+    if let Some(e) = entry.as_mut() {
+        e.filters
+            .push(format!("{}:{outcome}", f.pool.module().name()));
     }
 }
 

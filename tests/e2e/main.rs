@@ -4,6 +4,7 @@
 //! One test binary (see CONVENTIONS: one integration-test crate), one module
 //! per area.
 
+mod access_log;
 mod admin;
 mod cache;
 mod cli;
@@ -21,6 +22,9 @@ use wasmgate_tests::artifacts;
 pub fn filters_toml() -> String {
     format!(
         r#"
+[access_log]
+enabled = false
+
 [engine]
 max_instances = 32
 

@@ -1,0 +1,191 @@
+//! The access log: one JSON line per request, written when the response body
+//! has been sent (so it has the byte count and the full duration), to stdout
+//! or a file, by a dedicated writer thread. The request path never blocks on
+//! it: when the writer falls behind, lines are dropped and counted
+//! (`wasmgate_access_log_dropped_total`).
+
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::metrics::Metrics;
+
+/// Where lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Standard output.
+    Stdout,
+    /// Appended to this file.
+    File(std::path::PathBuf),
+}
+
+/// The writer handle the request path uses.
+#[derive(Debug, Clone)]
+pub struct AccessLog {
+    tx: SyncSender<String>,
+    metrics: Arc<Metrics>,
+}
+
+/// Lines buffered between the request path and the writer thread.
+const QUEUE: usize = 16 * 1024;
+
+impl AccessLog {
+    /// Opens the target and starts the writer thread.
+    pub fn start(target: &AccessLogTarget, metrics: Arc<Metrics>) -> std::io::Result<AccessLog> {
+        let out: Box<dyn Write + Send> = match target {
+            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
+            AccessLogTarget::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("wasmgate-access-log".into())
+            .spawn(move || write_lines(rx, out))?;
+        Ok(AccessLog { tx, metrics })
+    }
+
+    fn send(&self, line: String) {
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.access_log_dropped.inc();
+            }
+        }
+    }
+}
+
+fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::new(out);
+    while let Ok(line) = rx.recv() {
+        let _ = writeln!(out, "{line}");
+        // Batch what is already queued, then flush.
+        while let Ok(line) = rx.try_recv() {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    }
+}
+
+/// What is known about a request, filled in along the way.
+#[derive(Debug, Default)]
+pub struct Entry {
+    /// Tenant (the seam for multi-tenancy; `default` today).
+    pub tenant: &'static str,
+    /// Route name, if one matched.
+    pub route: Option<Arc<str>>,
+    /// Cluster the request went to.
+    pub cluster: Option<Arc<str>>,
+    /// Endpoint that answered.
+    pub endpoint: Option<String>,
+    /// Method.
+    pub method: String,
+    /// Path and query as forwarded.
+    pub path: String,
+    /// Client address as filters saw it.
+    pub client: String,
+    /// Request id.
+    pub request_id: String,
+    /// W3C trace id, if one arrived.
+    pub trace_id: Option<String>,
+    /// `filter:outcome` per filter call.
+    pub filters: Vec<String>,
+    /// Response status.
+    pub status: u16,
+}
+
+/// A response body that writes the access log line when it has been sent
+/// (or dropped, if the client went away).
+pub struct LoggedBody<B: Body> {
+    inner: B,
+    pending: Option<Box<(AccessLog, Entry, Instant)>>,
+    bytes: u64,
+}
+
+impl<B: Body> LoggedBody<B> {
+    /// Wraps `inner`; `log` is `None` when logging is off.
+    pub fn new(inner: B, log: Option<(AccessLog, Entry, Instant)>) -> Self {
+        LoggedBody {
+            inner,
+            pending: log.map(Box::new),
+            bytes: 0,
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let (log, e, started) = *pending;
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let line = serde_json::json!({
+            "time": time,
+            "tenant": e.tenant,
+            "route": e.route.as_deref(),
+            "cluster": e.cluster.as_deref(),
+            "endpoint": e.endpoint,
+            "method": e.method,
+            "path": e.path,
+            "client": e.client,
+            "status": e.status,
+            "bytes": self.bytes,
+            "complete": complete,
+            "duration_ms": (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+            "request_id": e.request_id,
+            "trace_id": e.trace_id,
+            "filters": e.filters,
+        });
+        log.send(line.to_string());
+    }
+}
+
+impl<B: Body> Drop for LoggedBody<B> {
+    fn drop(&mut self) {
+        // A body that was empty from the start is never polled: it is complete.
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
+    }
+}
+
+impl<B> Body for LoggedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.finish(true),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
