@@ -393,7 +393,8 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
                   filter_keys: dict[str, str] | None = None) -> str:
     """`chain` is [(filter name, inline TOML table of its config)];
     `filter_keys` are extra `[filters.NAME]` keys (TOML values) for every filter."""
-    lines = ["[server]", f'listen = "{HOST}:{port}"', ""]
+    lines = ["[server]", f'listen = "{HOST}:{port}"', "workers = 1", "",
+             "[access_log]", "enabled = false", ""]
     for fname in sorted({f for f, _ in chain}):
         wasm = ctx.tools.filters_dir / f"{fname.replace('-', '_')}.wasm"
         lines += [f"[filters.{fname}]", f'path = "{wasm}"']
@@ -412,8 +413,9 @@ def peer_wasmgate(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
                            capture_output=True, text=True, env={**os.environ, "WASMGATE_LOG": "warn"})
     if check.returncode != 0:
         raise BenchError(f"wasmgate check rejected {conf}:\n{check.stdout}{check.stderr}")
-    # wasmgate builds a multi-threaded tokio runtime; one worker thread, and
-    # taskset keeps every thread (worker, blocking pool, epoch ticker) on `cpu`.
+    # One worker thread (`workers = 1`; TOKIO_WORKER_THREADS too, for builds
+    # that predate the key), and taskset keeps every thread (worker, blocking
+    # pool, epoch ticker, log writer) on `cpu`.
     env = {"WASMGATE_LOG": "warn", "TOKIO_WORKER_THREADS": "1"}
     return ctx.procs.start(name, [str(ctx.tools.wasmgate), "serve", "--config", str(conf)],
                            cpu, ctx.workdir, env)
@@ -628,6 +630,7 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
             try:
                 if proc is not None and not proc.alive():
                     raise BenchError(f"{proc.name} died:\n{proc.log_tail()}")
+                log_before = proc.log.stat().st_size if proc is not None else 0
                 before = group_cpu_ticks(proc.pgid) if proc is not None else 0
                 up_before = group_cpu_ticks(upstream.pgid)
                 t0 = time.monotonic()
@@ -637,6 +640,10 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
                 if proc is not None:
                     sample.proxy_cpu = (group_cpu_ticks(proc.pgid) - before) / CLK_TCK / elapsed
                 sample.upstream_cpu = (group_cpu_ticks(upstream.pgid) - up_before) / CLK_TCK / elapsed
+                if proc is not None and proc.log.stat().st_size - log_before > 64 * 1024:
+                    raise BenchError(f"{proc.name} wrote {proc.log.stat().st_size - log_before} "
+                                     f"bytes of log during one run: its logs must be off\n"
+                                     f"{proc.log_tail(3)}")
                 return sample
             finally:
                 for p in others:
@@ -802,7 +809,7 @@ def section(result: ModeResult, args, vers: dict[str, str], when: str) -> str:
   {args.rounds} rounds × {args.duration:g} s per scenario, interleaved round-robin,
   after a {args.warmup:g} s warm-up each; peers not being measured are frozen (SIGSTOP).
 - Every peer: one worker/thread, logs off, HTTP/1.1 keep-alive to the upstream.
-  wasmgate: `TOKIO_WORKER_THREADS=1`, `WASMGATE_LOG=warn`.
+  wasmgate: `workers = 1`, `[access_log] enabled = false`, `WASMGATE_LOG=warn`.
 - Command: `{args.command}`
 
 {method} Latencies are medians over rounds of wrk's per-round p50/p99.

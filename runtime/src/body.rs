@@ -2,11 +2,12 @@
 //! hyper body passed through untouched, or bytes the gateway or a filter made.
 
 use bytes::Bytes;
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{Either, Empty, Full, Limited};
 use hyper::body::Incoming;
 
-/// A body that is either streamed from a peer or made by the gateway.
-pub type ProxyBody = Either<Incoming, Either<Full<Bytes>, Empty<Bytes>>>;
+/// A body that is either streamed from a peer (with a size limit) or made by
+/// the gateway.
+pub type ProxyBody = Either<Limited<Incoming>, Either<Full<Bytes>, Empty<Bytes>>>;
 
 /// Bytes the gateway (or a filter) made.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
@@ -18,7 +19,8 @@ pub fn empty() -> ProxyBody {
     Either::Right(Either::Right(Empty::new()))
 }
 
-/// A peer's body, streamed through untouched.
-pub fn stream(body: Incoming) -> ProxyBody {
-    Either::Left(body)
+/// A peer's body, streamed through untouched; past `limit` bytes the stream
+/// fails (the exchange is aborted rather than truncated silently).
+pub fn stream(body: Incoming, limit: usize) -> ProxyBody {
+    Either::Left(Limited::new(body, limit))
 }

@@ -139,6 +139,19 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     admin: Option<RawAdmin>,
     access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    header_read_timeout: Option<HumanDuration>,
+    request_timeout: Option<HumanDuration>,
+    max_header_count: Option<u32>,
+    max_header_size: Option<HumanSize>,
+    max_request_body: Option<HumanSize>,
+    max_connections: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -285,6 +298,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Where access log lines go; `None` = off.
     pub access_log: Option<crate::access_log::AccessLogTarget>,
+    /// Request and connection limits.
+    pub limits: LimitsConfig,
 }
 
 /// `[server]`
@@ -298,6 +313,36 @@ pub struct ServerConfig {
     pub allow_encoded_slashes: bool,
     /// Forwarding headers, trusted proxies, request ids.
     pub forwarding: crate::forwarding::ForwardingPolicy,
+}
+
+/// `[limits]`: protection against slow, large and numerous requests.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitsConfig {
+    /// Time a client has to send a complete request head (slowloris).
+    pub header_read_timeout: Duration,
+    /// Time from request head to response head (504 past it).
+    pub request_timeout: Duration,
+    /// Most request headers (431 past it).
+    pub max_header_count: usize,
+    /// Largest request head in bytes (431 past it).
+    pub max_header_size: usize,
+    /// Largest request body in bytes (413 past it).
+    pub max_request_body: usize,
+    /// Most client connections open at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_read_timeout: Duration::from_secs(15),
+            request_timeout: Duration::from_secs(60),
+            max_header_count: 100,
+            max_header_size: 64 << 10,
+            max_request_body: 10 << 20,
+            max_connections: 10_000,
+        }
+    }
 }
 
 /// `[admin]`: the admin listener.
@@ -574,6 +619,56 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
         }
         AdminConfig { listen, token, protect_metrics: a.protect_metrics }
     });
+    let mut limits = LimitsConfig::default();
+    let rl = &raw.limits;
+    if let Some(HumanDuration(d)) = rl.header_read_timeout {
+        if d.is_zero() {
+            errors.push(ConfigError::new(
+                "limits.header_read_timeout",
+                "must be more than 0",
+            ));
+        }
+        limits.header_read_timeout = d;
+    }
+    if let Some(HumanDuration(d)) = rl.request_timeout {
+        if d.is_zero() {
+            errors.push(ConfigError::new(
+                "limits.request_timeout",
+                "must be more than 0",
+            ));
+        }
+        limits.request_timeout = d;
+    }
+    if let Some(n) = rl.max_header_count {
+        if !(1..=10_000).contains(&n) {
+            errors.push(ConfigError::new(
+                "limits.max_header_count",
+                format!("must be between 1 and 10000, got {n}"),
+            ));
+        }
+        limits.max_header_count = n as usize;
+    }
+    if let Some(HumanSize(n)) = rl.max_header_size {
+        if !(8192..=1 << 24).contains(&n) {
+            errors.push(ConfigError::new(
+                "limits.max_header_size",
+                format!("must be between 8KiB and 16MiB, got {n} bytes"),
+            ));
+        }
+        limits.max_header_size = n as usize;
+    }
+    if let Some(HumanSize(n)) = rl.max_request_body {
+        limits.max_request_body = usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = rl.max_connections {
+        if n == 0 {
+            errors.push(ConfigError::new(
+                "limits.max_connections",
+                "must be at least 1",
+            ));
+        }
+        limits.max_connections = n as usize;
+    }
     let access_log = match raw.access_log {
         None => Some(crate::access_log::AccessLogTarget::Stdout),
         Some(a) if !a.enabled => {
@@ -891,6 +986,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             routes,
             admin,
             access_log,
+            limits,
         })
     } else {
         Err(errors)

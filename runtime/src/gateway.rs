@@ -154,6 +154,10 @@ impl Gateway {
             config.server.forwarding.clone(),
             metrics.clone(),
             access_log,
+            crate::proxy::Limits {
+                max_request_body: config.limits.max_request_body,
+                request_timeout: config.limits.request_timeout,
+            },
         ));
         Ok(Gateway {
             config,
@@ -200,8 +204,9 @@ impl Gateway {
         };
         let proxy = self.proxy.clone();
         let metrics = self.metrics.clone();
+        let limits = self.config.limits;
         let task = tokio::spawn(async move {
-            server::serve(listener, proxy, metrics, rx).await;
+            server::serve(listener, proxy, metrics, limits, rx).await;
             drop(self);
         });
         tracing::info!(%addr, "wasmgate listening");

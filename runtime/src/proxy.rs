@@ -98,6 +98,7 @@ pub struct Proxy {
     forwarding: ForwardingPolicy,
     metrics: Arc<Metrics>,
     access_log: Option<AccessLog>,
+    limits: Limits,
 }
 
 impl Proxy {
@@ -108,6 +109,7 @@ impl Proxy {
         forwarding: ForwardingPolicy,
         metrics: Arc<Metrics>,
         access_log: Option<AccessLog>,
+        limits: Limits,
     ) -> Proxy {
         Proxy {
             routes,
@@ -118,6 +120,7 @@ impl Proxy {
             forwarding,
             metrics,
             access_log,
+            limits,
         }
     }
 
@@ -134,7 +137,23 @@ impl Proxy {
             method: req.method().as_str().to_owned(),
             ..Entry::default()
         });
-        let resp = self.handle_inner(req, peer, started, &mut entry).await;
+        let resp = match tokio::time::timeout(
+            self.limits.request_timeout,
+            self.handle_inner(req, peer, started, &mut entry),
+        )
+        .await
+        {
+            Ok(resp) => resp,
+            Err(_) => GatewayError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "no response within the request timeout of {:?}",
+                    self.limits.request_timeout
+                ),
+            )
+            .into_response(entry.as_ref().map(|e| e.request_id.as_str())),
+        };
         let log = match (&self.access_log, entry) {
             (Some(log), Some(mut e)) => {
                 e.status = resp.status().as_u16();
@@ -156,6 +175,24 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         if let Err(e) = self.canonical_path(&mut parts) {
             return GatewayError::bad_request(e.to_string()).into_response(Some(&id.to_string()));
+        }
+        if let Some(len) = declared_length(&parts.headers)
+            && len > self.limits.max_request_body as u64
+        {
+            // Refused before reading: hyper sends no `100 Continue` for a body
+            // nobody polls, and the connection is closed after the answer.
+            let mut resp = GatewayError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_body_too_large",
+                format!(
+                    "the request body of {len} bytes exceeds the limit of {} bytes",
+                    self.limits.max_request_body
+                ),
+            )
+            .into_response(Some(&id.to_string()));
+            resp.headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            return resp;
         }
         strip_hop_by_hop(&mut parts.headers);
         let view = self
@@ -438,7 +475,8 @@ impl Proxy {
         if let Some(e) = entry.as_mut() {
             e.cluster = Some(cluster.name().clone());
         }
-        let upstream_req = Request::from_parts(parts, body::stream(body));
+        let upstream_req =
+            Request::from_parts(parts, body::stream(body, self.limits.max_request_body));
         match cluster.forward(upstream_req).await {
             Ok((resp, endpoint)) => {
                 if let Some(e) = entry.as_mut() {
@@ -446,7 +484,7 @@ impl Proxy {
                 }
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
-                Response::from_parts(rparts, body::stream(rbody))
+                Response::from_parts(rparts, body::stream(rbody, usize::MAX))
             }
             Err(failure) => {
                 tracing::warn!(
@@ -503,6 +541,26 @@ impl Proxy {
         }
         Ok(())
     }
+}
+
+/// The `Content-Length` a request declares, if any.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Limits the request path enforces, from `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest request body accepted (413 past it).
+    pub max_request_body: usize,
+    /// Longest time from request head to response head (504 past it).
+    pub request_timeout: std::time::Duration,
 }
 
 /// Adds `filter:outcome` to the access log entry, if logging.

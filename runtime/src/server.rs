@@ -12,11 +12,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use tokio::sync::Semaphore;
+
+use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
-/// Time a client has to send a complete request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time in-flight requests get to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -25,14 +26,32 @@ pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     metrics: Arc<Metrics>,
+    limits: LimitsConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
+    // At most `max_connections` open: past it the loop stops accepting and
+    // new connections wait in the kernel's backlog.
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_header_count)
+        .max_header_size(limits.max_header_size)
         .keep_alive(true);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+                continue;
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -60,6 +79,7 @@ pub async fn serve(
                         tracing::debug!(%peer, "connection ended with an error: {e}");
                     }
                     metrics.active_connections.dec();
+                    drop(slot);
                 });
             }
             changed = shutdown.changed() => {

@@ -12,6 +12,7 @@ mod config;
 mod faults;
 mod filters;
 mod hygiene;
+mod limits;
 mod pool;
 mod routing;
 

@@ -1,0 +1,126 @@
+//! Limits against bad clients: too many or too large headers (431), too large
+//! bodies (413 before reading), slow request heads, slow responses (504).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wasmgate_tests::{Upstream, artifacts, get, raw, start_gateway};
+
+async fn gateway(up: &Upstream, limits: &str) -> wasmgate_tests::RunningGateway {
+    start_gateway(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[access_log]
+enabled = false
+[limits]
+{limits}
+[engine]
+max_instances = 32
+[filters.fault]
+path = "{fault}"
+pool_size = 4
+cpu_limit = "5s"
+[clusters.c]
+endpoints = ["{up}"]
+[[routes]]
+name = "r"
+cluster = "c"
+[[routes]]
+name = "slow"
+path_prefix = "/slow"
+cluster = "c"
+filters = [{{ name = "fault" }}]
+"#,
+        fault = artifacts::FAULT,
+        up = up.addr
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn too_many_headers_is_431() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(&up, "max_header_count = 10").await;
+    let mut req = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..20 {
+        req += &format!("x-h{i}: v\r\n");
+    }
+    req += "\r\n";
+    let out = raw(gw.addr(), req.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    assert_eq!(up.count(), 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn too_large_a_head_is_431() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(&up, "max_header_size = \"8KiB\"").await;
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    let out = raw(gw.addr(), req.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    assert_eq!(up.count(), 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn too_large_a_body_is_413_before_it_is_read() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(&up, "max_request_body = \"1KiB\"").await;
+    // The client announces a large body and waits for 100 Continue, which it
+    // must not get: the answer is 413 straight away.
+    let out = raw(
+        gw.addr(),
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(!out.contains("100 Continue"), "{out}");
+    assert!(out.contains("\"code\":\"request_body_too_large\""), "{out}");
+    assert_eq!(up.count(), 0);
+    // A body within the limit passes.
+    let ok = raw(
+        gw.addr(),
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_request_head_is_cut_off() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(&up, "header_read_timeout = \"300ms\"").await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // Never finish the head: the gateway must close the connection.
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the connection stayed open");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    assert_eq!(up.count(), 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_that_takes_too_long_is_504() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(&up, "request_timeout = \"300ms\"").await;
+    // The fault filter holds the request for 2 s.
+    let reply = get(gw.addr(), "/slow", &[("x-fault", "sleep")]).await;
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.json()["code"], "request_timeout");
+    assert_eq!(up.count(), 0);
+    // The pool is fine afterwards.
+    assert_eq!(get(gw.addr(), "/slow", &[]).await.status, 200);
+    gw.shutdown().await;
+}
