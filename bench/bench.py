@@ -727,7 +727,9 @@ def table(result: ModeResult) -> str:
         else:
             lcpu = statistics.median(s.load_cpu + (s.upstream_cpu or 0) for s in ss) * 100
             proxy_busy = sc.peer is None or statistics.median(s.proxy_cpu or 0 for s in ss) >= 0.9
-            lcpu_s = f"{lcpu:.0f} %" + (" (load-bound: at least)" if lcpu >= 90 and not proxy_busy else "")
+            lcpu_s = f"{lcpu:.0f} %"
+            if not proxy_busy:
+                lcpu_s += " (load-bound: at least)" if lcpu >= 90 else " (neither CPU saturated)"
             if ref is None:
                 ratio = "—"
             elif ref.name == sc.name:
@@ -796,7 +798,9 @@ def section(result: ModeResult, args, vers: dict[str, str], when: str) -> str:
         "P": "proxy CPU = CPU time of the proxy's processes over the run (100 % = one CPU). "
              "wrk and the upstream share the other CPU: where they use 90 % of it or more "
              "while the proxy stays below 90 %, the load side limits the figure (marked "
-             "\"load-bound: at least\").",
+             "\"load-bound: at least\"); where neither CPU is saturated, something else "
+             "held the figure down (wake-up latency between the CPUs, or other work on the "
+             "machine) and the row is not a throughput limit.",
     }[result.mode]
     vlines = "\n".join(f"- {k}: {v}" for k, v in vers.items())
     return f"""### {title}
