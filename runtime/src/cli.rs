@@ -59,9 +59,15 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime (no work-stealing machinery, no
+    // cross-thread wake-ups). Several: the multi-threaded scheduler.
+    let mut builder = if config.server.workers == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder.enable_all().thread_name("wasmgate-worker");
-    if let Some(n) = config.server.workers {
+    if let Some(n) = config.server.workers.filter(|&n| n > 1) {
         builder.worker_threads(n);
     }
     let runtime = match builder.build() {

@@ -52,9 +52,10 @@ impl Default for ForwardingPolicy {
 /// What forwarding decided about one request.
 #[derive(Debug, Clone)]
 pub struct ClientView {
-    /// The client as filters see it: `ip:port` for a direct peer, `ip` when
-    /// taken from a trusted `X-Forwarded-For`.
-    pub client_addr: String,
+    /// The direct peer.
+    pub peer: SocketAddr,
+    /// The client from a trusted `X-Forwarded-For`, when there is one.
+    pub forwarded_client: Option<IpAddr>,
     /// The request id.
     pub request_id: HeaderValue,
     /// The W3C trace id, when a valid `traceparent` arrived.
@@ -67,6 +68,17 @@ const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+impl ClientView {
+    /// The client as filters see it: `ip:port` for a direct peer, `ip` when
+    /// taken from a trusted `X-Forwarded-For`. Formatted only when asked for.
+    pub fn client_addr(&self) -> String {
+        match self.forwarded_client {
+            Some(ip) => ip.to_string(),
+            None => self.peer.to_string(),
+        }
+    }
+}
 
 impl ForwardingPolicy {
     fn trusted(&self, ip: IpAddr) -> bool {
@@ -81,13 +93,13 @@ impl ForwardingPolicy {
         headers: &mut HeaderMap,
         peer: SocketAddr,
         scheme: &'static str,
-        new_id: impl FnOnce() -> String,
+        new_id: impl FnOnce() -> HeaderValue,
     ) -> ClientView {
         let peer_ip = peer.ip().to_canonical();
         let trusted = self.trusted(peer_ip);
 
         // The client, as trusted hops report it.
-        let mut client_addr = peer.to_string();
+        let mut forwarded_client = None;
         if trusted {
             let chain: Vec<&str> = headers
                 .get_all(&XFF)
@@ -101,7 +113,7 @@ impl ForwardingPolicy {
                 match hop.trim_matches(['[', ']']).parse::<IpAddr>() {
                     Ok(ip) if self.trusted(ip) => continue,
                     Ok(ip) => {
-                        client_addr = ip.to_canonical().to_string();
+                        forwarded_client = Some(ip.to_canonical());
                         break;
                     }
                     // An unparsable hop: believe nothing left of it.
@@ -162,9 +174,7 @@ impl ForwardingPolicy {
             .get(&self.request_id_header)
             .filter(|v| trusted && valid_request_id(v.as_bytes()))
             .cloned();
-        let request_id = kept.unwrap_or_else(|| {
-            HeaderValue::from_str(&new_id()).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-        });
+        let request_id = kept.unwrap_or_else(new_id);
         headers.insert(self.request_id_header.clone(), request_id.clone());
 
         // traceparent.
@@ -181,7 +191,8 @@ impl ForwardingPolicy {
         };
 
         ClientView {
-            client_addr,
+            peer,
+            forwarded_client,
             request_id,
             trace_id,
         }
@@ -274,12 +285,12 @@ mod tests {
             ("forwarded", "for=1.2.3.4"),
         ]);
         let view = p.apply_request(&mut h, "203.0.113.9:5000".parse().unwrap(), "http", || {
-            "gen".into()
+            HeaderValue::from_static("gen")
         });
         assert_eq!(h["x-forwarded-for"], "203.0.113.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["forwarded"], "for=203.0.113.9;proto=http");
-        assert_eq!(view.client_addr, "203.0.113.9:5000");
+        assert_eq!(view.client_addr(), "203.0.113.9:5000");
         assert_eq!(view.request_id, "gen");
         assert_eq!(h["x-request-id"], "gen");
     }
@@ -293,10 +304,14 @@ mod tests {
             ("host", "shop.example"),
         ]);
         let view = p.apply_request(&mut h, "127.0.0.1:5000".parse().unwrap(), "http", || {
-            "gen".into()
+            HeaderValue::from_static("gen")
         });
         assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.1.1.1, 127.0.0.1");
-        assert_eq!(view.client_addr, "198.51.100.7", "right-most untrusted hop");
+        assert_eq!(
+            view.client_addr(),
+            "198.51.100.7",
+            "right-most untrusted hop"
+        );
         assert_eq!(view.request_id, "abc-123");
         assert_eq!(h["x-forwarded-host"], "shop.example");
     }
@@ -310,7 +325,7 @@ mod tests {
             ("tracestate", "a=b"),
         ]);
         let view = p.apply_request(&mut h, "127.0.0.1:1".parse().unwrap(), "http", || {
-            "gen".into()
+            HeaderValue::from_static("gen")
         });
         assert_eq!(view.request_id, "gen");
         assert!(h.get("traceparent").is_none() && h.get("tracestate").is_none());
@@ -319,7 +334,7 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )]);
         let view = p.apply_request(&mut h, "127.0.0.1:1".parse().unwrap(), "http", || {
-            "gen".into()
+            HeaderValue::from_static("gen")
         });
         assert_eq!(
             view.trace_id.as_deref(),

@@ -197,7 +197,10 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
         let view = self
             .forwarding
-            .apply_request(&mut parts.headers, peer, "http", || id.to_string());
+            .apply_request(&mut parts.headers, peer, "http", || {
+                http::HeaderValue::from_bytes(&id.hex())
+                    .unwrap_or_else(|_| http::HeaderValue::from_static("invalid-request-id"))
+            });
         let request_id = view.request_id.to_str().unwrap_or_default();
         if let Some(e) = entry.as_mut() {
             e.path = parts
@@ -205,7 +208,7 @@ impl Proxy {
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .to_owned();
-            e.client = view.client_addr.clone();
+            e.client = view.client_addr();
             request_id.clone_into(&mut e.request_id);
             e.trace_id = view.trace_id.clone();
         }
@@ -324,7 +327,7 @@ impl Proxy {
         let meta = wit::RequestMeta {
             request_id: request_id.to_owned(),
             route: route.name.to_string(),
-            client_addr: view.client_addr.clone(),
+            client_addr: view.client_addr(),
             tls: false,
             received_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -686,8 +689,24 @@ struct RequestId {
     n: u64,
 }
 
+impl RequestId {
+    /// 32 lower-case hex digits, without the formatting machinery (this runs
+    /// for every request).
+    fn hex(&self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, word) in [self.prefix, self.n].into_iter().enumerate() {
+            for j in 0..16 {
+                out[i * 16 + j] = DIGITS[((word >> (60 - 4 * j)) & 0xf) as usize];
+            }
+        }
+        out
+    }
+}
+
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}{:016x}", self.prefix, self.n)
+        // Hex digits are ASCII.
+        f.write_str(std::str::from_utf8(&self.hex()).unwrap_or_default())
     }
 }

@@ -16,7 +16,6 @@
 //! changing the lookup; today every route belongs to [`TenantId::DEFAULT`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::Method;
@@ -123,7 +122,9 @@ struct TenantRoutes<R> {
 /// The route table.
 #[derive(Debug)]
 pub struct RouteTable<R> {
-    tenants: HashMap<TenantId, TenantRoutes<R>>,
+    /// Few tenants per gateway and one lookup per request: a short list
+    /// compared by pointer first beats hashing the name every time.
+    tenants: Vec<(TenantId, TenantRoutes<R>)>,
     /// Every route once, in config order.
     all: Vec<Arc<R>>,
 }
@@ -160,8 +161,7 @@ impl<R> RouteTable<R> {
         }
         keyed.sort_by_key(|(key, _)| *key);
         let entries = keyed.into_iter().map(|(_, e)| e).collect();
-        let mut tenants = HashMap::new();
-        tenants.insert(TenantId::default_tenant(), TenantRoutes { entries });
+        let tenants = vec![(TenantId::default_tenant(), TenantRoutes { entries })];
         all.sort_by_key(|(order, _)| *order);
         RouteTable {
             tenants,
@@ -183,7 +183,11 @@ impl<R> RouteTable<R> {
         method: &Method,
         path: &str,
     ) -> Option<&Arc<R>> {
-        let routes = self.tenants.get(tenant)?;
+        let routes = self
+            .tenants
+            .iter()
+            .find(|(id, _)| Arc::ptr_eq(&id.0, &tenant.0) || id == tenant)
+            .map(|(_, routes)| routes)?;
         routes
             .entries
             .iter()
