@@ -18,6 +18,7 @@ pub mod normalize;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 pub use gateway::{Gateway, RunningGateway};
