@@ -152,6 +152,7 @@ struct RawLimits {
     max_header_size: Option<HumanSize>,
     max_request_body: Option<HumanSize>,
     max_connections: Option<u32>,
+    h2_max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +190,27 @@ struct RawServer {
     forwarded_header: bool,
     hide_response_headers: Option<Vec<String>>,
     request_id_header: Option<String>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificates: Vec<RawCert>,
+    client_ca: Option<String>,
+    client_auth: Option<crate::tls::ClientAuth>,
+    reload_interval: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCert {
+    cert: String,
+    key: String,
+    #[serde(default)]
+    server_names: Vec<String>,
+    client_ca: Option<String>,
+    client_auth: Option<crate::tls::ClientAuth>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -313,6 +335,8 @@ pub struct ServerConfig {
     pub allow_encoded_slashes: bool,
     /// Forwarding headers, trusted proxies, request ids.
     pub forwarding: crate::forwarding::ForwardingPolicy,
+    /// TLS termination on the listener, if configured.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// `[limits]`: protection against slow, large and numerous requests.
@@ -330,6 +354,8 @@ pub struct LimitsConfig {
     pub max_request_body: usize,
     /// Most client connections open at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Most concurrent streams on one HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl Default for LimitsConfig {
@@ -341,6 +367,7 @@ impl Default for LimitsConfig {
             max_header_size: 64 << 10,
             max_request_body: 10 << 20,
             max_connections: 10_000,
+            h2_max_concurrent_streams: 100,
         }
     }
 }
@@ -544,6 +571,47 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
         }
         n => n.map(|n| n as usize),
     };
+    let tls = raw.server.tls.as_ref().map(|t| {
+        if t.certificates.is_empty() {
+            errors.push(ConfigError::new(
+                "server.tls.certificates",
+                "must list at least one certificate",
+            ));
+        }
+        let certificates = t
+            .certificates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                for (j, n) in c.server_names.iter().enumerate() {
+                    if let Err(m) = parse_host_pattern(n) {
+                        errors.push(ConfigError::new(
+                            format!("server.tls.certificates[{i}].server_names[{j}]"),
+                            m,
+                        ));
+                    }
+                }
+                crate::tls::CertConfig {
+                    cert: base.join(&c.cert),
+                    key: base.join(&c.key),
+                    server_names: c.server_names.clone(),
+                    client_ca: c
+                        .client_ca
+                        .as_ref()
+                        .or(t.client_ca.as_ref())
+                        .map(|p| base.join(p)),
+                    client_auth: c
+                        .client_auth
+                        .or(t.client_auth)
+                        .unwrap_or(crate::tls::ClientAuth::Required),
+                }
+            })
+            .collect();
+        crate::tls::TlsConfig {
+            certificates,
+            reload_interval: t.reload_interval.map_or(Duration::from_secs(5), |d| d.0),
+        }
+    });
     let mut forwarding = crate::forwarding::ForwardingPolicy {
         forwarded_header: raw.server.forwarded_header,
         ..Default::default()
@@ -668,6 +736,15 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             ));
         }
         limits.max_connections = n as usize;
+    }
+    if let Some(n) = rl.h2_max_concurrent_streams {
+        if n == 0 {
+            errors.push(ConfigError::new(
+                "limits.h2_max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        limits.h2_max_concurrent_streams = n;
     }
     let access_log = match raw.access_log {
         None => Some(crate::access_log::AccessLogTarget::Stdout),
@@ -979,6 +1056,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 workers,
                 allow_encoded_slashes: raw.server.allow_encoded_slashes,
                 forwarding,
+                tls,
             },
             engine,
             filters,

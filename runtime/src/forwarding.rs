@@ -54,6 +54,8 @@ impl Default for ForwardingPolicy {
 pub struct ClientView {
     /// The direct peer.
     pub peer: SocketAddr,
+    /// `http` or `https` on this hop.
+    pub scheme: &'static str,
     /// The client from a trusted `X-Forwarded-For`, when there is one.
     pub forwarded_client: Option<IpAddr>,
     /// The request id.
@@ -192,6 +194,7 @@ impl ForwardingPolicy {
 
         ClientView {
             peer,
+            scheme,
             forwarded_client,
             request_id,
             trace_id,

@@ -24,6 +24,7 @@ use crate::normalize::PathPolicy;
 use crate::proxy::{Proxy, Route, RouteMetrics};
 use crate::router::{RouteMatch, RouteTable};
 use crate::server;
+use crate::tls::TlsTerminator;
 use crate::upstream::Cluster;
 
 /// A gateway ready to serve: config loaded, filters compiled, routes built.
@@ -31,6 +32,7 @@ use crate::upstream::Cluster;
 pub struct Gateway {
     config: Config,
     proxy: Arc<Proxy>,
+    tls: Option<Arc<TlsTerminator>>,
     metrics: Arc<Metrics>,
     // Keeps the engine (and its epoch ticker) alive as long as the gateway.
     _engine: Arc<FilterEngine>,
@@ -142,6 +144,16 @@ impl Gateway {
                 }),
             });
         }
+        let tls = match &config.server.tls {
+            Some(t) => match TlsTerminator::new(t.clone()) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    errors.push(ConfigError::new("", e));
+                    None
+                }
+            },
+            None => None,
+        };
         if !errors.is_empty() {
             return Err(fail(errors));
         }
@@ -162,6 +174,7 @@ impl Gateway {
         Ok(Gateway {
             config,
             proxy,
+            tls,
             metrics,
             _engine: engine,
         })
@@ -205,8 +218,12 @@ impl Gateway {
         let proxy = self.proxy.clone();
         let metrics = self.metrics.clone();
         let limits = self.config.limits;
+        let tls = self.tls.clone();
+        if let Some(tls) = &tls {
+            tls.spawn_reloader();
+        }
         let task = tokio::spawn(async move {
-            server::serve(listener, proxy, metrics, limits, rx).await;
+            server::serve(listener, proxy, metrics, limits, tls, rx).await;
             drop(self);
         });
         tracing::info!(%addr, "wasmgate listening");

@@ -74,6 +74,10 @@ pub struct Metrics {
     pub filter_instances_idle: Family<FilterLabels, Gauge>,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
+    /// TLS handshakes completed.
+    pub tls_handshakes: Counter,
+    /// TLS handshakes failed or timed out.
+    pub tls_handshake_errors: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -101,6 +105,8 @@ impl Metrics {
             filter_instances_discarded: Family::default(),
             filter_instances_idle: Family::default(),
             access_log_dropped: Counter::default(),
+            tls_handshakes: Counter::default(),
+            tls_handshake_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,6 +158,16 @@ impl Metrics {
             "access_log_dropped",
             "Access log lines dropped because the writer fell behind",
             m.access_log_dropped.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes completed",
+            m.tls_handshakes.clone(),
+        );
+        registry.register(
+            "tls_handshake_errors",
+            "TLS handshakes that failed or timed out",
+            m.tls_handshake_errors.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

@@ -130,6 +130,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        tls: bool,
     ) -> Response<LoggedBody<ProxyBody>> {
         let started = Instant::now();
         let mut entry = self.access_log.as_ref().map(|_| Entry {
@@ -139,7 +140,7 @@ impl Proxy {
         });
         let resp = match tokio::time::timeout(
             self.limits.request_timeout,
-            self.handle_inner(req, peer, started, &mut entry),
+            self.handle_inner(req, peer, tls, started, &mut entry),
         )
         .await
         {
@@ -168,6 +169,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        tls: bool,
         started: Instant,
         entry: &mut Option<Entry>,
     ) -> Response<ProxyBody> {
@@ -195,12 +197,23 @@ impl Proxy {
             return resp;
         }
         strip_hop_by_hop(&mut parts.headers);
-        let view = self
-            .forwarding
-            .apply_request(&mut parts.headers, peer, "http", || {
+        // HTTP/2 carries the host in `:authority`; an HTTP/1.1 upstream
+        // needs it as `Host`.
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(v) = http::HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        let view = self.forwarding.apply_request(
+            &mut parts.headers,
+            peer,
+            if tls { "https" } else { "http" },
+            || {
                 http::HeaderValue::from_bytes(&id.hex())
                     .unwrap_or_else(|_| http::HeaderValue::from_static("invalid-request-id"))
-            });
+            },
+        );
         let request_id = view.request_id.to_str().unwrap_or_default();
         if let Some(e) = entry.as_mut() {
             e.path = parts
@@ -328,7 +341,7 @@ impl Proxy {
             request_id: request_id.to_owned(),
             route: route.name.to_string(),
             client_addr: view.client_addr(),
-            tls: false,
+            tls: view.scheme == "https",
             received_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -340,7 +353,7 @@ impl Proxy {
         // the request line is refreshed after edits.
         let mut wreq = wit::Request {
             method: String::new(),
-            scheme: "http".to_owned(),
+            scheme: view.scheme.to_owned(),
             authority: String::new(),
             path_with_query: String::new(),
             headers: Vec::new(),

@@ -1,25 +1,49 @@
-//! Listeners and connections: accepts TCP connections and serves HTTP/1.1 on
-//! each with hyper, handing every request to the [`Proxy`].
+//! Listeners and connections: accepts TCP connections (terminating TLS when
+//! configured) and serves HTTP/1.1 and HTTP/2 on each with hyper (HTTP/2 by
+//! ALPN over TLS, or by prior knowledge in cleartext: h2c), handing every
+//! request to the [`Proxy`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::LimitsConfig;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::tls::TlsTerminator;
 
 /// Time in-flight requests get to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_header_count)
+        // The read buffer bounds the request head (431 past it).
+        .max_buf_size(limits.max_header_size.max(8192))
+        .keep_alive(true);
+    // HTTP/2: bounded streams and header lists; h2 (0.4.x) carries the
+    // rapid-reset and CONTINUATION-flood fixes and bounds pending resets.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(Some(50))
+        .max_local_error_reset_streams(Some(1024))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
 
 /// Accepts connections until `shutdown` becomes true, then drains.
 pub async fn serve(
@@ -27,18 +51,14 @@ pub async fn serve(
     proxy: Arc<Proxy>,
     metrics: Arc<Metrics>,
     limits: LimitsConfig,
+    tls: Option<Arc<TlsTerminator>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
     // At most `max_connections` open: past it the loop stops accepting and
     // new connections wait in the kernel's backlog.
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_header_count)
-        .max_header_size(limits.max_header_size)
-        .keep_alive(true);
+    let http = Arc::new(http_builder(&limits));
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => match slot {
@@ -65,17 +85,37 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let proxy = proxy.clone();
-                let service = service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-                });
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 metrics.connections.inc();
                 metrics.active_connections.inc();
-                let metrics = metrics.clone();
+                let (proxy, metrics, http, tls) = (proxy.clone(), metrics.clone(), http.clone(), tls.clone());
+                let watcher = graceful.watcher();
+                let handshake_timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let secure = tls.is_some();
+                    let service = service_fn(move |req| {
+                        let proxy = proxy.clone();
+                        async move { Ok::<_, Infallible>(proxy.handle(req, peer, secure).await) }
+                    });
+                    let result = match tls {
+                        None => watcher.watch(http.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await,
+                        Some(tls) => match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                metrics.tls_handshakes.inc();
+                                watcher.watch(http.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await
+                            }
+                            Ok(Err(e)) => {
+                                metrics.tls_handshake_errors.inc();
+                                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                metrics.tls_handshake_errors.inc();
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                Ok(())
+                            }
+                        },
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(%peer, "connection ended with an error: {e}");
                     }
                     metrics.active_connections.dec();

@@ -15,6 +15,7 @@ mod hygiene;
 mod limits;
 mod pool;
 mod routing;
+mod tls;
 
 use wasmgate_tests::artifacts;
 
