@@ -178,6 +178,12 @@ impl Proxy {
         if let Err(e) = self.canonical_path(&mut parts) {
             return GatewayError::bad_request(e.to_string()).into_response(Some(&id.to_string()));
         }
+        if let Err(reason) = check_framing(&parts) {
+            let mut resp = GatewayError::bad_request(reason).into_response(Some(&id.to_string()));
+            resp.headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            return resp;
+        }
         if let Some(len) = declared_length(&parts.headers)
             && len > self.limits.max_request_body as u64
         {
@@ -557,6 +563,27 @@ impl Proxy {
         }
         Ok(())
     }
+}
+
+/// Rejects what the HTTP parser lets through but a proxy must not forward:
+/// ambiguous framing (both `Transfer-Encoding` and `Content-Length`, several
+/// `Content-Length` headers) and a missing or repeated `Host` on HTTP/1.1.
+fn check_framing(parts: &Parts) -> Result<(), &'static str> {
+    let h = &parts.headers;
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err("both Transfer-Encoding and Content-Length are present");
+    }
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err("more than one Content-Length header");
+    }
+    let hosts = h.get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err("more than one Host header");
+    }
+    if parts.version == http::Version::HTTP_11 && hosts == 0 && parts.uri.authority().is_none() {
+        return Err("HTTP/1.1 request without a Host header");
+    }
+    Ok(())
 }
 
 /// The `Content-Length` a request declares, if any.

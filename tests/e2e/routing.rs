@@ -184,8 +184,138 @@ async fn unreachable_upstream_is_502_and_names_no_address() {
     gw.shutdown().await;
 }
 
+/// Malformed and smuggling-style requests over a raw socket: each gets a 400
+/// and the connection is closed; the upstream, which counts what it
+/// receives, sees none of them.
 #[tokio::test]
-async fn malformed_http_gets_400_and_never_reaches_the_upstream() {
+async fn malformed_and_smuggling_requests_get_400_and_never_reach_the_upstream() {
+    let up = Upstream::start("u").await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+        filters_toml(),
+        up.addr
+    );
+    let gw = start_gateway(&toml).await;
+    let cases: &[(&str, &[u8])] = &[
+        ("garbage request line", b"GARBAGE\r\n\r\n"),
+        ("unknown HTTP version", b"GET / HTTP/9.9\r\nHost: x\r\n\r\n"),
+        (
+            "header without colon",
+            b"GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n",
+        ),
+        (
+            "space before colon",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length : 0\r\n\r\n",
+        ),
+        (
+            "conflicting Content-Length",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        ),
+        (
+            "Content-Length list",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2, 3\r\n\r\nab",
+        ),
+        (
+            "negative Content-Length",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        ),
+        (
+            "non-numeric Content-Length",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1e2\r\n\r\n",
+        ),
+        (
+            "plus-signed Content-Length",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +2\r\n\r\nab",
+        ),
+        (
+            "TE not ending in chunked",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "unknown TE only",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        ),
+        (
+            "obs-fold in Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "obs-fold in Content-Length",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n 2\r\n\r\nab",
+        ),
+        (
+            "obs-fold in another header",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+        ),
+        (
+            "bare CR in a header value",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+        ),
+        ("bare CR line ending", b"GET / HTTP/1.1\rHost: x\r\n\r\n"),
+        (
+            "NUL in a header value",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n",
+        ),
+        ("NUL in the path", b"GET /a\0b HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("space in the path", b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (
+            "missing Host on HTTP/1.1",
+            b"GET / HTTP/1.1\r\nX-A: a\r\n\r\n",
+        ),
+        (
+            "duplicate Host",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        ),
+        (
+            "control character in header name",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX\x01A: a\r\n\r\n",
+        ),
+        (
+            "header name with a space",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX A: a\r\n\r\n",
+        ),
+        (
+            "encoded slash in the path",
+            b"GET /a%2Fb HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+        (
+            "backslash in the path",
+            b"GET /a\\b HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+        (
+            "dot-parameter path",
+            b"GET /a/..;/b HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, case) in cases {
+        let out = wasmgate_tests::raw(gw.addr(), case).await;
+        if !out.starts_with("HTTP/1.1 400") {
+            failures.push(format!(
+                "{name}: got {:?}",
+                out.lines()
+                    .next()
+                    .unwrap_or("(connection closed, no answer)")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "not rejected with 400:\n{}",
+        failures.join("\n")
+    );
+    assert!(cases.len() >= 25);
+    assert_eq!(up.count(), 0, "nothing malformed may be forwarded");
+    assert_eq!(get(gw.addr(), "/", &[]).await.status, 200, "still serving");
+    gw.shutdown().await;
+}
+
+/// Ambiguous framing that the HTTP parser resolves itself (equal duplicate
+/// `Content-Length`; `Transfer-Encoding` with `Content-Length`, where chunked
+/// wins and the length is dropped): the upstream always gets one re-serialised,
+/// unambiguous request, never both framing headers.
+#[tokio::test]
+async fn ambiguous_framing_is_never_forwarded_ambiguously() {
     let up = Upstream::start("u").await;
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
@@ -194,21 +324,26 @@ async fn malformed_http_gets_400_and_never_reaches_the_upstream() {
     );
     let gw = start_gateway(&toml).await;
     let cases: &[&[u8]] = &[
-        b"GARBAGE\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-        b"GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n",
-        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nConnection: close\r\n\r\n0\r\n\r\n",
     ];
     for case in cases {
         let out = wasmgate_tests::raw(gw.addr(), case).await;
         assert!(
-            out.starts_with("HTTP/1.1 400"),
-            "{:?} got {out:?}",
-            String::from_utf8_lossy(case)
+            out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.1 400"),
+            "{out}"
         );
     }
-    assert_eq!(up.count(), 0, "nothing malformed may be forwarded");
-    assert_eq!(get(gw.addr(), "/", &[]).await.status, 200, "still serving");
+    for seen in up.seen() {
+        let te = seen.headers.get_all("transfer-encoding").iter().count();
+        let cl = seen.headers.get_all("content-length").iter().count();
+        assert!(
+            te + cl <= 1,
+            "ambiguous framing forwarded: {:?}",
+            seen.headers
+        );
+    }
     gw.shutdown().await;
 }
 
