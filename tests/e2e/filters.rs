@@ -3,14 +3,8 @@
 
 use wasmgate_tests::{Upstream, get, start_gateway};
 
-use crate::filters_toml;
-
 fn one_route(up: &Upstream, filters: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n{filters}",
-        filters_toml(),
-        up.addr
-    )
+    crate::one_route(up, "", filters)
 }
 
 pub(crate) mod api_key {

@@ -3,14 +3,8 @@
 
 use wasmgate_tests::{Upstream, get, start_gateway};
 
-use crate::filters_toml;
-
 fn config(up: &Upstream, server_extra: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n{}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
-        filters_toml(),
-        up.addr
-    )
+    crate::one_route(up, server_extra, "")
 }
 
 #[tokio::test]

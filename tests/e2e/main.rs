@@ -50,6 +50,17 @@ pool_size = 4
     )
 }
 
+/// A config with one cluster `c` (the upstream `up`) and one route `r` to
+/// it, every test filter defined: `server_extra` goes in `[server]`,
+/// `route_extra` at the end of the route (keys or `[[routes.filters]]`).
+pub fn one_route(up: &wasmgate_tests::Upstream, server_extra: &str, route_extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n{}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n{route_extra}",
+        filters_toml(),
+        up.addr
+    )
+}
+
 /// Every first-party filter must have a module in `filters.rs` with a test
 /// that runs it in the real host: a missing one is a compile error here.
 macro_rules! assert_test_exists {

@@ -112,11 +112,7 @@ cluster = "post"
 #[tokio::test]
 async fn unknown_route_is_404_in_the_standard_error_format() {
     let up = Upstream::start("only").await;
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/api\"\nmethods = [\"GET\"]\ncluster = \"c\"\n",
-        filters_toml(),
-        up.addr
-    );
+    let toml = crate::one_route(&up, "", "path_prefix = \"/api\"\nmethods = [\"GET\"]\n");
     let gw = start_gateway(&toml).await;
     for reply in [
         get(gw.addr(), "/nothing-here", &[]).await,
@@ -190,11 +186,7 @@ async fn unreachable_upstream_is_502_and_names_no_address() {
 #[tokio::test]
 async fn malformed_and_smuggling_requests_get_400_and_never_reach_the_upstream() {
     let up = Upstream::start("u").await;
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
-        filters_toml(),
-        up.addr
-    );
+    let toml = crate::one_route(&up, "", "");
     let gw = start_gateway(&toml).await;
     let cases: &[(&str, &[u8])] = &[
         ("garbage request line", b"GARBAGE\r\n\r\n"),
@@ -317,11 +309,7 @@ async fn malformed_and_smuggling_requests_get_400_and_never_reach_the_upstream()
 #[tokio::test]
 async fn ambiguous_framing_is_never_forwarded_ambiguously() {
     let up = Upstream::start("u").await;
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
-        filters_toml(),
-        up.addr
-    );
+    let toml = crate::one_route(&up, "", "");
     let gw = start_gateway(&toml).await;
     let cases: &[&[u8]] = &[
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\nab",
