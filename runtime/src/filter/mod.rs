@@ -350,7 +350,7 @@ impl FilterModule {
         store.set_epoch_deadline(self.deadline_ticks());
         let plugin = match self.pre.instantiate_async(&mut store).await {
             Ok(p) => p,
-            Err(e) => return Err(classify_instantiate(&store, e, self.limits)),
+            Err(e) => return Err(classify(&store, e, self.limits, FilterFailure::Instantiate)),
         };
         Ok(FilterInstance {
             store,
@@ -362,18 +362,23 @@ impl FilterModule {
     }
 }
 
-fn classify_instantiate(
+/// Names why a call into a store failed. `not_a_trap` builds the failure for
+/// an error that is not a guest trap (it differs between instantiation and
+/// calls).
+fn classify(
     store: &Store<HostState>,
     e: wasmtime::Error,
     limits: Limits,
+    not_a_trap: fn(String) -> FilterFailure,
 ) -> FilterFailure {
     if store.data().limiter.exceeded {
         return FilterFailure::Memory(limits.memory);
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => FilterFailure::CpuBudget(limits.cpu),
+        Some(Trap::StackOverflow) => FilterFailure::Trap("stack overflow".into()),
         Some(_) => FilterFailure::Trap(format!("{e:#}")),
-        None => FilterFailure::Instantiate(format!("{e:#}")),
+        None => not_a_trap(format!("{e:#}")),
     }
 }
 
@@ -398,14 +403,9 @@ impl FilterInstance {
     }
 
     fn classify(&self, e: wasmtime::Error) -> FilterFailure {
-        if self.store.data().limiter.exceeded {
-            return FilterFailure::Memory(self.limits.memory);
-        }
-        match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => FilterFailure::CpuBudget(self.limits.cpu),
-            Some(Trap::StackOverflow) => FilterFailure::Trap("stack overflow".into()),
-            _ => FilterFailure::Trap(format!("{e:#}")),
-        }
+        // A host-side error during a call (e.g. from a WASI import) still
+        // fails the guest's call: report it as a trap.
+        classify(&self.store, e, self.limits, FilterFailure::Trap)
     }
 
     async fn init(&mut self, config_json: &str) -> Result<wit::FilterInfo, FilterFailure> {
