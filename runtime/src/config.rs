@@ -153,6 +153,8 @@ struct RawLimits {
     max_request_body: Option<HumanSize>,
     max_connections: Option<u32>,
     h2_max_concurrent_streams: Option<u32>,
+    idle_timeout: Option<HumanDuration>,
+    tunnel_idle_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +192,8 @@ struct RawServer {
     forwarded_header: bool,
     hide_response_headers: Option<Vec<String>>,
     request_id_header: Option<String>,
+    #[serde(default)]
+    proxy_protocol: bool,
     tls: Option<RawTls>,
 }
 
@@ -252,6 +256,47 @@ pub enum Isolation {
 struct RawCluster {
     endpoints: Vec<String>,
     connect_timeout: Option<HumanDuration>,
+    protocol: Option<UpstreamProtocol>,
+    tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    sni: Option<String>,
+    ca: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+}
+
+/// How the gateway speaks HTTP to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (the default), over TLS when `tls` is set.
+    #[default]
+    #[serde(rename = "http1")]
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`); needs `tls`.
+    #[serde(rename = "h2")]
+    H2,
+    /// Cleartext HTTP/2 with prior knowledge; no `tls`.
+    #[serde(rename = "h2c")]
+    H2c,
+    /// Over TLS, whatever ALPN picks: `h2` if the endpoint offers it, else
+    /// HTTP/1.1; needs `tls`.
+    #[serde(rename = "auto")]
+    Auto,
+}
+
+/// `[clusters.NAME.tls]`: TLS to the endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The server name sent (SNI) and verified; default: each endpoint's host.
+    pub sni: Option<String>,
+    /// PEM file of the roots trusted; default: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and key (PEM), for endpoints that want mTLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -337,6 +382,8 @@ pub struct ServerConfig {
     pub forwarding: crate::forwarding::ForwardingPolicy,
     /// TLS termination on the listener, if configured.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header.
+    pub proxy_protocol: bool,
 }
 
 /// `[limits]`: protection against slow, large and numerous requests.
@@ -356,6 +403,12 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Most concurrent streams on one HTTP/2 connection.
     pub h2_max_concurrent_streams: u32,
+    /// A client connection with no request in flight for this long is closed
+    /// (HTTP/2: GOAWAY).
+    pub idle_timeout: Duration,
+    /// An upgraded connection (WebSocket) with no bytes either way for this
+    /// long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -368,6 +421,8 @@ impl Default for LimitsConfig {
             max_request_body: 10 << 20,
             max_connections: 10_000,
             h2_max_concurrent_streams: 100,
+            idle_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -451,6 +506,10 @@ pub struct ClusterConfig {
     pub endpoints: Vec<http::uri::Authority>,
     /// Time allowed to open a connection to one endpoint.
     pub connect_timeout: Duration,
+    /// HTTP version spoken to the endpoints.
+    pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints, if any.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// How a route matches the path.
@@ -698,6 +757,25 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
         }
         limits.header_read_timeout = d;
     }
+    for (key, given, field) in [
+        (
+            "limits.idle_timeout",
+            rl.idle_timeout,
+            &mut limits.idle_timeout,
+        ),
+        (
+            "limits.tunnel_idle_timeout",
+            rl.tunnel_idle_timeout,
+            &mut limits.tunnel_idle_timeout,
+        ),
+    ] {
+        if let Some(HumanDuration(d)) = given {
+            if d.is_zero() {
+                errors.push(ConfigError::new(key, "must be more than 0"));
+            }
+            *field = d;
+        }
+    }
     if let Some(HumanDuration(d)) = rl.request_timeout {
         if d.is_zero() {
             errors.push(ConfigError::new(
@@ -905,11 +983,53 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             }
         }
         let connect_timeout = c.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0);
+        let protocol = c.protocol.unwrap_or_default();
+        match (protocol, c.tls.is_some()) {
+            (UpstreamProtocol::H2c, true) => errors.push(ConfigError::new(
+                format!("{key}.protocol"),
+                "\"h2c\" is cleartext HTTP/2; over TLS use \"h2\" or \"auto\"",
+            )),
+            (UpstreamProtocol::H2 | UpstreamProtocol::Auto, false) => {
+                errors.push(ConfigError::new(
+                    format!("{key}.protocol"),
+                    "\"h2\" and \"auto\" are negotiated with TLS (ALPN): add a [tls] table to the cluster, or use \"h2c\" for cleartext HTTP/2",
+                ))
+            }
+            _ => {}
+        }
+        let tls = c.tls.map(|t| {
+            if let Some(sni) = &t.sni
+                && rustls::pki_types::ServerName::try_from(sni.as_str()).is_err()
+            {
+                errors.push(ConfigError::new(
+                    format!("{key}.tls.sni"),
+                    format!("{sni:?} is not a DNS name or IP address"),
+                ));
+            }
+            let client_cert = match (t.client_cert, t.client_key) {
+                (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
+                (None, None) => None,
+                _ => {
+                    errors.push(ConfigError::new(
+                        format!("{key}.tls"),
+                        "give both client_cert and client_key, or neither",
+                    ));
+                    None
+                }
+            };
+            UpstreamTls {
+                sni: t.sni,
+                ca: t.ca.map(|p| base.join(p)),
+                client_cert,
+            }
+        });
         clusters.insert(
             name,
             ClusterConfig {
                 endpoints,
                 connect_timeout,
+                protocol,
+                tls,
             },
         );
     }
@@ -1057,6 +1177,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 allow_encoded_slashes: raw.server.allow_encoded_slashes,
                 forwarding,
                 tls,
+                proxy_protocol: raw.server.proxy_protocol,
             },
             engine,
             filters,

@@ -83,11 +83,15 @@ impl Gateway {
             }
         }
 
-        let clusters: HashMap<String, Arc<Cluster>> = config
-            .clusters
-            .iter()
-            .map(|(n, c)| (n.clone(), Arc::new(Cluster::new(n, c))))
-            .collect();
+        let mut clusters: HashMap<String, Arc<Cluster>> = HashMap::new();
+        for (n, c) in &config.clusters {
+            match Cluster::new(n, c) {
+                Ok(cluster) => {
+                    clusters.insert(n.clone(), Arc::new(cluster));
+                }
+                Err(e) => errors.push(ConfigError::new(format!("clusters.{n}"), e)),
+            }
+        }
 
         let mut routes = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
@@ -157,19 +161,24 @@ impl Gateway {
         if !errors.is_empty() {
             return Err(fail(errors));
         }
+        let policy = crate::proxy::Policy {
+            path: PathPolicy {
+                allow_encoded_slashes: config.server.allow_encoded_slashes,
+            },
+            forwarding: config.server.forwarding.clone(),
+            limits: crate::proxy::Limits {
+                max_request_body: config.limits.max_request_body,
+                request_timeout: config.limits.request_timeout,
+                tunnel_idle_timeout: config.limits.tunnel_idle_timeout,
+            },
+            tls: tls.clone(),
+        };
         let proxy = Arc::new(Proxy::new(
             RouteTable::new(routes),
             clusters,
-            PathPolicy {
-                allow_encoded_slashes: config.server.allow_encoded_slashes,
-            },
-            config.server.forwarding.clone(),
             metrics.clone(),
             access_log,
-            crate::proxy::Limits {
-                max_request_body: config.limits.max_request_body,
-                request_timeout: config.limits.request_timeout,
-            },
+            policy,
         ));
         Ok(Gateway {
             config,
@@ -216,6 +225,7 @@ impl Gateway {
             None => (None, None),
         };
         let proxy = self.proxy.clone();
+        let self_proxy = self.proxy.clone();
         let metrics = self.metrics.clone();
         let limits = self.config.limits;
         let tls = self.tls.clone();
@@ -223,11 +233,17 @@ impl Gateway {
             tls.spawn_reloader();
         }
         let task = tokio::spawn(async move {
-            server::serve(listener, proxy, metrics, limits, tls, rx).await;
+            let options = server::ListenerOptions {
+                limits,
+                tls,
+                proxy_protocol: self.config.server.proxy_protocol,
+            };
+            server::serve(listener, proxy, metrics, options, rx).await;
             drop(self);
         });
         tracing::info!(%addr, "wasmgate listening");
         Ok(RunningGateway {
+            proxy: self_proxy,
             addr,
             admin_addr,
             admin,
@@ -241,6 +257,7 @@ impl Gateway {
 /// A gateway serving on a socket.
 #[derive(Debug)]
 pub struct RunningGateway {
+    proxy: Arc<Proxy>,
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     admin: Option<Arc<AdminState>>,
@@ -253,6 +270,11 @@ impl RunningGateway {
     /// The address the proxy listens on (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The metrics in Prometheus text, as `/metrics` serves them.
+    pub fn metrics_text(&self) -> String {
+        self.proxy.metrics_text()
     }
 
     /// The admin listener's address, if one is configured.

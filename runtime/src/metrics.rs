@@ -78,6 +78,12 @@ pub struct Metrics {
     pub tls_handshakes: Counter,
     /// TLS handshakes failed or timed out.
     pub tls_handshake_errors: Counter,
+    /// Connections closed for a missing, invalid or late PROXY protocol header.
+    pub proxy_protocol_errors: Counter,
+    /// Requests upgraded (WebSocket).
+    pub upgrades: Counter,
+    /// Upgraded connections open now.
+    pub active_tunnels: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -107,6 +113,9 @@ impl Metrics {
             access_log_dropped: Counter::default(),
             tls_handshakes: Counter::default(),
             tls_handshake_errors: Counter::default(),
+            proxy_protocol_errors: Counter::default(),
+            upgrades: Counter::default(),
+            active_tunnels: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -168,6 +177,21 @@ impl Metrics {
             "tls_handshake_errors",
             "TLS handshakes that failed or timed out",
             m.tls_handshake_errors.clone(),
+        );
+        registry.register(
+            "proxy_protocol_errors",
+            "Connections closed for a missing, invalid or late PROXY protocol header",
+            m.proxy_protocol_errors.clone(),
+        );
+        registry.register(
+            "upgrades",
+            "Requests upgraded to a tunnel (WebSocket)",
+            m.upgrades.clone(),
+        );
+        registry.register(
+            "active_tunnels",
+            "Upgraded connections (WebSocket) open now",
+            m.active_tunnels.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

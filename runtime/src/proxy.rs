@@ -33,7 +33,7 @@ use crate::forwarding::{ClientView, ForwardingPolicy};
 use crate::metrics::{Metrics, RequestLabels, RouteLabels, status_class};
 use crate::normalize::{PathError, PathPolicy, normalize_path};
 use crate::router::{RouteTable, TenantId, normalize_host};
-use crate::upstream::Cluster;
+use crate::upstream::{Cluster, UpstreamFailure};
 
 /// Metric handles of one route, created once.
 #[derive(Debug)]
@@ -74,6 +74,16 @@ impl RouteMetrics {
     }
 }
 
+/// What the request path knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address: the socket's peer, or the one a PROXY protocol
+    /// header named.
+    pub peer: SocketAddr,
+    /// The TLS handshake's choices, on a TLS listener.
+    pub tls: Option<crate::tls::TlsInfo>,
+}
+
 /// A route with everything the request path needs.
 #[derive(Debug)]
 pub struct Route {
@@ -94,33 +104,37 @@ pub struct Proxy {
     pub(crate) clusters: std::collections::HashMap<String, Arc<Cluster>>,
     tenant: TenantId,
     ids: RequestIds,
-    path_policy: PathPolicy,
-    forwarding: ForwardingPolicy,
     metrics: Arc<Metrics>,
     access_log: Option<AccessLog>,
-    limits: Limits,
+    policy: Policy,
+}
+
+/// The listener-wide rules the request path applies.
+#[derive(Debug)]
+pub(crate) struct Policy {
+    pub(crate) path: PathPolicy,
+    pub(crate) forwarding: ForwardingPolicy,
+    pub(crate) limits: Limits,
+    /// The listener's TLS terminator, for the 421 check.
+    pub(crate) tls: Option<Arc<crate::tls::TlsTerminator>>,
 }
 
 impl Proxy {
     pub(crate) fn new(
         routes: RouteTable<Route>,
         clusters: std::collections::HashMap<String, Arc<Cluster>>,
-        path_policy: PathPolicy,
-        forwarding: ForwardingPolicy,
         metrics: Arc<Metrics>,
         access_log: Option<AccessLog>,
-        limits: Limits,
+        policy: Policy,
     ) -> Proxy {
         Proxy {
             routes,
             clusters,
             tenant: TenantId::default_tenant(),
             ids: RequestIds::new(),
-            path_policy,
-            forwarding,
             metrics,
             access_log,
-            limits,
+            policy,
         }
     }
 
@@ -129,8 +143,7 @@ impl Proxy {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
-        tls: bool,
+        conn: &ConnInfo,
     ) -> Response<LoggedBody<ProxyBody>> {
         let started = Instant::now();
         let mut entry = self.access_log.as_ref().map(|_| Entry {
@@ -139,8 +152,8 @@ impl Proxy {
             ..Entry::default()
         });
         let resp = match tokio::time::timeout(
-            self.limits.request_timeout,
-            self.handle_inner(req, peer, tls, started, &mut entry),
+            self.policy.limits.request_timeout,
+            self.handle_inner(req, conn, started, &mut entry),
         )
         .await
         {
@@ -150,7 +163,7 @@ impl Proxy {
                 "request_timeout",
                 format!(
                     "no response within the request timeout of {:?}",
-                    self.limits.request_timeout
+                    self.policy.limits.request_timeout
                 ),
             )
             .into_response(entry.as_ref().map(|e| e.request_id.as_str())),
@@ -168,8 +181,7 @@ impl Proxy {
     async fn handle_inner(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
-        tls: bool,
+        conn: &ConnInfo,
         started: Instant,
         entry: &mut Option<Entry>,
     ) -> Response<ProxyBody> {
@@ -185,7 +197,7 @@ impl Proxy {
             return resp;
         }
         if let Some(len) = declared_length(&parts.headers)
-            && len > self.limits.max_request_body as u64
+            && len > self.policy.limits.max_request_body as u64
         {
             // Refused before reading: hyper sends no `100 Continue` for a body
             // nobody polls, and the connection is closed after the answer.
@@ -194,7 +206,7 @@ impl Proxy {
                 "request_body_too_large",
                 format!(
                     "the request body of {len} bytes exceeds the limit of {} bytes",
-                    self.limits.max_request_body
+                    self.policy.limits.max_request_body
                 ),
             )
             .into_response(Some(&id.to_string()));
@@ -202,7 +214,17 @@ impl Proxy {
                 .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
             return resp;
         }
+        let upgrade = websocket_upgrade(&parts);
+        let te_trailers = wants_trailers(&parts.headers);
         strip_hop_by_hop(&mut parts.headers);
+        keep_te_trailers(&mut parts.headers, te_trailers);
+        if let Some(protocol) = upgrade {
+            parts.headers.insert(
+                header::CONNECTION,
+                http::HeaderValue::from_static("upgrade"),
+            );
+            parts.headers.insert(header::UPGRADE, protocol);
+        }
         // HTTP/2 carries the host in `:authority`; an HTTP/1.1 upstream
         // needs it as `Host`.
         if !parts.headers.contains_key(header::HOST)
@@ -211,10 +233,10 @@ impl Proxy {
         {
             parts.headers.insert(header::HOST, v);
         }
-        let view = self.forwarding.apply_request(
+        let view = self.policy.forwarding.apply_request(
             &mut parts.headers,
-            peer,
-            if tls { "https" } else { "http" },
+            conn.peer,
+            if conn.tls.is_some() { "https" } else { "http" },
             || {
                 http::HeaderValue::from_bytes(&id.hex())
                     .unwrap_or_else(|_| http::HeaderValue::from_static("invalid-request-id"))
@@ -231,8 +253,23 @@ impl Proxy {
             request_id.clone_into(&mut e.request_id);
             e.trace_id = view.trace_id.clone();
         }
+        let host = authority_of(&parts).and_then(normalize_host);
+        if let (Some(info), Some(tls), Some(host)) = (&conn.tls, &self.policy.tls, host.as_deref())
+            && tls.misdirected(info, host)
+        {
+            let resp = GatewayError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected_request",
+                format!(
+                    "this connection was set up for {:?}; open a new one for {host:?}",
+                    info.sni.as_deref().unwrap_or_default()
+                ),
+            )
+            .into_response(Some(request_id));
+            self.record(None, None, resp.status().as_u16(), started);
+            return resp;
+        }
         let route = {
-            let host = authority_of(&parts).and_then(normalize_host);
             self.routes
                 .find(
                     &self.tenant,
@@ -275,7 +312,8 @@ impl Proxy {
                 resp
             }
         };
-        self.forwarding
+        self.policy
+            .forwarding
             .apply_response(resp.headers_mut(), &view.request_id);
         resp
     }
@@ -469,7 +507,7 @@ impl Proxy {
     /// [`crate::normalize`]); the query is kept as sent.
     fn canonical_path(&self, parts: &mut Parts) -> Result<(), PathError> {
         let path = parts.uri.path();
-        let normalized = match normalize_path(path, self.path_policy)? {
+        let normalized = match normalize_path(path, self.policy.path)? {
             Cow::Borrowed(_) => return Ok(()),
             Cow::Owned(p) => p,
         };
@@ -497,15 +535,60 @@ impl Proxy {
         if let Some(e) = entry.as_mut() {
             e.cluster = Some(cluster.name().clone());
         }
-        let upstream_req =
-            Request::from_parts(parts, body::stream(body, self.limits.max_request_body));
+        let mut parts = parts;
+        // The client's side of an upgrade; the upstream request must not carry it.
+        let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let upgrading = parts.headers.contains_key(header::UPGRADE);
+        if upgrading && !cluster.supports_upgrade() {
+            // HTTP/2 to the upstream has no Upgrade: send a plain request.
+            parts.headers.remove(header::CONNECTION);
+            parts.headers.remove(header::UPGRADE);
+        }
+        let upstream_req = Request::from_parts(
+            parts,
+            body::stream(body, self.policy.limits.max_request_body),
+        );
         match cluster.forward(upstream_req).await {
-            Ok((resp, endpoint)) => {
+            Ok((mut resp, endpoint)) => {
                 if let Some(e) = entry.as_mut() {
                     e.endpoint = Some(endpoint.to_string());
                 }
+                let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                let protocol = resp.headers().get(header::UPGRADE).cloned();
+                if switching {
+                    match (upgrading, client_upgrade, protocol.clone()) {
+                        (true, Some(client), Some(_)) => {
+                            let upstream = hyper::upgrade::on(&mut resp);
+                            tokio::spawn(tunnel(
+                                client,
+                                upstream,
+                                self.policy.limits.tunnel_idle_timeout,
+                                request_id.to_owned(),
+                                self.metrics.clone(),
+                            ));
+                        }
+                        _ => {
+                            tracing::warn!(
+                                route = &*route.name,
+                                cluster = &**cluster.name(),
+                                request_id,
+                                "upstream: 101 Switching Protocols to a request that asked for no upgrade"
+                            );
+                            return UpstreamFailure::Other("unexpected 101".into())
+                                .to_gateway_error(cluster.name())
+                                .into_response(Some(request_id));
+                        }
+                    }
+                }
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
+                if let (true, Some(protocol)) = (switching, protocol) {
+                    rparts.headers.insert(
+                        header::CONNECTION,
+                        http::HeaderValue::from_static("upgrade"),
+                    );
+                    rparts.headers.insert(header::UPGRADE, protocol);
+                }
                 Response::from_parts(rparts, body::stream(rbody, usize::MAX))
             }
             Err(failure) => {
@@ -604,6 +687,9 @@ pub struct Limits {
     pub max_request_body: usize,
     /// Longest time from request head to response head (504 past it).
     pub request_timeout: std::time::Duration,
+    /// An upgraded connection (WebSocket) with no bytes either way for this
+    /// long is closed.
+    pub tunnel_idle_timeout: std::time::Duration,
 }
 
 /// Adds `filter:outcome` to the access log entry, if logging.
@@ -662,6 +748,76 @@ fn sync_request_line(wreq: &mut wit::Request, parts: &Parts) {
         &mut wreq.path_with_query,
         parts.uri.path_and_query().map_or("/", |p| p.as_str()),
     );
+}
+
+/// The protocol of an HTTP/1.1 WebSocket upgrade request (`Connection:
+/// upgrade` and `Upgrade: websocket`), if it is one. Other upgrades (h2c,
+/// anything unknown) are not passed on: their headers are hop-by-hop and
+/// stripped, and the request goes upstream as a plain request.
+fn websocket_upgrade(parts: &Parts) -> Option<http::HeaderValue> {
+    if parts.version != http::Version::HTTP_11 {
+        return None;
+    }
+    let asks = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let value = parts.headers.get(header::UPGRADE)?;
+    (asks && value.as_bytes().eq_ignore_ascii_case(b"websocket")).then(|| value.clone())
+}
+
+/// Whether the client sent `TE: trailers` (gRPC needs it forwarded; every
+/// other `TE` value is hop-by-hop and dropped).
+fn wants_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
+fn keep_te_trailers(headers: &mut HeaderMap, keep: bool) {
+    if keep {
+        headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Splices an upgraded connection: bytes both ways until either side closes
+/// or nothing moves for `idle`.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: std::time::Duration,
+    request_id: String,
+    metrics: Arc<Metrics>,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(request_id, "upgrade not completed: {e}");
+            return;
+        }
+    };
+    metrics.upgrades.inc();
+    metrics.active_tunnels.inc();
+    let mut client = crate::idle::IdleIo::new(hyper_util::rt::TokioIo::new(client));
+    let activity = client.activity();
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::select! {
+        r = copy => match r {
+            Ok((up, down)) => tracing::debug!(request_id, up, down, "tunnel closed"),
+            Err(e) => tracing::debug!(request_id, "tunnel ended: {e}"),
+        },
+        () = activity.idle_for(idle) => {
+            tracing::debug!(request_id, "tunnel idle for {idle:?}: closed");
+        }
+    }
+    metrics.active_tunnels.dec();
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the

@@ -1,26 +1,46 @@
-//! Listeners and connections: accepts TCP connections (terminating TLS when
-//! configured) and serves HTTP/1.1 and HTTP/2 on each with hyper (HTTP/2 by
-//! ALPN over TLS, or by prior knowledge in cleartext: h2c), handing every
-//! request to the [`Proxy`].
+//! Listeners and connections: accepts TCP connections (reading a PROXY
+//! protocol header first and terminating TLS when configured) and serves
+//! HTTP/1.1 and HTTP/2 on each with hyper (HTTP/2 by ALPN over TLS, or by
+//! prior knowledge in cleartext: h2c), handing every request to the
+//! [`Proxy`].
+//!
+//! Each connection ends when the client closes it, when it has been idle
+//! (no request in flight) for `limits.idle_timeout`, or at shutdown; the
+//! last two close it gracefully (HTTP/1.1: after the response in flight;
+//! HTTP/2: GOAWAY, then the open streams finish).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::LimitsConfig;
+use crate::idle::{Activity, Tracked};
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy_protocol::{self, Prefixed};
 use crate::tls::TlsTerminator;
 
 /// Time in-flight requests get to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the listener accepts connections.
+#[derive(Debug, Clone)]
+pub struct ListenerOptions {
+    /// Request and connection limits.
+    pub limits: LimitsConfig,
+    /// TLS termination, if configured.
+    pub tls: Option<Arc<TlsTerminator>>,
+    /// Require a PROXY protocol header on every connection.
+    pub proxy_protocol: bool,
+}
 
 fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -45,20 +65,33 @@ fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Everything a connection task needs, shared by all of them.
+struct Shared {
+    proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
+    http: auto::Builder<TokioExecutor>,
+    options: ListenerOptions,
+}
+
 /// Accepts connections until `shutdown` becomes true, then drains.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     metrics: Arc<Metrics>,
-    limits: LimitsConfig,
-    tls: Option<Arc<TlsTerminator>>,
+    options: ListenerOptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
     // At most `max_connections` open: past it the loop stops accepting and
-    // new connections wait in the kernel's backlog.
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let http = Arc::new(http_builder(&limits));
+    // new connections wait in the kernel's backlog. Each connection holds a
+    // permit; all permits back means all connections closed.
+    let max = options.limits.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    let shared = Arc::new(Shared {
+        proxy,
+        metrics,
+        http: http_builder(&options.limits),
+        options,
+    });
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => match slot {
@@ -85,40 +118,12 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                metrics.connections.inc();
-                metrics.active_connections.inc();
-                let (proxy, metrics, http, tls) = (proxy.clone(), metrics.clone(), http.clone(), tls.clone());
-                let watcher = graceful.watcher();
-                let handshake_timeout = limits.header_read_timeout;
+                shared.metrics.connections.inc();
+                shared.metrics.active_connections.inc();
+                let (shared, shutdown) = (shared.clone(), shutdown.clone());
                 tokio::spawn(async move {
-                    let secure = tls.is_some();
-                    let service = service_fn(move |req| {
-                        let proxy = proxy.clone();
-                        async move { Ok::<_, Infallible>(proxy.handle(req, peer, secure).await) }
-                    });
-                    let result = match tls {
-                        None => watcher.watch(http.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await,
-                        Some(tls) => match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
-                            Ok(Ok(stream)) => {
-                                metrics.tls_handshakes.inc();
-                                watcher.watch(http.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned()).await
-                            }
-                            Ok(Err(e)) => {
-                                metrics.tls_handshake_errors.inc();
-                                tracing::debug!(%peer, "TLS handshake failed: {e}");
-                                Ok(())
-                            }
-                            Err(_) => {
-                                metrics.tls_handshake_errors.inc();
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                Ok(())
-                            }
-                        },
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, "connection ended with an error: {e}");
-                    }
-                    metrics.active_connections.dec();
+                    connection(&shared, stream, peer, shutdown).await;
+                    shared.metrics.active_connections.dec();
                     drop(slot);
                 });
             }
@@ -130,8 +135,125 @@ pub async fn serve(
         }
     }
     drop(listener);
+    let max = u32::try_from(max).unwrap_or(u32::MAX);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = slots.acquire_many(max) => tracing::info!("all connections closed"),
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("drain timeout: closing remaining connections"),
+    }
+}
+
+/// One client connection: PROXY header, TLS handshake, then HTTP.
+async fn connection(
+    shared: &Shared,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limits = &shared.options.limits;
+    // The PROXY header and the TLS handshake share the head's time budget.
+    let (client, stream) = if shared.options.proxy_protocol {
+        match tokio::time::timeout(
+            limits.header_read_timeout,
+            proxy_protocol::accept(stream, peer),
+        )
+        .await
+        {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                shared.metrics.proxy_protocol_errors.inc();
+                tracing::debug!(%peer, "PROXY protocol: {e}");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.proxy_protocol_errors.inc();
+                tracing::debug!(%peer, "PROXY protocol header timed out");
+                return;
+            }
+        }
+    } else {
+        (peer, Prefixed::plain(stream))
+    };
+    match &shared.options.tls {
+        None => {
+            let info = ConnInfo {
+                peer: client,
+                tls: None,
+            };
+            serve_http(shared, stream, info, shutdown).await;
+        }
+        Some(tls) => {
+            match tokio::time::timeout(limits.header_read_timeout, tls.accept(stream)).await {
+                Ok(Ok((stream, tls_info))) => {
+                    shared.metrics.tls_handshakes.inc();
+                    let info = ConnInfo {
+                        peer: client,
+                        tls: Some(tls_info),
+                    };
+                    serve_http(shared, stream, info, shutdown).await;
+                }
+                Ok(Err(e)) => {
+                    shared.metrics.tls_handshake_errors.inc();
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                }
+                Err(_) => {
+                    shared.metrics.tls_handshake_errors.inc();
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
+            }
+        }
+    }
+}
+
+/// Serves HTTP on an established stream until it closes, idles out or the
+/// gateway shuts down.
+async fn serve_http<S>(
+    shared: &Shared,
+    stream: S,
+    info: ConnInfo,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new();
+    let peer = info.peer;
+    let info = Arc::new(info);
+    let service = {
+        let (proxy, activity) = (shared.proxy.clone(), activity.clone());
+        service_fn(move |req| {
+            let (proxy, info) = (proxy.clone(), info.clone());
+            let in_flight = activity.begin();
+            async move {
+                let resp = proxy.handle(req, &info).await;
+                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+            }
+        })
+    };
+    let conn = shared
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let idle_timeout = shared.options.limits.idle_timeout;
+    let mut closing = *shutdown.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            () = activity.idle_for(idle_timeout), if !closing => {
+                tracing::debug!(%peer, "idle for {idle_timeout:?}: closing");
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            changed = shutdown.changed(), if !closing => {
+                if changed.is_err() || *shutdown.borrow() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "connection ended with an error: {e}");
     }
 }

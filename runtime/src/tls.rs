@@ -21,7 +21,6 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{Acceptor, WebPkiClientVerifier};
-use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -60,11 +59,11 @@ pub struct TlsConfig {
     pub reload_interval: Duration,
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("{}: {e}", path.display()))?
         .collect::<Result<_, _>>()
@@ -107,57 +106,68 @@ fn build_one(c: &CertConfig) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// The configs for every server name.
+/// The configs for every server name, as indexes into `configs` (the
+/// index of a certificate entry in config order).
 #[derive(Debug)]
 struct Certs {
-    exact: HashMap<String, Arc<ServerConfig>>,
-    /// (".example.com", config), longest suffix first.
-    wildcard: Vec<(String, Arc<ServerConfig>)>,
-    default: Arc<ServerConfig>,
+    configs: Vec<Arc<ServerConfig>>,
+    exact: HashMap<String, usize>,
+    /// (".example.com", entry), longest suffix first.
+    wildcard: Vec<(String, usize)>,
 }
 
 impl Certs {
     fn build(config: &TlsConfig) -> Result<Certs, String> {
         let mut exact = HashMap::new();
         let mut wildcard = Vec::new();
-        let mut default = None;
+        let mut configs = Vec::new();
         for (i, c) in config.certificates.iter().enumerate() {
             let built = build_one(c).map_err(|e| format!("server.tls.certificates[{i}]: {e}"))?;
-            if default.is_none() {
-                default = Some(built.clone());
-            }
+            configs.push(built);
             for name in &c.server_names {
                 let name = name.to_ascii_lowercase();
                 match name.strip_prefix('*') {
-                    Some(suffix) => wildcard.push((suffix.to_owned(), built.clone())),
+                    Some(suffix) => wildcard.push((suffix.to_owned(), i)),
                     None => {
-                        exact.insert(name, built.clone());
+                        exact.entry(name).or_insert(i);
                     }
                 }
             }
         }
+        if configs.is_empty() {
+            return Err("server.tls.certificates: at least one certificate is needed".into());
+        }
         wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        let default =
-            default.ok_or("server.tls.certificates: at least one certificate is needed")?;
         Ok(Certs {
+            configs,
             exact,
             wildcard,
-            default,
         })
     }
 
-    fn select(&self, sni: Option<&str>) -> Arc<ServerConfig> {
-        let Some(name) = sni.map(str::to_ascii_lowercase) else {
-            return self.default.clone();
+    /// The entry serving `name`: exact name, then the longest wildcard, then
+    /// the first entry.
+    fn select(&self, name: Option<&str>) -> usize {
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return 0;
         };
-        if let Some(c) = self.exact.get(&name) {
-            return c.clone();
+        if let Some(&i) = self.exact.get(&name) {
+            return i;
         }
         self.wildcard
             .iter()
             .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
-            .map_or_else(|| self.default.clone(), |(_, c)| c.clone())
+            .map_or(0, |&(_, i)| i)
     }
+}
+
+/// What a connection's handshake chose.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// The server name the client sent (SNI), lower-case.
+    pub sni: Option<Box<str>>,
+    /// The certificate entry that served it.
+    pub entry: usize,
 }
 
 /// The listener's TLS state, swapped whole on reload.
@@ -182,10 +192,41 @@ impl TlsTerminator {
     }
 
     /// Completes a handshake, choosing the certificate by SNI.
-    pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
-        let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
-        let config = self.certs.load().select(start.client_hello().server_name());
-        start.into_stream(config).await
+    pub async fn accept<S>(&self, stream: S) -> std::io::Result<(TlsStream<S>, TlsInfo)>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
+        let sni = start
+            .client_hello()
+            .server_name()
+            .map(str::to_ascii_lowercase);
+        let certs = self.certs.load();
+        let entry = certs.select(sni.as_deref());
+        let config = certs.configs[entry].clone();
+        drop(certs);
+        let stream = start.into_stream(config).await?;
+        Ok((
+            stream,
+            TlsInfo {
+                sni: sni.map(String::into_boxed_str),
+                entry,
+            },
+        ))
+    }
+
+    /// Whether a request for `host` on a connection set up by `info` is
+    /// misdirected (421): the client sent SNI and `host` would have been
+    /// served by another certificate entry, with possibly other client
+    /// certificate rules. Connections without SNI are not judged.
+    pub fn misdirected(&self, info: &TlsInfo, host: &str) -> bool {
+        let Some(sni) = info.sni.as_deref() else {
+            return false;
+        };
+        if host.eq_ignore_ascii_case(sni) {
+            return false;
+        }
+        self.certs.load().select(Some(host)) != info.entry
     }
 
     /// Reloads if any certificate, key or CA file changed. Returns whether a
@@ -243,6 +284,7 @@ mod tests {
     use super::*;
     use rustls::pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     struct Issued {
         cert_pem: String,
@@ -303,7 +345,7 @@ mod tests {
                 let (tcp, _) = listener.accept().await.unwrap();
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Ok(mut s) = tls.accept(tcp).await {
+                    if let Ok((mut s, _)) = tls.accept(tcp).await {
                         let alpn = s
                             .get_ref()
                             .1

@@ -124,3 +124,51 @@ async fn a_request_that_takes_too_long_is_504() {
     assert_eq!(get(gw.addr(), "/slow", &[]).await.status, 200);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(&up, "idle_timeout = \"300ms\"").await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Read the answer, then say nothing more: the gateway must close.
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the idle connection stayed open");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_in_flight_keeps_its_connection_open_past_the_idle_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    let up = Upstream::start("u").await;
+    let gw = gateway(&up, "idle_timeout = \"200ms\"").await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // The fault filter holds the first request for 2 s, ten times the idle
+    // timeout. Had the connection been judged idle meanwhile, the answer
+    // would close it and the second request would fail.
+    for fault in ["sleep", "none"] {
+        let req = http::Request::builder()
+            .uri("/slow")
+            .header("host", "x")
+            .header("x-fault", fault)
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = wasmgate_tests::within("request", send.send_request(req))
+            .await
+            .expect("the connection stayed usable");
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().get("connection").is_none(), "{resp:?}");
+        resp.into_body().collect().await.unwrap();
+    }
+    gw.shutdown().await;
+}

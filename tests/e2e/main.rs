@@ -14,6 +14,7 @@ mod filters;
 mod hygiene;
 mod limits;
 mod pool;
+mod protocols;
 mod routing;
 mod tls;
 

@@ -1,90 +1,15 @@
 //! TLS termination and HTTP/2 through the real gateway: SNI certificates,
 //! ALPN h2, h2c, mTLS accepted and refused, a certificate replaced on disk.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
+use wasmgate_tests::pki::{Pki, client_config, dir, write};
 use wasmgate_tests::{Upstream, start_gateway, within};
-
-struct Pki {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    root: CertificateDer<'static>,
-    root_pem: String,
-}
-
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        Pki {
-            root: cert.der().clone(),
-            root_pem: cert.pem(),
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    fn leaf(&self, names: &[&str]) -> Leaf {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-}
-
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("wasmgate-e2e-tls-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn write(d: &Path, name: &str, text: &str) -> String {
-    let p = d.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
-
-fn client_config(pki: &Pki, alpn: &[&[u8]], client: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.root.clone()).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let mut config = match client {
-        Some(c) => builder
-            .with_client_auth_cert(
-                vec![c.der.clone()],
-                PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
-}
 
 /// What one HTTPS request saw.
 struct Seen {
@@ -98,6 +23,16 @@ async fn https_get(
     sni: &str,
     config: Arc<rustls::ClientConfig>,
 ) -> std::io::Result<Seen> {
+    https_get_host(addr, sni, sni, config).await
+}
+
+/// An HTTPS GET with SNI `sni` and `Host` (or `:authority`) `host`.
+async fn https_get_host(
+    addr: std::net::SocketAddr,
+    sni: &str,
+    host: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<Seen> {
     within("https request", async {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let tls = tokio_rustls::TlsConnector::from(config)
@@ -107,8 +42,8 @@ async fn https_get(
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(tls);
         let req = http::Request::builder()
-            .uri(format!("https://{sni}/path"))
-            .header("host", sni)
+            .uri(format!("https://{host}/path"))
+            .header("host", host)
             .body(Empty::<Bytes>::new())
             .unwrap();
         let resp = if h2 {
@@ -295,5 +230,46 @@ async fn a_certificate_replaced_on_disk_is_served_without_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(served.is_some(), "the new certificate was never served");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_host_served_by_another_certificate_than_the_sni_is_421() {
+    let pki = Pki::new();
+    let d = dir("misdirected");
+    let (a, b) = (pki.leaf(&["a.test"]), pki.leaf(&["b.test"]));
+    // b.test requires a client certificate, a.test does not: a request for
+    // b.test on a connection set up for a.test would skip that check.
+    let tls = format!(
+        "[server.tls]\ncertificates = [\n  {{ cert = {:?}, key = {:?}, server_names = [\"a.test\", \"*.a.test\"] }},\n  {{ cert = {:?}, key = {:?}, server_names = [\"b.test\"], client_ca = {:?} }},\n]\n",
+        write(&d, "a.pem", &a.cert_pem),
+        write(&d, "a.key", &a.key_pem),
+        write(&d, "b.pem", &b.cert_pem),
+        write(&d, "b.key", &b.key_pem),
+        write(&d, "ca.pem", &pki.root_pem),
+    );
+    let up = Upstream::start("u").await;
+    let gw = start_gateway(&config(&up, &tls)).await;
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let cfg = client_config(&pki, &[alpn], None);
+        let r = https_get_host(gw.addr(), "a.test", "b.test", cfg.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 421, "ALPN {}", String::from_utf8_lossy(alpn));
+        // The same certificate entry (a wildcard of it, a port) is fine.
+        let r = https_get_host(gw.addr(), "a.test", "x.a.test:443", cfg.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let r = https_get_host(gw.addr(), "a.test", "A.TEST", cfg)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        up.count(),
+        4,
+        "misdirected requests never reach the upstream"
+    );
     gw.shutdown().await;
 }

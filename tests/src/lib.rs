@@ -20,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub use wasmgate::RunningGateway;
 use wasmgate::config::Config;
 
+pub mod pki;
+
 /// Paths of the WASM guests that `build.rs` compiled.
 pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
@@ -45,6 +47,12 @@ pub struct Seen {
     pub path: String,
     /// Headers.
     pub headers: HeaderMap,
+    /// The HTTP version it arrived with.
+    pub version: http::Version,
+    /// The TLS server name the gateway sent, if TLS.
+    pub sni: Option<String>,
+    /// Whether the gateway presented a client certificate.
+    pub client_cert: bool,
 }
 
 /// A real HTTP/1.1 server on `127.0.0.1:0` that records what it receives and
@@ -58,9 +66,45 @@ pub struct Upstream {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// How a test upstream serves.
+#[derive(Clone, Default)]
+pub struct UpstreamOptions {
+    /// Serve over TLS with this config (its ALPN decides h2 or HTTP/1.1).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Serve HTTP/1.1 only (otherwise HTTP/1.1 and HTTP/2, including h2c
+    /// with prior knowledge).
+    pub http1_only: bool,
+}
+
+/// What the upstream knows about the connection a request came on.
+#[derive(Clone, Default)]
+struct ConnInfo {
+    sni: Option<String>,
+    client_cert: bool,
+}
+
 impl Upstream {
-    /// Starts an upstream called `name`.
+    /// Starts a cleartext HTTP/1.1 upstream called `name`.
     pub async fn start(name: &str) -> Upstream {
+        Upstream::start_with(
+            name,
+            UpstreamOptions {
+                http1_only: true,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts an upstream called `name` with `options`.
+    ///
+    /// Every request is recorded. Besides the JSON answer, it has two
+    /// behaviours for protocol tests:
+    /// - `Upgrade: websocket`: answers 101 and echoes WebSocket messages;
+    /// - a path under `/grpc`: answers gRPC-style, echoing the request body
+    ///   with trailers `grpc-status: 0`, `grpc-message` and, if the request
+    ///   had a trailer `x-client-trailer`, `x-echo-trailer` with its value.
+    pub async fn start_with(name: &str, options: UpstreamOptions) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -72,35 +116,27 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (name, seen) = (name_c.clone(), seen_c.clone());
+                let (name, seen, options) = (name_c.clone(), seen_c.clone(), options.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (name, seen) = (name.clone(), seen.clone());
-                        async move {
-                            let path = req
-                                .uri()
-                                .path_and_query()
-                                .map_or("/".into(), |p| p.to_string());
-                            seen.lock().unwrap().push(Seen {
-                                method: req.method().clone(),
-                                path: path.clone(),
-                                headers: req.headers().clone(),
-                            });
-                            let body =
-                                serde_json::json!({ "upstream": name, "path": path }).to_string();
-                            let mut resp = Response::new(Full::new(Bytes::from(body)));
-                            let h = resp.headers_mut();
-                            h.insert("content-type", "application/json".parse().unwrap());
-                            h.insert("x-upstream", name.parse().unwrap());
-                            h.insert("x-remove-me", "upstream-secret".parse().unwrap());
-                            h.insert("server", "test-upstream/1.0".parse().unwrap());
-                            h.insert("x-powered-by", "upstream-framework".parse().unwrap());
-                            Ok::<_, Infallible>(resp)
+                    match &options.tls {
+                        None => {
+                            serve_upstream(stream, ConnInfo::default(), &options, name, seen).await
                         }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        Some(config) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                            let Ok(tls) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let (_, conn) = tls.get_ref();
+                            let info = ConnInfo {
+                                sni: conn.server_name().map(str::to_owned),
+                                client_cert: conn
+                                    .peer_certificates()
+                                    .is_some_and(|c| !c.is_empty()),
+                            };
+                            serve_upstream(tls, info, &options, name, seen).await
+                        }
+                    }
                 });
             }
         });
@@ -127,6 +163,146 @@ impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+async fn serve_upstream<S>(
+    stream: S,
+    info: ConnInfo,
+    options: &UpstreamOptions,
+    name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let (name, seen, info) = (name.clone(), seen.clone(), info.clone());
+        async move {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map_or("/".into(), |p| p.to_string());
+            seen.lock().unwrap().push(Seen {
+                method: req.method().clone(),
+                path: path.clone(),
+                headers: req.headers().clone(),
+                version: req.version(),
+                sni: info.sni.clone(),
+                client_cert: info.client_cert,
+            });
+            if req
+                .headers()
+                .get("upgrade")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+            {
+                return Ok::<_, Infallible>(websocket_echo(req));
+            }
+            if path.starts_with("/grpc") {
+                return Ok(grpc_echo(req).await);
+            }
+            let body = serde_json::json!({ "upstream": name, "path": path }).to_string();
+            let mut resp = Response::new(
+                Full::new(Bytes::from(body))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            let h = resp.headers_mut();
+            h.insert("content-type", "application/json".parse().unwrap());
+            h.insert("x-upstream", name.parse().unwrap());
+            h.insert("x-remove-me", "upstream-secret".parse().unwrap());
+            h.insert("server", "test-upstream/1.0".parse().unwrap());
+            h.insert("x-powered-by", "upstream-framework".parse().unwrap());
+            Ok(resp)
+        }
+    });
+    let io = TokioIo::new(stream);
+    if options.http1_only {
+        let _ = http1::Builder::new()
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await;
+    } else {
+        let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection_with_upgrades(io, service)
+            .await;
+    }
+}
+
+/// Answers a WebSocket handshake with 101 and echoes every message.
+fn websocket_echo(req: Request<hyper::body::Incoming>) -> Response<UpstreamBody> {
+    use futures_util::{SinkExt, StreamExt};
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| tokio_tungstenite::tungstenite::handshake::derive_accept_key(k.as_bytes()));
+    let Some(accept) = key else {
+        let mut resp = Response::new(http_body_util::Empty::new().map_err(|n| match n {}).boxed());
+        *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+        return resp;
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                let _ = ws.close(None).await;
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    Response::builder()
+        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(http_body_util::Empty::new().map_err(|n| match n {}).boxed())
+        .unwrap()
+}
+
+/// Echoes the request body with gRPC-style trailers.
+async fn grpc_echo(req: Request<hyper::body::Incoming>) -> Response<UpstreamBody> {
+    let collected = match req.into_body().collect().await {
+        Ok(c) => c,
+        Err(e) => {
+            let mut resp = Response::new(
+                Full::new(Bytes::from(format!("body: {e}")))
+                    .map_err(|n| match n {})
+                    .boxed(),
+            );
+            *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+            return resp;
+        }
+    };
+    let client_trailer = collected
+        .trailers()
+        .and_then(|t| t.get("x-client-trailer"))
+        .cloned();
+    let data = collected.to_bytes();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    trailers.insert("grpc-message", "echoed".parse().unwrap());
+    if let Some(v) = client_trailer {
+        trailers.insert("x-echo-trailer", v);
+    }
+    let body = Full::new(data)
+        .map_err(|n| match n {})
+        .with_trailers(async move { Some(Ok(trailers)) })
+        .boxed();
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .body(body)
+        .unwrap()
 }
 
 /// An address where nothing listens (bound, then released).
