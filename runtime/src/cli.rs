@@ -36,14 +36,32 @@ enum Command {
     },
 }
 
+/// The log filter: `WASMGATE_LOG` (tracing's `EnvFilter` syntax), default
+/// `info`. rustls logs a warning for each handshake a client gets slightly
+/// wrong (an IP address sent as SNI, for one), which would let any client
+/// write a log line per connection; it is held to errors unless the
+/// directive names `rustls` itself.
+fn log_filter(directive: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let given = directive
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .unwrap_or("info");
+    let full = if given.contains("rustls") {
+        given.to_owned()
+    } else {
+        format!("{given},rustls=error")
+    };
+    tracing_subscriber::EnvFilter::try_new(&full).unwrap_or_else(|e| {
+        eprintln!("WASMGATE_LOG={given:?} is not a valid filter ({e}); using \"info\"");
+        tracing_subscriber::EnvFilter::new("info,rustls=error")
+    })
+}
+
 /// Parses the command line, runs the command, and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WASMGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter(std::env::var("WASMGATE_LOG").ok().as_deref()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -141,5 +159,23 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn rustls_is_held_to_errors_unless_named() {
+        for given in [None, Some(""), Some("warn"), Some("debug,wasmgate=trace")] {
+            let f = log_filter(given).to_string();
+            assert!(f.contains("rustls=error"), "{given:?} → {f}");
+        }
+        let f = log_filter(Some("info,rustls=debug")).to_string();
+        assert!(
+            f.contains("rustls=debug") && !f.contains("rustls=error"),
+            "{f}"
+        );
     }
 }

@@ -30,6 +30,14 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+/// Why a client connection ended in an HTTP-level error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnErrorLabels {
+    /// `parse` (malformed request, answered 400 by the parser),
+    /// `head_too_large` (431), `header_timeout` (slow head), `other`.
+    pub kind: &'static str,
+}
+
 /// A filter's calls on one route.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FilterLabels {
@@ -78,6 +86,10 @@ pub struct Metrics {
     pub tls_handshakes: Counter,
     /// TLS handshakes failed or timed out.
     pub tls_handshake_errors: Counter,
+    /// Client connections that ended in an HTTP-level error, by kind. Requests
+    /// the parser refuses never reach routing, so they are counted here and
+    /// not in `requests`.
+    pub connection_errors: Family<ConnErrorLabels, Counter>,
     /// Connections closed for a missing, invalid or late PROXY protocol header.
     pub proxy_protocol_errors: Counter,
     /// Requests upgraded (WebSocket).
@@ -113,6 +125,7 @@ impl Metrics {
             access_log_dropped: Counter::default(),
             tls_handshakes: Counter::default(),
             tls_handshake_errors: Counter::default(),
+            connection_errors: Family::default(),
             proxy_protocol_errors: Counter::default(),
             upgrades: Counter::default(),
             active_tunnels: Gauge::default(),
@@ -177,6 +190,11 @@ impl Metrics {
             "tls_handshake_errors",
             "TLS handshakes that failed or timed out",
             m.tls_handshake_errors.clone(),
+        );
+        registry.register(
+            "connection_errors",
+            "Client connections that ended in an HTTP-level error (requests refused by the parser, slow heads), by kind",
+            m.connection_errors.clone(),
         );
         registry.register(
             "proxy_protocol_errors",

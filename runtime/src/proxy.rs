@@ -74,6 +74,13 @@ impl RouteMetrics {
     }
 }
 
+/// How far a request got, for the answer when the request timeout cuts it off.
+#[derive(Debug, Default)]
+struct Progress {
+    route: Option<Arc<Route>>,
+    request_id: Option<http::HeaderValue>,
+}
+
 /// What the request path knows about the connection a request came on.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -151,22 +158,37 @@ impl Proxy {
             method: req.method().as_str().to_owned(),
             ..Entry::default()
         });
+        let mut progress = Progress::default();
         let resp = match tokio::time::timeout(
             self.policy.limits.request_timeout,
-            self.handle_inner(req, conn, started, &mut entry),
+            self.handle_inner(req, conn, started, &mut entry, &mut progress),
         )
         .await
         {
             Ok(resp) => resp,
-            Err(_) => GatewayError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "no response within the request timeout of {:?}",
-                    self.policy.limits.request_timeout
-                ),
-            )
-            .into_response(entry.as_ref().map(|e| e.request_id.as_str())),
+            Err(_) => {
+                let request_id = progress
+                    .request_id
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                let mut resp = GatewayError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "no response within the request timeout of {:?}",
+                        self.policy.limits.request_timeout
+                    ),
+                )
+                .into_response(Some(request_id));
+                if let Some(id) = progress.request_id.take() {
+                    self.policy
+                        .forwarding
+                        .apply_response(resp.headers_mut(), &id);
+                }
+                self.record(progress.route.as_deref(), None, 504, started);
+                resp
+            }
         };
         let log = match (&self.access_log, entry) {
             (Some(log), Some(mut e)) => {
@@ -184,38 +206,26 @@ impl Proxy {
         conn: &ConnInfo,
         started: Instant,
         entry: &mut Option<Entry>,
+        progress: &mut Progress,
     ) -> Response<ProxyBody> {
         let id = self.ids.next();
         let (mut parts, body) = req.into_parts();
-        if let Err(e) = self.canonical_path(&mut parts) {
-            return GatewayError::bad_request(e.to_string()).into_response(Some(&id.to_string()));
-        }
-        if let Err(reason) = check_framing(&parts) {
-            let mut resp = GatewayError::bad_request(reason).into_response(Some(&id.to_string()));
+        if let Err(refusal) = self.precheck(&mut parts) {
+            // Every refusal here closes the connection: a client that sends
+            // what a proxy must refuse gets no second try on it.
+            let mut resp = refusal.into_response(Some(&id.to_string()));
             resp.headers_mut()
                 .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
-            return resp;
-        }
-        if let Some(len) = declared_length(&parts.headers)
-            && len > self.policy.limits.max_request_body as u64
-        {
-            // Refused before reading: hyper sends no `100 Continue` for a body
-            // nobody polls, and the connection is closed after the answer.
-            let mut resp = GatewayError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_body_too_large",
-                format!(
-                    "the request body of {len} bytes exceeds the limit of {} bytes",
-                    self.policy.limits.max_request_body
-                ),
-            )
-            .into_response(Some(&id.to_string()));
-            resp.headers_mut()
-                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            self.record(None, None, resp.status().as_u16(), started);
             return resp;
         }
         let upgrade = websocket_upgrade(&parts);
         let te_trailers = wants_trailers(&parts.headers);
+        if parts.version == http::Version::HTTP_11
+            && parts.headers.contains_key(header::TRANSFER_ENCODING)
+        {
+            parts.extensions.insert(ChunkedRequest);
+        }
         strip_hop_by_hop(&mut parts.headers);
         keep_te_trailers(&mut parts.headers, te_trailers);
         if let Some(protocol) = upgrade {
@@ -242,6 +252,7 @@ impl Proxy {
                     .unwrap_or_else(|_| http::HeaderValue::from_static("invalid-request-id"))
             },
         );
+        progress.request_id = Some(view.request_id.clone());
         let request_id = view.request_id.to_str().unwrap_or_default();
         if let Some(e) = entry.as_mut() {
             e.path = parts
@@ -279,6 +290,7 @@ impl Proxy {
                 )
                 .cloned()
         };
+        progress.route.clone_from(&route);
         let mut resp = match route {
             None => {
                 let resp = GatewayError::route_not_found().into_response(Some(request_id));
@@ -316,6 +328,29 @@ impl Proxy {
             .forwarding
             .apply_response(resp.headers_mut(), &view.request_id);
         resp
+    }
+
+    /// The checks before anything else: the canonical path, unambiguous
+    /// framing, and a declared body within the limit.
+    fn precheck(&self, parts: &mut Parts) -> Result<(), GatewayError> {
+        self.canonical_path(parts)
+            .map_err(|e| GatewayError::bad_request(e.to_string()))?;
+        check_framing(parts).map_err(GatewayError::bad_request)?;
+        if let Some(len) = declared_length(&parts.headers)
+            && len > self.policy.limits.max_request_body as u64
+        {
+            // Refused before reading: hyper sends no `100 Continue` for a body
+            // nobody polls.
+            return Err(GatewayError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_body_too_large",
+                format!(
+                    "the request body of {len} bytes exceeds the limit of {} bytes",
+                    self.policy.limits.max_request_body
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Every route, in config order.
@@ -544,10 +579,16 @@ impl Proxy {
             parts.headers.remove(header::CONNECTION);
             parts.headers.remove(header::UPGRADE);
         }
-        let upstream_req = Request::from_parts(
-            parts,
-            body::stream(body, self.policy.limits.max_request_body),
-        );
+        let limit = self.policy.limits.max_request_body;
+        let body = if parts.extensions.remove::<ChunkedRequest>().is_some() {
+            match body::stream_checked(body, limit).await {
+                Ok(b) => b,
+                Err(e) => return refuse_body(e, request_id, limit),
+            }
+        } else {
+            body::stream(body, limit)
+        };
+        let upstream_req = Request::from_parts(parts, body);
         match cluster.forward(upstream_req).await {
             Ok((mut resp, endpoint)) => {
                 if let Some(e) = entry.as_mut() {
@@ -748,6 +789,30 @@ fn sync_request_line(wreq: &mut wit::Request, parts: &Parts) {
         &mut wreq.path_with_query,
         parts.uri.path_and_query().map_or("/", |p| p.as_str()),
     );
+}
+
+/// Marks a request whose body is chunked (HTTP/1.1 `Transfer-Encoding`, which
+/// hop-by-hop stripping removes): its first chunk is read before forwarding.
+#[derive(Debug, Clone, Copy)]
+struct ChunkedRequest;
+
+/// The answer to a request body whose first chunk could not be read: 413 past
+/// the limit, 400 for broken framing; the connection is closed either way.
+fn refuse_body(e: body::FirstFrameError, request_id: &str, limit: usize) -> Response<ProxyBody> {
+    let err = match e {
+        body::FirstFrameError::TooLarge => GatewayError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_body_too_large",
+            format!("the request body exceeds the limit of {limit} bytes"),
+        ),
+        body::FirstFrameError::Invalid(detail) => {
+            GatewayError::bad_request(format!("invalid request body: {detail}"))
+        }
+    };
+    let mut resp = err.into_response(Some(request_id));
+    resp.headers_mut()
+        .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    resp
 }
 
 /// The protocol of an HTTP/1.1 WebSocket upgrade request (`Connection:

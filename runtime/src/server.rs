@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::config::LimitsConfig;
 use crate::idle::{Activity, Tracked};
-use crate::metrics::Metrics;
+use crate::metrics::{ConnErrorLabels, Metrics};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::proxy_protocol::{self, Prefixed};
 use crate::tls::TlsTerminator;
@@ -254,6 +254,17 @@ async fn serve_http<S>(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(%peer, "connection ended with an error: {e}");
+        let kind = match e.downcast_ref::<hyper::Error>() {
+            Some(h) if h.is_parse_too_large() => "head_too_large",
+            Some(h) if h.is_parse() => "parse",
+            Some(h) if h.is_timeout() => "header_timeout",
+            _ => "other",
+        };
+        shared
+            .metrics
+            .connection_errors
+            .get_or_create(&ConnErrorLabels { kind })
+            .inc();
+        tracing::debug!(%peer, kind, "connection ended with an error: {e}");
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wasmgate_tests::{Upstream, artifacts, get, raw, start_gateway};
+use wasmgate_tests::{Upstream, artifacts, get, metric, raw, start_gateway};
 
 async fn gateway(up: &Upstream, limits: &str) -> wasmgate_tests::RunningGateway {
     start_gateway(&format!(
@@ -49,6 +49,82 @@ async fn too_many_headers_is_431() {
     req += "\r\n";
     let out = raw(gw.addr(), req.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    assert_eq!(up.count(), 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_before_routing_are_counted() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(
+        &up,
+        "max_header_size = \"8KiB\"\nmax_request_body = \"1KiB\"",
+    )
+    .await;
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    assert!(
+        raw(gw.addr(), big_head.as_bytes())
+            .await
+            .starts_with("HTTP/1.1 431")
+    );
+    assert!(
+        raw(gw.addr(), b"GARBAGE\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
+    assert!(
+        raw(gw.addr(), b"GET /a%2Fb HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
+    assert!(
+        raw(
+            gw.addr(),
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"
+        )
+        .await
+        .starts_with("HTTP/1.1 413")
+    );
+    // The connection tasks finish just after the client sees the close.
+    let text = wasmgate_tests::within("metrics", async {
+        loop {
+            let text = gw.metrics_text();
+            if metric(&text, "wasmgate_connection_errors_total{kind=\"parse\"}").is_some()
+                && metric(
+                    &text,
+                    "wasmgate_connection_errors_total{kind=\"head_too_large\"}",
+                )
+                .is_some()
+            {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        metric(&text, "wasmgate_connection_errors_total{kind=\"parse\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "wasmgate_connection_errors_total{kind=\"head_too_large\"}"
+        ),
+        Some(1.0)
+    );
+    // The path and the body size are judged by the proxy: counted as
+    // requests without a route.
+    assert_eq!(
+        metric(
+            &text,
+            "wasmgate_requests_total{route=\"\",cluster=\"\",status_class=\"4xx\"}"
+        ),
+        Some(2.0)
+    );
     assert_eq!(up.count(), 0);
     gw.shutdown().await;
 }
@@ -119,7 +195,17 @@ async fn a_request_that_takes_too_long_is_504() {
     let reply = get(gw.addr(), "/slow", &[("x-fault", "sleep")]).await;
     assert_eq!(reply.status, 504);
     assert_eq!(reply.json()["code"], "request_timeout");
+    let id = reply.header("x-request-id").expect("request id on a 504");
+    assert_eq!(reply.json()["request_id"], id);
     assert_eq!(up.count(), 0);
+    assert_eq!(
+        metric(
+            &gw.metrics_text(),
+            "wasmgate_requests_total{route=\"slow\",cluster=\"c\",status_class=\"5xx\"}"
+        ),
+        Some(1.0),
+        "the 504 is counted on its route"
+    );
     // The pool is fine afterwards.
     assert_eq!(get(gw.addr(), "/slow", &[]).await.status, 200);
     gw.shutdown().await;
@@ -170,5 +256,29 @@ async fn a_request_in_flight_keeps_its_connection_open_past_the_idle_timeout() {
         assert!(resp.headers().get("connection").is_none(), "{resp:?}");
         resp.into_body().collect().await.unwrap();
     }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn chunked_bodies_stream_through_and_an_oversized_first_chunk_is_413() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(&up, "max_request_body = \"1KiB\"").await;
+    // The upstream's /grpc path echoes the body it received.
+    let ok = raw(
+        gw.addr(),
+        b"POST /grpc HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("hello world"), "{ok}");
+    assert_eq!(up.count(), 1);
+
+    let big = format!(
+        "POST /grpc HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n{}\r\n0\r\n\r\n",
+        "a".repeat(0x800)
+    );
+    let out = raw(gw.addr(), big.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert_eq!(up.count(), 1, "refused before forwarding");
     gw.shutdown().await;
 }

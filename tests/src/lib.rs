@@ -305,6 +305,14 @@ async fn grpc_echo(req: Request<hyper::body::Incoming>) -> Response<UpstreamBody
         .unwrap()
 }
 
+/// The value of one sample in Prometheus text, e.g.
+/// `metric(text, "wasmgate_requests_total{route=\"r\",cluster=\"c\",status_class=\"2xx\"}")`.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// An address where nothing listens (bound, then released).
 pub async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
