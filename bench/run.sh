@@ -30,7 +30,7 @@ for arg in "$@"; do
     case "$arg" in
         --no-setup) SETUP=0 ;;
         -h|--help)
-            sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
             echo
             exec python3 "$BENCH/bench.py" --help ;;
         *) ARGS+=("$arg") ;;
