@@ -51,6 +51,7 @@ SERVED_BY = ("x-served-by", "wasmgate-bench")
 CHAIN_MARK = ("x-bench-chain", "first")
 UPSTREAM_BODY = b"hello\n"
 
+MODE_ORDER = ["S", "P", "T"]
 MARK_BEGIN = "<!-- bench:mode-{mode}:begin -->"
 MARK_END = "<!-- bench:mode-{mode}:end -->"
 
@@ -840,10 +841,18 @@ def write_markdown(path: Path, mode: str, text: str) -> None:
     if pattern.search(current):
         current = pattern.sub(lambda _: block, current)
     else:
-        # Mode S first, then P, whatever order the runs happened in.
-        other_begin = MARK_BEGIN.format(mode="P")
-        if mode == "S" and other_begin in current:
-            current = current.replace(other_begin, block + "\n\n" + other_begin, 1)
+        # Sections in the order S, P, T whatever order the runs happened in:
+        # after the nearest earlier mode's section, else before the nearest
+        # later one's, else at the end.
+        i = MODE_ORDER.index(mode)
+        earlier = [MARK_END.format(mode=m) for m in reversed(MODE_ORDER[:i])
+                   if MARK_END.format(mode=m) in current]
+        later = [MARK_BEGIN.format(mode=m) for m in MODE_ORDER[i + 1:]
+                 if MARK_BEGIN.format(mode=m) in current]
+        if earlier:
+            current = current.replace(earlier[0], earlier[0] + "\n\n" + block, 1)
+        elif later:
+            current = current.replace(later[0], block + "\n\n" + later[0], 1)
         else:
             current = current.rstrip() + "\n\n" + block + "\n"
     path.write_text(current)
