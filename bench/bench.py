@@ -7,6 +7,10 @@ The method is the project's (shared/design/BENCHMARKING.md):
           to one CPU. cost = 1/T_proxy - 1/T_direct, per round, in µs.
   mode P  Throughput with the proxy owning a CPU: proxy on one CPU, load
           generator and upstream on the other.
+  mode T  TLS termination and HTTP/2, pinned like mode S: HTTPS/1.1 (wrk),
+          HTTP/2 over TLS and h2c (h2load), and a new TLS connection per
+          request (wrk, `Connection: close`). Every TLS peer serves the same
+          self-signed ECDSA P-256 certificate, generated into the work folder.
 
 Every peer sits in front of the same upstream (nginx `return 200 "hello\\n"`,
 one worker), with one worker/thread, logs off and HTTP/1.1 keep-alive to the
@@ -32,6 +36,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -51,6 +56,7 @@ SERVED_BY = ("x-served-by", "wasmgate-bench")
 CHAIN_MARK = ("x-bench-chain", "first")
 UPSTREAM_BODY = b"hello\n"
 
+MODE_ORDER = ["S", "P", "T"]
 MARK_BEGIN = "<!-- bench:mode-{mode}:begin -->"
 MARK_END = "<!-- bench:mode-{mode}:end -->"
 
@@ -209,6 +215,24 @@ class Tools:
     wasmgate: Path
     filters_dir: Path
     proxy_wasm: Path
+    h2load: str = "h2load"    # mode T only
+    curl: str = "curl"        # mode T only: the HTTP/2 pre-checks
+    openssl: str | None = None  # mode T only: certificate and negotiation probe
+
+
+# The one TLS 1.3 cipher suite every client offers in mode T (wrk and
+# `openssl s_client` through OPENSSL_CONF, h2load and curl by flag), so every
+# peer negotiates the same suite whatever its own preference order.
+TLS13_SUITE = "TLS_AES_128_GCM_SHA256"
+
+
+@dataclass
+class TlsFiles:
+    """One self-signed certificate for every TLS peer (mode T)."""
+    cert: Path          # PEM, ECDSA P-256, SAN DNS:localhost and IP:127.0.0.1
+    key: Path           # PEM, PKCS#8
+    client_conf: Path   # OPENSSL_CONF for wrk and openssl s_client: TLS13_SUITE only
+    made_by: str        # for the report
 
 
 @dataclass
@@ -218,6 +242,89 @@ class Ctx:
     procs: Procs
     workdir: Path
     upstream_port: int
+    tls: TlsFiles | None = None
+
+
+def make_tls_files(workdir: Path, openssl: str | None) -> TlsFiles:
+    """A self-signed ECDSA P-256 certificate for localhost and 127.0.0.1, made
+    with the openssl CLI if there is one, else with Python's `cryptography`."""
+    cert, key = workdir / "bench-cert.pem", workdir / "bench-key.pem"
+    if openssl:
+        made = subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "7", "-subj", "/CN=localhost",
+             "-addext", f"subjectAltName=DNS:localhost,IP:{HOST}"],
+            capture_output=True, text=True)
+        if made.returncode != 0:
+            raise BenchError(f"openssl req could not make the test certificate:\n{made.stderr}")
+        made_by = "openssl req -x509 -newkey ec (P-256)"
+    else:
+        try:
+            import ipaddress
+            from cryptography import x509
+            from cryptography.hazmat.primitives import hashes, serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+            from cryptography.x509.oid import NameOID
+        except ImportError as e:
+            raise BenchError("mode T needs the openssl CLI (Debian `openssl`) or Python's "
+                             f"`cryptography` to make a test certificate ({e})") from None
+        pkey = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+        now = dt.datetime.now(dt.timezone.utc)
+        built = (x509.CertificateBuilder()
+                 .subject_name(name).issuer_name(name).public_key(pkey.public_key())
+                 .serial_number(x509.random_serial_number())
+                 .not_valid_before(now - dt.timedelta(minutes=5))
+                 .not_valid_after(now + dt.timedelta(days=7))
+                 .add_extension(x509.SubjectAlternativeName(
+                     [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]),
+                     critical=False)
+                 .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                 .sign(pkey, hashes.SHA256()))
+        cert.write_bytes(built.public_bytes(serialization.Encoding.PEM))
+        key.write_bytes(pkey.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        made_by = "Python cryptography (ECDSA P-256)"
+    client_conf = workdir / "client-openssl.cnf"
+    client_conf.write_text(f"""# OPENSSL_CONF of the TLS clients (wrk, openssl s_client) in mode T.
+openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+Ciphersuites = {TLS13_SUITE}
+""")
+    return TlsFiles(cert, key, client_conf, made_by)
+
+
+def nginx_version(nginx: str) -> tuple[int, ...]:
+    out = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr
+    m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
+
+
+def nginx_listen(ctx: Ctx, port: int, listen: str) -> str:
+    """The `listen` lines of a server block: "plain" (HTTP/1.1), "tls" (TLS
+    with ALPN h2 and http/1.1) or "h2c" (cleartext HTTP/2, prior knowledge)."""
+    if listen == "plain":
+        return f"listen {HOST}:{port};"
+    # nginx 1.25.1 moved HTTP/2 from a `listen` parameter to `http2 on;`.
+    new_syntax = nginx_version(ctx.tools.nginx) >= (1, 25, 1)
+    h2_param, h2_line = ("", "\n        http2 on;") if new_syntax else (" http2", "")
+    if listen == "h2c":
+        return f"listen {HOST}:{port}{h2_param};{h2_line}"
+    if listen == "tls":
+        assert ctx.tls is not None
+        # nginx before 1.23.4 offers TLS 1.0-1.2 by default: name 1.2 and 1.3
+        # like the other peers' defaults. Session tickets stay at their
+        # default (on), as for the other peers.
+        return (f"listen {HOST}:{port} ssl{h2_param};{h2_line}\n"
+                f"        ssl_certificate {ctx.tls.cert};\n"
+                f"        ssl_certificate_key {ctx.tls.key};\n"
+                f"        ssl_protocols TLSv1.2 TLSv1.3;")
+    raise ValueError(f"unknown listen kind {listen!r}")
 
 
 def nginx_common(workdir: Path, name: str) -> str:
@@ -258,12 +365,16 @@ def start_nginx(ctx: Ctx, name: str, conf_body: str, cpu: str) -> Proc:
                                   "-p", str(ctx.workdir)], cpu, ctx.workdir)
 
 
-def start_upstream(ctx: Ctx, port: int, cpu: str) -> Proc:
+def start_upstream(ctx: Ctx, port: int, cpu: str, tls_port: int | None = None) -> Proc:
+    """The shared upstream. With `tls_port` (mode T) the same server also listens
+    there with TLS and HTTP/2, for the no-proxy TLS reference rows; the
+    proxies always use the cleartext HTTP/1.1 port."""
+    tls = f"\n        {nginx_listen(ctx, tls_port, 'tls')}" if tls_port else ""
     body = nginx_common(ctx.workdir, "upstream") + f"""
 http {{
 {nginx_http_common(ctx.workdir, "upstream")}
     server {{
-        listen {HOST}:{port};
+        listen {HOST}:{port};{tls}
         location / {{ return 200 "hello\\n"; }}
     }}
 }}
@@ -282,7 +393,7 @@ http {{
         keepalive_timeout 300s;
     }}
     server {{
-        listen {HOST}:{port};
+        {nginx_listen(ctx, port, opts.get("listen", "plain"))}
         location / {{
             proxy_pass http://up;
             proxy_http_version 1.1;
@@ -346,6 +457,11 @@ def peer_envoy(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
     })
+    listen = opts.get("listen", "plain")
+    # TLS and h2c listeners let the connection manager pick the codec (ALPN,
+    # or the HTTP/2 preface in cleartext); the plain one stays HTTP/1 only,
+    # as in modes S and P.
+    codec = "HTTP1" if listen == "plain" else "AUTO"
     config = {
         "static_resources": {
             "listeners": [{
@@ -357,7 +473,7 @@ def peer_envoy(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
                         "@type": "type.googleapis.com/envoy.extensions.filters.network."
                                  "http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "bench",
-                        "codec_type": "HTTP1",
+                        "codec_type": codec,
                         "route_config": {
                             "name": "local",
                             "virtual_hosts": [{
@@ -383,6 +499,23 @@ def peer_envoy(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
             }],
         },
     }
+    if listen == "tls":
+        assert ctx.tls is not None
+        chain = config["static_resources"]["listeners"][0]["filter_chains"][0]
+        chain["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                         "DownstreamTlsContext",
+                "common_tls_context": {
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "tls_certificates": [{
+                        "certificate_chain": {"filename": str(ctx.tls.cert)},
+                        "private_key": {"filename": str(ctx.tls.key)},
+                    }],
+                },
+            },
+        }
     conf = ctx.workdir / f"{name}.json"
     conf.write_text(json.dumps(config, indent=2))
     return ctx.procs.start(name, [ctx.tools.envoy, "-c", str(conf), "--concurrency", "1",
@@ -390,11 +523,17 @@ def peer_envoy(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
 
 
 def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
-                  filter_keys: dict[str, str] | None = None) -> str:
+                  filter_keys: dict[str, str] | None = None, listen: str = "plain") -> str:
     """`chain` is [(filter name, inline TOML table of its config)];
-    `filter_keys` are extra `[filters.NAME]` keys (TOML values) for every filter."""
-    lines = ["[server]", f'listen = "{HOST}:{port}"', "workers = 1", "",
-             "[access_log]", "enabled = false", ""]
+    `filter_keys` are extra `[filters.NAME]` keys (TOML values) for every filter;
+    `listen` "tls" adds `[server.tls]` (ALPN h2 and http/1.1 are built in). The
+    cleartext listener serves h2c by prior knowledge as it is."""
+    lines = ["[server]", f'listen = "{HOST}:{port}"', "workers = 1", ""]
+    if listen == "tls":
+        assert ctx.tls is not None
+        lines += ["[server.tls]", "", "[[server.tls.certificates]]",
+                  f'cert = "{ctx.tls.cert}"', f'key = "{ctx.tls.key}"', ""]
+    lines += ["[access_log]", "enabled = false", ""]
     for fname in sorted({f for f, _ in chain}):
         wasm = ctx.tools.filters_dir / f"{fname.replace('-', '_')}.wasm"
         lines += [f"[filters.{fname}]", f'path = "{wasm}"']
@@ -408,7 +547,8 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
 
 def peer_wasmgate(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
     conf = ctx.workdir / f"{name}.toml"
-    conf.write_text(wasmgate_toml(ctx, port, opts.get("chain", []), opts.get("filter_keys")))
+    conf.write_text(wasmgate_toml(ctx, port, opts.get("chain", []), opts.get("filter_keys"),
+                                  opts.get("listen", "plain")))
     check = subprocess.run([str(ctx.tools.wasmgate), "check", "--config", str(conf)],
                            capture_output=True, text=True, env={**os.environ, "WASMGATE_LOG": "warn"})
     if check.returncode != 0:
@@ -417,6 +557,11 @@ def peer_wasmgate(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
     # that predate the key), and taskset keeps every thread (worker, blocking
     # pool, epoch ticker, log writer) on `cpu`.
     env = {"WASMGATE_LOG": "warn", "TOKIO_WORKER_THREADS": "1"}
+    if opts.get("listen") == "tls":
+        # wrk sends the IP address as SNI, and rustls logs a warning about it
+        # for every connection (one line per request with `Connection: close`);
+        # nginx and Envoy ignore it silently.
+        env["WASMGATE_LOG"] = "warn,rustls=error"
     return ctx.procs.start(name, [str(ctx.tools.wasmgate), "serve", "--config", str(conf)],
                            cpu, ctx.workdir, env)
 
@@ -447,12 +592,26 @@ class Scenario:
     expect_headers: dict[str, str] = field(default_factory=dict)
     ref: str | None = None         # the wasmgate scenario its cost is compared with
     load: str = "wrk"              # key of LOADS
-    scheme: str = "http"           # "https" later
+    scheme: str = "http"           # "https": the peer listens with TLS (opts listen="tls")
     path: str = "/"
+    modes: str = "SP"              # the modes it runs in
+    close: bool = False            # `Connection: close`: a new connection per request
+    protocol: str = "HTTP/1.1"     # shown in mode T's table
+
+
+# Mode T: every peer listens with TLS (ALPN h2 + http/1.1) or h2c and forwards
+# over cleartext HTTP/1.1 keep-alive to the same upstream as ever.
+TLS = {"listen": "tls"}
+H2C = {"listen": "h2c"}
+P_HTTPS = "HTTPS/1.1"
+P_H2 = "h2 over TLS"
+P_H2C = "h2c"
+P_NEWCONN = "HTTPS/1.1, new connection per request"
 
 
 SCENARIOS: list[Scenario] = [
-    Scenario("direct", "direct (no proxy)", None),
+    # The cleartext baseline of every mode: wrk straight at the upstream.
+    Scenario("direct", "direct (no proxy)", None, modes="SPT"),
     Scenario("nginx", "nginx", "nginx", ref="wasmgate"),
     Scenario("haproxy", "HAProxy", "haproxy", ref="wasmgate"),
     Scenario("envoy", "Envoy", "envoy", ref="wasmgate"),
@@ -471,12 +630,70 @@ SCENARIOS: list[Scenario] = [
              {"chain": [("headers", CHAIN_MARK_CFG), ("api-key", API_KEY_CFG),
                         ("headers", SERVED_BY_CFG)]},
              auth=True, expect_headers=dict([SERVED_BY, CHAIN_MARK]), ref="wasmgate-2f"),
+
+    # Mode T. `direct-*` rows: the load generator straight at the upstream
+    # nginx over TLS (no proxy), for scale.
+    Scenario("direct-https", "direct (no proxy), nginx serving TLS", None, scheme="https",
+             modes="T", protocol=P_HTTPS),
+    Scenario("nginx-https", "nginx", "nginx", TLS, scheme="https", modes="T",
+             protocol=P_HTTPS, ref="wasmgate-https"),
+    Scenario("envoy-https", "Envoy", "envoy", TLS, scheme="https", modes="T",
+             protocol=P_HTTPS, ref="wasmgate-https"),
+    Scenario("wasmgate-https", "wasmgate", "wasmgate", TLS, scheme="https", modes="T",
+             protocol=P_HTTPS, ref="wasmgate-https"),
+    Scenario("envoy-wasm-https", "Envoy + proxy-wasm (api-key + header, V8)", "envoy",
+             {**TLS, "wasm": True}, auth=True, expect_headers=dict([SERVED_BY]),
+             scheme="https", modes="T", protocol=P_HTTPS, ref="wasmgate-2f-https"),
+    Scenario("wasmgate-2f-https", "wasmgate + api-key + headers", "wasmgate",
+             {**TLS, "chain": [("api-key", API_KEY_CFG), ("headers", SERVED_BY_CFG)]},
+             auth=True, expect_headers=dict([SERVED_BY]), scheme="https", modes="T",
+             protocol=P_HTTPS, ref="wasmgate-2f-https"),
+
+    Scenario("direct-h2", "direct (no proxy), nginx serving TLS", None, load="h2load",
+             scheme="https", modes="T", protocol=P_H2),
+    Scenario("nginx-h2", "nginx", "nginx", TLS, load="h2load", scheme="https", modes="T",
+             protocol=P_H2, ref="wasmgate-h2"),
+    Scenario("envoy-h2", "Envoy", "envoy", TLS, load="h2load", scheme="https", modes="T",
+             protocol=P_H2, ref="wasmgate-h2"),
+    Scenario("wasmgate-h2", "wasmgate", "wasmgate", TLS, load="h2load", scheme="https",
+             modes="T", protocol=P_H2, ref="wasmgate-h2"),
+    Scenario("envoy-wasm-h2", "Envoy + proxy-wasm (api-key + header, V8)", "envoy",
+             {**TLS, "wasm": True}, auth=True, expect_headers=dict([SERVED_BY]), load="h2load",
+             scheme="https", modes="T", protocol=P_H2, ref="wasmgate-2f-h2"),
+    Scenario("wasmgate-2f-h2", "wasmgate + api-key + headers", "wasmgate",
+             {**TLS, "chain": [("api-key", API_KEY_CFG), ("headers", SERVED_BY_CFG)]},
+             auth=True, expect_headers=dict([SERVED_BY]), load="h2load", scheme="https",
+             modes="T", protocol=P_H2, ref="wasmgate-2f-h2"),
+
+    Scenario("nginx-h2c", "nginx", "nginx", H2C, load="h2load", modes="T", protocol=P_H2C,
+             ref="wasmgate-h2c"),
+    Scenario("envoy-h2c", "Envoy", "envoy", H2C, load="h2load", modes="T", protocol=P_H2C,
+             ref="wasmgate-h2c"),
+    Scenario("wasmgate-h2c", "wasmgate", "wasmgate", H2C, load="h2load", modes="T",
+             protocol=P_H2C, ref="wasmgate-h2c"),
+
+    Scenario("direct-newconn", "direct (no proxy), nginx serving TLS", None, scheme="https",
+             close=True, modes="T", protocol=P_NEWCONN),
+    Scenario("nginx-newconn", "nginx", "nginx", TLS, scheme="https", close=True, modes="T",
+             protocol=P_NEWCONN, ref="wasmgate-newconn"),
+    Scenario("envoy-newconn", "Envoy", "envoy", TLS, scheme="https", close=True, modes="T",
+             protocol=P_NEWCONN, ref="wasmgate-newconn"),
+    Scenario("wasmgate-newconn", "wasmgate", "wasmgate", TLS, scheme="https", close=True,
+             modes="T", protocol=P_NEWCONN, ref="wasmgate-newconn"),
 ]
 
 
 # --------------------------------------------------------------------------
-# Load generators. A load generator runs against a URL for a duration on a
-# CPU and returns a Sample; add h2load etc. here.
+# Load generators. A load generator runs one scenario against a URL for a
+# duration on a CPU and returns a Sample; register it in LOADS.
+
+
+@dataclass
+class LoadParams:
+    connections: int            # wrk connections
+    h2_clients: int             # h2load connections
+    h2_streams: int             # h2load concurrent streams per connection
+    tls: TlsFiles | None = None
 
 
 @dataclass
@@ -488,6 +705,9 @@ class Sample:
     load_cpu: float        # CPU used by the load generator, fraction of one CPU
     proxy_cpu: float | None = None
     upstream_cpu: float | None = None
+    proxy_us_per_req: float | None = None     # proxy CPU time / requests completed
+    upstream_us_per_req: float | None = None
+    negotiated: str = ""   # h2load: TLS protocol, cipher, key exchange, ALPN
     raw: str = ""
 
 
@@ -501,15 +721,14 @@ def _dur_us(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def run_wrk(tools: Tools, url: str, seconds: float, connections: int, cpu: str,
-            workdir: Path, tag: str) -> Sample:
-    out_file = workdir / f"wrk-{tag}.txt"
-    argv = ["taskset", "-c", cpu, tools.wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s",
-            "--latency", "--timeout", "5s", "-H", f"{API_KEY_HEADER}: {API_KEY}", url]
+def _run_pinned(argv: list[str], cpu: str, out_file: Path,
+                env: dict[str, str] | None = None) -> tuple[int, resource.struct_rusage, str]:
+    """Runs a load generator pinned to `cpu`; returns exit code, its rusage, output."""
     with open(out_file, "wb") as out:
-        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                 preexec_fn=_die_with_parent)
+        popen = subprocess.Popen(["taskset", "-c", cpu, *argv], stdin=subprocess.DEVNULL,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                 preexec_fn=_die_with_parent,
+                                 env={**os.environ, **env} if env else None)
         try:
             _, status, usage = os.wait4(popen.pid, 0)
         except BaseException:
@@ -517,9 +736,21 @@ def run_wrk(tools: Tools, url: str, seconds: float, connections: int, cpu: str,
             popen.wait()
             raise
         popen.returncode = os.waitstatus_to_exitcode(status)
-    text = out_file.read_text(errors="replace")
-    if popen.returncode != 0:
-        raise BenchError(f"wrk failed ({popen.returncode}) on {url}:\n{text}")
+    return popen.returncode, usage, out_file.read_text(errors="replace")
+
+
+def run_wrk(tools: Tools, url: str, seconds: float, lp: LoadParams, cpu: str,
+            workdir: Path, tag: str, sc: Scenario) -> Sample:
+    argv = [tools.wrk, "-t1", f"-c{lp.connections}", f"-d{seconds:g}s",
+            "--latency", "--timeout", "5s", "-H", f"{API_KEY_HEADER}: {API_KEY}"]
+    if sc.close:
+        # wrk reconnects whenever a response says `Connection: close`.
+        argv += ["-H", "Connection: close"]
+    # wrk has no cipher flag for TLS 1.3: OPENSSL_CONF pins the suite.
+    env = {"OPENSSL_CONF": str(lp.tls.client_conf)} if lp.tls and sc.scheme == "https" else None
+    code, usage, text = _run_pinned(argv + [url], cpu, workdir / f"wrk-{tag}.txt", env)
+    if code != 0:
+        raise BenchError(f"wrk failed ({code}) on {url}:\n{text}")
     if "Non-2xx or 3xx responses" in text:
         raise BenchError(f"{url} answered non-2xx/3xx responses under load:\n{text}")
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
@@ -539,23 +770,201 @@ def run_wrk(tools: Tools, url: str, seconds: float, connections: int, cpu: str,
                   int(reqs.group(1)), cpu_used, raw=text)
 
 
-LOADS = {"wrk": run_wrk}
+def _h2load_negotiated(text: str) -> str:
+    """"TLSv1.3 TLS_AES_128_GCM_SHA256 X25519, ALPN h2" from h2load's output
+    (only the ALPN part in cleartext)."""
+    tls = " ".join(m.group(1) for m in (re.search(r"^TLS Protocol: (\S+)", text, re.M),
+                                         re.search(r"^Cipher: (\S+)", text, re.M),
+                                         re.search(r"^Server Temp Key: (\S+)", text, re.M)) if m)
+    app = re.search(r"^Application protocol: (\S+)", text, re.M)
+    parts = [tls] if tls else []
+    if app:
+        parts.append(f"ALPN {app.group(1)}" if tls else app.group(1))
+    return ", ".join(parts)
+
+
+def run_h2load(tools: Tools, url: str, seconds: float, lp: LoadParams, cpu: str,
+               workdir: Path, tag: str, sc: Scenario) -> Sample:
+    """h2load, one thread, `h2_clients` connections × `h2_streams` streams,
+    for `seconds`. HTTP/2 over TLS by ALPN for https://, h2c by prior
+    knowledge for http://. Any failed, errored, timed-out or non-2xx request,
+    or a connection that did not speak HTTP/2, stops the run."""
+    log = workdir / f"h2load-{tag}.log"
+    argv = [tools.h2load, "-t1", f"-c{lp.h2_clients}", f"-m{lp.h2_streams}",
+            f"-D{max(1, round(seconds * 1000))}ms", f"--log-file={log}",
+            f"--tls13-ciphers={TLS13_SUITE}", "-H", f"{API_KEY_HEADER}: {API_KEY}", url]
+    code, usage, text = _run_pinned(argv, cpu, workdir / f"h2load-{tag}.txt")
+    try:
+        lat = []
+        bad_status = 0
+        with open(log) as f:
+            for line in f:
+                parts = line.split("\t")
+                if len(parts) >= 3:
+                    if not parts[1].startswith("2"):
+                        bad_status += 1
+                    lat.append(int(parts[2]))
+    except OSError:
+        lat, bad_status = [], 0
+    finally:
+        log.unlink(missing_ok=True)  # megabytes per run; the summary is kept
+    if code != 0:
+        raise BenchError(f"h2load failed ({code}) on {url}:\n{text}")
+    fin = re.search(r"^finished in ([\d.]+)(\w+), ([\d.]+) req/s", text, re.M)
+    req = re.search(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                    r"(\d+) failed, (\d+) errored, (\d+) timeout", text, re.M)
+    codes = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text, re.M)
+    if not (fin and req and codes):
+        raise BenchError(f"cannot parse h2load output for {url}:\n{text}")
+    _total, _started, done, ok, failed, errored, timeout = (int(x) for x in req.groups())
+    if failed or errored or timeout or bad_status or any(int(x) for x in codes.groups()[1:]):
+        raise BenchError(f"{url}: failed, errored, timed-out or non-2xx requests under load "
+                         f"(log: {bad_status} non-2xx):\n{text}")
+    want = "h2" if sc.scheme == "https" else "h2c"
+    app = re.search(r"^Application protocol: (\S+)", text, re.M)
+    if not app or app.group(1) != want:
+        raise BenchError(f"{url}: h2load spoke {app.group(1) if app else 'nothing'}, "
+                         f"not {want}:\n{text}")
+    if ok == 0 or not lat:
+        raise BenchError(f"h2load completed no request on {url}:\n{text}")
+    wall = _dur_us(fin.group(1) + fin.group(2)) / 1e6
+    lat.sort()
+    return Sample(float(fin.group(3)), float(lat[len(lat) // 2]),
+                  float(lat[min(len(lat) - 1, int(len(lat) * 0.99))]), ok,
+                  (usage.ru_utime + usage.ru_stime) / wall if wall > 0 else 0.0,
+                  negotiated=_h2load_negotiated(text), raw=text)
+
+
+LOADS = {"wrk": run_wrk, "h2load": run_h2load}
 
 
 # --------------------------------------------------------------------------
 # Checks: one real request before any load.
 
 
-def check_scenario(sc: Scenario, port: int) -> None:
-    def get(with_key: bool) -> tuple[int, dict[str, str], bytes]:
+Response = tuple[int, dict[str, str], bytes]
+
+
+def _get_h1(sc: Scenario, port: int, tls: TlsFiles | None, with_key: bool) -> Response:
+    """One HTTP/1.1 GET, over TLS for https scenarios (verifying the test
+    certificate and its IP address, offering no ALPN, like wrk)."""
+    if sc.scheme == "https":
+        assert tls is not None
+        context = ssl.create_default_context(cafile=str(tls.cert))
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            HOST, port, timeout=10, context=context)
+    else:
         conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        headers = {API_KEY_HEADER: API_KEY} if with_key else {}
+        if sc.close:
+            headers["Connection"] = "close"
+        conn.request("GET", sc.path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    except (OSError, http.client.HTTPException) as e:
+        raise BenchError(f"{sc.name}: GET {sc.scheme}://{HOST}:{port}{sc.path} failed: {e}") from None
+    finally:
+        conn.close()
+
+
+def _get_h2(sc: Scenario, port: int, tools: Tools, tls: TlsFiles | None, workdir: Path,
+            with_key: bool) -> Response:
+    """One HTTP/2 GET with curl: over TLS by ALPN (verifying the test
+    certificate), or h2c by prior knowledge. Fails unless HTTP/2 was spoken."""
+    url = f"{sc.scheme}://{HOST}:{port}{sc.path}"
+    head, body = workdir / f"check-{sc.name}.head", workdir / f"check-{sc.name}.body"
+    argv = [tools.curl, "-sS", "--max-time", "10", "-D", str(head), "-o", str(body),
+            "-w", "%{http_version}"]
+    if sc.scheme == "https":
+        assert tls is not None
+        argv += ["--http2", "--cacert", str(tls.cert), "--tls13-ciphers", TLS13_SUITE]
+    else:
+        argv += ["--http2-prior-knowledge"]
+    if with_key:
+        argv += ["-H", f"{API_KEY_HEADER}: {API_KEY}"]
+    done = subprocess.run(argv + [url], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise BenchError(f"{sc.name}: curl {url} failed ({done.returncode}): {done.stderr.strip()}")
+    if done.stdout.strip() != "2":
+        raise BenchError(f"{sc.name}: {url} answered over HTTP/{done.stdout.strip()}, not HTTP/2")
+    lines = head.read_text(errors="replace").splitlines()
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+    return status, headers, body.read_bytes()
+
+
+def _probe_tls(sc: Scenario, port: int, tools: Tools, tls: TlsFiles) -> str:
+    """What wrk negotiates: `openssl s_client` with wrk's OPENSSL_CONF and,
+    like wrk, no ALPN. Verifies the certificate chain and its IP address."""
+    if not tools.openssl:
+        return "not probed (no openssl CLI)"
+    done = subprocess.run([tools.openssl, "s_client", "-connect", f"{HOST}:{port}",
+                           "-CAfile", str(tls.cert), "-verify_return_error", "-verify_ip", HOST],
+                          input="", capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "OPENSSL_CONF": str(tls.client_conf)})
+    out = done.stdout + done.stderr
+    new = re.search(r"^New, (\S+), Cipher is (\S+)", out, re.M)
+    if done.returncode != 0 or not new or "Verify return code: 0 (ok)" not in out:
+        raise BenchError(f"{sc.name}: openssl s_client to {HOST}:{port} failed "
+                         f"(code {done.returncode}):\n{out[-2000:]}")
+    kx = re.search(r"^Server Temp Key: (\w+)", out, re.M)
+    alpn = re.search(r"^ALPN protocol: (\S+)", out, re.M)
+    return (f"{new.group(1)} {new.group(2)}" + (f" {kx.group(1)}" if kx else "")
+            + (f", ALPN {alpn.group(1)}" if alpn else ", no ALPN (wrk offers none)"))
+
+
+def _resumes(sc: Scenario, port: int, tls: TlsFiles) -> bool:
+    """Whether the peer resumes a TLS session: a second connection offering the
+    first one's session (TLS 1.3: a ticket, read with the response)."""
+    context = ssl.create_default_context(cafile=str(tls.cert))
+    session = None
+    for attempt in range(2):
         try:
-            headers = {API_KEY_HEADER: API_KEY} if with_key else {}
-            conn.request("GET", sc.path, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-        finally:
-            conn.close()
+            with socket.create_connection((HOST, port), timeout=10) as raw, \
+                    context.wrap_socket(raw, server_hostname=HOST, session=session) as s:
+                s.sendall(f"GET {sc.path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+                          f"{API_KEY_HEADER}: {API_KEY}\r\nConnection: close\r\n\r\n".encode())
+                try:
+                    while s.recv(65536):
+                        pass
+                except (ssl.SSLError, ConnectionResetError):
+                    pass  # closed without close_notify: the response is in
+                if attempt == 1:
+                    return s.session_reused
+                session = s.session
+        except OSError as e:
+            raise BenchError(f"{sc.name}: TLS resumption probe on {HOST}:{port} failed: {e}") from None
+    return False
+
+
+def _probe_h2load(sc: Scenario, port: int, tools: Tools, workdir: Path) -> str:
+    """Two requests with h2load itself: both 2xx, over h2 (ALPN) or h2c."""
+    url = f"{sc.scheme}://{HOST}:{port}{sc.path}"
+    done = subprocess.run([tools.h2load, "-n2", "-c1", "-m1", f"--tls13-ciphers={TLS13_SUITE}",
+                           "-H", f"{API_KEY_HEADER}: {API_KEY}", url],
+                          capture_output=True, text=True, timeout=30)
+    out = done.stdout + done.stderr
+    want = "h2" if sc.scheme == "https" else "h2c"
+    if (done.returncode != 0 or not re.search(r"^status codes: 2 2xx", out, re.M)
+            or not re.search(rf"^Application protocol: {want}$", out, re.M)):
+        raise BenchError(f"{sc.name}: h2load -n2 on {url} did not get two 2xx over {want}:\n{out}")
+    return _h2load_negotiated(out)
+
+
+def check_scenario(sc: Scenario, port: int, tools: Tools, tls: TlsFiles | None,
+                   workdir: Path) -> str:
+    """One real request before any load: 200 with the upstream's body and the
+    expected headers (and 401 without the key for filter scenarios), over the
+    scenario's protocol. Returns what was negotiated (TLS/h2), for the report."""
+    def get(with_key: bool) -> Response:
+        if sc.load == "h2load":
+            return _get_h2(sc, port, tools, tls, workdir, with_key)
+        return _get_h1(sc, port, tls, with_key)
 
     status, headers, body = get(True)
     if status != 200:
@@ -567,11 +976,24 @@ def check_scenario(sc: Scenario, port: int) -> None:
         if headers.get(name) != value:
             raise BenchError(f"{sc.name}: response header {name} is {headers.get(name)!r}, "
                              f"expected {value!r} (headers: {headers})")
+    if sc.close and headers.get("connection", "").lower() != "close":
+        # Otherwise wrk would keep the connection and measure keep-alive.
+        raise BenchError(f"{sc.name}: the answer to `Connection: close` does not say "
+                         f"`Connection: close` (headers: {headers})")
     if sc.auth:
         status, _, body = get(False)
         if status != 401:
             raise BenchError(f"{sc.name}: GET without the key answered {status}, "
                              f"not 401: {body[:300]!r}")
+    if sc.load == "h2load":
+        return _probe_h2load(sc, port, tools, workdir)
+    if sc.scheme == "https":
+        assert tls is not None
+        note = _probe_tls(sc, port, tools, tls)
+        if sc.close:
+            note += ", session resumed" if _resumes(sc, port, tls) else ", no session resumption"
+        return note
+    return ""
 
 
 # --------------------------------------------------------------------------
@@ -585,28 +1007,40 @@ class ModeResult:
     samples: dict[str, list[Sample]]
     scenarios: list[Scenario]
     connections: int
+    notes: dict[str, str] = field(default_factory=dict)  # what each TLS/h2 check negotiated
 
 
 def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
-             upstream: Proc, upstream_port: int, scenarios: list[Scenario]) -> ModeResult:
-    proxy_cpu = args.cpu_s if mode == "S" else args.cpu_proxy
-    connections = args.connections if mode == "S" else args.connections_p
-    load_cpu = args.cpu_s if mode == "S" else args.cpu_load
+             upstream: Proc, upstream_port: int, scenarios: list[Scenario],
+             tls: TlsFiles | None = None, upstream_tls_port: int | None = None) -> ModeResult:
+    # Mode T is pinned like mode S: everything on one CPU.
+    one_cpu = mode in ("S", "T")
+    proxy_cpu = args.cpu_s if one_cpu else args.cpu_proxy
+    connections = args.connections_p if mode == "P" else args.connections
+    load_cpu = args.cpu_s if one_cpu else args.cpu_load
+    lp = LoadParams(connections, args.h2_clients, args.h2_streams, tls)
     if mode == "S":
         pinning = (f"mode S: wrk, proxy and upstream all pinned to CPU {args.cpu_s} "
                    f"(`taskset -c {args.cpu_s}`)")
+    elif mode == "T":
+        pinning = (f"mode T: load generator (wrk or h2load), proxy and upstream all pinned "
+                   f"to CPU {args.cpu_s} (`taskset -c {args.cpu_s}`)")
     else:
         pinning = (f"mode P: proxy pinned to CPU {args.cpu_proxy}; wrk and upstream pinned "
                    f"to CPU {args.cpu_load}")
     print(f"\n=== {pinning}")
 
-    ctx = Ctx(tools, procs, workdir, upstream_port)
+    ctx = Ctx(tools, procs, workdir, upstream_port, tls)
     ports = free_ports(len(scenarios))
     started: dict[str, tuple[Proc | None, int]] = {}
+    notes: dict[str, str] = {}
     try:
         for sc, port in zip(scenarios, ports):
             if sc.peer is None:
-                started[sc.name] = (None, upstream_port)
+                if sc.scheme == "https" and upstream_tls_port is None:
+                    raise BenchError(f"{sc.name} needs the upstream's TLS listener (mode T)")
+                started[sc.name] = (None, upstream_tls_port if sc.scheme == "https"
+                                    else upstream_port)
                 continue
             proc = PEERS[sc.peer](ctx, f"{sc.name}-{mode}", port, proxy_cpu, sc.opts)
             started[sc.name] = (proc, port)
@@ -614,11 +1048,14 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
             proc, port = started[sc.name]
             if proc is not None:
                 wait_listening(proc, port)
-            check_scenario(sc, port)
-            print(f"  {sc.name:<18} ok: 200 on {HOST}:{port}"
+            note = check_scenario(sc, port, tools, tls, workdir)
+            if note:
+                notes[sc.name] = note
+            print(f"  {sc.name:<18} ok: 200 on {sc.scheme}://{HOST}:{port}"
                   + (f" with {', '.join(f'{k}: {v}' for k, v in sc.expect_headers.items())}"
                      if sc.expect_headers else "")
-                  + ("; 401 without the key" if sc.auth else ""))
+                  + ("; 401 without the key" if sc.auth else "")
+                  + (f"; {note}" if note else ""))
 
         def measure(sc: Scenario, seconds: float, tag: str) -> Sample:
             proc, port = started[sc.name]
@@ -635,11 +1072,15 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
                 up_before = group_cpu_ticks(upstream.pgid)
                 t0 = time.monotonic()
                 sample = LOADS[sc.load](tools, f"{sc.scheme}://{HOST}:{port}{sc.path}",
-                                        seconds, connections, load_cpu, workdir, tag)
+                                        seconds, lp, load_cpu, workdir, tag, sc)
                 elapsed = time.monotonic() - t0
                 if proc is not None:
-                    sample.proxy_cpu = (group_cpu_ticks(proc.pgid) - before) / CLK_TCK / elapsed
-                sample.upstream_cpu = (group_cpu_ticks(upstream.pgid) - up_before) / CLK_TCK / elapsed
+                    used = (group_cpu_ticks(proc.pgid) - before) / CLK_TCK
+                    sample.proxy_cpu = used / elapsed
+                    sample.proxy_us_per_req = used / sample.requests * 1e6
+                up_used = (group_cpu_ticks(upstream.pgid) - up_before) / CLK_TCK
+                sample.upstream_cpu = up_used / elapsed
+                sample.upstream_us_per_req = up_used / sample.requests * 1e6
                 if proc is not None and proc.log.stat().st_size - log_before > 64 * 1024:
                     raise BenchError(f"{proc.name} wrote {proc.log.stat().st_size - log_before} "
                                      f"bytes of log during one run: its logs must be off\n"
@@ -662,7 +1103,13 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
                 samples[sc.name].append(s)
                 line.append(f"{sc.name} {s.rps:,.0f}")
             print(f"  round {r}/{args.rounds}: " + " | ".join(line))
-        return ModeResult(mode, pinning, samples, scenarios, connections)
+        for sc in scenarios:
+            seen = {s.negotiated for s in samples[sc.name] if s.negotiated}
+            if len(seen) > 1:
+                raise BenchError(f"{sc.name}: the negotiation changed between rounds: {seen}")
+            if seen and sc.name in notes and seen != {notes[sc.name]}:
+                raise BenchError(f"{sc.name}: under load {seen.pop()}, in the check {notes[sc.name]}")
+        return ModeResult(mode, pinning, samples, scenarios, connections, notes)
     finally:
         for proc, _ in started.values():
             if proc is not None:
@@ -691,7 +1138,55 @@ def costs(result: ModeResult, name: str) -> list[float]:
     return [1e6 / p.rps - 1e6 / d.rps for p, d in zip(result.samples[name], direct)]
 
 
+def table_t(result: ModeResult) -> str:
+    """Mode T: one row per scenario, grouped by protocol. The figure compared is
+    the proxy's own CPU time per request (from /proc), which leaves out the
+    client's TLS/HTTP/2 work; 1/T − 1/T_direct against the cleartext direct run
+    is given too, for comparison with mode S, but includes that client work."""
+    by_name = {sc.name: sc for sc in result.scenarios}
+    rows = ["| scenario | protocol | requests/s median (min–max) | p50 | p99 | proxy CPU | "
+            "proxy CPU µs/request median (min–max) | ÷ wasmgate's | "
+            "1/T − 1/T_direct µs (incl. client's TLS/h2 work) |",
+            "|---|---|---:|---:|---:|---:|---:|---|---:|"]
+
+    def per_req(name: str) -> list[float]:
+        return [s.proxy_us_per_req for s in result.samples[name] if s.proxy_us_per_req is not None]
+
+    for sc in result.scenarios:
+        ss = result.samples[sc.name]
+        rps = med_range([s.rps for s in ss], ",.0f")
+        p50 = fmt_lat(statistics.median(s.p50_us for s in ss))
+        p99 = fmt_lat(statistics.median(s.p99_us for s in ss))
+        if sc.peer is None:
+            pcpu = "—"
+            # The upstream is the TLS server here: its CPU per request, for scale.
+            ups = [s.upstream_us_per_req for s in ss if s.upstream_us_per_req is not None]
+            per = (f"{med_range(ups, '.1f')} (upstream nginx)"
+                   if sc.name != "direct" and ups else "—")
+            ratio = "—"
+        else:
+            pcpu = f"{statistics.median(s.proxy_cpu or 0 for s in ss) * 100:.0f} %"
+            mine = per_req(sc.name)
+            per = med_range(mine, ".1f")
+            ref = by_name.get(sc.ref) if sc.ref else None
+            if ref is None or not mine:
+                ratio = "—"
+            elif ref.name == sc.name:
+                ratio = "1 (reference)"
+            else:
+                theirs = per_req(ref.name)
+                ratio = (f"{statistics.median(mine) / statistics.median(theirs):.2f} × {ref.name}"
+                         if theirs and statistics.median(theirs) > 0 else "—")
+        cost = ("—" if sc.name == "direct" or "direct" not in result.samples
+                else med_range(costs(result, sc.name), ".1f"))
+        rows.append(f"| {sc.label} | {sc.protocol} | {rps} | {p50} | {p99} | {pcpu} | {per} | "
+                    f"{ratio} | {cost} |")
+    return "\n".join(rows)
+
+
 def table(result: ModeResult) -> str:
+    if result.mode == "T":
+        return table_t(result)
     by_name = {sc.name: sc for sc in result.scenarios}
     rows = []
     if result.mode == "S":
@@ -773,6 +1268,25 @@ def versions(tools: Tools) -> dict[str, str]:
     }
 
 
+def tls_versions(tools: Tools) -> dict[str, str]:
+    """The TLS stacks and HTTP/2 client of mode T."""
+    rustls = "unknown"
+    lock = REPO / "Cargo.lock"
+    if lock.exists():
+        m = re.search(r'name = "rustls"\nversion = "([^"]+)"', lock.read_text())
+        rustls = m.group(1) if m else rustls
+    nginx_v = subprocess.run([tools.nginx, "-V"], capture_output=True, text=True).stderr
+    m = re.search(r"built with (OpenSSL [^\n]*)", nginx_v)
+    return {
+        "TLS in wasmgate": f"rustls {rustls} (ring provider)",
+        "TLS in nginx": m.group(1) if m else "unknown",
+        "TLS in Envoy": "BoringSSL (built in)",
+        "h2load": cmd_output([tools.h2load, "--version"]),
+        "TLS in wrk and h2load": (cmd_output([tools.openssl, "version"]) if tools.openssl
+                                  else "the system's OpenSSL"),
+    }
+
+
 def machine() -> str:
     model = "unknown CPU"
     try:
@@ -784,6 +1298,65 @@ def machine() -> str:
         pass
     return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, " \
            f"kernel {os.uname().release}"
+
+
+def section_t(result: ModeResult, args, vers: dict[str, str], when: str,
+              tls: TlsFiles | None) -> str:
+    quick = ("\n> **Quick run** (short rounds, smoke test of the harness): "
+             "not a result to quote.\n" if args.quick else "")
+    notes = "\n".join(f"- {name}: {note}" for name, note in result.notes.items()) or "- (none)"
+    vlines = "\n".join(f"- {k}: {v}" for k, v in vers.items())
+    made_by = tls.made_by if tls else "—"
+    return f"""### Mode T: HTTPS termination and HTTP/2 (everything on one CPU)
+{quick}
+- Date: {when}
+- Machine: {machine()}
+- Pinning: {result.pinning}
+- TLS: every TLS listener (each proxy's, and the upstream's own for the `direct` rows)
+  serves the same self-signed ECDSA P-256 certificate ({made_by}) and offers TLS 1.2
+  and 1.3 and ALPN `h2`, `http/1.1` (nginx: `ssl_protocols TLSv1.2 TLSv1.3`, since
+  nginx before 1.23.4 leaves 1.3 out by default). The clients offer only TLS 1.3 with
+  `{TLS13_SUITE}` (wrk through `OPENSSL_CONF`, h2load `--tls13-ciphers`), so every
+  peer negotiates the same suite. Session resumption is at each peer's default.
+- Load, header `{API_KEY_HEADER}: {API_KEY}` on every request (every peer gets the same
+  requests); {args.rounds} rounds × {args.duration:g} s per scenario, interleaved
+  round-robin, after a {args.warmup:g} s warm-up each; peers not being measured are
+  frozen (SIGSTOP):
+  - {P_HTTPS}: wrk, 1 thread, {result.connections} connections, keep-alive: one TLS
+    handshake per connection, amortized over the run. wrk offers no ALPN.
+  - {P_H2} and {P_H2C}: h2load, 1 thread, {args.h2_clients} connections ×
+    {args.h2_streams} concurrent streams, keep-alive; h2 by ALPN, h2c by prior knowledge.
+  - {P_NEWCONN}: wrk, 1 thread, {result.connections} connections, `Connection: close`
+    on every request: a TCP connection and a TLS handshake per request. wrk offers the
+    previous connection's session, so where a peer resumes sessions (see "Negotiated")
+    the handshake is a TLS 1.3 resumption (PSK with ECDHE, no certificate signature).
+- Every peer: one worker/thread, logs off, cleartext HTTP/1.1 keep-alive to the same
+  upstream as in modes S and P. wasmgate: `workers = 1`, `[access_log] enabled = false`,
+  `WASMGATE_LOG=warn,rustls=error` (rustls warns on every connection whose SNI is
+  an IP address, as wrk's is), `[server.tls]`. Envoy: `codec_type: AUTO` and a
+  `DownstreamTlsContext`. nginx: `listen … ssl http2` (h2c: `listen … http2`).
+- Command: `{args.command}`
+
+proxy CPU µs/request = CPU time of the proxy's processes during the run (from `/proc`)
+÷ requests completed, per round. It leaves out the load generator's own TLS and HTTP/2
+work, which on one CPU is part of every requests/s figure, so it is the figure to
+compare; "÷ wasmgate's" divides its medians by the named wasmgate scenario of the same
+protocol (plain peers by plain wasmgate, filter peers by wasmgate + api-key + headers).
+For the `direct` rows that column is the upstream nginx's own CPU per request, serving
+TLS itself. The last column is mode S's cost, 1/T − 1/T_direct against the same round's
+cleartext `direct` run: it includes the client's extra work (TLS; h2load instead of
+wrk), the same for every peer of one protocol. Latencies are medians over rounds of
+the per-round p50/p99 (wrk's; for h2load, computed from its `--log-file`).
+
+{table(result)}
+
+Negotiated (the pre-check: `openssl s_client` with wrk's settings for the wrk rows, h2load
+itself for the h2 rows, which also reports it in every round):
+{notes}
+
+Versions:
+{vlines}
+"""
 
 
 def section(result: ModeResult, args, vers: dict[str, str], when: str) -> str:
@@ -840,10 +1413,18 @@ def write_markdown(path: Path, mode: str, text: str) -> None:
     if pattern.search(current):
         current = pattern.sub(lambda _: block, current)
     else:
-        # Mode S first, then P, whatever order the runs happened in.
-        other_begin = MARK_BEGIN.format(mode="P")
-        if mode == "S" and other_begin in current:
-            current = current.replace(other_begin, block + "\n\n" + other_begin, 1)
+        # Sections in the order S, P, T whatever order the runs happened in:
+        # after the nearest earlier mode's section, else before the nearest
+        # later one's, else at the end.
+        i = MODE_ORDER.index(mode)
+        earlier = [MARK_END.format(mode=m) for m in reversed(MODE_ORDER[:i])
+                   if MARK_END.format(mode=m) in current]
+        later = [MARK_BEGIN.format(mode=m) for m in MODE_ORDER[i + 1:]
+                 if MARK_BEGIN.format(mode=m) in current]
+        if earlier:
+            current = current.replace(earlier[0], earlier[0] + "\n\n" + block, 1)
+        elif later:
+            current = current.replace(later[0], block + "\n\n" + later[0], 1)
         else:
             current = current.rstrip() + "\n\n" + block + "\n"
     path.write_text(current)
@@ -861,7 +1442,8 @@ def find_tool(name: str, given: str | None) -> str:
 
 def parse_args(argv: list[str]):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["S", "P", "both"], default="both")
+    ap.add_argument("--mode", choices=["S", "P", "T", "both", "all"], default="both",
+                    help="S, P, T (TLS and HTTP/2), both (S and P: the default) or all (S, P, T)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 2 s rounds, 2 rounds, 1 s warm-up; does not write "
                          "BENCHMARKS.md unless --write is given")
@@ -869,14 +1451,18 @@ def parse_args(argv: list[str]):
     ap.add_argument("--duration", type=float, help="seconds per round and scenario (default 10; quick 2)")
     ap.add_argument("--warmup", type=float, help="warm-up seconds per scenario (default 3; quick 1)")
     ap.add_argument("--connections", type=int, default=10,
-                    help="wrk connections in mode S (default 10)")
+                    help="wrk connections in modes S and T (default 10)")
     ap.add_argument("--connections-p", type=int, default=50,
                     help="wrk connections in mode P, enough to keep the proxy's CPU busy "
                          "across the two CPUs' wake-up latency (default 50)")
+    ap.add_argument("--h2-clients", type=int, default=10,
+                    help="h2load connections in mode T (default 10)")
+    ap.add_argument("--h2-streams", type=int, default=10,
+                    help="h2load concurrent streams per connection in mode T (default 10)")
     ap.add_argument("--scenarios", help="comma-separated subset (direct is always included); "
                                         "--list shows them")
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    ap.add_argument("--cpu-s", default="0", help="the CPU of mode S (default 0)")
+    ap.add_argument("--cpu-s", default="0", help="the CPU of modes S and T (default 0)")
     ap.add_argument("--cpu-proxy", default="1", help="the proxy's CPU in mode P (default 1)")
     ap.add_argument("--cpu-load", default="0", help="wrk's and the upstream's CPU in mode P (default 0)")
     ap.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
@@ -906,7 +1492,8 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.list:
         for sc in SCENARIOS:
-            print(f"{sc.name:<18} {sc.label}")
+            proto = f", {sc.protocol}" if "T" in sc.modes and sc.name != "direct" else ""
+            print(f"{sc.name:<18} modes {sc.modes:<4} {sc.label}{proto}")
         return 0
 
     scenarios = SCENARIOS
@@ -918,7 +1505,19 @@ def main(argv: list[str]) -> int:
         # A scenario whose wasmgate reference is not selected shows no ratio.
         scenarios = [sc for sc in SCENARIOS if sc.name in wanted]
 
+    modes = {"both": ["S", "P"], "all": ["S", "P", "T"]}.get(args.mode, [args.mode])
+    per_mode = {m: [sc for sc in scenarios if m in sc.modes] for m in modes}
+    for m in list(modes):
+        if all(sc.name == "direct" for sc in per_mode[m]) and args.scenarios:
+            print(f"mode {m}: none of the selected scenarios runs in it; skipped")
+            modes.remove(m)
+    if not modes:
+        raise BenchError("no selected scenario runs in the selected mode(s): see --list "
+                         "(the TLS and HTTP/2 scenarios need --mode T)")
+    scenarios = [sc for sc in scenarios if any(m in sc.modes for m in modes)]
+
     needs = {sc.peer for sc in scenarios}
+    tls_mode = "T" in modes
     tools = Tools(
         nginx=find_tool("nginx", None),
         haproxy=find_tool("haproxy", None) if "haproxy" in needs else "haproxy",
@@ -928,6 +1527,9 @@ def main(argv: list[str]) -> int:
         wasmgate=args.wasmgate,
         filters_dir=args.filters_dir,
         proxy_wasm=args.proxy_wasm,
+        h2load=find_tool("h2load", None) if tls_mode else "h2load",
+        curl=find_tool("curl", None) if tls_mode else "curl",
+        openssl=shutil.which("openssl"),
     )
     for path in [tools.wasmgate, tools.filters_dir / "api_key.wasm", tools.filters_dir / "headers.wasm"]:
         if "wasmgate" in needs and not path.exists():
@@ -939,9 +1541,9 @@ def main(argv: list[str]) -> int:
         if int(cpu) not in os.sched_getaffinity(0):
             raise BenchError(f"CPU {cpu} is not available here (have {sorted(os.sched_getaffinity(0))})")
 
-    modes = ["S", "P"] if args.mode == "both" else [args.mode]
-    est = len(modes) * len(scenarios) * (args.rounds * args.duration + args.warmup)
-    print(f"scenarios: {', '.join(sc.name for sc in scenarios)}")
+    est = sum(len(per_mode[m]) for m in modes) * (args.rounds * args.duration + args.warmup)
+    for m in modes:
+        print(f"mode {m} scenarios: {', '.join(sc.name for sc in per_mode[m])}")
     print(f"modes: {', '.join(modes)}; {args.rounds} rounds × {args.duration:g} s; "
           f"about {est / 60:.1f} min of load")
 
@@ -951,21 +1553,29 @@ def main(argv: list[str]) -> int:
     ok = False
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     try:
-        # One upstream for every peer and both modes: in mode S it shares the CPU
-        # of everything else, in mode P the CPU of wrk (both CPU 0 by default).
-        if "P" in modes and "S" in modes and args.cpu_s != args.cpu_load:
-            raise BenchError("--mode both needs --cpu-s equal to --cpu-load (one shared upstream)")
+        # One upstream for every peer and every mode: in modes S and T it shares
+        # the CPU of everything else, in mode P the CPU of wrk (all CPU 0 by default).
+        if "P" in modes and len(modes) > 1 and args.cpu_s != args.cpu_load:
+            raise BenchError(f"--mode {args.mode} needs --cpu-s equal to --cpu-load "
+                             f"(one shared upstream)")
         upstream_cpu = args.cpu_load if "P" in modes else args.cpu_s
-        upstream_port = free_ports(1)[0]
-        upstream = start_upstream(Ctx(tools, procs, workdir, upstream_port), upstream_port,
-                                  upstream_cpu)
+        upstream_port, upstream_tls_port = free_ports(2)
+        # Mode T: one certificate for every TLS listener, and a TLS + HTTP/2
+        # listener on the upstream for the no-proxy reference rows.
+        tls = make_tls_files(workdir, tools.openssl) if tls_mode else None
+        upstream = start_upstream(Ctx(tools, procs, workdir, upstream_port, tls), upstream_port,
+                                  upstream_cpu, upstream_tls_port if tls_mode else None)
         wait_listening(upstream, upstream_port)
+        if tls_mode:
+            wait_listening(upstream, upstream_tls_port)
 
-        results = [run_mode(m, args, tools, procs, workdir, upstream, upstream_port, scenarios)
+        results = [run_mode(m, args, tools, procs, workdir, upstream, upstream_port, per_mode[m],
+                            tls, upstream_tls_port if tls_mode else None)
                    for m in modes]
         vers = versions(tools)
         for res in results:
-            text = section(res, args, vers, when)
+            text = (section_t(res, args, vers | tls_versions(tools), when, tls)
+                    if res.mode == "T" else section(res, args, vers, when))
             print("\n" + text)
             if args.write:
                 write_markdown(args.output, res.mode, text)

