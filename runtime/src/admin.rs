@@ -135,6 +135,13 @@ impl AdminState {
                     .collect();
                 json(StatusCode::OK, serde_json::json!({ "routes": routes }))
             }
+            "/clusters" => {
+                let mut clusters: Vec<_> = self.proxy.clusters.values().collect();
+                clusters.sort_by(|a, b| a.name().cmp(b.name()));
+                let clusters: Vec<serde_json::Value> =
+                    clusters.iter().map(|c| c.health_report()).collect();
+                json(StatusCode::OK, serde_json::json!({ "clusters": clusters }))
+            }
             _ => GatewayError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",

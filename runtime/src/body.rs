@@ -5,12 +5,43 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Either, Empty, Full, LengthLimitError, Limited};
+use http::HeaderMap;
+use http_body_util::{BodyExt, Either, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// A body that is either streamed from a peer (with a size limit) or made by
 /// the gateway.
-pub type ProxyBody = Either<Streamed, Either<Full<Bytes>, Empty<Bytes>>>;
+pub type ProxyBody = Either<Streamed, Made>;
+
+/// A body held in memory: bytes, then optional trailers.
+#[derive(Debug, Default)]
+pub struct Made {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Body for Made {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(d) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
 
 /// A peer's body with a size limit, possibly with its first frame already
 /// read (see [`stream_checked`]).
@@ -18,6 +49,8 @@ pub type ProxyBody = Either<Streamed, Either<Full<Bytes>, Empty<Bytes>>>;
 pub struct Streamed {
     first: Option<Frame<Bytes>>,
     inner: Limited<Incoming>,
+    /// Keeps an upstream request counted while its response body streams.
+    _hold: Option<crate::upstream::RequestHold>,
 }
 
 impl Body for Streamed {
@@ -57,12 +90,35 @@ impl Body for Streamed {
 
 /// Bytes the gateway (or a filter) made.
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Either::Right(Either::Left(Full::new(bytes.into())))
+    let bytes = bytes.into();
+    Either::Right(Made {
+        data: (!bytes.is_empty()).then_some(bytes),
+        trailers: None,
+    })
 }
 
 /// No body.
 pub fn empty() -> ProxyBody {
-    Either::Right(Either::Right(Empty::new()))
+    Either::Right(Made::default())
+}
+
+/// A body read whole, kept to be sent (again): its bytes and trailers.
+#[derive(Debug, Clone, Default)]
+pub struct Kept {
+    /// The bytes.
+    pub data: Bytes,
+    /// The trailers, if any.
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Kept {
+    /// A body to send.
+    pub fn to_body(&self) -> ProxyBody {
+        Either::Right(Made {
+            data: (!self.data.is_empty()).then(|| self.data.clone()),
+            trailers: self.trailers.clone(),
+        })
+    }
 }
 
 /// A peer's body, streamed through untouched; past `limit` bytes the stream
@@ -71,6 +127,16 @@ pub fn stream(body: Incoming, limit: usize) -> ProxyBody {
     Either::Left(Streamed {
         first: None,
         inner: Limited::new(body, limit),
+        _hold: None,
+    })
+}
+
+/// An upstream's response body, streamed, keeping `hold` until it is done.
+pub fn stream_holding(body: Incoming, hold: crate::upstream::RequestHold) -> ProxyBody {
+    Either::Left(Streamed {
+        first: None,
+        inner: Limited::new(body, usize::MAX),
+        _hold: Some(hold),
     })
 }
 
@@ -82,6 +148,22 @@ pub enum FirstFrameError {
     /// The framing is invalid (e.g. a chunk size that is not hex) or the
     /// peer went away.
     Invalid(String),
+}
+
+/// Reads a whole body of at most `limit` bytes (for a request a retry may
+/// have to send again).
+pub async fn collect(body: Incoming, limit: usize) -> Result<Kept, FirstFrameError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => {
+            let trailers = c.trailers().cloned();
+            Ok(Kept {
+                data: c.to_bytes(),
+                trailers,
+            })
+        }
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(FirstFrameError::TooLarge),
+        Err(e) => Err(FirstFrameError::Invalid(e.to_string())),
+    }
 }
 
 /// Like [`stream`], but reads the first frame before returning, so that a
@@ -97,5 +179,9 @@ pub async fn stream_checked(body: Incoming, limit: usize) -> Result<ProxyBody, F
         }
         Some(Err(e)) => return Err(FirstFrameError::Invalid(e.to_string())),
     };
-    Ok(Either::Left(Streamed { first, inner }))
+    Ok(Either::Left(Streamed {
+        first,
+        inner,
+        _hold: None,
+    }))
 }

@@ -18,6 +18,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::upstream::config::{
+    Balance, ClusterConfig, EndpointConfig, HashOn, RetryOn, UpstreamProtocol, UpstreamTls,
+};
+
 /// One problem in a config, with the key path that caused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -134,7 +138,7 @@ struct RawConfig {
     #[serde(default)]
     filters: BTreeMap<String, RawFilter>,
     #[serde(default)]
-    clusters: BTreeMap<String, RawCluster>,
+    clusters: BTreeMap<String, crate::upstream::config::RawCluster>,
     #[serde(default)]
     routes: Vec<RawRoute>,
     admin: Option<RawAdmin>,
@@ -253,54 +257,6 @@ pub enum Isolation {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawCluster {
-    endpoints: Vec<String>,
-    connect_timeout: Option<HumanDuration>,
-    protocol: Option<UpstreamProtocol>,
-    tls: Option<RawUpstreamTls>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstreamTls {
-    sni: Option<String>,
-    ca: Option<String>,
-    client_cert: Option<String>,
-    client_key: Option<String>,
-}
-
-/// How the gateway speaks HTTP to a cluster's endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-pub enum UpstreamProtocol {
-    /// HTTP/1.1 (the default), over TLS when `tls` is set.
-    #[default]
-    #[serde(rename = "http1")]
-    Http1,
-    /// HTTP/2 over TLS (ALPN `h2`); needs `tls`.
-    #[serde(rename = "h2")]
-    H2,
-    /// Cleartext HTTP/2 with prior knowledge; no `tls`.
-    #[serde(rename = "h2c")]
-    H2c,
-    /// Over TLS, whatever ALPN picks: `h2` if the endpoint offers it, else
-    /// HTTP/1.1; needs `tls`.
-    #[serde(rename = "auto")]
-    Auto,
-}
-
-/// `[clusters.NAME.tls]`: TLS to the endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTls {
-    /// The server name sent (SNI) and verified; default: each endpoint's host.
-    pub sni: Option<String>,
-    /// PEM file of the roots trusted; default: the system's roots.
-    pub ca: Option<PathBuf>,
-    /// Client certificate chain and key (PEM), for endpoints that want mTLS.
-    pub client_cert: Option<(PathBuf, PathBuf)>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRoute {
     name: String,
     #[serde(default)]
@@ -343,9 +299,6 @@ pub const DEFAULT_POOL_SIZE: u32 = 16;
 pub const DEFAULT_MAX_USES: u64 = 10_000;
 /// Default wait for a free instance.
 pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_millis(100);
-/// Default upstream connect timeout.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// The validated gateway configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -497,19 +450,6 @@ pub struct FilterConfig {
     pub recycle_memory: u64,
     /// How long a call waits for a free instance before failing with 503.
     pub pool_timeout: Duration,
-}
-
-/// `[clusters.NAME]`: a group of upstream endpoints.
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    /// `host:port` of each endpoint, in config order.
-    pub endpoints: Vec<http::uri::Authority>,
-    /// Time allowed to open a connection to one endpoint.
-    pub connect_timeout: Duration,
-    /// HTTP version spoken to the endpoints.
-    pub protocol: UpstreamProtocol,
-    /// TLS to the endpoints, if any.
-    pub tls: Option<UpstreamTls>,
 }
 
 /// How a route matches the path.
@@ -969,69 +909,8 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 "cluster names use letters, digits, '-', '_' and '.' (at most 64)",
             ));
         }
-        if c.endpoints.is_empty() {
-            errors.push(ConfigError::new(
-                format!("{key}.endpoints"),
-                "must list at least one \"host:port\"",
-            ));
-        }
-        let mut endpoints = Vec::new();
-        for (i, e) in c.endpoints.iter().enumerate() {
-            match parse_endpoint(e) {
-                Ok(a) => endpoints.push(a),
-                Err(m) => errors.push(ConfigError::new(format!("{key}.endpoints[{i}]"), m)),
-            }
-        }
-        let connect_timeout = c.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0);
-        let protocol = c.protocol.unwrap_or_default();
-        match (protocol, c.tls.is_some()) {
-            (UpstreamProtocol::H2c, true) => errors.push(ConfigError::new(
-                format!("{key}.protocol"),
-                "\"h2c\" is cleartext HTTP/2; over TLS use \"h2\" or \"auto\"",
-            )),
-            (UpstreamProtocol::H2 | UpstreamProtocol::Auto, false) => {
-                errors.push(ConfigError::new(
-                    format!("{key}.protocol"),
-                    "\"h2\" and \"auto\" are negotiated with TLS (ALPN): add a [tls] table to the cluster, or use \"h2c\" for cleartext HTTP/2",
-                ))
-            }
-            _ => {}
-        }
-        let tls = c.tls.map(|t| {
-            if let Some(sni) = &t.sni
-                && rustls::pki_types::ServerName::try_from(sni.as_str()).is_err()
-            {
-                errors.push(ConfigError::new(
-                    format!("{key}.tls.sni"),
-                    format!("{sni:?} is not a DNS name or IP address"),
-                ));
-            }
-            let client_cert = match (t.client_cert, t.client_key) {
-                (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
-                (None, None) => None,
-                _ => {
-                    errors.push(ConfigError::new(
-                        format!("{key}.tls"),
-                        "give both client_cert and client_key, or neither",
-                    ));
-                    None
-                }
-            };
-            UpstreamTls {
-                sni: t.sni,
-                ca: t.ca.map(|p| base.join(p)),
-                client_cert,
-            }
-        });
-        clusters.insert(
-            name,
-            ClusterConfig {
-                endpoints,
-                connect_timeout,
-                protocol,
-                tls,
-            },
-        );
+        let cluster = crate::upstream::config::validate(&key, c, base, &mut errors);
+        clusters.insert(name, cluster);
     }
 
     let mut routes = Vec::new();
@@ -1199,22 +1078,6 @@ fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
     } else {
         v.join(", ")
     }
-}
-
-fn parse_endpoint(e: &str) -> Result<http::uri::Authority, String> {
-    let a: http::uri::Authority = e
-        .parse()
-        .map_err(|_| format!("{e:?} is not \"host:port\""))?;
-    if a.as_str().contains('@') {
-        return Err(format!("{e:?}: user info is not allowed in an endpoint"));
-    }
-    if a.port_u16().is_none() {
-        return Err(format!("{e:?} has no port; write \"host:port\""));
-    }
-    if a.host().is_empty() {
-        return Err(format!("{e:?} has no host"));
-    }
-    Ok(a)
 }
 
 fn parse_host_pattern(h: &str) -> Result<String, String> {

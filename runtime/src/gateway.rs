@@ -26,6 +26,7 @@ use crate::router::{RouteMatch, RouteTable};
 use crate::server;
 use crate::tls::TlsTerminator;
 use crate::upstream::Cluster;
+use crate::upstream::dns::{Resolve, SystemResolver};
 
 /// A gateway ready to serve: config loaded, filters compiled, routes built.
 #[derive(Debug)]
@@ -34,6 +35,7 @@ pub struct Gateway {
     proxy: Arc<Proxy>,
     tls: Option<Arc<TlsTerminator>>,
     metrics: Arc<Metrics>,
+    resolver: Arc<dyn Resolve>,
     // Keeps the engine (and its epoch ticker) alive as long as the gateway.
     _engine: Arc<FilterEngine>,
 }
@@ -43,6 +45,15 @@ impl Gateway {
     /// compiled, and each route's filter config is run through the filter's
     /// `init`; every problem found is returned with its key path.
     pub async fn build(config: Config) -> Result<Gateway, ConfigErrors> {
+        Gateway::build_with(config, Arc::new(SystemResolver)).await
+    }
+
+    /// [`Gateway::build`] with another resolver for endpoints given as host
+    /// names (tests use one that answers from a table).
+    pub async fn build_with(
+        config: Config,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Gateway, ConfigErrors> {
         let fail = |errors: Vec<ConfigError>| ConfigErrors {
             source: config.source.clone(),
             errors,
@@ -85,7 +96,7 @@ impl Gateway {
 
         let mut clusters: HashMap<String, Arc<Cluster>> = HashMap::new();
         for (n, c) in &config.clusters {
-            match Cluster::new(n, c) {
+            match Cluster::new(n, c, &metrics, &*resolver).await {
                 Ok(cluster) => {
                     clusters.insert(n.clone(), Arc::new(cluster));
                 }
@@ -185,6 +196,7 @@ impl Gateway {
             proxy,
             tls,
             metrics,
+            resolver,
             _engine: engine,
         })
     }
@@ -231,6 +243,10 @@ impl Gateway {
         let tls = self.tls.clone();
         if let Some(tls) = &tls {
             tls.spawn_reloader();
+        }
+        for cluster in self.proxy.clusters.values() {
+            crate::upstream::health::spawn(cluster);
+            crate::upstream::dns::spawn(cluster, self.resolver.clone());
         }
         let task = tokio::spawn(async move {
             let options = server::ListenerOptions {

@@ -30,6 +30,31 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+/// One cluster.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// Cluster name.
+    pub cluster: String,
+}
+
+/// One endpoint of a cluster.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Cluster name.
+    pub cluster: String,
+    /// The address dialled.
+    pub endpoint: String,
+}
+
+/// A circuit-breaker limit of a cluster.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverflowLabels {
+    /// Cluster name.
+    pub cluster: String,
+    /// `max_requests`, `max_connections` or `max_pending`.
+    pub limit: &'static str,
+}
+
 /// Why a client connection ended in an HTTP-level error.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnErrorLabels {
@@ -92,6 +117,24 @@ pub struct Metrics {
     pub connection_errors: Family<ConnErrorLabels, Counter>,
     /// Connections closed for a missing, invalid or late PROXY protocol header.
     pub proxy_protocol_errors: Counter,
+    /// Open connections to each cluster (sampled at scrape).
+    pub upstream_connections: Family<ClusterLabels, Gauge>,
+    /// Requests in flight to each cluster (sampled at scrape).
+    pub upstream_active_requests: Family<ClusterLabels, Gauge>,
+    /// 1 when an endpoint is usable (sampled at scrape).
+    pub upstream_endpoint_healthy: Family<EndpointLabels, Gauge>,
+    /// Requests in flight to an endpoint (sampled at scrape).
+    pub upstream_endpoint_active: Family<EndpointLabels, Gauge>,
+    /// Endpoints ejected by outlier detection.
+    pub upstream_ejections: Family<ClusterLabels, Counter>,
+    /// Requests that found no healthy endpoint.
+    pub upstream_no_healthy: Family<ClusterLabels, Counter>,
+    /// Retries made.
+    pub upstream_retries: Family<ClusterLabels, Counter>,
+    /// Retries not made because the retry budget was spent.
+    pub upstream_retry_budget_exhausted: Family<ClusterLabels, Counter>,
+    /// Requests refused by a circuit-breaker limit.
+    pub upstream_overflow: Family<OverflowLabels, Counter>,
     /// Requests upgraded (WebSocket).
     pub upgrades: Counter,
     /// Upgraded connections open now.
@@ -127,6 +170,15 @@ impl Metrics {
             tls_handshake_errors: Counter::default(),
             connection_errors: Family::default(),
             proxy_protocol_errors: Counter::default(),
+            upstream_connections: Family::default(),
+            upstream_active_requests: Family::default(),
+            upstream_endpoint_healthy: Family::default(),
+            upstream_endpoint_active: Family::default(),
+            upstream_ejections: Family::default(),
+            upstream_no_healthy: Family::default(),
+            upstream_retries: Family::default(),
+            upstream_retry_budget_exhausted: Family::default(),
+            upstream_overflow: Family::default(),
             upgrades: Counter::default(),
             active_tunnels: Gauge::default(),
             registry: Registry::default(),
@@ -200,6 +252,55 @@ impl Metrics {
             "proxy_protocol_errors",
             "Connections closed for a missing, invalid or late PROXY protocol header",
             m.proxy_protocol_errors.clone(),
+        );
+        for (name, help, family) in [
+            (
+                "upstream_connections",
+                "Open connections to each cluster",
+                &m.upstream_connections,
+            ),
+            (
+                "upstream_active_requests",
+                "Requests in flight to each cluster",
+                &m.upstream_active_requests,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "upstream_endpoint_healthy",
+            "1 when an endpoint is usable (active checks pass, not ejected)",
+            m.upstream_endpoint_healthy.clone(),
+        );
+        registry.register(
+            "upstream_endpoint_active_requests",
+            "Requests in flight to an endpoint",
+            m.upstream_endpoint_active.clone(),
+        );
+        for (name, help, family) in [
+            (
+                "upstream_ejections",
+                "Endpoints ejected by outlier detection",
+                &m.upstream_ejections,
+            ),
+            (
+                "upstream_no_healthy",
+                "Requests answered 503 because no endpoint was healthy",
+                &m.upstream_no_healthy,
+            ),
+            ("upstream_retries", "Retries made", &m.upstream_retries),
+            (
+                "upstream_retry_budget_exhausted",
+                "Retries not made because the cluster's retry budget was spent",
+                &m.upstream_retry_budget_exhausted,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "upstream_overflow",
+            "Requests refused by a cluster's circuit-breaker limit",
+            m.upstream_overflow.clone(),
         );
         registry.register(
             "upgrades",

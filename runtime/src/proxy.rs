@@ -33,7 +33,7 @@ use crate::forwarding::{ClientView, ForwardingPolicy};
 use crate::metrics::{Metrics, RequestLabels, RouteLabels, status_class};
 use crate::normalize::{PathError, PathPolicy, normalize_path};
 use crate::router::{RouteTable, TenantId, normalize_host};
-use crate::upstream::{Cluster, UpstreamFailure};
+use crate::upstream::{Cluster, Forwarded, RequestBody, UpstreamFailure};
 
 /// Metric handles of one route, created once.
 #[derive(Debug)]
@@ -303,7 +303,7 @@ impl Proxy {
                     e.route = Some(route.name.clone());
                 }
                 let resp = self
-                    .forward(&route, &route.cluster, parts, body, request_id, entry)
+                    .forward(&route, &route.cluster, parts, body, &view, entry)
                     .await;
                 self.record(Some(&route), None, resp.status().as_u16(), started);
                 resp
@@ -360,6 +360,9 @@ impl Proxy {
 
     /// The gateway's metrics, with sampled gauges brought up to date.
     pub fn metrics_text(&self) -> String {
+        for c in self.clusters.values() {
+            c.sample_metrics();
+        }
         for route in self.routes.routes() {
             for f in &route.chain {
                 f.pool.sample_metrics();
@@ -496,7 +499,7 @@ impl Proxy {
             Some((i, resp)) => (resp, i),
             None => {
                 let resp = self
-                    .forward(route, &cluster, parts, body, request_id, entry)
+                    .forward(route, &cluster, parts, body, view, entry)
                     .await;
                 (resp, route.chain.len())
             }
@@ -564,9 +567,11 @@ impl Proxy {
         cluster: &Arc<Cluster>,
         parts: Parts,
         body: Incoming,
-        request_id: &str,
+        view: &ClientView,
         entry: &mut Option<Entry>,
     ) -> Response<ProxyBody> {
+        let request_id = view.request_id.to_str().unwrap_or_default();
+        let client_ip = view.forwarded_client.unwrap_or(view.peer.ip());
         if let Some(e) = entry.as_mut() {
             e.cluster = Some(cluster.name().clone());
         }
@@ -580,19 +585,37 @@ impl Proxy {
             parts.headers.remove(header::UPGRADE);
         }
         let limit = self.policy.limits.max_request_body;
-        let body = if parts.extensions.remove::<ChunkedRequest>().is_some() {
+        let chunked = parts.extensions.remove::<ChunkedRequest>().is_some();
+        let body = if hyper::body::Body::is_end_stream(&body) {
+            RequestBody::Replayable(body::Kept::default())
+        } else if cluster.retries()
+            && !upgrading
+            && declared_length(&parts.headers)
+                .is_some_and(|n| n <= cluster.retry_body_limit() as u64)
+        {
+            // Small enough to keep for a retry.
+            match body::collect(body, limit).await {
+                Ok(b) => RequestBody::Replayable(b),
+                Err(e) => return refuse_body(e, request_id, limit),
+            }
+        } else if chunked {
             match body::stream_checked(body, limit).await {
-                Ok(b) => b,
+                Ok(b) => RequestBody::Once(b),
                 Err(e) => return refuse_body(e, request_id, limit),
             }
         } else {
-            body::stream(body, limit)
+            RequestBody::Once(body::stream(body, limit))
         };
-        let upstream_req = Request::from_parts(parts, body);
-        match cluster.forward(upstream_req).await {
-            Ok((mut resp, endpoint)) => {
+        let key = cluster.hash_key(&parts.headers, Some(client_ip));
+        match cluster.forward(parts, body, key).await {
+            Ok(Forwarded {
+                response: mut resp,
+                endpoint,
+                hold,
+                ..
+            }) => {
                 if let Some(e) = entry.as_mut() {
-                    e.endpoint = Some(endpoint.to_string());
+                    e.endpoint = Some(endpoint.authority.to_string());
                 }
                 let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let protocol = resp.headers().get(header::UPGRADE).cloned();
@@ -630,7 +653,7 @@ impl Proxy {
                     );
                     rparts.headers.insert(header::UPGRADE, protocol);
                 }
-                Response::from_parts(rparts, body::stream(rbody, usize::MAX))
+                Response::from_parts(rparts, body::stream_holding(rbody, hold))
             }
             Err(failure) => {
                 tracing::warn!(

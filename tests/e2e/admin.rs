@@ -100,6 +100,13 @@ async fn management_endpoints_need_the_token() {
             .len(),
         64
     );
+    assert_eq!(get(admin, "/clusters", &[]).await.status, 401);
+    let clusters = get(admin, "/clusters", &[("authorization", &auth)]).await;
+    assert_eq!(clusters.status, 200);
+    let c = &clusters.json()["clusters"][0];
+    assert_eq!(c["endpoints"][0]["address"], up.addr.to_string());
+    assert_eq!(c["endpoints"][0]["healthy"], true);
+    assert_eq!(c["endpoints"][0]["weight"], 1);
     assert_eq!(
         get(admin, "/nothing", &[("authorization", &auth)])
             .await

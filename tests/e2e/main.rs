@@ -6,6 +6,7 @@
 
 mod access_log;
 mod admin;
+mod balancing;
 mod cache;
 mod cli;
 mod config;

@@ -26,7 +26,7 @@ async fn tls_upstream(leaf: &Leaf, alpn: &[&[u8]], client_ca: Option<&Pki>) -> U
         "tls-up",
         UpstreamOptions {
             tls: Some(leaf.server_config(alpn, client_ca)),
-            http1_only: false,
+            ..Default::default()
         },
     )
     .await

@@ -2,7 +2,6 @@
 //! the real gateway built from a TOML config, an HTTP client, raw sockets, and
 //! a capture of the gateway's log.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -63,7 +62,9 @@ pub struct Upstream {
     /// Its name (in the `x-upstream` header and body of every answer).
     pub name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    options: UpstreamOptions,
     task: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 /// How a test upstream serves.
@@ -74,6 +75,18 @@ pub struct UpstreamOptions {
     /// Serve HTTP/1.1 only (otherwise HTTP/1.1 and HTTP/2, including h2c
     /// with prior knowledge).
     pub http1_only: bool,
+    /// Answer every request after this long.
+    pub delay: Option<Duration>,
+}
+
+impl UpstreamOptions {
+    /// Cleartext HTTP/1.1.
+    pub fn http1() -> Self {
+        UpstreamOptions {
+            http1_only: true,
+            ..Default::default()
+        }
+    }
 }
 
 /// What the upstream knows about the connection a request came on.
@@ -110,42 +123,40 @@ impl Upstream {
             .expect("bind upstream");
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (name_c, seen_c) = (name.to_owned(), seen.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (name, seen, options) = (name_c.clone(), seen_c.clone(), options.clone());
-                tokio::spawn(async move {
-                    match &options.tls {
-                        None => {
-                            serve_upstream(stream, ConnInfo::default(), &options, name, seen).await
-                        }
-                        Some(config) => {
-                            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-                            let Ok(tls) = acceptor.accept(stream).await else {
-                                return;
-                            };
-                            let (_, conn) = tls.get_ref();
-                            let info = ConnInfo {
-                                sni: conn.server_name().map(str::to_owned),
-                                client_cert: conn
-                                    .peer_certificates()
-                                    .is_some_and(|c| !c.is_empty()),
-                            };
-                            serve_upstream(tls, info, &options, name, seen).await
-                        }
-                    }
-                });
-            }
-        });
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let task = spawn_upstream(listener, name, &options, &seen, &conns);
         Upstream {
             addr,
             name: name.to_owned(),
             seen,
+            options,
             task,
+            conns,
         }
+    }
+
+    /// Stops it as a crash would: the listener closes and every open
+    /// connection is cut.
+    pub fn stop(&self) {
+        self.task.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Starts it again on the same address.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let listener = within("rebind upstream", async {
+            loop {
+                match TcpListener::bind(self.addr).await {
+                    Ok(l) => return l,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+        .await;
+        self.task = spawn_upstream(listener, &self.name, &self.options, &self.seen, &self.conns);
     }
 
     /// Everything received so far.
@@ -165,6 +176,49 @@ impl Drop for Upstream {
     }
 }
 
+fn spawn_upstream(
+    listener: TcpListener,
+    name: &str,
+    options: &UpstreamOptions,
+    seen: &Arc<Mutex<Vec<Seen>>>,
+    conns: &Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+) -> tokio::task::JoinHandle<()> {
+    let (name_c, seen_c, options, conns) = (
+        name.to_owned(),
+        seen.clone(),
+        options.clone(),
+        conns.clone(),
+    );
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (name, seen, options) = (name_c.clone(), seen_c.clone(), options.clone());
+            let conn = tokio::spawn(async move {
+                match &options.tls {
+                    None => serve_upstream(stream, ConnInfo::default(), &options, name, seen).await,
+                    Some(config) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let (_, conn) = tls.get_ref();
+                        let info = ConnInfo {
+                            sni: conn.server_name().map(str::to_owned),
+                            client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+                        };
+                        serve_upstream(tls, info, &options, name, seen).await
+                    }
+                }
+            });
+            let mut open = conns.lock().unwrap();
+            open.retain(|c| !c.is_finished());
+            open.push(conn.abort_handle());
+        }
+    })
+}
+
 type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 async fn serve_upstream<S>(
@@ -176,6 +230,7 @@ async fn serve_upstream<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let delay = options.delay;
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let (name, seen, info) = (name.clone(), seen.clone(), info.clone());
         async move {
@@ -196,10 +251,25 @@ async fn serve_upstream<S>(
                 .get("upgrade")
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
             {
-                return Ok::<_, Infallible>(websocket_echo(req));
+                return Ok::<_, std::io::Error>(websocket_echo(req));
             }
             if path.starts_with("/grpc") {
                 return Ok(grpc_echo(req).await);
+            }
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            // `/delay/MS…`: answer after MS milliseconds.
+            if let Some(ms) = path
+                .strip_prefix("/delay/")
+                .and_then(|r| r.split(['/', '?']).next())
+                .and_then(|ms| ms.parse::<u64>().ok())
+            {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            // `/close`: cut the connection without answering.
+            if path.starts_with("/close") {
+                return Err(std::io::Error::other("closing without an answer"));
             }
             let body = serde_json::json!({ "upstream": name, "path": path }).to_string();
             let mut resp = Response::new(
@@ -207,6 +277,15 @@ async fn serve_upstream<S>(
                     .map_err(|never| match never {})
                     .boxed(),
             );
+            // `/status/NNN…` answers NNN.
+            if let Some(code) = path
+                .find("/status/")
+                .and_then(|i| path.get(i + 8..i + 11))
+                .and_then(|c| c.parse::<u16>().ok())
+                .and_then(|c| http::StatusCode::from_u16(c).ok())
+            {
+                *resp.status_mut() = code;
+            }
             let h = resp.headers_mut();
             h.insert("content-type", "application/json".parse().unwrap());
             h.insert("x-upstream", name.parse().unwrap());
@@ -327,6 +406,51 @@ pub async fn build_gateway(toml: &str) -> Result<wasmgate::Gateway, String> {
     wasmgate::Gateway::build(config)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// A resolver answering from a table the test changes at will.
+#[derive(Debug, Default)]
+pub struct TableResolver(Mutex<std::collections::HashMap<String, Vec<SocketAddr>>>);
+
+impl TableResolver {
+    /// Makes `host` resolve to `addrs` (an empty list: resolution fails).
+    pub fn set(&self, host: &str, addrs: &[SocketAddr]) {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(host.to_owned(), addrs.to_vec());
+    }
+}
+
+impl wasmgate::upstream::dns::Resolve for TableResolver {
+    fn resolve(
+        &self,
+        host: &str,
+        _port: u16,
+    ) -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + '_>> {
+        let found = self.0.lock().unwrap().get(host).cloned();
+        Box::pin(async move {
+            match found {
+                Some(a) if !a.is_empty() => Ok(a),
+                _ => Err(std::io::Error::other("no such host (test table)")),
+            }
+        })
+    }
+}
+
+/// Builds and starts a gateway whose host-name endpoints resolve through
+/// `resolver`.
+pub async fn start_gateway_with_resolver(
+    toml: &str,
+    resolver: Arc<dyn wasmgate::upstream::dns::Resolve>,
+) -> RunningGateway {
+    capture_logs();
+    let config = Config::parse(toml, "test.toml", std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("config:\n{e}"));
+    let gw = wasmgate::Gateway::build_with(config, resolver)
+        .await
+        .unwrap_or_else(|e| panic!("gateway did not build:\n{e}"));
+    gw.start().await.expect("gateway did not start")
 }
 
 /// Builds and starts a gateway; panics with the config errors if it fails.
