@@ -89,6 +89,18 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The TLS handshake's choices, on a TLS listener.
     pub tls: Option<crate::tls::TlsInfo>,
+    /// The connection's place under `max_connections` and the listener's
+    /// shutdown signal; an upgraded tunnel takes both over.
+    pub hold: Option<ConnHold>,
+}
+
+/// See [`ConnInfo::hold`].
+#[derive(Debug, Clone)]
+pub struct ConnHold {
+    /// Released when the connection and any tunnel made from it are gone.
+    pub slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+    /// Becomes true when the gateway shuts down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A route with everything the request path needs.
@@ -234,11 +246,14 @@ impl Proxy {
                 http::HeaderValue::from_static("upgrade"),
             );
             parts.headers.insert(header::UPGRADE, protocol);
+            if let Some(hold) = &conn.hold {
+                parts.extensions.insert(hold.clone());
+            }
         }
-        // HTTP/2 carries the host in `:authority`; an HTTP/1.1 upstream
-        // needs it as `Host`.
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority()
+        // HTTP/2 carries the host in `:authority`, an absolute-form HTTP/1.1
+        // request in its target; either wins over a `Host` header (RFC 9112
+        // §3.2.2), so what is routed and judged is what the upstream sees.
+        if let Some(authority) = parts.uri.authority()
             && let Ok(v) = http::HeaderValue::from_str(authority.as_str())
         {
             parts.headers.insert(header::HOST, v);
@@ -578,6 +593,7 @@ impl Proxy {
         let mut parts = parts;
         // The client's side of an upgrade; the upstream request must not carry it.
         let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let mut tunnel_hold = parts.extensions.remove::<ConnHold>();
         let upgrading = parts.headers.contains_key(header::UPGRADE);
         if upgrading && !cluster.supports_upgrade() {
             // HTTP/2 to the upstream has no Upgrade: send a plain request.
@@ -620,8 +636,11 @@ impl Proxy {
                 let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                 let protocol = resp.headers().get(header::UPGRADE).cloned();
                 if switching {
-                    match (upgrading, client_upgrade, protocol.clone()) {
-                        (true, Some(client), Some(_)) => {
+                    let websocket = protocol
+                        .as_ref()
+                        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                    match (upgrading && websocket, client_upgrade) {
+                        (true, Some(client)) => {
                             let upstream = hyper::upgrade::on(&mut resp);
                             tokio::spawn(tunnel(
                                 client,
@@ -629,6 +648,7 @@ impl Proxy {
                                 self.policy.limits.tunnel_idle_timeout,
                                 request_id.to_owned(),
                                 self.metrics.clone(),
+                                tunnel_hold.take(),
                             ));
                         }
                         _ => {
@@ -636,7 +656,7 @@ impl Proxy {
                                 route = &*route.name,
                                 cluster = &**cluster.name(),
                                 request_id,
-                                "upstream: 101 Switching Protocols to a request that asked for no upgrade"
+                                "upstream: 101 Switching Protocols to a request that asked for no upgrade, or to another protocol than WebSocket"
                             );
                             return UpstreamFailure::Other("unexpected 101".into())
                                 .to_gateway_error(cluster.name())
@@ -882,6 +902,7 @@ async fn tunnel(
     idle: std::time::Duration,
     request_id: String,
     metrics: Arc<Metrics>,
+    hold: Option<ConnHold>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -896,7 +917,17 @@ async fn tunnel(
     let activity = client.activity();
     let mut upstream = hyper_util::rt::TokioIo::new(upstream);
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    let mut shutdown = hold.as_ref().map(|h| h.shutdown.clone());
+    let stopping = async {
+        match shutdown.as_mut() {
+            Some(rx) => {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
+        () = stopping => tracing::debug!(request_id, "tunnel closed: shutting down"),
         r = copy => match r {
             Ok((up, down)) => tracing::debug!(request_id, up, down, "tunnel closed"),
             Err(e) => tracing::debug!(request_id, "tunnel ended: {e}"),
@@ -906,6 +937,8 @@ async fn tunnel(
         }
     }
     metrics.active_tunnels.dec();
+    // The connection's place under `max_connections` is released only now.
+    drop(hold);
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those the

@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::config::LimitsConfig;
 use crate::idle::{Activity, Tracked};
 use crate::metrics::{ConnErrorLabels, Metrics};
-use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy::{ConnHold, ConnInfo, Proxy};
 use crate::proxy_protocol::{self, Prefixed};
 use crate::tls::TlsTerminator;
 
@@ -122,9 +122,11 @@ pub async fn serve(
                 shared.metrics.active_connections.inc();
                 let (shared, shutdown) = (shared.clone(), shutdown.clone());
                 tokio::spawn(async move {
-                    connection(&shared, stream, peer, shutdown).await;
+                    // The slot is released when the connection and any
+                    // tunnel upgraded from it are gone.
+                    let hold = ConnHold { slot: Arc::new(slot), shutdown: shutdown.clone() };
+                    connection(&shared, stream, peer, shutdown, hold).await;
                     shared.metrics.active_connections.dec();
-                    drop(slot);
                 });
             }
             changed = shutdown.changed() => {
@@ -148,9 +150,10 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
+    hold: ConnHold,
 ) {
     let limits = &shared.options.limits;
-    // The PROXY header and the TLS handshake share the head's time budget.
+    // The PROXY header and the TLS handshake each get `header_read_timeout`.
     let (client, stream) = if shared.options.proxy_protocol {
         match tokio::time::timeout(
             limits.header_read_timeout,
@@ -178,6 +181,7 @@ async fn connection(
             let info = ConnInfo {
                 peer: client,
                 tls: None,
+                hold: Some(hold),
             };
             serve_http(shared, stream, info, shutdown).await;
         }
@@ -188,6 +192,7 @@ async fn connection(
                     let info = ConnInfo {
                         peer: client,
                         tls: Some(tls_info),
+                        hold: Some(hold),
                     };
                     serve_http(shared, stream, info, shutdown).await;
                 }
@@ -258,13 +263,23 @@ async fn serve_http<S>(
             Some(h) if h.is_parse_too_large() => "head_too_large",
             Some(h) if h.is_parse() => "parse",
             Some(h) if h.is_timeout() => "header_timeout",
+            Some(h) if h.is_canceled() || h.is_incomplete_message() => "closed",
+            None if e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted) =>
+            {
+                // hyper-util's protocol sniffing, cancelled by a graceful close.
+                "closed"
+            }
             _ => "other",
         };
-        shared
-            .metrics
-            .connection_errors
-            .get_or_create(&ConnErrorLabels { kind })
-            .inc();
+        if kind != "closed" {
+            shared
+                .metrics
+                .connection_errors
+                .get_or_create(&ConnErrorLabels { kind })
+                .inc();
+        }
         tracing::debug!(%peer, kind, "connection ended with an error: {e}");
     }
 }

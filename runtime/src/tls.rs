@@ -216,14 +216,15 @@ impl TlsTerminator {
     }
 
     /// Whether a request for `host` on a connection set up by `info` is
-    /// misdirected (421): the client sent SNI and `host` would have been
-    /// served by another certificate entry, with possibly other client
-    /// certificate rules. Connections without SNI are not judged.
+    /// misdirected (421): `host` would have been served by another
+    /// certificate entry, with possibly other client-certificate rules. A
+    /// connection without SNI got the first entry, and is judged as such.
     pub fn misdirected(&self, info: &TlsInfo, host: &str) -> bool {
-        let Some(sni) = info.sni.as_deref() else {
-            return false;
-        };
-        if host.eq_ignore_ascii_case(sni) {
+        if info
+            .sni
+            .as_deref()
+            .is_some_and(|sni| host.eq_ignore_ascii_case(sni))
+        {
             return false;
         }
         self.certs.load().select(Some(host)) != info.entry

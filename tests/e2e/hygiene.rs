@@ -159,3 +159,19 @@ async fn proxy_protocol_v1_and_v2_name_the_client() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_request_target_authority_wins_over_host() {
+    let up = Upstream::start("u").await;
+    let gw = start_gateway(&config(&up, "")).await;
+    let out = raw(
+        gw.addr(),
+        b"GET http://routed.test/x HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let seen = up.seen();
+    assert_eq!(seen[0].headers["host"], "routed.test");
+    assert_eq!(seen[0].path, "/x");
+    gw.shutdown().await;
+}

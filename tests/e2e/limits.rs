@@ -214,7 +214,12 @@ async fn a_request_that_takes_too_long_is_504() {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed() {
     let up = Upstream::start("u").await;
-    let gw = gateway(&up, "idle_timeout = \"300ms\"").await;
+    // The head timeout is long, so only the idle timeout can close it.
+    let gw = gateway(
+        &up,
+        "idle_timeout = \"300ms\"\nheader_read_timeout = \"60s\"",
+    )
+    .await;
     let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await

@@ -285,3 +285,59 @@ async fn upgrades_other_than_websocket_are_not_passed_on() {
     assert!(!seen[0].headers.contains_key("connection"));
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_websocket_tunnel_keeps_its_connection_slot() {
+    let up = Upstream::start("ws").await;
+    let gw = start_gateway(&format!(
+        "{}\n[limits]\nmax_connections = 1\n",
+        config(&up, "")
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut ws, _) = within(
+        "websocket handshake",
+        tokio_tungstenite::client_async("ws://gateway.test/chat", tcp),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text("x")).await.unwrap();
+    within("echo", ws.next()).await.unwrap().unwrap();
+    // The only slot is the tunnel's: another client waits in the backlog.
+    let addr = gw.addr();
+    let waiting = tokio::spawn(async move { get(addr, "/", &[]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "served while the tunnel held the only slot"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    assert_eq!(
+        within("after the tunnel", waiting).await.unwrap().status,
+        200
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_stalls_its_tls_handshake_fails_within_connect_timeout() {
+    // Accepts TCP, never says a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            open.push(s);
+        }
+    });
+    let ca = write(&dir("stall"), "ca.pem", &Pki::new().root_pem);
+    let gw = start_gateway(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[clusters.c]\nendpoints = [\"{addr}\"]\nconnect_timeout = \"300ms\"\ntls = {{ ca = {ca:?} }}\nretry = {{ retries = 0 }}\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n"
+    ))
+    .await;
+    let r = get(gw.addr(), "/", &[]).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.json()["code"], "upstream_unavailable");
+    gw.shutdown().await;
+}

@@ -273,3 +273,34 @@ async fn a_host_served_by_another_certificate_than_the_sni_is_421() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_connection_without_sni_is_judged_as_the_first_certificates() {
+    let pki = Pki::new();
+    let d = dir("misdirected-nosni");
+    // The first entry also serves clients that send no SNI (an IP address).
+    let (a, b) = (pki.leaf(&["a.test", "127.0.0.1"]), pki.leaf(&["b.test"]));
+    let tls = format!(
+        "[server.tls]\ncertificates = [\n  {{ cert = {:?}, key = {:?}, server_names = [\"a.test\"] }},\n  {{ cert = {:?}, key = {:?}, server_names = [\"b.test\"], client_ca = {:?} }},\n]\n",
+        write(&d, "a.pem", &a.cert_pem),
+        write(&d, "a.key", &a.key_pem),
+        write(&d, "b.pem", &b.cert_pem),
+        write(&d, "b.key", &b.key_pem),
+        write(&d, "ca.pem", &pki.root_pem),
+    );
+    let up = Upstream::start("u").await;
+    let gw = start_gateway(&config(&up, &tls)).await;
+    let cfg = client_config(&pki, &[b"http/1.1"], None);
+    // No SNI, Host of the mTLS-protected name: refused.
+    let r = https_get_host(gw.addr(), "127.0.0.1", "b.test", cfg.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 421);
+    // No SNI, a name of the first entry: served.
+    let r = https_get_host(gw.addr(), "127.0.0.1", "a.test", cfg)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(up.count(), 1);
+    gw.shutdown().await;
+}

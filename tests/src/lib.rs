@@ -392,10 +392,16 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// An address where nothing listens (bound, then released).
+/// An address where nothing listens.
 pub async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    // Bound but never listening: connections are refused, and no other test
+    // (tests run in parallel) can take the port while the socket lives. It
+    // lives until the test process ends.
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = s.local_addr().unwrap();
+    std::mem::forget(s);
+    addr
 }
 
 /// Parses and builds a gateway from TOML, or returns every error as text.

@@ -26,7 +26,58 @@ use super::config::{ClusterConfig, UpstreamProtocol, UpstreamTls};
 use crate::body::ProxyBody;
 
 /// The client type every cluster uses.
-pub type UpstreamClient = Client<HttpsConnector<CountingConnector>, ProxyBody>;
+pub type UpstreamClient = Client<Deadline<HttpsConnector<CountingConnector>>, ProxyBody>;
+
+/// Bounds a whole connection setup (waiting for a place, TCP, TLS) by the
+/// cluster's `connect_timeout`: an endpoint that accepts TCP and then stalls
+/// the handshake fails like one that does not answer.
+#[derive(Debug, Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    limit: Duration,
+}
+
+/// A connection setup that took longer than `connect_timeout`.
+#[derive(Debug)]
+pub struct SetupTimeout(Duration);
+
+impl std::fmt::Display for SetupTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "connection setup (TCP and TLS) took longer than {:?}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for SetupTimeout {}
+
+impl<S> tower_service::Service<Uri> for Deadline<S>
+where
+    S: tower_service::Service<Uri>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let fut = self.inner.call(dst);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(Box::new(SetupTimeout(limit)) as BoxError),
+            }
+        })
+    }
+}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -285,6 +336,10 @@ pub fn build(config: &ClusterConfig) -> Result<Built, String> {
     ) {
         client.http2_only(true);
     }
+    let connector = Deadline {
+        inner: connector,
+        limit: config.connect_timeout,
+    };
     Ok(Built {
         client: client.build(connector),
         connections,
