@@ -24,6 +24,7 @@ use crate::body::{self, ProxyBody};
 use crate::config::AdminConfig;
 use crate::error::GatewayError;
 use crate::proxy::Proxy;
+use crate::proxy::RouteTarget;
 
 /// What the admin endpoints read.
 #[derive(Debug)]
@@ -119,7 +120,12 @@ impl AdminState {
                     .map(|r| {
                         serde_json::json!({
                             "name": &*r.name,
-                            "cluster": &**r.cluster.name(),
+                            "target": match &r.target {
+                                RouteTarget::Cluster(c) => serde_json::json!({ "cluster": &**c.name() }),
+                                RouteTarget::Split(s) => serde_json::json!({ "split": s.describe() }),
+                                RouteTarget::Redirect(rd) => serde_json::json!({ "redirect": rd.status }),
+                                RouteTarget::Respond(rs) => serde_json::json!({ "respond": rs.status }),
+                            },
                             "filters": r.chain.iter().map(|f| {
                                 let stats = f.pool.stats();
                                 serde_json::json!({

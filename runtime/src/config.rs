@@ -263,9 +263,18 @@ struct RawRoute {
     hosts: Vec<String>,
     path: Option<String>,
     path_prefix: Option<String>,
+    path_regex: Option<String>,
     #[serde(default)]
     methods: Vec<String>,
-    cluster: String,
+    #[serde(default)]
+    headers: Vec<crate::route_config::RawMatch>,
+    #[serde(default)]
+    query: Vec<crate::route_config::RawMatch>,
+    cluster: Option<String>,
+    clusters: Option<Vec<crate::route_config::RawWeightedCluster>>,
+    redirect: Option<crate::route_config::RawRedirect>,
+    respond: Option<crate::route_config::RawRespond>,
+    prefix_rewrite: Option<String>,
     #[serde(default)]
     filters: Vec<RawRouteFilter>,
 }
@@ -460,6 +469,8 @@ pub enum PathMatch {
     /// The path starts with these whole segments (`/api` matches `/api` and
     /// `/api/x`, not `/apix`). Stored without a trailing slash; `/` is empty.
     Prefix(String),
+    /// The whole path matches this regular expression.
+    Regex(crate::route_config::FullRegex),
 }
 
 /// `[[routes]]`
@@ -473,8 +484,12 @@ pub struct RouteConfig {
     pub path: PathMatch,
     /// Methods (upper-case); empty = any method.
     pub methods: Vec<http::Method>,
-    /// The cluster requests go to.
-    pub cluster: String,
+    /// Header and query conditions, all of which must hold.
+    pub matchers: Vec<crate::route_config::Matcher>,
+    /// What the route does: a cluster, a split, a redirect, a response.
+    pub action: crate::route_config::Action,
+    /// Replaces the matched `path_prefix` when forwarding.
+    pub prefix_rewrite: Option<String>,
     /// The filter chain, in request order.
     pub filters: Vec<RouteFilter>,
     /// Position in the config, which breaks ties between equal matches.
@@ -938,28 +953,48 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 Err(m) => errors.push(ConfigError::new(format!("{key}.hosts[{j}]"), m)),
             }
         }
-        let path = match (r.path, r.path_prefix) {
-            (Some(_), Some(_)) => {
-                errors.push(ConfigError::new(
-                    &key,
-                    "give either `path` (exact) or `path_prefix`, not both",
-                ));
-                PathMatch::Prefix(String::new())
-            }
-            (Some(p), None) => {
+        let path = match (r.path, r.path_prefix, r.path_regex) {
+            (Some(p), None, None) => {
                 if let Err(m) = check_path(&p) {
                     errors.push(ConfigError::new(format!("{key}.path"), m));
                 }
                 PathMatch::Exact(p)
             }
-            (None, Some(p)) => {
+            (None, Some(p), None) => {
                 if let Err(m) = check_path(&p) {
                     errors.push(ConfigError::new(format!("{key}.path_prefix"), m));
                 }
                 PathMatch::Prefix(p.trim_end_matches('/').to_owned())
             }
-            (None, None) => PathMatch::Prefix(String::new()),
+            (None, None, Some(re)) => match crate::route_config::FullRegex::new(&re) {
+                Ok(re) => PathMatch::Regex(re),
+                Err(m) => {
+                    errors.push(ConfigError::new(format!("{key}.path_regex"), m));
+                    PathMatch::Prefix(String::new())
+                }
+            },
+            (None, None, None) => PathMatch::Prefix(String::new()),
+            _ => {
+                errors.push(ConfigError::new(
+                    &key,
+                    "give one of `path` (exact), `path_prefix` or `path_regex`, not several",
+                ));
+                PathMatch::Prefix(String::new())
+            }
         };
+        let matchers = crate::route_config::matchers(&key, &r.headers, &r.query, &mut errors);
+        let has_prefix = matches!(&path, PathMatch::Prefix(p) if !p.is_empty());
+        if let Some(p) = &r.prefix_rewrite {
+            if !has_prefix {
+                errors.push(ConfigError::new(
+                    format!("{key}.prefix_rewrite"),
+                    "replaces the matched path_prefix: the route needs a path_prefix",
+                ));
+            }
+            if let Err(m) = check_path(p) {
+                errors.push(ConfigError::new(format!("{key}.prefix_rewrite"), m));
+            }
+        }
         let mut methods = Vec::new();
         for (j, m) in r.methods.iter().enumerate() {
             match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
@@ -974,14 +1009,29 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 )),
             }
         }
-        if !clusters.contains_key(&r.cluster) {
+        let defined = list(clusters.keys());
+        let action = crate::route_config::action(
+            &key,
+            crate::route_config::RawAction {
+                cluster: r.cluster,
+                clusters: r.clusters,
+                redirect: r.redirect,
+                respond: r.respond,
+            },
+            has_prefix,
+            &|c| clusters.contains_key(c),
+            &defined,
+            &mut errors,
+        );
+        if r.prefix_rewrite.is_some()
+            && matches!(
+                action,
+                crate::route_config::Action::Redirect(_) | crate::route_config::Action::Respond(_)
+            )
+        {
             errors.push(ConfigError::new(
-                format!("{key}.cluster"),
-                format!(
-                    "unknown cluster {:?} (defined: {})",
-                    r.cluster,
-                    list(clusters.keys())
-                ),
+                format!("{key}.prefix_rewrite"),
+                "applies to forwarded requests; this route answers itself",
             ));
         }
         let mut chain = Vec::new();
@@ -1016,7 +1066,9 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             hosts,
             path,
             methods,
-            cluster: r.cluster,
+            matchers,
+            action,
+            prefix_rewrite: r.prefix_rewrite.map(|p| p.trim_end_matches('/').to_owned()),
             filters: chain,
             order: i,
         });

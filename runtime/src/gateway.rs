@@ -21,7 +21,7 @@ use crate::config::{Config, ConfigError, ConfigErrors, Isolation};
 use crate::filter::{FilterEngine, FilterModule, InstancePool, Limits, PoolPolicy};
 use crate::metrics::Metrics;
 use crate::normalize::PathPolicy;
-use crate::proxy::{Proxy, Route, RouteMetrics};
+use crate::proxy::{Proxy, Route, RouteMetrics, RouteTarget, Split};
 use crate::router::{RouteMatch, RouteTable};
 use crate::server;
 use crate::tls::TlsTerminator;
@@ -143,19 +143,45 @@ impl Gateway {
                     )),
                 }
             }
-            let Some(cluster) = clusters.get(&r.cluster) else {
-                continue;
+            use crate::route_config::Action;
+            let target = match &r.action {
+                Action::Cluster(c) => match clusters.get(c) {
+                    Some(c) => RouteTarget::Cluster(c.clone()),
+                    None => continue,
+                },
+                Action::Split(split) => {
+                    let resolved: Option<Vec<_>> = split
+                        .iter()
+                        .map(|(c, w)| clusters.get(c).map(|c| (c.clone(), *w)))
+                        .collect();
+                    match resolved {
+                        Some(v) => RouteTarget::Split(Split::new(v)),
+                        None => continue,
+                    }
+                }
+                Action::Redirect(redirect) => RouteTarget::Redirect(redirect.clone()),
+                Action::Respond(respond) => RouteTarget::Respond(respond.clone()),
+            };
+            let primary = match &target {
+                RouteTarget::Cluster(c) => c.name().to_string(),
+                _ => String::new(),
             };
             routes.push(RouteMatch {
                 hosts: r.hosts.clone(),
                 path: r.path.clone(),
                 methods: r.methods.clone(),
+                matchers: r.matchers.clone(),
                 order: r.order,
                 target: Arc::new(Route {
-                    metrics: RouteMetrics::new(&metrics, &name, cluster.name()),
+                    metrics: RouteMetrics::new(&metrics, &name, &primary),
                     name,
-                    cluster: cluster.clone(),
+                    target,
                     chain,
+                    path_prefix: match &r.path {
+                        crate::config::PathMatch::Prefix(p) => Some(p.clone()),
+                        _ => None,
+                    },
+                    prefix_rewrite: r.prefix_rewrite.clone(),
                 }),
             });
         }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod route_config;
 pub mod router;
 pub mod server;
 pub mod tls;

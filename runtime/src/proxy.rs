@@ -32,7 +32,7 @@ use crate::filter::{FilterFailure, wit};
 use crate::forwarding::{ClientView, ForwardingPolicy};
 use crate::metrics::{Metrics, RequestLabels, RouteLabels, status_class};
 use crate::normalize::{PathError, PathPolicy, normalize_path};
-use crate::router::{RouteTable, TenantId, normalize_host};
+use crate::router::{RequestView, RouteTable, TenantId, normalize_host};
 use crate::upstream::{Cluster, Forwarded, RequestBody, UpstreamFailure};
 
 /// Metric handles of one route, created once.
@@ -110,10 +110,203 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// The route's name.
     pub name: Arc<str>,
-    /// Where requests go unless a filter picks another cluster.
-    pub cluster: Arc<Cluster>,
+    /// What the route does after its filters (unless a filter picks
+    /// another cluster or answers itself).
+    pub target: RouteTarget,
     /// The filter chain in request order.
     pub chain: Vec<ChainFilter>,
+    /// The route's `path_prefix`, if it has one (without a trailing slash).
+    pub path_prefix: Option<String>,
+    /// Replaces `path_prefix` in the path when forwarding.
+    pub prefix_rewrite: Option<String>,
+}
+
+/// A route's action with its clusters resolved.
+#[derive(Debug)]
+pub enum RouteTarget {
+    /// One cluster.
+    Cluster(Arc<Cluster>),
+    /// Clusters in proportion to their weights.
+    Split(Split),
+    /// A redirect made by the gateway.
+    Redirect(crate::route_config::Redirect),
+    /// A response made by the gateway.
+    Respond(crate::route_config::Respond),
+}
+
+/// A weighted split: a smooth weighted round-robin order over the clusters,
+/// so the proportions hold exactly over every cycle.
+#[derive(Debug)]
+pub struct Split {
+    clusters: Vec<Arc<Cluster>>,
+    order: Vec<u32>,
+    next: AtomicU64,
+}
+
+impl Split {
+    /// A split over `clusters` with their weights.
+    pub fn new(clusters: Vec<(Arc<Cluster>, u32)>) -> Split {
+        let weights: Vec<u32> = clusters.iter().map(|(_, w)| *w).collect();
+        Split {
+            order: crate::upstream::balancer::smooth_order(&weights),
+            clusters: clusters.into_iter().map(|(c, _)| c).collect(),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// `[{cluster, weight}]` for the admin API.
+    pub fn describe(&self) -> Vec<serde_json::Value> {
+        self.clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let weight = self.order.iter().filter(|&&o| o as usize == i).count();
+                serde_json::json!({ "cluster": &**c.name(), "share": weight })
+            })
+            .collect()
+    }
+
+    fn pick(&self) -> &Arc<Cluster> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.order.len();
+        &self.clusters[self.order[i] as usize]
+    }
+}
+
+impl Route {
+    /// The cluster this request goes to, if the route forwards.
+    fn pick(&self) -> Option<&Arc<Cluster>> {
+        match &self.target {
+            RouteTarget::Cluster(c) => Some(c),
+            RouteTarget::Split(s) => Some(s.pick()),
+            RouteTarget::Redirect(_) | RouteTarget::Respond(_) => None,
+        }
+    }
+
+    /// The cluster the route's pre-made metric handles are labelled with.
+    pub fn primary(&self) -> Option<&Arc<Cluster>> {
+        match &self.target {
+            RouteTarget::Cluster(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The response of a redirect or direct-response route.
+    fn local_response(&self, parts: &Parts, scheme: &str) -> Response<ProxyBody> {
+        match &self.target {
+            RouteTarget::Redirect(r) => redirect(r, self.path_prefix.as_deref(), parts, scheme),
+            RouteTarget::Respond(r) => {
+                let mut resp = Response::new(body::full(bytes::Bytes::from(r.body.clone())));
+                *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+                for (n, v) in &r.headers {
+                    resp.headers_mut().append(n.clone(), v.clone());
+                }
+                resp
+            }
+            RouteTarget::Cluster(_) | RouteTarget::Split(_) => {
+                GatewayError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no target")
+                    .into_response(None)
+            }
+        }
+    }
+
+    /// Replaces the matched prefix with `prefix_rewrite`, keeping the query.
+    fn rewrite_path(&self, parts: &mut Parts) {
+        let (Some(prefix), Some(replacement)) = (&self.path_prefix, &self.prefix_rewrite) else {
+            return;
+        };
+        let Some(rest) = parts.uri.path().strip_prefix(prefix.as_str()) else {
+            return;
+        };
+        let mut path = format!("{replacement}{rest}");
+        if !path.starts_with('/') {
+            path.insert(0, '/');
+        }
+        if let Some(q) = parts.uri.query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        if let Ok(pq) = path.parse::<http::uri::PathAndQuery>() {
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.path_and_query = Some(pq);
+            if let Ok(u) = http::Uri::from_parts(uri) {
+                parts.uri = u;
+            }
+        }
+    }
+}
+
+/// `cluster` when it is not the one the route's metric handles are
+/// labelled with.
+fn rerouted<'a>(route: &Route, cluster: Option<&'a Arc<Cluster>>) -> Option<&'a Arc<Cluster>> {
+    match (cluster, route.primary()) {
+        (Some(c), Some(p)) if Arc::ptr_eq(c, p) => None,
+        (c, _) => c,
+    }
+}
+
+/// Builds a redirect's `Location` from the request and the route's rule.
+fn redirect(
+    r: &crate::route_config::Redirect,
+    route_prefix: Option<&str>,
+    parts: &Parts,
+    scheme: &str,
+) -> Response<ProxyBody> {
+    let authority = authority_of(parts).unwrap_or_default();
+    // `host[:port]`, where host may be a bracketed IPv6 literal.
+    let (req_host, req_port) = match authority.rfind(':') {
+        Some(i)
+            if authority[i + 1..].bytes().all(|b| b.is_ascii_digit())
+                && !authority[..i].is_empty()
+                && (!authority.starts_with('[') || authority[..i].ends_with(']')) =>
+        {
+            (&authority[..i], Some(&authority[i + 1..]))
+        }
+        _ => (authority, None),
+    };
+    let new_scheme = r.scheme.as_deref().unwrap_or(scheme);
+    let host = r.host.as_deref().unwrap_or(req_host);
+    let port = match (r.port, &r.host, r.scheme.as_deref()) {
+        (Some(p), _, _) => Some(p.to_string()),
+        (None, None, None) => req_port.map(str::to_owned),
+        _ => None,
+    };
+    let path = parts.uri.path();
+    let new_path = match (&r.path, &r.prefix, route_prefix) {
+        (Some(p), _, _) => p.clone(),
+        (None, Some(replacement), Some(prefix)) => {
+            let rest = path.strip_prefix(prefix).unwrap_or(path);
+            let joined = format!("{}{rest}", replacement.trim_end_matches('/'));
+            if joined.is_empty() {
+                "/".to_owned()
+            } else {
+                joined
+            }
+        }
+        _ => path.to_owned(),
+    };
+    let mut location = format!("{new_scheme}://{host}");
+    if let Some(p) = port {
+        location.push(':');
+        location.push_str(&p);
+    }
+    location.push_str(&new_path);
+    if !r.strip_query
+        && let Some(q) = parts.uri.query()
+    {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    match http::HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+            resp
+        }
+        Err(_) => {
+            GatewayError::bad_request("the redirect target is not a valid URL").into_response(None)
+        }
+    }
 }
 
 /// The routing state the request path reads.
@@ -302,6 +495,10 @@ impl Proxy {
                     host.as_deref(),
                     &parts.method,
                     parts.uri.path(),
+                    RequestView {
+                        headers: &parts.headers,
+                        query: parts.uri.query(),
+                    },
                 )
                 .cloned()
         };
@@ -317,10 +514,16 @@ impl Proxy {
                 if let Some(e) = entry.as_mut() {
                     e.route = Some(route.name.clone());
                 }
+                let cluster = route.pick();
                 let resp = self
-                    .forward(&route, &route.cluster, parts, body, &view, entry)
+                    .dispatch(&route, cluster, parts, body, &view, entry)
                     .await;
-                self.record(Some(&route), None, resp.status().as_u16(), started);
+                self.record(
+                    Some(&route),
+                    rerouted(&route, cluster),
+                    resp.status().as_u16(),
+                    started,
+                );
                 resp
             }
             Some(route) => {
@@ -443,7 +646,7 @@ impl Proxy {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         };
-        let mut cluster = route.cluster.clone();
+        let mut cluster: Option<Arc<Cluster>> = route.pick().cloned();
         let mut contexts: Vec<Option<Vec<u8>>> = Vec::with_capacity(route.chain.len());
         let mut short_circuit = None;
         // Built once; each call gets only the headers its filter declared, and
@@ -514,7 +717,7 @@ impl Proxy {
             Some((i, resp)) => (resp, i),
             None => {
                 let resp = self
-                    .forward(route, &cluster, parts, body, view, entry)
+                    .dispatch(route, cluster.as_ref(), parts, body, view, entry)
                     .await;
                 (resp, route.chain.len())
             }
@@ -552,7 +755,7 @@ impl Proxy {
                 return (filter_failed(&route.name, f, &failure, request_id), None);
             }
         }
-        let rerouted = (!Arc::ptr_eq(&cluster, &route.cluster)).then_some(cluster);
+        let rerouted = rerouted(route, cluster.as_ref()).cloned();
         (resp, rerouted)
     }
 
@@ -572,6 +775,27 @@ impl Proxy {
         uri.path_and_query = Some(pq.parse().map_err(|_| PathError::BadEscape)?);
         parts.uri = http::Uri::from_parts(uri).map_err(|_| PathError::BadEscape)?;
         Ok(())
+    }
+
+    /// The route's last step: forward to `cluster` (with the prefix
+    /// rewritten), or, when there is none, the route's own redirect or
+    /// response.
+    async fn dispatch(
+        &self,
+        route: &Route,
+        cluster: Option<&Arc<Cluster>>,
+        mut parts: Parts,
+        body: Incoming,
+        view: &ClientView,
+        entry: &mut Option<Entry>,
+    ) -> Response<ProxyBody> {
+        match cluster {
+            Some(c) => {
+                route.rewrite_path(&mut parts);
+                self.forward(route, c, parts, body, view, entry).await
+            }
+            None => route.local_response(&parts, view.scheme),
+        }
     }
 
     /// Sends the request to `cluster` and returns its response with
@@ -692,7 +916,7 @@ impl Proxy {
     fn apply_request_edits(
         &self,
         parts: &mut Parts,
-        cluster: &mut Arc<Cluster>,
+        cluster: &mut Option<Arc<Cluster>>,
         edits: &wit::RequestEdits,
     ) -> Result<(), FilterFailure> {
         if edits.body.is_some() {
@@ -726,7 +950,7 @@ impl Proxy {
             parts.uri = http::Uri::from(p);
         }
         if let Some(c) = new_cluster {
-            *cluster = c;
+            *cluster = Some(c);
         }
         Ok(())
     }

@@ -5,9 +5,12 @@
 //! first by, in order:
 //! 1. host: an exact host name, then `*.suffix` wildcards (longer suffix first),
 //!    then routes without `hosts` (any host);
-//! 2. path: an exact `path`, then `path_prefix` (longer prefix first);
-//! 3. method: routes that list methods before routes that take any method;
-//! 4. config order: the route written first.
+//! 2. path: an exact `path`, then `path_regex`, then `path_prefix` (longer
+//!    prefix first);
+//! 3. conditions: routes with `headers`/`query` conditions before routes
+//!    without;
+//! 4. method: routes that list methods before routes that take any method;
+//! 5. config order: the route written first.
 //!
 //! Prefixes match whole segments: `/api/search` matches `/api/search` and
 //! `/api/search/x`, never `/api/searchx`.
@@ -21,6 +24,16 @@ use std::sync::Arc;
 use http::Method;
 
 use crate::config::PathMatch;
+use crate::route_config::Matcher;
+
+/// What header and query conditions look at.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// The request's headers.
+    pub headers: &'a http::HeaderMap,
+    /// The query string, if any.
+    pub query: Option<&'a str>,
+}
 
 /// A tenant's id. Today there is only the default tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -74,6 +87,7 @@ impl HostPattern {
 fn path_matches(m: &PathMatch, path: &str) -> bool {
     match m {
         PathMatch::Exact(p) => p == path,
+        PathMatch::Regex(r) => r.is_match(path),
         PathMatch::Prefix(p) => {
             path.starts_with(p.as_str())
                 && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
@@ -84,7 +98,8 @@ fn path_matches(m: &PathMatch, path: &str) -> bool {
 fn path_rank(m: &PathMatch) -> (u8, usize) {
     match m {
         PathMatch::Exact(_) => (0, 0),
-        PathMatch::Prefix(p) => (1, usize::MAX - p.len()),
+        PathMatch::Regex(_) => (1, 0),
+        PathMatch::Prefix(p) => (2, usize::MAX - p.len()),
     }
 }
 
@@ -98,6 +113,8 @@ pub struct RouteMatch<R> {
     pub path: PathMatch,
     /// Methods, empty = any.
     pub methods: Vec<Method>,
+    /// Header and query conditions, all of which must hold.
+    pub matchers: Vec<Matcher>,
     /// Config order.
     pub order: usize,
     /// The caller's payload.
@@ -109,6 +126,7 @@ struct Entry<R> {
     host: HostPattern,
     path: PathMatch,
     methods: Vec<Method>,
+    matchers: Vec<Matcher>,
     target: Arc<R>,
 }
 
@@ -145,6 +163,7 @@ impl<R> RouteTable<R> {
                 let key = (
                     host.rank(),
                     path_rank(&r.path),
+                    u8::from(r.matchers.is_empty()),
                     u8::from(r.methods.is_empty()),
                     r.order,
                 );
@@ -154,6 +173,7 @@ impl<R> RouteTable<R> {
                         host,
                         path: r.path.clone(),
                         methods: r.methods.clone(),
+                        matchers: r.matchers.clone(),
                         target: r.target.clone(),
                     },
                 ));
@@ -182,6 +202,7 @@ impl<R> RouteTable<R> {
         host: Option<&str>,
         method: &Method,
         path: &str,
+        request: RequestView<'_>,
     ) -> Option<&Arc<R>> {
         let routes = self
             .tenants
@@ -199,6 +220,9 @@ impl<R> RouteTable<R> {
                 host_ok
                     && (e.methods.is_empty() || e.methods.contains(method))
                     && path_matches(&e.path, path)
+                    && e.matchers
+                        .iter()
+                        .all(|m| m.matches(request.headers, request.query))
             })
             .map(|e| &e.target)
     }
@@ -245,6 +269,7 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             path,
             methods: methods.to_vec(),
+            matchers: Vec::new(),
             order,
             target: Arc::new(name),
         }
@@ -256,13 +281,70 @@ mod tests {
         method: Method,
         path: &str,
     ) -> Option<&'a str> {
+        let headers = http::HeaderMap::new();
         t.find(
             &TenantId::default_tenant(),
             normalize_host(host).as_deref(),
             &method,
             path,
+            RequestView {
+                headers: &headers,
+                query: None,
+            },
         )
         .map(|r| **r)
+    }
+
+    #[test]
+    fn regex_paths_rank_between_exact_and_prefix_and_conditions_before_none() {
+        use crate::route_config::{FullRegex, Matcher, ValueMatch};
+        let mut canary = route("canary", &[], PathMatch::Prefix("/api".into()), &[], 0);
+        canary.matchers = vec![Matcher::Header(
+            http::HeaderName::from_static("x-canary"),
+            ValueMatch::Exact("1".into()),
+        )];
+        let t = RouteTable::new(vec![
+            route("prefix", &[], PathMatch::Prefix("/api".into()), &[], 1),
+            route(
+                "users",
+                &[],
+                PathMatch::Regex(FullRegex::new("/api/users/[0-9]+").unwrap()),
+                &[],
+                2,
+            ),
+            route(
+                "exact",
+                &[],
+                PathMatch::Exact("/api/users/1".into()),
+                &[],
+                3,
+            ),
+            canary,
+        ]);
+        assert_eq!(find(&t, "x", Method::GET, "/api/users/1"), Some("exact"));
+        assert_eq!(find(&t, "x", Method::GET, "/api/users/42"), Some("users"));
+        assert_eq!(find(&t, "x", Method::GET, "/api/users/42x"), Some("prefix"));
+        let mut h = http::HeaderMap::new();
+        h.insert("x-canary", "1".parse().unwrap());
+        let with = |path| {
+            t.find(
+                &TenantId::default_tenant(),
+                Some("x"),
+                &Method::GET,
+                path,
+                RequestView {
+                    headers: &h,
+                    query: None,
+                },
+            )
+            .map(|r| **r)
+        };
+        assert_eq!(with("/api/other"), Some("canary"));
+        assert_eq!(
+            with("/api/users/42"),
+            Some("users"),
+            "path rank comes first"
+        );
     }
 
     #[test]

@@ -394,3 +394,182 @@ async fn one_canonical_path_for_routing_and_forwarding() {
     );
     gw.shutdown().await;
 }
+
+/// Header, query and path-regex conditions.
+#[tokio::test]
+async fn routes_match_on_headers_query_and_path_regex() {
+    let (main, canary, users, v2) = (
+        Upstream::start("main").await,
+        Upstream::start("canary").await,
+        Upstream::start("users").await,
+        Upstream::start("v2").await,
+    );
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[access_log]
+enabled = false
+[clusters.main]
+endpoints = ["{}"]
+[clusters.canary]
+endpoints = ["{}"]
+[clusters.users]
+endpoints = ["{}"]
+[clusters.v2]
+endpoints = ["{}"]
+[[routes]]
+name = "main"
+cluster = "main"
+[[routes]]
+name = "canary"
+headers = [{{ name = "x-canary", value = "yes" }}, {{ name = "x-user", regex = "tester-[0-9]+" }}]
+cluster = "canary"
+[[routes]]
+name = "users"
+path_regex = "/users/[0-9]+(/profile)?"
+cluster = "users"
+[[routes]]
+name = "v2"
+query = [{{ name = "version", value = "2 beta" }}, {{ name = "debug", present = false }}]
+cluster = "v2"
+"#,
+        main.addr, canary.addr, users.addr, v2.addr
+    );
+    let gw = start_gateway(&toml).await;
+    let to = |r: wasmgate_tests::Reply| r.header("x-upstream").unwrap_or("?").to_owned();
+    assert_eq!(to(get(gw.addr(), "/x", &[]).await), "main");
+    assert_eq!(
+        to(get(
+            gw.addr(),
+            "/x",
+            &[("x-canary", "yes"), ("x-user", "tester-7")]
+        )
+        .await),
+        "canary"
+    );
+    assert_eq!(
+        to(get(
+            gw.addr(),
+            "/x",
+            &[("x-canary", "yes"), ("x-user", "tester-7x")]
+        )
+        .await),
+        "main",
+        "the regex must match the whole value"
+    );
+    assert_eq!(
+        to(get(gw.addr(), "/x", &[("x-canary", "no")]).await),
+        "main"
+    );
+    assert_eq!(to(get(gw.addr(), "/users/42", &[]).await), "users");
+    assert_eq!(to(get(gw.addr(), "/users/42/profile", &[]).await), "users");
+    assert_eq!(to(get(gw.addr(), "/users/42/other", &[]).await), "main");
+    assert_eq!(
+        to(get(gw.addr(), "/x?version=2+beta", &[]).await),
+        "v2",
+        "decoded"
+    );
+    assert_eq!(
+        to(get(gw.addr(), "/x?a=1&version=2%20beta", &[]).await),
+        "v2"
+    );
+    assert_eq!(
+        to(get(gw.addr(), "/x?version=2+beta&debug", &[]).await),
+        "main"
+    );
+    assert_eq!(to(get(gw.addr(), "/x?version=3", &[]).await), "main");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_weighted_split_sends_exact_proportions() {
+    let (stable, next) = (
+        Upstream::start("stable").await,
+        Upstream::start("next").await,
+    );
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[clusters.stable]\nendpoints = [\"{}\"]\n[clusters.next]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\nclusters = [{{ name = \"stable\", weight = 9 }}, {{ name = \"next\", weight = 1 }}]\n",
+        stable.addr, next.addr
+    );
+    let gw = start_gateway(&toml).await;
+    for _ in 0..100 {
+        assert_eq!(get(gw.addr(), "/", &[]).await.status, 200);
+    }
+    assert_eq!((stable.count(), next.count()), (90, 10));
+    let m = gw.metrics_text();
+    assert_eq!(
+        wasmgate_tests::metric(
+            &m,
+            "wasmgate_requests_total{route=\"r\",cluster=\"next\",status_class=\"2xx\"}"
+        ),
+        Some(10.0),
+        "{m}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn redirects_direct_responses_and_prefix_rewrites() {
+    let up = Upstream::start("u").await;
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[access_log]
+enabled = false
+[clusters.c]
+endpoints = ["{}"]
+[[routes]]
+name = "to-https"
+hosts = ["plain.test"]
+redirect = {{ scheme = "https" }}
+[[routes]]
+name = "moved"
+path_prefix = "/old"
+redirect = {{ status = 308, prefix = "/new", host = "new.test" }}
+[[routes]]
+name = "gone"
+path = "/retired"
+respond = {{ status = 410, body = "{{\"gone\":true}}", content_type = "application/json", headers = {{ "cache-control" = "max-age=60" }} }}
+[[routes]]
+name = "api"
+path_prefix = "/api/v1"
+prefix_rewrite = "/v1"
+cluster = "c"
+[[routes]]
+name = "root"
+path_prefix = "/strip"
+prefix_rewrite = "/"
+cluster = "c"
+"#,
+        up.addr
+    );
+    let gw = start_gateway(&toml).await;
+    let r = get(gw.addr(), "/a/b?q=1", &[("host", "plain.test:8080")]).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("https://plain.test/a/b?q=1"));
+
+    let r = get(gw.addr(), "/old/page?x=y", &[]).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some("http://new.test/new/page?x=y"));
+    assert!(r.header("x-request-id").is_some());
+
+    let r = get(gw.addr(), "/retired", &[]).await;
+    assert_eq!(r.status, 410);
+    assert_eq!(r.json()["gone"], true);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("cache-control"), Some("max-age=60"));
+    assert_eq!(
+        up.count(),
+        0,
+        "redirects and direct responses never reach a cluster"
+    );
+
+    assert_eq!(get(gw.addr(), "/api/v1/users?id=3", &[]).await.status, 200);
+    assert_eq!(get(gw.addr(), "/strip/x", &[]).await.status, 200);
+    assert_eq!(get(gw.addr(), "/strip", &[]).await.status, 200);
+    let paths: Vec<String> = up.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/v1/users?id=3", "/x", "/"]);
+    gw.shutdown().await;
+}

@@ -52,19 +52,27 @@ pub struct Cursor {
     next: AtomicUsize,
 }
 
+fn smooth_schedule(endpoints: &[Arc<Endpoint>]) -> Vec<u32> {
+    let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+    smooth_order(&weights)
+}
+
 /// The nginx "smooth weighted round robin" sequence over one full cycle
 /// (length = sum of weights, capped), so that a pick is an index into it.
-fn smooth_schedule(endpoints: &[Arc<Endpoint>]) -> Vec<u32> {
-    let n = endpoints.len();
-    if endpoints.iter().all(|e| e.weight == endpoints[0].weight) {
+pub fn smooth_order(weights: &[u32]) -> Vec<u32> {
+    let n = weights.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    if weights.iter().all(|w| *w == weights[0]) {
         return (0..n as u32).collect();
     }
     // Scale weights down if the cycle would be huge.
-    let total: u64 = endpoints.iter().map(|e| u64::from(e.weight)).sum();
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
     let scale = total.div_ceil(MAX_RING as u64).max(1);
-    let weights: Vec<i64> = endpoints
+    let weights: Vec<i64> = weights
         .iter()
-        .map(|e| (u64::from(e.weight) / scale).max(1) as i64)
+        .map(|w| (u64::from(*w) / scale).max(1) as i64)
         .collect();
     let total: i64 = weights.iter().sum();
     let mut current = vec![0i64; n];
