@@ -145,6 +145,15 @@ struct RawConfig {
     access_log: Option<RawAccessLog>,
     #[serde(default)]
     limits: RawLimits,
+    overload: Option<RawOverload>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOverload {
+    max_memory: Option<HumanSize>,
+    max_open_files_percent: Option<u8>,
+    check_interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -275,6 +284,7 @@ struct RawRoute {
     redirect: Option<crate::route_config::RawRedirect>,
     respond: Option<crate::route_config::RawRespond>,
     prefix_rewrite: Option<String>,
+    timeout: Option<HumanDuration>,
     #[serde(default)]
     filters: Vec<RawRouteFilter>,
 }
@@ -329,6 +339,8 @@ pub struct Config {
     pub access_log: Option<crate::access_log::AccessLogTarget>,
     /// Request and connection limits.
     pub limits: LimitsConfig,
+    /// The gateway-wide overload guard.
+    pub overload: crate::overload::OverloadConfig,
 }
 
 /// `[server]`
@@ -490,6 +502,8 @@ pub struct RouteConfig {
     pub action: crate::route_config::Action,
     /// Replaces the matched `path_prefix` when forwarding.
     pub prefix_rewrite: Option<String>,
+    /// Time the upstream part (every try) may take; 504 past it.
+    pub timeout: Option<Duration>,
     /// The filter chain, in request order.
     pub filters: Vec<RouteFilter>,
     /// Position in the config, which breaks ties between equal matches.
@@ -778,6 +792,36 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             ));
         }
         limits.h2_max_concurrent_streams = n;
+    }
+    let mut overload = crate::overload::OverloadConfig::default();
+    if let Some(o) = raw.overload {
+        if let Some(HumanSize(n)) = o.max_memory {
+            if n < 1 << 20 {
+                errors.push(ConfigError::new(
+                    "overload.max_memory",
+                    format!("must be at least 1MiB, got {n} bytes"),
+                ));
+            }
+            overload.max_memory = Some(n);
+        }
+        if let Some(p) = o.max_open_files_percent {
+            if p > 100 {
+                errors.push(ConfigError::new(
+                    "overload.max_open_files_percent",
+                    format!("is a percentage (0 to 100), got {p}"),
+                ));
+            }
+            overload.max_open_files_percent = p;
+        }
+        if let Some(HumanDuration(d)) = o.check_interval {
+            if d < Duration::from_millis(10) {
+                errors.push(ConfigError::new(
+                    "overload.check_interval",
+                    "must be at least 10ms",
+                ));
+            }
+            overload.check_interval = d;
+        }
     }
     let access_log = match raw.access_log {
         None => Some(crate::access_log::AccessLogTarget::Stdout),
@@ -1069,6 +1113,16 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             matchers,
             action,
             prefix_rewrite: r.prefix_rewrite.map(|p| p.trim_end_matches('/').to_owned()),
+            timeout: match r.timeout {
+                Some(HumanDuration(d)) if d.is_zero() => {
+                    errors.push(ConfigError::new(
+                        format!("{key}.timeout"),
+                        "must be more than 0",
+                    ));
+                    None
+                }
+                t => t.map(|t| t.0),
+            },
             filters: chain,
             order: i,
         });
@@ -1117,6 +1171,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             admin,
             access_log,
             limits,
+            overload,
         })
     } else {
         Err(errors)

@@ -182,6 +182,7 @@ impl Gateway {
                         _ => None,
                     },
                     prefix_rewrite: r.prefix_rewrite.clone(),
+                    timeout: r.timeout,
                 }),
             });
         }
@@ -209,6 +210,10 @@ impl Gateway {
                 tunnel_idle_timeout: config.limits.tunnel_idle_timeout,
             },
             tls: tls.clone(),
+            overload: Arc::new(crate::overload::OverloadGuard::new(
+                &config.overload,
+                &metrics,
+            )),
         };
         let proxy = Arc::new(Proxy::new(
             RouteTable::new(routes),
@@ -270,6 +275,7 @@ impl Gateway {
         if let Some(tls) = &tls {
             tls.spawn_reloader();
         }
+        self.proxy.overload().spawn();
         for cluster in self.proxy.clusters.values() {
             crate::upstream::health::spawn(cluster);
             crate::upstream::dns::spawn(cluster, self.resolver.clone());

@@ -16,6 +16,7 @@ pub mod gateway;
 pub mod idle;
 pub mod metrics;
 pub mod normalize;
+pub mod overload;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod route_config;

@@ -135,6 +135,12 @@ pub struct Metrics {
     pub upstream_retry_budget_exhausted: Family<ClusterLabels, Counter>,
     /// Requests refused by a circuit-breaker limit.
     pub upstream_overflow: Family<OverflowLabels, Counter>,
+    /// Resident memory, as the overload guard last saw it.
+    pub process_resident_memory: Gauge,
+    /// Open file descriptors, as the overload guard last saw them.
+    pub process_open_files: Gauge,
+    /// Requests shed by the overload guard, by pressure.
+    pub overload_shed: Family<ConnErrorLabels, Counter>,
     /// Requests upgraded (WebSocket).
     pub upgrades: Counter,
     /// Upgraded connections open now.
@@ -179,6 +185,9 @@ impl Metrics {
             upstream_retries: Family::default(),
             upstream_retry_budget_exhausted: Family::default(),
             upstream_overflow: Family::default(),
+            process_resident_memory: Gauge::default(),
+            process_open_files: Gauge::default(),
+            overload_shed: Family::default(),
             upgrades: Counter::default(),
             active_tunnels: Gauge::default(),
             registry: Registry::default(),
@@ -297,6 +306,21 @@ impl Metrics {
         ] {
             registry.register(name, help, family.clone());
         }
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory, as the overload guard last sampled it",
+            m.process_resident_memory.clone(),
+        );
+        registry.register(
+            "process_open_files",
+            "Open file descriptors, as the overload guard last sampled them",
+            m.process_open_files.clone(),
+        );
+        registry.register(
+            "overload_shed",
+            "Requests shed with 503 by the overload guard, by kind of pressure (memory, open_files)",
+            m.overload_shed.clone(),
+        );
         registry.register(
             "upstream_overflow",
             "Requests refused by a cluster's circuit-breaker limit",

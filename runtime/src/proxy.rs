@@ -119,6 +119,8 @@ pub struct Route {
     pub path_prefix: Option<String>,
     /// Replaces `path_prefix` in the path when forwarding.
     pub prefix_rewrite: Option<String>,
+    /// Time the upstream part (every try) may take.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// A route's action with its clusters resolved.
@@ -329,6 +331,8 @@ pub(crate) struct Policy {
     pub(crate) limits: Limits,
     /// The listener's TLS terminator, for the 421 check.
     pub(crate) tls: Option<Arc<crate::tls::TlsTerminator>>,
+    /// The gateway-wide overload guard.
+    pub(crate) overload: Arc<crate::overload::OverloadGuard>,
 }
 
 impl Proxy {
@@ -414,6 +418,29 @@ impl Proxy {
         progress: &mut Progress,
     ) -> Response<ProxyBody> {
         let id = self.ids.next();
+        let pressure = self.policy.overload.pressure();
+        if pressure != crate::overload::Pressure::None {
+            self.metrics
+                .overload_shed
+                .get_or_create(&crate::metrics::ConnErrorLabels {
+                    kind: pressure.as_str(),
+                })
+                .inc();
+            let mut resp = GatewayError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!(
+                    "the gateway is shedding load ({} pressure); retry shortly",
+                    pressure.as_str()
+                ),
+            )
+            .into_response(Some(&id.to_string()));
+            let h = resp.headers_mut();
+            h.insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            h.insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            self.record(None, None, 503, started);
+            return resp;
+        }
         let (mut parts, body) = req.into_parts();
         if let Err(refusal) = self.precheck(&mut parts) {
             // Every refusal here closes the connection: a client that sends
@@ -569,6 +596,11 @@ impl Proxy {
             ));
         }
         Ok(())
+    }
+
+    /// The gateway-wide overload guard.
+    pub fn overload(&self) -> &Arc<crate::overload::OverloadGuard> {
+        &self.policy.overload
     }
 
     /// Every route, in config order.
@@ -792,7 +824,22 @@ impl Proxy {
         match cluster {
             Some(c) => {
                 route.rewrite_path(&mut parts);
-                self.forward(route, c, parts, body, view, entry).await
+                let forwarded = self.forward(route, c, parts, body, view, entry);
+                match route.timeout {
+                    None => forwarded.await,
+                    Some(t) => match tokio::time::timeout(t, forwarded).await {
+                        Ok(resp) => resp,
+                        Err(_) => GatewayError::new(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "upstream_timeout",
+                            format!(
+                                "cluster {:?} did not answer within the route's timeout of {t:?}",
+                                &**c.name()
+                            ),
+                        )
+                        .into_response(view.request_id.to_str().ok()),
+                    },
+                }
             }
             None => route.local_response(&parts, view.scheme),
         }

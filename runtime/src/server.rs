@@ -117,6 +117,17 @@ pub async fn serve(
                         continue;
                     }
                 };
+                if shared.proxy.overload().pressure() == crate::overload::Pressure::Files {
+                    // Out of descriptors soon: close at once rather than
+                    // hold one more socket open.
+                    shared
+                        .metrics
+                        .overload_shed
+                        .get_or_create(&ConnErrorLabels { kind: "open_files" })
+                        .inc();
+                    drop(stream);
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 shared.metrics.connections.inc();
                 shared.metrics.active_connections.inc();

@@ -391,3 +391,45 @@ async fn host_name_endpoints_follow_their_resolution() {
     assert_eq!(who(gw.addr(), "/", 3, &[]).await, ["b", "b", "b"]);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_route_timeout_bounds_every_try_together() {
+    let up = Upstream::start("u").await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[clusters.c]\nendpoints = [\"{}\"]\nretry = {{ retries = 3, on = [\"per-try-timeout\"], per_try_timeout = \"300ms\", backoff = \"1ms\" }}\n[[routes]]\nname = \"r\"\ncluster = \"c\"\ntimeout = \"500ms\"\n",
+        up.addr
+    );
+    let gw = start_gateway(&toml).await;
+    let r = get(gw.addr(), "/delay/5000", &[]).await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.json()["code"], "upstream_timeout");
+    assert!(r.body.contains("route's timeout"), "{}", r.body);
+    assert_eq!(up.count(), 2, "the route timeout cut the retries short");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_overload_guard_sheds_with_503_before_any_work() {
+    let up = Upstream::start("u").await;
+    // Any process is past 1 MiB resident.
+    let toml = format!(
+        "{}\n[overload]\nmax_memory = \"1MiB\"\ncheck_interval = \"20ms\"\n",
+        config(&list(&[&up]), "")
+    );
+    let gw = start_gateway(&toml).await;
+    eventually("shedding", async || {
+        get(gw.addr(), "/", &[]).await.status == 503
+    })
+    .await;
+    let r = get(gw.addr(), "/", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["code"], "overloaded");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let m = gw.metrics_text();
+    assert!(
+        metric(&m, "wasmgate_overload_shed_total{kind=\"memory\"}").unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    assert!(metric(&m, "wasmgate_process_resident_memory_bytes").unwrap_or(0.0) > 1e6);
+    gw.shutdown().await;
+}
