@@ -95,6 +95,8 @@ pub struct ChainFilter {
     pub pool: InstancePool,
     /// What it declared at `init`.
     pub needs: Needs,
+    /// Skip the filter when it fails, instead of failing the request.
+    pub fail_open: bool,
 }
 
 /// Header bytes to a WIT string: ASCII unchanged, other bytes as U+0080..U+00FF.

@@ -132,6 +132,9 @@ async fn serve(config: Config) -> ExitCode {
         Ok(g) => g,
         Err(code) => return code,
     };
+    // Watch for signals before saying "listening": a SIGTERM that arrives
+    // right after must stop the gateway gracefully, not kill it.
+    let stop = stop_signal();
     let running = match gateway.start().await {
         Ok(r) => r,
         Err(e) => {
@@ -139,26 +142,30 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     running.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+/// Installs the SIGTERM handler now; the future resolves on SIGTERM or Ctrl-C.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    async move {
+        let mut term = match term {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM ({e}); stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -251,6 +251,9 @@ struct RawFilter {
     max_uses: Option<u64>,
     recycle_memory: Option<HumanSize>,
     pool_timeout: Option<HumanDuration>,
+    wall_limit: Option<HumanDuration>,
+    failure_policy: Option<FailurePolicy>,
+    quarantine_after: Option<u32>,
 }
 
 /// How a filter's instances are shared between requests.
@@ -471,6 +474,23 @@ pub struct FilterConfig {
     pub recycle_memory: u64,
     /// How long a call waits for a free instance before failing with 503.
     pub pool_timeout: Duration,
+    /// Wall-clock time one call may take, host calls included.
+    pub wall_limit: Duration,
+    /// What a failure of this filter does to the request.
+    pub failure_policy: FailurePolicy,
+    /// Failures in a row that quarantine the filter (0: never).
+    pub quarantine_after: u32,
+}
+
+/// What a filter's failure does to the request it was serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// The request fails with a 5xx in the standard error format.
+    #[default]
+    FailClosed,
+    /// The filter is skipped (logged and counted) and the request goes on.
+    FailOpen,
 }
 
 /// How a route matches the path.
@@ -943,6 +963,16 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 format!("{recycle_memory} bytes is more than memory_limit ({memory_limit} bytes)"),
             ));
         }
+        // Default: room for the CPU budget plus waiting on the host.
+        let wall_limit = f
+            .wall_limit
+            .map_or((cpu_limit * 10).max(Duration::from_secs(1)), |d| d.0);
+        if wall_limit < cpu_limit {
+            errors.push(ConfigError::new(
+                format!("{key}.wall_limit"),
+                format!("{wall_limit:?} is less than cpu_limit ({cpu_limit:?})"),
+            ));
+        }
         let path = base.join(&f.path);
         filters.insert(
             name,
@@ -955,6 +985,9 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 max_uses,
                 recycle_memory,
                 pool_timeout: f.pool_timeout.map_or(DEFAULT_POOL_TIMEOUT, |d| d.0),
+                wall_limit,
+                failure_policy: f.failure_policy.unwrap_or_default(),
+                quarantine_after: f.quarantine_after.unwrap_or(5),
             },
         );
     }

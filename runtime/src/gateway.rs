@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::chain::{ChainFilter, Needs};
+use crate::config::FailurePolicy;
 use crate::config::{Config, ConfigError, ConfigErrors, Isolation};
 use crate::filter::{FilterEngine, FilterModule, InstancePool, Limits, PoolPolicy};
 use crate::metrics::Metrics;
@@ -123,6 +124,8 @@ impl Gateway {
                                 recycle_above: fc.recycle_memory,
                                 fresh: fc.isolation == Isolation::Fresh,
                                 acquire_timeout: fc.pool_timeout,
+                                wall_limit: fc.wall_limit,
+                                quarantine_after: fc.quarantine_after,
                             };
                             let pool = InstancePool::new(
                                 module.clone(),
@@ -131,7 +134,11 @@ impl Gateway {
                                 policy,
                                 metrics.clone(),
                             );
-                            chain.push(ChainFilter { pool, needs })
+                            chain.push(ChainFilter {
+                                pool,
+                                needs,
+                                fail_open: fc.failure_policy == FailurePolicy::FailOpen,
+                            })
                         }
                         Err(m) => {
                             errors.push(ConfigError::new(key, format!("filter {:?}: {m}", rf.name)))

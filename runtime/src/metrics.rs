@@ -103,6 +103,10 @@ pub struct Metrics {
     pub filter_instances_created: Family<FilterLabels, Counter>,
     /// Filter instances discarded.
     pub filter_instances_discarded: Family<FilterLabels, Counter>,
+    /// Times a filter was quarantined after failing repeatedly.
+    pub filter_quarantines: Family<FilterLabels, Counter>,
+    /// Calls whose failure was skipped under `failure_policy = "fail-open"`.
+    pub filter_fail_open: Family<FilterLabels, Counter>,
     /// Idle filter instances (sampled at scrape).
     pub filter_instances_idle: Family<FilterLabels, Gauge>,
     /// Access log lines dropped because the writer fell behind.
@@ -171,6 +175,8 @@ impl Metrics {
             filter_instances_created: Family::default(),
             filter_instances_discarded: Family::default(),
             filter_instances_idle: Family::default(),
+            filter_quarantines: Family::default(),
+            filter_fail_open: Family::default(),
             access_log_dropped: Counter::default(),
             tls_handshakes: Counter::default(),
             tls_handshake_errors: Counter::default(),
@@ -256,6 +262,16 @@ impl Metrics {
             "connection_errors",
             "Client connections that ended in an HTTP-level error (requests refused by the parser, slow heads), by kind",
             m.connection_errors.clone(),
+        );
+        registry.register(
+            "filter_quarantines",
+            "Times a filter was quarantined after failing repeatedly",
+            m.filter_quarantines.clone(),
+        );
+        registry.register(
+            "filter_fail_open",
+            "Filter failures skipped under failure_policy = fail-open",
+            m.filter_fail_open.clone(),
         );
         registry.register(
             "proxy_protocol_errors",

@@ -695,12 +695,18 @@ impl Proxy {
         sync_request_line(&mut wreq, &parts);
 
         // Request side.
+        let mut skipped = vec![false; route.chain.len()];
         for (i, f) in route.chain.iter().enumerate() {
             wreq.headers = f.needs.request_headers.copy(&parts.headers);
             let decision = match f.pool.on_request(&wreq).await {
                 Ok(d) => d,
                 Err(failure) => {
                     note(entry, f, failure.code());
+                    if self.fail_open(route, f, &failure, request_id) {
+                        skipped[i] = true;
+                        contexts.push(None);
+                        continue;
+                    }
                     return (filter_failed(&route.name, f, &failure, request_id), None);
                 }
             };
@@ -714,6 +720,11 @@ impl Proxy {
                     if let Err(failure) =
                         self.apply_request_edits(&mut parts, &mut cluster, &p.edits)
                     {
+                        if self.fail_open(route, f, &failure, request_id) {
+                            skipped[i] = true;
+                            contexts.push(None);
+                            continue;
+                        }
                         return (filter_failed(&route.name, f, &failure, request_id), None);
                     }
                     sync_request_line(&mut wreq, &parts);
@@ -726,6 +737,11 @@ impl Proxy {
                         break;
                     }
                     Err(failure) => {
+                        if self.fail_open(route, f, &failure, request_id) {
+                            skipped[i] = true;
+                            contexts.push(None);
+                            continue;
+                        }
                         return (filter_failed(&route.name, f, &failure, request_id), None);
                     }
                 },
@@ -737,8 +753,9 @@ impl Proxy {
         let forwarded: Vec<Option<wit::Request>> = route
             .chain
             .iter()
-            .map(|f| {
-                f.needs.wants_response.then(|| wit::Request {
+            .zip(&skipped)
+            .map(|(f, skipped)| {
+                (f.needs.wants_response && !skipped).then(|| wit::Request {
                     headers: f.needs.request_headers.copy(&parts.headers),
                     ..wreq.clone()
                 })
@@ -769,6 +786,9 @@ impl Proxy {
                 Ok(d) => d,
                 Err(failure) => {
                     note(entry, f, failure.code());
+                    if self.fail_open(route, f, &failure, request_id) {
+                        continue;
+                    }
                     return (filter_failed(&route.name, f, &failure, request_id), None);
                 }
             };
@@ -784,11 +804,45 @@ impl Proxy {
                 wit::ResponseDecision::Replace(r) => chain::build_response(r).map(|r| resp = r),
             };
             if let Err(failure) = applied {
+                if self.fail_open(route, f, &failure, request_id) {
+                    continue;
+                }
                 return (filter_failed(&route.name, f, &failure, request_id), None);
             }
         }
         let rerouted = rerouted(route, cluster.as_ref()).cloned();
         (resp, rerouted)
+    }
+
+    /// Under `fail-open`, logs and counts a failure and says to skip the
+    /// filter; under `fail-closed` (the default) says to fail the request.
+    fn fail_open(
+        &self,
+        route: &Route,
+        f: &ChainFilter,
+        failure: &FilterFailure,
+        request_id: &str,
+    ) -> bool {
+        if !f.fail_open {
+            return false;
+        }
+        let filter = &**f.pool.module().name();
+        tracing::warn!(
+            route = &*route.name,
+            filter,
+            code = failure.code(),
+            request_id,
+            "filter {filter:?} on route {:?} {failure}; skipped (fail-open)",
+            route.name
+        );
+        self.metrics
+            .filter_fail_open
+            .get_or_create(&crate::metrics::FilterLabels {
+                filter: filter.to_owned(),
+                route: route.name.to_string(),
+            })
+            .inc();
+        true
     }
 
     /// Replaces the request's path with its canonical form (see
@@ -1070,9 +1124,10 @@ fn filter_failed(
         "filter {filter:?} on route {route:?} {failure}"
     );
     let status = match failure {
-        FilterFailure::Instantiate(_) | FilterFailure::PoolExhausted { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        FilterFailure::Instantiate(_)
+        | FilterFailure::PoolExhausted { .. }
+        | FilterFailure::Quarantined(_) => StatusCode::SERVICE_UNAVAILABLE,
+        FilterFailure::WallClock(_) => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     GatewayError::new(status, failure.code(), format!("filter {filter:?} failed"))

@@ -138,3 +138,86 @@ async fn the_log_import_names_route_and_filter() {
     assert!(!lines.is_empty());
     gw.shutdown().await;
 }
+
+/// A gateway whose `fault` filter has `extra` in its `[filters.fault]`.
+async fn policy_gateway(up: &Upstream, extra: &str) -> wasmgate_tests::RunningGateway {
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 16\n[filters.fault]\npath = {:?}\npool_size = 4\n{extra}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n[[routes.filters]]\nname = \"fault\"\nconfig = {{ tag = \"ok\" }}\n",
+        wasmgate_tests::artifacts::FAULT,
+        up.addr
+    );
+    start_gateway(&toml).await
+}
+
+#[tokio::test]
+async fn fail_open_skips_a_failing_filter_and_counts_it() {
+    let up = Upstream::start("u").await;
+    let gw = policy_gateway(&up, "failure_policy = \"fail-open\"").await;
+    let r = get(gw.addr(), "/", &[("x-fault", "trap")]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.count(), 1, "the request went on without the filter");
+    assert!(
+        up.seen()[0].headers.get("x-fault-seen").is_none(),
+        "the failed filter's edits are not applied"
+    );
+    let m = gw.metrics_text();
+    assert_eq!(
+        wasmgate_tests::metric(
+            &m,
+            "wasmgate_filter_fail_open_total{filter=\"fault\",route=\"r\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_filter_that_keeps_trapping_is_quarantined_then_tried_again() {
+    let up = Upstream::start("u").await;
+    let gw = policy_gateway(&up, "quarantine_after = 3").await;
+    for _ in 0..3 {
+        let r = get(gw.addr(), "/", &[("x-fault", "trap")]).await;
+        assert_eq!(r.json()["code"], "filter_trap");
+    }
+    // Benched: even a good request fails fast without running the filter.
+    let r = get(gw.addr(), "/", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["code"], "filter_quarantined");
+    assert_eq!(up.count(), 0);
+    let m = gw.metrics_text();
+    assert_eq!(
+        wasmgate_tests::metric(
+            &m,
+            "wasmgate_filter_quarantines_total{filter=\"fault\",route=\"r\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    // After the quarantine (1 s) the filter gets a trial call, which passes.
+    wasmgate_tests::within("quarantine over", async {
+        while get(gw.addr(), "/", &[]).await.status != 200 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(get(gw.addr(), "/", &[]).await.status, 200);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_call_past_its_wall_clock_budget_is_504_and_its_instance_discarded() {
+    let up = Upstream::start("u").await;
+    // The fault filter's `sleep` waits 2 s in a host call: no CPU is used,
+    // so only the wall-clock budget can stop it.
+    let gw = policy_gateway(&up, "cpu_limit = \"100ms\"\nwall_limit = \"300ms\"").await;
+    let r = get(gw.addr(), "/", &[("x-fault", "sleep")]).await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.json()["code"], "filter_wall_clock");
+    assert_eq!(
+        get(gw.addr(), "/", &[]).await.status,
+        200,
+        "others unaffected"
+    );
+    gw.shutdown().await;
+}

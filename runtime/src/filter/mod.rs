@@ -94,6 +94,13 @@ pub enum FilterFailure {
         /// How long the call waited.
         waited: Duration,
     },
+    /// The call took longer than its wall-clock budget (host calls included).
+    #[error("exceeded its wall-clock budget of {0:?}")]
+    WallClock(Duration),
+    /// The filter failed too often in a row and is benched for a while;
+    /// calls fail at once without running it.
+    #[error("is quarantined for {0:?} after failing repeatedly")]
+    Quarantined(Duration),
 }
 
 impl FilterFailure {
@@ -107,6 +114,8 @@ impl FilterFailure {
             FilterFailure::Instantiate(_) => "filter_unavailable",
             FilterFailure::InvalidDecision(_) => "filter_invalid_decision",
             FilterFailure::PoolExhausted { .. } => "filter_pool_exhausted",
+            FilterFailure::WallClock(_) => "filter_wall_clock",
+            FilterFailure::Quarantined(_) => "filter_quarantined",
         }
     }
 }

@@ -35,6 +35,7 @@ struct PoolMetrics {
     duration: prometheus_client::metrics::histogram::Histogram,
     created: prometheus_client::metrics::counter::Counter,
     discarded: prometheus_client::metrics::counter::Counter,
+    quarantined: prometheus_client::metrics::counter::Counter,
 }
 
 impl PoolMetrics {
@@ -58,6 +59,7 @@ impl PoolMetrics {
             .filter_instances_discarded
             .get_or_create(&labels)
             .clone();
+        let quarantined = metrics.filter_quarantines.get_or_create(&labels).clone();
         PoolMetrics {
             metrics,
             labels,
@@ -65,6 +67,7 @@ impl PoolMetrics {
             duration,
             created,
             discarded,
+            quarantined,
         }
     }
 
@@ -99,6 +102,64 @@ pub struct PoolPolicy {
     pub fresh: bool,
     /// How long a call waits for a free instance before failing.
     pub acquire_timeout: Duration,
+    /// Longest a call may take in wall-clock time, host calls included.
+    pub wall_limit: Duration,
+    /// Failures in a row that quarantine the filter (0: never).
+    pub quarantine_after: u32,
+}
+
+/// First quarantine; each one in a row doubles it, up to [`QUARANTINE_MAX`].
+pub const QUARANTINE_BASE: Duration = Duration::from_secs(1);
+/// Longest quarantine.
+pub const QUARANTINE_MAX: Duration = Duration::from_secs(60);
+
+/// A pool's run of failures and the quarantine it leads to.
+#[derive(Debug)]
+struct Quarantine {
+    origin: std::time::Instant,
+    streak: std::sync::atomic::AtomicU32,
+    /// Milliseconds after `origin` until which calls fail fast.
+    until_ms: AtomicU64,
+    times: std::sync::atomic::AtomicU32,
+}
+
+impl Quarantine {
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// `Some(remaining)` while quarantined.
+    fn active(&self) -> Option<Duration> {
+        let until = self.until_ms.load(Ordering::Relaxed);
+        let now = self.now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    /// Records a call's result; returns the quarantine started, if any.
+    fn record(&self, failed: bool, after: u32) -> Option<Duration> {
+        if !failed {
+            self.streak.store(0, Ordering::Relaxed);
+            self.times.store(0, Ordering::Relaxed);
+            return None;
+        }
+        if after == 0 {
+            return None;
+        }
+        let n = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < after {
+            return None;
+        }
+        // Benched; the first call after it is a trial, and one more failure
+        // benches it again, twice as long.
+        self.streak.store(after - 1, Ordering::Relaxed);
+        let times = self.times.fetch_add(1, Ordering::Relaxed).min(16);
+        let length = QUARANTINE_BASE
+            .saturating_mul(1 << times)
+            .min(QUARANTINE_MAX);
+        self.until_ms
+            .store(self.now_ms() + length.as_millis() as u64, Ordering::Relaxed);
+        Some(length)
+    }
 }
 
 /// Counters of one pool, for metrics and tests.
@@ -126,6 +187,7 @@ pub struct InstancePool {
     created: AtomicU64,
     discarded: AtomicU64,
     exhausted: AtomicU64,
+    quarantine: Quarantine,
 }
 
 impl std::fmt::Debug for InstancePool {
@@ -161,7 +223,50 @@ impl InstancePool {
             created: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
             exhausted: AtomicU64::new(0),
+            quarantine: Quarantine {
+                origin: std::time::Instant::now(),
+                streak: Default::default(),
+                until_ms: AtomicU64::new(0),
+                times: Default::default(),
+            },
         }
+    }
+
+    /// Runs one call under the pool's wall-clock budget and quarantine.
+    async fn guarded<T>(
+        &self,
+        call: impl AsyncFnOnce(&mut FilterInstance) -> Result<T, FilterFailure>,
+    ) -> Result<T, FilterFailure> {
+        if let Some(remaining) = self.quarantine.active() {
+            return Err(FilterFailure::Quarantined(remaining));
+        }
+        let started = std::time::Instant::now();
+        let result = async {
+            let mut lease = self.acquire().await?;
+            let wall = self.policy.wall_limit;
+            // A call cut off mid-way leaves its store in an unknown state:
+            // the lease is not marked healthy, so the instance is discarded.
+            let result = match tokio::time::timeout(wall, call(lease.instance_mut())).await {
+                Ok(r) => r,
+                Err(_) => Err(FilterFailure::WallClock(wall)),
+            };
+            lease.finish(result.is_ok());
+            result
+        }
+        .await;
+        self.metrics.record(started, &result);
+        // Running out of instances is load, not a fault of the filter.
+        let failed = matches!(&result, Err(f) if !matches!(f, FilterFailure::PoolExhausted { .. }));
+        if let Some(length) = self.quarantine.record(failed, self.policy.quarantine_after) {
+            tracing::error!(
+                filter = &**self.module.name(),
+                route = &*self.route,
+                "filter quarantined for {length:?} after {} failures in a row",
+                self.policy.quarantine_after
+            );
+            self.metrics.quarantined.inc();
+        }
+        result
     }
 
     /// The filter module.
@@ -189,16 +294,8 @@ impl InstancePool {
         &self,
         req: &wit::Request,
     ) -> Result<wit::RequestDecision, FilterFailure> {
-        let started = std::time::Instant::now();
-        let result = async {
-            let mut lease = self.acquire().await?;
-            let result = lease.instance_mut().on_request(req).await;
-            lease.finish(result.is_ok());
-            result
-        }
-        .await;
-        self.metrics.record(started, &result);
-        result
+        self.guarded(async |i: &mut FilterInstance| i.on_request(req).await)
+            .await
     }
 
     /// Samples gauges (idle instances) into the metrics.
@@ -219,16 +316,8 @@ impl InstancePool {
         resp: &wit::Response,
         context: Option<&[u8]>,
     ) -> Result<wit::ResponseDecision, FilterFailure> {
-        let started = std::time::Instant::now();
-        let result = async {
-            let mut lease = self.acquire().await?;
-            let result = lease.instance_mut().on_response(req, resp, context).await;
-            lease.finish(result.is_ok());
-            result
-        }
-        .await;
-        self.metrics.record(started, &result);
-        result
+        self.guarded(async |i: &mut FilterInstance| i.on_response(req, resp, context).await)
+            .await
     }
 
     async fn acquire(&self) -> Result<Lease<'_>, FilterFailure> {
