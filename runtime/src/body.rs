@@ -166,6 +166,16 @@ pub async fn collect(body: Incoming, limit: usize) -> Result<Kept, FirstFrameErr
     }
 }
 
+/// Reads a whole body the proxy holds (an upstream's response) of at most
+/// `limit` bytes.
+pub async fn collect_proxy(body: ProxyBody, limit: usize) -> Result<Bytes, FirstFrameError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(FirstFrameError::TooLarge),
+        Err(e) => Err(FirstFrameError::Invalid(e.to_string())),
+    }
+}
+
 /// Like [`stream`], but reads the first frame before returning, so that a
 /// chunked body whose framing is broken from the start (an invalid chunk
 /// size) is refused before anything is forwarded.

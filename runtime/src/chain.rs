@@ -68,15 +68,19 @@ pub struct Needs {
     pub response_headers: Interest,
     /// Whether `on-response` runs.
     pub wants_response: bool,
+    /// The request body is buffered and handed to `on-request`.
+    pub request_body: bool,
+    /// The response body is buffered and handed to `on-response`.
+    pub response_body: bool,
 }
 
 impl Needs {
     /// Validates a filter's `filter-info`.
     pub fn from_wit(info: wit::FilterInfo) -> Result<Needs, String> {
-        if info.buffer_request_body || info.buffer_response_body {
+        if info.buffer_response_body && !info.wants_response {
             return Err(
-                "the filter asks for a buffered body, which this wasmgate release does not \
-                        support yet (bodies stream through untouched)"
+                "buffer-response-body is set but wants-response is not: the body would \
+                 never be handed to the filter"
                     .into(),
             );
         }
@@ -84,6 +88,8 @@ impl Needs {
             request_headers: Interest::from_wit(info.request_headers, "request-headers")?,
             response_headers: Interest::from_wit(info.response_headers, "response-headers")?,
             wants_response: info.wants_response,
+            request_body: info.buffer_request_body,
+            response_body: info.buffer_response_body,
         })
     }
 }
@@ -241,11 +247,11 @@ pub fn build_response(r: wit::Response) -> Result<Response<ProxyBody>, FilterFai
 pub fn apply_response_edits(
     resp: &mut Response<ProxyBody>,
     edits: &wit::ResponseEdits,
+    body_buffered: bool,
 ) -> Result<(), FilterFailure> {
-    if edits.body.is_some() {
+    if edits.body.is_some() && !body_buffered {
         return Err(FilterFailure::InvalidDecision(
-            "a body edit needs buffer-response-body, which this release does not support yet"
-                .into(),
+            "a response body edit needs buffer-response-body in filter-info".into(),
         ));
     }
     let status = match edits.status {
@@ -263,7 +269,24 @@ pub fn apply_response_edits(
     if let Some(s) = status {
         *resp.status_mut() = s;
     }
+    if let Some(b) = &edits.body {
+        set_body(resp, Bytes::from(b.clone()));
+    }
     Ok(())
+}
+
+/// Replaces a response's body with bytes and makes `Content-Length` say so
+/// (for statuses that carry a body).
+pub fn set_body(resp: &mut Response<ProxyBody>, bytes: Bytes) {
+    let len = bytes.len();
+    *resp.body_mut() = body::full(bytes);
+    let s = resp.status();
+    if s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED || s.is_informational() {
+        resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+    } else {
+        resp.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
 }
 
 #[cfg(test)]

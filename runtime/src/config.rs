@@ -168,6 +168,7 @@ struct RawLimits {
     h2_max_concurrent_streams: Option<u32>,
     idle_timeout: Option<HumanDuration>,
     tunnel_idle_timeout: Option<HumanDuration>,
+    max_buffered_body: Option<HumanSize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -386,6 +387,9 @@ pub struct LimitsConfig {
     /// An upgraded connection (WebSocket) with no bytes either way for this
     /// long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// Largest body buffered for filters that ask for one (413 for requests,
+    /// 502 for responses past it).
+    pub max_buffered_body: usize,
 }
 
 impl Default for LimitsConfig {
@@ -400,6 +404,7 @@ impl Default for LimitsConfig {
             h2_max_concurrent_streams: 100,
             idle_timeout: Duration::from_secs(60),
             tunnel_idle_timeout: Duration::from_secs(300),
+            max_buffered_body: 1 << 20,
         }
     }
 }
@@ -791,6 +796,9 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             ));
         }
         limits.max_header_size = n as usize;
+    }
+    if let Some(HumanSize(n)) = rl.max_buffered_body {
+        limits.max_buffered_body = usize::try_from(n).unwrap_or(usize::MAX);
     }
     if let Some(HumanSize(n)) = rl.max_request_body {
         limits.max_request_body = usize::try_from(n).unwrap_or(usize::MAX);

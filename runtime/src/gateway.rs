@@ -215,6 +215,7 @@ impl Gateway {
                 max_request_body: config.limits.max_request_body,
                 request_timeout: config.limits.request_timeout,
                 tunnel_idle_timeout: config.limits.tunnel_idle_timeout,
+                max_buffered_body: config.limits.max_buffered_body,
             },
             tls: tls.clone(),
             overload: Arc::new(crate::overload::OverloadGuard::new(

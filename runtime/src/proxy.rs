@@ -543,7 +543,14 @@ impl Proxy {
                 }
                 let cluster = route.pick();
                 let resp = self
-                    .dispatch(&route, cluster, parts, body, &view, entry)
+                    .dispatch(
+                        &route,
+                        cluster,
+                        parts,
+                        ForwardBody::Stream(body),
+                        &view,
+                        entry,
+                    )
                     .await;
                 self.record(
                     Some(&route),
@@ -694,10 +701,26 @@ impl Proxy {
         };
         sync_request_line(&mut wreq, &parts);
 
+        // A filter that asked for the request body gets it whole.
+        let mut body = Some(body);
+        let mut kept: Option<body::Kept> = None;
+        if route.chain.iter().any(|f| f.needs.request_body) {
+            let limits = &self.policy.limits;
+            let limit = limits.max_buffered_body.min(limits.max_request_body);
+            match body::collect(body.take().expect("not yet taken"), limit).await {
+                Ok(k) => kept = Some(k),
+                Err(e) => return (refuse_body(e, request_id, limit), None),
+            }
+        }
+
         // Request side.
         let mut skipped = vec![false; route.chain.len()];
         for (i, f) in route.chain.iter().enumerate() {
             wreq.headers = f.needs.request_headers.copy(&parts.headers);
+            wreq.body = match (&kept, f.needs.request_body) {
+                (Some(k), true) => Some(k.data.to_vec()),
+                _ => None,
+            };
             let decision = match f.pool.on_request(&wreq).await {
                 Ok(d) => d,
                 Err(failure) => {
@@ -717,9 +740,16 @@ impl Proxy {
             note(entry, f, outcome);
             match decision {
                 wit::RequestDecision::Proceed(p) => {
-                    if let Err(failure) =
-                        self.apply_request_edits(&mut parts, &mut cluster, &p.edits)
-                    {
+                    let edited = self.apply_request_edits(
+                        &mut parts,
+                        &mut cluster,
+                        &p.edits,
+                        f.needs.request_body,
+                    );
+                    if let (Ok(()), Some(b), Some(k)) = (&edited, &p.edits.body, kept.as_mut()) {
+                        k.data = bytes::Bytes::from(b.clone());
+                    }
+                    if let Err(failure) = edited {
                         if self.fail_open(route, f, &failure, request_id) {
                             skipped[i] = true;
                             contexts.push(None);
@@ -750,6 +780,7 @@ impl Proxy {
 
         // The request as forwarded, for the response side.
         wreq.headers.clear();
+        wreq.body = None;
         let forwarded: Vec<Option<wit::Request>> = route
             .chain
             .iter()
@@ -765,12 +796,52 @@ impl Proxy {
         let (mut resp, seen_by) = match short_circuit {
             Some((i, resp)) => (resp, i),
             None => {
+                let fwd = match (kept, body) {
+                    (Some(k), _) => ForwardBody::Kept(k),
+                    (None, Some(b)) => ForwardBody::Stream(b),
+                    (None, None) => unreachable!("the body is either kept or still streaming"),
+                };
                 let resp = self
-                    .dispatch(route, cluster.as_ref(), parts, body, view, entry)
+                    .dispatch(route, cluster.as_ref(), parts, fwd, view, entry)
                     .await;
                 (resp, route.chain.len())
             }
         };
+
+        // A filter that asked for the response body gets it whole (not for
+        // HEAD, whose response has none).
+        let mut resp_body: Option<bytes::Bytes> = None;
+        if wreq.method != "HEAD"
+            && (0..seen_by).any(|i| forwarded[i].is_some() && route.chain[i].needs.response_body)
+        {
+            let limit = self.policy.limits.max_buffered_body;
+            let (rparts, rbody) = resp.into_parts();
+            match body::collect_proxy(rbody, limit).await {
+                Ok(bytes) => {
+                    resp = Response::from_parts(rparts, body::empty());
+                    chain::set_body(&mut resp, bytes.clone());
+                    resp_body = Some(bytes);
+                }
+                Err(e) => {
+                    let (code, message) = match e {
+                        body::FirstFrameError::TooLarge => (
+                            "upstream_body_too_large",
+                            format!(
+                                "the response body exceeds the buffering limit of {limit} bytes"
+                            ),
+                        ),
+                        body::FirstFrameError::Invalid(d) => (
+                            "upstream_error",
+                            format!("the response body could not be read: {d}"),
+                        ),
+                    };
+                    tracing::warn!(route = &*route.name, request_id, "{message}");
+                    let resp = GatewayError::new(StatusCode::BAD_GATEWAY, code, message)
+                        .into_response(Some(request_id));
+                    return (resp, rerouted(route, cluster.as_ref()).cloned());
+                }
+            }
+        }
 
         // Response side, in reverse, for the filters that saw the request.
         for i in (0..seen_by).rev() {
@@ -779,7 +850,10 @@ impl Proxy {
             let wresp = wit::Response {
                 status: resp.status().as_u16(),
                 headers: f.needs.response_headers.copy(resp.headers()),
-                body: None,
+                body: match (&resp_body, f.needs.response_body) {
+                    (Some(b), true) => Some(b.to_vec()),
+                    _ => None,
+                },
             };
             let context = contexts.get(i).and_then(|c| c.as_deref());
             let decision = match f.pool.on_response(wreq, &wresp, context).await {
@@ -799,9 +873,22 @@ impl Proxy {
             note(entry, f, outcome);
             let applied = match decision {
                 wit::ResponseDecision::Proceed(edits) => {
-                    chain::apply_response_edits(&mut resp, &edits)
+                    let applied =
+                        chain::apply_response_edits(&mut resp, &edits, f.needs.response_body);
+                    if let (Ok(()), Some(b)) = (&applied, edits.body) {
+                        resp_body = Some(bytes::Bytes::from(b));
+                    }
+                    applied
                 }
-                wit::ResponseDecision::Replace(r) => chain::build_response(r).map(|r| resp = r),
+                wit::ResponseDecision::Replace(r) => {
+                    let replaced_body = r.body.clone().map(bytes::Bytes::from);
+                    chain::build_response(r).map(|r| {
+                        resp = r;
+                        if resp_body.is_some() {
+                            resp_body = Some(replaced_body.unwrap_or_default());
+                        }
+                    })
+                }
             };
             if let Err(failure) = applied {
                 if self.fail_open(route, f, &failure, request_id) {
@@ -871,7 +958,7 @@ impl Proxy {
         route: &Route,
         cluster: Option<&Arc<Cluster>>,
         mut parts: Parts,
-        body: Incoming,
+        body: ForwardBody,
         view: &ClientView,
         entry: &mut Option<Entry>,
     ) -> Response<ProxyBody> {
@@ -906,7 +993,7 @@ impl Proxy {
         route: &Route,
         cluster: &Arc<Cluster>,
         parts: Parts,
-        body: Incoming,
+        body: ForwardBody,
         view: &ClientView,
         entry: &mut Option<Entry>,
     ) -> Response<ProxyBody> {
@@ -927,25 +1014,38 @@ impl Proxy {
         }
         let limit = self.policy.limits.max_request_body;
         let chunked = parts.extensions.remove::<ChunkedRequest>().is_some();
-        let body = if hyper::body::Body::is_end_stream(&body) {
-            RequestBody::Replayable(body::Kept::default())
-        } else if cluster.retries()
-            && !upgrading
-            && declared_length(&parts.headers)
-                .is_some_and(|n| n <= cluster.retry_body_limit() as u64)
-        {
-            // Small enough to keep for a retry.
-            match body::collect(body, limit).await {
-                Ok(b) => RequestBody::Replayable(b),
-                Err(e) => return refuse_body(e, request_id, limit),
+        let body = match body {
+            ForwardBody::Kept(kept) => {
+                // The body went through filters and may have changed.
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                if !kept.data.is_empty() || parts.headers.contains_key(header::CONTENT_LENGTH) {
+                    parts.headers.insert(
+                        header::CONTENT_LENGTH,
+                        http::HeaderValue::from(kept.data.len()),
+                    );
+                }
+                RequestBody::Replayable(kept)
             }
-        } else if chunked {
-            match body::stream_checked(body, limit).await {
+            ForwardBody::Stream(body) if hyper::body::Body::is_end_stream(&body) => {
+                RequestBody::Replayable(body::Kept::default())
+            }
+            ForwardBody::Stream(body)
+                if cluster.retries()
+                    && !upgrading
+                    && declared_length(&parts.headers)
+                        .is_some_and(|n| n <= cluster.retry_body_limit() as u64) =>
+            {
+                // Small enough to keep for a retry.
+                match body::collect(body, limit).await {
+                    Ok(b) => RequestBody::Replayable(b),
+                    Err(e) => return refuse_body(e, request_id, limit),
+                }
+            }
+            ForwardBody::Stream(body) if chunked => match body::stream_checked(body, limit).await {
                 Ok(b) => RequestBody::Once(b),
                 Err(e) => return refuse_body(e, request_id, limit),
-            }
-        } else {
-            RequestBody::Once(body::stream(body, limit))
+            },
+            ForwardBody::Stream(body) => RequestBody::Once(body::stream(body, limit)),
         };
         let key = cluster.hash_key(&parts.headers, Some(client_ip));
         match cluster.forward(parts, body, key).await {
@@ -1019,11 +1119,11 @@ impl Proxy {
         parts: &mut Parts,
         cluster: &mut Option<Arc<Cluster>>,
         edits: &wit::RequestEdits,
+        body_buffered: bool,
     ) -> Result<(), FilterFailure> {
-        if edits.body.is_some() {
+        if edits.body.is_some() && !body_buffered {
             return Err(FilterFailure::InvalidDecision(
-                "a body edit needs buffer-request-body, which this release does not support yet"
-                    .into(),
+                "a request body edit needs buffer-request-body in filter-info".into(),
             ));
         }
         // Validate everything first, so a rejected decision changes nothing.
@@ -1099,6 +1199,17 @@ pub struct Limits {
     /// An upgraded connection (WebSocket) with no bytes either way for this
     /// long is closed.
     pub tunnel_idle_timeout: std::time::Duration,
+    /// Largest body buffered for filters.
+    pub max_buffered_body: usize,
+}
+
+/// A request body on its way to the upstream.
+#[derive(Debug)]
+enum ForwardBody {
+    /// Streamed from the client.
+    Stream(Incoming),
+    /// Read whole for filters (and possibly replaced by one).
+    Kept(body::Kept),
 }
 
 /// Adds `filter:outcome` to the access log entry, if logging.

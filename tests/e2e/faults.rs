@@ -221,3 +221,43 @@ async fn a_call_past_its_wall_clock_budget_is_504_and_its_instance_discarded() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn filters_that_ask_for_bodies_get_them_whole_and_may_replace_them() {
+    let up = Upstream::start("u").await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[limits]\nmax_buffered_body = \"64KiB\"\n[engine]\nmax_instances = 16\n[filters.fault]\npath = {:?}\npool_size = 2\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n[[routes.filters]]\nname = \"fault\"\nconfig = {{ tag = \"outer\", bodies = true }}\n[[routes.filters]]\nname = \"fault\"\nconfig = {{ tag = \"inner\", bodies = true }}\n",
+        wasmgate_tests::artifacts::FAULT,
+        up.addr
+    );
+    let gw = start_gateway(&toml).await;
+    // Chunked on the way in: the filter still sees the whole body.
+    let out = wasmgate_tests::raw(
+        gw.addr(),
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // Upper-cased on the way up; on the way down, the inner filter appends
+    // first, then the outer one (reverse order).
+    assert!(
+        out.ends_with("HELLO WORLD [seen by inner] [seen by outer]"),
+        "{out}"
+    );
+    let len = "HELLO WORLD [seen by inner] [seen by outer]".len();
+    assert!(out.contains(&format!("content-length: {len}")), "{out}");
+    let seen = &up.seen()[0].headers;
+    assert_eq!(seen["x-request-body-len"], "11");
+    assert_eq!(seen["content-length"], "11");
+
+    // Past the buffering limit: 413 before any filter runs.
+    let big = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        100_000,
+        "a".repeat(100_000)
+    );
+    let out = wasmgate_tests::raw(gw.addr(), big.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert_eq!(up.count(), 1);
+    gw.shutdown().await;
+}

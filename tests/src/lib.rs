@@ -256,6 +256,19 @@ async fn serve_upstream<S>(
             if path.starts_with("/grpc") {
                 return Ok(grpc_echo(req).await);
             }
+            // `/echo`: answers the request body.
+            if path.starts_with("/echo") {
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                let mut resp = Response::new(Full::new(body).map_err(|n| match n {}).boxed());
+                resp.headers_mut()
+                    .insert("x-upstream", name.parse().unwrap());
+                return Ok(resp);
+            }
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }

@@ -7,6 +7,8 @@
 //! the environment and the network, print to stdout/stderr, and answer 200 with
 //! what happened), `init` in the config's `fail_init` rejects the config.
 //! `sleep` (hold the instance for 2 s), `grow` (keep 8 MiB alive in the instance).
+//! With `bodies = true` in its config it asks for both bodies: requests are
+//! upper-cased (and `x-request-body-len` set), responses get ` [seen by TAG]`.
 //! Anything else: proceed and mark the request with `x-fault-seen: <tag>`,
 //! `x-instance: <random id of this instance>` and `x-instance-calls: <n>`.
 
@@ -15,8 +17,8 @@ use std::hash::{BuildHasher, Hasher};
 
 use serde::Deserialize;
 use wasmgate_sdk::{
-    Filter, FilterInfo, OnRequest, Request, RequestEdits, Response, export_filter, log,
-    parse_config,
+    Filter, FilterInfo, OnRequest, OnResponse, Request, RequestEdits, Response, ResponseEdits,
+    export_filter, log, parse_config,
 };
 
 #[derive(Deserialize, Default)]
@@ -26,9 +28,15 @@ struct Config {
     tag: Option<String>,
     #[serde(default)]
     fail_init: bool,
+    /// Ask for both bodies: requests are upper-cased (header
+    /// `x-request-body-len` gives the length seen) and responses get
+    /// ` [seen by TAG]` appended.
+    #[serde(default)]
+    bodies: bool,
 }
 
 struct Fault {
+    bodies: bool,
     tag: String,
     /// Random per instance, so tests can tell instances apart.
     instance: u64,
@@ -89,6 +97,7 @@ impl Filter for Fault {
             .build_hasher()
             .finish();
         Ok(Fault {
+            bodies: config.bodies,
             tag: config.tag.unwrap_or_else(|| "fault".into()),
             instance,
             calls: Cell::new(0),
@@ -97,7 +106,25 @@ impl Filter for Fault {
     }
 
     fn info(&self) -> FilterInfo {
-        FilterInfo::new().request_headers(["x-fault"])
+        let info = FilterInfo::new().request_headers(["x-fault"]);
+        if self.bodies {
+            info.buffer_request_body(true)
+                .buffer_response_body(true)
+                .wants_response(true)
+        } else {
+            info
+        }
+    }
+
+    fn on_response(&self, _req: &Request, resp: &Response, _context: Option<&[u8]>) -> OnResponse {
+        match resp.body() {
+            Some(body) if self.bodies => {
+                let mut b = body.to_vec();
+                b.extend_from_slice(format!(" [seen by {}]", self.tag).as_bytes());
+                OnResponse::proceed_with(ResponseEdits::default().body(b))
+            }
+            _ => OnResponse::proceed(),
+        }
     }
 
     fn on_request(&self, req: &Request) -> OnRequest {
@@ -137,6 +164,14 @@ impl Filter for Fault {
                 log::warn("fault filter: a warning through the log import");
                 OnRequest::proceed()
             }
+            _ if self.bodies => match req.body() {
+                Some(body) => OnRequest::proceed_with(
+                    RequestEdits::default()
+                        .set_header("x-request-body-len", body.len().to_string())
+                        .body(body.to_ascii_uppercase()),
+                ),
+                None => self.proceed(),
+            },
             _ => self.proceed(),
         }
     }
