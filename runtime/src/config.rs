@@ -255,6 +255,25 @@ struct RawFilter {
     wall_limit: Option<HumanDuration>,
     failure_policy: Option<FailurePolicy>,
     quarantine_after: Option<u32>,
+    kv_quota: Option<HumanSize>,
+    #[serde(default)]
+    vars: BTreeMap<String, RawVar>,
+}
+
+/// A `config` value for a filter: a literal, an environment variable, or a
+/// file's contents.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawVar {
+    Literal(String),
+    From(RawVarSource),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVarSource {
+    env: Option<String>,
+    file: Option<String>,
 }
 
 /// How a filter's instances are shared between requests.
@@ -485,6 +504,10 @@ pub struct FilterConfig {
     pub failure_policy: FailurePolicy,
     /// Failures in a row that quarantine the filter (0: never).
     pub quarantine_after: u32,
+    /// Largest total size of its `kv` entries.
+    pub kv_quota: usize,
+    /// Values its `config.get` returns, resolved at load.
+    pub vars: std::collections::HashMap<String, String>,
 }
 
 /// What a filter's failure does to the request it was serving.
@@ -971,6 +994,52 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 format!("{recycle_memory} bytes is more than memory_limit ({memory_limit} bytes)"),
             ));
         }
+        let mut vars = std::collections::HashMap::new();
+        for (var, source) in &f.vars {
+            let vkey = format!("{key}.vars.{var}");
+            let value = match source {
+                RawVar::Literal(v) => Some(v.clone()),
+                RawVar::From(RawVarSource {
+                    env: Some(e),
+                    file: None,
+                }) => match std::env::var(e) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        errors.push(ConfigError::new(
+                            &vkey,
+                            format!("the environment variable {e} is not set"),
+                        ));
+                        None
+                    }
+                },
+                RawVar::From(RawVarSource {
+                    env: None,
+                    file: Some(path),
+                }) => {
+                    let p = base.join(path);
+                    match std::fs::read_to_string(&p) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            errors.push(ConfigError::new(
+                                &vkey,
+                                format!("cannot read {}: {e}", p.display()),
+                            ));
+                            None
+                        }
+                    }
+                }
+                RawVar::From(_) => {
+                    errors.push(ConfigError::new(
+                        &vkey,
+                        "give a string, { env = \"NAME\" } or { file = \"path\" }",
+                    ));
+                    None
+                }
+            };
+            if let Some(v) = value {
+                vars.insert(var.clone(), v);
+            }
+        }
         // Default: room for the CPU budget plus waiting on the host.
         let wall_limit = f
             .wall_limit
@@ -996,6 +1065,10 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 wall_limit,
                 failure_policy: f.failure_policy.unwrap_or_default(),
                 quarantine_after: f.quarantine_after.unwrap_or(5),
+                kv_quota: f
+                    .kv_quota
+                    .map_or(16 << 20, |q| usize::try_from(q.0).unwrap_or(usize::MAX)),
+                vars,
             },
         );
     }

@@ -85,7 +85,8 @@ impl Gateway {
                 cpu: f.cpu_limit,
             };
             match engine.load(name, &f.path, limits) {
-                Ok(m) => {
+                Ok(mut m) => {
+                    m.grant(f.kv_quota, f.vars.clone());
                     modules.insert(name, Arc::new(m));
                 }
                 Err(e) => errors.push(ConfigError::new(
@@ -284,6 +285,9 @@ impl Gateway {
             tls.spawn_reloader();
         }
         self.proxy.overload().spawn();
+        self._engine
+            .services()
+            .spawn_sweeper(std::time::Duration::from_secs(10));
         for cluster in self.proxy.clusters.values() {
             crate::upstream::health::spawn(cluster);
             crate::upstream::dns::spawn(cluster, self.resolver.clone());

@@ -261,3 +261,54 @@ async fn filters_that_ask_for_bodies_get_them_whole_and_may_replace_them() {
     assert_eq!(up.count(), 1);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn kv_is_atomic_across_instances_and_namespaced_per_filter() {
+    let up = Upstream::start("u").await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 16\n[filters.fault]\npath = {p:?}\npool_size = 4\nvars = {{ greeting = \"hello\" }}\n[filters.other]\npath = {p:?}\npool_size = 2\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\ncluster = \"c\"\nfilters = [{{ name = \"fault\", config = {{ tag = \"from-fault\" }} }}]\n[[routes]]\nname = \"b\"\npath_prefix = \"/b\"\ncluster = \"c\"\nfilters = [{{ name = \"fault\", config = {{ tag = \"b\" }} }}]\n[[routes]]\nname = \"o\"\npath_prefix = \"/o\"\ncluster = \"c\"\nfilters = [{{ name = \"other\" }}]\n",
+        up.addr,
+        p = wasmgate_tests::artifacts::FAULT,
+    );
+    let gw = start_gateway(&toml).await;
+    let addr = gw.addr();
+    // 40 concurrent increments over two routes (two pools) of one filter.
+    let all: Vec<_> = (0..40)
+        .map(|i| {
+            let path = if i % 2 == 0 { "/a" } else { "/b" };
+            tokio::spawn(async move { get(addr, path, &[("x-fault", "kv-incr")]).await })
+        })
+        .collect();
+    for h in all {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    let mut hits: Vec<i64> = up
+        .seen()
+        .iter()
+        .map(|s| s.headers["x-hits"].to_str().unwrap().parse().unwrap())
+        .collect();
+    hits.sort();
+    assert_eq!(
+        hits,
+        (1..=40).collect::<Vec<_>>(),
+        "every increment counted once"
+    );
+
+    // Written by `fault`, invisible to `other` (same module, other name).
+    assert_eq!(get(addr, "/a", &[("x-fault", "kv-put")]).await.status, 200);
+    get(addr, "/b", &[("x-fault", "kv-get")]).await;
+    get(addr, "/o", &[("x-fault", "kv-get")]).await;
+    get(addr, "/a", &[("x-fault", "var")]).await;
+    get(addr, "/o", &[("x-fault", "var")]).await;
+    let seen = up.seen();
+    let n = seen.len();
+    assert_eq!(seen[n - 4].headers["x-secret"], "from-fault");
+    assert_eq!(seen[n - 3].headers["x-secret"], "none");
+    assert_eq!(seen[n - 2].headers["x-greeting"], "hello");
+    assert_eq!(
+        seen[n - 1].headers["x-greeting"],
+        "none",
+        "vars are per filter"
+    );
+    gw.shutdown().await;
+}

@@ -200,3 +200,81 @@ config.response.set = { "x-order" = "second-filter" }
     );
     gw.shutdown().await;
 }
+
+pub(crate) mod rate_limit {
+    use std::time::Duration;
+
+    use wasmgate_tests::{Upstream, artifacts, get, start_gateway, within};
+
+    fn toml(up: &Upstream, config: &str) -> String {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 16\n[filters.rate-limit]\npath = {:?}\npool_size = 4\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\nfilters = [{{ name = \"rate-limit\", config = {config} }}]\n",
+            artifacts::RATE_LIMIT,
+            up.addr
+        )
+    }
+
+    #[tokio::test]
+    pub(crate) async fn runs_in_the_real_host() {
+        let up = Upstream::start("u").await;
+        let gw = start_gateway(&toml(&up, "{ requests = 2, per = \"second\" }")).await;
+        let first = get(gw.addr(), "/", &[]).await;
+        assert_eq!(first.status, 200);
+        assert_eq!(first.header("ratelimit-limit"), Some("2"));
+        assert_eq!(first.header("ratelimit-remaining"), Some("1"));
+        assert_eq!(get(gw.addr(), "/", &[]).await.status, 200);
+        let refused = get(gw.addr(), "/", &[]).await;
+        assert_eq!(refused.status, 429, "{}", refused.body);
+        assert_eq!(refused.json()["code"], "rate_limited");
+        assert_eq!(refused.header("retry-after"), Some("1"));
+        assert_eq!(refused.header("ratelimit-remaining"), Some("0"));
+        assert_eq!(up.count(), 2);
+        // The bucket refills at two per second.
+        within("refill", async {
+            while get(gw.addr(), "/", &[]).await.status != 200 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn the_bucket_is_shared_by_every_instance_under_concurrency() {
+        let up = Upstream::start("u").await;
+        let gw = start_gateway(&toml(
+            &up,
+            "{ requests = 1, per = \"hour\", burst = 5, key = \"header:x-api-key\" }",
+        ))
+        .await;
+        let addr = gw.addr();
+        let all: Vec<_> = (0..20)
+            .map(|_| tokio::spawn(async move { get(addr, "/", &[("x-api-key", "alice")]).await }))
+            .collect();
+        let mut ok = 0;
+        for h in all {
+            match h.await.unwrap().status {
+                200 => ok += 1,
+                429 => {}
+                s => panic!("status {s}"),
+            }
+        }
+        assert_eq!(
+            ok, 5,
+            "exactly the burst passes, across four pooled instances"
+        );
+        // Another key has its own bucket.
+        assert_eq!(get(addr, "/", &[("x-api-key", "bob")]).await.status, 200);
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_bad_config_is_refused_at_load_with_the_filters_message() {
+        let up = Upstream::start("u").await;
+        let err = wasmgate_tests::build_gateway(&toml(&up, "{ requests = 5, key = \"cookie\" }"))
+            .await
+            .expect_err("must not build");
+        assert!(err.contains("routes[0].filters[0].config"), "{err}");
+        assert!(err.contains("\"header:NAME\""), "{err}");
+    }
+}

@@ -28,13 +28,14 @@ pub struct HostState {
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     site: CallSite,
+    grants: super::services::Grants,
 }
 
 impl HostState {
     /// A sandbox with no files, no environment, no arguments and no network;
     /// stdout and stderr go to the gateway log under the filter's name; clocks
     /// and randomness work.
-    pub fn new(site: CallSite, memory_limit: u64) -> Self {
+    pub fn new(site: CallSite, memory_limit: u64, grants: super::services::Grants) -> Self {
         let wasi = WasiCtxBuilder::new()
             .stdout(LogStream {
                 site: site.clone(),
@@ -58,7 +59,13 @@ impl HostState {
                 current: 0,
             },
             site,
+            grants,
         }
+    }
+
+    /// What the filter may use of the host's services.
+    pub(crate) fn grants(&self) -> &super::services::Grants {
+        &self.grants
     }
 }
 

@@ -16,6 +16,7 @@ mod bindings;
 mod cache;
 mod host;
 mod pool;
+pub mod services;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -136,6 +137,7 @@ pub struct FilterEngine {
     tick: Duration,
     ticker_stop: Arc<AtomicBool>,
     cache: Option<CompileCache>,
+    services: Arc<services::HostServices>,
 }
 
 impl std::fmt::Debug for FilterEngine {
@@ -204,7 +206,13 @@ impl FilterEngine {
             tick,
             ticker_stop,
             cache,
+            services: Arc::default(),
         })
+    }
+
+    /// The state the host keeps for filters (`kv`, `rate-limit`).
+    pub fn services(&self) -> &Arc<services::HostServices> {
+        &self.services
     }
 
     /// Reads, compiles and pre-links a filter component. The returned module is
@@ -255,6 +263,7 @@ impl FilterEngine {
         Ok(FilterModule {
             name: Arc::from(name),
             sha256,
+            grants: services::Grants::new(name, self.services.clone()),
             pre,
             limits,
             tick: self.tick,
@@ -290,9 +299,18 @@ fn check_component_header(bytes: &[u8]) -> Result<(), String> {
 pub struct FilterModule {
     name: Arc<str>,
     sha256: String,
+    grants: services::Grants,
     pre: PluginPre<HostState>,
     limits: Limits,
     tick: Duration,
+}
+
+impl FilterModule {
+    /// Sets what the filter may use: its `kv` quota and `config` values.
+    pub fn grant(&mut self, kv_quota: usize, vars: std::collections::HashMap<String, String>) {
+        self.grants.kv_quota = kv_quota;
+        self.grants.vars = Arc::new(vars);
+    }
 }
 
 impl std::fmt::Debug for FilterModule {
@@ -353,7 +371,10 @@ impl FilterModule {
             filter: self.name.clone(),
             route: route.clone(),
         };
-        let mut store = Store::new(self.pre.engine(), HostState::new(site, self.limits.memory));
+        let mut store = Store::new(
+            self.pre.engine(),
+            HostState::new(site, self.limits.memory, self.grants.clone()),
+        );
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.deadline_ticks());

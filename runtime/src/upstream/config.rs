@@ -194,7 +194,8 @@ pub struct HealthCheck {
 pub struct Outlier {
     /// 5xx answers in a row that eject an endpoint (0: never).
     pub consecutive_5xx: u32,
-    /// Connection failures in a row that eject an endpoint (0: never).
+    /// Connection failures (refused, reset, timed out) in a row that eject
+    /// an endpoint (0: never).
     pub consecutive_connect_failures: u32,
     /// First ejection's length; the n-th in a row lasts n times as long.
     pub base_ejection: Duration,
@@ -308,12 +309,16 @@ impl ClusterConfig {
             },
             retry: Retry {
                 retries: 1,
-                on: vec![RetryOn::ConnectFailure, RetryOn::RefusedStream],
+                on: vec![
+                    RetryOn::ConnectFailure,
+                    RetryOn::RefusedStream,
+                    RetryOn::Reset,
+                ],
                 per_try_timeout: None,
                 backoff: Duration::from_millis(25),
                 max_backoff: Duration::from_millis(250),
                 budget_percent: 20,
-                min_retry_concurrency: 3,
+                min_retry_concurrency: 10,
                 body_limit: 64 << 10,
             },
             circuit_breaker: CircuitBreaker {

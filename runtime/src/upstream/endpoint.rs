@@ -164,12 +164,14 @@ impl Endpoint {
                 policy.consecutive_5xx,
                 Some(&self.consecutive_connect),
             ),
-            Outcome::ConnectFailure => (
+            // A connection that breaks mid-exchange is as much a sign of a
+            // dead endpoint as one that cannot be made (Envoy's "gateway
+            // failures" count both).
+            Outcome::ConnectFailure | Outcome::Reset => (
                 &self.consecutive_connect,
                 policy.consecutive_connect_failures,
                 None,
             ),
-            Outcome::Reset => return Verdict::Unchanged,
             Outcome::Status(_) => {
                 self.consecutive_5xx.store(0, Ordering::Relaxed);
                 self.consecutive_connect.store(0, Ordering::Relaxed);

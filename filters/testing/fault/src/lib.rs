@@ -7,6 +7,8 @@
 //! the environment and the network, print to stdout/stderr, and answer 200 with
 //! what happened), `init` in the config's `fail_init` rejects the config.
 //! `sleep` (hold the instance for 2 s), `grow` (keep 8 MiB alive in the instance).
+//! `kv-incr`, `kv-put`, `kv-get` and `var` exercise the host's `kv` and
+//! `config` services (see the match below).
 //! With `bodies = true` in its config it asks for both bodies: requests are
 //! upper-cased (and `x-request-body-len` set), responses get ` [seen by TAG]`.
 //! Anything else: proceed and mark the request with `x-fault-seen: <tag>`,
@@ -18,7 +20,7 @@ use std::hash::{BuildHasher, Hasher};
 use serde::Deserialize;
 use wasmgate_sdk::{
     Filter, FilterInfo, OnRequest, OnResponse, Request, RequestEdits, Response, ResponseEdits,
-    export_filter, log, parse_config,
+    config, export_filter, kv, log, parse_config,
 };
 
 #[derive(Deserialize, Default)]
@@ -159,6 +161,29 @@ impl Filter for Fault {
                     .borrow_mut()
                     .push(std::hint::black_box(vec![1u8; 8 << 20]));
                 self.proceed()
+            }
+            // Host state: `kv-incr` adds one to `hits` and reports it in
+            // `x-hits`; `kv-put` stores `secret`; `kv-get` reports it (or
+            // `none`) in `x-secret`; `var` reports config value `greeting`.
+            Some("kv-incr") => match kv::increment("hits", 1, None) {
+                Ok(n) => OnRequest::proceed_with(
+                    RequestEdits::default().set_header("x-hits", n.to_string()),
+                ),
+                Err(e) => OnRequest::respond(Response::new(500).text(format!("{e:?}"))),
+            },
+            Some("kv-put") => match kv::set("secret", self.tag.as_bytes(), None) {
+                Ok(_) => self.proceed(),
+                Err(e) => OnRequest::respond(Response::new(500).text(format!("{e:?}"))),
+            },
+            Some("kv-get") => {
+                let v = kv::get("secret").map_or("none".to_owned(), |e| {
+                    String::from_utf8_lossy(&e.value).into_owned()
+                });
+                OnRequest::proceed_with(RequestEdits::default().set_header("x-secret", v))
+            }
+            Some("var") => {
+                let v = config::get("greeting").unwrap_or_else(|| "none".into());
+                OnRequest::proceed_with(RequestEdits::default().set_header("x-greeting", v))
             }
             Some("log") => {
                 log::warn("fault filter: a warning through the log import");
