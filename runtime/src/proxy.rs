@@ -564,9 +564,11 @@ impl Proxy {
                 if let Some(e) = entry.as_mut() {
                     e.route = Some(route.name.clone());
                 }
-                let (resp, cluster) = self
-                    .handle_with_filters(&route, parts, body, &view, entry)
-                    .await;
+                // Boxed: the filter path's state is large, and keeping it out
+                // of this future keeps the lean path's future small (hyper
+                // moves it into place for every request).
+                let (resp, cluster) =
+                    Box::pin(self.handle_with_filters(&route, parts, body, &view, entry)).await;
                 self.record(
                     Some(&route),
                     cluster.as_ref(),
@@ -1036,7 +1038,7 @@ impl Proxy {
                         .is_some_and(|n| n <= cluster.retry_body_limit() as u64) =>
             {
                 // Small enough to keep for a retry.
-                match body::collect(body, limit).await {
+                match Box::pin(body::collect(body, limit)).await {
                     Ok(b) => RequestBody::Replayable(b),
                     Err(e) => return refuse_body(e, request_id, limit),
                 }
@@ -1048,7 +1050,10 @@ impl Proxy {
             ForwardBody::Stream(body) => RequestBody::Once(body::stream(body, limit)),
         };
         let key = cluster.hash_key(&parts.headers, Some(client_ip));
-        match cluster.forward(parts, body, key).await {
+        // Boxed (as hyper-util boxes its own request future): the try loop's
+        // state is large, and every future that holds it inline is moved
+        // into place by value for every request.
+        match Box::pin(cluster.forward(parts, body, key)).await {
             Ok(Forwarded {
                 response: mut resp,
                 endpoint,

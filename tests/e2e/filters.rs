@@ -278,3 +278,230 @@ pub(crate) mod rate_limit {
         assert!(err.contains("\"header:NAME\""), "{err}");
     }
 }
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub(crate) mod api_key_hashed {
+    use super::*;
+
+    #[tokio::test]
+    async fn keys_given_as_sha256_digests_are_accepted() {
+        let up = Upstream::start("u").await;
+        let toml = one_route(
+            &up,
+            &format!(
+                "[[routes.filters]]\nname = \"api-key\"\nconfig = {{ keys = [\"sha256:{}\", \"plain-key\"] }}\n",
+                sha256_hex("hashed-key")
+            ),
+        );
+        let gw = start_gateway(&toml).await;
+        assert_eq!(
+            get(gw.addr(), "/", &[("x-api-key", "hashed-key")])
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            get(gw.addr(), "/", &[("x-api-key", "plain-key")])
+                .await
+                .status,
+            200
+        );
+        let digest_itself = format!("sha256:{}", sha256_hex("hashed-key"));
+        assert_eq!(
+            get(gw.addr(), "/", &[("x-api-key", &digest_itself)])
+                .await
+                .status,
+            401,
+            "the digest is not the key"
+        );
+        gw.shutdown().await;
+    }
+}
+
+pub(crate) mod basic_auth {
+    use super::*;
+
+    fn basic(user: &str, password: &str) -> String {
+        use std::io::Write;
+        // Base64 by hand would be a second implementation; the test uses
+        // the `base64` alphabet through a tiny encoder over known input.
+        let raw = format!("{user}:{password}");
+        let mut out = Vec::new();
+        let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for chunk in raw.as_bytes().chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(table[(n >> (18 - 6 * i) & 63) as usize]);
+                } else {
+                    out.push(b'=');
+                }
+            }
+        }
+        let mut s = Vec::new();
+        write!(s, "Basic {}", String::from_utf8(out).unwrap()).unwrap();
+        String::from_utf8(s).unwrap()
+    }
+
+    #[tokio::test]
+    pub(crate) async fn runs_in_the_real_host() {
+        let up = Upstream::start("u").await;
+        let toml = one_route(
+            &up,
+            &format!(
+                "[[routes.filters]]\nname = \"basic-auth\"\nconfig = {{ realm = \"ops\", users = {{ alice = \"sha256:pepper:{}\", bob = \"sha256:{}\" }} }}\n",
+                sha256_hex("pepperwonderland"),
+                sha256_hex("builder")
+            ),
+        );
+        let gw = start_gateway(&toml).await;
+        let none = get(gw.addr(), "/", &[]).await;
+        assert_eq!(none.status, 401);
+        assert_eq!(
+            none.header("www-authenticate"),
+            Some("Basic realm=\"ops\", charset=\"UTF-8\"")
+        );
+        let wrong = get(
+            gw.addr(),
+            "/",
+            &[("authorization", &basic("alice", "wonder"))],
+        )
+        .await;
+        assert_eq!(wrong.status, 401);
+        assert_eq!(wrong.json()["message"], "invalid credentials");
+        // A client cannot claim to be someone by sending the header itself.
+        let ok = get(
+            gw.addr(),
+            "/",
+            &[
+                ("authorization", &basic("alice", "wonderland")),
+                ("x-authenticated-user", "mallory"),
+            ],
+        )
+        .await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(
+            get(
+                gw.addr(),
+                "/",
+                &[("authorization", &basic("bob", "builder"))]
+            )
+            .await
+            .status,
+            200
+        );
+        let seen = up.seen();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].headers["x-authenticated-user"], "alice");
+        assert!(
+            seen[0].headers.get("authorization").is_none(),
+            "credentials hidden"
+        );
+        assert_eq!(seen[1].headers["x-authenticated-user"], "bob");
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn plain_passwords_are_refused_at_load() {
+        let up = Upstream::start("u").await;
+        let toml = one_route(
+            &up,
+            "[[routes.filters]]\nname = \"basic-auth\"\nconfig = { users = { alice = \"wonderland\" } }\n",
+        );
+        let err = wasmgate_tests::build_gateway(&toml)
+            .await
+            .expect_err("must not build");
+        assert!(err.contains("not a plain password"), "{err}");
+    }
+}
+
+pub(crate) mod cors {
+    use super::*;
+
+    #[tokio::test]
+    pub(crate) async fn runs_in_the_real_host() {
+        let up = Upstream::start("u").await;
+        let toml = one_route(
+            &up,
+            r#"
+[[routes.filters]]
+name = "cors"
+config = { origins = ["https://app.example.com", "https://*.partner.test"], methods = ["GET", "PUT"], headers = ["content-type", "x-token"], expose_headers = ["x-upstream"], credentials = true, max_age = 120 }
+"#,
+        );
+        let gw = start_gateway(&toml).await;
+        let pre = wasmgate_tests::send(
+            gw.addr(),
+            "OPTIONS",
+            "/items",
+            &[
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "PUT"),
+                ("access-control-request-headers", "Content-Type, X-Token"),
+            ],
+        )
+        .await;
+        assert_eq!(pre.status, 204);
+        assert_eq!(
+            pre.header("access-control-allow-origin"),
+            Some("https://app.example.com")
+        );
+        assert_eq!(pre.header("access-control-allow-methods"), Some("GET, PUT"));
+        assert_eq!(
+            pre.header("access-control-allow-headers"),
+            Some("content-type, x-token")
+        );
+        assert_eq!(pre.header("access-control-allow-credentials"), Some("true"));
+        assert_eq!(pre.header("access-control-max-age"), Some("120"));
+        assert_eq!(up.count(), 0, "preflights are answered at the gateway");
+
+        for (origin, method, headers) in [
+            ("https://evil.example", "PUT", ""),
+            ("https://app.example.com", "DELETE", ""),
+            ("https://app.example.com", "GET", "x-other"),
+        ] {
+            let mut h = vec![
+                ("origin", origin),
+                ("access-control-request-method", method),
+            ];
+            if !headers.is_empty() {
+                h.push(("access-control-request-headers", headers));
+            }
+            let refused = wasmgate_tests::send(gw.addr(), "OPTIONS", "/items", &h).await;
+            assert_eq!(refused.status, 403, "{origin} {method} {headers}");
+            assert!(refused.header("access-control-allow-origin").is_none());
+        }
+
+        let actual = get(
+            gw.addr(),
+            "/items",
+            &[("origin", "https://shop.partner.test")],
+        )
+        .await;
+        assert_eq!(actual.status, 200);
+        assert_eq!(
+            actual.header("access-control-allow-origin"),
+            Some("https://shop.partner.test")
+        );
+        assert_eq!(
+            actual.header("access-control-expose-headers"),
+            Some("x-upstream")
+        );
+        let other = get(gw.addr(), "/items", &[("origin", "https://evil.example")]).await;
+        assert_eq!(other.status, 200, "not refused, just not allowed to read");
+        assert!(other.header("access-control-allow-origin").is_none());
+        gw.shutdown().await;
+    }
+}

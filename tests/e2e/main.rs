@@ -40,6 +40,14 @@ pool_size = 4
 path = "{headers}"
 pool_size = 4
 
+[filters.basic-auth]
+path = "{basic_auth}"
+pool_size = 2
+
+[filters.cors]
+path = "{cors}"
+pool_size = 2
+
 [filters.fault]
 path = "{fault}"
 memory_limit = "16MiB"
@@ -49,6 +57,8 @@ pool_size = 4
         api_key = artifacts::API_KEY,
         headers = artifacts::HEADERS,
         fault = artifacts::FAULT,
+        basic_auth = artifacts::BASIC_AUTH,
+        cors = artifacts::CORS,
     )
 }
 

@@ -7,7 +7,10 @@
 //! config = { header = "x-api-key", keys = ["k1", "k2"], hide_credentials = true }
 //! ```
 //! - `header` (default `x-api-key`): the request header that carries the key.
-//! - `keys` (required, at least one): the accepted keys.
+//! - `keys` (required, at least one): the accepted keys, each either the key
+//!   itself or `"sha256:<64 hex digits>"`, the SHA-256 of the key, so the
+//!   config (and the memory of the filter) need not hold the secret:
+//!   `printf %s "$KEY" | sha256sum`.
 //! - `hide_credentials` (default `false`): remove the header before forwarding,
 //!   so the upstream never sees the key.
 
@@ -33,7 +36,20 @@ fn default_header() -> String {
 struct ApiKey {
     header: String,
     keys: Vec<Vec<u8>>,
+    /// SHA-256 digests of keys given as `sha256:…`.
+    digests: Vec<Vec<u8>>,
     hide_credentials: bool,
+}
+
+fn parse_digest(hex: &str) -> Result<Vec<u8>, String> {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "\"sha256:{hex}\" is not a SHA-256 digest (64 hex digits)"
+        ));
+    }
+    Ok((0..32)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
+        .collect())
 }
 
 /// Compares every configured key in full, whatever matches, so the time taken
@@ -59,6 +75,17 @@ fn unauthorized(message: &str) -> OnRequest {
     )
 }
 
+impl ApiKey {
+    fn accepts(&self, candidate: &[u8]) -> bool {
+        let plain = matches_any(&self.keys, candidate);
+        let hashed = !self.digests.is_empty() && {
+            use sha2::Digest;
+            matches_any(&self.digests, &sha2::Sha256::digest(candidate))
+        };
+        plain | hashed
+    }
+}
+
 impl Filter for ApiKey {
     fn new(config: &str) -> Result<Self, String> {
         let config: Config = parse_config(config)?;
@@ -79,9 +106,18 @@ impl Filter for ApiKey {
                 config.header
             ));
         }
+        let mut keys = Vec::new();
+        let mut digests = Vec::new();
+        for k in config.keys {
+            match k.strip_prefix("sha256:") {
+                Some(hex) => digests.push(parse_digest(&hex.to_ascii_lowercase())?),
+                None => keys.push(k.into_bytes()),
+            }
+        }
         Ok(ApiKey {
             header: config.header.to_ascii_lowercase(),
-            keys: config.keys.into_iter().map(String::into_bytes).collect(),
+            keys,
+            digests,
             hide_credentials: config.hide_credentials,
         })
     }
@@ -93,9 +129,7 @@ impl Filter for ApiKey {
     fn on_request(&self, req: &Request) -> OnRequest {
         match req.header(&self.header) {
             None => unauthorized("missing API key"),
-            Some(key) if !matches_any(&self.keys, key.as_bytes()) => {
-                unauthorized("invalid API key")
-            }
+            Some(key) if !self.accepts(key.as_bytes()) => unauthorized("invalid API key"),
             Some(_) if self.hide_credentials => {
                 OnRequest::proceed_with(RequestEdits::default().remove_header(&self.header))
             }
