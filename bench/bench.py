@@ -11,8 +11,13 @@ The method is the project's (shared/design/BENCHMARKING.md):
           HTTP/2 over TLS and h2c (h2load), and a new TLS connection per
           request (wrk, `Connection: close`). Every TLS peer serves the same
           self-signed ECDSA P-256 certificate, generated into the work folder.
+  mode B  Balancing, pinned like mode S: wasmgate, nginx and Envoy in front of
+          1, 2 and 4 upstream endpoints (one nginx process each) under round
+          robin, least request, consistent hashing on a header and random;
+          then an endpoint killed (SIGKILL) under load, counting the errors
+          the client sees.
 
-Every peer sits in front of the same upstream (nginx `return 200 "hello\\n"`,
+In modes S, P and T every peer sits in front of the same upstream (nginx `return 200 "hello\\n"`,
 one worker), with one worker/thread, logs off and HTTP/1.1 keep-alive to the
 upstream. Peers are interleaved round-robin (A B C ... A B C ...); the peers
 not being measured are frozen with SIGSTOP so their timers cannot steal the
@@ -56,7 +61,7 @@ SERVED_BY = ("x-served-by", "wasmgate-bench")
 CHAIN_MARK = ("x-bench-chain", "first")
 UPSTREAM_BODY = b"hello\n"
 
-MODE_ORDER = ["S", "P", "T"]
+MODE_ORDER = ["S", "P", "T", "B"]
 MARK_BEGIN = "<!-- bench:mode-{mode}:begin -->"
 MARK_END = "<!-- bench:mode-{mode}:end -->"
 
@@ -243,6 +248,7 @@ class Ctx:
     workdir: Path
     upstream_port: int
     tls: TlsFiles | None = None
+    endpoint_ports: list[int] = field(default_factory=list)  # mode B's endpoints
 
 
 def make_tls_files(workdir: Path, openssl: str | None) -> TlsFiles:
@@ -382,12 +388,173 @@ http {{
     return start_nginx(ctx, "upstream", body, cpu)
 
 
+# --------------------------------------------------------------------------
+# Mode B: several upstream endpoints, balancing algorithms, an endpoint kill.
+
+USER_HEADER = "x-user"        # the consistent-hash key; wrk sends a varying one
+UPSTREAM_ID_HEADER = "x-upstream"  # each endpoint names itself: e1, e2, ...
+ENDPOINT_COUNTS = (2, 4)      # endpoints per balancing scenario (1 is the baseline)
+MAX_ENDPOINTS = max(ENDPOINT_COUNTS)
+KILL_VICTIM = 1               # the endpoint killed in the kill runs (e2), of KILL_ENDPOINTS
+KILL_ENDPOINTS = 2
+WRK_USERS = 1000              # distinct x-user values the wrk script cycles through
+SPREAD_REQUESTS = 100         # GETs of the spread check before load
+
+
+@dataclass(frozen=True)
+class Balance:
+    key: str       # in scenario names
+    label: str     # in the table
+    wasmgate: str  # `balance = ...` (with `hash_on` for ring_hash)
+    nginx: str     # directive in `upstream {}` ("" = the default, round robin)
+    envoy: str     # `lb_policy`
+
+
+BALANCES = {b.key: b for b in [
+    Balance("rr", "round robin", "round_robin", "", "ROUND_ROBIN"),
+    Balance("lr", "least request", "least_request", "least_conn;", "LEAST_REQUEST"),
+    Balance("hash", f"consistent hash on {USER_HEADER}", "ring_hash",
+            f"hash $http_{USER_HEADER.replace('-', '_')} consistent;", "RING_HASH"),
+    Balance("rand", "random", "random", "random;", "RANDOM"),
+]}
+
+# The kill runs' retry conditions. nginx has one setting for both:
+# `proxy_next_upstream error timeout` retries a GET after a connect failure and
+# after a connection that failed once the request was sent.
+KILL_RETRY = {
+    "connect": {"wasmgate": ["connect-failure", "refused-stream"],
+                "envoy": "connect-failure,refused-stream"},
+    "reset": {"wasmgate": ["connect-failure", "refused-stream", "reset"],
+              "envoy": "connect-failure,refused-stream,reset"},
+}
+KILL_WHAT = {"connect": "connect failures", "reset": "connect failures and resets"}
+KILL_EJECT_AFTER = 3       # consecutive connect failures that eject an endpoint
+KILL_EJECT_SECONDS = 30    # for that long
+KILL_MAX_EJECTED_PERCENT = 50  # wasmgate's default; Envoy's (10) would eject none of 2
+# Retries in flight: both Envoy (circuit breaker `max_retries`) and wasmgate
+# (retry budget: 20 % of requests in flight, at least `min_retry_concurrency`)
+# allow 3 by default; nginx has no limit. The `*-cap10` kill runs lift it to
+# the load's connection count, so that every request in flight may retry.
+KILL_RETRY_CAP = 10
+
+
+class Endpoints:
+    """Mode B's upstream endpoints: one nginx each (one worker, pinned), on its
+    own port, answering 200 "hello\\n" with `x-upstream: eN`, and a second
+    listener with `stub_status` to count the requests each one served."""
+
+    def __init__(self, ctx: Ctx, n: int, cpu: str) -> None:
+        self.ctx, self.cpu = ctx, cpu
+        ports = free_ports(2 * n)
+        self.ports, self.status_ports = ports[:n], ports[n:]
+        self.procs: list[Proc | None] = [None] * n
+
+    def _conf(self, i: int) -> str:
+        name = f"endpoint{i + 1}"
+        return nginx_common(self.ctx.workdir, name) + f"""
+http {{
+{nginx_http_common(self.ctx.workdir, name)}
+    server {{
+        listen {HOST}:{self.ports[i]};
+        location / {{
+            add_header {UPSTREAM_ID_HEADER} e{i + 1} always;
+            return 200 "hello\\n";
+        }}
+    }}
+    server {{
+        listen {HOST}:{self.status_ports[i]};
+        location / {{ stub_status; }}
+    }}
+}}
+"""
+
+    def start(self, i: int) -> None:
+        self.procs[i] = start_nginx(self.ctx, f"endpoint{i + 1}", self._conf(i), self.cpu)
+
+    def start_all(self) -> None:
+        for i in range(len(self.ports)):
+            self.start(i)
+        self.wait()
+
+    def wait(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc is not None:
+                wait_listening(proc, self.ports[i])
+                wait_listening(proc, self.status_ports[i])
+
+    def kill(self, i: int) -> None:
+        """SIGKILL to the endpoint's whole process group (master and worker)
+        at once: no graceful close, as when a machine or container dies."""
+        proc = self.procs[i]
+        assert proc is not None
+        try:
+            os.killpg(proc.pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.popen.wait()
+        self.ctx.procs.stop(proc)  # no longer tracked
+        self.procs[i] = None
+
+    def ensure_up(self) -> None:
+        """Restarts any endpoint that is down, and waits until all listen."""
+        for i, proc in enumerate(self.procs):
+            if proc is None or not proc.alive():
+                if proc is not None:
+                    self.ctx.procs.stop(proc)
+                self.start(i)
+        self.wait()
+
+    def alive(self) -> list[Proc]:
+        return [p for p in self.procs if p is not None]
+
+    def counts(self) -> list[int]:
+        """Requests each endpoint has served so far (stub_status), less the
+        status request itself."""
+        out = []
+        for port in self.status_ports:
+            conn = http.client.HTTPConnection(HOST, port, timeout=10)
+            try:
+                conn.request("GET", "/")
+                text = conn.getresponse().read().decode()
+            except (OSError, http.client.HTTPException) as e:
+                raise BenchError(f"stub_status on {HOST}:{port} failed: {e}") from None
+            finally:
+                conn.close()
+            m = re.search(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s*$", text, re.M)
+            if not m:
+                raise BenchError(f"cannot parse stub_status on {HOST}:{port}:\n{text}")
+            out.append(int(m.group(3)) - 1)
+        return out
+
+
+def endpoint_ports(ctx: Ctx, opts: dict) -> list[int]:
+    """The upstream addresses a peer balances over: mode B's first
+    `opts["endpoints"]` endpoints, else the one shared upstream."""
+    n = opts.get("endpoints")
+    if not n:
+        return [ctx.upstream_port]
+    if len(ctx.endpoint_ports) < n:
+        raise BenchError(f"{n} endpoints asked for, {len(ctx.endpoint_ports)} running")
+    return ctx.endpoint_ports[:n]
+
+
 def peer_nginx(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
+    # Mode B: the balancing directive must come before `keepalive`. The kill
+    # runs set passive health like the others' (KILL_EJECT_AFTER failures take
+    # a server out for KILL_EJECT_SECONDS) and one retry to the next server
+    # (`proxy_next_upstream error timeout` is nginx's default).
+    balance = BALANCES[opts.get("balance", "rr")].nginx
+    kill = opts.get("kill")
+    fails = f" max_fails={KILL_EJECT_AFTER} fail_timeout={KILL_EJECT_SECONDS}s" if kill else ""
+    servers = "\n        ".join(f"server {HOST}:{p}{fails};" for p in endpoint_ports(ctx, opts))
+    lead = f"{balance}\n        " if balance else ""
+    retry = ("\n            proxy_next_upstream error timeout;"
+             "\n            proxy_next_upstream_tries 2;") if kill else ""
     body = nginx_common(ctx.workdir, name) + f"""
 http {{
 {nginx_http_common(ctx.workdir, name)}
     upstream up {{
-        server {HOST}:{ctx.upstream_port};
+        {lead}{servers}
         keepalive 64;
         keepalive_requests 1000000;
         keepalive_timeout 300s;
@@ -397,7 +564,7 @@ http {{
         location / {{
             proxy_pass http://up;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection "";{retry}
         }}
     }}
 }}
@@ -462,6 +629,24 @@ def peer_envoy(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
     # or the HTTP/2 preface in cleartext); the plain one stays HTTP/1 only,
     # as in modes S and P.
     codec = "HTTP1" if listen == "plain" else "AUTO"
+    balance = BALANCES[opts.get("balance", "rr")]
+    route: dict = {"cluster": "upstream"}
+    if balance.key == "hash":
+        route["hash_policy"] = [{"header": {"header_name": USER_HEADER}}]
+    kill = opts.get("kill")
+    if kill:
+        # One retry, to another endpoint (wasmgate and nginx never retry on
+        # the endpoint that just failed), on the conditions of KILL_RETRY.
+        route["retry_policy"] = {
+            "retry_on": KILL_RETRY[kill]["envoy"],
+            "num_retries": 1,
+            "retry_host_predicate": [{
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host."
+                                          "previous_hosts.v3.PreviousHostsPredicate"},
+            }],
+            "host_selection_retry_max_attempts": "5",
+        }
     config = {
         "static_resources": {
             "listeners": [{
@@ -478,8 +663,7 @@ def peer_envoy(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
                             "name": "local",
                             "virtual_hosts": [{
                                 "name": "all", "domains": ["*"],
-                                "routes": [{"match": {"prefix": "/"},
-                                            "route": {"cluster": "upstream"}}],
+                                "routes": [{"match": {"prefix": "/"}, "route": route}],
                             }],
                         },
                         "http_filters": http_filters,
@@ -490,15 +674,32 @@ def peer_envoy(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
                 "name": "upstream",
                 "type": "STATIC",
                 "connect_timeout": "5s",
+                "lb_policy": balance.envoy,
                 "load_assignment": {
                     "cluster_name": "upstream",
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                        "socket_address": {"address": HOST, "port_value": ctx.upstream_port},
-                    }}}]}],
+                    "endpoints": [{"lb_endpoints": [
+                        {"endpoint": {"address": {
+                            "socket_address": {"address": HOST, "port_value": p},
+                        }}} for p in endpoint_ports(ctx, opts)]}],
                 },
             }],
         },
     }
+    if kill:
+        # Connect failures are counted apart from 5xx answers (otherwise
+        # they count towards consecutive_5xx, 5) and eject like wasmgate's
+        # consecutive_connect_failures. Envoy's default max_ejection_percent,
+        # 10, ejects nothing out of 2 hosts (`ejections_overflow`); 50 is
+        # wasmgate's default max_ejected_percent.
+        config["static_resources"]["clusters"][0]["outlier_detection"] = {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": KILL_EJECT_AFTER,
+            "base_ejection_time": f"{KILL_EJECT_SECONDS}s",
+            "max_ejection_percent": KILL_MAX_EJECTED_PERCENT,
+        }
+        if opts.get("retry_cap"):
+            config["static_resources"]["clusters"][0]["circuit_breakers"] = {
+                "thresholds": [{"priority": "DEFAULT", "max_retries": opts["retry_cap"]}]}
     if listen == "tls":
         assert ctx.tls is not None
         chain = config["static_resources"]["listeners"][0]["filter_chains"][0]
@@ -523,11 +724,14 @@ def peer_envoy(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
 
 
 def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
-                  filter_keys: dict[str, str] | None = None, listen: str = "plain") -> str:
+                  filter_keys: dict[str, str] | None = None, listen: str = "plain",
+                  opts: dict | None = None) -> str:
     """`chain` is [(filter name, inline TOML table of its config)];
     `filter_keys` are extra `[filters.NAME]` keys (TOML values) for every filter;
     `listen` "tls" adds `[server.tls]` (ALPN h2 and http/1.1 are built in). The
-    cleartext listener serves h2c by prior knowledge as it is."""
+    cleartext listener serves h2c by prior knowledge as it is. `opts` (mode B)
+    may name `endpoints`, `balance` and `kill`."""
+    opts = opts or {}
     lines = ["[server]", f'listen = "{HOST}:{port}"', "workers = 1", ""]
     if listen == "tls":
         assert ctx.tls is not None
@@ -538,7 +742,22 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
         wasm = ctx.tools.filters_dir / f"{fname.replace('-', '_')}.wasm"
         lines += [f"[filters.{fname}]", f'path = "{wasm}"']
         lines += [f"{k} = {v}" for k, v in (filter_keys or {}).items()] + [""]
-    lines += ["[clusters.upstream]", f'endpoints = ["{HOST}:{ctx.upstream_port}"]', ""]
+    addrs = ", ".join(f'"{HOST}:{p}"' for p in endpoint_ports(ctx, opts))
+    lines += ["[clusters.upstream]", f"endpoints = [{addrs}]"]
+    if "balance" in opts:
+        balance = BALANCES[opts["balance"]]
+        lines.append(f'balance = "{balance.wasmgate}"')
+        if balance.key == "hash":
+            lines.append(f'hash_on = "header:{USER_HEADER}"')
+    lines.append("")
+    if opts.get("kill"):
+        on = ", ".join(f'"{c}"' for c in KILL_RETRY[opts["kill"]]["wasmgate"])
+        cap = ([f"min_retry_concurrency = {opts['retry_cap']}"]
+               if opts.get("retry_cap") else [])
+        lines += ["[clusters.upstream.retry]", "retries = 1", f"on = [{on}]", *cap, "",
+                  "[clusters.upstream.outlier]",
+                  f"consecutive_connect_failures = {KILL_EJECT_AFTER}",
+                  f'base_ejection = "{KILL_EJECT_SECONDS}s"', ""]
     lines += ["[[routes]]", 'name = "all"', 'path_prefix = "/"', 'cluster = "upstream"', ""]
     for fname, config in chain:
         lines += ["  [[routes.filters]]", f'  name = "{fname}"', f"  config = {config}", ""]
@@ -548,7 +767,7 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
 def peer_wasmgate(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
     conf = ctx.workdir / f"{name}.toml"
     conf.write_text(wasmgate_toml(ctx, port, opts.get("chain", []), opts.get("filter_keys"),
-                                  opts.get("listen", "plain")))
+                                  opts.get("listen", "plain"), opts))
     check = subprocess.run([str(ctx.tools.wasmgate), "check", "--config", str(conf)],
                            capture_output=True, text=True, env={**os.environ, "WASMGATE_LOG": "warn"})
     if check.returncode != 0:
@@ -611,7 +830,7 @@ P_NEWCONN = "HTTPS/1.1, new connection per request"
 
 SCENARIOS: list[Scenario] = [
     # The cleartext baseline of every mode: wrk straight at the upstream.
-    Scenario("direct", "direct (no proxy)", None, modes="SPT"),
+    Scenario("direct", "direct (no proxy)", None, modes="SPTB"),
     Scenario("nginx", "nginx", "nginx", ref="wasmgate"),
     Scenario("haproxy", "HAProxy", "haproxy", ref="wasmgate"),
     Scenario("envoy", "Envoy", "envoy", ref="wasmgate"),
@@ -682,6 +901,43 @@ SCENARIOS: list[Scenario] = [
              modes="T", protocol=P_NEWCONN, ref="wasmgate-newconn"),
 ]
 
+# Mode B. Throughput: each balancing peer over 1 endpoint (the baseline), then
+# every algorithm over 2 and 4, interleaved peer by peer; `direct` is wrk
+# straight at endpoint e1. Kill runs: round robin over 2 endpoints, e2 killed
+# under load; "connect" retries after connect failures (wasmgate's default),
+# "reset" also after a connection that failed once the request was sent
+# (nginx's `proxy_next_upstream error` does both, so nginx has one row);
+# `retry_cap` lifts the limit on retries in flight (3 by default) to
+# KILL_RETRY_CAP, as nginx has none.
+B_PEERS = [("nginx", "nginx"), ("envoy", "Envoy"), ("wasmgate", "wasmgate")]
+SCENARIOS += [Scenario(f"{peer}-rr1", label, peer, {"endpoints": 1, "balance": "rr"},
+                       modes="B", ref="wasmgate-rr1") for peer, label in B_PEERS]
+SCENARIOS += [Scenario(f"{peer}-{b}{n}", label, peer, {"endpoints": n, "balance": b},
+                       modes="B", ref=f"wasmgate-{b}{n}")
+              for b in BALANCES for n in ENDPOINT_COUNTS for peer, label in B_PEERS]
+SCENARIOS += [
+    Scenario("kill-nginx", "nginx", "nginx",
+             {"endpoints": KILL_ENDPOINTS, "balance": "rr", "kill": "reset"}, modes="B"),
+    Scenario("kill-envoy", "Envoy", "envoy",
+             {"endpoints": KILL_ENDPOINTS, "balance": "rr", "kill": "connect"}, modes="B"),
+    Scenario("kill-wasmgate", "wasmgate", "wasmgate",
+             {"endpoints": KILL_ENDPOINTS, "balance": "rr", "kill": "connect"}, modes="B"),
+    Scenario("kill-envoy-reset", "Envoy", "envoy",
+             {"endpoints": KILL_ENDPOINTS, "balance": "rr", "kill": "reset"}, modes="B"),
+    Scenario("kill-wasmgate-reset", "wasmgate", "wasmgate",
+             {"endpoints": KILL_ENDPOINTS, "balance": "rr", "kill": "reset"}, modes="B"),
+    Scenario("kill-envoy-reset-cap10", "Envoy", "envoy",
+             {"endpoints": KILL_ENDPOINTS, "balance": "rr", "kill": "reset",
+              "retry_cap": KILL_RETRY_CAP}, modes="B"),
+    Scenario("kill-wasmgate-reset-cap10", "wasmgate", "wasmgate",
+             {"endpoints": KILL_ENDPOINTS, "balance": "rr", "kill": "reset",
+              "retry_cap": KILL_RETRY_CAP}, modes="B"),
+]
+
+
+def is_kill(sc: Scenario) -> bool:
+    return bool(sc.opts.get("kill"))
+
 
 # --------------------------------------------------------------------------
 # Load generators. A load generator runs one scenario against a URL for a
@@ -694,6 +950,7 @@ class LoadParams:
     h2_clients: int             # h2load connections
     h2_streams: int             # h2load concurrent streams per connection
     tls: TlsFiles | None = None
+    wrk_script: Path | None = None  # mode B: the x-user script (every scenario, direct too)
 
 
 @dataclass
@@ -708,6 +965,7 @@ class Sample:
     proxy_us_per_req: float | None = None     # proxy CPU time / requests completed
     upstream_us_per_req: float | None = None
     negotiated: str = ""   # h2load: TLS protocol, cipher, key exchange, ALPN
+    per_endpoint: list[int] | None = None   # mode B: requests each endpoint served
     raw: str = ""
 
 
@@ -746,6 +1004,8 @@ def run_wrk(tools: Tools, url: str, seconds: float, lp: LoadParams, cpu: str,
     if sc.close:
         # wrk reconnects whenever a response says `Connection: close`.
         argv += ["-H", "Connection: close"]
+    if lp.wrk_script:
+        argv += ["-s", str(lp.wrk_script)]
     # wrk has no cipher flag for TLS 1.3: OPENSSL_CONF pins the suite.
     env = {"OPENSSL_CONF": str(lp.tls.client_conf)} if lp.tls and sc.scheme == "https" else None
     code, usage, text = _run_pinned(argv + [url], cpu, workdir / f"wrk-{tag}.txt", env)
@@ -836,6 +1096,113 @@ def run_h2load(tools: Tools, url: str, seconds: float, lp: LoadParams, cpu: str,
 
 
 LOADS = {"wrk": run_wrk, "h2load": run_h2load}
+
+
+# Mode B's wrk scripts. Both keep wrk's own headers (Host, x-api-key).
+WRK_USERS_LUA = f"""-- Mode B: every request carries `{USER_HEADER}: user-N`, N cycling through
+-- {WRK_USERS} values, so consistent hashing spreads the keys. The requests are
+-- formatted once, in init; request() only picks the next one.
+local reqs = {{}}
+local i = 0
+function init(args)
+  for u = 0, {WRK_USERS - 1} do
+    local h = {{}}
+    for k, v in pairs(wrk.headers) do h[k] = v end
+    h["{USER_HEADER}"] = "user-" .. u
+    reqs[u + 1] = wrk.format(nil, nil, h)
+  end
+end
+function request()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+"""
+
+WRK_STATUS_LUA = """-- Mode B's kill runs: counts the responses by status, printed at the end as
+-- `status NNN: COUNT` lines.
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) statuses = {} end
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+function done(summary, latency, requests)
+  local total = {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("statuses")) do total[k] = (total[k] or 0) + v end
+  end
+  for k, v in pairs(total) do io.write(string.format("status %d: %d\\n", k, v)) end
+end
+"""
+
+
+@dataclass
+class KillSample:
+    """One kill run: wrk's counts, and what followed."""
+    requests: int             # responses received (any status)
+    rps: float
+    non2xx: int               # wrk's "Non-2xx or 3xx responses"
+    statuses: dict[int, int]  # every status seen, with its count
+    socket: dict[str, int]    # wrk's socket errors: connect, read, write, timeout
+    killed_at: float          # seconds after wrk started
+    after_ok: int             # of KILL_AFTER_GETS sequential GETs after the run, 200s
+    after_by: dict[str, int]  # which endpoints answered them
+    proxy_alive: bool
+    raw: str = ""
+
+    @property
+    def errors(self) -> int:
+        return self.non2xx + sum(self.socket.values())
+
+
+KILL_AFTER_GETS = 20
+
+
+def run_kill_wrk(tools: Tools, url: str, args, cpu: str, workdir: Path, tag: str,
+                 script: Path, kill: Callable[[], None]) -> tuple[str, float]:
+    """wrk for `args.kill_duration` s, calling `kill()` `args.kill_at` s in.
+    Returns wrk's output and the time of the kill after wrk's start."""
+    argv = [tools.wrk, "-t1", f"-c{args.connections}", f"-d{args.kill_duration:g}s",
+            "--timeout", "2s", "-s", str(script), "-H", f"{API_KEY_HEADER}: {API_KEY}", url]
+    out_file = workdir / f"wrk-{tag}.txt"
+    with open(out_file, "wb") as out:
+        popen = subprocess.Popen(["taskset", "-c", cpu, *argv], stdin=subprocess.DEVNULL,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                 preexec_fn=_die_with_parent)
+    t0 = time.monotonic()
+    try:
+        time.sleep(args.kill_at)
+        if popen.poll() is not None:
+            raise BenchError(f"wrk ended before the kill ({popen.returncode}):\n"
+                             f"{out_file.read_text(errors='replace')}")
+        killed_at = time.monotonic() - t0
+        kill()
+        popen.wait(timeout=args.kill_duration + 30)
+    except BaseException:
+        try:
+            os.killpg(popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        popen.wait()
+        raise
+    text = out_file.read_text(errors="replace")
+    if popen.returncode != 0:
+        raise BenchError(f"wrk failed ({popen.returncode}) on {url}:\n{text}")
+    return text, killed_at
+
+
+def parse_kill_wrk(text: str, url: str) -> tuple[int, float, int, dict[int, int], dict[str, int]]:
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    reqs = re.search(r"(\d+) requests in ([\d.]+\w+)", text)
+    if not (rps and reqs):
+        raise BenchError(f"cannot parse wrk output for {url}:\n{text}")
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    socket_errors = dict(zip(["connect", "read", "write", "timeout"],
+                             (int(x) for x in sock.groups()) if sock else (0, 0, 0, 0)))
+    statuses = {int(k): int(v) for k, v in re.findall(r"^status (\d+): (\d+)$", text, re.M)}
+    return (int(reqs.group(1)), float(rps.group(1)), int(non2xx.group(1)) if non2xx else 0,
+            statuses, socket_errors)
 
 
 # --------------------------------------------------------------------------
@@ -996,6 +1363,45 @@ def check_scenario(sc: Scenario, port: int, tools: Tools, tls: TlsFiles | None,
     return ""
 
 
+def check_spread(sc: Scenario, port: int, n: int, requests: int = SPREAD_REQUESTS) -> str:
+    """Mode B, before any load: `requests` GETs in a row through the peer, with
+    `x-user` user-0 … user-{requests/2 - 1}, each twice. Every one must be a 200
+    with the upstream's body from a named endpoint; all `n` endpoints must
+    answer (a miss is vanishingly unlikely for a working balancer: random over
+    4 misses one with probability 4 × 0.75^100); under consistent hashing each
+    x-user must always reach the same endpoint."""
+    hashing = sc.opts.get("balance") == "hash"
+    seen: dict[str, int] = {}
+    by_user: dict[str, str] = {}
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        for i in range(requests):
+            user = f"user-{i % (requests // 2)}"
+            try:
+                conn.request("GET", sc.path, headers={API_KEY_HEADER: API_KEY, USER_HEADER: user})
+                resp = conn.getresponse()
+                body = resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                raise BenchError(f"{sc.name}: request {i + 1} of the spread check failed: {e}") from None
+            who = resp.getheader(UPSTREAM_ID_HEADER)
+            if resp.status != 200 or body != UPSTREAM_BODY or not who:
+                raise BenchError(f"{sc.name}: request {i + 1} of the spread check answered "
+                                 f"{resp.status} {body[:200]!r} from {who!r}")
+            seen[who] = seen.get(who, 0) + 1
+            if hashing and by_user.setdefault(user, who) != who:
+                raise BenchError(f"{sc.name}: {USER_HEADER}: {user} reached {by_user[user]}, "
+                                 f"then {who}: not consistent hashing")
+    finally:
+        conn.close()
+    want = {f"e{i + 1}" for i in range(n)}
+    if set(seen) != want:
+        raise BenchError(f"{sc.name}: {requests} requests reached {sorted(seen)} "
+                         f"({seen}), not each of {sorted(want)}")
+    spread = ", ".join(f"{k} {seen[k]}" for k in sorted(seen))
+    return (f"{spread} of {requests}"
+            + ("; each x-user always to the same endpoint" if hashing else ""))
+
+
 # --------------------------------------------------------------------------
 # Runs
 
@@ -1008,13 +1414,17 @@ class ModeResult:
     scenarios: list[Scenario]
     connections: int
     notes: dict[str, str] = field(default_factory=dict)  # what each TLS/h2 check negotiated
+    kills: dict[str, list[KillSample]] = field(default_factory=dict)  # mode B
+    kill_scenarios: list[Scenario] = field(default_factory=list)
 
 
 def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
-             upstream: Proc, upstream_port: int, scenarios: list[Scenario],
+             upstream: Proc | None, upstream_port: int, scenarios: list[Scenario],
              tls: TlsFiles | None = None, upstream_tls_port: int | None = None) -> ModeResult:
-    # Mode T is pinned like mode S: everything on one CPU.
-    one_cpu = mode in ("S", "T")
+    """Runs one mode. Mode B brings its own upstream endpoints (`upstream` is
+    not used) and runs its kill scenarios after the throughput rounds."""
+    # Modes T and B are pinned like mode S: everything on one CPU.
+    one_cpu = mode in ("S", "T", "B")
     proxy_cpu = args.cpu_s if one_cpu else args.cpu_proxy
     connections = args.connections_p if mode == "P" else args.connections
     load_cpu = args.cpu_s if one_cpu else args.cpu_load
@@ -1025,17 +1435,36 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
     elif mode == "T":
         pinning = (f"mode T: load generator (wrk or h2load), proxy and upstream all pinned "
                    f"to CPU {args.cpu_s} (`taskset -c {args.cpu_s}`)")
+    elif mode == "B":
+        pinning = (f"mode B: wrk, proxy and every upstream endpoint all pinned to CPU "
+                   f"{args.cpu_s} (`taskset -c {args.cpu_s}`)")
     else:
         pinning = (f"mode P: proxy pinned to CPU {args.cpu_proxy}; wrk and upstream pinned "
                    f"to CPU {args.cpu_load}")
     print(f"\n=== {pinning}")
 
     ctx = Ctx(tools, procs, workdir, upstream_port, tls)
+    endpoints: Endpoints | None = None
+    kill_scenarios = [sc for sc in scenarios if is_kill(sc)]
+    scenarios = [sc for sc in scenarios if not is_kill(sc)]
+    if mode == "B":
+        endpoints = Endpoints(ctx, MAX_ENDPOINTS, args.cpu_s)
+        ctx.endpoint_ports = endpoints.ports
+        (workdir / "users.lua").write_text(WRK_USERS_LUA)
+        (workdir / "status.lua").write_text(WRK_STATUS_LUA)
+        lp.wrk_script = workdir / "users.lua"
+        if all(sc.peer is None for sc in scenarios):
+            scenarios = []  # only kill runs selected: no throughput rounds
     ports = free_ports(len(scenarios))
     started: dict[str, tuple[Proc | None, int]] = {}
     notes: dict[str, str] = {}
     try:
+        if endpoints is not None:
+            endpoints.start_all()
         for sc, port in zip(scenarios, ports):
+            if endpoints is not None and sc.peer is None:
+                started[sc.name] = (None, endpoints.ports[0])  # direct: wrk at e1
+                continue
             if sc.peer is None:
                 if sc.scheme == "https" and upstream_tls_port is None:
                     raise BenchError(f"{sc.name} needs the upstream's TLS listener (mode T)")
@@ -1049,6 +1478,8 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
             if proc is not None:
                 wait_listening(proc, port)
             note = check_scenario(sc, port, tools, tls, workdir)
+            if sc.opts.get("endpoints"):
+                note = check_spread(sc, port, sc.opts["endpoints"])
             if note:
                 notes[sc.name] = note
             print(f"  {sc.name:<18} ok: 200 on {sc.scheme}://{HOST}:{port}"
@@ -1069,7 +1500,9 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
                     raise BenchError(f"{proc.name} died:\n{proc.log_tail()}")
                 log_before = proc.log.stat().st_size if proc is not None else 0
                 before = group_cpu_ticks(proc.pgid) if proc is not None else 0
-                up_before = group_cpu_ticks(upstream.pgid)
+                ups = endpoints.alive() if endpoints is not None else [upstream]
+                up_before = sum(group_cpu_ticks(u.pgid) for u in ups)
+                served_before = endpoints.counts() if endpoints is not None else None
                 t0 = time.monotonic()
                 sample = LOADS[sc.load](tools, f"{sc.scheme}://{HOST}:{port}{sc.path}",
                                         seconds, lp, load_cpu, workdir, tag, sc)
@@ -1078,9 +1511,11 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
                     used = (group_cpu_ticks(proc.pgid) - before) / CLK_TCK
                     sample.proxy_cpu = used / elapsed
                     sample.proxy_us_per_req = used / sample.requests * 1e6
-                up_used = (group_cpu_ticks(upstream.pgid) - up_before) / CLK_TCK
+                up_used = (sum(group_cpu_ticks(u.pgid) for u in ups) - up_before) / CLK_TCK
                 sample.upstream_cpu = up_used / elapsed
                 sample.upstream_us_per_req = up_used / sample.requests * 1e6
+                if endpoints is not None and served_before is not None:
+                    sample.per_endpoint = [a - b for a, b in zip(endpoints.counts(), served_before)]
                 if proc is not None and proc.log.stat().st_size - log_before > 64 * 1024:
                     raise BenchError(f"{proc.name} wrote {proc.log.stat().st_size - log_before} "
                                      f"bytes of log during one run: its logs must be off\n"
@@ -1090,13 +1525,13 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
                 for p in others:
                     procs.thaw(p)
 
-        if args.warmup > 0:
+        if args.warmup > 0 and scenarios:
             print(f"  warm-up: {args.warmup:g}s each")
             for sc in scenarios:
                 measure(sc, args.warmup, f"{mode}-warmup-{sc.name}")
 
         samples: dict[str, list[Sample]] = {sc.name: [] for sc in scenarios}
-        for r in range(1, args.rounds + 1):
+        for r in range(1, args.rounds + 1 if scenarios else 1):
             line = []
             for sc in scenarios:
                 s = measure(sc, args.duration, f"{mode}-r{r}-{sc.name}")
@@ -1109,11 +1544,87 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
                 raise BenchError(f"{sc.name}: the negotiation changed between rounds: {seen}")
             if seen and sc.name in notes and seen != {notes[sc.name]}:
                 raise BenchError(f"{sc.name}: under load {seen.pop()}, in the check {notes[sc.name]}")
-        return ModeResult(mode, pinning, samples, scenarios, connections, notes)
+        for proc, _ in started.values():
+            if proc is not None:
+                procs.stop(proc)
+        started.clear()
+        kills = (run_kills(kill_scenarios, args, ctx, endpoints)
+                 if endpoints is not None and kill_scenarios else {})
+        return ModeResult(mode, pinning, samples, scenarios, connections, notes, kills,
+                          kill_scenarios)
     finally:
         for proc, _ in started.values():
             if proc is not None:
                 procs.stop(proc)
+        if endpoints is not None:
+            for proc in endpoints.alive():
+                procs.stop(proc)
+
+
+def run_kills(scenarios: list[Scenario], args, ctx: Ctx,
+              endpoints: Endpoints) -> dict[str, list[KillSample]]:
+    """Mode B's kill runs, `args.rounds` rounds interleaved like the throughput
+    ones. Each run starts from the same state: every endpoint up, the peer
+    started afresh (so no ejection or pool survives from an earlier run) and
+    checked to reach both endpoints. Then wrk loads it for
+    `args.kill_duration` s, endpoint e2 gets SIGKILL `args.kill_at` s in, and
+    wrk's non-2xx responses and socket errors are the errors a client saw.
+    Errors do not stop the run: they are the measurement."""
+    cpu = args.cpu_s
+    print(f"  kill runs: {args.rounds} × {args.kill_duration:g} s each, "
+          f"endpoint e{KILL_VICTIM + 1} killed {args.kill_at:g} s in")
+    out: dict[str, list[KillSample]] = {sc.name: [] for sc in scenarios}
+    for r in range(1, args.rounds + 1):
+        line = []
+        for sc in scenarios:
+            endpoints.ensure_up()
+            port = free_ports(1)[0]
+            proc = PEERS[sc.peer](ctx, f"{sc.name}-r{r}", port, cpu, sc.opts)
+            try:
+                wait_listening(proc, port)
+                check_spread(sc, port, sc.opts["endpoints"], requests=20)
+                url = f"http://{HOST}:{port}{sc.path}"
+                text, killed_at = run_kill_wrk(ctx.tools, url, args, cpu, ctx.workdir,
+                                               f"B-kill-r{r}-{sc.name}",
+                                               ctx.workdir / "status.lua",
+                                               lambda: endpoints.kill(KILL_VICTIM))
+                requests, rps, non2xx, statuses, sock = parse_kill_wrk(text, url)
+                alive = proc.alive()
+                after_ok, after_by = 0, {}
+                if alive:
+                    after_ok, after_by = gets_after(sc, port, KILL_AFTER_GETS)
+                ks = KillSample(requests, rps, non2xx, statuses, sock, killed_at,
+                                after_ok, after_by, alive, raw=text)
+                out[sc.name].append(ks)
+                if not alive:
+                    print(f"  warning: {proc.name} died during the kill run:\n{proc.log_tail()}")
+                line.append(f"{sc.name} {ks.errors} err/{ks.requests:,}")
+            finally:
+                ctx.procs.stop(proc)
+        print(f"  kill round {r}/{args.rounds}: " + " | ".join(line))
+    endpoints.ensure_up()
+    return out
+
+
+def gets_after(sc: Scenario, port: int, n: int) -> tuple[int, dict[str, int]]:
+    """After a kill run: `n` GETs in a row, each on a new connection; how many
+    answered 200, and which endpoints answered them."""
+    ok, by = 0, {}
+    for _ in range(n):
+        conn = http.client.HTTPConnection(HOST, port, timeout=10)
+        try:
+            conn.request("GET", sc.path, headers={API_KEY_HEADER: API_KEY})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 200:
+                ok += 1
+                who = resp.getheader(UPSTREAM_ID_HEADER) or "?"
+                by[who] = by.get(who, 0) + 1
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            conn.close()
+    return ok, by
 
 
 # --------------------------------------------------------------------------
@@ -1359,6 +1870,198 @@ Versions:
 """
 
 
+def table_b(result: ModeResult) -> str:
+    """Mode B throughput: one row per (balance, endpoints, peer), ratios against
+    wasmgate with the same balance and endpoints."""
+    by_name = {sc.name: sc for sc in result.scenarios}
+    rows = ["| balance | endpoints | peer | requests/s median (min–max) | p50 | p99 | proxy CPU | "
+            "cost/request µs median (min–max) | requests/s ÷ wasmgate's | cost ÷ wasmgate's | "
+            "requests per endpoint under load |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---|---|---|"]
+    have_direct = "direct" in result.samples and result.samples["direct"]
+    for sc in result.scenarios:
+        ss = result.samples[sc.name]
+        rps = med_range([s.rps for s in ss], ",.0f")
+        p50 = fmt_lat(statistics.median(s.p50_us for s in ss))
+        p99 = fmt_lat(statistics.median(s.p99_us for s in ss))
+        if sc.peer is None:
+            rows.append(f"| — | 1 (e1) | {sc.label} | {rps} | {p50} | {p99} | — | — | — | — | — |")
+            continue
+        pcpu = f"{statistics.median(s.proxy_cpu or 0 for s in ss) * 100:.0f} %"
+        c = costs(result, sc.name) if have_direct else []
+        cost = med_range(c, ".1f")
+        ref = by_name.get(sc.ref) if sc.ref else None
+        if ref is None:
+            rps_ratio = cost_ratio = "—"
+        elif ref.name == sc.name:
+            rps_ratio = cost_ratio = "1 (reference)"
+        else:
+            mine = statistics.median(s.rps for s in ss)
+            theirs = statistics.median(s.rps for s in result.samples[ref.name])
+            rps_ratio = f"{mine / theirs:.2f} ×"
+            rc = statistics.median(costs(result, ref.name)) if have_direct else 0
+            cost_ratio = f"{statistics.median(c) / rc:.2f} ×" if c and rc > 0 else "—"
+        served = [sum(x) for x in zip(*(s.per_endpoint for s in ss if s.per_endpoint))]
+        n = sc.opts.get("endpoints", 1)
+        served = served[:n] if served else []
+        total = sum(served)
+        share = (" / ".join(f"{100 * x / total:.0f}" for x in served) + " %") if total else "—"
+        balance = BALANCES[sc.opts.get("balance", "rr")].label
+        rows.append(f"| {balance} | {n} | {sc.label} | {rps} | {p50} | {p99} | {pcpu} | {cost} | "
+                    f"{rps_ratio} | {cost_ratio} | {share} |")
+    return "\n".join(rows)
+
+
+def kill_retry_label(sc: Scenario) -> str:
+    if sc.peer == "nginx":
+        return ("`proxy_next_upstream error timeout` (connect failure or reset), 1 retry; "
+                "retries in flight: no limit")
+    conds = KILL_RETRY[sc.opts["kill"]][sc.peer]
+    conds = conds if isinstance(conds, str) else ", ".join(conds)
+    if sc.opts.get("retry_cap"):
+        knob = ("`max_retries`" if sc.peer == "envoy" else "`min_retry_concurrency`")
+        cap = f"up to {sc.opts['retry_cap']} ({knob} = {sc.opts['retry_cap']})"
+    else:
+        cap = "3 (default)"
+    return f"`{conds}`, 1 retry; retries in flight: {cap}"
+
+
+def table_kill(result: ModeResult) -> str:
+    rows = ["| peer | retried on | responses per run median (min–max) | errors per run "
+            "(each round) | errors: what (all rounds) | after the kill: "
+            f"{KILL_AFTER_GETS} GETs |",
+            "|---|---|---:|---|---|---|"]
+    for sc in result.kill_scenarios:
+        ks = result.kills.get(sc.name, [])
+        if not ks:
+            continue
+        reqs = med_range([k.requests for k in ks], ",.0f")
+        per_round = " / ".join(str(k.errors) for k in ks)
+        statuses: dict[int, int] = {}
+        sock: dict[str, int] = {}
+        for k in ks:
+            for code, count in k.statuses.items():
+                if not 200 <= code < 400:
+                    statuses[code] = statuses.get(code, 0) + count
+            for what, count in k.socket.items():
+                sock[what] = sock.get(what, 0) + count
+        what = [f"{count} × {code}" for code, count in sorted(statuses.items())]
+        what += [f"{count} socket {kind} error{'s' if count != 1 else ''}"
+                 for kind, count in sock.items() if count]
+        died = sum(not k.proxy_alive for k in ks)
+        if died:
+            what.append(f"**the proxy died in {died} run{'s' if died != 1 else ''}**")
+        after_ok = [k.after_ok for k in ks if k.proxy_alive]
+        by: dict[str, int] = {}
+        for k in ks:
+            for e, count in k.after_by.items():
+                by[e] = by.get(e, 0) + count
+        after = (f"{min(after_ok)}–{max(after_ok)} × 200" if after_ok and min(after_ok) != max(after_ok)
+                 else f"{after_ok[0]} × 200" if after_ok else "—")
+        if by:
+            after += " (from " + ", ".join(f"{e}" for e in sorted(by)) + ")"
+        rows.append(f"| {sc.label} | {kill_retry_label(sc)} | {reqs} | {per_round} | "
+                    f"{', '.join(what) or 'none'} | {after} |")
+    return "\n".join(rows)
+
+
+def section_b(result: ModeResult, args, vers: dict[str, str], when: str) -> str:
+    quick = ("\n> **Quick run** (short rounds, smoke test of the harness): "
+             "not a result to quote.\n" if args.quick else "")
+    keep = ["wasmgate", "rustc", "nginx", "Envoy", "wrk"]
+    vlines = "\n".join(f"- {k}: {vers[k]}" for k in keep if k in vers)
+    vlines += (f"\n- upstream endpoints: one nginx each, `return 200 \"hello\\n\"` with "
+               f"`add_header {UPSTREAM_ID_HEADER} eN`, 1 worker, access log off")
+    spread = "\n".join(f"- {name}: {note}" for name, note in result.notes.items()) or "- (none)"
+    parts = [f"""### Mode B: balancing over several endpoints, and an endpoint killed under load
+{quick}
+- Date: {when}
+- Machine: {machine()}
+- Pinning: {result.pinning}
+- Every peer: one worker/thread, logs off, HTTP/1.1 keep-alive to the endpoints.
+  wasmgate: `workers = 1`, `[access_log] enabled = false`, `WASMGATE_LOG=warn`.
+- Command: `{args.command}`
+"""]
+    if result.scenarios:
+        parts.append(f"""#### Throughput by balancing algorithm
+
+- Load: wrk, 1 thread, {result.connections} connections, keep-alive, header
+  `{API_KEY_HEADER}: {API_KEY}` and `{USER_HEADER}: user-N` on every request, N cycling
+  through {WRK_USERS} values (a wrk script, used for every row, `direct` too);
+  {args.rounds} rounds × {args.duration:g} s per scenario, interleaved round-robin,
+  after a {args.warmup:g} s warm-up each; peers not being measured are frozen (SIGSTOP).
+- Endpoints: {MAX_ENDPOINTS} nginx processes (e1 … e{MAX_ENDPOINTS}), each on its own port;
+  a row with N endpoints balances over e1 … eN. `direct` is wrk straight at e1.
+- The algorithms, per peer:
+  - round robin: nginx's default; Envoy `ROUND_ROBIN`; wasmgate `balance = "round_robin"`.
+  - least request: nginx `least_conn` (fewest active connections, round robin among
+    equals); Envoy `LEAST_REQUEST` (default: the better of two picked at random);
+    wasmgate `balance = "least_request"` (also the better of two).
+  - consistent hash on `{USER_HEADER}`: nginx `hash $http_x_user consistent` (ketama);
+    Envoy `RING_HASH` with a route `hash_policy` on the header; wasmgate
+    `balance = "ring_hash"`, `hash_on = "header:{USER_HEADER}"`.
+  - random: nginx `random`; Envoy `RANDOM`; wasmgate `balance = "random"`.
+- Before any load, {SPREAD_REQUESTS} GETs in a row through every peer (`{USER_HEADER}`
+  user-0 … user-{SPREAD_REQUESTS // 2 - 1}, each twice) must all answer 200 from the endpoints named in their `{UPSTREAM_ID_HEADER}`
+  header, every endpoint answering, and under consistent hashing each `{USER_HEADER}`
+  always from the same endpoint.
+
+cost/request = 1/T_proxy − 1/T_direct, computed per round against that round's direct
+run (as in mode S); both ratio columns divide medians by wasmgate's with the same algorithm
+and endpoint count. "requests per endpoint" is each endpoint's share of the requests it
+served during the measured rounds (nginx `stub_status`). Latencies are medians over rounds
+of wrk's per-round p50/p99.
+
+{table_b(result)}
+
+Spread check (before load):
+{spread}
+""")
+    if result.kills:
+        parts.append(f"""#### An endpoint killed under load
+
+- Round robin over 2 endpoints (e1, e2). Each run starts from the same state: both
+  endpoints up, the peer started afresh and checked to reach both (20 GETs). Then wrk,
+  1 thread, {args.connections} connections, keep-alive, `--timeout 2s`, loads it for
+  {args.kill_duration:g} s, and {args.kill_at:g} s in e{KILL_VICTIM + 1} gets SIGKILL (master and worker at once:
+  no graceful close). {args.rounds} rounds, peers interleaved; e{KILL_VICTIM + 1} is restarted
+  between runs.
+- Errors = wrk's non-2xx responses + socket errors (connect, read, write, timeout): what a
+  client saw. After each run, {KILL_AFTER_GETS} GETs in a row on new connections show where
+  the peer sends traffic with e{KILL_VICTIM + 1} still down.
+- Retry and passive health, set alike where the peers allow it: one retry, to another
+  endpoint; an endpoint ejected for {KILL_EJECT_SECONDS} s after {KILL_EJECT_AFTER} connect failures in a
+  row; no active health checks.
+  - nginx: `server … max_fails={KILL_EJECT_AFTER} fail_timeout={KILL_EJECT_SECONDS}s`,
+    `proxy_next_upstream error timeout` (the default: a GET is retried after a connect
+    failure and after a connection that failed once the request was sent),
+    `proxy_next_upstream_tries 2`.
+  - Envoy: route `retry_policy` with `num_retries: 1`, the `previous_hosts` retry host
+    predicate, and `retry_on` as in the table; cluster `outlier_detection` with
+    `split_external_local_origin_errors: true`,
+    `consecutive_local_origin_failure: {KILL_EJECT_AFTER}`, `base_ejection_time: {KILL_EJECT_SECONDS}s`,
+    `max_ejection_percent: {KILL_MAX_EJECTED_PERCENT}` (Envoy's default, 10, ejects neither of 2
+    hosts: every request to the dead one then fails its connect). Circuit breakers at
+    their defaults (`max_retries`: 3 retries in flight) except in the `max_retries =
+    {KILL_RETRY_CAP}` row.
+  - wasmgate: `[clusters.upstream.retry]` `retries = 1`, `on` as in the table (the first
+    row is its default); `[clusters.upstream.outlier]`
+    `consecutive_connect_failures = {KILL_EJECT_AFTER}`, `base_ejection = "{KILL_EJECT_SECONDS}s"`;
+    `max_ejected_percent` ({KILL_MAX_EJECTED_PERCENT}) and the retry budget (20 % of requests in
+    flight, at least 3) at their defaults, except `min_retry_concurrency = {KILL_RETRY_CAP}`
+    in its row.
+  - Retries in flight: Envoy and wasmgate allow 3 by default, nginx has no limit. At the
+    kill every request in flight to e{KILL_VICTIM + 1} fails at once (and so may requests just
+    sent on idle pooled connections that e{KILL_VICTIM + 1}'s kernel has closed), so the rows
+    with {KILL_RETRY_CAP} (as many as wrk's connections: every request may retry) show what
+    the limit costs.
+
+{table_kill(result)}
+""")
+    parts.append(f"Versions:\n{vlines}\n")
+    return "\n".join(parts)
+
+
 def section(result: ModeResult, args, vers: dict[str, str], when: str) -> str:
     title = {"S": "Mode S: CPU cost per request (everything on one CPU)",
              "P": "Mode P: throughput with the proxy owning a CPU"}[result.mode]
@@ -1442,16 +2145,22 @@ def find_tool(name: str, given: str | None) -> str:
 
 def parse_args(argv: list[str]):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["S", "P", "T", "both", "all"], default="both",
-                    help="S, P, T (TLS and HTTP/2), both (S and P: the default) or all (S, P, T)")
+    ap.add_argument("--mode", choices=["S", "P", "T", "B", "both", "all"], default="both",
+                    help="S, P, T (TLS and HTTP/2), B (balancing and an endpoint kill), "
+                         "both (S and P: the default) or all (S, P, T, B)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke test: 2 s rounds, 2 rounds, 1 s warm-up; does not write "
-                         "BENCHMARKS.md unless --write is given")
+                    help="smoke test: 2 s rounds, 2 rounds, 1 s warm-up, 3 s kill runs; does "
+                         "not write BENCHMARKS.md unless --write is given")
     ap.add_argument("--rounds", type=int, help="rounds per mode (default 5; quick 2)")
     ap.add_argument("--duration", type=float, help="seconds per round and scenario (default 10; quick 2)")
     ap.add_argument("--warmup", type=float, help="warm-up seconds per scenario (default 3; quick 1)")
+    ap.add_argument("--kill-duration", type=float,
+                    help="mode B: seconds of load per kill run (default 6; quick 3)")
+    ap.add_argument("--kill-at", type=float,
+                    help="mode B: seconds into a kill run when the endpoint is killed "
+                         "(default 2; quick 1)")
     ap.add_argument("--connections", type=int, default=10,
-                    help="wrk connections in modes S and T (default 10)")
+                    help="wrk connections in modes S, T and B (default 10)")
     ap.add_argument("--connections-p", type=int, default=50,
                     help="wrk connections in mode P, enough to keep the proxy's CPU busy "
                          "across the two CPUs' wake-up latency (default 50)")
@@ -1462,7 +2171,7 @@ def parse_args(argv: list[str]):
     ap.add_argument("--scenarios", help="comma-separated subset (direct is always included); "
                                         "--list shows them")
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    ap.add_argument("--cpu-s", default="0", help="the CPU of modes S and T (default 0)")
+    ap.add_argument("--cpu-s", default="0", help="the CPU of modes S, T and B (default 0)")
     ap.add_argument("--cpu-proxy", default="1", help="the proxy's CPU in mode P (default 1)")
     ap.add_argument("--cpu-load", default="0", help="wrk's and the upstream's CPU in mode P (default 0)")
     ap.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
@@ -1482,6 +2191,10 @@ def parse_args(argv: list[str]):
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.duration = args.duration or (2.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
+    args.kill_duration = args.kill_duration or (3.0 if args.quick else 6.0)
+    args.kill_at = args.kill_at if args.kill_at is not None else (1.0 if args.quick else 2.0)
+    if not 0 < args.kill_at < args.kill_duration:
+        ap.error("--kill-at must be between 0 and --kill-duration")
     if args.write is None:
         args.write = not args.quick
     args.command = args.command or "python3 bench/bench.py " + shlex.join(argv)
@@ -1492,8 +2205,15 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.list:
         for sc in SCENARIOS:
-            proto = f", {sc.protocol}" if "T" in sc.modes and sc.name != "direct" else ""
-            print(f"{sc.name:<18} modes {sc.modes:<4} {sc.label}{proto}")
+            extra = f", {sc.protocol}" if "T" in sc.modes and sc.name != "direct" else ""
+            if sc.opts.get("endpoints"):
+                n = sc.opts["endpoints"]
+                extra = f", {BALANCES[sc.opts['balance']].label}, {n} endpoint{'s' if n > 1 else ''}"
+                if is_kill(sc):
+                    extra += f", e{KILL_VICTIM + 1} killed under load, retried after {KILL_WHAT[sc.opts['kill']]}"
+                    if sc.opts.get("retry_cap"):
+                        extra += f", up to {sc.opts['retry_cap']} retries in flight"
+            print(f"{sc.name:<26} modes {sc.modes:<4} {sc.label}{extra}")
         return 0
 
     scenarios = SCENARIOS
@@ -1505,7 +2225,7 @@ def main(argv: list[str]) -> int:
         # A scenario whose wasmgate reference is not selected shows no ratio.
         scenarios = [sc for sc in SCENARIOS if sc.name in wanted]
 
-    modes = {"both": ["S", "P"], "all": ["S", "P", "T"]}.get(args.mode, [args.mode])
+    modes = {"both": ["S", "P"], "all": ["S", "P", "T", "B"]}.get(args.mode, [args.mode])
     per_mode = {m: [sc for sc in scenarios if m in sc.modes] for m in modes}
     for m in list(modes):
         if all(sc.name == "direct" for sc in per_mode[m]) and args.scenarios:
@@ -1513,7 +2233,8 @@ def main(argv: list[str]) -> int:
             modes.remove(m)
     if not modes:
         raise BenchError("no selected scenario runs in the selected mode(s): see --list "
-                         "(the TLS and HTTP/2 scenarios need --mode T)")
+                         "(the TLS and HTTP/2 scenarios need --mode T, the balancing ones "
+                         "--mode B)")
     scenarios = [sc for sc in scenarios if any(m in sc.modes for m in modes)]
 
     needs = {sc.peer for sc in scenarios}
@@ -1541,7 +2262,10 @@ def main(argv: list[str]) -> int:
         if int(cpu) not in os.sched_getaffinity(0):
             raise BenchError(f"CPU {cpu} is not available here (have {sorted(os.sched_getaffinity(0))})")
 
-    est = sum(len(per_mode[m]) for m in modes) * (args.rounds * args.duration + args.warmup)
+    # A kill run also starts its peer afresh and checks it: about 1 s more.
+    est = sum(args.rounds * (args.kill_duration + 1) if is_kill(sc)
+              else args.rounds * args.duration + args.warmup
+              for m in modes for sc in per_mode[m])
     for m in modes:
         print(f"mode {m} scenarios: {', '.join(sc.name for sc in per_mode[m])}")
     print(f"modes: {', '.join(modes)}; {args.rounds} rounds × {args.duration:g} s; "
@@ -1563,19 +2287,26 @@ def main(argv: list[str]) -> int:
         # Mode T: one certificate for every TLS listener, and a TLS + HTTP/2
         # listener on the upstream for the no-proxy reference rows.
         tls = make_tls_files(workdir, tools.openssl) if tls_mode else None
-        upstream = start_upstream(Ctx(tools, procs, workdir, upstream_port, tls), upstream_port,
-                                  upstream_cpu, upstream_tls_port if tls_mode else None)
-        wait_listening(upstream, upstream_port)
-        if tls_mode:
-            wait_listening(upstream, upstream_tls_port)
+        upstream = None  # mode B alone brings its own endpoints
+        if any(m in modes for m in ("S", "P", "T")):
+            upstream = start_upstream(Ctx(tools, procs, workdir, upstream_port, tls),
+                                      upstream_port, upstream_cpu,
+                                      upstream_tls_port if tls_mode else None)
+            wait_listening(upstream, upstream_port)
+            if tls_mode:
+                wait_listening(upstream, upstream_tls_port)
 
         results = [run_mode(m, args, tools, procs, workdir, upstream, upstream_port, per_mode[m],
                             tls, upstream_tls_port if tls_mode else None)
                    for m in modes]
         vers = versions(tools)
         for res in results:
-            text = (section_t(res, args, vers | tls_versions(tools), when, tls)
-                    if res.mode == "T" else section(res, args, vers, when))
+            if res.mode == "T":
+                text = section_t(res, args, vers | tls_versions(tools), when, tls)
+            elif res.mode == "B":
+                text = section_b(res, args, vers, when)
+            else:
+                text = section(res, args, vers, when)
             print("\n" + text)
             if args.write:
                 write_markdown(args.output, res.mode, text)
@@ -1584,7 +2315,8 @@ def main(argv: list[str]) -> int:
         else:
             print(f"(not written to {args.output}; pass --write)")
         (workdir / "results.json").write_text(json.dumps({
-            res.mode: {name: [vars(s) | {"raw": None} for s in ss] for name, ss in res.samples.items()}
+            res.mode: {name: [vars(s) | {"raw": None} for s in ss]
+                       for name, ss in (res.samples | res.kills).items()}
             for res in results}, indent=1))
         ok = True
         return 0
