@@ -752,8 +752,9 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
     lines.append("")
     if opts.get("kill"):
         on = ", ".join(f'"{c}"' for c in KILL_RETRY[opts["kill"]]["wasmgate"])
-        cap = ([f"min_retry_concurrency = {opts['retry_cap']}"]
-               if opts.get("retry_cap") else [])
+        # Every row states its cap: Envoy's default (3) unless the row lifts
+        # it (wasmgate's own default is now 10).
+        cap = [f"min_retry_concurrency = {opts.get('retry_cap') or 3}"]
         lines += ["[clusters.upstream.retry]", "retries = 1", f"on = [{on}]", *cap, "",
                   "[clusters.upstream.outlier]",
                   f"consecutive_connect_failures = {KILL_EJECT_AFTER}",
@@ -904,11 +905,12 @@ SCENARIOS: list[Scenario] = [
 # Mode B. Throughput: each balancing peer over 1 endpoint (the baseline), then
 # every algorithm over 2 and 4, interleaved peer by peer; `direct` is wrk
 # straight at endpoint e1. Kill runs: round robin over 2 endpoints, e2 killed
-# under load; "connect" retries after connect failures (wasmgate's default),
-# "reset" also after a connection that failed once the request was sent
-# (nginx's `proxy_next_upstream error` does both, so nginx has one row);
-# `retry_cap` lifts the limit on retries in flight (3 by default) to
-# KILL_RETRY_CAP, as nginx has none.
+# under load; "connect" retries after connect failures only, "reset" also
+# after a connection that failed once the request was sent (nginx's
+# `proxy_next_upstream error` does both, so nginx has one row); rows cap
+# retries in flight at 3 (Envoy's default) unless `retry_cap` lifts it to
+# KILL_RETRY_CAP, as nginx has none. wasmgate's defaults since this harness
+# was written are the "reset" conditions with a cap of 10: the last row.
 B_PEERS = [("nginx", "nginx"), ("envoy", "Envoy"), ("wasmgate", "wasmgate")]
 SCENARIOS += [Scenario(f"{peer}-rr1", label, peer, {"endpoints": 1, "balance": "rr"},
                        modes="B", ref="wasmgate-rr1") for peer, label in B_PEERS]
