@@ -168,9 +168,15 @@ pub async fn collect(body: Incoming, limit: usize) -> Result<Kept, FirstFrameErr
 
 /// Reads a whole body the proxy holds (an upstream's response) of at most
 /// `limit` bytes.
-pub async fn collect_proxy(body: ProxyBody, limit: usize) -> Result<Bytes, FirstFrameError> {
+pub async fn collect_proxy(body: ProxyBody, limit: usize) -> Result<Kept, FirstFrameError> {
     match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
+        Ok(c) => {
+            let trailers = c.trailers().cloned();
+            Ok(Kept {
+                data: c.to_bytes(),
+                trailers,
+            })
+        }
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(FirstFrameError::TooLarge),
         Err(e) => Err(FirstFrameError::Invalid(e.to_string())),
     }

@@ -1018,7 +1018,13 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 }) => {
                     let p = base.join(path);
                     match std::fs::read_to_string(&p) {
-                        Ok(v) => Some(v),
+                        // Secrets files usually end in a newline that is not
+                        // part of the secret.
+                        Ok(v) => Some(
+                            v.strip_suffix('\n')
+                                .map_or(v.as_str(), |v| v.strip_suffix('\r').unwrap_or(v))
+                                .to_owned(),
+                        ),
                         Err(e) => {
                             errors.push(ConfigError::new(
                                 &vkey,

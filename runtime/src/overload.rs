@@ -78,12 +78,9 @@ pub struct OverloadGuard {
 impl OverloadGuard {
     /// A guard with limits resolved from `config` and the system.
     pub fn new(config: &OverloadConfig, metrics: &Metrics) -> OverloadGuard {
-        let memory_limit = config.max_memory.or_else(|| {
-            std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(|max| max / 10 * 9)
-        });
+        let memory_limit = config
+            .max_memory
+            .or_else(|| cgroup_memory_max().map(|max| max / 10 * 9));
         let files_limit = (config.max_open_files_percent > 0)
             .then(|| {
                 std::fs::read_to_string("/proc/self/limits")
@@ -116,17 +113,30 @@ impl OverloadGuard {
         let rss = std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| resident_bytes(&s));
-        let files = std::fs::read_dir("/proc/self/fd")
-            .ok()
-            .map(|d| d.count() as u64);
+        let files = match std::fs::read_dir("/proc/self/fd") {
+            Ok(d) => Some(d.count() as u64),
+            // EMFILE/ENFILE: out of descriptors is the strongest evidence.
+            Err(e) if matches!(e.raw_os_error(), Some(23 | 24)) => Some(u64::MAX),
+            Err(_) => None,
+        };
         if let Some(r) = rss {
             self.rss.set(r as i64);
         }
         if let Some(f) = files {
             self.files.set(f as i64);
         }
-        let p = judge(rss, self.memory_limit, files, self.files_limit);
-        let before = self.state.swap(p as u8, Ordering::Relaxed);
+        let mut p = judge(rss, self.memory_limit, files, self.files_limit);
+        let before = self.state.load(Ordering::Relaxed);
+        // Hysteresis: memory pressure clears only below 95 % of the limit,
+        // so the guard does not flap around the line.
+        if p == Pressure::None
+            && before == Pressure::Memory as u8
+            && let (Some(r), Some(l)) = (rss, self.memory_limit)
+            && r >= l / 20 * 19
+        {
+            p = Pressure::Memory;
+        }
+        self.state.store(p as u8, Ordering::Relaxed);
         if before != p as u8 {
             match p {
                 Pressure::None => tracing::warn!("overload cleared: serving requests again"),
@@ -178,6 +188,28 @@ fn judge(
         return Pressure::Memory;
     }
     Pressure::None
+}
+
+/// The memory limit of this process's cgroup (v2), from its own folder
+/// (`/proc/self/cgroup`) or, in a container, the namespace's root.
+fn cgroup_memory_max() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .map(|p| format!("/sys/fs/cgroup{}/memory.max", p.trim_end_matches('/')))
+        });
+    [own, Some("/sys/fs/cgroup/memory.max".to_owned())]
+        .into_iter()
+        .flatten()
+        .find_map(|path| {
+            std::fs::read_to_string(path)
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
 }
 
 /// `VmRSS:  1234 kB` from `/proc/self/status`, in bytes.

@@ -266,6 +266,17 @@ fn redirect(
         _ => (authority, None),
     };
     let new_scheme = r.scheme.as_deref().unwrap_or(scheme);
+    // The request's host goes into `Location`: only a plain host (no user
+    // info, no path), or `https://example.com@evil.test/` would redirect
+    // off-site.
+    if r.host.is_none()
+        && (req_host.is_empty()
+            || req_host.contains(['@', '/', '\\', '?', '#', ' '])
+            || req_host.parse::<http::uri::Authority>().is_err())
+    {
+        return GatewayError::bad_request("the request's host cannot be used in a redirect")
+            .into_response(None);
+    }
     let host = r.host.as_deref().unwrap_or(req_host);
     let port = match (r.port, &r.host, r.scheme.as_deref()) {
         (Some(p), _, _) => Some(p.to_string()),
@@ -703,21 +714,25 @@ impl Proxy {
         };
         sync_request_line(&mut wreq, &parts);
 
-        // A filter that asked for the request body gets it whole.
+        // A filter that asked for the request body gets it whole, read just
+        // before that filter runs: filters before it (authentication, say)
+        // decide first, and no `100 Continue` goes out until then.
         let mut body = Some(body);
         let mut kept: Option<body::Kept> = None;
-        if route.chain.iter().any(|f| f.needs.request_body) {
-            let limits = &self.policy.limits;
-            let limit = limits.max_buffered_body.min(limits.max_request_body);
-            match body::collect(body.take().expect("not yet taken"), limit).await {
-                Ok(k) => kept = Some(k),
-                Err(e) => return (refuse_body(e, request_id, limit), None),
-            }
-        }
 
         // Request side.
         let mut skipped = vec![false; route.chain.len()];
         for (i, f) in route.chain.iter().enumerate() {
+            if f.needs.request_body
+                && let Some(b) = body.take()
+            {
+                let limits = &self.policy.limits;
+                let limit = limits.max_buffered_body.min(limits.max_request_body);
+                match Box::pin(body::collect(b, limit)).await {
+                    Ok(k) => kept = Some(k),
+                    Err(e) => return (refuse_body(e, request_id, limit), None),
+                }
+            }
             wreq.headers = f.needs.request_headers.copy(&parts.headers);
             wreq.body = match (&kept, f.needs.request_body) {
                 (Some(k), true) => Some(k.data.to_vec()),
@@ -813,16 +828,18 @@ impl Proxy {
         // A filter that asked for the response body gets it whole (not for
         // HEAD, whose response has none).
         let mut resp_body: Option<bytes::Bytes> = None;
+        let mut resp_trailers: Option<HeaderMap> = None;
         if wreq.method != "HEAD"
             && (0..seen_by).any(|i| forwarded[i].is_some() && route.chain[i].needs.response_body)
         {
             let limit = self.policy.limits.max_buffered_body;
             let (rparts, rbody) = resp.into_parts();
             match body::collect_proxy(rbody, limit).await {
-                Ok(bytes) => {
+                Ok(kept) => {
                     resp = Response::from_parts(rparts, body::empty());
-                    chain::set_body(&mut resp, bytes.clone());
-                    resp_body = Some(bytes);
+                    chain::set_body(&mut resp, kept.data.clone());
+                    resp_body = Some(kept.data);
+                    resp_trailers = kept.trailers;
                 }
                 Err(e) => {
                     let (code, message) = match e {
@@ -886,6 +903,8 @@ impl Proxy {
                     let replaced_body = r.body.clone().map(bytes::Bytes::from);
                     chain::build_response(r).map(|r| {
                         resp = r;
+                        // A filter-made response has no trailers.
+                        resp_trailers = None;
                         if resp_body.is_some() {
                             resp_body = Some(replaced_body.unwrap_or_default());
                         }
@@ -898,6 +917,14 @@ impl Proxy {
                 }
                 return (filter_failed(&route.name, f, &failure, request_id), None);
             }
+        }
+        // The upstream's trailers (gRPC status, say) follow the final body.
+        if let (Some(data), Some(trailers)) = (resp_body, resp_trailers) {
+            *resp.body_mut() = body::Kept {
+                data,
+                trailers: Some(trailers),
+            }
+            .to_body();
         }
         let rerouted = rerouted(route, cluster.as_ref()).cloned();
         (resp, rerouted)

@@ -499,9 +499,15 @@ config = { origins = ["https://app.example.com", "https://*.partner.test"], meth
             actual.header("access-control-expose-headers"),
             Some("x-upstream")
         );
+        assert_eq!(actual.header("vary"), Some("Origin"));
         let other = get(gw.addr(), "/items", &[("origin", "https://evil.example")]).await;
         assert_eq!(other.status, 200, "not refused, just not allowed to read");
         assert!(other.header("access-control-allow-origin").is_none());
+        assert_eq!(
+            other.header("vary"),
+            Some("Origin"),
+            "caches must key on Origin"
+        );
         gw.shutdown().await;
     }
 }

@@ -573,3 +573,21 @@ cluster = "c"
     assert_eq!(paths, ["/v1/users?id=3", "/x", "/"]);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_redirect_never_echoes_a_host_that_points_elsewhere() {
+    let up = Upstream::start("u").await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"all-to-https\"\nredirect = {{ scheme = \"https\" }}\n",
+        up.addr
+    );
+    let gw = start_gateway(&toml).await;
+    let ok = get(gw.addr(), "/a", &[("host", "good.test:8080")]).await;
+    assert_eq!(ok.status, 301);
+    assert_eq!(ok.header("location"), Some("https://good.test/a"));
+    // User info in the host would make `Location` point off-site.
+    let bad = get(gw.addr(), "/a", &[("host", "good.test@evil.test")]).await;
+    assert_eq!(bad.status, 400, "{:?}", bad.header("location"));
+    assert!(bad.header("location").is_none());
+    gw.shutdown().await;
+}

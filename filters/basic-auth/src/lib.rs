@@ -119,11 +119,15 @@ impl BasicAuth {
             .ok()?;
         let text = String::from_utf8(decoded).ok()?;
         let (user, password) = text.split_once(':')?;
-        let (name, cred) = self.users.get_key_value(user)?;
+        // An unknown user costs the same hash as a known one, so timing does
+        // not tell which users exist.
+        let found = self.users.get_key_value(user);
+        let (salt, digest) = found.map_or((&[][..], &[0u8; 32]), |(_, c)| (&c.salt[..], &c.digest));
         let mut h = Sha256::new();
-        h.update(&cred.salt);
+        h.update(salt);
         h.update(password.as_bytes());
-        same(&h.finalize(), &cred.digest).then_some(name.as_str())
+        let ok = same(&h.finalize(), digest);
+        found.filter(|_| ok).map(|(name, _)| name.as_str())
     }
 }
 

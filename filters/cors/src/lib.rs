@@ -84,6 +84,11 @@ impl Cors {
         })
     }
 
+    /// Whether answers differ by Origin (all but `"*"` without credentials).
+    fn varies(&self) -> bool {
+        self.credentials || !self.origins.iter().any(|o| matches!(o, Origin::Any))
+    }
+
     /// The `Access-Control-Allow-Origin` value for an allowed origin.
     fn allow_origin<'a>(&self, origin: &'a str) -> &'a str {
         if !self.credentials && self.origins.iter().any(|o| matches!(o, Origin::Any)) {
@@ -192,11 +197,19 @@ impl Filter for Cors {
 
     fn on_response(&self, _req: &Request, _resp: &Response, context: Option<&[u8]>) -> OnResponse {
         let Some(allow) = context.and_then(|c| std::str::from_utf8(c).ok()) else {
+            // The answer still depends on Origin (another origin would get
+            // the CORS headers), so shared caches must key on it.
+            if self.varies() {
+                return OnResponse::proceed_with(
+                    ResponseEdits::default().append_header("vary", "Origin"),
+                );
+            }
             return OnResponse::proceed();
         };
-        let mut edits = ResponseEdits::default()
-            .set_header("access-control-allow-origin", allow)
-            .append_header("vary", "Origin");
+        let mut edits = ResponseEdits::default().set_header("access-control-allow-origin", allow);
+        if self.varies() {
+            edits = edits.append_header("vary", "Origin");
+        }
         if self.credentials {
             edits = edits.set_header("access-control-allow-credentials", "true");
         }

@@ -61,16 +61,16 @@ enum Key {
 
 struct RateLimit {
     /// Tokens per second, scaled by `SCALE` so that rates below one per
-    /// second stay whole numbers for the host.
+    /// second stay exact whole numbers for the host.
     refill: u64,
     capacity: u64,
     key: Key,
     bucket: Option<String>,
 }
 
-/// Each request costs `SCALE` tokens, so a rate of 100 per hour is a refill
-/// of 100 × 1000 / 3600 = 27 tokens per second.
-const SCALE: u64 = 1000;
+/// Each request costs `SCALE` tokens, so any whole rate per second, minute
+/// or hour is a whole refill per second (100 per hour: 100 000 per second).
+const SCALE: u64 = 3_600_000;
 
 impl RateLimit {
     fn bucket_key(&self, req: &Request) -> String {
@@ -134,8 +134,11 @@ impl Filter for RateLimit {
             ));
         };
         Ok(RateLimit {
-            refill: (c.requests * SCALE / seconds).max(1),
-            capacity: burst * SCALE,
+            refill: c
+                .requests
+                .checked_mul(SCALE / seconds)
+                .ok_or("`requests` is too large")?,
+            capacity: burst.checked_mul(SCALE).ok_or("`burst` is too large")?,
             key,
             bucket: c.bucket,
         })

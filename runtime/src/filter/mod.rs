@@ -98,9 +98,10 @@ pub enum FilterFailure {
     /// The call took longer than its wall-clock budget (host calls included).
     #[error("exceeded its wall-clock budget of {0:?}")]
     WallClock(Duration),
-    /// The filter failed too often in a row and is benched for a while;
-    /// calls fail at once without running it.
-    #[error("is quarantined for {0:?} after failing repeatedly")]
+    /// The filter failed too often in a row and is benched for a while (the
+    /// time left; zero while its trial call runs); calls fail at once
+    /// without running it.
+    #[error("is quarantined after failing repeatedly (next try in {0:?})")]
     Quarantined(Duration),
 }
 

@@ -114,51 +114,101 @@ pub const QUARANTINE_BASE: Duration = Duration::from_secs(1);
 pub const QUARANTINE_MAX: Duration = Duration::from_secs(60);
 
 /// A pool's run of failures and the quarantine it leads to.
+///
+/// `quarantine_after` failures in a row bench the filter: calls fail fast
+/// until the quarantine ends. Then exactly one call is let through as a
+/// trial (others keep failing fast meanwhile): a success ends the run, a
+/// failure starts a quarantine twice as long. A busy pool is load, not a
+/// fault, and changes nothing.
 #[derive(Debug)]
 struct Quarantine {
     origin: std::time::Instant,
     streak: std::sync::atomic::AtomicU32,
     /// Milliseconds after `origin` until which calls fail fast.
     until_ms: AtomicU64,
+    /// Quarantines since the last success (0: none, the pool is healthy).
     times: std::sync::atomic::AtomicU32,
+    /// A trial call is running.
+    trial: std::sync::atomic::AtomicBool,
+}
+
+/// What a call may do under the quarantine.
+enum Gate {
+    /// Run normally.
+    Open,
+    /// Run as the trial call after a quarantine.
+    Trial,
+    /// Fail fast; the quarantine ends in this long (zero: a trial is running).
+    Closed(Duration),
 }
 
 impl Quarantine {
+    fn new() -> Quarantine {
+        Quarantine {
+            origin: std::time::Instant::now(),
+            streak: Default::default(),
+            until_ms: AtomicU64::new(0),
+            times: Default::default(),
+            trial: Default::default(),
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.origin.elapsed().as_millis() as u64
     }
 
-    /// `Some(remaining)` while quarantined.
-    fn active(&self) -> Option<Duration> {
-        let until = self.until_ms.load(Ordering::Relaxed);
+    fn gate(&self) -> Gate {
+        let until = self.until_ms.load(Ordering::Acquire);
         let now = self.now_ms();
-        (until > now).then(|| Duration::from_millis(until - now))
+        if until > now {
+            return Gate::Closed(Duration::from_millis(until - now));
+        }
+        if self.times.load(Ordering::Acquire) == 0 {
+            return Gate::Open;
+        }
+        match self
+            .trial
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Gate::Trial,
+            Err(_) => Gate::Closed(Duration::ZERO),
+        }
     }
 
-    /// Records a call's result; returns the quarantine started, if any.
-    fn record(&self, failed: bool, after: u32) -> Option<Duration> {
-        if !failed {
-            self.streak.store(0, Ordering::Relaxed);
-            self.times.store(0, Ordering::Relaxed);
-            return None;
+    /// Records a call's result (`None`: neutral, e.g. a busy pool); returns
+    /// the quarantine started, if any.
+    fn record(&self, failed: Option<bool>, trial: bool, after: u32) -> Option<Duration> {
+        let started = match failed {
+            None => None,
+            Some(false) => {
+                self.streak.store(0, Ordering::Relaxed);
+                self.times.store(0, Ordering::Release);
+                None
+            }
+            Some(true) if after == 0 => None,
+            Some(true) if trial => Some(self.start()),
+            // A call that was already running when a quarantine began.
+            Some(true) if self.until_ms.load(Ordering::Acquire) > self.now_ms() => None,
+            Some(true) => {
+                let n = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+                (n >= after).then(|| self.start())
+            }
+        };
+        if trial {
+            self.trial.store(false, Ordering::Release);
         }
-        if after == 0 {
-            return None;
-        }
-        let n = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
-        if n < after {
-            return None;
-        }
-        // Benched; the first call after it is a trial, and one more failure
-        // benches it again, twice as long.
-        self.streak.store(after - 1, Ordering::Relaxed);
-        let times = self.times.fetch_add(1, Ordering::Relaxed).min(16);
+        started
+    }
+
+    fn start(&self) -> Duration {
+        self.streak.store(0, Ordering::Relaxed);
+        let times = self.times.fetch_add(1, Ordering::AcqRel).min(16);
         let length = QUARANTINE_BASE
             .saturating_mul(1 << times)
             .min(QUARANTINE_MAX);
         self.until_ms
-            .store(self.now_ms() + length.as_millis() as u64, Ordering::Relaxed);
-        Some(length)
+            .store(self.now_ms() + length.as_millis() as u64, Ordering::Release);
+        length
     }
 }
 
@@ -223,12 +273,7 @@ impl InstancePool {
             created: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
             exhausted: AtomicU64::new(0),
-            quarantine: Quarantine {
-                origin: std::time::Instant::now(),
-                streak: Default::default(),
-                until_ms: AtomicU64::new(0),
-                times: Default::default(),
-            },
+            quarantine: Quarantine::new(),
         }
     }
 
@@ -237,9 +282,11 @@ impl InstancePool {
         &self,
         call: impl AsyncFnOnce(&mut FilterInstance) -> Result<T, FilterFailure>,
     ) -> Result<T, FilterFailure> {
-        if let Some(remaining) = self.quarantine.active() {
-            return Err(FilterFailure::Quarantined(remaining));
-        }
+        let trial = match self.quarantine.gate() {
+            Gate::Open => false,
+            Gate::Trial => true,
+            Gate::Closed(remaining) => return Err(FilterFailure::Quarantined(remaining)),
+        };
         let started = std::time::Instant::now();
         let result = async {
             let mut lease = self.acquire().await?;
@@ -256,8 +303,15 @@ impl InstancePool {
         .await;
         self.metrics.record(started, &result);
         // Running out of instances is load, not a fault of the filter.
-        let failed = matches!(&result, Err(f) if !matches!(f, FilterFailure::PoolExhausted { .. }));
-        if let Some(length) = self.quarantine.record(failed, self.policy.quarantine_after) {
+        let failed = match &result {
+            Ok(_) => Some(false),
+            Err(FilterFailure::PoolExhausted { .. }) => None,
+            Err(_) => Some(true),
+        };
+        if let Some(length) = self
+            .quarantine
+            .record(failed, trial, self.policy.quarantine_after)
+        {
             tracing::error!(
                 filter = &**self.module.name(),
                 route = &*self.route,
@@ -408,5 +462,41 @@ impl Drop for Lease<'_> {
         }
         // The permit is released after the instance is back in the queue, so a
         // waiter always finds it.
+    }
+}
+
+#[cfg(test)]
+mod quarantine_tests {
+    use super::*;
+
+    #[test]
+    fn one_trial_after_a_quarantine_and_doubling_on_failure() {
+        let q = Quarantine::new();
+        for _ in 0..2 {
+            assert!(matches!(q.gate(), Gate::Open));
+            assert_eq!(q.record(Some(true), false, 3), None);
+        }
+        // A busy pool is neutral: the run goes on.
+        assert_eq!(q.record(None, false, 3), None);
+        assert_eq!(q.record(Some(true), false, 3), Some(QUARANTINE_BASE));
+        assert!(matches!(q.gate(), Gate::Closed(d) if d > Duration::ZERO));
+        // A call that was in flight and fails late does not re-arm it.
+        assert_eq!(q.record(Some(true), false, 3), None);
+        // Expire it by hand.
+        q.until_ms.store(0, Ordering::Release);
+        assert!(matches!(q.gate(), Gate::Trial));
+        assert!(
+            matches!(q.gate(), Gate::Closed(d) if d == Duration::ZERO),
+            "only one trial at a time"
+        );
+        assert_eq!(
+            q.record(Some(true), true, 3),
+            Some(QUARANTINE_BASE * 2),
+            "doubled"
+        );
+        q.until_ms.store(0, Ordering::Release);
+        assert!(matches!(q.gate(), Gate::Trial));
+        assert_eq!(q.record(Some(false), true, 3), None);
+        assert!(matches!(q.gate(), Gate::Open), "a good trial ends the run");
     }
 }

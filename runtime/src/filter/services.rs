@@ -21,6 +21,8 @@ struct Entry {
     value: Vec<u8>,
     version: u64,
     expires: Option<Instant>,
+    /// Bytes charged to the namespace's quota for this entry.
+    counted: usize,
 }
 
 impl Entry {
@@ -55,20 +57,18 @@ impl HostServices {
     /// accumulate without bound).
     pub fn sweep(&self) {
         let now = Instant::now();
-        self.kv.retain(|(ns, key), e| {
+        self.kv.retain(|(ns, _), e| {
             let keep = e.live(now);
             if !keep && let Some(mut u) = self.used.get_mut(ns) {
-                *u = u.saturating_sub(Entry::size(key, &e.value));
+                *u = u.saturating_sub(e.counted);
             }
             keep
         });
+        // A bucket that has refilled completely is the same as no bucket.
         self.buckets.retain(|_, b| {
-            let full_after = if b.refill == 0 {
-                Duration::MAX
-            } else {
-                Duration::from_secs_f64((b.capacity as f64 - b.tokens).max(0.0) / b.refill as f64)
-            };
-            now.duration_since(b.last) < full_after
+            let missing = (b.capacity as f64 - b.tokens).max(0.0);
+            b.refill > 0 && now.duration_since(b.last).as_secs_f64() * (b.refill as f64) < missing
+                || b.refill == 0 && missing > 0.0
         });
     }
 
@@ -120,55 +120,65 @@ impl Grants {
     }
 
     /// Writes under the quota, atomically: `make` sees the live entry (if
-    /// any) and returns the new value, `None` to write nothing, or an error.
+    /// any) and returns the new value, `None` to write nothing, or an error;
+    /// nothing is stored unless a value is written. Versions keep growing
+    /// across expiry, so a compare-and-set never mistakes a new entry for an
+    /// old one. `ttl_on_create_only` keeps a live entry's expiry (for
+    /// counters); otherwise the entry expires after `ttl_ms`, or never.
     fn write<T>(
         &self,
         key: String,
         ttl_ms: Option<u64>,
+        ttl_on_create_only: bool,
         make: impl FnOnce(Option<&Entry>) -> Result<Option<(Vec<u8>, T)>, kv::KvError>,
     ) -> Result<Option<(u64, T)>, kv::KvError> {
+        use dashmap::mapref::entry::Entry as Slot;
         if key.len() > MAX_KEY {
             return Err(kv::KvError::TooLarge);
         }
         let now = Instant::now();
         let svc = &self.services;
-        let mut slot = svc.kv.entry(self.key(&key)).or_insert_with(|| Entry {
-            value: Vec::new(),
-            version: 0,
-            expires: Some(now),
-        });
-        let live = slot.live(now);
-        let Some((value, out)) = make(live.then_some(&*slot))? else {
+        let slot = svc.kv.entry(self.key(&key));
+        let current = match &slot {
+            Slot::Occupied(o) => Some(o.get()),
+            Slot::Vacant(_) => None,
+        };
+        let live = current.filter(|e| e.live(now));
+        let Some((value, out)) = make(live)? else {
             return Ok(None);
         };
         if value.len() > MAX_VALUE {
             return Err(kv::KvError::TooLarge);
         }
-        let old = if live {
-            Entry::size(&key, &slot.value)
-        } else {
-            0
-        };
-        let new = Entry::size(&key, &value);
+        let old_counted = current.map_or(0, |e| e.counted);
+        let new_counted = Entry::size(&key, &value);
         {
             let mut used = svc.used.entry(self.namespace.clone()).or_insert(0);
-            let after = used.saturating_sub(old) + new;
+            let after = used.saturating_sub(old_counted) + new_counted;
             if after > self.kv_quota {
                 return Err(kv::KvError::QuotaExceeded);
             }
             *used = after;
         }
-        let version = if live { slot.version + 1 } else { 1 };
-        let expires = if live && ttl_ms.is_none() {
-            slot.expires
-        } else {
-            ttl(ttl_ms, now)
+        let version = current.map_or(0, |e| e.version) + 1;
+        let expires = match live {
+            Some(e) if ttl_on_create_only => e.expires,
+            _ => ttl(ttl_ms, now),
         };
-        *slot = Entry {
+        let entry = Entry {
             value,
             version,
             expires,
+            counted: new_counted,
         };
+        match slot {
+            Slot::Occupied(mut o) => {
+                o.insert(entry);
+            }
+            Slot::Vacant(v) => {
+                v.insert(entry);
+            }
+        }
         Ok(Some((version, out)))
     }
 }
@@ -190,7 +200,7 @@ impl kv::Host for HostState {
         ttl_ms: Option<u64>,
     ) -> Result<u64, kv::KvError> {
         self.grants()
-            .write(key, ttl_ms, |_| Ok(Some((value, ()))))
+            .write(key, ttl_ms, false, |_| Ok(Some((value, ()))))
             .map(|w| w.map_or(0, |(v, ())| v))
     }
 
@@ -202,7 +212,7 @@ impl kv::Host for HostState {
         ttl_ms: Option<u64>,
     ) -> Result<Option<u64>, kv::KvError> {
         self.grants()
-            .write(key, ttl_ms, |cur| {
+            .write(key, ttl_ms, false, |cur| {
                 let version = cur.map_or(0, |e| e.version);
                 Ok((version == expected).then_some((value, ())))
             })
@@ -216,7 +226,7 @@ impl kv::Host for HostState {
         ttl_ms: Option<u64>,
     ) -> Result<i64, kv::KvError> {
         self.grants()
-            .write(key, ttl_ms, |cur| {
+            .write(key, ttl_ms, true, |cur| {
                 let n: i64 = match cur {
                     None => 0,
                     Some(e) => std::str::from_utf8(&e.value)
@@ -233,9 +243,9 @@ impl kv::Host for HostState {
     fn delete(&mut self, key: String) -> bool {
         let g = self.grants();
         match g.services.kv.remove(&g.key(&key)) {
-            Some(((ns, k), e)) => {
+            Some(((ns, _), e)) => {
                 if let Some(mut u) = g.services.used.get_mut(&ns) {
-                    *u = u.saturating_sub(Entry::size(&k, &e.value));
+                    *u = u.saturating_sub(e.counted);
                 }
                 e.live(Instant::now())
             }
@@ -290,5 +300,109 @@ impl rate_limit::Host for HostState {
 impl config::Host for HostState {
     fn get(&mut self, name: String) -> Option<String> {
         self.grants().vars.get(&name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grants(quota: usize) -> Grants {
+        let mut g = Grants::new("ns", Arc::default());
+        g.kv_quota = quota;
+        g
+    }
+
+    fn set(g: &Grants, key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<u64, kv::KvError> {
+        g.write(key.into(), ttl_ms, false, |_| {
+            Ok(Some((value.to_vec(), ())))
+        })
+        .map(|w| w.map_or(0, |(v, ())| v))
+    }
+
+    fn used(g: &Grants) -> usize {
+        g.services.used.get("ns").map_or(0, |u| *u)
+    }
+
+    #[test]
+    fn refused_writes_leave_no_trace_and_the_quota_holds() {
+        let g = grants(200);
+        assert_eq!(set(&g, "a", &[1; 100], None), Ok(1));
+        let after_a = used(&g);
+        assert_eq!(
+            set(&g, "b", &[1; 100], None),
+            Err(kv::KvError::QuotaExceeded)
+        );
+        // A compare-and-set that does not match writes nothing.
+        let cas = g.write("c".into(), None, false, |cur| {
+            Ok((cur.map_or(0, |e| e.version) == 7).then_some((vec![1], ())))
+        });
+        assert_eq!(cas, Ok(None));
+        assert_eq!(used(&g), after_a, "refused writes charge nothing");
+        assert_eq!(g.services.kv.len(), 1, "and leave no entry behind");
+        g.services.sweep();
+        assert_eq!(used(&g), after_a);
+        // Overwriting charges the difference only.
+        assert_eq!(set(&g, "a", &[1; 50], None), Ok(2));
+        assert!(used(&g) < after_a);
+    }
+
+    #[test]
+    fn expired_entries_keep_counting_until_replaced_and_versions_keep_growing() {
+        let g = grants(1 << 20);
+        assert_eq!(set(&g, "k", b"v", Some(0)), Ok(1));
+        std::thread::sleep(Duration::from_millis(2));
+        let charged = used(&g);
+        // Expired: invisible, but its version is not reused.
+        assert_eq!(set(&g, "k", b"w", None), Ok(2));
+        assert_eq!(used(&g), charged, "the expired entry's bytes were released");
+        g.services.sweep();
+        assert_eq!(used(&g), charged, "the live entry stays counted");
+    }
+
+    #[test]
+    fn a_counter_keeps_the_expiry_it_was_created_with() {
+        let g = grants(1 << 20);
+        let incr = |g: &Grants| {
+            g.write("hits".into(), Some(60_000), true, |cur| {
+                let n: i64 = cur.map_or(0, |e| String::from_utf8_lossy(&e.value).parse().unwrap());
+                Ok(Some(((n + 1).to_string().into_bytes(), n + 1)))
+            })
+            .unwrap()
+            .unwrap()
+            .1
+        };
+        assert_eq!(incr(&g), 1);
+        let first = g.services.kv.get(&g.key("hits")).unwrap().expires;
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(incr(&g), 2);
+        assert_eq!(g.services.kv.get(&g.key("hits")).unwrap().expires, first);
+    }
+
+    #[test]
+    fn full_buckets_are_swept_and_huge_ones_do_not_panic() {
+        let s = Arc::new(HostServices::default());
+        let now = Instant::now();
+        s.buckets.insert(
+            ("ns".into(), "full".into()),
+            Bucket {
+                tokens: 5.0,
+                last: now,
+                capacity: 5,
+                refill: 1,
+            },
+        );
+        s.buckets.insert(
+            ("ns".into(), "huge".into()),
+            Bucket {
+                tokens: 0.0,
+                last: now,
+                capacity: u64::MAX,
+                refill: 1,
+            },
+        );
+        s.sweep();
+        assert!(!s.buckets.contains_key(&("ns".into(), "full".into())));
+        assert!(s.buckets.contains_key(&("ns".into(), "huge".into())));
     }
 }

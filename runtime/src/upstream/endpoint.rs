@@ -74,8 +74,11 @@ pub enum Outcome {
     Status(u16),
     /// No connection could be made.
     ConnectFailure,
-    /// The connection failed after the request was sent, or the try timed out.
+    /// The connection failed after the request was sent.
     Reset,
+    /// No answer in time, or the request's own body failed (a client that
+    /// stalls or aborts its upload): not evidence against the endpoint.
+    Inconclusive,
 }
 
 impl Endpoint {
@@ -172,6 +175,7 @@ impl Endpoint {
                 policy.consecutive_connect_failures,
                 None,
             ),
+            Outcome::Inconclusive => return Verdict::Unchanged,
             Outcome::Status(_) => {
                 self.consecutive_5xx.store(0, Ordering::Relaxed);
                 self.consecutive_connect.store(0, Ordering::Relaxed);

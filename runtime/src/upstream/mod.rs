@@ -449,7 +449,9 @@ impl Cluster {
                     }
                     Err(TryError::Timeout(after)) => (
                         Some(RetryOn::PerTryTimeout),
-                        Outcome::Reset,
+                        // A slow upload can run out the clock as well as a
+                        // slow endpoint: not counted against it.
+                        Outcome::Inconclusive,
                         Some(UpstreamFailure::Timeout {
                             endpoint: endpoint.authority.clone(),
                             after,
@@ -464,6 +466,18 @@ impl Cluster {
                                 Some(RetryOn::ConnectFailure),
                                 Outcome::ConnectFailure,
                                 Some(UpstreamFailure::Connect {
+                                    endpoint: endpoint.authority.clone(),
+                                    detail: error_chain(&e),
+                                }),
+                            )
+                        } else if find_source::<hyper::Error>(&e).is_some_and(|h| h.is_user()) {
+                            // The request's own body failed (the client went
+                            // away or sent too much): neither the endpoint's
+                            // fault nor retryable.
+                            (
+                                None,
+                                Outcome::Inconclusive,
+                                Some(UpstreamFailure::Exchange {
                                     endpoint: endpoint.authority.clone(),
                                     detail: error_chain(&e),
                                 }),
