@@ -1923,8 +1923,10 @@ def kill_retry_label(sc: Scenario) -> str:
     if sc.opts.get("retry_cap"):
         knob = ("`max_retries`" if sc.peer == "envoy" else "`min_retry_concurrency`")
         cap = f"up to {sc.opts['retry_cap']} ({knob} = {sc.opts['retry_cap']})"
-    else:
+    elif sc.peer == "envoy":
         cap = "3 (default)"
+    else:
+        cap = "3 (`min_retry_concurrency` = 3, Envoy's default; wasmgate's is 10)"
     return f"`{conds}`, 1 retry; retries in flight: {cap}"
 
 
@@ -2046,13 +2048,14 @@ Spread check (before load):
     hosts: every request to the dead one then fails its connect). Circuit breakers at
     their defaults (`max_retries`: 3 retries in flight) except in the `max_retries =
     {KILL_RETRY_CAP}` row.
-  - wasmgate: `[clusters.upstream.retry]` `retries = 1`, `on` as in the table (the first
-    row is its default); `[clusters.upstream.outlier]`
-    `consecutive_connect_failures = {KILL_EJECT_AFTER}`, `base_ejection = "{KILL_EJECT_SECONDS}s"`;
-    `max_ejected_percent` ({KILL_MAX_EJECTED_PERCENT}) and the retry budget (20 % of requests in
-    flight, at least 3) at their defaults, except `min_retry_concurrency = {KILL_RETRY_CAP}`
-    in its row.
-  - Retries in flight: Envoy and wasmgate allow 3 by default, nginx has no limit. At the
+  - wasmgate: `[clusters.upstream.retry]` `retries = 1`, `on` as in the table;
+    `min_retry_concurrency = 3` to match Envoy, except `{KILL_RETRY_CAP}` in its row (the last
+    row is wasmgate's default: `reset` included, at least 10 retries in flight);
+    `[clusters.upstream.outlier]` `consecutive_connect_failures = {KILL_EJECT_AFTER}`,
+    `base_ejection = "{KILL_EJECT_SECONDS}s"`; `max_ejected_percent` ({KILL_MAX_EJECTED_PERCENT})
+    and the retry budget's 20 % at their defaults.
+  - Retries in flight: Envoy allows 3 by default, wasmgate 10 (the rows set 3 to compare),
+    nginx has no limit. At the
     kill every request in flight to e{KILL_VICTIM + 1} fails at once (and so may requests just
     sent on idle pooled connections that e{KILL_VICTIM + 1}'s kernel has closed), so the rows
     with {KILL_RETRY_CAP} (as many as wrk's connections: every request may retry) show what
