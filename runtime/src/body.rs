@@ -150,36 +150,32 @@ pub enum FirstFrameError {
     Invalid(String),
 }
 
-/// Reads a whole body of at most `limit` bytes (for a request a retry may
-/// have to send again).
-pub async fn collect(body: Incoming, limit: usize) -> Result<Kept, FirstFrameError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => {
-            let trailers = c.trailers().cloned();
-            Ok(Kept {
-                data: c.to_bytes(),
-                trailers,
-            })
-        }
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(FirstFrameError::TooLarge),
-        Err(e) => Err(FirstFrameError::Invalid(e.to_string())),
+/// Why reading a limited body failed.
+fn classify(e: Box<dyn std::error::Error + Send + Sync>) -> FirstFrameError {
+    if e.downcast_ref::<LengthLimitError>().is_some() {
+        FirstFrameError::TooLarge
+    } else {
+        FirstFrameError::Invalid(e.to_string())
     }
 }
 
-/// Reads a whole body the proxy holds (an upstream's response) of at most
-/// `limit` bytes.
-pub async fn collect_proxy(body: ProxyBody, limit: usize) -> Result<Kept, FirstFrameError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => {
-            let trailers = c.trailers().cloned();
-            Ok(Kept {
-                data: c.to_bytes(),
-                trailers,
-            })
-        }
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(FirstFrameError::TooLarge),
-        Err(e) => Err(FirstFrameError::Invalid(e.to_string())),
-    }
+/// Reads a whole body of at most `limit` bytes, trailers included: a
+/// client's request body (for filters, or for a retry to send again) or an
+/// upstream's response body (for filters).
+pub async fn collect<B>(body: B, limit: usize) -> Result<Kept, FirstFrameError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let c = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(classify)?;
+    let trailers = c.trailers().cloned();
+    Ok(Kept {
+        data: c.to_bytes(),
+        trailers,
+    })
 }
 
 /// Like [`stream`], but reads the first frame before returning, so that a
@@ -187,14 +183,7 @@ pub async fn collect_proxy(body: ProxyBody, limit: usize) -> Result<Kept, FirstF
 /// size) is refused before anything is forwarded.
 pub async fn stream_checked(body: Incoming, limit: usize) -> Result<ProxyBody, FirstFrameError> {
     let mut inner = Limited::new(body, limit);
-    let first = match inner.frame().await {
-        None => None,
-        Some(Ok(frame)) => Some(frame),
-        Some(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(FirstFrameError::TooLarge);
-        }
-        Some(Err(e)) => return Err(FirstFrameError::Invalid(e.to_string())),
-    };
+    let first = inner.frame().await.transpose().map_err(classify)?;
     Ok(Either::Left(Streamed {
         first,
         inner,

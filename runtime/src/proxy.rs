@@ -834,7 +834,7 @@ impl Proxy {
         {
             let limit = self.policy.limits.max_buffered_body;
             let (rparts, rbody) = resp.into_parts();
-            match body::collect_proxy(rbody, limit).await {
+            match body::collect(rbody, limit).await {
                 Ok(kept) => {
                     resp = Response::from_parts(rparts, body::empty());
                     chain::set_body(&mut resp, kept.data.clone());

@@ -547,29 +547,14 @@ impl Cluster {
         let threshold = usize::from(self.config.panic_threshold);
         let panic = threshold > 0 && healthy * 100 < total * threshold;
         let usable = |e: &Endpoint| panic || e.is_healthy(now);
-        let balance = self.config.balance;
-        balancer::pick(
-            set,
-            balance,
-            &self.cursor,
-            key,
-            &Filter {
+        let pick = |tried: &[usize]| {
+            let filter = Filter {
                 usable: &usable,
                 tried,
-            },
-        )
-        .or_else(|| {
-            balancer::pick(
-                set,
-                balance,
-                &self.cursor,
-                key,
-                &Filter {
-                    usable: &usable,
-                    tried: &[],
-                },
-            )
-        })
+            };
+            balancer::pick(set, self.config.balance, &self.cursor, key, &filter)
+        };
+        pick(tried).or_else(|| pick(&[]))
     }
 
     /// A place for one more retry in flight, if the budget has one: retries
