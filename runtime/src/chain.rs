@@ -115,7 +115,7 @@ pub fn value_to_string(v: &HeaderValue) -> String {
 
 /// A WIT string to header bytes: characters up to U+00FF become one byte;
 /// anything above is written as UTF-8.
-fn string_to_value(s: &str) -> Result<HeaderValue, String> {
+pub(crate) fn string_to_value(s: &str) -> Result<HeaderValue, String> {
     let result = if s.is_ascii() {
         HeaderValue::from_str(s).map_err(|_| ())
     } else {
@@ -135,7 +135,7 @@ fn string_to_value(s: &str) -> Result<HeaderValue, String> {
 
 /// Headers a filter may not set: they decide message framing or belong to
 /// one connection, and letting a filter set them would allow smuggling.
-fn is_protected(name: &HeaderName) -> bool {
+pub(crate) fn is_protected(name: &HeaderName) -> bool {
     name == header::CONTENT_LENGTH
         || name == header::TRANSFER_ENCODING
         || name == header::CONNECTION
@@ -146,7 +146,7 @@ fn is_protected(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-fn header_name(n: &str) -> Result<HeaderName, String> {
+pub(crate) fn header_name(n: &str) -> Result<HeaderName, String> {
     let name = HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
         .map_err(|_| format!("{n:?} is not a valid header name"))?;
     if is_protected(&name) {

@@ -10,7 +10,7 @@
 //! route's `init`) is the filter engine's job, so those errors come from
 //! [`crate::gateway`]; they use the same [`ConfigError`] shape.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -258,6 +258,9 @@ struct RawFilter {
     kv_quota: Option<HumanSize>,
     #[serde(default)]
     vars: BTreeMap<String, RawVar>,
+    outbound_clusters: Option<Vec<String>>,
+    max_outbound_calls: Option<u32>,
+    outbound_timeout: Option<HumanDuration>,
 }
 
 /// A `config` value for a filter: a literal, an environment variable, or a
@@ -341,6 +344,8 @@ pub const DEFAULT_POOL_SIZE: u32 = 16;
 pub const DEFAULT_MAX_USES: u64 = 10_000;
 /// Default wait for a free instance.
 pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Default outbound calls a filter may make per request.
+pub const DEFAULT_OUTBOUND_CALLS: u32 = 8;
 /// The validated gateway configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -508,6 +513,12 @@ pub struct FilterConfig {
     pub kv_quota: usize,
     /// Values its `config.get` returns, resolved at load.
     pub vars: std::collections::HashMap<String, String>,
+    /// Clusters its `outbound` calls may name (`None`: any in the config).
+    pub outbound_clusters: Option<Vec<String>>,
+    /// Outbound calls per request.
+    pub max_outbound_calls: u32,
+    /// Longest wait per outbound call.
+    pub outbound_timeout: Duration,
 }
 
 /// What a filter's failure does to the request it was serving.
@@ -1056,6 +1067,23 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 format!("{wall_limit:?} is less than cpu_limit ({cpu_limit:?})"),
             ));
         }
+        // A call cannot outlive the wall-clock limit anyway.
+        let outbound_timeout = f.outbound_timeout.map_or(wall_limit, |d| d.0);
+        if outbound_timeout > wall_limit {
+            errors.push(ConfigError::new(
+                format!("{key}.outbound_timeout"),
+                format!(
+                    "{outbound_timeout:?} is more than wall_limit ({wall_limit:?}), which \
+                     would cut every call that long off first"
+                ),
+            ));
+        }
+        if outbound_timeout.is_zero() {
+            errors.push(ConfigError::new(
+                format!("{key}.outbound_timeout"),
+                "must be more than 0",
+            ));
+        }
         let path = base.join(&f.path);
         filters.insert(
             name,
@@ -1075,6 +1103,9 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                     .kv_quota
                     .map_or(16 << 20, |q| usize::try_from(q.0).unwrap_or(usize::MAX)),
                 vars,
+                outbound_clusters: f.outbound_clusters,
+                max_outbound_calls: f.max_outbound_calls.unwrap_or(DEFAULT_OUTBOUND_CALLS),
+                outbound_timeout,
             },
         );
     }
@@ -1090,6 +1121,30 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
         }
         let cluster = crate::upstream::config::validate(&key, c, base, &mut errors);
         clusters.insert(name, cluster);
+    }
+
+    let mut prefixes: HashMap<String, &str> = HashMap::new();
+    for (name, f) in &filters {
+        let key = format!("filters.{name}");
+        for (j, c) in f.outbound_clusters.iter().flatten().enumerate() {
+            if !clusters.contains_key(c) {
+                errors.push(ConfigError::new(
+                    format!("{key}.outbound_clusters[{j}]"),
+                    format!("no cluster named {c:?}"),
+                ));
+            }
+        }
+        // Metric names are prefixed by the filter's name with '-' and '.'
+        // as '_': two filters must not end up with one prefix.
+        if let Some(other) = prefixes.insert(crate::filter_metrics::prefix_of(name), name) {
+            errors.push(ConfigError::new(
+                &key,
+                format!(
+                    "its metrics would be named like those of filters.{other} \
+                     ('-' and '.' read as '_'); rename one of them"
+                ),
+            ));
+        }
     }
 
     let mut routes = Vec::new();

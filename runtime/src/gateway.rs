@@ -19,9 +19,11 @@ use crate::admin::{self, AdminState};
 use crate::chain::{ChainFilter, Needs};
 use crate::config::FailurePolicy;
 use crate::config::{Config, ConfigError, ConfigErrors, Isolation};
+use crate::filter::services::{Outbound, OutboundGrant};
 use crate::filter::{FilterEngine, FilterModule, InstancePool, Limits, PoolPolicy};
 use crate::metrics::Metrics;
 use crate::normalize::PathPolicy;
+use crate::outbound::ClusterCaller;
 use crate::proxy::{Proxy, Route, RouteMetrics, RouteTarget, Split};
 use crate::router::{RouteMatch, RouteTable};
 use crate::server;
@@ -63,7 +65,7 @@ impl Gateway {
             .map_err(|e| fail(vec![ConfigError::new("engine", format!("{e:#}"))]))?;
         let engine = Arc::new(engine);
 
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_filter_metrics(engine.services().metrics.clone());
         let mut errors = Vec::new();
         let access_log = match &config.access_log {
             Some(target) => match AccessLog::start(target, metrics.clone()) {
@@ -78,6 +80,22 @@ impl Gateway {
             },
             None => None,
         };
+        let mut clusters: HashMap<String, Arc<Cluster>> = HashMap::new();
+        for (n, c) in &config.clusters {
+            match Cluster::new(n, c, &metrics, &*resolver).await {
+                Ok(cluster) => {
+                    clusters.insert(n.clone(), Arc::new(cluster));
+                }
+                Err(e) => errors.push(ConfigError::new(format!("clusters.{n}"), e)),
+            }
+        }
+
+        // Filters call clusters through the same `Cluster`s as routes.
+        let caller: Arc<dyn Outbound> = Arc::new(ClusterCaller::new(
+            clusters.clone(),
+            config.limits.max_buffered_body,
+            metrics.clone(),
+        ));
         let mut modules: BTreeMap<&str, Arc<FilterModule>> = BTreeMap::new();
         for (name, f) in &config.filters {
             let limits = Limits {
@@ -86,23 +104,22 @@ impl Gateway {
             };
             match engine.load(name, &f.path, limits) {
                 Ok(mut m) => {
-                    m.grant(f.kv_quota, f.vars.clone());
+                    let outbound = match &f.outbound_clusters {
+                        Some(list) if list.is_empty() => None,
+                        list => Some(OutboundGrant {
+                            sender: caller.clone(),
+                            clusters: list.as_ref().map(|l| Arc::new(l.iter().cloned().collect())),
+                            max_calls: f.max_outbound_calls,
+                            timeout: f.outbound_timeout,
+                        }),
+                    };
+                    m.grant(f.kv_quota, f.vars.clone(), outbound);
                     modules.insert(name, Arc::new(m));
                 }
                 Err(e) => errors.push(ConfigError::new(
                     format!("filters.{name}.path"),
                     e.to_string(),
                 )),
-            }
-        }
-
-        let mut clusters: HashMap<String, Arc<Cluster>> = HashMap::new();
-        for (n, c) in &config.clusters {
-            match Cluster::new(n, c, &metrics, &*resolver).await {
-                Ok(cluster) => {
-                    clusters.insert(n.clone(), Arc::new(cluster));
-                }
-                Err(e) => errors.push(ConfigError::new(format!("clusters.{n}"), e)),
             }
         }
 

@@ -83,6 +83,18 @@ pub struct FilterOutcomeLabels {
     pub outcome: String,
 }
 
+/// Outbound calls of a filter by cluster and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundLabels {
+    /// Filter name.
+    pub filter: String,
+    /// Cluster name (`""` for a call refused before a cluster was chosen).
+    pub cluster: String,
+    /// `2xx` … `5xx`, or why no response came back (`timeout`,
+    /// `unavailable`, `unknown_cluster`, `budget_exhausted`, ...).
+    pub outcome: String,
+}
+
 /// The gateway's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -149,6 +161,8 @@ pub struct Metrics {
     pub upgrades: Counter,
     /// Upgraded connections open now.
     pub active_tunnels: Gauge,
+    /// Filters' outbound calls.
+    pub filter_outbound: Family<OutboundLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -162,8 +176,16 @@ fn filter_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric, with no filter metrics.
     pub fn new() -> Arc<Metrics> {
+        Metrics::with_filter_metrics(Arc::default())
+    }
+
+    /// Creates and registers every metric; what filters record in
+    /// `filter_metrics` is exported with them.
+    pub fn with_filter_metrics(
+        filter_metrics: Arc<crate::filter_metrics::FilterMetrics>,
+    ) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("wasmgate");
         let m = Metrics {
             requests: Family::default(),
@@ -196,6 +218,7 @@ impl Metrics {
             overload_shed: Family::default(),
             upgrades: Counter::default(),
             active_tunnels: Gauge::default(),
+            filter_outbound: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -352,6 +375,12 @@ impl Metrics {
             "Upgraded connections (WebSocket) open now",
             m.active_tunnels.clone(),
         );
+        registry.register(
+            "filter_outbound",
+            "Outbound calls made by filters, by filter, cluster and outcome",
+            m.filter_outbound.clone(),
+        );
+        registry.register_collector(Box::new(filter_metrics));
         Arc::new(Metrics { registry, ..m })
     }
 

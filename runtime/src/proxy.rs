@@ -722,6 +722,9 @@ impl Proxy {
 
         // Request side.
         let mut skipped = vec![false; route.chain.len()];
+        // Outbound calls each filter made for this request (its budget spans
+        // both phases).
+        let mut outbound_used = vec![0u32; route.chain.len()];
         for (i, f) in route.chain.iter().enumerate() {
             if f.needs.request_body
                 && let Some(b) = body.take()
@@ -738,7 +741,7 @@ impl Proxy {
                 (Some(k), true) => Some(k.data.to_vec()),
                 _ => None,
             };
-            let decision = match f.pool.on_request(&wreq).await {
+            let decision = match f.pool.on_request(&wreq, &mut outbound_used[i]).await {
                 Ok(d) => d,
                 Err(failure) => {
                     note(entry, f, failure.code());
@@ -875,7 +878,11 @@ impl Proxy {
                 },
             };
             let context = contexts.get(i).and_then(|c| c.as_deref());
-            let decision = match f.pool.on_response(wreq, &wresp, context).await {
+            let decision = match f
+                .pool
+                .on_response(wreq, &wresp, context, &mut outbound_used[i])
+                .await
+            {
                 Ok(d) => d,
                 Err(failure) => {
                     note(entry, f, failure.code());

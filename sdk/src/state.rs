@@ -1,7 +1,8 @@
-//! Host-held state a filter may use: a key-value store ([`kv`]), token
-//! buckets ([`rate_limit`]) and named config values ([`config`]). All of it
-//! is namespaced by the filter's name in the gateway config and shared by
-//! every instance of the filter, so it survives instance recycling and is
+//! What the host does for a filter: a key-value store ([`kv`]), token
+//! buckets ([`rate_limit`]), named config values ([`config`]), metrics
+//! ([`metrics`]) and requests to clusters ([`outbound`]). State is
+//! namespaced by the filter's name in the gateway config and shared by every
+//! instance of the filter, so it survives instance recycling and is
 //! consistent under concurrent requests.
 
 /// The filter's key-value store.
@@ -91,5 +92,178 @@ pub mod config {
     /// The value called `name`, if the gateway config gives one.
     pub fn get(name: &str) -> Option<String> {
         host::get(name)
+    }
+}
+
+/// Metrics exported on the gateway's `/metrics`, named
+/// `wasmgate_filter_<filter>_<name>` (counters get `_total`).
+///
+/// Names and label names are `[a-zA-Z_][a-zA-Z0-9_]*`. The host caps how
+/// many names a filter and how many label combinations a metric may have;
+/// records past a cap are dropped (and counted by the host), never an error.
+/// Keep label values to a small known set: never a user id or a path.
+pub mod metrics {
+    use crate::__private::bindings::wasmgate::filter::metrics as host;
+
+    fn owned(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+        labels
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// Adds `delta` to a counter.
+    pub fn counter_add(name: &str, labels: &[(&str, &str)], delta: u64) {
+        host::counter_add(name, &owned(labels), delta);
+    }
+
+    /// Sets a gauge.
+    pub fn gauge_set(name: &str, labels: &[(&str, &str)], value: f64) {
+        host::gauge_set(name, &owned(labels), value);
+    }
+
+    /// Records an observation in a histogram with Prometheus' default
+    /// buckets (5 ms … 10 s when the value is in seconds).
+    pub fn histogram_observe(name: &str, labels: &[(&str, &str)], value: f64) {
+        host::histogram_observe(name, &owned(labels), value);
+    }
+}
+
+/// Requests to clusters of the gateway config, through its balancer and
+/// connection pools. The gateway config decides which clusters a filter may
+/// call and how many calls it may make per request
+/// (`outbound_clusters`, `max_outbound_calls`, `outbound_timeout`).
+///
+/// ```no_run
+/// use wasmgate_sdk::outbound::{self, Call};
+///
+/// let replies = outbound::send_all(vec![
+///     Call::get("search", "/search?q=shoes").timeout_ms(300),
+///     Call::get("cart", "/cart/42"),
+/// ]);
+/// for reply in replies {
+///     match reply {
+///         Ok(r) if r.status == 200 => { /* r.body */ }
+///         Ok(r) => { /* an error status */ }
+///         Err(e) => { /* timeout, unavailable, budget used up, ... */ }
+///     }
+/// }
+/// ```
+pub mod outbound {
+    use crate::__private::bindings::wasmgate::filter::outbound as host;
+
+    pub use host::OutboundError as Error;
+
+    /// A request to a cluster.
+    #[derive(Debug, Clone)]
+    pub struct Call {
+        /// A cluster name from the gateway config.
+        pub cluster: String,
+        /// The method.
+        pub method: String,
+        /// Path and query, starting with `/`.
+        pub path_with_query: String,
+        /// Headers to send (no framing or hop-by-hop headers).
+        pub headers: Vec<(String, String)>,
+        /// The body.
+        pub body: Option<Vec<u8>>,
+        /// Give up after this many milliseconds (capped by the host).
+        pub timeout_ms: Option<u32>,
+    }
+
+    impl Call {
+        /// A request with `method` to `path_with_query` on `cluster`.
+        pub fn new(
+            cluster: impl Into<String>,
+            method: impl Into<String>,
+            path_with_query: impl Into<String>,
+        ) -> Call {
+            Call {
+                cluster: cluster.into(),
+                method: method.into(),
+                path_with_query: path_with_query.into(),
+                headers: Vec::new(),
+                body: None,
+                timeout_ms: None,
+            }
+        }
+
+        /// A `GET`.
+        pub fn get(cluster: impl Into<String>, path_with_query: impl Into<String>) -> Call {
+            Call::new(cluster, "GET", path_with_query)
+        }
+
+        /// Adds a header.
+        pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Call {
+            self.headers.push((name.into(), value.into()));
+            self
+        }
+
+        /// Sets the body.
+        pub fn body(mut self, body: impl Into<Vec<u8>>) -> Call {
+            self.body = Some(body.into());
+            self
+        }
+
+        /// Sets the timeout.
+        pub fn timeout_ms(mut self, ms: u32) -> Call {
+            self.timeout_ms = Some(ms);
+            self
+        }
+
+        fn into_host(self) -> host::OutboundRequest {
+            host::OutboundRequest {
+                cluster: self.cluster,
+                method: self.method,
+                path_with_query: self.path_with_query,
+                headers: self.headers,
+                body: self.body,
+                timeout_ms: self.timeout_ms,
+            }
+        }
+    }
+
+    /// A whole response.
+    #[derive(Debug, Clone)]
+    pub struct Reply {
+        /// The status code.
+        pub status: u16,
+        /// The headers (lower-case names).
+        pub headers: Vec<(String, String)>,
+        /// The body.
+        pub body: Vec<u8>,
+    }
+
+    impl Reply {
+        /// The first value of header `name` (lower-case).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    fn reply(r: host::OutboundResponse) -> Reply {
+        Reply {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+
+    /// Sends one request and waits for the whole response.
+    pub fn send(call: Call) -> Result<Reply, Error> {
+        host::send(&call.into_host()).map(reply)
+    }
+
+    /// Sends every request at once and waits for all of them; the results
+    /// are in the order of `calls`.
+    pub fn send_all(calls: Vec<Call>) -> Vec<Result<Reply, Error>> {
+        let reqs: Vec<_> = calls.into_iter().map(Call::into_host).collect();
+        host::send_all(&reqs)
+            .into_iter()
+            .map(|r| r.map(reply))
+            .collect()
     }
 }

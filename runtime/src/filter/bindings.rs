@@ -5,6 +5,12 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
     exports: { default: async },
+    // Outbound calls await the network; everything else is synchronous.
+    imports: {
+        "wasmgate:filter/outbound.send": async,
+        "wasmgate:filter/outbound.send-all": async,
+    },
 });
 
+pub use self::wasmgate::filter::outbound as wit_outbound;
 pub use self::wasmgate::filter::types as wit;

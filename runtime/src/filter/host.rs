@@ -29,6 +29,33 @@ pub struct HostState {
     pub(crate) limiter: MemoryLimiter,
     site: CallSite,
     grants: super::services::Grants,
+    pub(crate) call: CallState,
+}
+
+/// What the host knows about the call in progress.
+#[derive(Debug, Default)]
+pub(crate) struct CallState {
+    /// Whether the call serves a request (`on-request`, `on-response`), as
+    /// opposed to `init`.
+    pub(crate) in_request: bool,
+    /// The id of the request being served.
+    pub(crate) request_id: String,
+    /// Outbound calls this filter made for the request so far.
+    pub(crate) outbound_used: u32,
+    /// Time spent awaiting host calls since the CPU deadline was last
+    /// checked: it is given back to the CPU budget (see `FilterModule`).
+    pub(crate) host_wait: std::time::Duration,
+}
+
+impl CallState {
+    /// Starts a call for the request `request_id` (none: `init`).
+    pub(crate) fn begin(&mut self, request_id: Option<&str>, outbound_used: u32) {
+        self.in_request = request_id.is_some();
+        self.request_id.clear();
+        self.request_id.push_str(request_id.unwrap_or_default());
+        self.outbound_used = outbound_used;
+        self.host_wait = std::time::Duration::ZERO;
+    }
 }
 
 impl HostState {
@@ -60,7 +87,13 @@ impl HostState {
             },
             site,
             grants,
+            call: CallState::default(),
         }
+    }
+
+    /// Which filter, on which route.
+    pub(crate) fn site(&self) -> &CallSite {
+        &self.site
     }
 
     /// What the filter may use of the host's services.

@@ -26,8 +26,8 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
-pub use bindings::wit;
 use bindings::{Plugin, PluginPre};
+pub use bindings::{wit, wit_outbound};
 use cache::CompileCache;
 pub use cache::{CacheOutcome, sha256_hex};
 pub use host::CallSite;
@@ -307,10 +307,17 @@ pub struct FilterModule {
 }
 
 impl FilterModule {
-    /// Sets what the filter may use: its `kv` quota and `config` values.
-    pub fn grant(&mut self, kv_quota: usize, vars: std::collections::HashMap<String, String>) {
+    /// Sets what the filter may use: its `kv` quota, `config` values and
+    /// outbound calls.
+    pub fn grant(
+        &mut self,
+        kv_quota: usize,
+        vars: std::collections::HashMap<String, String>,
+        outbound: Option<services::OutboundGrant>,
+    ) {
         self.grants.kv_quota = kv_quota;
         self.grants.vars = Arc::new(vars);
+        self.grants.outbound = outbound;
     }
 }
 
@@ -377,7 +384,19 @@ impl FilterModule {
             HostState::new(site, self.limits.memory, self.grants.clone()),
         );
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
+        // The epoch ticks in wall-clock time, but time spent awaiting a host
+        // call (an outbound request) is not the guest's CPU time: when the
+        // deadline is reached, it is extended by the time waited since the
+        // last check, and the call is interrupted only if there was none.
+        // Waiting is bounded by the wall-clock limit instead.
+        let tick = self.tick.as_nanos().max(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            let waited = std::mem::take(&mut ctx.data_mut().call.host_wait);
+            match (waited.as_nanos() / tick) as u64 {
+                0 => Err(Trap::Interrupt.into()),
+                extra => Ok(wasmtime::UpdateDeadline::Continue(extra)),
+            }
+        });
         store.set_epoch_deadline(self.deadline_ticks());
         let plugin = match self.pre.instantiate_async(&mut store).await {
             Ok(p) => p,
@@ -440,6 +459,7 @@ impl FilterInstance {
     }
 
     async fn init(&mut self, config_json: &str) -> Result<wit::FilterInfo, FilterFailure> {
+        self.store.data_mut().call.begin(None, 0);
         self.store.set_epoch_deadline(self.ticks);
         let exports = self.plugin.wasmgate_filter_filter();
         match exports.call_init(&mut self.store, config_json).await {
@@ -449,18 +469,26 @@ impl FilterInstance {
         }
     }
 
-    /// Calls `on-request`.
+    /// Calls `on-request`. `outbound_used` counts the filter's outbound
+    /// calls for this request, before and after.
     pub async fn on_request(
         &mut self,
         req: &wit::Request,
+        outbound_used: &mut u32,
     ) -> Result<wit::RequestDecision, FilterFailure> {
         self.uses += 1;
+        self.store
+            .data_mut()
+            .call
+            .begin(Some(&req.meta.request_id), *outbound_used);
         self.store.set_epoch_deadline(self.ticks);
         let exports = self.plugin.wasmgate_filter_filter();
-        exports
+        let result = exports
             .call_on_request(&mut self.store, req)
             .await
-            .map_err(|e| self.classify(e))
+            .map_err(|e| self.classify(e));
+        *outbound_used = self.store.data().call.outbound_used;
+        result
     }
 
     /// Calls `on-response`.
@@ -469,13 +497,20 @@ impl FilterInstance {
         req: &wit::Request,
         resp: &wit::Response,
         context: Option<&[u8]>,
+        outbound_used: &mut u32,
     ) -> Result<wit::ResponseDecision, FilterFailure> {
         self.uses += 1;
+        self.store
+            .data_mut()
+            .call
+            .begin(Some(&req.meta.request_id), *outbound_used);
         self.store.set_epoch_deadline(self.ticks);
         let exports = self.plugin.wasmgate_filter_filter();
-        exports
+        let result = exports
             .call_on_response(&mut self.store, req, resp, context)
             .await
-            .map_err(|e| self.classify(e))
+            .map_err(|e| self.classify(e));
+        *outbound_used = self.store.data().call.outbound_used;
+        result
     }
 }

@@ -347,8 +347,9 @@ impl InstancePool {
     pub async fn on_request(
         &self,
         req: &wit::Request,
+        outbound_used: &mut u32,
     ) -> Result<wit::RequestDecision, FilterFailure> {
-        self.guarded(async |i: &mut FilterInstance| i.on_request(req).await)
+        self.guarded(async |i: &mut FilterInstance| i.on_request(req, outbound_used).await)
             .await
     }
 
@@ -369,9 +370,12 @@ impl InstancePool {
         req: &wit::Request,
         resp: &wit::Response,
         context: Option<&[u8]>,
+        outbound_used: &mut u32,
     ) -> Result<wit::ResponseDecision, FilterFailure> {
-        self.guarded(async |i: &mut FilterInstance| i.on_response(req, resp, context).await)
-            .await
+        self.guarded(async |i: &mut FilterInstance| {
+            i.on_response(req, resp, context, outbound_used).await
+        })
+        .await
     }
 
     async fn acquire(&self) -> Result<Lease<'_>, FilterFailure> {

@@ -1,15 +1,20 @@
-//! Host services behind the `kv`, `rate-limit` and `config` imports: state
-//! the host keeps for filters, namespaced by filter name, shared by every
-//! instance of that filter and atomic across them.
+//! Host services behind the `kv`, `rate-limit`, `config`, `metrics` and
+//! `outbound` imports: state the host keeps for filters, namespaced by filter
+//! name, shared by every instance of that filter and atomic across them; and
+//! calls to clusters through the [`Outbound`] seam, which the proxy
+//! implements (this module knows nothing of clusters).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use super::bindings::wasmgate::filter::{config, kv, rate_limit};
+use super::bindings::wasmgate::filter::{config, kv, metrics, outbound, rate_limit};
 use super::host::HostState;
+use crate::filter_metrics::{FilterMetrics, Kind};
 
 /// Longest key accepted.
 pub const MAX_KEY: usize = 512;
@@ -50,6 +55,8 @@ pub struct HostServices {
     /// Bytes used per namespace.
     used: DashMap<Arc<str>, usize>,
     buckets: DashMap<(Arc<str>, String), Bucket>,
+    /// What filters record through `metrics`.
+    pub metrics: Arc<FilterMetrics>,
 }
 
 impl HostServices {
@@ -96,6 +103,54 @@ pub struct Grants {
     pub vars: Arc<HashMap<String, String>>,
     /// The shared state.
     pub services: Arc<HostServices>,
+    /// Calls to clusters, if the gateway config allows any.
+    pub outbound: Option<OutboundGrant>,
+}
+
+/// A future an [`Outbound`] returns.
+pub type OutboundFuture<'a> = Pin<
+    Box<
+        dyn Future<Output = Result<outbound::OutboundResponse, outbound::OutboundError>>
+            + Send
+            + 'a,
+    >,
+>;
+
+/// Sends a filter's request to a cluster by name: the seam between the
+/// filter host and the proxy's clusters.
+pub trait Outbound: Send + Sync + std::fmt::Debug {
+    /// Sends `req` for `filter` on behalf of the request `request_id`,
+    /// giving up after `timeout` (the whole response body included).
+    fn send<'a>(
+        &'a self,
+        filter: &'a str,
+        req: outbound::OutboundRequest,
+        request_id: &'a str,
+        timeout: Duration,
+    ) -> OutboundFuture<'a>;
+
+    /// Counts a call the host refused before sending it (not granted, or
+    /// past the budget).
+    fn refused(&self, filter: &str, error: &outbound::OutboundError);
+}
+
+/// Which clusters a filter may call, and how much.
+#[derive(Debug, Clone)]
+pub struct OutboundGrant {
+    /// The clusters.
+    pub sender: Arc<dyn Outbound>,
+    /// The cluster names it may call; `None`: any cluster in the config.
+    pub clusters: Option<Arc<HashSet<String>>>,
+    /// Calls per request (its `on-request` and `on-response` together).
+    pub max_calls: u32,
+    /// Longest wait per call.
+    pub timeout: Duration,
+}
+
+impl OutboundGrant {
+    fn allows(&self, cluster: &str) -> bool {
+        self.clusters.as_ref().is_none_or(|c| c.contains(cluster))
+    }
 }
 
 impl Grants {
@@ -106,6 +161,7 @@ impl Grants {
             kv_quota: 16 << 20,
             vars: Arc::default(),
             services,
+            outbound: None,
         }
     }
 }
@@ -300,6 +356,107 @@ impl rate_limit::Host for HostState {
 impl config::Host for HostState {
     fn get(&mut self, name: String) -> Option<String> {
         self.grants().vars.get(&name).cloned()
+    }
+}
+
+impl metrics::Host for HostState {
+    fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, delta: u64) {
+        let g = self.grants();
+        g.services
+            .metrics
+            .record(&g.namespace, Kind::Counter, &name, labels, delta as f64);
+    }
+
+    fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
+        let g = self.grants();
+        g.services
+            .metrics
+            .record(&g.namespace, Kind::Gauge, &name, labels, value);
+    }
+
+    fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
+        let g = self.grants();
+        g.services
+            .metrics
+            .record(&g.namespace, Kind::Histogram, &name, labels, value);
+    }
+}
+
+impl HostState {
+    /// Checks a call against the grant and the request's budget, and takes
+    /// one call from the budget.
+    fn admit(
+        &mut self,
+        req: &outbound::OutboundRequest,
+    ) -> Result<(OutboundGrant, Duration), outbound::OutboundError> {
+        use outbound::OutboundError as E;
+        let Some(grant) = self.grants().outbound.clone() else {
+            return Err(E::UnknownCluster);
+        };
+        let refuse = |e: E| {
+            grant.sender.refused(&self.site().filter, &e);
+            Err(e)
+        };
+        if !grant.allows(&req.cluster) {
+            return refuse(E::UnknownCluster);
+        }
+        if !self.call.in_request {
+            return refuse(E::InvalidRequest(
+                "outbound calls are allowed only while serving a request, not in init".into(),
+            ));
+        }
+        if self.call.outbound_used >= grant.max_calls {
+            tracing::warn!(
+                filter = &*self.site().filter,
+                route = &*self.site().route,
+                request_id = self.call.request_id,
+                "outbound call refused: the filter used its {} calls for this request",
+                grant.max_calls
+            );
+            return refuse(E::BudgetExhausted);
+        }
+        self.call.outbound_used += 1;
+        let timeout = req.timeout_ms.map_or(grant.timeout, |ms| {
+            grant.timeout.min(Duration::from_millis(ms.into()))
+        });
+        Ok((grant, timeout))
+    }
+}
+
+impl outbound::Host for HostState {
+    async fn send(
+        &mut self,
+        req: outbound::OutboundRequest,
+    ) -> Result<outbound::OutboundResponse, outbound::OutboundError> {
+        let (grant, timeout) = self.admit(&req)?;
+        let started = Instant::now();
+        let filter = self.site().filter.clone();
+        let result = grant
+            .sender
+            .send(&filter, req, &self.call.request_id, timeout)
+            .await;
+        self.call.host_wait += started.elapsed();
+        result
+    }
+
+    async fn send_all(
+        &mut self,
+        reqs: Vec<outbound::OutboundRequest>,
+    ) -> Vec<Result<outbound::OutboundResponse, outbound::OutboundError>> {
+        let admitted: Vec<_> = reqs
+            .into_iter()
+            .map(|r| self.admit(&r).map(|(g, t)| (g, t, r)))
+            .collect();
+        let started = Instant::now();
+        let request_id = &self.call.request_id;
+        let filter = &*self.site().filter;
+        let calls = admitted.into_iter().map(|a| async move {
+            let (grant, timeout, req) = a?;
+            grant.sender.send(filter, req, request_id, timeout).await
+        });
+        let results = futures_util::future::join_all(calls).await;
+        self.call.host_wait += started.elapsed();
+        results
     }
 }
 

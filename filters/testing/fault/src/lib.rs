@@ -18,9 +18,10 @@ use std::cell::{Cell, RefCell};
 use std::hash::{BuildHasher, Hasher};
 
 use serde::Deserialize;
+use wasmgate_sdk::outbound::Call;
 use wasmgate_sdk::{
     Filter, FilterInfo, OnRequest, OnResponse, Request, RequestEdits, Response, ResponseEdits,
-    config, export_filter, kv, log, parse_config,
+    config, export_filter, kv, log, metrics, outbound, parse_config,
 };
 
 #[derive(Deserialize, Default)]
@@ -108,7 +109,7 @@ impl Filter for Fault {
     }
 
     fn info(&self) -> FilterInfo {
-        let info = FilterInfo::new().request_headers(["x-fault"]);
+        let info = FilterInfo::new().request_headers(["x-fault", "x-fault-arg"]);
         if self.bodies {
             info.buffer_request_body(true)
                 .buffer_response_body(true)
@@ -187,6 +188,64 @@ impl Filter for Fault {
             }
             Some("log") => {
                 log::warn("fault filter: a warning through the log import");
+                OnRequest::proceed()
+            }
+            // Calls cluster `c` at the path in x-fault-arg until refused.
+            Some("outbound-loop") => {
+                let path = req.header("x-fault-arg").unwrap_or("/");
+                let mut ok = 0;
+                let error = loop {
+                    match outbound::send(Call::get("c", path)) {
+                        Ok(_) => ok += 1,
+                        Err(e) => break e,
+                    }
+                };
+                OnRequest::respond(Response::new(200).text(format!("ok={ok} error={error:?}")))
+            }
+            // One call to the cluster named in x-fault-arg, path /outbound.
+            Some("outbound-to") => {
+                let cluster = req.header("x-fault-arg").unwrap_or("c");
+                let text =
+                    match outbound::send(Call::get(cluster, "/outbound").header("x-from", "fault"))
+                    {
+                        Ok(r) => format!(
+                            "status={} body={}",
+                            r.status,
+                            String::from_utf8_lossy(&r.body)
+                        ),
+                        Err(e) => format!("error={e:?}"),
+                    };
+                OnRequest::respond(Response::new(200).text(text))
+            }
+            // Sends the comma-separated paths in x-fault-arg to `c` at once.
+            Some("outbound-all") => {
+                let calls = req
+                    .header("x-fault-arg")
+                    .unwrap_or("/")
+                    .split(',')
+                    .map(|p| Call::get("c", p).timeout_ms(500))
+                    .collect();
+                let lines: Vec<String> = outbound::send_all(calls)
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(r) => r.status.to_string(),
+                        Err(e) => format!("{e:?}"),
+                    })
+                    .collect();
+                OnRequest::respond(Response::new(200).text(lines.join(",")))
+            }
+            // Records metrics; x-fault-arg: how many distinct label values.
+            Some("metrics") => {
+                let n: u32 = req
+                    .header("x-fault-arg")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                for i in 0..n {
+                    metrics::counter_add("hits", &[("kind", &i.to_string())], 1);
+                }
+                metrics::gauge_set("depth", &[], 2.5);
+                metrics::histogram_observe("work_seconds", &[], 0.02);
+                metrics::counter_add("bad-name", &[], 1);
                 OnRequest::proceed()
             }
             _ if self.bodies => match req.body() {
