@@ -7,6 +7,130 @@ fn one_route(up: &Upstream, filters: &str) -> String {
     crate::one_route(up, "", filters)
 }
 
+pub(crate) mod aggregate {
+    use super::*;
+
+    /// Clusters `search`, `cart` and `slow`, and route `r` (answered by the
+    /// filter) with `backends` as the aggregate config.
+    fn gateway_toml(search: &Upstream, cart: &Upstream, backends: &str) -> String {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}\n[clusters.search]\nendpoints = [\"{}\"]\n[clusters.cart]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\nrespond = {{ status = 404 }}\n[[routes.filters]]\nname = \"aggregate\"\nconfig = {{ forward_headers = [\"authorization\"], backends = [{backends}] }}\n",
+            crate::filters_toml(),
+            search.addr,
+            cart.addr,
+        )
+    }
+
+    #[tokio::test]
+    pub(crate) async fn runs_in_the_real_host() {
+        let search = Upstream::start("search").await;
+        let cart = Upstream::start("cart").await;
+        let gw = start_gateway(&gateway_toml(
+            &search,
+            &cart,
+            r#"{ cluster = "search", path = "/search?q={query.q}", key = "search" },
+               { cluster = "cart", path = "/cart/{header.x-user}", key = "cart" }"#,
+        ))
+        .await;
+        let r = get(
+            gw.addr(),
+            "/home?q=red%20shoes&x=1",
+            &[("x-user", "u 1"), ("authorization", "Bearer t")],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-aggregate-completed"), Some("true"));
+        let body = r.json();
+        assert_eq!(body["search"]["upstream"], "search", "{body}");
+        assert_eq!(body["search"]["path"], "/search?q=red%20shoes");
+        assert_eq!(body["cart"]["upstream"], "cart");
+        assert_eq!(body["cart"]["path"], "/cart/u%201", "values are encoded");
+        assert!(body.get("_errors").is_none(), "{body}");
+        // Each backend got one call with the forwarded header.
+        assert_eq!(search.count(), 1);
+        assert_eq!(cart.seen()[0].headers["authorization"], "Bearer t");
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_slow_and_a_failing_backend_give_a_marked_partial_answer() {
+        let search = Upstream::start("search").await;
+        let cart = Upstream::start("cart").await;
+        let gw = start_gateway(&gateway_toml(
+            &search,
+            &cart,
+            r#"{ cluster = "search", path = "/search", key = "search" },
+               { cluster = "cart", path = "/delay/3000", key = "slow", timeout_ms = 300 },
+               { cluster = "cart", path = "/status/503", key = "broken" }"#,
+        ))
+        .await;
+        let r = get(gw.addr(), "/home", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-aggregate-completed"), Some("false"));
+        let body = r.json();
+        assert_eq!(body["search"]["upstream"], "search", "{body}");
+        assert_eq!(body["_errors"]["slow"], "timeout", "{body}");
+        assert_eq!(body["_errors"]["broken"], "status 503", "{body}");
+        assert!(body.get("slow").is_none() && body.get("broken").is_none());
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_required_backend_failing_fails_the_request() {
+        let search = Upstream::start("search").await;
+        let cart = Upstream::start("cart").await;
+        let gw = start_gateway(&gateway_toml(
+            &search,
+            &cart,
+            r#"{ cluster = "search", path = "/search" },
+               { cluster = "cart", path = "/status/500", required = true }"#,
+        ))
+        .await;
+        let r = get(gw.addr(), "/home", &[]).await;
+        assert_eq!(r.status, 502, "{}", r.body);
+        assert_eq!(r.json()["code"], "aggregate_failed");
+        assert!(
+            r.json()["message"].as_str().unwrap().contains("\"cart\""),
+            "{}",
+            r.body
+        );
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn backends_without_a_key_are_merged_at_the_top_level() {
+        let search = Upstream::start("search").await;
+        let cart = Upstream::start("cart").await;
+        let gw = start_gateway(&gateway_toml(
+            &search,
+            &cart,
+            r#"{ cluster = "search", path = "/a", key = "first" },
+               { cluster = "cart", path = "/b" }"#,
+        ))
+        .await;
+        let body = get(gw.addr(), "/home", &[]).await.json();
+        assert_eq!(body["upstream"], "cart", "{body}");
+        assert_eq!(body["path"], "/b");
+        assert_eq!(body["first"]["path"], "/a");
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_bad_template_is_refused_at_load() {
+        let search = Upstream::start("search").await;
+        let cart = Upstream::start("cart").await;
+        let err = wasmgate_tests::build_gateway(&gateway_toml(
+            &search,
+            &cart,
+            r#"{ cluster = "search", path = "/s/{cookie.id}" }"#,
+        ))
+        .await
+        .unwrap_err();
+        assert!(err.contains("routes[0].filters[0].config"), "{err}");
+        assert!(err.contains("unknown placeholder {cookie.id}"), "{err}");
+    }
+}
+
 pub(crate) mod api_key {
     use super::*;
 

@@ -17,6 +17,7 @@ mod limits;
 mod pool;
 mod protocols;
 mod routing;
+mod services;
 mod tls;
 
 use wasmgate_tests::artifacts;
@@ -31,6 +32,11 @@ enabled = false
 
 [engine]
 max_instances = 32
+
+[filters.aggregate]
+path = "{aggregate}"
+pool_size = 2
+wall_limit = "5s"
 
 [filters.api-key]
 path = "{api_key}"
@@ -54,6 +60,7 @@ memory_limit = "16MiB"
 cpu_limit = "50ms"
 pool_size = 4
 "#,
+        aggregate = artifacts::AGGREGATE,
         api_key = artifacts::API_KEY,
         headers = artifacts::HEADERS,
         fault = artifacts::FAULT,
