@@ -176,7 +176,7 @@ fn remove(doc: &mut Value, tokens: &[String]) -> Option<Value> {
 }
 
 /// Sets the value at `tokens`, creating missing intermediate members as
-/// objects. `-` as an array index appends. When the path runs into a scalar
+/// objects (arrays before a `-`). `-` as an array index appends. When the path runs into a scalar
 /// or past the end of an array, nothing changes and the value is handed back.
 fn set(doc: &mut Value, tokens: &[String], value: Value) -> Result<(), Value> {
     let Some((last, parents)) = tokens.split_last() else {
@@ -189,14 +189,22 @@ fn set(doc: &mut Value, tokens: &[String], value: Value) -> Result<(), Value> {
         return Err(value);
     }
     let mut cur = doc;
-    for t in parents {
+    for (depth, t) in parents.iter().enumerate() {
+        // A container made for a missing member is an array when the next
+        // token is `-` (the end of an array), an object otherwise.
+        let next = tokens[depth + 1].as_str();
+        let new = || {
+            if next == "-" {
+                Value::Array(Vec::new())
+            } else {
+                Value::Object(Map::new())
+            }
+        };
         cur = match cur {
-            Value::Object(m) => m
-                .entry(t.clone())
-                .or_insert_with(|| Value::Object(Map::new())),
+            Value::Object(m) => m.entry(t.clone()).or_insert_with(new),
             Value::Array(a) => {
                 let i = if t == "-" {
-                    a.push(Value::Object(Map::new()));
+                    a.push(new());
                     a.len() - 1
                 } else {
                     match array_index(t).filter(|&i| i < a.len()) {
