@@ -963,6 +963,14 @@ config.request.json = {{ remove = ["/x"] }}
                 "cannot move into itself",
             ),
             (
+                r#"{ request.json.rename = { "/a" = "/b", "/b" = "/c" } }"#,
+                "renames into a pointer that is itself renamed",
+            ),
+            (
+                r#"{ request.path = { regex = "^/s/(.*)$", replace = "/search?q=$1" } }"#,
+                "contains '?', which a path cannot hold",
+            ),
+            (
                 "{ response.status = 700 }",
                 "`response.status`: 700 is not a final HTTP status",
             ),

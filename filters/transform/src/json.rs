@@ -97,6 +97,20 @@ impl JsonEdits {
             }
             rename.push((from, to));
         }
+        for (i, (from, to)) in rename.iter().enumerate() {
+            if rename.iter().any(|(f, _)| f.tokens == to.tokens) {
+                return Err(format!(
+                    "`{what}`: {:?} → {:?} renames into a pointer that is itself renamed",
+                    from.text, to.text
+                ));
+            }
+            if rename[..i].iter().any(|(_, t)| t.tokens == to.tokens) {
+                return Err(format!(
+                    "`{what}`: two members are renamed to {:?}",
+                    to.text
+                ));
+            }
+        }
         let set = config
             .set
             .into_iter()
