@@ -635,3 +635,491 @@ config = { origins = ["https://app.example.com", "https://*.partner.test"], meth
         gw.shutdown().await;
     }
 }
+
+pub(crate) mod transform {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+    use wasmgate_tests::{Reply, Upstream, build_gateway, get, raw, start_gateway, within};
+
+    use super::one_route;
+
+    /// Sends one request with a body (and `Content-Length`) on a new
+    /// connection and reads the whole answer.
+    async fn send_body(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        within(&format!("{method} {path}"), async {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "gateway.test");
+            for (n, v) in headers {
+                req = req.header(*n, *v);
+            }
+            let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+            let resp = sender.send_request(req).await.expect("request failed");
+            let (parts, body) = resp.into_parts();
+            let bytes = body.collect().await.expect("read body").to_bytes();
+            Reply {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body: String::from_utf8_lossy(&bytes).into(),
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    pub(crate) async fn runs_in_the_real_host() {
+        let up = Upstream::start("u").await;
+        let toml = one_route(
+            &up,
+            r#"
+[[routes.filters]]
+name = "transform"
+[routes.filters.config.request]
+headers = { remove = ["x-debug"], set = { "x-gateway" = "wasmgate" }, append = { "x-multi" = "added" }, rename = { "X-User" = "x-customer" } }
+path = { strip_prefix = "/api", add_prefix = "/v2" }
+query = { remove = ["debug"], rename = { q = "query" }, set = { page = "1", source = "the gateway" }, append = { tag = "a&b" } }
+method = "POST"
+[routes.filters.config.response]
+headers = { remove = ["x-remove-me"], set = { "x-served-by" = "wasmgate" }, rename = { "x-upstream" = "x-origin" } }
+"#,
+        );
+        let gw = start_gateway(&toml).await;
+        let reply = get(
+            gw.addr(),
+            "/api/items?debug=1&q=red%20shoes&keep=a%2Bb+c&page=2&page=3",
+            &[
+                ("x-debug", "1"),
+                ("x-user", "alice"),
+                ("x-customer", "spoofed"),
+                ("x-gateway", "spoofed"),
+                ("x-multi", "original"),
+            ],
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+
+        let seen = &up.seen()[0];
+        assert_eq!(seen.method, "POST");
+        assert_eq!(
+            seen.path,
+            "/v2/items?query=red%20shoes&keep=a%2Bb+c&page=1&source=the%20gateway&tag=a%26b",
+            "debug removed, q renamed, page set once in its place, source set and tag \
+             appended percent-encoded, keep passed exactly as sent"
+        );
+        let all = |name: &str| -> Vec<&str> {
+            seen.headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert!(seen.headers.get("x-debug").is_none());
+        assert!(seen.headers.get("x-user").is_none(), "renamed away");
+        assert_eq!(
+            all("x-customer"),
+            ["alice"],
+            "the renamed header replaces the spoofed one"
+        );
+        assert_eq!(all("x-gateway"), ["wasmgate"]);
+        assert_eq!(all("x-multi"), ["original", "added"]);
+
+        // Response side.
+        assert_eq!(
+            reply.header("x-origin"),
+            Some("u"),
+            "renamed from x-upstream"
+        );
+        assert!(reply.headers.get("x-upstream").is_none());
+        assert!(reply.headers.get("x-remove-me").is_none());
+        assert_eq!(reply.header("x-served-by"), Some("wasmgate"));
+
+        // A path outside the prefix keeps its path; the other edits still apply.
+        get(gw.addr(), "/apix?debug=1", &[]).await;
+        assert_eq!(
+            up.seen()[1].path,
+            "/apix?page=1&source=the%20gateway&tag=a%26b"
+        );
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn paths_are_rewritten_by_prefix_on_whole_segments_or_by_regex_with_captures() {
+        let up = Upstream::start("u").await;
+        let toml = format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+{}
+[clusters.c]
+endpoints = ["{}"]
+
+[[routes]]
+name = "strip"
+path_prefix = "/api"
+cluster = "c"
+filters = [{{ name = "transform", config = {{ request.path = {{ strip_prefix = "/api/" }} }} }}]
+
+[[routes]]
+name = "regex"
+path_prefix = "/users"
+cluster = "c"
+filters = [{{ name = "transform", config = {{ request.path = {{ regex = '^/users/(\d+)/orders/(?P<order>\d+)$', replace = "/u/$1/o/${{order}}" }} }} }}]
+"#,
+            crate::filters_toml(),
+            up.addr
+        );
+        let gw = start_gateway(&toml).await;
+        for (sent, expected) in [
+            ("/api/a/b?x=%2F", "/a/b?x=%2F"),
+            ("/api", "/"),
+            ("/api?x=1", "/?x=1"),
+            ("/api/", "/"),
+            ("/users/42/orders/7?sort=asc", "/u/42/o/7?sort=asc"),
+            ("/users/42/orders/seven", "/users/42/orders/seven"),
+        ] {
+            let reply = get(gw.addr(), sent, &[]).await;
+            assert_eq!(reply.status, 200, "{sent}: {}", reply.body);
+            assert_eq!(up.seen().last().unwrap().path, expected, "{sent}");
+        }
+        gw.shutdown().await;
+    }
+
+    fn json_route(up: &Upstream) -> String {
+        one_route(
+            up,
+            r#"
+[[routes.filters]]
+name = "transform"
+[routes.filters.config.request.json]
+remove = ["/password", "/absent"]
+rename = { "/user" = "/customer" }
+set = { "/meta/source" = "gateway", "/meta/version" = 2, "/tags/-" = "new" }
+"#,
+        )
+    }
+
+    #[tokio::test]
+    async fn json_request_bodies_are_edited_and_sent_with_a_matching_content_length() {
+        let up = Upstream::start("u").await;
+        let gw = start_gateway(&json_route(&up)).await;
+        let sent = r#"{"user":"ann","password":"hunter2","id":123456789012345678901234567890,"amount":1.10,"tags":["a"]}"#;
+        // `id` and `amount` pass exactly as written (no float rounding), and
+        // the renamed member keeps its place.
+        let expected = r#"{"customer":"ann","id":123456789012345678901234567890,"amount":1.10,"tags":["a","new"],"meta":{"source":"gateway","version":2}}"#;
+        let reply = send_body(
+            gw.addr(),
+            "POST",
+            "/echo",
+            &[("content-type", "application/json; charset=utf-8")],
+            sent,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.body, expected, "the upstream got the edited body");
+        assert_eq!(
+            up.seen()[0].headers["content-length"],
+            expected.len().to_string().as_str()
+        );
+
+        // Chunked on the way in; a `+json` type counts as JSON.
+        let chunk1 = r#"{"user":"bo","#;
+        let chunk2 = r#""password":"x"}"#;
+        let out = raw(
+            gw.addr(),
+            format!(
+                "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.api+json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk1}\r\n{:x}\r\n{chunk2}\r\n0\r\n\r\n",
+                chunk1.len(),
+                chunk2.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+        // A missing member before `-` is created as an array.
+        let expected =
+            r#"{"customer":"bo","meta":{"source":"gateway","version":2},"tags":["new"]}"#;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.ends_with(expected), "{out}");
+        let seen = &up.seen()[1].headers;
+        assert_eq!(seen["content-length"], expected.len().to_string().as_str());
+        assert!(seen.get("transfer-encoding").is_none());
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn non_json_bodies_pass_untouched_and_invalid_json_is_refused_before_the_upstream() {
+        let up = Upstream::start("u").await;
+        let gw = start_gateway(&json_route(&up)).await;
+        let text = r#"{"user":"ann","password":"hunter2"}"#;
+        for content_type in [
+            "text/plain",
+            "application/jsonp",
+            "application/x-www-form-urlencoded",
+        ] {
+            let reply = send_body(
+                gw.addr(),
+                "POST",
+                "/echo",
+                &[("content-type", content_type)],
+                text,
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{content_type}");
+            assert_eq!(reply.body, text, "{content_type}: not JSON, not edited");
+        }
+        // Compressed JSON cannot be read, so it is passed on as it is.
+        let reply = send_body(
+            gw.addr(),
+            "POST",
+            "/echo",
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "br"),
+            ],
+            "\u{1b}not-really-brotli",
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, "\u{1b}not-really-brotli");
+        // JSON whose shape the edits do not fit (no object at the root) and
+        // a request without a body pass as sent.
+        let reply = send_body(
+            gw.addr(),
+            "POST",
+            "/echo",
+            &[("content-type", "application/json")],
+            "[1, 2]",
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, "[1, 2]", "not even re-serialized");
+        let reply = get(gw.addr(), "/echo", &[("content-type", "application/json")]).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, "");
+        let forwarded = up.count();
+        assert_eq!(forwarded, 6);
+
+        let bad = send_body(
+            gw.addr(),
+            "POST",
+            "/echo",
+            &[("content-type", "application/json")],
+            r#"{"user": "ann", "#,
+        )
+        .await;
+        assert_eq!(bad.status, 400, "{}", bad.body);
+        let body = bad.json();
+        assert_eq!(body["code"], "invalid_json");
+        assert_eq!(body["status"], 400);
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("not valid JSON"), "{message}");
+        assert!(message.contains("line 1 column"), "names where: {message}");
+        assert_eq!(body["request_id"].as_str(), bad.header("x-request-id"));
+        assert_eq!(
+            up.count(),
+            forwarded,
+            "an invalid body never reaches the upstream"
+        );
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn json_responses_are_edited_and_invalid_ones_pass_with_a_warning() {
+        let up = Upstream::start("u").await;
+        let toml = one_route(
+            &up,
+            r#"
+[[routes.filters]]
+name = "transform"
+[routes.filters.config.response]
+status = 203
+headers = { set = { "x-transformed" = "yes" } }
+json = { remove = ["/upstream"], rename = { "/path" = "/request/path" }, set = { "/via" = ["wasmgate", 1] } }
+"#,
+        );
+        let gw = start_gateway(&toml).await;
+        // The upstream answers `{"upstream":"u","path":"/things?x=1"}` as JSON.
+        let reply = get(gw.addr(), "/things?x=1", &[]).await;
+        assert_eq!(reply.status, 203);
+        let expected = r#"{"request":{"path":"/things?x=1"},"via":["wasmgate",1]}"#;
+        assert_eq!(reply.body, expected);
+        assert_eq!(
+            reply.header("content-length"),
+            Some(expected.len().to_string().as_str())
+        );
+        assert_eq!(reply.header("x-transformed"), Some("yes"));
+
+        // Labelled JSON but broken: passed on unchanged, with a warning.
+        let logs = wasmgate_tests::capture_logs();
+        let broken = r#"{"upstream": "#;
+        let reply = send_body(
+            gw.addr(),
+            "POST",
+            "/echo",
+            &[("content-type", "application/json")],
+            broken,
+        )
+        .await;
+        assert_eq!(reply.status, 203, "the other edits still apply");
+        assert_eq!(reply.header("x-transformed"), Some("yes"));
+        assert_eq!(reply.body, broken);
+        let id = reply
+            .header("x-request-id")
+            .expect("a request id")
+            .to_owned();
+        let lines = logs.lines_with(&["WARN", "not valid JSON", &id]);
+        assert_eq!(lines.len(), 1, "one warning naming the request");
+        assert!(lines[0].contains("transform"), "{}", lines[0]);
+
+        // Not JSON: untouched.
+        let reply = send_body(
+            gw.addr(),
+            "POST",
+            "/echo",
+            &[("content-type", "text/plain")],
+            r#"{"upstream":"x"}"#,
+        )
+        .await;
+        assert_eq!(reply.body, r#"{"upstream":"x"}"#);
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn only_sides_with_json_edits_buffer_bodies() {
+        let up = Upstream::start("u").await;
+        let toml = format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+[limits]
+max_buffered_body = "1KiB"
+{}
+[clusters.c]
+endpoints = ["{}"]
+
+[[routes]]
+name = "streams"
+path_prefix = "/echo/streams"
+cluster = "c"
+[[routes.filters]]
+name = "transform"
+config.request = {{ headers = {{ set = {{ "x-a" = "1" }} }}, query = {{ set = {{ b = "2" }} }} }}
+config.response = {{ headers = {{ set = {{ "x-c" = "3" }} }}, status = 201 }}
+
+[[routes]]
+name = "buffers"
+path_prefix = "/echo/buffers"
+cluster = "c"
+[[routes.filters]]
+name = "transform"
+config.request.json = {{ remove = ["/x"] }}
+"#,
+            crate::filters_toml(),
+            up.addr
+        );
+        let gw = start_gateway(&toml).await;
+        let big = "a".repeat(64 * 1024);
+        let request = |path: &str| {
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}",
+                big.len()
+            )
+        };
+        let out = raw(gw.addr(), request("/echo/streams").as_bytes()).await;
+        assert!(
+            out.starts_with("HTTP/1.1 201"),
+            "{}",
+            &out[..out.len().min(300)]
+        );
+        assert!(out.contains("x-c: 3"), "the response phase ran");
+        assert!(out.ends_with(&big), "the whole body went through");
+        assert_eq!(up.seen()[0].path, "/echo/streams?b=2");
+
+        // The same body on a route with JSON edits is past the buffer limit.
+        let out = raw(gw.addr(), request("/echo/buffers").as_bytes()).await;
+        assert!(
+            out.starts_with("HTTP/1.1 413"),
+            "{}",
+            &out[..out.len().min(300)]
+        );
+        assert_eq!(up.count(), 1);
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn bad_configs_are_refused_at_load_with_the_filters_message() {
+        let up = Upstream::start("u").await;
+        for (config, message) in [
+            ("{ request = { header = {} } }", "unknown field `header`"),
+            ("{}", "nothing to do"),
+            (
+                r#"{ request.path = { regex = '^/u/(\d+', replace = "/x/$1" } }"#,
+                r#"`request.path.regex`: "^/u/(\\d+" is not a valid regular expression"#,
+            ),
+            (
+                r#"{ request.path = { regex = '^/u/(\d+)$', replace = "/x/$2" } }"#,
+                r#"refers to group "2""#,
+            ),
+            (
+                r#"{ request.path = { strip_prefix = "/a", regex = "^/a", replace = "/" } }"#,
+                "not both",
+            ),
+            (
+                r#"{ request.json.remove = ["password"] }"#,
+                r#"`request.json.remove`: "password" is not a JSON Pointer"#,
+            ),
+            (
+                r#"{ response.json.set = { "/a~2" = 1 } }"#,
+                "'~' must be followed by 0 or 1",
+            ),
+            (
+                r#"{ request.json.rename = { "/a" = "/a/b" } }"#,
+                "cannot move into itself",
+            ),
+            (
+                r#"{ request.json.rename = { "/a" = "/b", "/b" = "/c" } }"#,
+                "renames into a pointer that is itself renamed",
+            ),
+            (
+                r#"{ request.path = { regex = "^/s/(.*)$", replace = "/search?q=$1" } }"#,
+                "contains '?', which a path cannot hold",
+            ),
+            (
+                "{ response.status = 700 }",
+                "`response.status`: 700 is not a final HTTP status",
+            ),
+            (
+                r#"{ request.headers.remove = ["content-length"] }"#,
+                "the content-length header is managed by the gateway",
+            ),
+            (
+                r#"{ request.method = "GET POST" }"#,
+                "is not an HTTP method",
+            ),
+        ] {
+            let toml = one_route(
+                &up,
+                &format!("[[routes.filters]]\nname = \"transform\"\nconfig = {config}\n"),
+            );
+            let err = build_gateway(&toml)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{config} must not load"));
+            assert!(
+                err.contains("routes[0].filters[0].config"),
+                "{config}: {err}"
+            );
+            assert!(err.contains(message), "{config}: {err}");
+        }
+    }
+}

@@ -54,6 +54,10 @@ pool_size = 2
 path = "{cors}"
 pool_size = 2
 
+[filters.transform]
+path = "{transform}"
+pool_size = 2
+
 [filters.fault]
 path = "{fault}"
 memory_limit = "16MiB"
@@ -66,6 +70,7 @@ pool_size = 4
         fault = artifacts::FAULT,
         basic_auth = artifacts::BASIC_AUTH,
         cors = artifacts::CORS,
+        transform = artifacts::TRANSFORM,
     )
 }
 

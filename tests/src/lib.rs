@@ -256,8 +256,9 @@ async fn serve_upstream<S>(
             if path.starts_with("/grpc") {
                 return Ok(grpc_echo(req).await);
             }
-            // `/echo`: answers the request body.
+            // `/echo`: answers the request body (with its Content-Type).
             if path.starts_with("/echo") {
+                let content_type = req.headers().get("content-type").cloned();
                 let body = req
                     .into_body()
                     .collect()
@@ -267,6 +268,9 @@ async fn serve_upstream<S>(
                 let mut resp = Response::new(Full::new(body).map_err(|n| match n {}).boxed());
                 resp.headers_mut()
                     .insert("x-upstream", name.parse().unwrap());
+                if let Some(ct) = content_type {
+                    resp.headers_mut().insert("content-type", ct);
+                }
                 return Ok(resp);
             }
             if let Some(d) = delay {
