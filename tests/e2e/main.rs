@@ -48,6 +48,10 @@ pool_size = 2
 path = "{cors}"
 pool_size = 2
 
+[filters.jwt]
+path = "{jwt}"
+pool_size = 2
+
 [filters.fault]
 path = "{fault}"
 memory_limit = "16MiB"
@@ -59,6 +63,7 @@ pool_size = 4
         fault = artifacts::FAULT,
         basic_auth = artifacts::BASIC_AUTH,
         cors = artifacts::CORS,
+        jwt = artifacts::JWT,
     )
 }
 
