@@ -56,6 +56,8 @@ pool_size = 2
 
 [filters.transform]
 path = "{transform}"
+[filters.jwt]
+path = "{jwt}"
 pool_size = 2
 
 [filters.fault]
@@ -71,6 +73,7 @@ pool_size = 4
         basic_auth = artifacts::BASIC_AUTH,
         cors = artifacts::CORS,
         transform = artifacts::TRANSFORM,
+        jwt = artifacts::JWT,
     )
 }
 
