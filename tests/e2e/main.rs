@@ -31,7 +31,7 @@ pub fn filters_toml() -> String {
 enabled = false
 
 [engine]
-max_instances = 32
+max_instances = 48
 
 [filters.aggregate]
 path = "{aggregate}"
