@@ -1343,6 +1343,8 @@ pub(crate) mod jwt {
             &[
                 ("authorization", &format!("bearer {token}")),
                 ("x-jwt-sub", "mallory"),
+                ("x_jwt-sub", "mallory"),
+                ("x-jwt_sub", "mallory"),
             ],
         )
         .await;
@@ -1352,6 +1354,10 @@ pub(crate) mod jwt {
             seen.headers.get_all("x-jwt-sub").iter().collect::<Vec<_>>(),
             ["alice"],
             "the claim replaces what the client sent"
+        );
+        assert!(
+            seen.headers.get("x_jwt-sub").is_none() && seen.headers.get("x-jwt_sub").is_none(),
+            "spellings a CGI-style server reads as x-jwt-sub are removed too"
         );
         assert_eq!(seen.headers["x-user-email"], "alice@example.com");
         assert_eq!(seen.headers["x-user-name"].as_bytes(), "Zoë".as_bytes());

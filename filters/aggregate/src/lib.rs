@@ -117,6 +117,22 @@ fn parse_template(t: &str) -> Result<Vec<Part>, String> {
     if rest.contains('}') {
         return Err(format!("path {t:?}: '}}' without '{{'"));
     }
+    // The text around placeholders goes into the request as written.
+    let bad = |text: &str| text.chars().find(|c| !(c.is_ascii_graphic() && *c != '#'));
+    for part in &parts {
+        if let Part::Text(text) = part
+            && let Some(c) = bad(text)
+        {
+            return Err(format!(
+                "path {t:?}: {c:?} cannot appear in a request target"
+            ));
+        }
+    }
+    if let Some(c) = bad(rest) {
+        return Err(format!(
+            "path {t:?}: {c:?} cannot appear in a request target"
+        ));
+    }
     if !rest.is_empty() {
         parts.push(Part::Text(rest.to_owned()));
     }
@@ -193,6 +209,12 @@ impl Filter for Aggregate {
                     reads.push(h.clone());
                 }
             }
+            if b.method.is_empty() || !b.method.bytes().all(|c| c.is_ascii_alphabetic()) {
+                return Err(format!(
+                    "invalid config: backends[{i}].method {:?} is not an HTTP method",
+                    b.method
+                ));
+            }
             if b.timeout_ms == 0 {
                 return Err(format!(
                     "invalid config: backends[{i}].timeout_ms must be more than 0"
@@ -218,6 +240,40 @@ impl Filter for Aggregate {
                 required: b.required,
                 label,
             });
+        }
+        for h in &config.forward_headers {
+            let lower = h.to_ascii_lowercase();
+            if lower.is_empty()
+                || !lower
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&c))
+            {
+                return Err(format!(
+                    "invalid config: forward_headers: {h:?} is not a header name"
+                ));
+            }
+            if matches!(
+                lower.as_str(),
+                "host"
+                    | "content-length"
+                    | "transfer-encoding"
+                    | "connection"
+                    | "te"
+                    | "trailer"
+                    | "upgrade"
+                    | "keep-alive"
+                    | "proxy-connection"
+            ) {
+                return Err(format!(
+                    "invalid config: forward_headers: {h:?} belongs to the connection or the framing and is set by the gateway"
+                ));
+            }
+        }
+        if !config.errors_key.is_empty() && labels.contains(&config.errors_key) {
+            return Err(format!(
+                "invalid config: errors_key {:?} is also a backend's key",
+                config.errors_key
+            ));
         }
         Ok(Aggregate {
             backends,

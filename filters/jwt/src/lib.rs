@@ -688,8 +688,12 @@ impl Jwt {
     fn edits(&self, req: &Request, claims: &Map<String, Value>, source: Source) -> RequestEdits {
         let mut edits = RequestEdits::default();
         for (claim, header) in &self.claims_to_headers {
-            // Whatever the client sent under this name goes, claim or not.
-            edits = edits.remove_header(header);
+            // Whatever the client sent under this name goes, claim or not;
+            // so do its spellings with `_` for `-`, which CGI-style servers
+            // (WSGI, Rack, PHP) read as the same header.
+            for name in spellings(header) {
+                edits = edits.remove_header(name);
+            }
             let Some(value) = claims.get(claim) else {
                 continue;
             };
@@ -845,3 +849,23 @@ impl Filter for Jwt {
 }
 
 export_filter!(Jwt);
+
+/// `name` and every spelling of it with some of its `-` as `_` (at most 64:
+/// names with more than six dashes only get the all-`_` one as well).
+fn spellings(name: &str) -> Vec<String> {
+    let dashes: Vec<usize> = name.match_indices('-').map(|(i, _)| i).collect();
+    if dashes.len() > 6 {
+        return vec![name.to_owned(), name.replace('-', "_")];
+    }
+    (0u32..1 << dashes.len())
+        .map(|mask| {
+            let mut b = name.as_bytes().to_vec();
+            for (bit, &i) in dashes.iter().enumerate() {
+                if mask & (1 << bit) != 0 {
+                    b[i] = b'_';
+                }
+            }
+            String::from_utf8(b).unwrap_or_default()
+        })
+        .collect()
+}

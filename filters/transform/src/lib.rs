@@ -145,9 +145,11 @@ impl HeaderEdits {
             }
         }
         for (name, value) in edits.set.iter().chain(edits.append.iter()) {
-            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            // Control characters other than tab are invalid in a field
+            // value (RFC 9110 §5.5); the host would refuse every request.
+            if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
                 return Err(format!(
-                    "`{what}`: the value of {name:?} contains CR, LF or NUL"
+                    "`{what}`: the value of {name:?} contains a control character"
                 ));
             }
         }

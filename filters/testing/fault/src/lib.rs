@@ -202,6 +202,13 @@ impl Filter for Fault {
                 };
                 OnRequest::respond(Response::new(200).text(format!("ok={ok} error={error:?}")))
             }
+            // Waits on a slow call (x-fault-arg: its path), then spins: the
+            // wait must not turn into CPU budget.
+            Some("outbound-then-spin") => {
+                let _ = outbound::send(Call::get("c", req.header("x-fault-arg").unwrap_or("/")));
+                #[expect(clippy::empty_loop, reason = "spinning is the point")]
+                loop {}
+            }
             // One call to the cluster named in x-fault-arg, path /outbound.
             Some("outbound-to") => {
                 let cluster = req.header("x-fault-arg").unwrap_or("c");
