@@ -98,7 +98,7 @@ pub fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Check { .. } => check(&path, config).await,
-            Command::Serve { .. } => serve(config).await,
+            Command::Serve { .. } => serve(&path, config).await,
         }
     })
 }
@@ -127,7 +127,7 @@ async fn check(path: &std::path::Path, config: Config) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(path: &std::path::Path, config: Config) -> ExitCode {
     let gateway = match build(config).await {
         Ok(g) => g,
         Err(code) => return code,
@@ -135,6 +135,13 @@ async fn serve(config: Config) -> ExitCode {
     // Watch for signals before saying "listening": a SIGTERM that arrives
     // right after must stop the gateway gracefully, not kill it.
     let stop = stop_signal();
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot watch SIGHUP ({e}); reload through the admin API only");
+            None
+        }
+    };
     let running = match gateway.start().await {
         Ok(r) => r,
         Err(e) => {
@@ -142,7 +149,18 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    stop.await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            Some(()) = async { match &mut hangup { Some(h) => h.recv().await, None => None } } => {
+                // SIGHUP: re-read the file; a bad one is logged (with every
+                // error) and the running config stays.
+                tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+                let _ = running.live().reload_from(path).await;
+            }
+        }
+    }
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     running.shutdown().await;
     tracing::info!("stopped");

@@ -351,6 +351,10 @@ pub const DEFAULT_OUTBOUND_CALLS: u32 = 8;
 pub struct Config {
     /// Where the config came from, for messages.
     pub source: String,
+    /// The text it was parsed from (what the management API shows).
+    pub text: String,
+    /// The folder relative paths in it are resolved against.
+    pub base: std::path::PathBuf,
     /// The proxy listener.
     pub server: ServerConfig,
     /// The filter engine.
@@ -386,6 +390,20 @@ pub struct ServerConfig {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Every connection starts with a PROXY protocol (v1 or v2) header.
     pub proxy_protocol: bool,
+}
+
+impl LimitsConfig {
+    /// The limits the listener applies to connections (as opposed to those
+    /// the proxy applies per request): changing them needs a restart.
+    pub fn listener(&self) -> LimitsConfig {
+        LimitsConfig {
+            request_timeout: Duration::ZERO,
+            max_request_body: 0,
+            tunnel_idle_timeout: Duration::ZERO,
+            max_buffered_body: 0,
+            ..*self
+        }
+    }
 }
 
 /// `[limits]`: protection against slow, large and numerous requests.
@@ -513,7 +531,8 @@ pub struct FilterConfig {
     pub kv_quota: usize,
     /// Values its `config.get` returns, resolved at load.
     pub vars: std::collections::HashMap<String, String>,
-    /// Clusters its `outbound` calls may name (`None`: any in the config).
+    /// Clusters its `outbound` calls may name (`None` or empty: none;
+    /// `["*"]`: every cluster in the config).
     pub outbound_clusters: Option<Vec<String>>,
     /// Outbound calls per request.
     pub max_outbound_calls: u32,
@@ -602,7 +621,9 @@ impl Config {
             errors,
         };
         let raw = parse_raw(text).map_err(|e| fail(vec![e]))?;
-        validate(raw, source, base).map_err(fail)
+        let mut config = validate(raw, source, base).map_err(fail)?;
+        config.text = text.to_owned();
+        Ok(config)
     }
 }
 
@@ -1126,8 +1147,15 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
     let mut prefixes: HashMap<String, &str> = HashMap::new();
     for (name, f) in &filters {
         let key = format!("filters.{name}");
-        for (j, c) in f.outbound_clusters.iter().flatten().enumerate() {
-            if !clusters.contains_key(c) {
+        let grants = f.outbound_clusters.as_deref().unwrap_or_default();
+        if grants.len() > 1 && grants.iter().any(|c| c == "*") {
+            errors.push(ConfigError::new(
+                format!("{key}.outbound_clusters"),
+                "\"*\" (every cluster) must be the only entry",
+            ));
+        }
+        for (j, c) in grants.iter().enumerate() {
+            if c != "*" && !clusters.contains_key(c) {
                 errors.push(ConfigError::new(
                     format!("{key}.outbound_clusters[{j}]"),
                     format!("no cluster named {c:?}"),
@@ -1331,6 +1359,8 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
     if errors.is_empty() {
         Ok(Config {
             source: source.to_owned(),
+            text: String::new(),
+            base: base.to_path_buf(),
             server: ServerConfig {
                 listen,
                 workers,

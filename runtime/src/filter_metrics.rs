@@ -33,6 +33,36 @@ pub const MAX_NAME_LEN: usize = 64;
 /// Longest label value.
 pub const MAX_VALUE_LEN: usize = 256;
 
+/// The gateway's own metric families named `filter_…` (without the
+/// `wasmgate_` prefix). A filter metric may not take one of these names, nor
+/// one whose samples would collide with theirs.
+pub const RESERVED: &[&str] = &[
+    "filter_calls",
+    "filter_call_duration_seconds",
+    "filter_instances_created",
+    "filter_instances_discarded",
+    "filter_instances_idle",
+    "filter_instances_live",
+    "filter_quarantines",
+    "filter_fail_open",
+    "filter_outbound",
+    "filter_metrics_refused",
+    "filter_swaps",
+    "filter_versions_live",
+];
+
+/// Suffixes exposition adds to a family's name for its samples.
+const SAMPLE_SUFFIXES: &[&str] = &["_total", "_bucket", "_sum", "_count", "_created", "_info"];
+
+/// Whether families named `a` and `b` would write samples of the same name.
+fn clash(a: &str, b: &str) -> bool {
+    let under = |long: &str, short: &str| {
+        long.strip_prefix(short)
+            .is_some_and(|rest| SAMPLE_SUFFIXES.contains(&rest))
+    };
+    a == b || under(a, b) || under(b, a)
+}
+
 /// Prometheus' default buckets.
 const BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -81,6 +111,9 @@ pub enum Refused {
     KindMismatch,
     /// A gauge or histogram value that is not a finite number.
     NotFinite,
+    /// The exported name would clash with a gateway metric or another
+    /// filter's (e.g. filter `a` metric `b_c` and filter `a_b` metric `c`).
+    NameTaken,
 }
 
 impl Refused {
@@ -92,6 +125,7 @@ impl Refused {
             Refused::TooManySeries => "too_many_series",
             Refused::KindMismatch => "kind_mismatch",
             Refused::NotFinite => "not_finite",
+            Refused::NameTaken => "name_taken",
         }
     }
 }
@@ -174,12 +208,23 @@ impl FilterMetrics {
                     if *count >= MAX_NAMES {
                         return Err(Refused::TooManyNames);
                     }
+                    let exported = format!("filter_{}_{name}", prefix_of(filter));
+                    // Creating a name is rare: checking it against every
+                    // other exported name is cheap enough.
+                    if RESERVED.iter().any(|r| clash(&exported, r))
+                        || self
+                            .metrics
+                            .iter()
+                            .any(|m| m.key() != &key && clash(&exported, &m.exported))
+                    {
+                        return Err(Refused::NameTaken);
+                    }
                     let created = match self.metrics.entry(key.clone()) {
                         dashmap::mapref::entry::Entry::Occupied(_) => false,
                         dashmap::mapref::entry::Entry::Vacant(v) => {
                             v.insert(Metric {
                                 kind,
-                                exported: format!("filter_{}_{name}", prefix_of(filter)),
+                                exported,
                                 series: DashMap::new(),
                             });
                             true
@@ -306,6 +351,34 @@ mod tests {
             "{out}"
         );
         assert_eq!(fm.refused("my-filter"), 0);
+    }
+
+    #[test]
+    fn names_that_would_clash_are_refused() {
+        let fm = Arc::new(FilterMetrics::default());
+        let (a, ab, call): (Arc<str>, Arc<str>, Arc<str>) =
+            (Arc::from("a"), Arc::from("a_b"), Arc::from("call"));
+        fm.record(&a, Kind::Counter, "b_c", vec![], 1.0);
+        fm.record(&ab, Kind::Gauge, "c", vec![], 1.0);
+        fm.record(&ab, Kind::Gauge, "c_total", vec![], 1.0);
+        fm.record(&call, Kind::Histogram, "duration_seconds", vec![], 1.0);
+        assert_eq!(fm.refused("a"), 0);
+        assert_eq!(
+            fm.refused("a_b"),
+            2,
+            "c clashes with a's b_c, c_total with its samples"
+        );
+        assert_eq!(
+            fm.refused("call"),
+            1,
+            "the gateway's own filter_call_duration_seconds"
+        );
+        let out = text(fm);
+        assert_eq!(
+            out.matches("# TYPE wasmgate_filter_a_b_c ").count(),
+            1,
+            "{out}"
+        );
     }
 
     #[test]

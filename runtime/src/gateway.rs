@@ -1,46 +1,36 @@
-//! Assembles a running gateway from a validated [`Config`]: compiles the
-//! filters, validates every route's filter config with the filter's own `init`,
-//! builds clusters and the route table, then serves.
+//! Assembles a running gateway from a validated [`Config`]: the parts made
+//! once (the filter engine, metrics, the TLS terminator, the overload guard)
+//! and the first generation of routes, clusters and filter chains (built by
+//! [`crate::live`], which also replaces it while the gateway runs); then
+//! serves.
 //!
 //! Building is all-or-nothing: any error is reported (with its key path) and
 //! nothing starts half-configured.
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
-use crate::chain::{ChainFilter, Needs};
-use crate::config::FailurePolicy;
-use crate::config::{Config, ConfigError, ConfigErrors, Isolation};
-use crate::filter::services::{Outbound, OutboundGrant};
-use crate::filter::{FilterEngine, FilterModule, InstancePool, Limits, PoolPolicy};
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::filter::FilterEngine;
+use crate::live::{Deps, Live};
 use crate::metrics::Metrics;
-use crate::normalize::PathPolicy;
 use crate::outbound::ClusterCaller;
-use crate::proxy::{Proxy, Route, RouteMetrics, RouteTarget, Split};
-use crate::router::{RouteMatch, RouteTable};
+use crate::overload::OverloadGuard;
 use crate::server;
 use crate::tls::TlsTerminator;
-use crate::upstream::Cluster;
 use crate::upstream::dns::{Resolve, SystemResolver};
 
 /// A gateway ready to serve: config loaded, filters compiled, routes built.
 #[derive(Debug)]
 pub struct Gateway {
     config: Config,
-    proxy: Arc<Proxy>,
-    tls: Option<Arc<TlsTerminator>>,
+    live: Arc<Live>,
     metrics: Arc<Metrics>,
-    resolver: Arc<dyn Resolve>,
-    // Keeps the engine (and its epoch ticker) alive as long as the gateway.
-    _engine: Arc<FilterEngine>,
 }
 
 impl Gateway {
@@ -64,153 +54,8 @@ impl Gateway {
         let engine = FilterEngine::new(&config.engine)
             .map_err(|e| fail(vec![ConfigError::new("engine", format!("{e:#}"))]))?;
         let engine = Arc::new(engine);
-
         let metrics = Metrics::with_filter_metrics(engine.services().metrics.clone());
         let mut errors = Vec::new();
-        let access_log = match &config.access_log {
-            Some(target) => match AccessLog::start(target, metrics.clone()) {
-                Ok(log) => Some(log),
-                Err(e) => {
-                    errors.push(ConfigError::new(
-                        "access_log.path",
-                        format!("cannot open: {e}"),
-                    ));
-                    None
-                }
-            },
-            None => None,
-        };
-        let mut clusters: HashMap<String, Arc<Cluster>> = HashMap::new();
-        for (n, c) in &config.clusters {
-            match Cluster::new(n, c, &metrics, &*resolver).await {
-                Ok(cluster) => {
-                    clusters.insert(n.clone(), Arc::new(cluster));
-                }
-                Err(e) => errors.push(ConfigError::new(format!("clusters.{n}"), e)),
-            }
-        }
-
-        // Filters call clusters through the same `Cluster`s as routes.
-        let caller: Arc<dyn Outbound> = Arc::new(ClusterCaller::new(
-            clusters.clone(),
-            config.limits.max_buffered_body,
-            metrics.clone(),
-        ));
-        let mut modules: BTreeMap<&str, Arc<FilterModule>> = BTreeMap::new();
-        for (name, f) in &config.filters {
-            let limits = Limits {
-                memory: f.memory_limit,
-                cpu: f.cpu_limit,
-            };
-            match engine.load(name, &f.path, limits) {
-                Ok(mut m) => {
-                    let outbound = match &f.outbound_clusters {
-                        Some(list) if list.is_empty() => None,
-                        list => Some(OutboundGrant {
-                            sender: caller.clone(),
-                            clusters: list.as_ref().map(|l| Arc::new(l.iter().cloned().collect())),
-                            max_calls: f.max_outbound_calls,
-                            timeout: f.outbound_timeout,
-                        }),
-                    };
-                    m.grant(f.kv_quota, f.vars.clone(), outbound);
-                    modules.insert(name, Arc::new(m));
-                }
-                Err(e) => errors.push(ConfigError::new(
-                    format!("filters.{name}.path"),
-                    e.to_string(),
-                )),
-            }
-        }
-
-        let mut routes = Vec::new();
-        for (i, r) in config.routes.iter().enumerate() {
-            let name: Arc<str> = Arc::from(r.name.as_str());
-            let mut chain = Vec::new();
-            for (j, rf) in r.filters.iter().enumerate() {
-                let Some(module) = modules.get(rf.name.as_str()) else {
-                    continue;
-                };
-                let key = format!("routes[{i}].filters[{j}].config");
-                match module.probe(&name, &rf.config_json).await {
-                    Ok(info) => match Needs::from_wit(info) {
-                        Ok(needs) => {
-                            let fc = &config.filters[&rf.name];
-                            let policy = PoolPolicy {
-                                size: fc.pool_size as usize,
-                                max_uses: fc.max_uses,
-                                recycle_above: fc.recycle_memory,
-                                fresh: fc.isolation == Isolation::Fresh,
-                                acquire_timeout: fc.pool_timeout,
-                                wall_limit: fc.wall_limit,
-                                quarantine_after: fc.quarantine_after,
-                            };
-                            let pool = InstancePool::new(
-                                module.clone(),
-                                name.clone(),
-                                Arc::from(rf.config_json.as_str()),
-                                policy,
-                                metrics.clone(),
-                            );
-                            chain.push(ChainFilter {
-                                pool,
-                                needs,
-                                fail_open: fc.failure_policy == FailurePolicy::FailOpen,
-                            })
-                        }
-                        Err(m) => {
-                            errors.push(ConfigError::new(key, format!("filter {:?}: {m}", rf.name)))
-                        }
-                    },
-                    Err(failure) => errors.push(ConfigError::new(
-                        key,
-                        format!("filter {:?} {failure}", rf.name),
-                    )),
-                }
-            }
-            use crate::route_config::Action;
-            let target = match &r.action {
-                Action::Cluster(c) => match clusters.get(c) {
-                    Some(c) => RouteTarget::Cluster(c.clone()),
-                    None => continue,
-                },
-                Action::Split(split) => {
-                    let resolved: Option<Vec<_>> = split
-                        .iter()
-                        .map(|(c, w)| clusters.get(c).map(|c| (c.clone(), *w)))
-                        .collect();
-                    match resolved {
-                        Some(v) => RouteTarget::Split(Split::new(v)),
-                        None => continue,
-                    }
-                }
-                Action::Redirect(redirect) => RouteTarget::Redirect(redirect.clone()),
-                Action::Respond(respond) => RouteTarget::Respond(respond.clone()),
-            };
-            let primary = match &target {
-                RouteTarget::Cluster(c) => c.name().to_string(),
-                _ => String::new(),
-            };
-            routes.push(RouteMatch {
-                hosts: r.hosts.clone(),
-                path: r.path.clone(),
-                methods: r.methods.clone(),
-                matchers: r.matchers.clone(),
-                order: r.order,
-                target: Arc::new(Route {
-                    metrics: RouteMetrics::new(&metrics, &name, &primary),
-                    name,
-                    target,
-                    chain,
-                    path_prefix: match &r.path {
-                        crate::config::PathMatch::Prefix(p) => Some(p.clone()),
-                        _ => None,
-                    },
-                    prefix_rewrite: r.prefix_rewrite.clone(),
-                    timeout: r.timeout,
-                }),
-            });
-        }
         let tls = match &config.server.tls {
             Some(t) => match TlsTerminator::new(t.clone()) {
                 Ok(tls) => Some(tls),
@@ -221,41 +66,31 @@ impl Gateway {
             },
             None => None,
         };
-        if !errors.is_empty() {
-            return Err(fail(errors));
-        }
-        let policy = crate::proxy::Policy {
-            path: PathPolicy {
-                allow_encoded_slashes: config.server.allow_encoded_slashes,
-            },
-            forwarding: config.server.forwarding.clone(),
-            limits: crate::proxy::Limits {
-                max_request_body: config.limits.max_request_body,
-                request_timeout: config.limits.request_timeout,
-                tunnel_idle_timeout: config.limits.tunnel_idle_timeout,
-                max_buffered_body: config.limits.max_buffered_body,
-            },
-            tls: tls.clone(),
-            overload: Arc::new(crate::overload::OverloadGuard::new(
-                &config.overload,
-                &metrics,
+        let deps = Deps {
+            engine,
+            metrics: metrics.clone(),
+            resolver,
+            overload: Arc::new(OverloadGuard::new(&config.overload, &metrics)),
+            tls,
+            caller: Arc::new(ClusterCaller::new(
+                Default::default(),
+                config.limits.max_buffered_body,
+                metrics.clone(),
             )),
         };
-        let proxy = Arc::new(Proxy::new(
-            RouteTable::new(routes),
-            clusters,
-            metrics.clone(),
-            access_log,
-            policy,
-        ));
-        Ok(Gateway {
-            config,
-            proxy,
-            tls,
-            metrics,
-            resolver,
-            _engine: engine,
-        })
+        let live = Live::start(config.clone(), deps).await;
+        match live {
+            Ok(live) if errors.is_empty() => Ok(Gateway {
+                config,
+                live: Arc::new(live),
+                metrics,
+            }),
+            Ok(_) => Err(fail(errors)),
+            Err(more) => {
+                errors.extend(more);
+                Err(fail(errors))
+            }
+        }
     }
 
     /// The gateway's metrics.
@@ -284,7 +119,7 @@ impl Gateway {
                 let admin_addr = admin_listener.local_addr()?;
                 let state = Arc::new(AdminState {
                     config: cfg.clone(),
-                    proxy: self.proxy.clone(),
+                    live: self.live.clone(),
                     ready: AtomicBool::new(true),
                 });
                 tokio::spawn(admin::serve(admin_listener, state.clone(), admin_rx));
@@ -293,34 +128,28 @@ impl Gateway {
             }
             None => (None, None),
         };
-        let proxy = self.proxy.clone();
-        let self_proxy = self.proxy.clone();
+        let live = self.live.clone();
         let metrics = self.metrics.clone();
         let limits = self.config.limits;
-        let tls = self.tls.clone();
+        let deps = live.deps();
+        let tls = deps.tls.clone();
         if let Some(tls) = &tls {
             tls.spawn_reloader();
         }
-        self.proxy.overload().spawn();
-        self._engine
+        deps.overload.spawn();
+        deps.engine
             .services()
             .spawn_sweeper(std::time::Duration::from_secs(10));
-        for cluster in self.proxy.clusters.values() {
-            crate::upstream::health::spawn(cluster);
-            crate::upstream::dns::spawn(cluster, self.resolver.clone());
-        }
-        let task = tokio::spawn(async move {
-            let options = server::ListenerOptions {
-                limits,
-                tls,
-                proxy_protocol: self.config.server.proxy_protocol,
-            };
-            server::serve(listener, proxy, metrics, options, rx).await;
-            drop(self);
-        });
+        live.spawn_cluster_tasks();
+        let options = server::ListenerOptions {
+            limits,
+            tls,
+            proxy_protocol: self.config.server.proxy_protocol,
+        };
+        let task = tokio::spawn(server::serve(listener, live.clone(), metrics, options, rx));
         tracing::info!(%addr, "wasmgate listening");
         Ok(RunningGateway {
-            proxy: self_proxy,
+            live,
             addr,
             admin_addr,
             admin,
@@ -334,7 +163,7 @@ impl Gateway {
 /// A gateway serving on a socket.
 #[derive(Debug)]
 pub struct RunningGateway {
-    proxy: Arc<Proxy>,
+    live: Arc<Live>,
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     admin: Option<Arc<AdminState>>,
@@ -351,7 +180,13 @@ impl RunningGateway {
 
     /// The metrics in Prometheus text, as `/metrics` serves them.
     pub fn metrics_text(&self) -> String {
-        self.proxy.metrics_text()
+        self.live.sample_metrics();
+        self.live.proxy().metrics_text()
+    }
+
+    /// The live configuration: reload it, swap filter modules.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
     }
 
     /// The admin listener's address, if one is configured.

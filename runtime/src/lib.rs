@@ -15,6 +15,7 @@ pub mod filter_metrics;
 pub mod forwarding;
 pub mod gateway;
 pub mod idle;
+pub mod live;
 pub mod metrics;
 pub mod normalize;
 pub mod outbound;

@@ -95,6 +95,29 @@ pub struct OutboundLabels {
     pub outcome: String,
 }
 
+/// An outcome: `ok` or `rejected`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `ok` or `rejected`.
+    pub outcome: &'static str,
+}
+
+/// A filter module upload by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SwapLabels {
+    /// Filter name.
+    pub filter: String,
+    /// `ok` or `rejected`.
+    pub outcome: &'static str,
+}
+
+/// One filter name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterNameLabels {
+    /// Filter name.
+    pub filter: String,
+}
+
 /// The gateway's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -163,6 +186,14 @@ pub struct Metrics {
     pub active_tunnels: Gauge,
     /// Filters' outbound calls.
     pub filter_outbound: Family<OutboundLabels, Counter>,
+    /// Config reloads by outcome.
+    pub config_reloads: Family<OutcomeLabels, Counter>,
+    /// Filter module uploads by outcome.
+    pub filter_swaps: Family<SwapLabels, Counter>,
+    /// Versions of each filter alive (sampled at scrape).
+    pub filter_versions_live: Family<FilterNameLabels, Gauge>,
+    /// Instances of each filter alive, all versions and routes (sampled).
+    pub filter_instances_live: Family<FilterNameLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -219,6 +250,10 @@ impl Metrics {
             upgrades: Counter::default(),
             active_tunnels: Gauge::default(),
             filter_outbound: Family::default(),
+            config_reloads: Family::default(),
+            filter_swaps: Family::default(),
+            filter_versions_live: Family::default(),
+            filter_instances_live: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -380,6 +415,26 @@ impl Metrics {
             "Outbound calls made by filters, by filter, cluster and outcome",
             m.filter_outbound.clone(),
         );
+        registry.register(
+            "config_reloads",
+            "Config reloads, applied (ok) or refused with the running config kept (rejected)",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "filter_swaps",
+            "Filter module uploads, activated (ok) or refused with the current version kept (rejected)",
+            m.filter_swaps.clone(),
+        );
+        registry.register(
+            "filter_versions_live",
+            "Versions of each filter alive: the current one, and old ones until their last request ends",
+            m.filter_versions_live.clone(),
+        );
+        registry.register(
+            "filter_instances_live",
+            "Instances of each filter alive, over every version and route",
+            m.filter_instances_live.clone(),
+        );
         registry.register_collector(Box::new(filter_metrics));
         Arc::new(Metrics { registry, ..m })
     }
@@ -401,5 +456,29 @@ pub fn status_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_gateway_family_named_filter_is_reserved_from_filters() {
+        // The names this file registers (a family with no series is not
+        // encoded, so the exposition cannot be asked).
+        let source = include_str!("metrics.rs");
+        let families: Vec<&str> = source
+            .lines()
+            .map(str::trim)
+            .filter_map(|l| l.strip_prefix("\"filter_"))
+            .filter_map(|l| l.strip_suffix("\","))
+            .collect();
+        assert!(families.len() >= 10, "{families:?}");
+        for f in families {
+            let name = format!("filter_{f}");
+            assert!(
+                crate::filter_metrics::RESERVED.contains(&name.as_str()),
+                "{name} is missing from filter_metrics::RESERVED"
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -19,10 +20,12 @@ use crate::filter::wit_outbound::{OutboundError, OutboundRequest, OutboundRespon
 use crate::metrics::{Metrics, OutboundLabels};
 use crate::upstream::{Cluster, RequestBody};
 
-/// The clusters of one config, as filters call them.
+/// The clusters of the active config, as filters call them. One per
+/// gateway: a reload swaps in the new config's clusters, so a module kept
+/// across reloads calls the clusters that exist now.
 #[derive(Debug)]
 pub struct ClusterCaller {
-    clusters: HashMap<String, Arc<Cluster>>,
+    clusters: ArcSwap<HashMap<String, Arc<Cluster>>>,
     /// Largest response body handed back.
     max_body: usize,
     metrics: Arc<Metrics>,
@@ -36,10 +39,15 @@ impl ClusterCaller {
         metrics: Arc<Metrics>,
     ) -> ClusterCaller {
         ClusterCaller {
-            clusters,
+            clusters: ArcSwap::from_pointee(clusters),
             max_body,
             metrics,
         }
+    }
+
+    /// Calls go to `clusters` from now on.
+    pub fn set_clusters(&self, clusters: HashMap<String, Arc<Cluster>>) {
+        self.clusters.store(Arc::new(clusters));
     }
 
     async fn call(
@@ -65,6 +73,9 @@ impl ClusterCaller {
             // Framing and hop-by-hop headers are refused by name.
             let name = chain::header_name(n).map_err(invalid)?;
             headers.append(name, chain::string_to_value(v).map_err(invalid)?);
+        }
+        if headers.get_all(header::HOST).iter().count() > 1 {
+            return Err(invalid("several Host headers".into()));
         }
         if !headers.contains_key("x-request-id")
             && let Ok(id) = HeaderValue::from_str(request_id)
@@ -155,13 +166,13 @@ impl Outbound for ClusterCaller {
         timeout: Duration,
     ) -> OutboundFuture<'a> {
         Box::pin(async move {
-            let Some(cluster) = self.clusters.get(&req.cluster) else {
+            let Some(cluster) = self.clusters.load().get(&req.cluster).cloned() else {
                 let error = OutboundError::UnknownCluster;
                 self.refused(filter, &error);
                 return Err(error);
             };
             let result =
-                match tokio::time::timeout(timeout, self.call(cluster, req, request_id)).await {
+                match tokio::time::timeout(timeout, self.call(&cluster, req, request_id)).await {
                     Ok(r) => r,
                     Err(_) => Err(OutboundError::Timeout),
                 };

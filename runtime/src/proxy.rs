@@ -327,10 +327,13 @@ fn redirect(
 pub struct Proxy {
     pub(crate) routes: RouteTable<Route>,
     pub(crate) clusters: std::collections::HashMap<String, Arc<Cluster>>,
+    /// Every filter's module in this generation, by name.
+    pub(crate) modules: std::collections::BTreeMap<String, crate::live::ModuleEntry>,
     tenant: TenantId,
     ids: RequestIds,
     metrics: Arc<Metrics>,
     access_log: Option<AccessLog>,
+    access_log_target: Option<crate::access_log::AccessLogTarget>,
     policy: Policy,
 }
 
@@ -350,19 +353,33 @@ impl Proxy {
     pub(crate) fn new(
         routes: RouteTable<Route>,
         clusters: std::collections::HashMap<String, Arc<Cluster>>,
+        modules: std::collections::BTreeMap<String, crate::live::ModuleEntry>,
         metrics: Arc<Metrics>,
-        access_log: Option<AccessLog>,
+        access_log: Option<(crate::access_log::AccessLogTarget, AccessLog)>,
         policy: Policy,
     ) -> Proxy {
+        let (access_log_target, access_log) = access_log.unzip();
         Proxy {
             routes,
             clusters,
+            modules,
             tenant: TenantId::default_tenant(),
             ids: RequestIds::new(),
             metrics,
             access_log,
+            access_log_target,
             policy,
         }
+    }
+
+    /// Where this generation's access log writes.
+    pub(crate) fn access_log_target(&self) -> Option<&crate::access_log::AccessLogTarget> {
+        self.access_log_target.as_ref()
+    }
+
+    /// This generation's access log writer.
+    pub(crate) fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.as_ref()
     }
 
     /// Handles one request from `peer`. Never fails: every error becomes a
@@ -1182,7 +1199,26 @@ impl Proxy {
             })?),
             None => None,
         };
-        chain::apply_header_edits(&mut parts.headers, &edits.headers)?;
+        let edits_host = edits
+            .headers
+            .set
+            .iter()
+            .chain(&edits.headers.append)
+            .any(|(n, _)| n.eq_ignore_ascii_case("host"));
+        if edits_host {
+            // Several `Host` headers would let the upstream and the gateway
+            // disagree on the target (RFC 9112 §3.2): refused as a whole.
+            let mut trial = parts.headers.clone();
+            chain::apply_header_edits(&mut trial, &edits.headers)?;
+            if trial.get_all(http::header::HOST).iter().count() > 1 {
+                return Err(FilterFailure::InvalidDecision(
+                    "the header edits leave several Host headers".into(),
+                ));
+            }
+            parts.headers = trial;
+        } else {
+            chain::apply_header_edits(&mut parts.headers, &edits.headers)?;
+        }
         if let Some(m) = method {
             parts.method = m;
         }

@@ -2,7 +2,7 @@
 //! protocol header first and terminating TLS when configured) and serves
 //! HTTP/1.1 and HTTP/2 on each with hyper (HTTP/2 by ALPN over TLS, or by
 //! prior knowledge in cleartext: h2c), handing every request to the
-//! [`Proxy`].
+//! [`Proxy`](crate::proxy::Proxy).
 //!
 //! Each connection ends when the client closes it, when it has been idle
 //! (no request in flight) for `limits.idle_timeout`, or at shutdown; the
@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::config::LimitsConfig;
 use crate::idle::{Activity, Tracked};
 use crate::metrics::{ConnErrorLabels, Metrics};
-use crate::proxy::{ConnHold, ConnInfo, Proxy};
+use crate::proxy::{ConnHold, ConnInfo};
 use crate::proxy_protocol::{self, Prefixed};
 use crate::tls::TlsTerminator;
 
@@ -67,7 +67,7 @@ fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
 
 /// Everything a connection task needs, shared by all of them.
 struct Shared {
-    proxy: Arc<Proxy>,
+    live: Arc<crate::live::Live>,
     metrics: Arc<Metrics>,
     http: auto::Builder<TokioExecutor>,
     options: ListenerOptions,
@@ -76,7 +76,7 @@ struct Shared {
 /// Accepts connections until `shutdown` becomes true, then drains.
 pub async fn serve(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
+    live: Arc<crate::live::Live>,
     metrics: Arc<Metrics>,
     options: ListenerOptions,
     mut shutdown: watch::Receiver<bool>,
@@ -87,7 +87,7 @@ pub async fn serve(
     let max = options.limits.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let shared = Arc::new(Shared {
-        proxy,
+        live,
         metrics,
         http: http_builder(&options.limits),
         options,
@@ -117,7 +117,7 @@ pub async fn serve(
                         continue;
                     }
                 };
-                if shared.proxy.overload().pressure() == crate::overload::Pressure::Files {
+                if shared.live.deps().overload.pressure() == crate::overload::Pressure::Files {
                     // Out of descriptors soon: close at once rather than
                     // hold one more socket open.
                     shared
@@ -234,9 +234,11 @@ async fn serve_http<S>(
     let peer = info.peer;
     let info = Arc::new(info);
     let service = {
-        let (proxy, activity) = (shared.proxy.clone(), activity.clone());
+        let (live, activity) = (shared.live.clone(), activity.clone());
         service_fn(move |req| {
-            let (proxy, info) = (proxy.clone(), info.clone());
+            // Each request runs wholly on the generation current when it
+            // arrived (a reload or module swap affects only later requests).
+            let (proxy, info) = (live.proxy(), info.clone());
             let in_flight = activity.begin();
             async move {
                 let resp = proxy.handle(req, &info).await;

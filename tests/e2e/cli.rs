@@ -1,5 +1,5 @@
 //! The `wasmgate` command line as a process: `check` and `serve` with a
-//! clean stop on SIGTERM.
+//! config reload on SIGHUP, clean stop on SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -63,17 +63,28 @@ fn check_rejects_an_invalid_config_with_a_message_and_nonzero_exit() {
     );
 }
 
+fn signal(child: &std::process::Child, sig: &str) {
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
 #[tokio::test]
-async fn serve_answers_then_stops_cleanly_on_sigterm() {
+async fn serve_reloads_on_sighup_and_stops_cleanly_on_sigterm() {
     let up = Upstream::start("u").await;
-    let path = write_config(
-        "serve.toml",
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[engine]\nmax_instances = 64\n[filters.api-key]\npath = {:?}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\nfilters = [{{ name = \"api-key\", config = {{ keys = [\"k\"] }} }}]\n",
+    let text = |key: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[engine]\nmax_instances = 64\n[filters.api-key]\npath = {:?}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\nfilters = [{{ name = \"api-key\", config = {{ keys = [\"{key}\"] }} }}]\n",
             artifacts::API_KEY,
             up.addr
-        ),
-    );
+        )
+    };
+    let path = write_config("serve.toml", &text("k"));
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&path)
@@ -81,7 +92,7 @@ async fn serve_answers_then_stops_cleanly_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The log says where it listens.
+    // The log says where it listens, and what reloads did.
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
         let line = lines
@@ -92,18 +103,45 @@ async fn serve_answers_then_stops_cleanly_on_sigterm() {
             break rest.trim().parse::<std::net::SocketAddr>().unwrap();
         }
     };
-    std::thread::spawn(move || for _ in lines {});
+    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = log_tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match log_rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?}"),
+            }
+        }
+    };
     assert_eq!(get(addr, "/", &[]).await.status, 401);
     assert_eq!(get(addr, "/", &[("x-api-key", "k")]).await.status, 200);
 
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    // SIGHUP with a broken file: refused and logged, the old config serves.
+    std::fs::write(
+        &path,
+        text("k2").replace("cluster = \"c\"", "cluster = \"gone\""),
+    )
+    .unwrap();
+    signal(&child, "-HUP");
+    let line = wait_for("config reload rejected");
+    assert!(line.contains("routes[0].cluster"), "{line}");
+    assert_eq!(get(addr, "/", &[("x-api-key", "k")]).await.status, 200);
+
+    // SIGHUP with a good file: the new key works, the old one no longer.
+    std::fs::write(&path, text("k2")).unwrap();
+    signal(&child, "-HUP");
+    wait_for("config reloaded");
+    assert_eq!(get(addr, "/", &[("x-api-key", "k2")]).await.status, 200);
+    assert_eq!(get(addr, "/", &[("x-api-key", "k")]).await.status, 401);
+
+    signal(&child, "-TERM");
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

@@ -14,6 +14,7 @@ mod faults;
 mod filters;
 mod hygiene;
 mod limits;
+mod live;
 mod pool;
 mod protocols;
 mod routing;
@@ -37,6 +38,7 @@ max_instances = 48
 path = "{aggregate}"
 pool_size = 2
 wall_limit = "5s"
+outbound_clusters = ["*"]
 
 [filters.api-key]
 path = "{api_key}"
@@ -56,6 +58,7 @@ pool_size = 2
 
 [filters.transform]
 path = "{transform}"
+pool_size = 2
 [filters.jwt]
 path = "{jwt}"
 pool_size = 2

@@ -18,7 +18,12 @@ fn config(up: &Upstream, extra: &str, more: &str) -> String {
 #[tokio::test]
 async fn outbound_in_a_loop_stops_at_the_per_request_budget() {
     let up = Upstream::start("u").await;
-    let gw = start_gateway(&config(&up, "max_outbound_calls = 3", "")).await;
+    let gw = start_gateway(&config(
+        &up,
+        "outbound_clusters = [\"c\"]\nmax_outbound_calls = 3",
+        "",
+    ))
+    .await;
     for round in 1..=2 {
         let r = get(gw.addr(), "/", &[("x-fault", "outbound-loop")]).await;
         assert_eq!(r.status, 200, "{}", r.body);
@@ -91,7 +96,12 @@ async fn outbound_reaches_only_granted_clusters_that_exist() {
 #[tokio::test]
 async fn send_all_answers_in_order_with_per_call_timeouts() {
     let up = Upstream::start("u").await;
-    let gw = start_gateway(&config(&up, "wall_limit = \"5s\"", "")).await;
+    let gw = start_gateway(&config(
+        &up,
+        "wall_limit = \"5s\"\noutbound_clusters = [\"*\"]",
+        "",
+    ))
+    .await;
     // The fault filter gives each call a 500 ms timeout.
     let r = get(
         gw.addr(),
@@ -114,7 +124,7 @@ async fn waiting_on_outbound_is_not_cpu_time_but_is_wall_clock_time() {
     // wall-clock limit. Only CPU would be an error here.
     let gw = start_gateway(&config(
         &up,
-        "cpu_limit = \"20ms\"\nwall_limit = \"5s\"\nmax_outbound_calls = 2",
+        "cpu_limit = \"20ms\"\nwall_limit = \"5s\"\nmax_outbound_calls = 2\noutbound_clusters = [\"c\"]",
         "",
     ))
     .await;
@@ -126,11 +136,38 @@ async fn waiting_on_outbound_is_not_cpu_time_but_is_wall_clock_time() {
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body, "ok=2 error=OutboundError::BudgetExhausted");
+
+    // Nor does waiting become CPU time: a filter that waited 2 s and then
+    // spins is stopped at its 20 ms CPU budget, not after spinning for as
+    // long as it waited (the bound below is loose on purpose: the two
+    // outcomes are about 2 s apart).
+    let started = std::time::Instant::now();
+    let r = get(
+        gw.addr(),
+        "/",
+        &[
+            ("x-fault", "outbound-then-spin"),
+            ("x-fault-arg", "/delay/2000"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(r.json()["code"], "filter_cpu_budget");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(3500),
+        "the spin ran for about as long as the wait: {:?}",
+        started.elapsed()
+    );
     gw.shutdown().await;
 
     // A filter that keeps waiting on slow calls (each within the call
     // timeout) is cut off at its wall limit, and other requests are served.
-    let gw = start_gateway(&config(&up, "wall_limit = \"500ms\"", "")).await;
+    let gw = start_gateway(&config(
+        &up,
+        "wall_limit = \"500ms\"\noutbound_clusters = [\"c\"]",
+        "",
+    ))
+    .await;
     let r = get(
         gw.addr(),
         "/",

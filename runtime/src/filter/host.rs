@@ -42,9 +42,13 @@ pub(crate) struct CallState {
     pub(crate) request_id: String,
     /// Outbound calls this filter made for the request so far.
     pub(crate) outbound_used: u32,
-    /// Time spent awaiting host calls since the CPU deadline was last
-    /// checked: it is given back to the CPU budget (see `FilterModule`).
+    /// When the call started.
+    pub(crate) started: Option<std::time::Instant>,
+    /// Time spent awaiting host calls during the call: it does not count
+    /// as CPU time (see the epoch deadline callback in `filter/mod.rs`).
     pub(crate) host_wait: std::time::Duration,
+    /// Whether a refused outbound call was already logged in this call.
+    pub(crate) budget_logged: bool,
 }
 
 impl CallState {
@@ -54,7 +58,17 @@ impl CallState {
         self.request_id.clear();
         self.request_id.push_str(request_id.unwrap_or_default());
         self.outbound_used = outbound_used;
+        self.started = Some(std::time::Instant::now());
         self.host_wait = std::time::Duration::ZERO;
+        self.budget_logged = false;
+    }
+
+    /// CPU time the call has used so far: time since it started, less the
+    /// time it waited on host calls.
+    pub(crate) fn cpu_used(&self) -> std::time::Duration {
+        self.started
+            .map_or(std::time::Duration::ZERO, |s| s.elapsed())
+            .saturating_sub(self.host_wait)
     }
 }
 

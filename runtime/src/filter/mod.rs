@@ -139,6 +139,7 @@ pub struct FilterEngine {
     ticker_stop: Arc<AtomicBool>,
     cache: Option<CompileCache>,
     services: Arc<services::HostServices>,
+    live: dashmap::DashMap<Arc<str>, Arc<LiveCounts>>,
 }
 
 impl std::fmt::Debug for FilterEngine {
@@ -208,7 +209,16 @@ impl FilterEngine {
             ticker_stop,
             cache,
             services: Arc::default(),
+            live: dashmap::DashMap::new(),
         })
+    }
+
+    /// Live versions and instances of each filter name ever loaded.
+    pub fn live_counts(&self) -> Vec<(Arc<str>, Arc<LiveCounts>)> {
+        self.live
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
     }
 
     /// The state the host keeps for filters (`kv`, `rate-limit`).
@@ -261,6 +271,8 @@ impl FilterEngine {
         };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(contract)?;
         let pre = PluginPre::new(instance_pre).map_err(contract)?;
+        let live = self.live.entry(Arc::from(name)).or_default().clone();
+        live.versions.fetch_add(1, Ordering::Relaxed);
         Ok(FilterModule {
             name: Arc::from(name),
             sha256,
@@ -268,6 +280,7 @@ impl FilterEngine {
             pre,
             limits,
             tick: self.tick,
+            live,
         })
     }
 }
@@ -304,6 +317,24 @@ pub struct FilterModule {
     pre: PluginPre<HostState>,
     limits: Limits,
     tick: Duration,
+    live: Arc<LiveCounts>,
+}
+
+/// How many versions (loaded modules) and instances of one filter name are
+/// alive: an old version is freed once no request, pool or config uses it,
+/// and these say whether that happened.
+#[derive(Debug, Default)]
+pub struct LiveCounts {
+    /// `FilterModule`s alive.
+    pub versions: std::sync::atomic::AtomicI64,
+    /// `FilterInstance`s alive (idle in a pool or serving a call).
+    pub instances: std::sync::atomic::AtomicI64,
+}
+
+impl Drop for FilterModule {
+    fn drop(&mut self) {
+        self.live.versions.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl FilterModule {
@@ -385,29 +416,38 @@ impl FilterModule {
         );
         store.limiter(|s| &mut s.limiter);
         // The epoch ticks in wall-clock time, but time spent awaiting a host
-        // call (an outbound request) is not the guest's CPU time: when the
-        // deadline is reached, it is extended by the time waited since the
-        // last check, and the call is interrupted only if there was none.
-        // Waiting is bounded by the wall-clock limit instead.
-        let tick = self.tick.as_nanos().max(1);
-        store.epoch_deadline_callback(move |mut ctx| {
-            let waited = std::mem::take(&mut ctx.data_mut().call.host_wait);
-            match (waited.as_nanos() / tick) as u64 {
-                0 => Err(Trap::Interrupt.into()),
-                extra => Ok(wasmtime::UpdateDeadline::Continue(extra)),
+        // call (an outbound request) is not the guest's CPU time. When the
+        // deadline is reached, the CPU time actually used is computed (time
+        // since the call began, less the time waited); past the budget the
+        // call is interrupted, otherwise the deadline moves to what is left
+        // of the budget. `Yield` hands the thread back to the executor on
+        // the way, so the wall-clock limit can end a call that waited long.
+        let (tick, budget) = (self.tick.max(Duration::from_micros(1)), self.limits.cpu);
+        store.epoch_deadline_callback(move |ctx| {
+            let used = ctx.data().call.cpu_used();
+            if used >= budget {
+                return Err(Trap::Interrupt.into());
             }
+            let left = (budget - used).as_nanos().div_ceil(tick.as_nanos());
+            Ok(wasmtime::UpdateDeadline::Yield(
+                u64::try_from(left).unwrap_or(u64::MAX).max(1),
+            ))
         });
         store.set_epoch_deadline(self.deadline_ticks());
+        // Instantiation runs guest code (start functions): under the budget.
+        store.data_mut().call.begin(None, 0);
         let plugin = match self.pre.instantiate_async(&mut store).await {
             Ok(p) => p,
             Err(e) => return Err(classify(&store, e, self.limits, FilterFailure::Instantiate)),
         };
+        self.live.instances.fetch_add(1, Ordering::Relaxed);
         Ok(FilterInstance {
             store,
             plugin,
             limits: self.limits,
             ticks: self.deadline_ticks(),
             uses: 0,
+            live: self.live.clone(),
         })
     }
 }
@@ -439,6 +479,13 @@ pub struct FilterInstance {
     limits: Limits,
     ticks: u64,
     uses: u64,
+    live: Arc<LiveCounts>,
+}
+
+impl Drop for FilterInstance {
+    fn drop(&mut self) {
+        self.live.instances.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl FilterInstance {

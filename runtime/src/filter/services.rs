@@ -393,8 +393,9 @@ impl HostState {
         let Some(grant) = self.grants().outbound.clone() else {
             return Err(E::UnknownCluster);
         };
+        let filter = self.site().filter.clone();
         let refuse = |e: E| {
-            grant.sender.refused(&self.site().filter, &e);
+            grant.sender.refused(&filter, &e);
             Err(e)
         };
         if !grant.allows(&req.cluster) {
@@ -406,13 +407,17 @@ impl HostState {
             ));
         }
         if self.call.outbound_used >= grant.max_calls {
-            tracing::warn!(
-                filter = &*self.site().filter,
-                route = &*self.site().route,
-                request_id = self.call.request_id,
-                "outbound call refused: the filter used its {} calls for this request",
-                grant.max_calls
-            );
+            // Once per call: a guest looping on a refused call must not
+            // flood the log.
+            if !std::mem::replace(&mut self.call.budget_logged, true) {
+                tracing::warn!(
+                    filter = &*self.site().filter,
+                    route = &*self.site().route,
+                    request_id = self.call.request_id,
+                    "outbound call refused: the filter used its {} calls for this request",
+                    grant.max_calls
+                );
+            }
             return refuse(E::BudgetExhausted);
         }
         self.call.outbound_used += 1;
