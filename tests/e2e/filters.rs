@@ -1123,3 +1123,679 @@ config.request.json = {{ remove = ["/x"] }}
         }
     }
 }
+
+
+pub(crate) mod jwt {
+    //! Keys are made once per test process (nothing is committed); good
+    //! tokens are signed with `jsonwebtoken`, forged ones by hand.
+
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    use rsa::Generate;
+    use rsa::traits::PublicKeyParts;
+    use serde_json::{Value, json};
+    use wasmgate_tests::Reply;
+
+    use super::*;
+
+    const ISSUER: &str = "https://idp.test";
+
+    struct Keys {
+        rsa_private_pem: String,
+        rsa_public_pem: String,
+        ec_private_pem: String,
+        ec_public_pem: String,
+        hs_secret: String,
+        /// The `[filters.jwt.vars]` table pointing at the files written.
+        vars: String,
+    }
+
+    fn keys() -> &'static Keys {
+        static KEYS: OnceLock<Keys> = OnceLock::new();
+        KEYS.get_or_init(|| {
+            let rsa = rsa::PrivateKey::generate();
+            let rsa_public = rsa.to_public_key();
+            let ec = p256::ecdsa::SigningKey::generate();
+            let point = ec.verifying_key().to_sec1_point(false);
+            let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+            // 32 random bytes, as 64 hex characters.
+            let hs_secret = hex(&p256::ecdsa::SigningKey::generate().to_bytes());
+            let rsa_jwk = |kid: &str, usage: &str| {
+                json!({
+                    "kty": "RSA", "kid": kid, "use": usage, "alg": "RS256",
+                    "n": B64.encode(rsa_public.n_bytes()), "e": B64.encode(rsa_public.e_bytes()),
+                })
+            };
+            let jwks = json!({ "keys": [
+                rsa_jwk("rsa-jwks", "sig"),
+                // Skipped: an encryption key and a key type the filter does not use.
+                rsa_jwk("enc-key", "enc"),
+                { "kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": B64.encode([7u8; 32]) },
+                {
+                    "kty": "EC", "crv": "P-256", "kid": "ec-jwks",
+                    "x": B64.encode(point.x().unwrap()), "y": B64.encode(point.y().unwrap()),
+                },
+            ]});
+            let rsa_public_pem = rsa_public.to_public_key_pem(LineEnding::LF).unwrap();
+            let dir = std::env::temp_dir().join(format!("wasmgate-e2e-jwt-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let write = |name: &str, text: &str| -> PathBuf {
+                let path = dir.join(name);
+                std::fs::write(&path, text).unwrap();
+                path
+            };
+            let vars = format!(
+                "\n[filters.jwt.vars]\nhs = {{ file = {:?} }}\njwks = {{ file = {:?} }}\nrsa_pem = {{ file = {:?} }}\nshort = \"only-31-bytes-of-secret-0123456\"\n",
+                // A trailing newline, as secrets files have: not part of the secret.
+                write("hs.secret", &format!("{hs_secret}\n")),
+                write("jwks.json", &jwks.to_string()),
+                write("rsa.pem", &rsa_public_pem),
+            );
+            Keys {
+                rsa_private_pem: rsa.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(),
+                rsa_public_pem,
+                ec_private_pem: ec.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(),
+                ec_public_pem: ec
+                    .verifying_key()
+                    .to_public_key_pem(LineEnding::LF)
+                    .unwrap(),
+                hs_secret,
+                vars,
+            }
+        })
+    }
+
+    /// A route whose `jwt` filter has `config` (a TOML inline table's body).
+    fn route(up: &Upstream, config: &str) -> String {
+        one_route(
+            up,
+            &format!(
+                "[[routes.filters]]\nname = \"jwt\"\nconfig = {{ {config} }}\n{}",
+                keys().vars
+            ),
+        )
+    }
+
+    /// Every key source: HS256 from a file, RS256 from a PEM file and the
+    /// JWKS, ES256 inline and from the JWKS.
+    fn all_keys() -> String {
+        format!(
+            r#"keys = [{{ alg = "HS256", secret_var = "hs" }}, {{ kid = "rsa-pem", alg = "RS256", pem_var = "rsa_pem" }}, {{ alg = "ES256", pem = {:?} }}], jwks_var = "jwks", issuer = "{ISSUER}", audiences = ["orders"]"#,
+            keys().ec_public_pem
+        )
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// Good claims for the route, with `changes` applied (null removes).
+    fn claims(changes: Value) -> Value {
+        let now = now();
+        let mut c =
+            json!({ "iss": ISSUER, "aud": "orders", "sub": "alice", "iat": now, "exp": now + 300 });
+        for (k, v) in changes.as_object().unwrap() {
+            if v.is_null() {
+                c.as_object_mut().unwrap().remove(k);
+            } else {
+                c[k] = v.clone();
+            }
+        }
+        c
+    }
+
+    fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(Into::into);
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    }
+
+    fn hs256(claims: &Value) -> String {
+        let key = EncodingKey::from_secret(keys().hs_secret.as_bytes()).unwrap();
+        sign(Algorithm::HS256, None, &key, claims)
+    }
+
+    fn rs256(kid: Option<&str>, claims: &Value) -> String {
+        let key = EncodingKey::from_rsa_pem(keys().rsa_private_pem.as_bytes()).unwrap();
+        sign(Algorithm::RS256, kid, &key, claims)
+    }
+
+    fn es256(kid: Option<&str>, claims: &Value) -> String {
+        let key = EncodingKey::from_ec_pem(keys().ec_private_pem.as_bytes()).unwrap();
+        sign(Algorithm::ES256, kid, &key, claims)
+    }
+
+    async fn with_token(gw: &wasmgate_tests::RunningGateway, token: &str) -> Reply {
+        get(
+            gw.addr(),
+            "/",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await
+    }
+
+    /// A 401 `invalid_token` for `reason`, in the body and the challenge.
+    fn assert_invalid(reply: &Reply, reason: &str) {
+        assert_eq!(reply.status, 401, "{reason}: {}", reply.body);
+        let body = reply.json();
+        assert_eq!(body["code"], "unauthorized");
+        assert_eq!(body["message"], reason);
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some(
+                format!(
+                    "Bearer realm=\"wasmgate\", error=\"invalid_token\", error_description=\"{reason}\""
+                )
+                .as_str()
+            )
+        );
+    }
+
+    #[tokio::test]
+    pub(crate) async fn runs_in_the_real_host() {
+        let up = Upstream::start("u").await;
+        let gw = start_gateway(&route(
+            &up,
+            &format!(
+                "{}, claims_to_headers = {{ sub = \"x-jwt-sub\", email = \"x-user-email\", name = \"x-user-name\", groups = \"x-user-groups\" }}",
+                all_keys()
+            ),
+        ))
+        .await;
+
+        // No token, or another scheme: a bare challenge (RFC 6750 3.1).
+        for headers in [
+            vec![],
+            vec![("authorization", "Basic YWxpY2U6d29uZGVybGFuZA==")],
+        ] {
+            let missing = get(gw.addr(), "/", &headers).await;
+            assert_eq!(missing.status, 401, "{}", missing.body);
+            assert_eq!(
+                missing.header("www-authenticate"),
+                Some("Bearer realm=\"wasmgate\"")
+            );
+            assert_eq!(missing.json()["code"], "unauthorized");
+            assert_eq!(missing.json()["message"], "missing bearer token");
+        }
+        assert_eq!(
+            up.count(),
+            0,
+            "a refused request never reaches the upstream"
+        );
+
+        // A good token; the client also tries to name itself.
+        let token = hs256(&claims(json!({
+            "email": "alice@example.com",
+            "name": "Zoë",
+            "groups": ["ops", "dev"],
+        })));
+        let ok = get(
+            gw.addr(),
+            "/",
+            &[
+                ("authorization", &format!("bearer {token}")),
+                ("x-jwt-sub", "mallory"),
+            ],
+        )
+        .await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        let seen = &up.seen()[0];
+        assert_eq!(
+            seen.headers.get_all("x-jwt-sub").iter().collect::<Vec<_>>(),
+            ["alice"],
+            "the claim replaces what the client sent"
+        );
+        assert_eq!(seen.headers["x-user-email"], "alice@example.com");
+        assert_eq!(seen.headers["x-user-name"].as_bytes(), "Zoë".as_bytes());
+        assert_eq!(seen.headers["x-user-groups"], "ops,dev");
+        assert_eq!(
+            seen.headers["authorization"],
+            format!("bearer {token}"),
+            "forwarded unless hide_credentials"
+        );
+
+        // A claim the token lacks: the client's header is removed, not kept.
+        let ok = get(
+            gw.addr(),
+            "/",
+            &[
+                (
+                    "authorization",
+                    &format!("Bearer {}", hs256(&claims(json!({})))),
+                ),
+                ("x-user-email", "admin@example.com"),
+            ],
+        )
+        .await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        assert!(up.seen()[1].headers.get("x-user-email").is_none());
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn every_algorithm_verifies_from_every_key_source() {
+        let up = Upstream::start("u").await;
+        let gw = start_gateway(&route(
+            &up,
+            &format!(
+                "{}, claims_to_headers = {{ sub = \"x-jwt-sub\" }}",
+                all_keys()
+            ),
+        ))
+        .await;
+        let good = |sub: &str| claims(json!({ "sub": sub }));
+        for (source, token) in [
+            ("HS256, secret from a file", hs256(&good("hs"))),
+            (
+                "RS256, PEM from a file, by kid",
+                rs256(Some("rsa-pem"), &good("rs-pem")),
+            ),
+            (
+                "RS256, from the JWKS, by kid",
+                rs256(Some("rsa-jwks"), &good("rs-jwks")),
+            ),
+            ("RS256 without kid", rs256(None, &good("rs"))),
+            ("ES256, inline PEM", es256(None, &good("es"))),
+            (
+                "ES256, from the JWKS, by kid",
+                es256(Some("ec-jwks"), &good("es-jwks")),
+            ),
+        ] {
+            let reply = with_token(&gw, &token).await;
+            assert_eq!(reply.status, 200, "{source}: {}", reply.body);
+        }
+        let subs: Vec<_> = up
+            .seen()
+            .iter()
+            .map(|s| s.headers["x-jwt-sub"].to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(subs, ["hs", "rs-pem", "rs-jwks", "rs", "es", "es-jwks"]);
+
+        // A kid that names no key, or a JWKS key that is not for signing.
+        for kid in ["nope", "enc-key"] {
+            assert_invalid(
+                &with_token(&gw, &rs256(Some(kid), &good("x"))).await,
+                "unknown key id",
+            );
+        }
+        assert_eq!(up.count(), 6);
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn forged_and_tampered_tokens_are_refused() {
+        let up = Upstream::start("u").await;
+        let gw = start_gateway(&route(&up, &all_keys())).await;
+
+        let other_secret = EncodingKey::from_secret(&[b'x'; 64]).unwrap();
+        let wrong_secret = sign(Algorithm::HS256, None, &other_secret, &claims(json!({})));
+        assert_invalid(&with_token(&gw, &wrong_secret).await, "invalid signature");
+
+        let other_ec = p256::ecdsa::SigningKey::generate();
+        let other_ec =
+            EncodingKey::from_ec_pem(other_ec.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes())
+                .unwrap();
+        let wrong_key = sign(Algorithm::ES256, None, &other_ec, &claims(json!({})));
+        assert_invalid(&with_token(&gw, &wrong_key).await, "invalid signature");
+
+        // A genuine token whose payload is swapped for another.
+        let genuine = rs256(Some("rsa-jwks"), &claims(json!({})));
+        let parts: Vec<&str> = genuine.split('.').collect();
+        let forged_payload = B64.encode(claims(json!({ "sub": "admin" })).to_string());
+        let tampered = format!("{}.{forged_payload}.{}", parts[0], parts[2]);
+        assert_invalid(&with_token(&gw, &tampered).await, "invalid signature");
+        let (_, sig) = genuine.rsplit_once('.').unwrap();
+        let truncated = format!("{}.{}.{}", parts[0], parts[1], &sig[..sig.len() - 4]);
+        assert_invalid(&with_token(&gw, &truncated).await, "invalid signature");
+
+        // Unsigned.
+        let none = format!(
+            "{}.{}.",
+            B64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            B64.encode(claims(json!({})).to_string())
+        );
+        assert_invalid(
+            &with_token(&gw, &none).await,
+            "algorithm none is not accepted",
+        );
+
+        for garbage in ["not-a-jwt", "a.b.c", &format!("{genuine}.extra")] {
+            assert_invalid(&with_token(&gw, garbage).await, "malformed token");
+        }
+        assert_eq!(up.count(), 0, "nothing forged reaches the upstream");
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_rsa_public_key_is_never_used_as_an_hmac_secret() {
+        // The classic confusion: the attacker signs HS256 with the public
+        // key's PEM, hoping the verifier feeds the same bytes to HMAC.
+        let up = Upstream::start("u").await;
+        let public_pem_as_secret =
+            EncodingKey::from_secret(keys().rsa_public_pem.as_bytes()).unwrap();
+        let forged = sign(
+            Algorithm::HS256,
+            Some("rsa-pem"),
+            &public_pem_as_secret,
+            &claims(json!({})),
+        );
+
+        let rsa_only = start_gateway(&route(
+            &up,
+            r#"keys = [{ kid = "rsa-pem", alg = "RS256", pem_var = "rsa_pem" }]"#,
+        ))
+        .await;
+        assert_invalid(
+            &with_token(&rsa_only, &forged).await,
+            "algorithm HS256 is not accepted",
+        );
+        assert_eq!(
+            with_token(&rsa_only, &rs256(Some("rsa-pem"), &claims(json!({}))))
+                .await
+                .status,
+            200
+        );
+        rsa_only.shutdown().await;
+
+        // With an HMAC key configured too, HS256 is accepted, but only
+        // checked against that key's secret.
+        let both = start_gateway(&route(&up, &all_keys())).await;
+        assert_invalid(&with_token(&both, &forged).await, "invalid signature");
+        let no_kid = sign(
+            Algorithm::HS256,
+            None,
+            &public_pem_as_secret,
+            &claims(json!({})),
+        );
+        assert_invalid(&with_token(&both, &no_kid).await, "invalid signature");
+        both.shutdown().await;
+        assert_eq!(up.count(), 1, "only the genuine RS256 token passed");
+    }
+
+    #[tokio::test]
+    async fn time_claims_are_checked_with_the_clock_skew() {
+        let up = Upstream::start("u").await;
+        let gw = start_gateway(&route(&up, &format!("{}, max_lifetime = 3600", all_keys()))).await;
+        let now = now();
+        // The default skew is 60 s; ±30 s is inside it, ±120 s outside.
+        for (changes, refusal) in [
+            (
+                json!({ "exp": now - 120, "iat": now - 400 }),
+                Some("token expired"),
+            ),
+            (json!({ "exp": now - 30, "iat": now - 400 }), None),
+            (json!({ "nbf": now + 120 }), Some("token not yet valid")),
+            (json!({ "nbf": now + 30 }), None),
+            (json!({ "exp": null }), Some("token has no exp claim")),
+            (
+                json!({ "exp": "tomorrow" }),
+                Some("exp claim is not a number"),
+            ),
+            (
+                json!({ "iat": null }),
+                Some("token needs iat and exp claims"),
+            ),
+            (
+                json!({ "exp": now + 7200 }),
+                Some("token lifetime exceeds max_lifetime"),
+            ),
+            (
+                json!({ "iat": now + 600, "exp": now + 900 }),
+                Some("token issued in the future"),
+            ),
+        ] {
+            let reply = with_token(&gw, &es256(None, &claims(changes.clone()))).await;
+            match refusal {
+                Some(reason) => assert_invalid(&reply, reason),
+                None => assert_eq!(reply.status, 200, "{changes}: {}", reply.body),
+            }
+        }
+        assert_eq!(up.count(), 2);
+        gw.shutdown().await;
+
+        let gw = start_gateway(&route(
+            &up,
+            &format!("{}, require_exp = false, clock_skew = 0", all_keys()),
+        ))
+        .await;
+        assert_eq!(
+            with_token(&gw, &hs256(&claims(json!({ "exp": null }))))
+                .await
+                .status,
+            200,
+            "exp is optional when not required"
+        );
+        assert_invalid(
+            &with_token(&gw, &hs256(&claims(json!({ "exp": now - 5 })))).await,
+            "token expired",
+        );
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn issuer_and_audience_must_match() {
+        let up = Upstream::start("u").await;
+        let gw = start_gateway(&route(
+            &up,
+            &format!(
+                r#"keys = [{{ alg = "HS256", secret_var = "hs" }}], issuer = ["{ISSUER}", "https://other.test"], audiences = ["orders", "billing"]"#
+            ),
+        ))
+        .await;
+        for (changes, refusal) in [
+            (
+                json!({ "iss": "https://evil.test" }),
+                Some("issuer not accepted"),
+            ),
+            (json!({ "iss": null }), Some("token has no iss claim")),
+            (json!({ "iss": "https://other.test" }), None),
+            (json!({ "aud": "shipping" }), Some("audience not accepted")),
+            (
+                json!({ "aud": ["shipping", "returns"] }),
+                Some("audience not accepted"),
+            ),
+            (json!({ "aud": null }), Some("token has no aud claim")),
+            (json!({ "aud": ["shipping", "billing"] }), None),
+        ] {
+            let reply = with_token(&gw, &hs256(&claims(changes.clone()))).await;
+            match refusal {
+                Some(reason) => assert_invalid(&reply, reason),
+                None => assert_eq!(reply.status, 200, "{changes}: {}", reply.body),
+            }
+        }
+        assert_eq!(up.count(), 2);
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_scope_or_claim_is_forbidden() {
+        let up = Upstream::start("u").await;
+        let gw = start_gateway(&route(
+            &up,
+            r#"keys = [{ alg = "HS256", secret_var = "hs" }], scopes = ["orders:read", "orders:write"], claims = { role = ["admin", "ops"], email_verified = true }"#,
+        ))
+        .await;
+        let forbidden = |reply: &Reply, reason: &str| {
+            assert_eq!(reply.status, 403, "{reason}: {}", reply.body);
+            assert_eq!(reply.json()["code"], "forbidden");
+            assert_eq!(reply.json()["message"], reason);
+            assert_eq!(
+                reply.header("www-authenticate").unwrap(),
+                format!(
+                    "Bearer realm=\"wasmgate\", error=\"insufficient_scope\", error_description=\"{reason}\", scope=\"orders:read orders:write\""
+                )
+            );
+        };
+        let rights = |scope: Value, role: Value| {
+            hs256(&claims(
+                json!({ "scope": scope, "role": role, "email_verified": true }),
+            ))
+        };
+        forbidden(
+            &with_token(&gw, &rights(json!("orders:read"), json!("admin"))).await,
+            "missing scope: orders:write",
+        );
+        forbidden(
+            &with_token(&gw, &rights(json!(null), json!("admin"))).await,
+            "missing scope: orders:read orders:write",
+        );
+        let scp = hs256(&claims(
+            json!({ "scp": ["orders:read", "orders:write"], "role": "user", "email_verified": true }),
+        ));
+        forbidden(
+            &with_token(&gw, &scp).await,
+            "claim `role` has no accepted value",
+        );
+        let no_role = hs256(&claims(
+            json!({ "scope": "orders:write orders:read", "email_verified": true }),
+        ));
+        forbidden(&with_token(&gw, &no_role).await, "missing claim `role`");
+        let unverified = hs256(&claims(
+            json!({ "scope": "orders:write orders:read", "role": "ops", "email_verified": false }),
+        ));
+        forbidden(
+            &with_token(&gw, &unverified).await,
+            "claim `email_verified` has no accepted value",
+        );
+        // Authentication comes first: a bad token is 401, not 403.
+        let expired = hs256(&claims(json!({ "exp": now() - 3600, "iat": now() - 7200 })));
+        assert_invalid(&with_token(&gw, &expired).await, "token expired");
+        assert_eq!(up.count(), 0);
+
+        let ok = with_token(
+            &gw,
+            &rights(json!("orders:write orders:read"), json!(["user", "ops"])),
+        )
+        .await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        assert_eq!(up.count(), 1);
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_token_in_a_cookie_is_accepted_and_hidden_when_asked() {
+        let up = Upstream::start("u").await;
+        let gw = start_gateway(&route(
+            &up,
+            r#"keys = [{ alg = "HS256", secret_var = "hs" }], cookie = "session", hide_credentials = true, realm = "shop""#,
+        ))
+        .await;
+        let token = hs256(&claims(json!({})));
+        let cookies = format!("theme=dark; session={token}; lang=en");
+        assert_eq!(
+            get(gw.addr(), "/", &[("cookie", &cookies)]).await.status,
+            200
+        );
+        assert_eq!(
+            get(gw.addr(), "/", &[("cookie", &format!("session={token}"))])
+                .await
+                .status,
+            200
+        );
+        assert_eq!(with_token(&gw, &token).await.status, 200);
+        let seen = up.seen();
+        assert_eq!(
+            seen[0].headers["cookie"], "theme=dark; lang=en",
+            "only the token's cookie is removed"
+        );
+        assert!(seen[1].headers.get("cookie").is_none());
+        assert!(
+            seen[2].headers.get("authorization").is_none(),
+            "the header is hidden"
+        );
+
+        // Two tokens: which one counts would be a guess (RFC 6750 2).
+        let bearer = format!("Bearer {token}");
+        let two = get(
+            gw.addr(),
+            "/",
+            &[("authorization", &bearer), ("authorization", &bearer)],
+        )
+        .await;
+        assert_eq!(two.status, 400, "{}", two.body);
+        assert_eq!(
+            two.header("www-authenticate"),
+            Some(
+                "Bearer realm=\"shop\", error=\"invalid_request\", error_description=\"more than one bearer token\""
+            )
+        );
+        let missing = get(gw.addr(), "/", &[("cookie", "theme=dark")]).await;
+        assert_eq!(missing.status, 401);
+        assert_eq!(
+            missing.header("www-authenticate"),
+            Some("Bearer realm=\"shop\"")
+        );
+        assert_eq!(up.count(), 3);
+        gw.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_bad_config_is_refused_at_load_with_the_filters_message() {
+        let up = Upstream::start("u").await;
+        let bad_pem = "-----BEGIN PUBLIC KEY-----\\nbm90IGEga2V5\\n-----END PUBLIC KEY-----";
+        let private_pem = format!("{:?}", keys().rsa_private_pem);
+        for (config, message) in [
+            (
+                format!(r#"keys = [{{ kid = "k1", alg = "RS256", pem = "{bad_pem}" }}]"#),
+                r#"keys[0] (kid "k1"): not an RSA public key PEM"#,
+            ),
+            (
+                r#"keys = [{ alg = "HS512", secret_var = "hs" }]"#.into(),
+                r#"keys[0]: alg "HS512" is not supported"#,
+            ),
+            (
+                r#"keys = [{ alg = "none", secret_var = "hs" }]"#.into(),
+                r#"keys[0]: alg "none" is not supported"#,
+            ),
+            (
+                r#"keys = [{ alg = "HS256", secret = "hunter2" }]"#.into(),
+                "give `secret_var`, the name of a `vars` value holding the secret",
+            ),
+            (
+                r#"keys = [{ alg = "HS256", secret_var = "short" }]"#.into(),
+                "keys[0]: an HS256 secret must be at least 32 bytes",
+            ),
+            (
+                r#"keys = [{ alg = "HS256", secret_var = "absent" }]"#.into(),
+                r#"keys[0]: the gateway grants no value "absent""#,
+            ),
+            (
+                r#"keys = [{ kid = "ec", alg = "ES256", pem_var = "rsa_pem" }]"#.into(),
+                r#"keys[0] (kid "ec"): not a P-256 public key PEM"#,
+            ),
+            (
+                format!(r#"keys = [{{ alg = "RS256", pem = {private_pem} }}]"#),
+                "keys[0]: this is a private key; give the public key",
+            ),
+            (
+                r#"jwks_var = "hs""#.into(),
+                r#"`jwks_var` "hs": not a JSON document"#,
+            ),
+            (String::new(), "give at least one key: `keys` or `jwks_var`"),
+            (
+                r#"keys = [{ alg = "HS256", secret_var = "hs" }], claims_to_headers = { sub = "Content-Length" }"#.into(),
+                "`claims_to_headers`: the content-length header is managed by the gateway",
+            ),
+        ] {
+            let err = wasmgate_tests::build_gateway(&route(&up, &config))
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{config} must not load"));
+            assert!(err.contains("routes[0].filters[0].config"), "{err}");
+            assert!(err.contains(message), "{config}:\n{err}");
+            assert!(
+                !err.contains(&keys().hs_secret) && !err.contains("hunter2"),
+                "no secret in the message: {err}"
+            );
+        }
+    }
+}

@@ -58,6 +58,10 @@ pool_size = 2
 path = "{transform}"
 pool_size = 2
 
+[filters.jwt]
+path = "{jwt}"
+pool_size = 2
+
 [filters.fault]
 path = "{fault}"
 memory_limit = "16MiB"
@@ -71,6 +75,7 @@ pool_size = 4
         basic_auth = artifacts::BASIC_AUTH,
         cors = artifacts::CORS,
         transform = artifacts::TRANSFORM,
+        jwt = artifacts::JWT,
     )
 }
 
