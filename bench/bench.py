@@ -2665,9 +2665,11 @@ def section_f(result: ModeResult, args, vers: dict[str, str], when: str,
   wasmgate: `workers = 1`, `[access_log] enabled = false`, `WASMGATE_LOG=warn`, one route
   with the row's filters; "fresh" rows set `isolation = "fresh"` on every filter of it.
 - Keys, tokens and credentials made into the work folder at run time
-  ({made_by}); tokens carry `iss`, `aud`, `sub`, `iat` and an `exp` a day ahead. Each
-  row's pre-check proves the filter did its work (200 with the expected answer, and
-  401 without the credential for the authentication rows).
+  ({made_by});
+  tokens carry `iss`, `aud`, `sub`, `iat` and an `exp` a day ahead. Each row's
+  pre-check proves the filter did its work (200 with the expected answer; for the
+  authentication rows, 401 without the credential and 401 with a forged one: a
+  flipped signature bit, a wrong password).
 - Command: `{args.command}`
 
 proxy CPU µs/request = CPU time of the proxy's processes during the run (from `/proc`,
