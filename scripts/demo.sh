@@ -37,7 +37,10 @@ cat <<'TXT'
 ==> gateway on http://127.0.0.1:8080  (Ctrl-C to stop). Try:
     curl -i http://127.0.0.1:8080/api/search?q=shoes                                  # 401: no API key
     curl -i -H 'x-api-key: demo-key-123' http://127.0.0.1:8080/api/search?q=shoes     # 200, search-1 then search-2
-    curl -i -H 'x-api-key: demo-key-123' http://127.0.0.1:8080/api/cart               # 200 from cart-1
+    curl -i http://127.0.0.1:8080/api/cart                                            # 401: no token
+    TOKEN=$(scripts/demo-token.sh alice cart:read)                                    # a demo JWT for user alice
+    curl -i -H "authorization: Bearer $TOKEN" http://127.0.0.1:8080/api/cart          # 200 from cart-1, as alice
+    curl -s -H "authorization: Bearer $TOKEN" 'http://127.0.0.1:8080/api/home?q=boots' # search + cart in one answer
     curl -i http://127.0.0.1:8080/nowhere                                             # 404 in the standard error format
 TXT
 ./target/release/wasmgate serve --config gateway.toml &

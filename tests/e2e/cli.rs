@@ -34,7 +34,7 @@ fn check_accepts_the_default_gateway_toml() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("ok (2 routes, 2 clusters, 2 filters)"),
+        stdout.contains("ok (3 routes, 2 clusters, 5 filters)"),
         "{stdout}"
     );
 }

@@ -1124,7 +1124,6 @@ config.request.json = {{ remove = ["/x"] }}
     }
 }
 
-
 pub(crate) mod jwt {
     //! Keys are made once per test process (nothing is committed); good
     //! tokens are signed with `jsonwebtoken`, forged ones by hand.

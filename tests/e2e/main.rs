@@ -31,7 +31,7 @@ pub fn filters_toml() -> String {
 enabled = false
 
 [engine]
-max_instances = 32
+max_instances = 48
 
 [filters.aggregate]
 path = "{aggregate}"
@@ -56,8 +56,6 @@ pool_size = 2
 
 [filters.transform]
 path = "{transform}"
-pool_size = 2
-
 [filters.jwt]
 path = "{jwt}"
 pool_size = 2
