@@ -996,6 +996,9 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
         lines += [f"[filters.{fname}]", f'path = "{wasm}"']
         lines += [f"{k} = {v}" for k, v in (filter_keys or {}).items()]
         lines += [f"{k} = {v}" for k, v in opts.get("filter_extra", {}).get(fname, {}).items()]
+        if fname == "aggregate":
+            # Outbound calls need a grant (none by default).
+            lines.append('outbound_clusters = ["upstream"]')
         lines.append("")
     addrs = ", ".join(f'"{HOST}:{p}"' for p in endpoint_ports(ctx, opts))
     lines += ["[clusters.upstream]", f"endpoints = [{addrs}]"]
