@@ -267,3 +267,21 @@ pub mod outbound {
             .collect()
     }
 }
+
+/// Signature checks done natively by the host (far faster than the same
+/// arithmetic in WebAssembly).
+pub mod crypto {
+    use crate::__private::bindings::wasmgate::filter::crypto as host;
+
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (`RS256`); `public_key` is a DER
+    /// RSAPublicKey (PKCS #1) of 2048 to 8192 bits.
+    pub fn verify_rsa_pkcs1_sha256(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        host::verify_rsa_pkcs1_sha256(public_key, message, signature)
+    }
+
+    /// ECDSA P-256 with SHA-256 (`ES256`); `public_key` is the uncompressed
+    /// SEC1 point (65 bytes), `signature` is r || s (64 bytes).
+    pub fn verify_ecdsa_p256_sha256(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        host::verify_ecdsa_p256_sha256(public_key, message, signature)
+    }
+}

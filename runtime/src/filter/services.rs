@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use super::bindings::wasmgate::filter::{config, kv, metrics, outbound, rate_limit};
+use super::bindings::wasmgate::filter::{config, crypto, kv, metrics, outbound, rate_limit};
 use super::host::HostState;
 use crate::filter_metrics::{FilterMetrics, Kind};
 
@@ -356,6 +356,32 @@ impl rate_limit::Host for HostState {
 impl config::Host for HostState {
     fn get(&mut self, name: String) -> Option<String> {
         self.grants().vars.get(&name).cloned()
+    }
+}
+
+impl crypto::Host for HostState {
+    fn verify_rsa_pkcs1_sha256(
+        &mut self,
+        public_key: Vec<u8>,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> bool {
+        use ring::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, public_key)
+            .verify(&message, &signature)
+            .is_ok()
+    }
+
+    fn verify_ecdsa_p256_sha256(
+        &mut self,
+        public_key: Vec<u8>,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> bool {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, public_key)
+            .verify(&message, &signature)
+            .is_ok()
     }
 }
 
