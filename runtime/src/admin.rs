@@ -85,8 +85,7 @@ impl AdminState {
         }
         match (req.method().clone(), path.as_str()) {
             (Method::POST, _) => {
-                let source = self.live.config().source.clone();
-                self.apply(crate::config::Config::load(std::path::Path::new(&source)))
+                self.apply(crate::config::Config::load(self.live.file()))
                     .await
             }
             (_, "/config") => {

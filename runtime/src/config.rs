@@ -530,7 +530,7 @@ pub struct FilterConfig {
     /// Largest total size of its `kv` entries.
     pub kv_quota: usize,
     /// Values its `config.get` returns, resolved at load.
-    pub vars: std::collections::HashMap<String, String>,
+    pub vars: BTreeMap<String, String>,
     /// Clusters its `outbound` calls may name (`None` or empty: none;
     /// `["*"]`: every cluster in the config).
     pub outbound_clusters: Option<Vec<String>>,
@@ -1026,7 +1026,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 format!("{recycle_memory} bytes is more than memory_limit ({memory_limit} bytes)"),
             ));
         }
-        let mut vars = std::collections::HashMap::new();
+        let mut vars = BTreeMap::new();
         for (var, source) in &f.vars {
             let vkey = format!("{key}.vars.{var}");
             let value = match source {

@@ -86,6 +86,9 @@ pub struct Live {
     proxy: ArcSwap<Proxy>,
     /// The config `proxy` was built from.
     config: ArcSwap<Config>,
+    /// The config file the gateway started from (what a reload re-reads,
+    /// even after a config was put through the API).
+    file: std::path::PathBuf,
     control: Mutex<Control>,
     deps: Deps,
 }
@@ -144,9 +147,11 @@ impl Live {
             &mut control.versions,
         )
         .await?;
-        deps.caller.set_clusters(proxy.clusters.clone());
+        deps.caller
+            .set_clusters(proxy.clusters.clone(), config.limits.max_buffered_body);
         Ok(Live {
             proxy: ArcSwap::from_pointee(proxy),
+            file: std::path::PathBuf::from(&config.source),
             config: ArcSwap::from_pointee(config),
             control: Mutex::new(control),
             deps,
@@ -156,6 +161,11 @@ impl Live {
     /// The current generation. A request loads it once and keeps it.
     pub fn proxy(&self) -> Arc<Proxy> {
         self.proxy.load_full()
+    }
+
+    /// The config file the gateway started from.
+    pub fn file(&self) -> &std::path::Path {
+        &self.file
     }
 
     /// The config the current generation was built from.
@@ -249,7 +259,7 @@ impl Live {
         let proxy = build(&config, &self.deps, Some(&prev), &uploads, &mut versions)
             .await
             .map_err(fail)?;
-        self.activate(proxy, &prev);
+        self.activate(proxy, &prev, config.limits.max_buffered_body);
         self.config.store(Arc::new(config));
         control.uploads = uploads;
         control.versions = versions;
@@ -341,7 +351,7 @@ impl Live {
                 })
             })?;
         let entry = proxy.modules[name].clone();
-        self.activate(proxy, &prev);
+        self.activate(proxy, &prev, config.limits.max_buffered_body);
         control.uploads = uploads;
         control.versions = versions;
         Ok(entry)
@@ -349,7 +359,7 @@ impl Live {
 
     /// Makes `proxy` current; starts the background tasks of clusters it
     /// added.
-    fn activate(&self, proxy: Proxy, prev: &Proxy) {
+    fn activate(&self, proxy: Proxy, prev: &Proxy, max_body: usize) {
         for (name, c) in &proxy.clusters {
             let kept = prev.clusters.get(name).is_some_and(|p| Arc::ptr_eq(p, c));
             if !kept {
@@ -357,7 +367,9 @@ impl Live {
                 crate::upstream::dns::spawn(c, self.deps.resolver.clone());
             }
         }
-        self.deps.caller.set_clusters(proxy.clusters.clone());
+        self.deps
+            .caller
+            .set_clusters(proxy.clusters.clone(), max_body);
         self.proxy.store(Arc::new(proxy));
     }
 
@@ -473,7 +485,7 @@ async fn module(
             timeout: f.outbound_timeout,
         }),
     };
-    m.grant(f.kv_quota, f.vars.clone(), outbound);
+    m.grant(f.kv_quota, f.vars.clone().into_iter().collect(), outbound);
     let version = versions.entry(name.to_owned()).or_insert(0);
     *version += 1;
     Ok(ModuleEntry {

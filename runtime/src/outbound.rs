@@ -26,8 +26,8 @@ use crate::upstream::{Cluster, RequestBody};
 #[derive(Debug)]
 pub struct ClusterCaller {
     clusters: ArcSwap<HashMap<String, Arc<Cluster>>>,
-    /// Largest response body handed back.
-    max_body: usize,
+    /// Largest response body handed back (`limits.max_buffered_body`).
+    max_body: std::sync::atomic::AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -40,14 +40,17 @@ impl ClusterCaller {
     ) -> ClusterCaller {
         ClusterCaller {
             clusters: ArcSwap::from_pointee(clusters),
-            max_body,
+            max_body: max_body.into(),
             metrics,
         }
     }
 
-    /// Calls go to `clusters` from now on.
-    pub fn set_clusters(&self, clusters: HashMap<String, Arc<Cluster>>) {
+    /// Calls go to `clusters`, with response bodies up to `max_body`, from
+    /// now on.
+    pub fn set_clusters(&self, clusters: HashMap<String, Arc<Cluster>>, max_body: usize) {
         self.clusters.store(Arc::new(clusters));
+        self.max_body
+            .store(max_body, std::sync::atomic::Ordering::Relaxed);
     }
 
     async fn call(
@@ -102,7 +105,12 @@ impl ClusterCaller {
                 OutboundError::Unavailable(f.to_gateway_error(cluster.name()).message.into_owned())
             })?;
         let (head, incoming) = forwarded.response.into_parts();
-        let body = match body::collect(incoming, self.max_body).await {
+        let body = match body::collect(
+            incoming,
+            self.max_body.load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .await
+        {
             Ok(k) => k.data,
             Err(FirstFrameError::TooLarge) => return Err(OutboundError::ResponseTooLarge),
             Err(FirstFrameError::Invalid(e)) => {

@@ -61,7 +61,7 @@ async fn admin(
 /// (the module at `module`), and `extra` appended.
 fn config(up: &Upstream, module: &str, extra: &str) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 64\n[filters.v]\npath = {module:?}\npool_size = 8\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\ncluster = \"c\"\nfilters = [{{ name = \"v\" }}]\n{extra}",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 64\n[filters.v]\npath = {module:?}\npool_size = 8\nvars = {{ a = \"1\", b = \"2\", c = \"3\", d = \"4\" }}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\ncluster = \"c\"\nfilters = [{{ name = \"v\" }}]\n{extra}",
         up.addr
     )
 }
@@ -166,6 +166,13 @@ async fn a_config_put_through_the_api_applies_whole_or_not_at_all() {
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ask(&mut kept).await, "two");
     assert_eq!(get(gw.addr(), "/y", &[]).await.json()["upstream"], "two");
+    let filters = admin(&gw, "GET", "/filters", Some(TOKEN), Vec::new(), &[])
+        .await
+        .json();
+    assert_eq!(
+        filters["filters"][0]["version"], 1,
+        "the filter did not change, so its module was kept: {filters}"
+    );
     let shown = admin(&gw, "GET", "/config", Some(TOKEN), Vec::new(), &[]).await;
     assert_eq!(shown.body, new, "GET /config returns the applied document");
     let m = gw.metrics_text();
