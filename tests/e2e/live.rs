@@ -337,6 +337,7 @@ async fn client(
 
 #[tokio::test]
 async fn fifty_module_swaps_under_load_fail_no_request_and_free_old_versions() {
+    let logs = wasmgate_tests::capture_logs();
     let up = Upstream::start("u").await;
     let gw = start_gateway(&config(&up, artifacts::VERSION_A, "")).await;
     let builds = [module(artifacts::VERSION_A), module(artifacts::VERSION_B)];
@@ -384,6 +385,12 @@ async fn fifty_module_swaps_under_load_fail_no_request_and_free_old_versions() {
         total > 50,
         "the swaps happened under load ({total} requests)"
     );
+    // Only the first swap to each build compiled it: swapping back reuses
+    // the compiled code of the same bytes.
+    let reused = logs
+        .lines_with(&["filter module loaded", "cache=Memory", "filter=\"v\""])
+        .len();
+    assert!(reused >= 49, "{reused} swaps reused compiled code");
     // Old versions are freed once their requests are done.
     let m = gw.metrics_text();
     assert_eq!(

@@ -26,6 +26,8 @@ pub enum CacheOutcome {
     Compiled,
     /// Compiled now; caching is off.
     Disabled,
+    /// Compiled earlier in this process (the same bytes loaded again).
+    Memory,
 }
 
 /// The cache folder and the engine's compatibility key.

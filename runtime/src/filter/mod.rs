@@ -140,7 +140,14 @@ pub struct FilterEngine {
     cache: Option<CompileCache>,
     services: Arc<services::HostServices>,
     live: dashmap::DashMap<Arc<str>, Arc<LiveCounts>>,
+    /// The most recently compiled components by sha256, most recent first:
+    /// loading the same bytes again (a swap back to an earlier build, a
+    /// filter whose settings changed) does not compile them again.
+    recent: std::sync::Mutex<std::collections::VecDeque<(String, wasmtime::component::Component)>>,
 }
+
+/// Compiled components kept by [`FilterEngine`] for reuse.
+const RECENT_COMPONENTS: usize = 8;
 
 impl std::fmt::Debug for FilterEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -210,7 +217,28 @@ impl FilterEngine {
             cache,
             services: Arc::default(),
             live: dashmap::DashMap::new(),
+            recent: std::sync::Mutex::default(),
         })
+    }
+
+    /// A component compiled from bytes with this digest not long ago.
+    fn recent_component(&self, sha256: &str) -> Option<wasmtime::component::Component> {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let i = recent.iter().position(|(s, _)| s == sha256)?;
+        let entry = recent.remove(i)?;
+        let component = entry.1.clone();
+        recent.push_front(entry);
+        Some(component)
+    }
+
+    /// Keeps `component` among the [`RECENT_COMPONENTS`] most recent.
+    fn remember_component(&self, sha256: &str, component: &wasmtime::component::Component) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.front().is_some_and(|(s, _)| s == sha256) {
+            return;
+        }
+        recent.push_front((sha256.to_owned(), component.clone()));
+        recent.truncate(RECENT_COMPONENTS);
     }
 
     /// Live versions and instances of each filter name ever loaded.
@@ -252,12 +280,17 @@ impl FilterEngine {
         check_component_header(bytes).map_err(not_component)?;
         let sha256 = sha256_hex(bytes);
         let started = std::time::Instant::now();
-        let compiled = match &self.cache {
-            Some(cache) => cache.load_or_compile(&self.engine, bytes, &sha256),
-            None => cache::compile(&self.engine, bytes).map(|c| (c, CacheOutcome::Disabled)),
+        let recent = self.recent_component(&sha256);
+        let compiled = match (recent, &self.cache) {
+            (Some(c), _) => Ok((c, CacheOutcome::Memory)),
+            (None, Some(cache)) => cache.load_or_compile(&self.engine, bytes, &sha256),
+            (None, None) => {
+                cache::compile(&self.engine, bytes).map(|c| (c, CacheOutcome::Disabled))
+            }
         };
         let (component, outcome) = compiled
             .map_err(|e| not_component(format!("not a valid WebAssembly component: {e:#}")))?;
+        self.remember_component(&sha256, &component);
         tracing::info!(
             filter = name,
             sha256 = &sha256[..16],
