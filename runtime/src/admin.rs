@@ -77,7 +77,7 @@ impl AdminState {
         let path = req.uri().path().to_owned();
         let change = match (req.method(), path.as_str()) {
             (&Method::PUT, "/config") | (&Method::POST, "/config/reload") => true,
-            (&Method::PUT, p) => p.starts_with("/filters/") && p.ends_with("/module"),
+            (&Method::PUT, p) => module_target(p).is_some(),
             _ => false,
         };
         if !change || !self.authorized(&req) {
@@ -106,7 +106,9 @@ impl AdminState {
                 .await
             }
             _ => {
-                let name = path["/filters/".len()..path.len() - "/module".len()].to_owned();
+                let Some(name) = module_target(&path).map(str::to_owned) else {
+                    return self.read(&req);
+                };
                 let expected = req
                     .headers()
                     .get("x-wasmgate-sha256")
@@ -340,4 +342,29 @@ fn body_error(e: body::FirstFrameError, limit: usize) -> Response<ProxyBody> {
         }
     }
     .into_response(None)
+}
+
+/// The filter name in `/filters/NAME/module`.
+fn module_target(path: &str) -> Option<&str> {
+    path.strip_prefix("/filters/")?
+        .strip_suffix("/module")
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::module_target;
+
+    #[test]
+    fn module_paths_name_one_filter() {
+        assert_eq!(module_target("/filters/jwt/module"), Some("jwt"));
+        for bad in [
+            "/filters/module",
+            "/filters//module",
+            "/filters/a/b/module",
+            "/filters/x",
+        ] {
+            assert_eq!(module_target(bad), None, "{bad}");
+        }
+    }
 }
