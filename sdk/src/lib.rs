@@ -105,6 +105,23 @@ pub trait Filter: Sized + 'static {
     }
 }
 
+/// Whether the host manages header `name` (lower-case): message framing and
+/// per-connection headers. A filter's edit to one fails the request, so a
+/// filter config that would make such edits is best refused at `init`.
+pub fn is_managed_header(name: &str) -> bool {
+    matches!(
+        name,
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "keep-alive"
+            | "proxy-connection"
+    )
+}
+
 /// Parses a JSON config into a typed value, with an error message that names the
 /// problem (field and position), ready to return from [`Filter::new`].
 ///

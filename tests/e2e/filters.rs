@@ -637,47 +637,9 @@ config = { origins = ["https://app.example.com", "https://*.partner.test"], meth
 }
 
 pub(crate) mod transform {
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::rt::TokioIo;
-    use wasmgate_tests::{Reply, Upstream, build_gateway, get, raw, start_gateway, within};
+    use wasmgate_tests::{Upstream, build_gateway, get, raw, send_body, start_gateway};
 
     use super::one_route;
-
-    /// Sends one request with a body (and `Content-Length`) on a new
-    /// connection and reads the whole answer.
-    async fn send_body(
-        addr: std::net::SocketAddr,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> Reply {
-        within(&format!("{method} {path}"), async {
-            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let mut req = http::Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", "gateway.test");
-            for (n, v) in headers {
-                req = req.header(*n, *v);
-            }
-            let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
-            let resp = sender.send_request(req).await.expect("request failed");
-            let (parts, body) = resp.into_parts();
-            let bytes = body.collect().await.expect("read body").to_bytes();
-            Reply {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body: String::from_utf8_lossy(&bytes).into(),
-            }
-        })
-        .await
-    }
 
     #[tokio::test]
     pub(crate) async fn runs_in_the_real_host() {

@@ -26,35 +26,12 @@ async fn admin(
     let addr = gw
         .admin_addr()
         .expect("the test config has an admin listener");
-    within(&format!("admin {method} {path}"), async {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "admin");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        for (n, v) in headers {
-            req = req.header(*n, *v);
-        }
-        let resp = sender
-            .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
-            .await
-            .unwrap();
-        let (parts, body) = resp.into_parts();
-        let bytes = body.collect().await.unwrap().to_bytes();
-        Reply {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&bytes).into(),
-        }
-    })
-    .await
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut all = headers.to_vec();
+    if let Some(a) = &auth {
+        all.push(("authorization", a));
+    }
+    wasmgate_tests::send_body(addr, method, path, &all, body).await
 }
 
 /// A config with an admin listener, route `/` to `up` through filter `v`

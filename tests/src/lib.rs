@@ -510,6 +510,18 @@ impl Reply {
 
 /// Sends one request on a new connection and reads the whole answer.
 pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    send_body(addr, method, path, headers, []).await
+}
+
+/// [`send`] with a body (and its `Content-Length`).
+pub async fn send_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl AsRef<[u8]>,
+) -> Reply {
+    let body = Bytes::copy_from_slice(body.as_ref());
     within(&format!("{method} {path}"), async {
         let stream = TcpStream::connect(addr).await.expect("connect to gateway");
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -523,7 +535,7 @@ pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
         for (n, v) in headers {
             req = req.header(*n, *v);
         }
-        let req = req.body(Full::new(Bytes::new())).unwrap();
+        let req = req.body(Full::new(body)).unwrap();
         let resp = sender.send_request(req).await.expect("request failed");
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.expect("read body").to_bytes();

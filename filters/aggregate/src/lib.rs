@@ -252,18 +252,7 @@ impl Filter for Aggregate {
                     "invalid config: forward_headers: {h:?} is not a header name"
                 ));
             }
-            if matches!(
-                lower.as_str(),
-                "host"
-                    | "content-length"
-                    | "transfer-encoding"
-                    | "connection"
-                    | "te"
-                    | "trailer"
-                    | "upgrade"
-                    | "keep-alive"
-                    | "proxy-connection"
-            ) {
+            if lower == "host" || wasmgate_sdk::is_managed_header(&lower) {
                 return Err(format!(
                     "invalid config: forward_headers: {h:?} belongs to the connection or the framing and is set by the gateway"
                 ));

@@ -404,19 +404,6 @@ fn strings(field: &str, value: Value) -> Result<Vec<String>, String> {
     Ok(list)
 }
 
-/// Headers the host refuses to let a filter set (message framing and
-/// per-connection headers): a claim mapped to one would fail every request.
-const MANAGED_HEADERS: [&str; 8] = [
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "keep-alive",
-    "proxy-connection",
-];
-
 fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
@@ -816,7 +803,7 @@ impl Filter for Jwt {
         let mut claims_to_headers = BTreeMap::new();
         for (claim, h) in c.claims_to_headers {
             let h = header_name("claims_to_headers", &h)?;
-            if MANAGED_HEADERS.contains(&h.as_str()) {
+            if wasmgate_sdk::is_managed_header(&h) {
                 return Err(format!(
                     "`claims_to_headers`: the {h} header is managed by the gateway"
                 ));

@@ -93,19 +93,6 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Headers the gateway manages (framing, the connection): edits to them
-/// would fail every request, so the config refuses them.
-const MANAGED: &[&str] = &[
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "keep-alive",
-    "proxy-connection",
-];
-
 impl HeaderEdits {
     fn compile(config: HeaderConfig, side: &str) -> Result<HeaderEdits, String> {
         let what = format!("{side}.headers");
@@ -138,7 +125,7 @@ impl HeaderEdits {
             if !is_token(name) {
                 return Err(format!("`{what}`: {name:?} is not a valid header name"));
             }
-            if MANAGED.contains(&name.as_str()) {
+            if wasmgate_sdk::is_managed_header(name) {
                 return Err(format!(
                     "`{what}`: the {name} header is managed by the gateway and cannot be edited"
                 ));
