@@ -208,6 +208,7 @@ struct RawServer {
     request_id_header: Option<String>,
     #[serde(default)]
     proxy_protocol: bool,
+    drain_timeout: Option<HumanDuration>,
     tls: Option<RawTls>,
 }
 
@@ -342,6 +343,10 @@ pub const DEFAULT_FILTER_CPU: Duration = Duration::from_millis(50);
 pub const DEFAULT_POOL_SIZE: u32 = 16;
 /// Default number of calls an instance serves before it is replaced.
 pub const DEFAULT_MAX_USES: u64 = 10_000;
+/// Default time requests in flight get to finish at shutdown.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest `server.drain_timeout` accepted.
+pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default wait for a free instance.
 pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_millis(100);
 /// Default outbound calls a filter may make per request.
@@ -390,6 +395,8 @@ pub struct ServerConfig {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Every connection starts with a PROXY protocol (v1 or v2) header.
     pub proxy_protocol: bool,
+    /// Time requests in flight get to finish after shutdown starts.
+    pub drain_timeout: Duration,
 }
 
 impl LimitsConfig {
@@ -678,6 +685,21 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             None
         }
         n => n.map(|n| n as usize),
+    };
+    let drain_timeout = match raw.server.drain_timeout {
+        None => DEFAULT_DRAIN_TIMEOUT,
+        Some(HumanDuration(d)) if d.is_zero() || d > MAX_DRAIN_TIMEOUT => {
+            errors.push(ConfigError::new(
+                "server.drain_timeout",
+                format!(
+                    "must be more than zero and at most {}, got {}",
+                    humantime::format_duration(MAX_DRAIN_TIMEOUT),
+                    humantime::format_duration(d)
+                ),
+            ));
+            DEFAULT_DRAIN_TIMEOUT
+        }
+        Some(HumanDuration(d)) => d,
     };
     let tls = raw.server.tls.as_ref().map(|t| {
         if t.certificates.is_empty() {
@@ -1368,6 +1390,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 forwarding,
                 tls,
                 proxy_protocol: raw.server.proxy_protocol,
+                drain_timeout,
             },
             engine,
             filters,

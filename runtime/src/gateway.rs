@@ -145,6 +145,7 @@ impl Gateway {
             limits,
             tls,
             proxy_protocol: self.config.server.proxy_protocol,
+            drain_timeout: self.config.server.drain_timeout,
         };
         let task = tokio::spawn(server::serve(listener, live.clone(), metrics, options, rx));
         tracing::info!(%addr, "wasmgate listening");

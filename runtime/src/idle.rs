@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -56,7 +57,19 @@ impl Activity {
     pub fn begin(&self) -> InFlight {
         self.0.in_flight.fetch_add(1, Ordering::Relaxed);
         self.touch();
-        InFlight(self.clone())
+        InFlight {
+            activity: self.clone(),
+            total: None,
+        }
+    }
+
+    /// [`Activity::begin`], also counting the request in `total` (the
+    /// server's requests in flight over all connections) until it is done.
+    pub fn begin_counted(&self, total: &Gauge) -> InFlight {
+        total.inc();
+        let mut in_flight = self.begin();
+        in_flight.total = Some(total.clone());
+        in_flight
     }
 
     fn last(&self) -> Instant {
@@ -84,12 +97,18 @@ impl Activity {
 
 /// A request in flight; see [`Activity::begin`].
 #[derive(Debug)]
-pub struct InFlight(Activity);
+pub struct InFlight {
+    activity: Activity,
+    total: Option<Gauge>,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.touch();
-        self.0.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch();
+        self.activity.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(total) = &self.total {
+            total.dec();
+        }
     }
 }
 

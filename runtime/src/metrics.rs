@@ -130,6 +130,13 @@ pub struct Metrics {
     pub active_connections: Gauge,
     /// Client connections accepted.
     pub connections: Counter,
+    /// Requests in flight on client connections (from the request head
+    /// until the response body is finished).
+    pub active_requests: Gauge,
+    /// Requests still in flight when the drain deadline cut them off.
+    pub drain_cutoff_requests: Counter,
+    /// Connections still open when the drain deadline cut them off.
+    pub drain_cutoff_connections: Counter,
     /// Filter calls by outcome.
     pub filter_calls: Family<FilterOutcomeLabels, Counter>,
     /// Filter call duration (host view: acquire + call).
@@ -223,6 +230,9 @@ impl Metrics {
             request_duration: Family::new_with_constructor(latency_histogram),
             active_connections: Gauge::default(),
             connections: Counter::default(),
+            active_requests: Gauge::default(),
+            drain_cutoff_requests: Counter::default(),
+            drain_cutoff_connections: Counter::default(),
             filter_calls: Family::default(),
             filter_duration: Family::new_with_constructor(filter_histogram),
             filter_instances_created: Family::default(),
@@ -275,6 +285,21 @@ impl Metrics {
             "connections",
             "Client connections accepted",
             m.connections.clone(),
+        );
+        registry.register(
+            "active_requests",
+            "Requests in flight on client connections, from the request head until the response body is finished",
+            m.active_requests.clone(),
+        );
+        registry.register(
+            "drain_cutoff_requests",
+            "Requests still in flight when the drain deadline (server.drain_timeout) cut them off",
+            m.drain_cutoff_requests.clone(),
+        );
+        registry.register(
+            "drain_cutoff_connections",
+            "Client connections still open when the drain deadline (server.drain_timeout) cut them off",
+            m.drain_cutoff_connections.clone(),
         );
         registry.register(
             "filter_calls",

@@ -6,8 +6,15 @@
 //!
 //! Each connection ends when the client closes it, when it has been idle
 //! (no request in flight) for `limits.idle_timeout`, or at shutdown; the
-//! last two close it gracefully (HTTP/1.1: after the response in flight;
-//! HTTP/2: GOAWAY, then the open streams finish).
+//! last two close it gracefully (HTTP/1.1: `Connection: close` on the
+//! response in flight, then close; HTTP/2: GOAWAY, then the open streams
+//! finish).
+//!
+//! **Drain.** At shutdown the listener closes at once (new connections are
+//! refused) and every connection is closed gracefully. Connections still
+//! open after `server.drain_timeout` are cut: the requests still in flight
+//! on them are counted in `wasmgate_drain_cutoff_requests_total` (and the
+//! connections in `wasmgate_drain_cutoff_connections_total`) and logged.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,8 +35,10 @@ use crate::proxy::{ConnHold, ConnInfo};
 use crate::proxy_protocol::{self, Prefixed};
 use crate::tls::TlsTerminator;
 
-/// Time in-flight requests get to finish after shutdown starts.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long cut connections get to wind down after the drain deadline
+/// (dropping a connection's task is immediate; this only bounds the wait
+/// for their slots to come back before `serve` returns).
+const CUT_GRACE: Duration = Duration::from_secs(1);
 
 /// How the listener accepts connections.
 #[derive(Debug, Clone)]
@@ -40,6 +49,9 @@ pub struct ListenerOptions {
     pub tls: Option<Arc<TlsTerminator>>,
     /// Require a PROXY protocol header on every connection.
     pub proxy_protocol: bool,
+    /// Time in-flight requests get to finish after shutdown starts
+    /// (`server.drain_timeout`).
+    pub drain_timeout: Duration,
 }
 
 fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
@@ -71,6 +83,9 @@ struct Shared {
     metrics: Arc<Metrics>,
     http: auto::Builder<TokioExecutor>,
     options: ListenerOptions,
+    /// Becomes true when the drain deadline has passed: connections still
+    /// open are dropped, with the requests in flight on them.
+    cut: watch::Receiver<bool>,
 }
 
 /// Accepts connections until `shutdown` becomes true, then drains.
@@ -86,11 +101,14 @@ pub async fn serve(
     // permit; all permits back means all connections closed.
     let max = options.limits.max_connections;
     let slots = Arc::new(Semaphore::new(max));
+    let (cut, cut_rx) = watch::channel(false);
+    let drain_timeout = options.drain_timeout;
     let shared = Arc::new(Shared {
         live,
         metrics,
         http: http_builder(&options.limits),
         options,
+        cut: cut_rx,
     });
     loop {
         let slot = tokio::select! {
@@ -148,10 +166,32 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let max = u32::try_from(max).unwrap_or(u32::MAX);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
     tokio::select! {
-        _ = slots.acquire_many(max) => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("drain timeout: closing remaining connections"),
+        _ = slots.acquire_many(all) => {
+            tracing::info!("drained: all connections closed");
+            return;
+        }
+        () = tokio::time::sleep(drain_timeout) => {}
+    }
+    // The deadline passed: count what is cut off, then cut it.
+    let metrics = &shared.metrics;
+    let requests = u64::try_from(metrics.active_requests.get()).unwrap_or(0);
+    let connections = max.saturating_sub(slots.available_permits()) as u64;
+    metrics.drain_cutoff_requests.inc_by(requests);
+    metrics.drain_cutoff_connections.inc_by(connections);
+    tracing::warn!(
+        requests,
+        connections,
+        "drain deadline ({drain_timeout:?}) passed: cutting off {requests} requests in flight \
+         on {connections} open connections"
+    );
+    let _ = cut.send(true);
+    if tokio::time::timeout(CUT_GRACE, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::debug!("some connections were still closing when the drain ended");
     }
 }
 
@@ -235,11 +275,12 @@ async fn serve_http<S>(
     let info = Arc::new(info);
     let service = {
         let (live, activity) = (shared.live.clone(), activity.clone());
+        let metrics = shared.metrics.clone();
         service_fn(move |req| {
             // Each request runs wholly on the generation current when it
             // arrived (a reload or module swap affects only later requests).
             let (proxy, info) = (live.proxy(), info.clone());
-            let in_flight = activity.begin();
+            let in_flight = activity.begin_counted(&metrics.active_requests);
             async move {
                 let resp = proxy.handle(req, &info).await;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
@@ -255,9 +296,16 @@ async fn serve_http<S>(
     if closing {
         conn.as_mut().graceful_shutdown();
     }
+    let mut cut = shared.cut.clone();
     let result = loop {
         tokio::select! {
             r = conn.as_mut() => break r,
+            // Past the drain deadline: drop the connection with whatever is
+            // in flight on it (already counted by `serve`).
+            _ = cut.wait_for(|cut| *cut) => {
+                tracing::debug!(%peer, "drain deadline: connection cut");
+                return;
+            }
             () = activity.idle_for(idle_timeout), if !closing => {
                 tracing::debug!(%peer, "idle for {idle_timeout:?}: closing");
                 closing = true;

@@ -1,11 +1,14 @@
 //! The `wasmgate` command line as a process: `check` and `serve` with a
-//! config reload on SIGHUP, clean stop on SIGTERM.
+//! config reload on SIGHUP, a drain on SIGTERM (requests in flight finish,
+//! or are cut off and counted at the deadline) and exit 0.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use wasmgate_tests::{Upstream, artifacts, get};
+use wasmgate_tests::{HANG_GUARD, Upstream, artifacts, get};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-e2e");
 
@@ -74,6 +77,82 @@ fn signal(child: &std::process::Child, sig: &str) {
     );
 }
 
+/// A `wasmgate serve` process, its listen address and its log lines.
+struct Served {
+    child: Child,
+    addr: SocketAddr,
+    log: mpsc::Receiver<String>,
+}
+
+impl Served {
+    /// Starts `serve --config path` and waits until it says where it listens.
+    fn start(path: &std::path::Path) -> Served {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(path)
+            .env("WASMGATE_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("gateway exited before listening")
+                .unwrap();
+            if let Some(rest) = line.split("addr=").nth(1) {
+                break rest.trim().parse::<SocketAddr>().unwrap();
+            }
+        };
+        let (tx, log) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Served { child, addr, log }
+    }
+
+    /// The next log line containing `needle` (blocks this thread).
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + HANG_GUARD;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?}"),
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        signal(&self.child, sig);
+    }
+
+    /// Waits for the process to exit (blocks this thread).
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + HANG_GUARD;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // A failed test must not leave its gateway running.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[tokio::test]
 async fn serve_reloads_on_sighup_and_stops_cleanly_on_sigterm() {
     let up = Upstream::start("u").await;
@@ -85,41 +164,8 @@ async fn serve_reloads_on_sighup_and_stops_cleanly_on_sigterm() {
         )
     };
     let path = write_config("serve.toml", &text("k"));
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("WASMGATE_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The log says where it listens, and what reloads did.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("gateway exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.trim().parse::<std::net::SocketAddr>().unwrap();
-        }
-    };
-    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = log_tx.send(line);
-        }
-    });
-    let wait_for = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match log_rx.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {needle:?}"),
-            }
-        }
-    };
+    let mut gw = Served::start(&path);
+    let addr = gw.addr;
     assert_eq!(get(addr, "/", &[]).await.status, 401);
     assert_eq!(get(addr, "/", &[("x-api-key", "k")]).await.status, 200);
 
@@ -129,30 +175,290 @@ async fn serve_reloads_on_sighup_and_stops_cleanly_on_sigterm() {
         text("k2").replace("cluster = \"c\"", "cluster = \"gone\""),
     )
     .unwrap();
-    signal(&child, "-HUP");
-    let line = wait_for("config reload rejected");
+    gw.signal("-HUP");
+    let line = gw.wait_for("config reload rejected");
     assert!(line.contains("routes[0].cluster"), "{line}");
     assert_eq!(get(addr, "/", &[("x-api-key", "k")]).await.status, 200);
 
     // SIGHUP with a good file: the new key works, the old one no longer.
     std::fs::write(&path, text("k2")).unwrap();
-    signal(&child, "-HUP");
-    wait_for("config reloaded");
+    gw.signal("-HUP");
+    gw.wait_for("config reloaded");
     assert_eq!(get(addr, "/", &[("x-api-key", "k2")]).await.status, 200);
     assert_eq!(get(addr, "/", &[("x-api-key", "k")]).await.status, 401);
 
-    signal(&child, "-TERM");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    gw.signal("-TERM");
+    let status = gw.wait_exit();
     assert!(status.success(), "exit status {status:?}");
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
+}
+
+/// An upstream that answers `/fast` at once and holds every other request
+/// until released (or forever): requests stay in flight exactly as long as
+/// the test wants, with no timing involved.
+struct HeldUpstream {
+    addr: SocketAddr,
+    arrived: tokio::sync::watch::Receiver<usize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl HeldUpstream {
+    async fn start() -> HeldUpstream {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (arrived_tx, arrived) = tokio::sync::watch::channel(0usize);
+        let (release, release_rx) = tokio::sync::watch::channel(false);
+        let arrived_tx = std::sync::Arc::new(arrived_tx);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (arrived_tx, release_rx) = (arrived_tx.clone(), release_rx.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (arrived_tx, mut release_rx) = (arrived_tx.clone(), release_rx.clone());
+                        async move {
+                            if req.uri().path() != "/fast" {
+                                arrived_tx.send_modify(|n| *n += 1);
+                                let _ = release_rx.wait_for(|r| *r).await;
+                            }
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"done")),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        HeldUpstream {
+            addr,
+            arrived,
+            release,
+        }
+    }
+
+    /// Waits until `n` held requests have arrived.
+    async fn wait_arrived(&self, n: usize) {
+        let mut rx = self.arrived.clone();
+        wasmgate_tests::within("held requests arriving upstream", rx.wait_for(|a| *a >= n))
+            .await
+            .unwrap();
+    }
+}
+
+fn drain_config(up: SocketAddr, server_extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[access_log]\nenabled = false\n[clusters.c]\nendpoints = [\"{up}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n"
+    )
+}
+
+/// An HTTP/1.1 keep-alive connection that has already served one request.
+async fn kept_alive_h1(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get("/fast")
+        .header("host", "gw")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers().get("connection"), None, "kept alive");
+    use http_body_util::BodyExt;
+    resp.into_body().collect().await.unwrap();
+    (sender, conn)
+}
+
+/// What a raw HTTP/2 client saw, in order.
+#[derive(Debug, PartialEq)]
+enum H2Event {
+    GoAway,
+    /// A response head on a stream: the first byte of its header block
+    /// (`0x88` is `:status 200` from the HPACK static table).
+    Head(u32, u8),
+    /// A stream's last frame.
+    End(u32),
+    /// The server closed the connection.
+    Closed,
+}
+
+/// Opens an HTTP/2 (h2c, prior knowledge) connection, sends `GET path` on
+/// streams 1, 3, … and records every GOAWAY, response head, stream end and
+/// the close, in order. Raw frames, so a GOAWAY is seen even if no request
+/// fails because of it.
+async fn raw_h2(addr: SocketAddr, paths: &[&str]) -> tokio::task::JoinHandle<Vec<H2Event>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    for (i, path) in paths.iter().enumerate() {
+        // :method GET, :scheme http (static table), then :path and
+        // :authority as literals without indexing.
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x01, 2, b'g', b'w']);
+        // END_STREAM | END_HEADERS
+        out.extend(frame(0x1, 0x5, 2 * i as u32 + 1, &block));
+    }
+    stream.write_all(&out).await.unwrap();
+    tokio::spawn(async move {
+        let mut events = Vec::new();
+        loop {
+            let mut head = [0u8; 9];
+            if stream.read_exact(&mut head).await.is_err() {
+                events.push(H2Event::Closed);
+                return events;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let (kind, flags) = (head[3], head[4]);
+            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            if stream.read_exact(&mut payload).await.is_err() {
+                events.push(H2Event::Closed);
+                return events;
+            }
+            match kind {
+                // SETTINGS (not an ack): acknowledge.
+                0x4 if flags & 0x1 == 0 => {
+                    let _ = stream.write_all(&frame(0x4, 0x1, 0, &[])).await;
+                }
+                // PING (not an ack): answer; graceful shutdown pings.
+                0x6 if flags & 0x1 == 0 => {
+                    let _ = stream.write_all(&frame(0x6, 0x1, 0, &payload)).await;
+                }
+                0x7 => events.push(H2Event::GoAway),
+                0x1 => {
+                    events.push(H2Event::Head(id, payload.first().copied().unwrap_or(0)));
+                    if flags & 0x1 != 0 {
+                        events.push(H2Event::End(id));
+                    }
+                }
+                0x0 if flags & 0x1 != 0 => events.push(H2Event::End(id)),
+                _ => {}
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish_and_closes_connections_gracefully() {
+    let up = HeldUpstream::start().await;
+    let path = write_config("drain.toml", &drain_config(up.addr, ""));
+    let mut gw = Served::start(&path);
+    let addr = gw.addr;
+
+    // Two HTTP/1.1 keep-alive connections and one HTTP/2 connection with
+    // two streams, all four requests held upstream.
+    let mut h1 = Vec::new();
+    for i in 0..2 {
+        let (mut sender, conn) = kept_alive_h1(addr).await;
+        let req = hyper::Request::get(format!("/slow/{i}"))
+            .header("host", "gw")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let resp = tokio::spawn(sender.send_request(req));
+        h1.push((resp, conn));
+    }
+    let h2 = raw_h2(addr, &["/slow/h2a", "/slow/h2b"]).await;
+    up.wait_arrived(4).await;
+
+    gw.signal("-TERM");
+    gw.wait_for("shutting down");
+    // The listener is closed while the requests are still in flight (they
+    // are held until released below).
+    wasmgate_tests::within("the listener to close", async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(h1.iter().all(|(resp, _)| !resp.is_finished()));
+
+    up.release.send(true).unwrap();
+    for (resp, conn) in h1 {
+        let resp = wasmgate_tests::within("HTTP/1.1 response", resp)
+            .await
+            .unwrap()
+            .expect("the request in flight completes");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers().get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..]),
+            "the response in flight tells the client the connection closes: {:?}",
+            resp.headers()
+        );
+        use http_body_util::BodyExt;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"done");
+        wasmgate_tests::within("HTTP/1.1 connection close", conn)
+            .await
+            .unwrap()
+            .expect("the connection ends cleanly");
+    }
+    let events = wasmgate_tests::within("HTTP/2 connection", h2)
+        .await
+        .unwrap();
+    use H2Event::*;
+    assert_eq!(events.first(), Some(&GoAway), "GOAWAY first: {events:?}");
+    for id in [1, 3] {
+        assert!(events.contains(&Head(id, 0x88)), "stream {id}: {events:?}");
+        assert!(events.contains(&End(id)), "stream {id}: {events:?}");
+    }
+    assert_eq!(events.last(), Some(&Closed), "{events:?}");
+
+    let status = gw.wait_exit();
+    assert!(status.success(), "exit status {status:?}");
+    gw.wait_for("drained: all connections closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_deadline_cuts_off_what_is_left_counts_it_and_exits_zero() {
+    let up = HeldUpstream::start().await;
+    let path = write_config(
+        "drain-deadline.toml",
+        &drain_config(up.addr, "drain_timeout = \"1s\""),
+    );
+    let mut gw = Served::start(&path);
+    let (mut sender, conn) = kept_alive_h1(gw.addr).await;
+    // Never released: the upstream holds it for as long as the test runs.
+    let req = hyper::Request::get("/never")
+        .header("host", "gw")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = tokio::spawn(sender.send_request(req));
+    up.wait_arrived(1).await;
+
+    gw.signal("-TERM");
+    let line = gw.wait_for("drain deadline");
+    assert!(line.contains("requests=1"), "{line}");
+    assert!(line.contains("connections=1"), "{line}");
+    let status = gw.wait_exit();
+    assert!(status.success(), "exit status {status:?}");
+    let cut = wasmgate_tests::within("the cut request", resp)
+        .await
+        .unwrap();
+    assert!(cut.is_err(), "cut off, not answered: {cut:?}");
+    let _ = wasmgate_tests::within("the cut connection", conn).await;
+    drop(up.release);
 }
