@@ -279,6 +279,9 @@ async fn kept_alive_h1(
     assert_eq!(resp.headers().get("connection"), None, "kept alive");
     use http_body_util::BodyExt;
     resp.into_body().collect().await.unwrap();
+    // Ready for the next request (sending before that fails with "not
+    // ready" without writing anything).
+    sender.ready().await.unwrap();
     (sender, conn)
 }
 
@@ -378,7 +381,9 @@ async fn sigterm_lets_requests_in_flight_finish_and_closes_connections_gracefull
             .body(http_body_util::Empty::new())
             .unwrap();
         let resp = tokio::spawn(sender.send_request(req));
-        h1.push((resp, conn));
+        // The sender stays alive: dropping it could close the connection
+        // before the request is written.
+        h1.push((resp, conn, sender));
     }
     let h2 = raw_h2(addr, &["/slow/h2a", "/slow/h2b"]).await;
     up.wait_arrived(4).await;
@@ -393,10 +398,10 @@ async fn sigterm_lets_requests_in_flight_finish_and_closes_connections_gracefull
         }
     })
     .await;
-    assert!(h1.iter().all(|(resp, _)| !resp.is_finished()));
+    assert!(h1.iter().all(|(resp, _, _)| !resp.is_finished()));
 
     up.release.send(true).unwrap();
-    for (resp, conn) in h1 {
+    for (resp, conn, _sender) in h1 {
         let resp = wasmgate_tests::within("HTTP/1.1 response", resp)
             .await
             .unwrap()
