@@ -145,7 +145,7 @@ async fn serve(path: &std::path::Path, config: Config) -> ExitCode {
     let running = match gateway.start().await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot listen: {e}");
+            eprintln!("error: cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };

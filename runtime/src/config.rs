@@ -146,6 +146,16 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     overload: Option<RawOverload>,
+    #[serde(default)]
+    watch: RawWatch,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    #[serde(default)]
+    enabled: bool,
+    debounce: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -347,6 +357,8 @@ pub const DEFAULT_MAX_USES: u64 = 10_000;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest `server.drain_timeout` accepted.
 pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default quiet time before a changed watched file is read.
+pub const DEFAULT_WATCH_DEBOUNCE: Duration = Duration::from_millis(500);
 /// Default wait for a free instance.
 pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_millis(100);
 /// Default outbound calls a filter may make per request.
@@ -378,6 +390,29 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The gateway-wide overload guard.
     pub overload: crate::overload::OverloadConfig,
+    /// Reloading when the config file or a module file changes.
+    pub watch: WatchConfig,
+}
+
+/// `[watch]`: reload when the config file or a filter's module file
+/// changes. A top-level section rather than part of `[server]`: it is about
+/// how changes reach the gateway (like SIGHUP and the management API), not
+/// about the listener. Read at start only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// Watch the files at all.
+    pub enabled: bool,
+    /// Quiet time after the last change to a file before it is read.
+    pub debounce: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            enabled: false,
+            debounce: DEFAULT_WATCH_DEBOUNCE,
+        }
+    }
 }
 
 /// `[server]`
@@ -700,6 +735,25 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             DEFAULT_DRAIN_TIMEOUT
         }
         Some(HumanDuration(d)) => d,
+    };
+    let watch = WatchConfig {
+        enabled: raw.watch.enabled,
+        debounce: match raw.watch.debounce {
+            None => DEFAULT_WATCH_DEBOUNCE,
+            Some(HumanDuration(d))
+                if d < Duration::from_millis(10) || d > Duration::from_secs(60) =>
+            {
+                errors.push(ConfigError::new(
+                    "watch.debounce",
+                    format!(
+                        "must be between 10ms and 1m, got {}",
+                        humantime::format_duration(d)
+                    ),
+                ));
+                DEFAULT_WATCH_DEBOUNCE
+            }
+            Some(HumanDuration(d)) => d,
+        },
     };
     let tls = raw.server.tls.as_ref().map(|t| {
         if t.certificates.is_empty() {
@@ -1400,6 +1454,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             access_log,
             limits,
             overload,
+            watch,
         })
     } else {
         Err(errors)

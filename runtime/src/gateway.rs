@@ -24,6 +24,7 @@ use crate::overload::OverloadGuard;
 use crate::server;
 use crate::tls::TlsTerminator;
 use crate::upstream::dns::{Resolve, SystemResolver};
+use crate::watch::FileWatcher;
 
 /// A gateway ready to serve: config loaded, filters compiled, routes built.
 #[derive(Debug)]
@@ -141,6 +142,10 @@ impl Gateway {
             .services()
             .spawn_sweeper(std::time::Duration::from_secs(10));
         live.spawn_cluster_tasks();
+        let watcher = match self.config.watch.enabled {
+            true => Some(FileWatcher::start(live.clone(), &self.config.watch)?),
+            false => None,
+        };
         let options = server::ListenerOptions {
             limits,
             tls,
@@ -157,6 +162,7 @@ impl Gateway {
             shutdown: tx,
             admin_shutdown: admin_tx,
             task,
+            watcher,
         })
     }
 }
@@ -171,6 +177,7 @@ pub struct RunningGateway {
     shutdown: watch::Sender<bool>,
     admin_shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    watcher: Option<FileWatcher>,
 }
 
 impl RunningGateway {
@@ -197,6 +204,10 @@ impl RunningGateway {
 
     /// Stops accepting, lets in-flight requests finish, and waits.
     pub async fn shutdown(self) {
+        // No reload starts during the drain.
+        if let Some(w) = self.watcher {
+            w.stop();
+        }
         if let Some(admin) = &self.admin {
             admin.ready.store(false, Ordering::Relaxed);
         }

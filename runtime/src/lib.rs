@@ -27,5 +27,6 @@ pub mod router;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod watch;
 
 pub use gateway::{Gateway, RunningGateway};

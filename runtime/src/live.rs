@@ -233,6 +233,9 @@ impl Live {
         if !same(&old.overload, &config.overload) {
             fixed.push("overload");
         }
+        if old.watch != config.watch {
+            fixed.push("watch");
+        }
         if !same(&old.limits.listener(), &config.limits.listener()) {
             fixed.push("limits");
         }
@@ -243,7 +246,7 @@ impl Live {
                     .map(|k| {
                         ConfigError::new(
                             k,
-                            "this section changed; it applies to the listener or the engine, \
+                            "this section changed; it is read at start (listener, engine, file watching), \
                              so changing it needs a restart",
                         )
                     })

@@ -20,6 +20,7 @@ mod protocols;
 mod routing;
 mod services;
 mod tls;
+mod watch;
 
 use wasmgate_tests::artifacts;
 

@@ -1,0 +1,255 @@
+//! Watched files (`[watch]`): when the config file or a filter's module file
+//! changes, reload, exactly as SIGHUP does ([`Live::reload_from`] on the
+//! file the gateway started from): everything is read and validated before
+//! the swap, and a change that does not load (a half-written module, a
+//! config with an error) is logged and counted, and the running generation
+//! stays.
+//!
+//! - **Folders, not files.** The parent folder of every watched file is
+//!   watched (not recursively), so a file replaced by a rename (editors,
+//!   deployment tools, a Kubernetes ConfigMap's symlink swap) is seen as
+//!   well as one written in place.
+//! - **Contents decide.** Changes are debounced per path (`watch.debounce`
+//!   of quiet), then the watched files' SHA-256 are compared with what was
+//!   last seen: only a difference reloads. Other files in the same folders,
+//!   or a file touched without changing, cost a hash, never a reload.
+//! - **Re-armed.** After a reload, and whenever the running config changes
+//!   by other ways (SIGHUP, the management API), the watched set follows
+//!   the filter paths the config names; the paths in the config file are
+//!   watched too even when that file was refused (so a module it names can
+//!   arrive after it).
+//! - A module uploaded through the management API keeps overriding its
+//!   filter's file (the reload semantics): a change to that file reloads,
+//!   but the upload keeps serving.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use tokio::sync::mpsc;
+
+use crate::config::{Config, WatchConfig};
+use crate::live::Live;
+
+/// How often the watcher checks whether the running config changed by
+/// another way (SIGHUP, the management API), to follow its filter paths.
+const CONFIG_CHECK: Duration = Duration::from_secs(1);
+
+/// The running watcher; stopped when dropped or by [`FileWatcher::stop`].
+#[derive(Debug)]
+pub struct FileWatcher {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FileWatcher {
+    /// Starts watching the config file `live` started from and every module
+    /// file its config names.
+    pub fn start(live: Arc<Live>, config: &WatchConfig) -> std::io::Result<FileWatcher> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let debouncer = new_debouncer(config.debounce, move |r: DebounceEventResult| {
+            let _ = tx.send(r);
+        })
+        .map_err(|e| std::io::Error::other(format!("watch: cannot watch files: {e}")))?;
+        let mut watched = Watched {
+            debouncer,
+            dirs: BTreeSet::new(),
+            seen: BTreeMap::new(),
+            config: live.config(),
+        };
+        let files = wanted_files(&live);
+        watched.rearm(&files);
+        // The first fingerprints: what the running generation was built from
+        // (read again here; a change in between is seen on its next event).
+        watched.seen = files.iter().map(|f| (f.clone(), fingerprint(f))).collect();
+        tracing::info!(
+            files = files.len(),
+            folders = watched.dirs.len(),
+            "watching the config and module files"
+        );
+        let task = tokio::spawn(run(live, watched, rx));
+        Ok(FileWatcher { task })
+    }
+
+    /// Stops watching (a reload in progress is abandoned before its swap).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for FileWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What is watched now.
+struct Watched {
+    debouncer: Debouncer<RecommendedWatcher>,
+    /// Folders watched (as given to the watcher: canonical paths).
+    dirs: BTreeSet<PathBuf>,
+    /// Each watched file and the SHA-256 of its contents when last looked
+    /// at (`None`: could not be read).
+    seen: BTreeMap<PathBuf, Option<String>>,
+    /// The running config the watched set was computed from.
+    config: Arc<Config>,
+}
+
+impl Watched {
+    /// Watches the folders of `files` and no others. Files new to the set
+    /// get their fingerprint now; files no longer in it are forgotten.
+    fn rearm(&mut self, files: &BTreeSet<PathBuf>) {
+        let dirs: BTreeSet<PathBuf> = files.iter().filter_map(|f| folder(f)).collect();
+        for gone in self.dirs.difference(&dirs) {
+            let _ = self.debouncer.watcher().unwatch(gone);
+        }
+        let mut watching = BTreeSet::new();
+        for dir in &dirs {
+            if self.dirs.contains(dir) {
+                watching.insert(dir.clone());
+                continue;
+            }
+            match self
+                .debouncer
+                .watcher()
+                .watch(dir, RecursiveMode::NonRecursive)
+            {
+                Ok(()) => {
+                    watching.insert(dir.clone());
+                }
+                Err(e) => tracing::warn!(
+                    folder = %dir.display(),
+                    "watch: cannot watch this folder, changes in it are not seen: {e}"
+                ),
+            }
+        }
+        self.dirs = watching;
+        self.seen.retain(|f, _| files.contains(f));
+        for f in files {
+            if !self.seen.contains_key(f) {
+                self.seen.insert(f.clone(), fingerprint(f));
+            }
+        }
+    }
+
+    /// The watched files whose contents differ from what was last seen;
+    /// records what is seen now.
+    fn changed(&mut self) -> Vec<PathBuf> {
+        let mut changed = Vec::new();
+        for (file, seen) in &mut self.seen {
+            let now = fingerprint(file);
+            if *seen != now {
+                changed.push(file.clone());
+                *seen = now;
+            }
+        }
+        changed
+    }
+}
+
+async fn run(
+    live: Arc<Live>,
+    mut watched: Watched,
+    mut events: mpsc::UnboundedReceiver<DebounceEventResult>,
+) {
+    let mut tick = tokio::time::interval(CONFIG_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                None => return,
+                Some(Err(e)) => tracing::warn!("watch: {e}"),
+                Some(Ok(_)) => {
+                    // Hashing modules of a few MiB: off the async workers.
+                    let (w, changed) = tokio::task::spawn_blocking(move || {
+                        let changed = watched.changed();
+                        (watched, changed)
+                    })
+                    .await
+                    .expect("the fingerprint task does not panic");
+                    watched = w;
+                    if changed.is_empty() {
+                        continue;
+                    }
+                    let list: Vec<String> =
+                        changed.iter().map(|p| p.display().to_string()).collect();
+                    tracing::info!(changed = %list.join(", "), "watch: files changed, reloading");
+                    // Logged and counted either way; a refusal keeps the
+                    // running generation.
+                    let _ = live.reload_from(live.file()).await;
+                    watched = rearm(&live, watched).await;
+                }
+            },
+            _ = tick.tick() => {
+                if !Arc::ptr_eq(&live.config(), &watched.config) {
+                    watched = rearm(&live, watched).await;
+                }
+            }
+        }
+    }
+}
+
+/// Follows the running config's (and the config file's) filter paths.
+async fn rearm(live: &Arc<Live>, mut watched: Watched) -> Watched {
+    let live = live.clone();
+    tokio::task::spawn_blocking(move || {
+        watched.config = live.config();
+        watched.rearm(&wanted_files(&live));
+        watched
+    })
+    .await
+    .expect("the re-arm task does not panic")
+}
+
+/// The config file, every module file the running config names, and those
+/// the config file names if it parses.
+fn wanted_files(live: &Live) -> BTreeSet<PathBuf> {
+    let mut files = BTreeSet::new();
+    files.insert(absolute(live.file()));
+    for f in live.config().filters.values() {
+        files.insert(absolute(&f.path));
+    }
+    if let Ok(c) = Config::load(live.file()) {
+        for f in c.filters.values() {
+            files.insert(absolute(&f.path));
+        }
+    }
+    files
+}
+
+/// `path` made absolute against the working directory, so the folder of a
+/// bare file name is the working directory.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The folder to watch for `file`: its parent, canonical (the watcher
+/// reports paths under the folder as given).
+fn folder(file: &Path) -> Option<PathBuf> {
+    let parent = file.parent()?;
+    Some(std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf()))
+}
+
+/// The SHA-256 of the file's contents, or `None` if it cannot be read.
+fn fingerprint(file: &Path) -> Option<String> {
+    std::fs::read(file)
+        .ok()
+        .map(|bytes| crate::filter::sha256_hex(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_file_name_is_watched_in_the_working_directory() {
+        let f = absolute(Path::new("gateway.toml"));
+        assert!(f.is_absolute(), "{f:?}");
+        assert_eq!(
+            folder(&f),
+            Some(std::fs::canonicalize(std::env::current_dir().unwrap()).unwrap())
+        );
+    }
+}

@@ -1,0 +1,241 @@
+//! Watched files (`[watch]`): a module file or the config file changed on
+//! disk is picked up without a signal, through the same validated reload as
+//! SIGHUP; a half-written module or a broken config is refused and
+//! reported, and the running generation keeps serving.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use wasmgate::config::Config;
+use wasmgate_tests::{RunningGateway, Upstream, artifacts, capture_logs, get, metric, within};
+
+/// A fresh folder for one test's files.
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wasmgate-watch-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Replaces `path` the way editors and deployment tools do: write a
+/// temporary file beside it, then rename it over.
+fn replace(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Loads the config from its file (so the gateway knows which file to
+/// watch) and starts it.
+async fn start_from_file(path: &Path) -> RunningGateway {
+    capture_logs();
+    let config = Config::load(path).unwrap_or_else(|e| panic!("config:\n{e}"));
+    wasmgate::Gateway::build(config)
+        .await
+        .unwrap_or_else(|e| panic!("gateway did not build:\n{e}"))
+        .start()
+        .await
+        .expect("gateway did not start")
+}
+
+/// Polls `check` until it holds (within the hang guard).
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+}
+
+fn reloads(gw: &RunningGateway, outcome: &str) -> f64 {
+    let m = gw.metrics_text();
+    metric(
+        &m,
+        &format!("wasmgate_config_reloads_total{{outcome=\"{outcome}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+const WATCH: &str = "[watch]\nenabled = true\ndebounce = \"100ms\"\n";
+
+/// Route `/` to `up` through filter `v`, the module at `module` (relative
+/// to the config file's folder).
+fn filter_config(up: &Upstream, module: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n{WATCH}[engine]\nmax_instances = 32\n[filters.v]\npath = {module:?}\npool_size = 4\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\ncluster = \"c\"\nfilters = [{{ name = \"v\" }}]\n",
+        up.addr
+    )
+}
+
+async fn version(gw: &RunningGateway) -> String {
+    let r = get(gw.addr(), "/", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.header("x-version").unwrap_or("none").to_owned()
+}
+
+fn read(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[tokio::test]
+async fn a_module_replaced_by_a_rename_is_picked_up() {
+    let up = Upstream::start("u").await;
+    let dir = fresh_dir("rename");
+    let module = dir.join("v.wasm");
+    std::fs::write(&module, read(artifacts::VERSION_A)).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, filter_config(&up, "v.wasm")).unwrap();
+    let gw = start_from_file(&config).await;
+    assert_eq!(version(&gw).await, "aa");
+
+    replace(&module, &read(artifacts::VERSION_B));
+    until("version b to serve", || async {
+        version(&gw).await == "bb"
+    })
+    .await;
+    let report = gw.live().filters_report();
+    assert_eq!(report["filters"][0]["version"], 2, "{report}");
+    assert_eq!(report["filters"][0]["source"], "file", "{report}");
+    // One change, one reload: the temporary file and the rename are one
+    // debounced change, and nothing else in the folder reloads.
+    assert_eq!(reloads(&gw, "ok"), 1.0);
+    assert_eq!(reloads(&gw, "rejected"), 0.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_half_written_module_is_rejected_and_the_completed_one_picked_up() {
+    let up = Upstream::start("u").await;
+    let dir = fresh_dir("half");
+    let module = dir.join("v.wasm");
+    std::fs::write(&module, read(artifacts::VERSION_A)).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, filter_config(&up, "v.wasm")).unwrap();
+    let gw = start_from_file(&config).await;
+    assert_eq!(version(&gw).await, "aa");
+
+    // Written in place, and only half of it (so far).
+    let b = read(artifacts::VERSION_B);
+    std::fs::write(&module, &b[..b.len() / 2]).unwrap();
+    until("the half-written module to be refused", || async {
+        reloads(&gw, "rejected") >= 1.0
+    })
+    .await;
+    let logs = capture_logs();
+    let source = config.display().to_string();
+    let refused = logs.lines_with(&["config reload rejected", &source, "filters.v.path"]);
+    assert!(
+        !refused.is_empty(),
+        "the refusal is logged with its key path"
+    );
+    assert_eq!(version(&gw).await, "aa", "the running version stays");
+    assert_eq!(reloads(&gw, "ok"), 0.0);
+
+    // The rest of it arrives.
+    std::fs::write(&module, &b).unwrap();
+    until("the completed module to serve", || async {
+        version(&gw).await == "bb"
+    })
+    .await;
+    assert_eq!(reloads(&gw, "ok"), 1.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_config_file_change_is_applied_and_a_broken_one_refused() {
+    let dir = fresh_dir("config");
+    let config = dir.join("gateway.toml");
+    let text = |body: &str, extra: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n{WATCH}[[routes]]\nname = \"hello\"\npath_prefix = \"/\"\nrespond = {{ body = \"{body}\" }}\n{extra}"
+        )
+    };
+    std::fs::write(&config, text("one", "")).unwrap();
+    let gw = start_from_file(&config).await;
+    let body = || async { get(gw.addr(), "/", &[]).await.body };
+    assert_eq!(body().await, "one");
+
+    // An unknown key: refused with its key path, "one" still served.
+    std::fs::write(&config, text("two", "bogus = 1\n")).unwrap();
+    until("the broken config to be refused", || async {
+        reloads(&gw, "rejected") >= 1.0
+    })
+    .await;
+    let source = config.display().to_string();
+    let logs = capture_logs();
+    assert!(
+        !logs
+            .lines_with(&["config reload rejected", &source, "routes[0].bogus"])
+            .is_empty(),
+        "the refusal names the key"
+    );
+    assert_eq!(body().await, "one");
+
+    // Turning watching off is a restart-only change: refused, naming
+    // `watch`, and the watcher keeps running (the next change is seen).
+    let rejected = reloads(&gw, "rejected");
+    std::fs::write(
+        &config,
+        text("two", "").replace("enabled = true", "enabled = false"),
+    )
+    .unwrap();
+    until("the [watch] change to be refused", || async {
+        reloads(&gw, "rejected") > rejected
+    })
+    .await;
+    assert!(
+        !logs
+            .lines_with(&[
+                "config reload rejected",
+                &source,
+                "watch: this section changed"
+            ])
+            .is_empty(),
+        "the refusal names the section"
+    );
+    assert_eq!(body().await, "one");
+
+    // A good edit, saved the way editors save.
+    replace(&config, text("two", "").as_bytes());
+    until("the new config to serve", || async {
+        body().await == "two"
+    })
+    .await;
+    assert_eq!(reloads(&gw, "ok"), 1.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_watch_follows_a_filter_to_its_new_file() {
+    let up = Upstream::start("u").await;
+    let dir = fresh_dir("rearm");
+    for (sub, module) in [("a", artifacts::VERSION_A), ("b", artifacts::VERSION_B)] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+        std::fs::write(dir.join(sub).join("v.wasm"), read(module)).unwrap();
+    }
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, filter_config(&up, "a/v.wasm")).unwrap();
+    let gw = start_from_file(&config).await;
+    assert_eq!(version(&gw).await, "aa");
+
+    // The config now names a module in another folder.
+    std::fs::write(&config, filter_config(&up, "b/v.wasm")).unwrap();
+    until("the module the new config names", || async {
+        version(&gw).await == "bb"
+    })
+    .await;
+    // That folder is watched now: a new build there is picked up.
+    replace(&dir.join("b").join("v.wasm"), &read(artifacts::VERSION_A));
+    until("the new build in the new folder", || async {
+        version(&gw).await == "aa"
+    })
+    .await;
+    assert_eq!(reloads(&gw, "ok"), 2.0);
+    gw.shutdown().await;
+}
