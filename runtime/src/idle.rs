@@ -25,6 +25,9 @@ struct State {
     /// Nanoseconds after `base` of the last activity.
     last: AtomicU64,
     in_flight: AtomicUsize,
+    /// Also counts this connection's requests in flight, with those of
+    /// every other connection (the server's `active_requests`).
+    total: Option<Gauge>,
 }
 
 /// Shared activity record of one connection.
@@ -40,10 +43,21 @@ impl Default for Activity {
 impl Activity {
     /// A record that starts now.
     pub fn new() -> Activity {
+        Activity::with_total(None)
+    }
+
+    /// A record that starts now and also counts its requests in flight in
+    /// `total` (shared by every connection of a listener).
+    pub fn counted(total: Gauge) -> Activity {
+        Activity::with_total(Some(total))
+    }
+
+    fn with_total(total: Option<Gauge>) -> Activity {
         Activity(Arc::new(State {
             base: Instant::now(),
             last: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            total,
         }))
     }
 
@@ -56,20 +70,11 @@ impl Activity {
     /// Marks a request in flight until the guard is dropped.
     pub fn begin(&self) -> InFlight {
         self.0.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.touch();
-        InFlight {
-            activity: self.clone(),
-            total: None,
+        if let Some(total) = &self.0.total {
+            total.inc();
         }
-    }
-
-    /// [`Activity::begin`], also counting the request in `total` (the
-    /// server's requests in flight over all connections) until it is done.
-    pub fn begin_counted(&self, total: &Gauge) -> InFlight {
-        total.inc();
-        let mut in_flight = self.begin();
-        in_flight.total = Some(total.clone());
-        in_flight
+        self.touch();
+        InFlight(self.clone())
     }
 
     fn last(&self) -> Instant {
@@ -97,16 +102,13 @@ impl Activity {
 
 /// A request in flight; see [`Activity::begin`].
 #[derive(Debug)]
-pub struct InFlight {
-    activity: Activity,
-    total: Option<Gauge>,
-}
+pub struct InFlight(Activity);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.activity.touch();
-        self.activity.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(total) = &self.total {
+        self.0.touch();
+        self.0.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(total) = &self.0.0.total {
             total.dec();
         }
     }
@@ -228,5 +230,21 @@ mod tests {
         assert!(!idle.is_finished(), "quiet for only 9 s");
         tokio::time::sleep(Duration::from_secs(2)).await;
         idle.await.unwrap();
+    }
+
+    #[test]
+    fn a_counted_record_keeps_the_shared_total() {
+        let total = Gauge::default();
+        let (a, b) = (
+            Activity::counted(total.clone()),
+            Activity::counted(total.clone()),
+        );
+        let (one, two, three) = (a.begin(), a.begin(), b.begin());
+        assert_eq!(total.get(), 3);
+        drop(two);
+        drop(three);
+        assert_eq!(total.get(), 1);
+        drop(one);
+        assert_eq!(total.get(), 0);
     }
 }

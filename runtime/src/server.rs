@@ -270,17 +270,16 @@ async fn serve_http<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Activity::new();
+    let activity = Activity::counted(shared.metrics.active_requests.clone());
     let peer = info.peer;
     let info = Arc::new(info);
     let service = {
         let (live, activity) = (shared.live.clone(), activity.clone());
-        let metrics = shared.metrics.clone();
         service_fn(move |req| {
             // Each request runs wholly on the generation current when it
             // arrived (a reload or module swap affects only later requests).
             let (proxy, info) = (live.proxy(), info.clone());
-            let in_flight = activity.begin_counted(&metrics.active_requests);
+            let in_flight = activity.begin();
             async move {
                 let resp = proxy.handle(req, &info).await;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))

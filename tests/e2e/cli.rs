@@ -199,14 +199,14 @@ async fn serve_reloads_on_sighup_and_stops_cleanly_on_sigterm() {
 /// An upstream that answers `/fast` at once and holds every other request
 /// until released (or forever): requests stay in flight exactly as long as
 /// the test wants, with no timing involved.
-struct HeldUpstream {
-    addr: SocketAddr,
+pub(crate) struct HeldUpstream {
+    pub(crate) addr: SocketAddr,
     arrived: tokio::sync::watch::Receiver<usize>,
-    release: tokio::sync::watch::Sender<bool>,
+    pub(crate) release: tokio::sync::watch::Sender<bool>,
 }
 
 impl HeldUpstream {
-    async fn start() -> HeldUpstream {
+    pub(crate) async fn start() -> HeldUpstream {
         use hyper::service::service_fn;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -243,7 +243,7 @@ impl HeldUpstream {
     }
 
     /// Waits until `n` held requests have arrived.
-    async fn wait_arrived(&self, n: usize) {
+    pub(crate) async fn wait_arrived(&self, n: usize) {
         let mut rx = self.arrived.clone();
         wasmgate_tests::within("held requests arriving upstream", rx.wait_for(|a| *a >= n))
             .await
@@ -251,14 +251,14 @@ impl HeldUpstream {
     }
 }
 
-fn drain_config(up: SocketAddr, server_extra: &str) -> String {
+pub(crate) fn drain_config(up: SocketAddr, server_extra: &str) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[access_log]\nenabled = false\n[clusters.c]\nendpoints = [\"{up}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n"
     )
 }
 
 /// An HTTP/1.1 keep-alive connection that has already served one request.
-async fn kept_alive_h1(
+pub(crate) async fn kept_alive_h1(
     addr: SocketAddr,
 ) -> (
     hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,

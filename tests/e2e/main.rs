@@ -10,6 +10,7 @@ mod balancing;
 mod cache;
 mod cli;
 mod config;
+mod drain;
 mod faults;
 mod filters;
 mod hygiene;
