@@ -27,8 +27,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify_debouncer_mini::notify::event::{AccessKind, AccessMode};
+use notify_debouncer_mini::notify::{
+    self, Event, EventHandler, EventKind, RecommendedWatcher, RecursiveMode, Watcher, WatcherKind,
+};
+use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer_opt};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, WatchConfig};
@@ -49,9 +52,12 @@ impl FileWatcher {
     /// file its config names.
     pub fn start(live: Arc<Live>, config: &WatchConfig) -> std::io::Result<FileWatcher> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let debouncer = new_debouncer(config.debounce, move |r: DebounceEventResult| {
-            let _ = tx.send(r);
-        })
+        let debouncer = new_debouncer_opt::<_, ChangesOnly>(
+            notify_debouncer_mini::Config::default().with_timeout(config.debounce),
+            move |r: DebounceEventResult| {
+                let _ = tx.send(r);
+            },
+        )
         .map_err(|e| std::io::Error::other(format!("watch: cannot watch files: {e}")))?;
         let mut watched = Watched {
             debouncer,
@@ -85,9 +91,44 @@ impl Drop for FileWatcher {
     }
 }
 
+/// The platform's watcher, passing on only events that can change a file:
+/// opening, reading and closing a file unwritten are dropped before the
+/// debouncer sees them. (inotify reports opens; without this, the watcher's
+/// own reads, comparing and reloading, would wake it again after every
+/// debounce, for ever.)
+struct ChangesOnly(RecommendedWatcher);
+
+/// An access that cannot have changed the file.
+fn is_read_only(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Access(a) if !matches!(a, AccessKind::Close(AccessMode::Write)))
+}
+
+impl Watcher for ChangesOnly {
+    fn new<F: EventHandler>(mut handler: F, config: notify::Config) -> notify::Result<Self> {
+        let filtered = move |event: notify::Result<Event>| {
+            if !event.as_ref().is_ok_and(|e| is_read_only(&e.kind)) {
+                handler.handle_event(event);
+            }
+        };
+        RecommendedWatcher::new(filtered, config).map(ChangesOnly)
+    }
+
+    fn watch(&mut self, path: &Path, mode: RecursiveMode) -> notify::Result<()> {
+        self.0.watch(path, mode)
+    }
+
+    fn unwatch(&mut self, path: &Path) -> notify::Result<()> {
+        self.0.unwatch(path)
+    }
+
+    fn kind() -> WatcherKind {
+        RecommendedWatcher::kind()
+    }
+}
+
 /// What is watched now.
 struct Watched {
-    debouncer: Debouncer<RecommendedWatcher>,
+    debouncer: Debouncer<ChangesOnly>,
     /// Folders watched (as given to the watcher: canonical paths).
     dirs: BTreeSet<PathBuf>,
     /// Each watched file and the SHA-256 of its contents when last looked
@@ -137,6 +178,11 @@ impl Watched {
     /// The watched files whose contents differ from what was last seen;
     /// records what is seen now.
     fn changed(&mut self) -> Vec<PathBuf> {
+        tracing::debug!(
+            config = %self.config.source,
+            files = self.seen.len(),
+            "watch: comparing the watched files"
+        );
         let mut changed = Vec::new();
         for (file, seen) in &mut self.seen {
             let now = fingerprint(file);
@@ -242,6 +288,28 @@ fn fingerprint(file: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opening_and_reading_are_not_changes() {
+        use notify::event::{CreateKind, ModifyKind};
+        for read in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Open(AccessMode::Write)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+        ] {
+            assert!(is_read_only(&read), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Create(CreateKind::File),
+            EventKind::Any,
+        ] {
+            assert!(!is_read_only(&change), "{change:?}");
+        }
+    }
 
     #[test]
     fn a_bare_file_name_is_watched_in_the_working_directory() {

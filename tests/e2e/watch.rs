@@ -106,6 +106,23 @@ async fn a_module_replaced_by_a_rename_is_picked_up() {
     // debounced change, and nothing else in the folder reloads.
     assert_eq!(reloads(&gw, "ok"), 1.0);
     assert_eq!(reloads(&gw, "rejected"), 0.0);
+    // Reading the files (the comparison itself, the reload) is not a
+    // change: the watcher does not keep waking itself up. Over a second
+    // (ten debounce periods), at most the one comparison already under way
+    // when the reload ended; a slow machine only makes fewer.
+    let source = config.display().to_string();
+    let compared = || {
+        capture_logs()
+            .lines_with(&["watch: comparing the watched files", &source])
+            .len()
+    };
+    let before = compared();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        compared() <= before + 1,
+        "{} comparisons",
+        compared() - before
+    );
     gw.shutdown().await;
 }
 
