@@ -83,9 +83,6 @@ struct Shared {
     metrics: Arc<Metrics>,
     http: auto::Builder<TokioExecutor>,
     options: ListenerOptions,
-    /// Becomes true when the drain deadline has passed: connections still
-    /// open are dropped, with the requests in flight on them.
-    cut: watch::Receiver<bool>,
 }
 
 /// Accepts connections until `shutdown` becomes true, then drains.
@@ -101,6 +98,9 @@ pub async fn serve(
     // permit; all permits back means all connections closed.
     let max = options.limits.max_connections;
     let slots = Arc::new(Semaphore::new(max));
+    // Becomes true when the drain deadline has passed: connections still
+    // open are dropped (in whatever phase: PROXY header, TLS handshake,
+    // HTTP), with the requests in flight on them.
     let (cut, cut_rx) = watch::channel(false);
     let drain_timeout = options.drain_timeout;
     let shared = Arc::new(Shared {
@@ -108,7 +108,6 @@ pub async fn serve(
         metrics,
         http: http_builder(&options.limits),
         options,
-        cut: cut_rx,
     });
     loop {
         let slot = tokio::select! {
@@ -150,11 +149,18 @@ pub async fn serve(
                 shared.metrics.connections.inc();
                 shared.metrics.active_connections.inc();
                 let (shared, shutdown) = (shared.clone(), shutdown.clone());
+                let mut cut = cut_rx.clone();
                 tokio::spawn(async move {
                     // The slot is released when the connection and any
                     // tunnel upgraded from it are gone.
                     let hold = ConnHold { slot: Arc::new(slot), shutdown: shutdown.clone() };
-                    connection(&shared, stream, peer, shutdown, hold).await;
+                    tokio::select! {
+                        () = connection(&shared, stream, peer, shutdown, hold) => {}
+                        // Already counted by the drain.
+                        _ = cut.wait_for(|cut| *cut) => {
+                            tracing::debug!(%peer, "drain deadline: connection cut");
+                        }
+                    }
                     shared.metrics.active_connections.dec();
                 });
             }
@@ -295,16 +301,9 @@ async fn serve_http<S>(
     if closing {
         conn.as_mut().graceful_shutdown();
     }
-    let mut cut = shared.cut.clone();
     let result = loop {
         tokio::select! {
             r = conn.as_mut() => break r,
-            // Past the drain deadline: drop the connection with whatever is
-            // in flight on it (already counted by `serve`).
-            _ = cut.wait_for(|cut| *cut) => {
-                tracing::debug!(%peer, "drain deadline: connection cut");
-                return;
-            }
             () = activity.idle_for(idle_timeout), if !closing => {
                 tracing::debug!(%peer, "idle for {idle_timeout:?}: closing");
                 closing = true;

@@ -46,3 +46,40 @@ async fn the_drain_deadline_counts_the_requests_and_connections_it_cut_off() {
     let _ = within("the cut connection", busy_conn).await;
     drop(busy);
 }
+
+#[tokio::test]
+async fn a_connection_still_in_its_proxy_protocol_header_is_cut_at_the_deadline_too() {
+    use tokio::io::AsyncReadExt;
+    let up = HeldUpstream::start().await;
+    // The header may take longer than the hang guard: only the drain
+    // deadline can end this connection in time.
+    let config = drain_config(
+        up.addr,
+        "drain_timeout = \"1s\"\nproxy_protocol = true\n[limits]\nheader_read_timeout = \"10m\"",
+    );
+    let gw = start_gateway(&config).await;
+    let mut silent = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    // Accepted (it holds a connection slot) before the shutdown starts.
+    wasmgate_tests::within("the connection to be accepted", async {
+        while metric(&gw.metrics_text(), "wasmgate_active_connections") != Some(1.0) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let live = gw.live().clone();
+    within("shutdown", gw.shutdown()).await;
+    let mut buf = [0u8; 16];
+    let read = within("the silent connection to be closed", silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "closed, got {read:?}");
+    let m = live.proxy().metrics_text();
+    assert_eq!(
+        metric(&m, "wasmgate_drain_cutoff_connections_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "wasmgate_drain_cutoff_requests_total"),
+        Some(0.0),
+        "{m}"
+    );
+}
