@@ -68,6 +68,18 @@ pub fn main() -> ExitCode {
     let path = match &cli.command {
         Command::Check { config } | Command::Serve { config } => config.clone(),
     };
+    // Sockets passed by socket activation are taken now, before any thread
+    // exists (taking them clears `LISTEN_FDS` from the environment).
+    let inherited = match &cli.command {
+        Command::Serve { .. } => match crate::gateway::Inherited::from_env() {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("error: the sockets passed in LISTEN_FDS are not TCP listeners: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Check { .. } => Default::default(),
+    };
     // The config is read before the runtime exists, because it says how many
     // worker threads to start; errors are reported here and again never.
     let config = match Config::load(&path) {
@@ -98,7 +110,7 @@ pub fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Check { .. } => check(&path, config).await,
-            Command::Serve { .. } => serve(&path, config).await,
+            Command::Serve { .. } => serve(&path, config, inherited).await,
         }
     })
 }
@@ -127,9 +139,13 @@ async fn check(path: &std::path::Path, config: Config) -> ExitCode {
     }
 }
 
-async fn serve(path: &std::path::Path, config: Config) -> ExitCode {
+async fn serve(
+    path: &std::path::Path,
+    config: Config,
+    inherited: crate::gateway::Inherited,
+) -> ExitCode {
     let gateway = match build(config).await {
-        Ok(g) => g,
+        Ok(g) => g.with_inherited(inherited),
         Err(code) => return code,
     };
     // Watch for signals before saying "listening": a SIGTERM that arrives

@@ -32,6 +32,53 @@ pub struct Gateway {
     config: Config,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
+    inherited: Inherited,
+}
+
+/// Listening sockets handed over by whoever started the process (systemd
+/// socket activation, or a previous wasmgate's supervisor): used instead of
+/// binding, so an old and a new process can share them and a restart
+/// refuses no connection.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    /// Takes the place of `server.listen`.
+    pub proxy: Option<std::net::TcpListener>,
+    /// Takes the place of `admin.listen`.
+    pub admin: Option<std::net::TcpListener>,
+}
+
+impl Inherited {
+    /// The sockets passed by the socket-activation protocol (`LISTEN_FDS`,
+    /// and `LISTEN_PID` if set): the first for the proxy, the second for the
+    /// admin listener. Call it before any thread starts: it clears those
+    /// variables from the environment.
+    pub fn from_env() -> std::io::Result<Inherited> {
+        let mut fds = listenfd::ListenFd::from_env();
+        Ok(Inherited {
+            proxy: fds.take_tcp_listener(0)?,
+            admin: fds.take_tcp_listener(1)?,
+        })
+    }
+}
+
+/// An inherited socket as a tokio listener, or a new one bound to `addr`.
+async fn open_listener(
+    inherited: Option<std::net::TcpListener>,
+    addr: SocketAddr,
+    what: &str,
+) -> std::io::Result<TcpListener> {
+    match inherited {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            let l = TcpListener::from_std(l)?;
+            tracing::info!(
+                addr = %l.local_addr()?,
+                "{what}: using the inherited socket (its listen setting is not used)"
+            );
+            Ok(l)
+        }
+        None => TcpListener::bind(addr).await,
+    }
 }
 
 impl Gateway {
@@ -85,6 +132,7 @@ impl Gateway {
                 config,
                 live: Arc::new(live),
                 metrics,
+                inherited: Inherited::default(),
             }),
             Ok(_) => Err(fail(errors)),
             Err(more) => {
@@ -92,6 +140,12 @@ impl Gateway {
                 Err(fail(errors))
             }
         }
+    }
+
+    /// Serves on these sockets instead of binding the configured addresses.
+    pub fn with_inherited(mut self, inherited: Inherited) -> Gateway {
+        self.inherited = inherited;
+        self
     }
 
     /// The gateway's metrics.
@@ -106,17 +160,28 @@ impl Gateway {
 
     /// Binds the configured listen address and serves until `shutdown` flips
     /// to true; then stops accepting and lets open requests finish.
-    pub async fn start(self) -> std::io::Result<RunningGateway> {
-        let listener = TcpListener::bind(self.config.server.listen).await?;
+    pub async fn start(mut self) -> std::io::Result<RunningGateway> {
+        let listener = open_listener(
+            self.inherited.proxy.take(),
+            self.config.server.listen,
+            "proxy",
+        )
+        .await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = watch::channel(false);
         // The admin listener outlives the drain, so `/ready` can say so.
         let (admin_tx, admin_rx) = watch::channel(false);
         let (admin_addr, admin) = match &self.config.admin {
             Some(cfg) => {
-                let admin_listener = TcpListener::bind(cfg.listen).await.map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("admin listener {}: {e}", cfg.listen))
-                })?;
+                let admin_listener =
+                    open_listener(self.inherited.admin.take(), cfg.listen, "admin")
+                        .await
+                        .map_err(|e| {
+                            std::io::Error::new(
+                                e.kind(),
+                                format!("admin listener {}: {e}", cfg.listen),
+                            )
+                        })?;
                 let admin_addr = admin_listener.local_addr()?;
                 let state = Arc::new(AdminState {
                     config: cfg.clone(),
@@ -127,7 +192,12 @@ impl Gateway {
                 tracing::info!(addr = %admin_addr, "admin listening");
                 (Some(admin_addr), Some(state))
             }
-            None => (None, None),
+            None => {
+                if self.inherited.admin.take().is_some() {
+                    tracing::warn!("a second socket was passed, but there is no [admin]: closed");
+                }
+                (None, None)
+            }
         };
         let live = self.live.clone();
         let metrics = self.metrics.clone();

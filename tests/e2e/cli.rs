@@ -87,19 +87,25 @@ struct Served {
 impl Served {
     /// Starts `serve --config path` and waits until it says where it listens.
     fn start(path: &std::path::Path) -> Served {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(path)
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"]).arg(path);
+        Served::spawn(cmd)
+    }
+
+    /// Runs `cmd` (a `serve`) and waits until it says where it listens.
+    fn spawn(mut cmd: Command) -> Served {
+        let mut child = cmd
             .env("WASMGATE_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut before = Vec::new();
         let addr = loop {
-            let line = lines
-                .next()
-                .expect("gateway exited before listening")
-                .unwrap();
+            let Some(line) = lines.next().transpose().unwrap() else {
+                panic!("gateway exited before listening:\n{}", before.join("\n"));
+            };
+            before.push(line.clone());
             if let Some(rest) = line.split("addr=").nth(1) {
                 break rest.trim().parse::<SocketAddr>().unwrap();
             }
@@ -466,4 +472,111 @@ async fn the_drain_deadline_cuts_off_what_is_left_counts_it_and_exits_zero() {
     assert!(cut.is_err(), "cut off, not answered: {cut:?}");
     let _ = wasmgate_tests::within("the cut connection", conn).await;
     drop(up.release);
+}
+
+/// `wasmgate serve` on a listening socket it inherits as fd 3 (the socket
+/// activation protocol: `LISTEN_FDS=1`), instead of binding its own.
+fn serve_on(socket: &socket2::Socket, config: &std::path::Path) -> Served {
+    use std::os::fd::AsRawFd;
+    // bash, not sh: dash takes only one-digit descriptors in redirections.
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!(
+            "exec 3<&{} && exec \"$0\" serve --config \"$1\"",
+            socket.as_raw_fd()
+        ))
+        .arg(BIN)
+        .arg(config)
+        .env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID");
+    Served::spawn(cmd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_takes_over_the_listening_socket_and_no_connection_is_refused() {
+    let up = Upstream::start("u").await;
+    let path = write_config(
+        "handoff.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[access_log]\nenabled = false\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+            up.addr
+        ),
+    );
+    // The socket the two processes share (listen = 127.0.0.1:1 above is
+    // never bound: the inherited socket takes its place).
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    let socket = socket2::Socket::from(std_listener);
+    socket.set_cloexec(false).unwrap();
+    let mut old = serve_on(&socket, &path);
+    assert_eq!(old.addr, addr);
+
+    // New connections all the way through, one request each.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Which process answered: request ids start with a per-process prefix.
+    let load = {
+        let (stop, served) = (stop.clone(), served.clone());
+        tokio::spawn(async move {
+            let (mut failures, mut answered_by) = (Vec::new(), Vec::<String>::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match tokio::net::TcpStream::connect(addr).await {
+                    Err(e) => failures.push(format!("connect: {e}")),
+                    Ok(_) => {
+                        let r = get(addr, "/", &[]).await;
+                        if r.status == 200 {
+                            served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let id = r.header("x-request-id").unwrap_or_default();
+                            let process = id.get(..16).unwrap_or_default().to_owned();
+                            if answered_by.last() != Some(&process) {
+                                answered_by.push(process);
+                            }
+                        } else {
+                            failures.push(format!("status {}", r.status));
+                        }
+                    }
+                }
+            }
+            (failures, answered_by)
+        })
+    };
+    let wait_served = |n: usize| {
+        let served = served.clone();
+        wasmgate_tests::within("requests served", async move {
+            let start = served.load(std::sync::atomic::Ordering::Relaxed);
+            while served.load(std::sync::atomic::Ordering::Relaxed) < start + n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    wait_served(20).await;
+
+    // The new process shares the socket; then the old one drains and exits.
+    let mut new = serve_on(&socket, &path);
+    assert_eq!(new.addr, addr);
+    drop(socket);
+    wait_served(20).await;
+    old.signal("-TERM");
+    let status = tokio::task::block_in_place(|| old.wait_exit());
+    assert!(status.success(), "the old process exits 0: {status:?}");
+    // Only the new process holds the socket now, and it serves.
+    wait_served(20).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (failures, answered_by) = wasmgate_tests::within("the load", load).await.unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    // The old process answered first, both answered while they shared the
+    // socket, and the new one answered last.
+    let mut processes = answered_by.clone();
+    processes.sort();
+    processes.dedup();
+    assert_eq!(processes.len(), 2, "{answered_by:?}");
+    assert_ne!(answered_by.first(), answered_by.last(), "{answered_by:?}");
+
+    new.signal("-TERM");
+    let status = tokio::task::block_in_place(|| new.wait_exit());
+    assert!(status.success(), "{status:?}");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "nobody holds the socket any more"
+    );
 }
