@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::outbound::ClusterCaller;
 use crate::overload::OverloadGuard;
 use crate::server;
+use crate::store::DataDir;
 use crate::tls::TlsTerminator;
 use crate::upstream::dns::{Resolve, SystemResolver};
 
@@ -47,6 +48,43 @@ impl Gateway {
         config: Config,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Gateway, ConfigErrors> {
+        let data_dir = config.admin.as_ref().and_then(|a| a.data_dir.clone());
+        let data = match data_dir {
+            None => None,
+            Some(path) => {
+                let opened = DataDir::open(&path).and_then(|d| d.load().map(|s| (d, s)));
+                let (dir, saved) = opened.map_err(|m| ConfigErrors {
+                    source: config.source.clone(),
+                    errors: vec![ConfigError::new("admin.data_dir", m)],
+                })?;
+                Some((dir, saved))
+            }
+        };
+        // A config put through the API outlives a restart: it is what the
+        // gateway comes back with (SIGHUP or `POST /config/reload` returns
+        // to the file).
+        let config = match data.as_ref().and_then(|(_, s)| s.config.as_ref()) {
+            None => config,
+            Some(text) => {
+                let source = format!(
+                    "{} (the config applied through the admin API)",
+                    data.as_ref().map_or(String::new(), |(d, _)| d
+                        .path()
+                        .join("state.json")
+                        .display()
+                        .to_string())
+                );
+                let mut saved = Config::parse(text, &source, &config.base)?;
+                tracing::warn!(
+                    file = %config.source,
+                    "starting with the config last applied through the admin API, kept in {source}; \
+                     SIGHUP or POST /config/reload returns to the file"
+                );
+                // Reloads still re-read the file the gateway was started with.
+                saved.source.clone_from(&config.source);
+                saved
+            }
+        };
         let fail = |errors: Vec<ConfigError>| ConfigErrors {
             source: config.source.clone(),
             errors,
@@ -78,7 +116,7 @@ impl Gateway {
                 metrics.clone(),
             )),
         };
-        let live = Live::start(config.clone(), deps).await;
+        let live = Live::start(config.clone(), data, deps).await;
         match live {
             Ok(live) if errors.is_empty() => Ok(Gateway {
                 config,
@@ -140,7 +178,7 @@ impl Gateway {
         deps.engine
             .services()
             .spawn_sweeper(std::time::Duration::from_secs(10));
-        live.spawn_cluster_tasks();
+        live.spawn_tasks();
         let options = server::ListenerOptions {
             limits,
             tls,
