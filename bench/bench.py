@@ -3302,6 +3302,8 @@ def section_h(res: HResult, args, vers: dict[str, str], when: str) -> str:
               f"other processes used {res.other_cpu * 100:.0f} % of one CPU on average "
               f"during the mode")
     small, large = res.sizes["a"], res.sizes["large"]
+    rest_cpu = statistics.median(s.proxy_cpu or 0.0 for s in res.rest)
+    swap_cpu = statistics.median(s.proxy_cpu or 0.0 for s in res.swapping)
 
     rows = ["| module uploaded | bytes | swaps | PUT sent → 200 (ms) | 200 → first response "
             "from it (ms) | PUT sent → first response (ms) |", "|---|---|---|---|---|---|"]
@@ -3352,6 +3354,17 @@ def section_h(res: HResult, args, vers: dict[str, str], when: str) -> str:
             f"{med_range(rates, '.1f') if rates else '—'} | "
             f"{med_range([c * 100 for c in loop], '.0f') + ' %' if loop else '—'} | 0, 0 |")
     throughput = "\n".join(trows)
+    if rest_cpu >= 0.9 and swap_cpu >= 0.9 and per_swap:
+        share = statistics.median(res.swap_rates) * statistics.median(per_swap) / 1e3
+        why = (f"The gateway's CPU was saturated both at rest and while swapping, so the drop "
+               f"is its own work on the swaps: {statistics.median(res.swap_rates):.0f} swaps/s "
+               f"× {statistics.median(per_swap):.2f} ms ≈ {share * 100:.0f} % of its CPU, "
+               f"against a drop of {(1 - statistics.median(ratios)) * 100:.0f} % in requests/s. "
+               f"The upload loop shares wrk's CPU (its share in the table).")
+    else:
+        why = ("The gateway's CPU was not saturated in both states, and the upload loop runs "
+               "on wrk's CPU (its share in the table): part of the drop in requests/s may be "
+               "the load side's; compare the gateway's CPU µs/request.")
 
     mem_parts = []
     for pair, mem in res.memory.items():
@@ -3388,7 +3401,8 @@ def section_h(res: HResult, args, vers: dict[str, str], when: str) -> str:
   from an earlier run); one route, `/` to the upstream, with one filter, `swap`, started
   with `version-a`. Uploads: `PUT /filters/swap/module` with the component and
   `x-wasmgate-sha256`, from one keep-alive connection.
-- Builds: `version-a` and `version-b` ({small:,} bytes; tag `x-version: aa` / `bb`),
+- Builds: `version-a` and `version-b` ({small:,} and {res.sizes["b"]:,} bytes; tag
+  `x-version: aa` / `bb`),
   `version-large` ({large:,} bytes: the same filter with a 6 MiB pseudo-random table it
   reads one byte of per response; tag `ll`). "New bytes" are a build with a custom
   section holding a fresh nonce appended: the same code under a sha256 the gateway has
@@ -3421,8 +3435,7 @@ wrk saw no non-2xx answer and no socket error (the harness stops otherwise). Med
 Requests/s while swapping ÷ at rest, per round: {med_range(ratios, '.3f')}. The
 gateway's CPU per swap (its CPU while swapping beyond its at-rest µs/request for the
 same requests, ÷ swaps; `/proc` ticks of 10 ms): {med_range(per_swap, '.2f')} ms.
-The upload loop runs on wrk's CPU (its share in the table), so part of the drop in
-requests/s is the load side's: compare the gateway's CPU µs/request too.
+{why}
 
 **Resident memory across {args.memory_swaps} swaps**, twice: between `version-a` and
 `version-b` first (right after the start), then between `version-a` and
