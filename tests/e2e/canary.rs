@@ -397,3 +397,23 @@ async fn the_store_and_an_api_config_survive_a_restart() {
     assert!(err.contains("damaged") && err.contains("modules"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_multi_megabyte_module_swaps_in_and_back() {
+    let up = Upstream::start("u").await;
+    let gw = start_gateway(&config(&up, "")).await;
+    let large = std::fs::read(artifacts::VERSION_LARGE).unwrap();
+    assert!(large.len() > 4 << 20, "{} bytes", large.len());
+    let r = upload(&gw, "/filters/v/module", large).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let reply = get(gw.addr(), "/", &[]).await;
+    assert_eq!(reply.header("x-version"), Some("ll"));
+    assert!(
+        reply.header("x-table-byte").is_some(),
+        "the table is read at run time"
+    );
+    let r = admin(&gw, "POST", "/filters/v/rollback", "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(version_of(&gw, &[]).await, "aa");
+    gw.shutdown().await;
+}
