@@ -307,7 +307,11 @@ pub enum Origin {
 
 /// A filter-store change: what to do to one filter's state.
 enum Change {
-    Upload { bytes: Vec<u8>, activate: bool },
+    Upload {
+        bytes: Vec<u8>,
+        sha256: String,
+        activate: bool,
+    },
     Activate(u64),
     Canary(CanarySpec),
     Promote,
@@ -562,17 +566,22 @@ impl Live {
         if bytes.len() > MAX_MODULE_SIZE {
             return self.finish(name, "upload", Err(SwapError::TooLarge(bytes.len())));
         }
-        if let Some(expected) = expected_sha256 {
-            let actual = sha256_hex(&bytes);
-            if !actual.eq_ignore_ascii_case(expected.trim()) {
-                let e = SwapError::Digest {
-                    expected: expected.to_owned(),
-                    actual,
-                };
-                return self.finish(name, "upload", Err(e));
-            }
+        let sha256 = sha256_hex(&bytes);
+        if let Some(expected) = expected_sha256
+            && !sha256.eq_ignore_ascii_case(expected.trim())
+        {
+            let e = SwapError::Digest {
+                expected: expected.to_owned(),
+                actual: sha256,
+            };
+            return self.finish(name, "upload", Err(e));
         }
-        self.change(name, Change::Upload { bytes, activate }).await
+        let change = Change::Upload {
+            bytes,
+            sha256,
+            activate,
+        };
+        self.change(name, change).await
     }
 
     /// Makes stored version `version` of `name` the current one (pinned).
@@ -673,8 +682,11 @@ impl Live {
         // and the state without it made current is what is kept.
         let mut store_only = None;
         match change {
-            Change::Upload { bytes, activate } => {
-                let sha = sha256_hex(&bytes);
+            Change::Upload {
+                bytes,
+                sha256: sha,
+                activate,
+            } => {
                 let version = match st.by_sha(&sha) {
                     Some(s) if s.version == st.current || !activate => s.version,
                     _ => st.add(name, Arc::new(bytes), sha, "upload", &self.deps.metrics),
