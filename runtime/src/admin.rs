@@ -129,7 +129,7 @@ impl AdminState {
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_owned);
                         let bytes = match body::collect(req.into_body(), MAX_MODULE_SIZE).await {
-                            Ok(k) => k.data.to_vec(),
+                            Ok(k) => Vec::from(k.data),
                             Err(e) => return body_error(e, MAX_MODULE_SIZE),
                         };
                         self.live
@@ -354,6 +354,7 @@ fn swap_error(e: SwapError) -> Response<ProxyBody> {
         SwapError::Conflict(_) => (StatusCode::CONFLICT, "nothing_to_do"),
         SwapError::BadCanary(_) => (StatusCode::BAD_REQUEST, "invalid_canary"),
         SwapError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "data_dir_unwritable"),
+        SwapError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
     };
     let mut value = serde_json::json!({
         "status": status.as_u16(),

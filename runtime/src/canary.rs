@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
@@ -52,30 +52,28 @@ pub struct CanarySpec {
     /// absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
-    /// When to roll back on its own; `false` turns it off. Defaults apply
-    /// when absent.
+    /// When to roll back on its own: `false` turns it off, `true` or
+    /// absent means the defaults, an object gives thresholds
+    /// ([`RollbackFields`]). Kept as given; checked by
+    /// [`CanarySpec::resolve`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollback: Option<RollbackSpec>,
+    pub rollback: Option<serde_json::Value>,
 }
 
-/// `rollback` in a [`CanarySpec`]: a policy, or `false` for none.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum RollbackSpec {
-    /// `false`: never roll back on its own (`true` means the defaults).
-    Enabled(bool),
-    /// Thresholds (each defaults as in [`RollbackPolicy::default`]).
-    Policy {
-        /// Bad share of requests above which the canary is rolled back.
-        #[serde(default)]
-        max_error_rate: Option<f64>,
-        /// Requests the window must hold before the rate counts.
-        #[serde(default)]
-        min_requests: Option<u64>,
-        /// Length of the sliding window, e.g. `"60s"`.
-        #[serde(default)]
-        window: Option<String>,
-    },
+/// The thresholds object of `rollback` (each defaults as in
+/// [`RollbackPolicy::default`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackFields {
+    /// Bad share of requests above which the canary is rolled back.
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
+    /// Requests the window must hold before the rate counts.
+    #[serde(default)]
+    pub min_requests: Option<u64>,
+    /// Length of the sliding window, e.g. `"60s"`.
+    #[serde(default)]
+    pub window: Option<String>,
 }
 
 /// The thresholds of automatic rollback.
@@ -147,9 +145,9 @@ impl CanarySpec {
                 );
             }
             (Some(p), None) => {
-                if !(p.is_finite() && *p > 0.0 && *p <= 100.0) {
+                if !(p.is_finite() && *p >= 0.01 && *p <= 100.0) {
                     return Err(format!(
-                        "`percent` must be above 0 and at most 100, not {p}"
+                        "`percent` must be from 0.01 (its step) to 100, not {p}"
                     ));
                 }
                 if self.value.is_some() {
@@ -189,13 +187,14 @@ impl CanarySpec {
             }
         };
         let rollback = match &self.rollback {
-            None | Some(RollbackSpec::Enabled(true)) => Some(RollbackPolicy::default()),
-            Some(RollbackSpec::Enabled(false)) => None,
-            Some(RollbackSpec::Policy {
-                max_error_rate,
-                min_requests,
-                window,
-            }) => {
+            None | Some(serde_json::Value::Bool(true)) => Some(RollbackPolicy::default()),
+            Some(serde_json::Value::Bool(false)) => None,
+            Some(v @ serde_json::Value::Object(_)) => {
+                let RollbackFields {
+                    max_error_rate,
+                    min_requests,
+                    window,
+                } = serde_json::from_value(v.clone()).map_err(|e| format!("`rollback`: {e}"))?;
                 let d = RollbackPolicy::default();
                 let max_error_rate = max_error_rate.unwrap_or(d.max_error_rate);
                 if !(0.0..1.0).contains(&max_error_rate) {
@@ -210,7 +209,7 @@ impl CanarySpec {
                 }
                 let window = match window {
                     None => d.window,
-                    Some(w) => humantime::parse_duration(w)
+                    Some(w) => humantime::parse_duration(&w)
                         .map_err(|e| format!("`rollback.window` {w:?}: {e}"))?,
                 };
                 if window < Duration::from_secs(1) || window > Duration::from_secs(86_400) {
@@ -221,6 +220,11 @@ impl CanarySpec {
                     min_requests,
                     window,
                 })
+            }
+            Some(other) => {
+                return Err(format!(
+                    "`rollback` is true, false or an object of thresholds, not {other}"
+                ));
             }
         };
         Ok((split, rollback))
@@ -235,6 +239,8 @@ fn header_name(h: &str, key: &str) -> Result<HeaderName, String> {
 /// A canary told the gateway to roll it back.
 #[derive(Debug, Clone)]
 pub struct Tripped {
+    /// Which canary (a replacement of the same version is another one).
+    pub id: u64,
     /// The filter.
     pub filter: Arc<str>,
     /// The canary's version.
@@ -248,6 +254,7 @@ pub struct Tripped {
 /// A running canary: its split, and the window that judges it.
 #[derive(Debug)]
 pub struct Canary {
+    id: u64,
     filter: Arc<str>,
     /// The spec it was started with.
     pub spec: CanarySpec,
@@ -274,7 +281,9 @@ impl Canary {
     ) -> Result<Canary, String> {
         let (split, rollback) = spec.resolve()?;
         let width = rollback.map_or(Duration::from_secs(6), |r| r.window / 10);
+        static IDS: AtomicU64 = AtomicU64::new(1);
         Ok(Canary {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             filter: Arc::from(filter),
             spec,
             split,
@@ -291,6 +300,16 @@ impl Canary {
     /// The version it runs.
     pub fn version(&self) -> u64 {
         self.spec.version
+    }
+
+    /// What tells it apart from any other canary, of any version.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Lets it trip again (after a rollback it asked for failed).
+    pub fn rearm(&self) {
+        self.tripped.store(false, Ordering::Relaxed);
     }
 
     /// Whether this request goes to the canary.
@@ -317,11 +336,14 @@ impl Canary {
     /// Counts one request the canary took; trips the canary (once) when the
     /// window's bad share passes the threshold.
     pub fn record(&self, bad: bool) {
+        self.record_at(bad, Instant::now());
+    }
+
+    fn record_at(&self, bad: bool, now: Instant) {
         let Some(policy) = self.rollback else { return };
         if self.tripped.load(Ordering::Relaxed) {
             return;
         }
-        let now = Instant::now();
         let (requests, bad_total) = {
             let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
             let width = w.width;
@@ -348,6 +370,7 @@ impl Canary {
             && !self.tripped.swap(true, Ordering::Relaxed)
         {
             let _ = self.trips.send(Tripped {
+                id: self.id,
                 filter: self.filter.clone(),
                 version: self.spec.version,
                 requests,
@@ -461,8 +484,8 @@ mod tests {
         for (bad, why) in [
             (r#"{"version":2}"#, "give `percent`"),
             (r#"{"version":2,"percent":10,"header":"x"}"#, "not both"),
-            (r#"{"version":2,"percent":0}"#, "above 0"),
-            (r#"{"version":2,"percent":101}"#, "at most 100"),
+            (r#"{"version":2,"percent":0}"#, "from 0.01"),
+            (r#"{"version":2,"percent":101}"#, "to 100"),
             (r#"{"version":2,"percent":10,"by":"cookie"}"#, "request-id"),
             (r#"{"version":2,"header":"bad header"}"#, "header name"),
             (
@@ -473,6 +496,15 @@ mod tests {
                 r#"{"version":2,"percent":5,"rollback":{"window":"soon"}}"#,
                 "window",
             ),
+            (
+                r#"{"version":2,"percent":5,"rollback":{"max_eror_rate":0.5}}"#,
+                "unknown field `max_eror_rate`",
+            ),
+            (
+                r#"{"version":2,"percent":5,"rollback":"yes"}"#,
+                "true, false",
+            ),
+            (r#"{"version":2,"percent":0.001}"#, "0.01"),
         ] {
             let err = spec(bad).resolve().unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
@@ -550,5 +582,36 @@ mod tests {
         }
         assert!(rx.try_recv().is_err());
         assert_eq!(c.window_totals(), (10, 1));
+    }
+
+    #[test]
+    fn old_requests_leave_the_window() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let c = Canary::new(
+            "f",
+            spec(r#"{"version":7,"percent":50,"rollback":{"max_error_rate":0.5,"min_requests":4,"window":"10s"}}"#),
+            tx,
+        )
+        .unwrap();
+        let start = Instant::now();
+        // Three bad requests, then (11 s later) four good ones: the bad ones
+        // have left the window, so it never holds a bad share above 50 %.
+        for _ in 0..3 {
+            c.record_at(true, start);
+        }
+        let later = start + Duration::from_secs(11);
+        for _ in 0..4 {
+            c.record_at(false, later);
+        }
+        assert!(rx.try_recv().is_err());
+        // Within the window, the same mix trips it.
+        for _ in 0..5 {
+            c.record_at(true, later);
+        }
+        assert_eq!(rx.try_recv().unwrap().bad, 5);
+        // A rollback that failed re-arms it.
+        c.rearm();
+        c.record_at(true, later);
+        assert!(rx.try_recv().is_ok());
     }
 }

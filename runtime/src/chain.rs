@@ -138,6 +138,7 @@ impl ChainFilter {
         Pick {
             arm,
             canary,
+            ran: AtomicBool::new(false),
             failed: AtomicBool::new(false),
         }
     }
@@ -150,10 +151,17 @@ pub struct Pick<'a> {
     pub arm: &'a Arm,
     /// The canary, when the request went to it.
     pub canary: Option<&'a Canary>,
+    ran: AtomicBool,
     failed: AtomicBool,
 }
 
 impl Pick<'_> {
+    /// Notes that the filter was called for this request (a filter that an
+    /// earlier one's answer or failure kept from running is not counted).
+    pub fn ran(&self) {
+        self.ran.store(true, Ordering::Relaxed);
+    }
+
     /// Notes that the filter failed on this request.
     pub fn failed(&self) {
         self.failed.store(true, Ordering::Relaxed);
@@ -162,6 +170,9 @@ impl Pick<'_> {
     /// Counts the request for its version (and canary) once the response
     /// is known.
     pub fn finish(&self, status: u16) {
+        if !self.ran.load(Ordering::Relaxed) {
+            return;
+        }
         let bad = self
             .arm
             .stats

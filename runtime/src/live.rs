@@ -217,7 +217,12 @@ struct Control {
     /// The running config was put through the API (and is what a restart
     /// comes back with), rather than read from the file.
     from_api: bool,
+    /// The gateway is shutting down: no more changes.
+    closed: bool,
 }
+
+/// Why a change is refused once the gateway is shutting down.
+const CLOSED: &str = "the gateway is shutting down; it takes no more changes";
 
 /// The running generation and how to replace it.
 #[derive(Debug)]
@@ -231,8 +236,9 @@ pub struct Live {
     control: Mutex<Control>,
     /// The filter store as the current generation was built from it.
     filters: ArcSwap<BTreeMap<String, FilterState>>,
-    /// Where changes are kept across restarts, when configured.
-    data: Option<DataDir>,
+    /// Where changes are kept across restarts, when configured (released,
+    /// with its lock, by [`Live::close`]).
+    data: std::sync::Mutex<Option<Arc<DataDir>>>,
     /// Canaries report here when they trip.
     trips: mpsc::UnboundedSender<Tripped>,
     tripped: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Tripped>>>,
@@ -277,6 +283,9 @@ pub enum SwapError {
     /// The data directory could not be written; nothing changed.
     #[error("{0}")]
     Persist(String),
+    /// The gateway is shutting down.
+    #[error("{CLOSED}")]
+    Closed,
 }
 
 /// Every error of `e` on one log line: `source: path: message; ...`.
@@ -332,52 +341,135 @@ impl Change {
     }
 }
 
+/// The sections of `new` that differ from `old` and apply to the listener or
+/// the engine, so cannot change while the gateway runs.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut fixed = Vec::new();
+    if !same(&old.server, &new.server) {
+        fixed.push("server");
+    }
+    if !same(&old.engine, &new.engine) {
+        fixed.push("engine");
+    }
+    if !same(&old.admin, &new.admin) {
+        fixed.push("admin");
+    }
+    if !same(&old.overload, &new.overload) {
+        fixed.push("overload");
+    }
+    if !same(&old.limits.listener(), &new.limits.listener()) {
+        fixed.push("limits");
+    }
+    fixed
+}
+
+/// Empties the store of a filter the config no longer has, keeping only its
+/// last version number, so a filter that comes back never reuses a number.
+fn retire(st: &mut FilterState) {
+    *st = FilterState {
+        last: st.last,
+        ..FilterState::default()
+    };
+}
+
+/// The versions `old` holds and `new` does not, by filter name.
+fn gone(
+    old: &BTreeMap<String, FilterState>,
+    new: &BTreeMap<String, FilterState>,
+) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for (name, o) in old {
+        for s in &o.versions {
+            if new.get(name).and_then(|n| n.get(s.version)).is_none() {
+                out.push((name.clone(), s.version));
+            }
+        }
+    }
+    out
+}
+
 impl Live {
     /// The first generation, built from `config`, with the filter store
     /// and config a data directory kept, if one is configured and holds
-    /// any.
+    /// any. Nothing is written until [`Live::save_initial`].
     pub(crate) async fn start(
         config: Config,
         data: Option<(DataDir, Saved)>,
         deps: Deps,
     ) -> Result<Live, Vec<ConfigError>> {
         let (trips, tripped) = mpsc::unbounded_channel();
-        let mut control = Control { from_api: false };
+        let mut control = Control {
+            from_api: false,
+            closed: false,
+        };
         let mut filters = BTreeMap::new();
         if let Some((dir, saved)) = &data {
             control.from_api = saved.config.is_some();
             for (name, f) in &saved.filters {
-                let state = restore(dir, name, f, &deps.metrics, &trips).map_err(|m| {
-                    vec![ConfigError::new(
-                        format!("filters.{name}"),
-                        format!("{}: {m}", dir.path().display()),
-                    )]
-                })?;
+                let mut state = if config.filters.contains_key(name) {
+                    restore(dir, name, f, &deps.metrics, &trips).map_err(|m| {
+                        vec![ConfigError::new(
+                            format!("filters.{name}"),
+                            format!("{}: {m}", dir.path().display()),
+                        )]
+                    })?
+                } else {
+                    FilterState::default()
+                };
+                state.last = state.last.max(f.last);
+                if !config.filters.contains_key(name) {
+                    retire(&mut state);
+                }
                 filters.insert(name.clone(), state);
             }
         }
-        filters.retain(|name, _| config.filters.contains_key(name));
-        let proxy = build(&config, &deps, None, &mut filters).await?;
+        let built = build(&config, &deps, None, &mut filters, true).await;
+        let proxy = match built {
+            Ok(p) => p,
+            Err(e) => {
+                for (name, version) in gone(&filters, &BTreeMap::new()) {
+                    VersionStats::forget(&deps.metrics, &name, version);
+                }
+                return Err(e);
+            }
+        };
         deps.caller
             .set_clusters(proxy.clusters.clone(), config.limits.max_buffered_body);
-        let from_api = control.from_api;
-        let live = Live {
+        Ok(Live {
             proxy: ArcSwap::from_pointee(proxy),
             file: std::path::PathBuf::from(&config.source),
             config: ArcSwap::from_pointee(config),
             control: Mutex::new(control),
-            filters: ArcSwap::from_pointee(BTreeMap::new()),
-            data: data.map(|(dir, _)| dir),
+            filters: ArcSwap::from_pointee(filters),
+            data: std::sync::Mutex::new(data.map(|(dir, _)| Arc::new(dir))),
             trips,
             tripped: std::sync::Mutex::new(Some(tripped)),
             deps,
-        };
-        // What the first build settled (a module file read for the first
-        // time, say) is written at once, so a restart finds it.
-        live.persist(&filters, from_api, &live.config())
-            .map_err(|m| vec![ConfigError::new("admin.data_dir", m)])?;
-        live.filters.store(Arc::new(filters));
-        Ok(live)
+        })
+    }
+
+    /// Writes what the first build settled (a module file read for the
+    /// first time, say), once the whole gateway has been built, so a restart
+    /// finds it.
+    pub(crate) async fn save_initial(&self) -> Result<(), String> {
+        let control = self.control.lock().await;
+        let filters = self.filters.load_full();
+        self.persist(&filters, control.from_api, &self.config())
+            .await
+    }
+
+    /// Refuses every later change and releases the data directory (and its
+    /// lock, once a write in progress is done): the gateway is shutting
+    /// down, and another process may take over the directory.
+    pub async fn close(&self) {
+        let mut control = self.control.lock().await;
+        control.closed = true;
+        self.data.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Whether [`Live::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.control.try_lock().is_ok_and(|c| c.closed)
     }
 
     /// The current generation. A request loads it once and keeps it.
@@ -445,23 +537,10 @@ impl Live {
             source: source.clone(),
             errors,
         };
-        let old = self.config();
-        let mut fixed = Vec::new();
-        if !same(&old.server, &config.server) {
-            fixed.push("server");
+        if control.closed {
+            return Err(fail(vec![ConfigError::new("", CLOSED)]));
         }
-        if !same(&old.engine, &config.engine) {
-            fixed.push("engine");
-        }
-        if !same(&old.admin, &config.admin) {
-            fixed.push("admin");
-        }
-        if !same(&old.overload, &config.overload) {
-            fixed.push("overload");
-        }
-        if !same(&old.limits.listener(), &config.limits.listener()) {
-            fixed.push("limits");
-        }
+        let fixed = restart_only_changes(&self.config(), &config);
         if !fixed.is_empty() {
             return Err(fail(
                 fixed
@@ -477,37 +556,63 @@ impl Live {
             ));
         }
         let mut filters = (*self.filters.load_full()).clone();
-        filters.retain(|name, _| config.filters.contains_key(name));
+        for (name, st) in &mut filters {
+            if !config.filters.contains_key(name) {
+                retire(st);
+            }
+        }
         let prev = self.proxy();
-        let proxy = build(&config, &self.deps, Some(&prev), &mut filters)
-            .await
-            .map_err(fail)?;
+        let proxy = match build(&config, &self.deps, Some(&prev), &mut filters, true).await {
+            Ok(p) => p,
+            Err(errors) => {
+                self.discard(&filters);
+                return Err(fail(errors));
+            }
+        };
         let from_api = origin == Origin::Api;
-        self.commit(control, Some((proxy, &prev)), filters, from_api, config)
-            .map_err(|m| fail(vec![ConfigError::new("admin.data_dir", m)]))
+        self.commit(
+            control,
+            Some((proxy, &prev)),
+            filters,
+            from_api,
+            config,
+            false,
+        )
+        .await
+        .map_err(|m| fail(vec![ConfigError::new("admin.data_dir", m)]))
+    }
+
+    /// Stops exporting the counters of versions a refused change made.
+    fn discard(&self, attempted: &BTreeMap<String, FilterState>) {
+        for (name, version) in gone(attempted, &self.filters.load()) {
+            VersionStats::forget(&self.deps.metrics, &name, version);
+        }
     }
 
     /// Writes the new state to the data directory, then makes the new
-    /// generation (if any) current. When the write fails, nothing changes.
-    fn commit(
+    /// generation (if any) current. When the write fails, nothing changes,
+    /// unless `force` (an automatic rollback: taking a failing canary out of
+    /// service matters more than remembering that it was).
+    async fn commit(
         &self,
         control: &mut Control,
         generation: Option<(Proxy, &Proxy)>,
         mut filters: BTreeMap<String, FilterState>,
         from_api: bool,
         config: Config,
+        force: bool,
     ) -> Result<(), String> {
-        let mut forgotten = Vec::new();
-        for (name, f) in &mut filters {
-            forgotten.extend(f.trim().into_iter().map(|v| (name.clone(), v)));
+        for f in filters.values_mut() {
+            f.trim();
         }
-        for (name, f) in self.filters.load().iter() {
-            if !filters.contains_key(name) {
-                forgotten.extend(f.versions.iter().map(|s| (name.clone(), s.version)));
+        if let Err(e) = self.persist(&filters, from_api, &config).await {
+            if !force {
+                self.discard(&filters);
+                return Err(e);
             }
+            tracing::error!("applying the change anyway: {e}");
         }
-        self.persist(&filters, from_api, &config)?;
-        for (name, version) in forgotten {
+        for (name, version) in gone(&self.filters.load(), &filters) {
             VersionStats::forget(&self.deps.metrics, &name, version);
         }
         if let Some((proxy, prev)) = generation {
@@ -520,14 +625,15 @@ impl Live {
     }
 
     /// Writes the filter store (and the config, when it came through the
-    /// API) to the data directory, if there is one.
-    fn persist(
+    /// API) to the data directory, if there is one, off the async workers.
+    async fn persist(
         &self,
         filters: &BTreeMap<String, FilterState>,
         from_api: bool,
         config: &Config,
     ) -> Result<(), String> {
-        let Some(dir) = &self.data else {
+        let dir = self.data.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(dir) = dir else {
             return Ok(());
         };
         let saved = Saved {
@@ -537,17 +643,25 @@ impl Live {
                 .map(|(n, f)| (n.clone(), f.saved()))
                 .collect(),
         };
-        let modules: Vec<(&str, &[u8])> = filters
+        let modules: Vec<(String, Arc<Vec<u8>>)> = filters
             .values()
             .flat_map(|f| f.versions.iter())
-            .map(|s| (s.sha256.as_str(), s.bytes.as_slice()))
+            .map(|s| (s.sha256.clone(), s.bytes.clone()))
             .collect();
-        dir.save(&saved, &modules).map_err(|e| {
-            let message = format!(
-                "cannot write the data directory {}: {e}",
-                dir.path().display()
-            );
-            tracing::error!("{message}; the change was not applied");
+        let path = dir.path().display().to_string();
+        let written = tokio::task::spawn_blocking(move || {
+            let modules: Vec<(&str, &[u8])> = modules
+                .iter()
+                .map(|(sha, bytes)| (sha.as_str(), bytes.as_slice()))
+                .collect();
+            dir.save(&saved, &modules)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        written.map_err(|e| {
+            let message = format!("cannot write the data directory {path}: {e}");
+            tracing::error!("{message}");
             message
         })
     }
@@ -618,8 +732,16 @@ impl Live {
         let what = change.what();
         let mut control = self.control.lock().await;
         let result = self.change_locked(&mut control, name, change).await;
+        // The report is of this change, not of one made after it.
+        let result = result.map(|changed| {
+            let mut report = self.filter_report(name);
+            if !changed {
+                report["unchanged"] = true.into();
+            }
+            report
+        });
         drop(control);
-        self.finish(name, what, result.map(|()| self.filter_report(name)))
+        self.finish(name, what, result)
     }
 
     fn finish(
@@ -641,6 +763,10 @@ impl Live {
                 .inc();
         }
         match &result {
+            Ok(report) if report["unchanged"] == true => tracing::info!(
+                filter = name,
+                "filter {what}: nothing to do (the canary had already ended)"
+            ),
             Ok(report) => tracing::info!(
                 filter = name,
                 version = %report["version"],
@@ -665,7 +791,10 @@ impl Live {
         control: &mut Control,
         name: &str,
         change: Change,
-    ) -> Result<(), SwapError> {
+    ) -> Result<bool, SwapError> {
+        if control.closed {
+            return Err(SwapError::Closed);
+        }
         let config = self.config();
         if !config.filters.contains_key(name) {
             return Err(SwapError::UnknownFilter(name.to_owned()));
@@ -744,37 +873,44 @@ impl Live {
                 }
             }
             Change::AutoRollback(t) => {
-                if st.canary.as_ref().is_none_or(|c| c.version() != t.version) {
+                if st.canary.as_ref().is_none_or(|c| c.id() != t.id) {
                     // Ended or replaced meanwhile.
-                    return Ok(());
+                    return Ok(false);
                 }
                 st.canary = None;
                 event = Some("auto_rolled_back");
             }
         }
+        let force = event == Some("auto_rolled_back");
         let prev = self.proxy();
-        let proxy = build(&config, &self.deps, Some(&prev), &mut filters)
-            .await
-            .map_err(|errors| {
-                SwapError::Invalid(ConfigErrors {
+        // A version change reads no module file: another filter's file being
+        // rewritten must neither block it nor ride along with it.
+        let built = build(&config, &self.deps, Some(&prev), &mut filters, false).await;
+        let proxy = match built {
+            Ok(p) => p,
+            Err(errors) => {
+                self.discard(&filters);
+                return Err(SwapError::Invalid(ConfigErrors {
                     source: format!("filter {name:?}"),
                     errors,
-                })
-            })?;
+                }));
+            }
+        };
         let from_api = control.from_api;
         if let Some((kept, version)) = store_only {
             // Valid: keep the version, leave the running generation alone.
             drop(proxy);
             let mut filters = (*self.filters.load_full()).clone();
             filters.insert(name.to_owned(), kept);
-            self.commit(control, None, filters, from_api, (*config).clone())
+            self.commit(control, None, filters, from_api, (*config).clone(), false)
+                .await
                 .map_err(SwapError::Persist)?;
             tracing::info!(
                 filter = name,
                 version,
                 "filter version stored, not activated"
             );
-            return Ok(());
+            return Ok(true);
         }
         self.commit(
             control,
@@ -782,7 +918,9 @@ impl Live {
             filters,
             from_api,
             (*config).clone(),
+            force,
         )
+        .await
         .map_err(SwapError::Persist)?;
         if let Some(event) = event {
             self.deps
@@ -794,7 +932,7 @@ impl Live {
                 })
                 .inc();
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Makes `proxy` current; starts the background tasks of clusters it
@@ -838,8 +976,25 @@ impl Live {
                         t.bad,
                         t.requests
                     );
-                    let name = t.filter.to_string();
-                    let _ = live.change(&name, Change::AutoRollback(t)).await;
+                    // Each rollback in its own task, retried until it is
+                    // done or the canary has ended some other way.
+                    tokio::spawn(async move {
+                        let name = t.filter.to_string();
+                        let mut delay = std::time::Duration::from_millis(500);
+                        while live
+                            .change(&name, Change::AutoRollback(t.clone()))
+                            .await
+                            .is_err()
+                            && !live.is_closed()
+                        {
+                            tracing::error!(
+                                filter = name,
+                                "automatic rollback failed; trying again in {delay:?}"
+                            );
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                        }
+                    });
                 }
             });
         }
@@ -1027,14 +1182,16 @@ async fn entry(
     })
 }
 
-/// Settles filter `name`'s current version (reading its module file unless
-/// the API pinned it) and loads it and its canary.
+/// Settles filter `name`'s current version (reading its module file when
+/// `read_files` and the API has not pinned it, or when it has none yet) and
+/// loads it and its canary.
 async fn resolve(
     name: &str,
     f: &FilterConfig,
     deps: &Deps,
     prev: Option<&Proxy>,
     st: &mut FilterState,
+    read_files: bool,
 ) -> Result<Loaded, ConfigError> {
     let key = format!("filters.{name}.path");
     // The config points the filter at another file: the file decides again.
@@ -1042,7 +1199,7 @@ async fn resolve(
         st.pinned = false;
     }
     st.path = Some(f.path.clone());
-    if !st.pinned || st.get(st.current).is_none() {
+    if (!st.pinned && read_files) || st.get(st.current).is_none() {
         let path = f.path.clone();
         let read = tokio::task::spawn_blocking(move || std::fs::read(&path))
             .await
@@ -1116,13 +1273,16 @@ async fn arm(
     })
 }
 
-/// Builds a whole generation from `config`, keeping what did not change
-/// from `prev`. Every error is collected, with its key path.
+/// Builds a whole generation from `config` and the filter store, keeping
+/// what did not change from `prev`; module files are read only with
+/// `read_files` (a config reload, not a version change). Every error is
+/// collected, with its key path.
 async fn build(
     config: &Config,
     deps: &Deps,
     prev: Option<&Proxy>,
     filters: &mut BTreeMap<String, FilterState>,
+    read_files: bool,
 ) -> Result<Proxy, Vec<ConfigError>> {
     let metrics = &deps.metrics;
     let mut errors = Vec::new();
@@ -1162,7 +1322,7 @@ async fn build(
     let mut modules: BTreeMap<String, Loaded> = BTreeMap::new();
     for (name, f) in &config.filters {
         let st = filters.entry(name.clone()).or_default();
-        match resolve(name, f, deps, prev, st).await {
+        match resolve(name, f, deps, prev, st, read_files).await {
             Ok(m) => {
                 modules.insert(name.clone(), m);
             }

@@ -595,19 +595,8 @@ impl Proxy {
                 // Boxed: the filter path's state is large, and keeping it out
                 // of this future keeps the lean path's future small (hyper
                 // moves it into place for every request).
-                // Each filter's version is chosen once, as the request
-                // enters the chain, and counted once the response is known.
-                let picks: Vec<_> = route
-                    .chain
-                    .iter()
-                    .map(|f| f.pick(&parts.headers, request_id))
-                    .collect();
                 let (resp, cluster) =
-                    Box::pin(self.handle_with_filters(&route, parts, body, &view, entry, &picks))
-                        .await;
-                for pick in &picks {
-                    pick.finish(resp.status().as_u16());
-                }
+                    Box::pin(self.handle_chain(&route, parts, body, &view, entry)).await;
                 self.record(
                     Some(&route),
                     cluster.as_ref(),
@@ -663,10 +652,8 @@ impl Proxy {
         }
         for route in self.routes.routes() {
             for f in &route.chain {
-                f.stable.pool.sample_metrics();
-                if let Some((_, arm)) = &f.canary {
-                    arm.pool.sample_metrics();
-                }
+                let canary_idle = f.canary.as_ref().map_or(0, |(_, a)| a.pool.stats().idle);
+                f.stable.pool.sample_metrics(canary_idle);
             }
         }
         self.metrics.encode()
@@ -709,6 +696,31 @@ impl Proxy {
                     .inc();
             }
         }
+    }
+
+    /// Picks each filter's version once, as the request enters the chain,
+    /// runs the chain, and counts the request for the versions that ran.
+    async fn handle_chain(
+        &self,
+        route: &Arc<Route>,
+        parts: Parts,
+        body: Incoming,
+        view: &ClientView,
+        entry: &mut Option<Entry>,
+    ) -> (Response<ProxyBody>, Option<Arc<Cluster>>) {
+        let request_id = view.request_id.to_str().unwrap_or_default();
+        let picks: smallvec::SmallVec<[chain::Pick<'_>; 4]> = route
+            .chain
+            .iter()
+            .map(|f| f.pick(&parts.headers, request_id))
+            .collect();
+        let (resp, cluster) = self
+            .handle_with_filters(route, parts, body, view, entry, &picks)
+            .await;
+        for pick in &picks {
+            pick.finish(resp.status().as_u16());
+        }
+        (resp, cluster)
     }
 
     async fn handle_with_filters(
@@ -774,6 +786,7 @@ impl Proxy {
                 (Some(k), true) => Some(k.data.to_vec()),
                 _ => None,
             };
+            picks[i].ran();
             let decision = match arm.pool.on_request(&wreq, &mut outbound_used[i]).await {
                 Ok(d) => d,
                 Err(failure) => {

@@ -14,6 +14,10 @@
 //!   after the state is written.
 //! - **Checked on the way back.** A module's bytes must hash to the name
 //!   they are stored under; a mismatch stops the start with the file named.
+//! - **One owner.** The gateway holds an exclusive lock on `<data_dir>/lock`
+//!   while it runs; a second process pointed at the same folder is refused.
+//! - **Private.** The folder is made 0700 and its files 0600: `state.json`
+//!   holds the config text, which may hold the admin token.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -81,19 +85,45 @@ pub struct SavedVersion {
 #[derive(Debug)]
 pub struct DataDir {
     path: PathBuf,
+    /// Held open, with its exclusive lock, while the gateway runs.
+    _lock: std::fs::File,
 }
 
 impl DataDir {
-    /// Opens (creating it if needed) the data directory at `path`.
+    /// Opens (creating it if needed) the data directory at `path`, and
+    /// takes its lock.
     pub fn open(path: &Path) -> Result<DataDir, String> {
-        std::fs::create_dir_all(path.join("modules"))
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(path.join("modules"))
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        let probe = path.join(".write-test");
-        std::fs::write(&probe, b"")
-            .and_then(|()| std::fs::remove_file(&probe))
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("cannot make {} private: {e}", path.display()))?;
+        }
+        let lock_path = path.join("lock");
+        let lock = private_file(&lock_path, false)
             .map_err(|e| format!("cannot write in {}: {e}", path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(format!(
+                    "{} is in use by another wasmgate process (its lock is held)",
+                    path.display()
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", lock_path.display()));
+            }
+        }
         Ok(DataDir {
             path: path.to_owned(),
+            _lock: lock,
         })
     }
 
@@ -164,12 +194,19 @@ impl DataDir {
         })
         .map_err(std::io::Error::other)?;
         write_atomic(&self.state_file(), &text)?;
-        for entry in std::fs::read_dir(self.path.join("modules"))? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !names.contains(&name) {
-                let _ = std::fs::remove_file(entry.path());
+        // The new state is in place: what follows is tidying, and its
+        // failure must not be reported as the change failing.
+        let modules = self.path.join("modules");
+        match std::fs::read_dir(&modules) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !names.contains(&name) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
             }
+            Err(e) => tracing::warn!("cannot list {}: {e}", modules.display()),
         }
         Ok(())
     }
@@ -179,21 +216,40 @@ fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Creates (or truncates, or just opens) a file only its owner can read.
+fn private_file(path: &Path, truncate: bool) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::File::options();
+    options.write(true).create(true).truncate(truncate);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 /// Writes `bytes` to `path` so that a crash leaves the old file or the new
-/// one: a synced temporary file renamed over it, then the directory synced.
+/// one: a synced temporary file (named for this process) renamed over it,
+/// then the directory synced. Once the rename is done the new file is in
+/// place, so a failed directory sync is only logged.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
     ));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
+    let written = (|| {
+        let mut f = private_file(&tmp, true)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!("cannot sync {}: {e}", dir.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -249,8 +305,21 @@ mod tests {
         assert!(err.contains("damaged"), "{err}");
         assert!(d.module("../../etc/passwd").is_err());
 
+        // One owner at a time.
+        let err = DataDir::open(&dir).unwrap_err();
+        assert!(err.contains("in use by another wasmgate process"), "{err}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dir), 0o700);
+            assert_eq!(mode(&dir.join("state.json")), 0o600);
+        }
+
         std::fs::write(dir.join("state.json"), b"{").unwrap();
         assert!(d.load().unwrap_err().contains("state.json"));
+        drop(d);
+        assert!(DataDir::open(&dir).is_ok(), "the lock goes with its holder");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -417,3 +417,167 @@ async fn a_multi_megabyte_module_swaps_in_and_back() {
     assert_eq!(version_of(&gw, &[]).await, "aa");
     gw.shutdown().await;
 }
+
+/// `config` plus filter `k` (api-key) guarding route `/guarded` in front of
+/// `v`, and filter `w` from `w_path`.
+fn two_filter_config(up: &Upstream, w_path: &std::path::Path, extra: &str) -> String {
+    format!(
+        "{}[filters.k]\npath = {:?}\n[filters.w]\npath = {:?}\n[[routes]]\nname = \"guarded\"\npath_prefix = \"/guarded\"\ncluster = \"c\"\n[[routes.filters]]\nname = \"k\"\nconfig = {{ header = \"x-api-key\", keys = [\"good-key\"] }}\n[[routes.filters]]\nname = \"v\"\n[[routes]]\nname = \"w\"\npath_prefix = \"/w\"\ncluster = \"c\"\nfilters = [{{ name = \"w\" }}]\n",
+        config(up, extra),
+        artifacts::API_KEY,
+        w_path.display().to_string()
+    )
+}
+
+#[tokio::test]
+async fn version_changes_read_no_files_count_only_requests_that_reached_the_filter_and_never_reuse_numbers()
+ {
+    let dir = std::env::temp_dir().join(format!("wasmgate-vc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let w_path = dir.join("w.wasm");
+    std::fs::copy(artifacts::VERSION_A, &w_path).unwrap();
+    let up = Upstream::start("u").await;
+    let toml = two_filter_config(&up, &w_path, "");
+    let gw = start_gateway(&toml).await;
+    let r = upload(&gw, "/filters/v/module?activate=false", build_b()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Filter w's file is being rewritten (half of it so far): a version
+    // change of v neither fails on it nor picks it up.
+    let whole = std::fs::read(&w_path).unwrap();
+    std::fs::write(&w_path, &whole[..whole.len() / 2]).unwrap();
+    let r = admin(
+        &gw,
+        "PUT",
+        "/filters/v/canary",
+        r#"{"version":2,"header":"x-canary"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let w = admin(&gw, "GET", "/filters/w", "").await.json();
+    assert_eq!(w["versions"].as_array().unwrap().len(), 1, "{w}");
+    // A config reload does read it, and refuses the half-written file.
+    let r = admin(&gw, "PUT", "/config", &toml).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.json()["errors"][0]["path"],
+        "filters.w.path",
+        "{}",
+        r.body
+    );
+    std::fs::write(&w_path, &whole).unwrap();
+
+    // Requests the api-key filter turns away never reach v's canary.
+    for i in 0..30 {
+        let id = format!("k-{i}");
+        let r = get(
+            gw.addr(),
+            "/guarded",
+            &[("x-request-id", &id), ("x-canary", "1")],
+        )
+        .await;
+        assert_eq!(r.status, 401);
+    }
+    let ok = get(
+        gw.addr(),
+        "/guarded",
+        &[("x-api-key", "good-key"), ("x-canary", "1")],
+    )
+    .await;
+    assert_eq!(ok.header("x-version"), Some("bb"));
+    let report = admin(&gw, "GET", "/filters/v", "").await.json();
+    assert_eq!(report["versions"][1]["requests"]["ok"], 1, "{report}");
+    assert_eq!(report["canary"]["window"]["requests"], 1, "{report}");
+
+    // Filter w leaves the config, then comes back: a new number, not 1.
+    let without_w = toml
+        .replace("[filters.w]", "[filters.unused]")
+        .replace("filters = [{ name = \"w\" }]", "");
+    let r = admin(&gw, "PUT", "/config", &without_w).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = admin(&gw, "PUT", "/config", &toml).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let w = admin(&gw, "GET", "/filters/w", "").await.json();
+    assert_eq!(w["version"], 2, "{w}");
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_change_the_data_directory_cannot_keep_is_refused_whole() {
+    let dir = std::env::temp_dir().join(format!("wasmgate-unwritable-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let up = Upstream::start("u").await;
+    let data = format!("data_dir = {:?}", dir.display().to_string());
+    let gw = start_gateway(&config(&up, &data)).await;
+    // state.json cannot be replaced: a folder stands in its way.
+    std::fs::remove_file(dir.join("state.json")).unwrap();
+    std::fs::create_dir_all(dir.join("state.json").join("x")).unwrap();
+    let r = upload(&gw, "/filters/v/module", build_b()).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(r.json()["code"], "data_dir_unwritable", "{}", r.body);
+    assert_eq!(version_of(&gw, &[]).await, "aa", "nothing changed");
+    let report = admin(&gw, "GET", "/filters/v", "").await.json();
+    assert_eq!(report["versions"].as_array().unwrap().len(), 1, "{report}");
+    let m = gw.metrics_text();
+    assert!(
+        !m.contains("version=\"2\""),
+        "no counters for the refused version: {m}"
+    );
+    // Once it can be written again, the same upload goes through.
+    std::fs::remove_dir_all(dir.join("state.json")).unwrap();
+    let r = upload(&gw, "/filters/v/module", build_b()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["version"], 2, "{}", r.body);
+    assert_eq!(version_of(&gw, &[]).await, "bb");
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn check_leaves_the_data_directory_alone_and_a_changed_admin_section_wins_over_a_kept_config()
+{
+    let dir = std::env::temp_dir().join(format!("wasmgate-kept-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let up = Upstream::start("u").await;
+    let data = format!("data_dir = {:?}", dir.display().to_string());
+    let toml = config(&up, &data);
+    let parse = |t: &str| {
+        wasmgate::config::Config::parse(t, "test.toml", std::path::Path::new(".")).unwrap()
+    };
+    wasmgate::Gateway::check(parse(&toml)).await.unwrap();
+    assert!(!dir.exists(), "check did not create the data directory");
+
+    let gw = start_gateway(&toml).await;
+    let with_extra = format!(
+        "{toml}[[routes]]\nname = \"extra\"\npath_prefix = \"/extra\"\nrespond = {{ status = 204 }}\n"
+    );
+    let r = admin(&gw, "PUT", "/config", &with_extra).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    gw.shutdown().await;
+
+    // The operator rotates the admin token in the file and restarts: the
+    // file is what runs (the new token works, the old does not), and the
+    // config kept from the API is dropped.
+    let rotated = toml.replace(TOKEN, "a-brand-new-token-0123456789");
+    let gw = start_gateway(&rotated).await;
+    assert_eq!(
+        get(gw.addr(), "/extra", &[]).await.header("x-version"),
+        Some("aa")
+    );
+    let addr = gw.admin_addr().unwrap();
+    let new = wasmgate_tests::send_body(
+        addr,
+        "GET",
+        "/filters",
+        &[("authorization", "Bearer a-brand-new-token-0123456789")],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(new.status, 200);
+    assert_eq!(admin(&gw, "GET", "/filters", "").await.status, 401);
+    gw.shutdown().await;
+    let saved = std::fs::read_to_string(dir.join("state.json")).unwrap();
+    assert!(saved.contains("\"config\": null"), "{saved}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
