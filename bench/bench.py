@@ -22,6 +22,11 @@ The method is the project's (shared/design/BENCHMARKING.md):
           against Envoy's jwt_authn + local_ratelimit + header_mutation. The
           figure is the proxy's own CPU per request and its excess over the
           same proxy without filters. Keys and tokens are made at run time.
+  mode H  Hot swap of a filter module through the admin API (gateway on one
+          CPU, everything else on the other): time from an upload to the first
+          request served by the new module (a small and a 6 MiB component, new
+          bytes and bytes already compiled), requests/s at rest and while
+          modules are swapped back and forth, resident memory across 200 swaps.
 
 In modes S, P and T every peer sits in front of the same upstream (nginx `return 200 "hello\\n"`,
 one worker), with one worker/thread, logs off and HTTP/1.1 keep-alive to the
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import ctypes
 import datetime as dt
 import hashlib
@@ -56,8 +62,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -77,7 +84,7 @@ UPSTREAM_JSON = {
     "/b.json": '{"orders":[1,2,3],"total":3}',
 }
 
-MODE_ORDER = ["S", "P", "T", "B", "F"]
+MODE_ORDER = ["S", "P", "T", "B", "F", "H"]
 MARK_BEGIN = "<!-- bench:mode-{mode}:begin -->"
 MARK_END = "<!-- bench:mode-{mode}:end -->"
 
@@ -2110,6 +2117,551 @@ def gets_after(sc: Scenario, port: int, n: int) -> tuple[int, dict[str, int]]:
 
 
 # --------------------------------------------------------------------------
+# Mode H: hot swap. One wasmgate with an admin listener and one filter,
+# `swap`, on its only route; modules are uploaded for it through
+# `PUT /filters/swap/module` while a client watches which build answers
+# (`x-version`: `aa`, `bb`, `ll`).
+
+SWAP_FILTER = "swap"
+# The builds uploaded (files in --filters-dir) and the tag each puts on a
+# response: the request phase's letter, then the response phase's.
+SWAP_BUILDS = {"a": "version_a.wasm", "b": "version_b.wasm", "large": "version_large.wasm"}
+SWAP_TAGS = {"a": "aa", "b": "bb", "large": "ll"}
+SWAP_LABELS = {"a": "small (version-a/b)", "b": "small (version-a/b)",
+               "large": "large (version-large)"}
+NONCE_SECTION = b"wasmgate-bench-nonce"  # name of the custom section that makes bytes new
+SWAP_LAND_TIMEOUT = 60.0                 # seconds a swap may take to serve its first request
+MEMORY_EVERY = 20                        # RSS sampled every this many swaps
+
+
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def with_nonce(component: bytes, nonce: str) -> bytes:
+    """The same component with a custom section appended: bytes the gateway
+    has never seen (a new sha256, so it compiles them), the same code."""
+    payload = _leb128(len(NONCE_SECTION)) + NONCE_SECTION + nonce.encode()
+    return component + b"\x00" + _leb128(len(payload)) + payload
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError(f"no VmRSS in /proc/{pid}/status")
+
+
+class AdminClient:
+    """One keep-alive connection to the gateway's admin listener."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.port, self.token = port, token
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=120)
+
+    def call(self, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None, auth: bool = True) -> tuple[int, bytes]:
+        headers = dict(headers or {})
+        if auth:
+            headers["authorization"] = f"Bearer {self.token}"
+        try:
+            self.conn.request(method, path, body=body, headers=headers)
+            resp = self.conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException):
+            # The gateway may close an idle keep-alive connection: one retry
+            # on a new one.
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(HOST, self.port, timeout=120)
+            self.conn.request(method, path, body=body, headers=headers)
+            resp = self.conn.getresponse()
+            data = resp.read()
+        if resp.getheader("connection", "").lower() == "close":
+            self.conn.close()
+        return resp.status, data
+
+    def put_module(self, body: bytes, sha256: str | None) -> dict:
+        headers = {"content-type": "application/wasm"}
+        if sha256:
+            headers["x-wasmgate-sha256"] = sha256
+        status, data = self.call("PUT", f"/filters/{SWAP_FILTER}/module", body, headers)
+        if status != 200:
+            raise BenchError(f"PUT /filters/{SWAP_FILTER}/module answered {status}: "
+                             f"{data[:500].decode(errors='replace')}")
+        return json.loads(data)
+
+    def gauges(self) -> tuple[int, int]:
+        """`wasmgate_filter_versions_live` and `wasmgate_filter_instances_live`
+        of the swap filter."""
+        status, data = self.call("GET", "/metrics")
+        if status != 200:
+            raise BenchError(f"GET /metrics answered {status}")
+        text = data.decode(errors="replace")
+        found = []
+        for name in ("wasmgate_filter_versions_live", "wasmgate_filter_instances_live"):
+            m = re.search(rf'^{name}\{{filter="{SWAP_FILTER}"\}} (\d+)', text, re.M)
+            if not m:
+                raise BenchError(f"{name} for filter {SWAP_FILTER} is not in /metrics")
+            found.append(int(m.group(1)))
+        return found[0], found[1]
+
+
+class TagPoller:
+    """A client sending `GET /` in a loop on one keep-alive connection to the
+    gateway and reading `x-version`. `expect(tag)` before a swap; `landed` is
+    set when a response carries it, and `first_at` is when that response was
+    received (time.perf_counter). It also counts every answer that is not a 200
+    from the upstream, not tagged by exactly one build (two equal letters: a
+    request that ran on two versions would show two), or, after the new tag
+    was seen, still tagged by an older build."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.lock = threading.Lock()
+        self.want: str | None = None
+        self.first_at: float | None = None
+        self.landed = threading.Event()
+        self.requests = 0
+        self.busy = 0.0          # seconds spent in request round trips
+        self.tags: dict[str, int] = {}
+        self.bad: list[str] = []
+        self.bad_count = 0
+        self.stale = 0
+        self.error: BaseException | None = None
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="tag-poller", daemon=True)
+
+    def __enter__(self) -> TagPoller:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop_flag.set()
+        self.thread.join(timeout=10)
+
+    def expect(self, tag: str) -> None:
+        with self.lock:
+            self.want, self.first_at = tag, None
+            self.landed.clear()
+
+    def _bad(self, what: str) -> None:
+        self.bad_count += 1
+        if len(self.bad) < 5:
+            self.bad.append(what)
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=10)
+        try:
+            while not self.stop_flag.is_set():
+                sent = time.perf_counter()
+                conn.request("GET", "/")
+                resp = conn.getresponse()
+                body = resp.read()
+                got = time.perf_counter()
+                tag = resp.getheader("x-version") or ""
+                with self.lock:
+                    self.requests += 1
+                    self.busy += got - sent
+                    self.tags[tag] = self.tags.get(tag, 0) + 1
+                    if resp.status != 200 or body != UPSTREAM_BODY:
+                        self._bad(f"{resp.status} {body[:80]!r}")
+                    if len(tag) != 2 or tag[0] != tag[1]:
+                        self._bad(f"x-version {tag!r}")
+                    if self.want is not None:
+                        if tag == self.want:
+                            if self.first_at is None:
+                                self.first_at = got
+                                self.landed.set()
+                        elif self.first_at is not None:
+                            self.stale += 1
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            self.error = e
+            self.landed.set()
+        finally:
+            conn.close()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise BenchError(f"the polling client failed: {self.error!r}")
+        if self.bad_count or self.stale:
+            raise BenchError(f"the polling client saw {self.bad_count} wrong answers "
+                             f"({'; '.join(self.bad)}) and {self.stale} answers from an older "
+                             f"build after the new one had answered")
+
+    def interval_ms(self) -> float:
+        return self.busy / self.requests * 1e3 if self.requests else 0.0
+
+
+@dataclass
+class SwapSample:
+    build: str            # key of SWAP_BUILDS
+    new: bool             # bytes never uploaded before (compiled) or seen (cached)
+    put_ms: float         # PUT sent → its 200 received
+    after_put_ms: float   # PUT's 200 received → first response tagged by the new build
+    from_sent_ms: float   # PUT sent → that response
+    version: int
+
+
+@dataclass
+class MemorySample:
+    swaps: int
+    rss_kib: int
+    versions_live: int
+    instances_live: int
+
+
+@dataclass
+class HResult:
+    """What mode H measured."""
+    sizes: dict[str, int]                    # bytes of each build
+    samples: list[SwapSample]
+    memory: dict[str, list[MemorySample]]    # per pair ("a/b", ...): before, every 20, after
+    memory_swaps: dict[str, list[SwapSample]]  # the memory runs' swaps (latency too)
+    memory_after: dict[str, MemorySample]    # after the run and a pause
+    rest: list[Sample]
+    swapping: list[Sample]
+    swap_rates: list[float]                  # swaps/s during each swapping round
+    swaps_during: list[int]
+    swapper_cpu: list[float]                 # the upload loop's CPU, fraction of one CPU
+    poll_interval_ms: float
+    poll_requests: int
+    cache_entries: int                       # compiled components in the disk cache at the end
+    connections: int
+    pinning: str
+    load_avg: tuple[tuple[float, float, float], tuple[float, float, float]]
+    other_cpu: float                         # CPU of other processes during the mode (1 = one CPU)
+    seconds: float                           # the mode's wall time
+
+
+def hot_json(res: HResult) -> dict:
+    """Mode H's results for results.json (without wrk's raw output)."""
+    out = asdict(res)
+    for s in out["rest"] + out["swapping"]:
+        s["raw"] = None
+    return out
+
+
+class HotSwap:
+    """The gateway of mode H, its admin client, and which build is current."""
+
+    def __init__(self, ctx: Ctx, cpu: str) -> None:
+        self.ctx = ctx
+        self.port, self.admin_port = free_ports(2)
+        self.token = secrets.token_hex(16)
+        self.cache_dir = ctx.workdir / "compile-cache"
+        self.builds = {k: (ctx.tools.filters_dir / f).read_bytes() for k, f in SWAP_BUILDS.items()}
+        self.shas = {k: hashlib.sha256(b).hexdigest() for k, b in self.builds.items()}
+        self.run_id = secrets.token_hex(4)
+        self.nonces = 0
+        self.current = "a"
+        conf = ctx.workdir / "hotswap.toml"
+        conf.write_text("\n".join([
+            "[server]", f'listen = "{HOST}:{self.port}"', "workers = 1", "",
+            "[admin]", f'listen = "{HOST}:{self.admin_port}"', f'token = "{self.token}"', "",
+            # A fresh on-disk compile cache: new bytes are compiled (and stored,
+            # as with the default cache folder), never found from an earlier run.
+            "[engine]", f'cache_dir = "{self.cache_dir}"', "",
+            "[access_log]", "enabled = false", "",
+            f"[filters.{SWAP_FILTER}]", f'path = "{ctx.tools.filters_dir / SWAP_BUILDS["a"]}"', "",
+            "[clusters.upstream]", f'endpoints = ["{HOST}:{ctx.upstream_port}"]', "",
+            "[[routes]]", 'name = "all"', 'path_prefix = "/"', 'cluster = "upstream"', "",
+            "  [[routes.filters]]", f'  name = "{SWAP_FILTER}"', "",
+        ]))
+        check = subprocess.run([str(ctx.tools.wasmgate), "check", "--config", str(conf)],
+                               capture_output=True, text=True,
+                               env={**os.environ, "WASMGATE_LOG": "warn"})
+        if check.returncode != 0:
+            raise BenchError(f"wasmgate check rejected {conf}:\n{check.stdout}{check.stderr}")
+        self.proc = ctx.procs.start("hotswap", [str(ctx.tools.wasmgate), "serve", "--config",
+                                                str(conf)], cpu, ctx.workdir,
+                                    {"WASMGATE_LOG": "warn", "TOKIO_WORKER_THREADS": "1"})
+        wait_listening(self.proc, self.port)
+        wait_listening(self.proc, self.admin_port)
+        self.admin = AdminClient(self.admin_port, self.token)
+
+    def cache_entries(self) -> int:
+        return len(list(self.cache_dir.glob("*.cwasm")))
+
+    def get(self) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=10)
+        try:
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def swap(self, poller: TagPoller, build: str, new: bool = False) -> SwapSample:
+        """Uploads `build` (with `new`, as bytes never seen: a fresh nonce
+        section) and waits for the poller to get its first response."""
+        if build == self.current:
+            raise BenchError(f"swap to {build}, which is already current: nothing would show")
+        body = self.builds[build]
+        if new:
+            self.nonces += 1
+            body = with_nonce(body, f"{self.run_id}-{self.nonces}")
+        sha = hashlib.sha256(body).hexdigest() if new else self.shas[build]
+        entries = self.cache_entries() if new else 0
+        poller.expect(SWAP_TAGS[build])
+        sent = time.perf_counter()
+        answer = self.admin.put_module(body, sha)
+        done = time.perf_counter()
+        if not poller.landed.wait(SWAP_LAND_TIMEOUT) or poller.first_at is None:
+            poller.check()
+            raise BenchError(f"no response from build {build} within {SWAP_LAND_TIMEOUT:g}s "
+                             f"of its upload")
+        first = poller.first_at
+        self.current = build
+        if answer.get("sha256") != sha:
+            raise BenchError(f"the gateway activated {answer.get('sha256')}, not {sha}")
+        if new and self.cache_entries() != entries + 1:
+            raise BenchError(f"new bytes of {build} did not add a compiled entry to "
+                             f"{self.cache_dir}: were they compiled?")
+        return SwapSample(build, new, (done - sent) * 1e3, (first - done) * 1e3,
+                          (first - sent) * 1e3, int(answer.get("version", 0)))
+
+
+class Swapper:
+    """Uploads `a` and `b` in turn, each as soon as the previous upload is
+    answered, until stopped; records when each upload was answered."""
+
+    def __init__(self, hs: HotSwap) -> None:
+        self.hs = hs
+        self.admin = AdminClient(hs.admin_port, hs.token)
+        self.done_at: list[float] = []
+        self.cpu_seconds = 0.0   # CPU time of the loop's thread
+        self.error: BaseException | None = None
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="swapper", daemon=True)
+
+    def _run(self) -> None:
+        start = time.thread_time()
+        try:
+            while not self.stop_flag.is_set():
+                build = "b" if self.hs.current == "a" else "a"
+                self.admin.put_module(self.hs.builds[build], self.hs.shas[build])
+                self.hs.current = build
+                self.done_at.append(time.monotonic())
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            self.error = e
+        finally:
+            self.cpu_seconds = time.thread_time() - start
+
+    def __enter__(self) -> Swapper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop_flag.set()
+        self.thread.join(timeout=120)
+        if self.error is not None:
+            raise BenchError(f"the swap loop failed: {self.error}")
+
+
+def check_hotswap(hs: HotSwap) -> None:
+    """Before measuring: build a answers, the API refuses a request without the
+    token and a body whose digest differs from the header's."""
+    status, headers, body = hs.get()
+    if status != 200 or body != UPSTREAM_BODY or headers.get("x-version") != SWAP_TAGS["a"]:
+        raise BenchError(f"GET / through the swap gateway: {status}, x-version "
+                         f"{headers.get('x-version')!r}, {body[:100]!r}")
+    status, _ = hs.admin.call("PUT", f"/filters/{SWAP_FILTER}/module", hs.builds["b"],
+                              {"content-type": "application/wasm"}, auth=False)
+    if status != 401:
+        raise BenchError(f"an upload without the admin token answered {status}, not 401")
+    status, data = hs.admin.call("PUT", f"/filters/{SWAP_FILTER}/module", hs.builds["b"],
+                                 {"content-type": "application/wasm",
+                                  "x-wasmgate-sha256": hs.shas["a"]})
+    if status != 422 or b"digest_mismatch" not in data:
+        raise BenchError(f"an upload with the wrong sha256 answered {status}, not 422 "
+                         f"digest_mismatch: {data[:300]!r}")
+    status, headers, _ = hs.get()
+    if headers.get("x-version") != SWAP_TAGS["a"]:
+        raise BenchError("a refused upload changed the build that answers")
+
+
+def memory_run(hs: HotSwap, pair: tuple[str, str],
+               swaps: int) -> tuple[list[MemorySample], list[SwapSample], MemorySample]:
+    """`swaps` swaps between the two builds of `pair` (seen bytes), each
+    confirmed by the poller; RSS and the gauges before, every MEMORY_EVERY
+    swaps, and after a pause once the last swap has served."""
+    pid = hs.proc.popen.pid
+
+    def sample(n: int) -> MemorySample:
+        versions, instances = hs.admin.gauges()
+        return MemorySample(n, rss_kib(pid), versions, instances)
+
+    out, lat = [], []
+    with TagPoller(hs.port) as poller:
+        # Warm: both builds compiled and served once, then back where we began.
+        for build in (pair[1], pair[0]) if hs.current == pair[0] else (pair[0],):
+            hs.swap(poller, build)
+        out.append(sample(0))
+        for i in range(1, swaps + 1):
+            lat.append(hs.swap(poller, pair[1] if hs.current == pair[0] else pair[0]))
+            if i % MEMORY_EVERY == 0 or i == swaps:
+                out.append(sample(i))
+        poller.check()
+    time.sleep(2.0)
+    return out, lat, sample(swaps)
+
+
+def busy_ticks() -> int:
+    """Busy time of every CPU of the machine (user, nice, system, irq,
+    softirq), in clock ticks, from /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+    return user + nice + system + irq + softirq
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this script and its waited-for children (wrk, wasmgate check)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def run_mode_h(args, tools: Tools, procs: Procs, workdir: Path, upstream: Proc,
+               upstream_port: int) -> HResult:
+    """Mode H: the gateway on --cpu-proxy; the upstream, wrk, and this script's
+    own clients (the poller, the uploads) on --cpu-load, as in mode P."""
+    pinning = (f"mode H: wasmgate pinned to CPU {args.cpu_proxy}; the upstream, wrk, the "
+               f"polling client and the uploads (this script) on CPU {args.cpu_load}")
+    print(f"\n=== {pinning}")
+    load_before = os.getloadavg()
+    busy_before, wall_before = busy_ticks(), time.monotonic()
+    ours_before = own_cpu_seconds() + group_cpu_ticks(upstream.pgid) / CLK_TCK
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(args.cpu_load)})  # threads started from here inherit it
+    ctx = Ctx(tools, procs, workdir, upstream_port)
+    hs: HotSwap | None = None
+    try:
+        hs = HotSwap(ctx, args.cpu_proxy)
+        check_hotswap(hs)
+        sizes = {k: len(b) for k, b in hs.builds.items()}
+        print(f"  ok: build a answers (x-version: aa) on {HOST}:{hs.port}; admin API on "
+              f"{HOST}:{hs.admin_port} refuses no token (401) and a wrong sha256 (422); "
+              f"sizes: " + ", ".join(f"{k} {v:,} B" for k, v in sizes.items()))
+
+        memory, memory_swaps, memory_after = {}, {}, {}
+        print(f"  memory: {args.memory_swaps} swaps a ↔ b")
+        memory["a/b"], memory_swaps["a/b"], memory_after["a/b"] = memory_run(
+            hs, ("a", "b"), args.memory_swaps)
+        for m in memory["a/b"]:
+            print(f"    after {m.swaps:>3} swaps: RSS {m.rss_kib / 1024:.1f} MiB, "
+                  f"versions live {m.versions_live}, instances live {m.instances_live}")
+
+        samples: list[SwapSample] = []
+        polls, busy = 0, 0.0
+        with TagPoller(hs.port) as poller:
+            print(f"  time to first request: {args.swaps} swaps of each kind")
+            # Small, seen bytes (both in the gateway's cache since the memory run).
+            for _ in range(args.swaps):
+                samples.append(hs.swap(poller, "b" if hs.current == "a" else "a"))
+            # Small, new bytes: each a or b with a fresh nonce section.
+            for _ in range(args.swaps):
+                samples.append(hs.swap(poller, "b" if hs.current == "a" else "a", new=True))
+            # Large, new bytes; back to a (not counted) between them.
+            for i in range(args.swaps):
+                if hs.current == "large":
+                    hs.swap(poller, "a")
+                samples.append(hs.swap(poller, "large", new=True))
+                if i == 0:
+                    status, headers, _ = hs.get()
+                    if not re.fullmatch(r"[0-9a-f]{2}", headers.get("x-table-byte", "")):
+                        raise BenchError(f"version-large answered without x-table-byte: "
+                                         f"{status} {headers}")
+            # Large, seen bytes: the original build, warmed once.
+            hs.swap(poller, "a")
+            hs.swap(poller, "large")
+            for _ in range(args.swaps):
+                hs.swap(poller, "a")
+                samples.append(hs.swap(poller, "large"))
+            hs.swap(poller, "a")
+            poller.check()
+            polls, busy = poller.requests, poller.interval_ms()
+        for build, new in (("a", False), ("a", True), ("large", True), ("large", False)):
+            kind = [s for s in samples if (s.build == "large") == (build == "large")
+                    and s.new == new]
+            print(f"    {SWAP_LABELS[build]:<22} {'new ' if new else 'seen'}: "
+                  f"PUT {med_range([s.put_ms for s in kind], '.1f')} ms, then first "
+                  f"response {med_range([s.after_put_ms for s in kind], '.2f')} ms")
+
+        print(f"  memory: {args.memory_swaps} swaps a ↔ large")
+        memory["a/large"], memory_swaps["a/large"], memory_after["a/large"] = memory_run(
+            hs, ("a", "large"), args.memory_swaps)
+        for m in memory["a/large"]:
+            print(f"    after {m.swaps:>3} swaps: RSS {m.rss_kib / 1024:.1f} MiB, "
+                  f"versions live {m.versions_live}, instances live {m.instances_live}")
+
+        # Throughput at rest and while swapping, interleaved.
+        url = f"http://{HOST}:{hs.port}/"
+        sc = Scenario("hotswap", "wasmgate + swap filter", "wasmgate", modes="H")
+        lp = LoadParams(args.connections_p, args.h2_clients, args.h2_streams)
+        rest: list[Sample] = []
+        swapping: list[Sample] = []
+        rates: list[float] = []
+        swaps_during: list[int] = []
+        swapper_cpu: list[float] = []
+
+        def measure(state: str, seconds: float, tag: str) -> tuple[Sample, int, float, float]:
+            log_before = hs.proc.log.stat().st_size
+            before = group_cpu_ticks(hs.proc.pgid)
+            with Swapper(hs) if state == "swapping" else contextlib.nullcontext() as swapper:
+                t0 = time.monotonic()
+                sample = run_wrk(tools, url, seconds, lp, args.cpu_load, workdir, tag, sc)
+                t1 = time.monotonic()
+            used = (group_cpu_ticks(hs.proc.pgid) - before) / CLK_TCK
+            sample.proxy_cpu = used / (t1 - t0)
+            sample.proxy_us_per_req = used / sample.requests * 1e6
+            if hs.proc.log.stat().st_size - log_before > 64 * 1024:
+                raise BenchError(f"wasmgate wrote {hs.proc.log.stat().st_size - log_before} bytes "
+                                 f"of log during one run:\n{hs.proc.log_tail(3)}")
+            n = sum(1 for t in swapper.done_at if t0 <= t <= t1) if swapper else 0
+            return sample, n, n / (t1 - t0), swapper.cpu_seconds / (t1 - t0) if swapper else 0.0
+
+        print(f"  throughput: wrk, {args.connections_p} connections; at rest, then while "
+              f"swapping a ↔ b; {args.rounds} rounds × {args.duration:g} s")
+        if args.warmup > 0:
+            for state in ("rest", "swapping"):
+                measure(state, args.warmup, f"H-warmup-{state}")
+        for r in range(1, args.rounds + 1):
+            s, _, _, _ = measure("rest", args.duration, f"H-r{r}-rest")
+            rest.append(s)
+            w, n, rate, loop_cpu = measure("swapping", args.duration, f"H-r{r}-swapping")
+            swapping.append(w)
+            swaps_during.append(n)
+            rates.append(rate)
+            swapper_cpu.append(loop_cpu)
+            print(f"  round {r}/{args.rounds}: at rest {s.rps:,.0f}/s | swapping {w.rps:,.0f}/s, "
+                  f"{rate:.1f} swaps/s")
+        status, headers, body = hs.get()
+        if status != 200 or headers.get("x-version") != SWAP_TAGS[hs.current]:
+            raise BenchError(f"after the swapping rounds: {status}, x-version "
+                             f"{headers.get('x-version')!r}, expected {SWAP_TAGS[hs.current]!r}")
+        if not hs.proc.alive():
+            raise BenchError(f"wasmgate died:\n{hs.proc.log_tail()}")
+        # CPU the machine spent on anything but this mode's processes.
+        wall = time.monotonic() - wall_before
+        ours = (own_cpu_seconds() + (group_cpu_ticks(upstream.pgid)
+                                     + group_cpu_ticks(hs.proc.pgid)) / CLK_TCK - ours_before)
+        others = max(0.0, (busy_ticks() - busy_before) / CLK_TCK - ours) / wall
+        return HResult(sizes, samples, memory, memory_swaps, memory_after, rest, swapping,
+                       rates, swaps_during, swapper_cpu, busy, polls, hs.cache_entries(),
+                       args.connections_p, pinning, (load_before, os.getloadavg()), others,
+                       wall)
+    finally:
+        os.sched_setaffinity(0, affinity)
+        if hs is not None:
+            procs.stop(hs.proc)
+
+
+# --------------------------------------------------------------------------
 # Report
 
 
@@ -2720,6 +3272,189 @@ Versions:
 """
 
 
+def _mib(kib: float) -> str:
+    return f"{kib / 1024:.1f}"
+
+
+def memory_verdict(mem: list[MemorySample], after: MemorySample) -> tuple[str, float, float]:
+    """(verdict, MiB grown over the second half of the swaps, KiB per swap there).
+    Flat: less than 2 MiB over the second half, and one live version after."""
+    last = mem[-1]
+    mid = min(mem, key=lambda m: abs(m.swaps - last.swaps / 2))
+    grown = (last.rss_kib - mid.rss_kib) / 1024
+    per_swap = (last.rss_kib - mid.rss_kib) / max(1, last.swaps - mid.swaps)
+    if grown < 2 and after.versions_live == 1:
+        verdict = "plateau: no growth per swap beyond noise"
+    else:
+        verdict = "**growing**: see the table"
+    return verdict, grown, per_swap
+
+
+def section_h(res: HResult, args, vers: dict[str, str], when: str) -> str:
+    quick = ("\n> **Quick run** (short rounds, smoke test of the harness): "
+             "not a result to quote.\n" if args.quick else "")
+    keep = ["wasmgate", "rustc", "wrk", "upstream"]
+    vlines = "\n".join(f"- {k}: {vers[k]}" for k in keep if k in vers)
+    (l1, _, l15), (e1, _, e15) = res.load_avg
+    shared = (f"**other processes used {res.other_cpu * 100:.0f} % of one CPU on average** "
+              f"during the mode: the machine was shared and the figures are noisier"
+              if res.other_cpu > 0.1 else
+              f"other processes used {res.other_cpu * 100:.0f} % of one CPU on average "
+              f"during the mode")
+    small, large = res.sizes["a"], res.sizes["large"]
+    rest_cpu = statistics.median(s.proxy_cpu or 0.0 for s in res.rest)
+    swap_cpu = statistics.median(s.proxy_cpu or 0.0 for s in res.swapping)
+
+    rows = ["| module uploaded | bytes | swaps | PUT sent → 200 (ms) | 200 → first response "
+            "from it (ms) | PUT sent → first response (ms) |", "|---|---|---|---|---|---|"]
+    kinds = [("small", False, "small (version-a/b), seen bytes: cached, linked + init", small),
+             ("small", True, "small (version-a/b), new bytes: compiled", small),
+             ("large", False, "large (version-large), seen bytes: cached, linked + init", large),
+             ("large", True, "large (version-large), new bytes: compiled", large)]
+    for size_class, new, label, size in kinds:
+        kind = [s for s in res.samples if (s.build == "large") == (size_class == "large")
+                and s.new == new]
+        rows.append(f"| {label} | {size:,} | {len(kind)} | "
+                    f"{med_range([s.put_ms for s in kind], '.1f')} | "
+                    f"{med_range([s.after_put_ms for s in kind], '.2f')} | "
+                    f"{med_range([s.from_sent_ms for s in kind], '.1f')} |")
+    # The memory runs' swaps, measured the same way: one row per size.
+    for pair, lat in res.memory_swaps.items():
+        first, second = pair.split("/")
+        for is_large in (False, True):
+            kind = [s for s in lat if (s.build == "large") == is_large]
+            if not kind:
+                continue
+            to = "version-large" if is_large else "version-a/b"
+            rows.append(f"| {to}, seen bytes: the swaps to it in the {first} ↔ {second} "
+                        f"memory run | {res.sizes['large' if is_large else 'a']:,} | "
+                        f"{len(kind)} | {med_range([s.put_ms for s in kind], '.1f')} | "
+                        f"{med_range([s.after_put_ms for s in kind], '.2f')} | "
+                        f"{med_range([s.from_sent_ms for s in kind], '.1f')} |")
+    latency = "\n".join(rows)
+
+    ratios = [w.rps / s.rps for s, w in zip(res.rest, res.swapping)]
+    # The gateway's CPU for a swap: what it used while swapping beyond its
+    # at-rest cost per request for the same requests, per swap (per round).
+    per_swap = [(w.proxy_us_per_req - s.proxy_us_per_req) * w.requests / n / 1e3
+                for s, w, n in zip(res.rest, res.swapping, res.swaps_during) if n]
+    trows = ["| | requests/s | p50 | p99 | wasmgate CPU | wasmgate CPU µs/request | "
+             "wrk CPU | swaps/s | upload loop CPU | non-2xx, socket errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, ss, rates, loop in (("at rest", res.rest, None, None),
+                                   ("swapping a ↔ b", res.swapping, res.swap_rates,
+                                    res.swapper_cpu)):
+        trows.append(
+            f"| {label} | {med_range([s.rps for s in ss], ',.0f')} | "
+            f"{fmt_lat(statistics.median(s.p50_us for s in ss))} | "
+            f"{fmt_lat(statistics.median(s.p99_us for s in ss))} | "
+            f"{med_range([s.proxy_cpu * 100 for s in ss if s.proxy_cpu is not None], '.0f')} % | "
+            f"{med_range([s.proxy_us_per_req for s in ss if s.proxy_us_per_req], '.1f')} | "
+            f"{med_range([s.load_cpu * 100 for s in ss], '.0f')} % | "
+            f"{med_range(rates, '.1f') if rates else '—'} | "
+            f"{med_range([c * 100 for c in loop], '.0f') + ' %' if loop else '—'} | 0, 0 |")
+    throughput = "\n".join(trows)
+    if rest_cpu >= 0.9 and swap_cpu >= 0.9 and per_swap:
+        share = statistics.median(res.swap_rates) * statistics.median(per_swap) / 1e3
+        why = (f"The gateway's CPU was saturated both at rest and while swapping, so the drop "
+               f"is its own work on the swaps: {statistics.median(res.swap_rates):.0f} swaps/s "
+               f"× {statistics.median(per_swap):.2f} ms ≈ {share * 100:.0f} % of its CPU, "
+               f"against a drop of {(1 - statistics.median(ratios)) * 100:.0f} % in requests/s. "
+               f"The upload loop shares wrk's CPU (its share in the table).")
+    else:
+        why = ("The gateway's CPU was not saturated in both states, and the upload loop runs "
+               "on wrk's CPU (its share in the table): part of the drop in requests/s may be "
+               "the load side's; compare the gateway's CPU µs/request.")
+
+    mem_parts = []
+    for pair, mem in res.memory.items():
+        after = res.memory_after[pair]
+        base = mem[0].rss_kib
+        mrows = ["| swaps | RSS (MiB) | change since before (MiB) | versions live | "
+                 "instances live |", "|---|---|---|---|---|"]
+        for m in mem:
+            mrows.append(f"| {m.swaps if m.swaps else '0 (before)'} | {_mib(m.rss_kib)} | "
+                         f"{(m.rss_kib - base) / 1024:+.1f} | {m.versions_live} | "
+                         f"{m.instances_live} |")
+        mrows.append(f"| {after.swaps}, after 2 s idle | {_mib(after.rss_kib)} | "
+                     f"{(after.rss_kib - base) / 1024:+.1f} | {after.versions_live} | "
+                     f"{after.instances_live} |")
+        verdict, grown, kib_per_swap = memory_verdict(mem, after)
+        first, second = pair.split("/")
+        mem_parts.append(f"Swaps {first} ↔ {second} (seen bytes, each confirmed by a response "
+                         f"from the new build):\n\n" + "\n".join(mrows) +
+                         f"\n\nOver the second half of the swaps RSS changed by {grown:+.1f} MiB "
+                         f"({kib_per_swap:+.1f} KiB per swap): {verdict}.")
+    memory = "\n\n".join(mem_parts)
+
+    return f"""### Mode H: hot swap of a filter module through the admin API
+{quick}
+- Date: {when}
+- Machine: {machine()}
+- Other work: {shared} ({res.seconds:.0f} s; busy time of all CPUs from `/proc/stat`
+  minus this mode's processes). Load average (1 min, 15 min): {l1:.2f}, {l15:.2f} when
+  the mode started, {e1:.2f}, {e15:.2f} when it ended (this includes the mode's own load).
+- Pinning: {res.pinning}
+- wasmgate: `workers = 1`, `[access_log] enabled = false`, `WASMGATE_LOG=warn`, an admin
+  listener with a token made at run time, `[engine] cache_dir` a new folder in the work
+  folder (so new bytes are compiled, and stored as the default cache does, never found
+  from an earlier run); one route, `/` to the upstream, with one filter, `swap`, started
+  with `version-a`. Uploads: `PUT /filters/swap/module` with the component and
+  `x-wasmgate-sha256`, from one keep-alive connection.
+- Builds: `version-a` and `version-b` ({small:,} and {res.sizes["b"]:,} bytes; tag
+  `x-version: aa` / `bb`),
+  `version-large` ({large:,} bytes: the same filter with a 6 MiB pseudo-random table it
+  reads one byte of per response; tag `ll`). "New bytes" are a build with a custom
+  section holding a fresh nonce appended: the same code under a sha256 the gateway has
+  never seen, so it compiles it (the harness checks that each added an entry to the
+  compile cache). "Seen bytes" are a build uploaded before, still among the 8 compiled
+  components the gateway keeps: no compile, only linking and running `init`.
+- Command: `{args.command}`
+
+**Time to the first request served by a new module.** A client (this script, one
+keep-alive connection) sends `GET /` in a loop and reads `x-version`; "first response
+from it" is when the first response carrying the new build's tag was received. Its
+round trip is {res.poll_interval_ms:.2f} ms on average ({res.poll_requests:,} requests): the
+resolution of the last two columns. "200 → first response" can be negative: the new
+build answered a request before the upload's own answer reached the client. Every
+response was a 200 tagged by exactly one build, and none came from the old build
+once the new one had answered. Median (min–max) over the swaps:
+
+{latency}
+
+**Throughput at rest and during continuous swapping.** wrk, 1 thread,
+{res.connections} connections, keep-alive, `GET /` through the filter; {args.rounds} rounds ×
+{args.duration:g} s of each, interleaved (at rest, swapping, at rest, …), after a
+{args.warmup:g} s warm-up of each. While swapping, a loop uploads `version-b` and
+`version-a` in turn (seen bytes), each as soon as the previous upload is answered.
+wrk saw no non-2xx answer and no socket error (the harness stops otherwise). Median
+(min–max) over rounds:
+
+{throughput}
+
+Requests/s while swapping ÷ at rest, per round: {med_range(ratios, '.3f')}. The
+gateway's CPU per swap (its CPU while swapping beyond its at-rest µs/request for the
+same requests, ÷ swaps; `/proc` ticks of 10 ms): {med_range(per_swap, '.2f')} ms.
+{why}
+
+**Resident memory across {args.memory_swaps} swaps**, twice: between `version-a` and
+`version-b` first (right after the start), then between `version-a` and
+`version-large` (after the swaps above, so with the large builds' compiled code in
+the gateway's cache). VmRSS of the gateway (`/proc/PID/status`) and the gauges
+`wasmgate_filter_versions_live` and `wasmgate_filter_instances_live` of `swap` (from
+`/metrics`): before the swaps (both builds already compiled and served), every
+{MEMORY_EVERY} swaps, and after a 2 s pause. The polling client runs throughout. The
+gateway keeps the 8 most recent compiled components, expected memory that does not
+grow with swaps between the same two builds. At the end of the mode the on-disk
+compile cache held {res.cache_entries} compiled components.
+
+{memory}
+
+Versions:
+{vlines}
+"""
+
+
 def section(result: ModeResult, args, vers: dict[str, str], when: str) -> str:
     title = {"S": "Mode S: CPU cost per request (everything on one CPU)",
              "P": "Mode P: throughput with the proxy owning a CPU"}[result.mode]
@@ -2803,11 +3538,12 @@ def find_tool(name: str, given: str | None) -> str:
 
 def parse_args(argv: list[str]):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["S", "P", "T", "B", "F", "both", "all"], default="both",
+    ap.add_argument("--mode", choices=["S", "P", "T", "B", "F", "H", "both", "all"],
+                    default="both",
                     help="S, P, T (TLS and HTTP/2), B (balancing and an endpoint kill), "
                          "F (the first-party filters, pooled and fresh, and against "
-                         "Envoy's native ones), both (S and P: the default) or all "
-                         "(S, P, T, B, F)")
+                         "Envoy's native ones), H (hot swap of a filter module), both "
+                         "(S and P: the default) or all (S, P, T, B, F, H)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 2 s rounds, 2 rounds, 1 s warm-up, 3 s kill runs; does "
                          "not write BENCHMARKS.md unless --write is given")
@@ -2819,6 +3555,10 @@ def parse_args(argv: list[str]):
     ap.add_argument("--kill-at", type=float,
                     help="mode B: seconds into a kill run when the endpoint is killed "
                          "(default 2; quick 1)")
+    ap.add_argument("--swaps", type=int,
+                    help="mode H: swaps measured per kind of upload (default 10; quick 3)")
+    ap.add_argument("--memory-swaps", type=int,
+                    help="mode H: swaps of the memory run (default 200; quick 40)")
     ap.add_argument("--connections", type=int, default=10,
                     help="wrk connections in modes S, T and B (default 10)")
     ap.add_argument("--connections-p", type=int, default=50,
@@ -2855,6 +3595,8 @@ def parse_args(argv: list[str]):
     args.duration = args.duration or (2.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
     args.kill_duration = args.kill_duration or (3.0 if args.quick else 6.0)
+    args.swaps = args.swaps or (3 if args.quick else 10)
+    args.memory_swaps = args.memory_swaps or (40 if args.quick else 200)
     args.kill_at = args.kill_at if args.kill_at is not None else (1.0 if args.quick else 2.0)
     if not 0 < args.kill_at < args.kill_duration:
         ap.error("--kill-at must be between 0 and --kill-duration")
@@ -2888,10 +3630,11 @@ def main(argv: list[str]) -> int:
         # A scenario whose wasmgate reference is not selected shows no ratio.
         scenarios = [sc for sc in SCENARIOS if sc.name in wanted]
 
-    modes = {"both": ["S", "P"], "all": ["S", "P", "T", "B", "F"]}.get(args.mode, [args.mode])
+    modes = {"both": ["S", "P"], "all": list(MODE_ORDER)}.get(args.mode, [args.mode])
     per_mode = {m: [sc for sc in scenarios if m in sc.modes] for m in modes}
     for m in list(modes):
-        if all(sc.name == "direct" for sc in per_mode[m]) and args.scenarios:
+        # Mode H has no scenarios: it runs whatever --scenarios says.
+        if m != "H" and all(sc.name == "direct" for sc in per_mode[m]) and args.scenarios:
             print(f"mode {m}: none of the selected scenarios runs in it; skipped")
             modes.remove(m)
     if not modes:
@@ -2921,6 +3664,11 @@ def main(argv: list[str]) -> int:
         if "wasmgate" in needs and not path.exists():
             raise BenchError(f"{path} is missing: build with `cargo build --release -p wasmgate "
                              f"--workspace` (bench/run.sh does)")
+    if "H" in modes:
+        for path in [tools.wasmgate, *(tools.filters_dir / f for f in SWAP_BUILDS.values())]:
+            if not path.exists():
+                raise BenchError(f"{path} is missing: build with `cargo build --release -p "
+                                 f"wasmgate --workspace` (bench/run.sh does)")
     if any(sc.opts.get("wasm") for sc in scenarios) and not tools.proxy_wasm.exists():
         raise BenchError(f"{tools.proxy_wasm} is missing (bench/run.sh builds it)")
     for cpu in {args.cpu_s, args.cpu_proxy, args.cpu_load}:
@@ -2931,8 +3679,14 @@ def main(argv: list[str]) -> int:
     est = sum(args.rounds * (args.kill_duration + 1) if is_kill(sc)
               else args.rounds * args.duration + args.warmup
               for m in modes for sc in per_mode[m])
+    if "H" in modes:
+        # At rest and swapping in every round, plus the swaps themselves
+        # (roughly 0.1 s for small seen bytes up to 1 s for large new ones).
+        est += 2 * (args.rounds * args.duration + args.warmup) + args.memory_swaps * 0.04 \
+            + args.swaps * 3
     for m in modes:
-        print(f"mode {m} scenarios: {', '.join(sc.name for sc in per_mode[m])}")
+        if m != "H":
+            print(f"mode {m} scenarios: {', '.join(sc.name for sc in per_mode[m])}")
     print(f"modes: {', '.join(modes)}; {args.rounds} rounds × {args.duration:g} s; "
           f"about {est / 60:.1f} min of load")
 
@@ -2955,7 +3709,7 @@ def main(argv: list[str]) -> int:
         # Mode F: keys, tokens and a Basic credential for the auth filters.
         fsecrets = make_filter_secrets(workdir, tools.openssl) if "F" in modes else None
         upstream = None  # mode B alone brings its own endpoints
-        if any(m in modes for m in ("S", "P", "T", "F")):
+        if any(m in modes for m in ("S", "P", "T", "F", "H")):
             upstream = start_upstream(Ctx(tools, procs, workdir, upstream_port, tls),
                                       upstream_port, upstream_cpu,
                                       upstream_tls_port if tls_mode else None)
@@ -2966,7 +3720,9 @@ def main(argv: list[str]) -> int:
         results = [run_mode(m, args, tools, procs, workdir, upstream, upstream_port, per_mode[m],
                             tls, upstream_tls_port if tls_mode else None,
                             fsecrets.values if fsecrets else None)
-                   for m in modes]
+                   for m in modes if m != "H"]
+        hot = (run_mode_h(args, tools, procs, workdir, upstream, upstream_port)
+               if upstream is not None and "H" in modes else None)
         vers = versions(tools)
         for res in results:
             if res.mode == "T":
@@ -2981,6 +3737,11 @@ def main(argv: list[str]) -> int:
             print("\n" + text)
             if args.write:
                 write_markdown(args.output, res.mode, text)
+        if hot is not None:
+            text = section_h(hot, args, vers, when)
+            print("\n" + text)
+            if args.write:
+                write_markdown(args.output, "H", text)
         if args.write:
             print(f"written to {args.output}")
         else:
@@ -2988,7 +3749,7 @@ def main(argv: list[str]) -> int:
         (workdir / "results.json").write_text(json.dumps({
             res.mode: {name: [vars(s) | {"raw": None} for s in ss]
                        for name, ss in (res.samples | res.kills).items()}
-            for res in results}, indent=1))
+            for res in results} | ({"H": hot_json(hot)} if hot else {}), indent=1))
         ok = True
         return 0
     finally:

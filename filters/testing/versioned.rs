@@ -2,7 +2,9 @@
 // one filter that differ only in `VERSION`, for module swap tests. Each
 // response says which version ran the request phase (carried in the
 // context) and which ran the response phase: a request that ran on two
-// versions would show two different letters.
+// versions would show two different letters. A request carrying
+// `x-trap: <this build's letter>` makes that build trap, for canary
+// rollback tests.
 
 use wasmgate_sdk::{
     Filter, FilterInfo, OnRequest, OnResponse, Request, RequestEdits, Response, ResponseEdits,
@@ -17,10 +19,15 @@ impl Filter for Versioned {
     }
 
     fn info(&self) -> FilterInfo {
-        FilterInfo::new().wants_response(true)
+        FilterInfo::new()
+            .wants_response(true)
+            .request_headers(["x-trap"])
     }
 
-    fn on_request(&self, _req: &Request) -> OnRequest {
+    fn on_request(&self, req: &Request) -> OnRequest {
+        if req.header("x-trap") == Some(VERSION) {
+            panic!("asked to trap by x-trap");
+        }
         OnRequest::proceed_with(
             RequestEdits::default()
                 .set_header("x-version", VERSION)

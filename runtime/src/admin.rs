@@ -77,16 +77,24 @@ impl AdminState {
         let path = req.uri().path().to_owned();
         let change = match (req.method(), path.as_str()) {
             (&Method::PUT, "/config") | (&Method::POST, "/config/reload") => true,
-            (&Method::PUT, p) => module_target(p).is_some(),
-            _ => false,
+            (m, p) => filter_target(p).is_some_and(|(_, action)| {
+                matches!(
+                    (m, action),
+                    (&Method::PUT, "module" | "canary")
+                        | (&Method::POST, "activate" | "promote" | "rollback")
+                )
+            }),
         };
         if !change || !self.authorized(&req) {
             return self.read(&req);
         }
         match (req.method().clone(), path.as_str()) {
-            (Method::POST, _) => {
-                self.apply(crate::config::Config::load(self.live.file()))
-                    .await
+            (Method::POST, "/config/reload") => {
+                self.apply(
+                    crate::config::Config::load(self.live.file()),
+                    crate::live::Origin::File,
+                )
+                .await
             }
             (_, "/config") => {
                 let current = self.live.config();
@@ -98,40 +106,49 @@ impl AdminState {
                     return GatewayError::bad_request("the config must be UTF-8 TOML")
                         .into_response(None);
                 };
-                self.apply(crate::config::Config::parse(
-                    text,
-                    "PUT /config",
-                    &current.base,
-                ))
+                self.apply(
+                    crate::config::Config::parse(text, "PUT /config", &current.base),
+                    crate::live::Origin::Api,
+                )
                 .await
             }
             _ => {
-                let Some(name) = module_target(&path).map(str::to_owned) else {
+                let Some((name, action)) = filter_target(&path) else {
                     return self.read(&req);
                 };
-                let expected = req
-                    .headers()
-                    .get("x-wasmgate-sha256")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let bytes = match body::collect(req.into_body(), MAX_MODULE_SIZE).await {
-                    Ok(k) => k.data.to_vec(),
-                    Err(e) => return body_error(e, MAX_MODULE_SIZE),
+                let (name, action) = (name.to_owned(), action.to_owned());
+                let result = match action.as_str() {
+                    "module" => {
+                        let activate = match activate_param(req.uri().query()) {
+                            Ok(a) => a,
+                            Err(m) => return GatewayError::bad_request(m).into_response(None),
+                        };
+                        let expected = req
+                            .headers()
+                            .get("x-wasmgate-sha256")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        let bytes = match body::collect(req.into_body(), MAX_MODULE_SIZE).await {
+                            Ok(k) => Vec::from(k.data),
+                            Err(e) => return body_error(e, MAX_MODULE_SIZE),
+                        };
+                        self.live
+                            .upload_module(&name, bytes, expected.as_deref(), activate)
+                            .await
+                    }
+                    "activate" => match read_json::<VersionBody>(req).await {
+                        Ok(b) => self.live.activate_version(&name, b.version).await,
+                        Err(resp) => return resp,
+                    },
+                    "canary" => match read_json::<crate::canary::CanarySpec>(req).await {
+                        Ok(spec) => self.live.start_canary(&name, spec).await,
+                        Err(resp) => return resp,
+                    },
+                    "promote" => self.live.promote(&name).await,
+                    _ => self.live.rollback(&name).await,
                 };
-                match self
-                    .live
-                    .upload_module(&name, bytes, expected.as_deref())
-                    .await
-                {
-                    Ok(entry) => json(
-                        StatusCode::OK,
-                        serde_json::json!({
-                            "filter": name,
-                            "version": entry.version,
-                            "sha256": entry.module.sha256(),
-                            "status": "active",
-                        }),
-                    ),
+                match result {
+                    Ok(report) => json(StatusCode::OK, report),
                     Err(e) => swap_error(e),
                 }
             }
@@ -141,6 +158,7 @@ impl AdminState {
     async fn apply(
         &self,
         parsed: Result<crate::config::Config, crate::config::ConfigErrors>,
+        origin: crate::live::Origin,
     ) -> Response<ProxyBody> {
         let summary = parsed.as_ref().ok().map(|config| {
             serde_json::json!({
@@ -150,7 +168,7 @@ impl AdminState {
                 "filters": config.filters.len(),
             })
         });
-        match self.live.apply_parsed(parsed).await {
+        match self.live.apply_parsed(parsed, origin).await {
             Ok(()) => json(StatusCode::OK, summary.unwrap_or_default()),
             Err(e) => config_errors(e),
         }
@@ -218,14 +236,20 @@ impl AdminState {
                                 RouteTarget::Respond(rs) => serde_json::json!({ "respond": rs.status }),
                             },
                             "filters": r.chain.iter().map(|f| {
-                                let stats = f.pool.stats();
-                                serde_json::json!({
-                                    "name": &**f.pool.module().name(),
-                                    "sha256": f.pool.module().sha256(),
-                                    "idle_instances": stats.idle,
-                                    "instances_created": stats.created,
-                                    "instances_discarded": stats.discarded,
-                                })
+                                let arm = |a: &crate::chain::Arm| {
+                                    let stats = a.pool.stats();
+                                    serde_json::json!({
+                                        "version": a.version,
+                                        "sha256": a.pool.module().sha256(),
+                                        "idle_instances": stats.idle,
+                                        "instances_created": stats.created,
+                                        "instances_discarded": stats.discarded,
+                                    })
+                                };
+                                let mut v = arm(&f.stable);
+                                v["name"] = serde_json::json!(&**f.name());
+                                v["canary"] = f.canary.as_ref().map(|(_, a)| arm(a)).into();
+                                v
                             }).collect::<Vec<_>>(),
                         })
                     })
@@ -240,6 +264,18 @@ impl AdminState {
                 json(StatusCode::OK, serde_json::json!({ "clusters": clusters }))
             }
             "/filters" => json(StatusCode::OK, self.live.filters_report()),
+            p if p
+                .strip_prefix("/filters/")
+                .is_some_and(|n| !n.contains('/')) =>
+            {
+                let name = &p["/filters/".len()..];
+                match self.live.filter_report(name) {
+                    serde_json::Value::Null => {
+                        swap_error(SwapError::UnknownFilter(name.to_owned()))
+                    }
+                    report => json(StatusCode::OK, report),
+                }
+            }
             "/config" => {
                 let mut resp =
                     Response::new(body::full(Bytes::from(self.live.config().text.clone())));
@@ -314,11 +350,16 @@ fn swap_error(e: SwapError) -> Response<ProxyBody> {
         SwapError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "module_too_large"),
         SwapError::Digest { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "digest_mismatch"),
         SwapError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_module"),
+        SwapError::UnknownVersion { .. } => (StatusCode::NOT_FOUND, "unknown_version"),
+        SwapError::Conflict(_) => (StatusCode::CONFLICT, "nothing_to_do"),
+        SwapError::BadCanary(_) => (StatusCode::BAD_REQUEST, "invalid_canary"),
+        SwapError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "data_dir_unwritable"),
+        SwapError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
     };
     let mut value = serde_json::json!({
         "status": status.as_u16(),
         "code": code,
-        "message": format!("{e}; the current version stays active"),
+        "message": format!("{e}; nothing changed"),
     });
     if let SwapError::Invalid(errors) = &e {
         value["errors"] = errors
@@ -344,27 +385,84 @@ fn body_error(e: body::FirstFrameError, limit: usize) -> Response<ProxyBody> {
     .into_response(None)
 }
 
-/// The filter name in `/filters/NAME/module`.
-fn module_target(path: &str) -> Option<&str> {
-    path.strip_prefix("/filters/")?
-        .strip_suffix("/module")
-        .filter(|name| !name.is_empty() && !name.contains('/'))
+/// The filter name and action in `/filters/NAME/ACTION`.
+fn filter_target(path: &str) -> Option<(&str, &str)> {
+    let (name, action) = path.strip_prefix("/filters/")?.split_once('/')?;
+    (!name.is_empty() && !action.is_empty() && !action.contains('/')).then_some((name, action))
+}
+
+/// `?activate=false` on an upload: store the version without activating it.
+fn activate_param(query: Option<&str>) -> Result<bool, String> {
+    let mut activate = true;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match (&*k, &*v) {
+            ("activate", "true") => activate = true,
+            ("activate", "false") => activate = false,
+            ("activate", other) => {
+                return Err(format!("`activate` is true or false, not {other:?}"));
+            }
+            (other, _) => return Err(format!("unknown query parameter {other:?}")),
+        }
+    }
+    Ok(activate)
+}
+
+/// `{"version": N}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionBody {
+    version: u64,
+}
+
+/// A small JSON body, or the `400` that says what is wrong with it.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, Response<ProxyBody>> {
+    const LIMIT: usize = 64 << 10;
+    let data = body::collect(req.into_body(), LIMIT)
+        .await
+        .map_err(|e| body_error(e, LIMIT))?
+        .data;
+    serde_json::from_slice(&data).map_err(|e| {
+        GatewayError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not the JSON this endpoint takes: {e}"),
+        )
+        .into_response(None)
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::module_target;
+    use super::{activate_param, filter_target};
 
     #[test]
-    fn module_paths_name_one_filter() {
-        assert_eq!(module_target("/filters/jwt/module"), Some("jwt"));
+    fn filter_paths_name_one_filter_and_one_action() {
+        assert_eq!(
+            filter_target("/filters/jwt/module"),
+            Some(("jwt", "module"))
+        );
+        assert_eq!(
+            filter_target("/filters/jwt/canary"),
+            Some(("jwt", "canary"))
+        );
         for bad in [
             "/filters/module",
             "/filters//module",
             "/filters/a/b/module",
             "/filters/x",
+            "/filters/x/",
         ] {
-            assert_eq!(module_target(bad), None, "{bad}");
+            assert_eq!(filter_target(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn upload_query_is_checked() {
+        assert_eq!(activate_param(None), Ok(true));
+        assert_eq!(activate_param(Some("activate=false")), Ok(false));
+        assert!(activate_param(Some("activate=no")).is_err());
+        assert!(activate_param(Some("canary=10")).is_err());
     }
 }

@@ -3,11 +3,15 @@
 //! applying the edits and responses filters return, with validation (a filter
 //! cannot smuggle framing headers or an invalid status past the host).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 
 use crate::body::{self, ProxyBody};
+use crate::canary::{Canary, VersionStats};
 use crate::filter::{FilterFailure, InstancePool, wit};
 
 /// Which headers the host copies into a call, resolved at load.
@@ -94,15 +98,89 @@ impl Needs {
     }
 }
 
-/// One filter in a route's chain.
+/// One version of a filter, ready for one route.
 #[derive(Debug)]
-pub struct ChainFilter {
-    /// The instances of this filter for this route's config.
+pub struct Arm {
+    /// The instances of this version for this route's config.
     pub pool: InstancePool,
     /// What it declared at `init`.
     pub needs: Needs,
+    /// Its version number.
+    pub version: u64,
+    /// Requests it handled, over every route.
+    pub stats: Arc<VersionStats>,
+}
+
+/// One filter in a route's chain.
+#[derive(Debug)]
+pub struct ChainFilter {
+    /// The current version.
+    pub stable: Arm,
+    /// A canary version and the requests it takes.
+    pub canary: Option<(Arc<Canary>, Arm)>,
     /// Skip the filter when it fails, instead of failing the request.
     pub fail_open: bool,
+}
+
+impl ChainFilter {
+    /// The filter's name.
+    pub fn name(&self) -> &Arc<str> {
+        self.stable.pool.module().name()
+    }
+
+    /// The version this request runs on (chosen once, when it enters the
+    /// chain).
+    pub fn pick(&self, headers: &HeaderMap, request_id: &str) -> Pick<'_> {
+        let (arm, canary) = match &self.canary {
+            Some((c, arm)) if c.takes(headers, request_id) => (arm, Some(&**c)),
+            _ => (&self.stable, None),
+        };
+        Pick {
+            arm,
+            canary,
+            ran: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The version of one filter a request runs on, and whether it failed.
+#[derive(Debug)]
+pub struct Pick<'a> {
+    /// The version.
+    pub arm: &'a Arm,
+    /// The canary, when the request went to it.
+    pub canary: Option<&'a Canary>,
+    ran: AtomicBool,
+    failed: AtomicBool,
+}
+
+impl Pick<'_> {
+    /// Notes that the filter was called for this request (a filter that an
+    /// earlier one's answer or failure kept from running is not counted).
+    pub fn ran(&self) {
+        self.ran.store(true, Ordering::Relaxed);
+    }
+
+    /// Notes that the filter failed on this request.
+    pub fn failed(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts the request for its version (and canary) once the response
+    /// is known.
+    pub fn finish(&self, status: u16) {
+        if !self.ran.load(Ordering::Relaxed) {
+            return;
+        }
+        let bad = self
+            .arm
+            .stats
+            .record(status, self.failed.load(Ordering::Relaxed));
+        if let Some(c) = self.canary {
+            c.record(bad);
+        }
+    }
 }
 
 /// Header bytes to a WIT string: ASCII unchanged, other bytes as U+0080..U+00FF.

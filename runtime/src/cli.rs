@@ -123,7 +123,11 @@ async fn build(config: Config) -> Result<Gateway, ExitCode> {
 }
 
 async fn check(path: &std::path::Path, config: Config) -> ExitCode {
-    match build(config).await {
+    let checked = Gateway::check(config).await.map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    });
+    match checked {
         Ok(g) => {
             let c = g.config();
             println!(

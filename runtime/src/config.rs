@@ -201,6 +201,7 @@ struct RawAdmin {
     token_env: Option<String>,
     #[serde(default)]
     protect_metrics: bool,
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -502,6 +503,8 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// Whether `/metrics` needs the token too.
     pub protect_metrics: bool,
+    /// Where changes made through the API are kept across restarts.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// Default admin listen address.
@@ -869,7 +872,12 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
                 format!("{listen} is not a loopback address; refusing to expose the admin API without a token (set admin.token or admin.token_env)"),
             ));
         }
-        AdminConfig { listen, token, protect_metrics: a.protect_metrics }
+        AdminConfig {
+            listen,
+            token,
+            protect_metrics: a.protect_metrics,
+            data_dir: a.data_dir.as_ref().map(|d| base.join(d)),
+        }
     });
     let mut limits = LimitsConfig::default();
     let rl = &raw.limits;

@@ -49,6 +49,8 @@ pub const RESERVED: &[&str] = &[
     "filter_metrics_refused",
     "filter_swaps",
     "filter_versions_live",
+    "filter_version_requests",
+    "filter_canary_events",
 ];
 
 /// Suffixes exposition adds to a family's name for its samples.

@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::outbound::ClusterCaller;
 use crate::overload::OverloadGuard;
 use crate::server;
+use crate::store::{DataDir, Saved};
 use crate::tls::TlsTerminator;
 use crate::upstream::dns::{Resolve, SystemResolver};
 use crate::watch::FileWatcher;
@@ -95,6 +96,22 @@ impl Gateway {
         config: Config,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Gateway, ConfigErrors> {
+        let data_dir = config.admin.as_ref().and_then(|a| a.data_dir.clone());
+        let mut data = match data_dir {
+            None => None,
+            Some(path) => {
+                let opened = DataDir::open(&path).and_then(|d| d.load().map(|s| (d, s)));
+                let (dir, saved) = opened.map_err(|m| ConfigErrors {
+                    source: config.source.clone(),
+                    errors: vec![ConfigError::new("admin.data_dir", m)],
+                })?;
+                Some((dir, saved))
+            }
+        };
+        let config = match data.as_mut() {
+            Some((dir, saved)) => api_config(config, dir, saved)?,
+            None => config,
+        };
         let fail = |errors: Vec<ConfigError>| ConfigErrors {
             source: config.source.clone(),
             errors,
@@ -126,14 +143,20 @@ impl Gateway {
                 metrics.clone(),
             )),
         };
-        let live = Live::start(config.clone(), deps).await;
+        let live = Live::start(config.clone(), data, deps).await;
         match live {
-            Ok(live) if errors.is_empty() => Ok(Gateway {
-                config,
-                live: Arc::new(live),
-                metrics,
-                inherited: Inherited::default(),
-            }),
+            Ok(live) if errors.is_empty() => {
+                // Only a gateway that built whole writes its data directory.
+                live.save_initial()
+                    .await
+                    .map_err(|m| fail(vec![ConfigError::new("admin.data_dir", m)]))?;
+                Ok(Gateway {
+                    config,
+                    live: Arc::new(live),
+                    metrics,
+                    inherited: Inherited::default(),
+                })
+            }
             Ok(_) => Err(fail(errors)),
             Err(more) => {
                 errors.extend(more);
@@ -146,6 +169,16 @@ impl Gateway {
     pub fn with_inherited(mut self, inherited: Inherited) -> Gateway {
         self.inherited = inherited;
         self
+    }
+
+    /// Checks `config` as [`Gateway::build`] would, without opening its data
+    /// directory: the file is what is checked, and a running gateway's data
+    /// directory is left alone.
+    pub async fn check(mut config: Config) -> Result<Gateway, ConfigErrors> {
+        if let Some(admin) = config.admin.as_mut() {
+            admin.data_dir = None;
+        }
+        Gateway::build(config).await
     }
 
     /// The gateway's metrics.
@@ -211,7 +244,7 @@ impl Gateway {
         deps.engine
             .services()
             .spawn_sweeper(std::time::Duration::from_secs(10));
-        live.spawn_cluster_tasks();
+        live.spawn_tasks();
         let watcher = match self.config.watch.enabled {
             true => Some(FileWatcher::start(live.clone(), &self.config.watch)?),
             false => None,
@@ -281,8 +314,46 @@ impl RunningGateway {
         if let Some(admin) = &self.admin {
             admin.ready.store(false, Ordering::Relaxed);
         }
+        // No change is taken while draining, and the data directory is
+        // free for the next process.
+        self.live.close().await;
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
         let _ = self.admin_shutdown.send(true);
     }
+}
+
+/// The config to start from: the one last put through the admin API, when
+/// the data directory kept one and the file's restart-only sections have not
+/// changed since (a changed `[server]` or `[admin]` in the file, say a new
+/// token, means the operator restarted to apply it: the file wins, and the
+/// kept config is dropped, with a warning).
+fn api_config(file: Config, dir: &DataDir, saved: &mut Saved) -> Result<Config, ConfigErrors> {
+    let Some(text) = &saved.config else {
+        return Ok(file);
+    };
+    let source = format!(
+        "{} (the config applied through the admin API)",
+        dir.path().join("state.json").display()
+    );
+    let mut kept = Config::parse(text, &source, &file.base)?;
+    let changed = crate::live::restart_only_changes(&kept, &file);
+    if !changed.is_empty() {
+        tracing::warn!(
+            file = %file.source,
+            "the file's [{}] changed since a config was put through the admin API; \
+             starting from the file, and dropping the config kept in {source}",
+            changed.join("], [")
+        );
+        saved.config = None;
+        return Ok(file);
+    }
+    tracing::warn!(
+        file = %file.source,
+        "starting with the config last applied through the admin API, kept in {source}; \
+         SIGHUP or POST /config/reload returns to the file"
+    );
+    // Reloads still re-read the file the gateway was started with.
+    kept.source.clone_from(&file.source);
+    Ok(kept)
 }

@@ -6,6 +6,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod canary;
 pub mod chain;
 pub mod cli;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod proxy_protocol;
 pub mod route_config;
 pub mod router;
 pub mod server;
+pub mod store;
 pub mod tls;
 pub mod upstream;
 pub mod watch;

@@ -1,30 +1,43 @@
 //! The live configuration and the changes made to it while the gateway runs:
-//! a config reload (SIGHUP, the management API) and a filter module swap (the
-//! management API), both ending in the same step: build a whole new [`Proxy`]
-//! beside the running one, validate everything (compile, link, every route's
-//! `init`), and only then swap it in with one atomic store.
+//! a config reload (SIGHUP, a watched file, the management API), a filter
+//! module upload, and the version changes of the filter store (activate,
+//! canary, promote, roll back). Every one ends in the same step: build a
+//! whole new [`Proxy`] beside the running one, validate everything (compile,
+//! link, every route's `init`), write the result to the data directory when
+//! there is one, and only then swap it in with one atomic store.
 //!
 //! - **Atomic per request.** The server loads the current `Proxy` once per
 //!   request, so a request runs wholly on the generation that was current
 //!   when it arrived; requests in flight finish on the old one, which is
 //!   freed (with its filter versions and instances) when the last of them
 //!   ends.
+//! - **The filter store.** Each filter name keeps its last [`HISTORY`]
+//!   versions (bytes, sha256, where they came from, request counters): the
+//!   current one, the one before it (what a rollback returns to), and a
+//!   canary, which are never dropped. A version is made when new bytes
+//!   arrive (an upload, or a module file whose bytes changed); re-sending
+//!   the current bytes makes none.
+//! - **Who decides the current version.** The module file, until a version
+//!   is put in place through the API (upload, activate, promote, rollback):
+//!   from then on the filter is *pinned* and a changed file is not read,
+//!   until the config points the filter at another file.
 //! - **Nothing is rebuilt that did not change.** A cluster whose config is
 //!   the same keeps its `Cluster` (connection pools, health, outlier state);
-//!   a filter whose bytes and settings are the same keeps its compiled
-//!   module (and its version number).
+//!   a filter version whose settings are the same keeps its compiled module.
 //! - **A failure changes nothing.** Every error is reported with its key
 //!   path, and the running generation keeps serving.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Debug;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 
 use crate::access_log::AccessLog;
-use crate::chain::{ChainFilter, Needs};
+use crate::canary::{Canary, CanarySpec, Tripped, VersionStats};
+use crate::chain::{Arm, ChainFilter, Needs};
 use crate::config::{Config, ConfigError, ConfigErrors, FailurePolicy, FilterConfig, Isolation};
 use crate::filter::services::OutboundGrant;
 use crate::filter::{FilterEngine, FilterModule, InstancePool, Limits, PoolPolicy, sha256_hex};
@@ -34,12 +47,17 @@ use crate::outbound::ClusterCaller;
 use crate::overload::OverloadGuard;
 use crate::proxy::{Proxy, Route, RouteMetrics, RouteTarget, Split};
 use crate::router::{RouteMatch, RouteTable};
+use crate::store::{DataDir, Saved, SavedFilter, SavedVersion};
 use crate::tls::TlsTerminator;
 use crate::upstream::Cluster;
 use crate::upstream::dns::Resolve;
 
 /// Largest module accepted by upload.
 pub const MAX_MODULE_SIZE: usize = 64 << 20;
+
+/// Versions kept per filter (the current, previous and canary versions are
+/// never dropped).
+pub const HISTORY: usize = 8;
 
 /// What every generation shares: made once, at start.
 #[derive(Debug)]
@@ -52,33 +70,159 @@ pub(crate) struct Deps {
     pub(crate) caller: Arc<ClusterCaller>,
 }
 
-/// A filter module as one generation uses it.
+/// A filter version as one generation uses it.
 #[derive(Debug, Clone)]
 pub struct ModuleEntry {
     /// The compiled module.
     pub module: Arc<FilterModule>,
     /// The settings it was loaded with.
     pub config: FilterConfig,
-    /// Counts activations of a new module (new bytes or settings) for this
-    /// filter name, from 1.
+    /// Its version number.
     pub version: u64,
     /// `"file"` or `"upload"`.
     pub source: &'static str,
+    /// Requests it handled.
+    pub stats: Arc<VersionStats>,
 }
 
-/// A module delivered through the management API.
+/// A filter's versions in one generation: the current one and a canary.
 #[derive(Debug, Clone)]
-struct Upload {
-    bytes: Arc<Vec<u8>>,
+pub struct Loaded {
+    /// The current version.
+    pub current: ModuleEntry,
+    /// The canary version, with the canary that picks its requests.
+    pub canary: Option<(ModuleEntry, Arc<Canary>)>,
 }
 
-/// The state changes are made from, one change at a time.
+/// One version in the filter store.
+#[derive(Debug, Clone)]
+struct Stored {
+    version: u64,
+    sha256: String,
+    bytes: Arc<Vec<u8>>,
+    source: &'static str,
+    /// Milliseconds since the Unix epoch.
+    created_ms: u64,
+    stats: Arc<VersionStats>,
+}
+
+/// One filter name in the store.
+#[derive(Debug, Clone, Default)]
+struct FilterState {
+    /// Oldest first.
+    versions: VecDeque<Stored>,
+    /// The last number given.
+    last: u64,
+    current: u64,
+    /// The version `current` replaced (what a rollback returns to).
+    previous: Option<u64>,
+    /// The current version was put in place through the API; the file
+    /// does not decide it.
+    pinned: bool,
+    /// The module file of the config last built.
+    path: Option<PathBuf>,
+    canary: Option<Arc<Canary>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl FilterState {
+    fn get(&self, version: u64) -> Option<&Stored> {
+        self.versions.iter().find(|s| s.version == version)
+    }
+
+    fn by_sha(&self, sha: &str) -> Option<&Stored> {
+        self.versions.iter().rev().find(|s| s.sha256 == sha)
+    }
+
+    /// Stores `bytes` as a new version and returns its number.
+    fn add(
+        &mut self,
+        name: &str,
+        bytes: Arc<Vec<u8>>,
+        sha256: String,
+        source: &'static str,
+        metrics: &Metrics,
+    ) -> u64 {
+        self.last += 1;
+        let version = self.last;
+        self.versions.push_back(Stored {
+            version,
+            sha256,
+            bytes,
+            source,
+            created_ms: now_ms(),
+            stats: Arc::new(VersionStats::new(metrics, name, version)),
+        });
+        version
+    }
+
+    fn make_current(&mut self, version: u64) {
+        if self.current != version {
+            self.previous = (self.current != 0).then_some(self.current);
+            self.current = version;
+        }
+    }
+
+    /// Drops the oldest versions past [`HISTORY`] that are not in use;
+    /// returns their numbers.
+    fn trim(&mut self) -> Vec<u64> {
+        let keep = |v: u64, st: &FilterState| {
+            v == st.current
+                || Some(v) == st.previous
+                || st.canary.as_ref().is_some_and(|c| c.version() == v)
+        };
+        let mut dropped = Vec::new();
+        while self.versions.len() > HISTORY {
+            let Some(i) = self.versions.iter().position(|s| !keep(s.version, self)) else {
+                break;
+            };
+            if let Some(s) = self.versions.remove(i) {
+                dropped.push(s.version);
+            }
+        }
+        dropped
+    }
+
+    /// What the data directory keeps of it.
+    fn saved(&self) -> SavedFilter {
+        SavedFilter {
+            last: self.last,
+            current: self.current,
+            previous: self.previous,
+            pinned: self.pinned,
+            path: self.path.clone(),
+            versions: self
+                .versions
+                .iter()
+                .map(|s| SavedVersion {
+                    version: s.version,
+                    sha256: s.sha256.clone(),
+                    source: s.source.to_owned(),
+                    created_ms: s.created_ms,
+                })
+                .collect(),
+            canary: self.canary.as_ref().map(|c| c.spec.clone()),
+        }
+    }
+}
+
+/// Held while a change is made: one change at a time.
 #[derive(Debug)]
 struct Control {
-    uploads: BTreeMap<String, Upload>,
-    /// The last version number given to each filter name.
-    versions: HashMap<String, u64>,
+    /// The running config was put through the API (and is what a restart
+    /// comes back with), rather than read from the file.
+    from_api: bool,
+    /// The gateway is shutting down: no more changes.
+    closed: bool,
 }
+
+/// Why a change is refused once the gateway is shutting down.
+const CLOSED: &str = "the gateway is shutting down; it takes no more changes";
 
 /// The running generation and how to replace it.
 #[derive(Debug)]
@@ -90,15 +234,38 @@ pub struct Live {
     /// even after a config was put through the API).
     file: std::path::PathBuf,
     control: Mutex<Control>,
+    /// The filter store as the current generation was built from it.
+    filters: ArcSwap<BTreeMap<String, FilterState>>,
+    /// Where changes are kept across restarts, when configured (released,
+    /// with its lock, by [`Live::close`]).
+    data: std::sync::Mutex<Option<Arc<DataDir>>>,
+    /// Canaries report here when they trip.
+    trips: mpsc::UnboundedSender<Tripped>,
+    tripped: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Tripped>>>,
     deps: Deps,
 }
 
-/// Why a module upload was refused.
+/// Why a change to the filter store was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SwapError {
     /// No `[filters.NAME]` in the config.
     #[error("no filter named {0:?} in the config")]
     UnknownFilter(String),
+    /// The store has no such version of the filter.
+    #[error("filter {filter:?} has no version {version} (GET /filters lists the versions kept)")]
+    UnknownVersion {
+        /// Filter name.
+        filter: String,
+        /// The version asked for.
+        version: u64,
+    },
+    /// Promote or roll back a canary that is not there, or roll back with
+    /// nothing to return to.
+    #[error("{0}")]
+    Conflict(String),
+    /// A canary spec that does not hold together.
+    #[error("invalid canary: {0}")]
+    BadCanary(String),
     /// Larger than [`MAX_MODULE_SIZE`].
     #[error("the module is {0} bytes; at most {MAX_MODULE_SIZE} are accepted")]
     TooLarge(usize),
@@ -113,6 +280,12 @@ pub enum SwapError {
     /// It does not load, link or initialise.
     #[error("{0}")]
     Invalid(ConfigErrors),
+    /// The data directory could not be written; nothing changed.
+    #[error("{0}")]
+    Persist(String),
+    /// The gateway is shutting down.
+    #[error("{CLOSED}")]
+    Closed,
 }
 
 /// Every error of `e` on one log line: `source: path: message; ...`.
@@ -132,21 +305,137 @@ fn same<T: Debug>(a: &T, b: &T) -> bool {
     format!("{a:?}") == format!("{b:?}")
 }
 
+/// Where a config came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The config file (SIGHUP, a watched file, `POST /config/reload`).
+    File,
+    /// A document put through the management API.
+    Api,
+}
+
+/// A filter-store change: what to do to one filter's state.
+enum Change {
+    Upload {
+        bytes: Vec<u8>,
+        sha256: String,
+        activate: bool,
+    },
+    Activate(u64),
+    Canary(CanarySpec),
+    Promote,
+    Rollback,
+    AutoRollback(Tripped),
+}
+
+impl Change {
+    fn what(&self) -> &'static str {
+        match self {
+            Change::Upload { .. } => "upload",
+            Change::Activate(_) => "activate",
+            Change::Canary(_) => "canary",
+            Change::Promote => "promote",
+            Change::Rollback => "rollback",
+            Change::AutoRollback(_) => "automatic rollback",
+        }
+    }
+}
+
+/// The sections of `new` that differ from `old` and apply to the listener or
+/// the engine, so cannot change while the gateway runs.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut fixed = Vec::new();
+    if !same(&old.server, &new.server) {
+        fixed.push("server");
+    }
+    if !same(&old.engine, &new.engine) {
+        fixed.push("engine");
+    }
+    if !same(&old.admin, &new.admin) {
+        fixed.push("admin");
+    }
+    if !same(&old.overload, &new.overload) {
+        fixed.push("overload");
+    }
+    if old.watch != new.watch {
+        fixed.push("watch");
+    }
+    if !same(&old.limits.listener(), &new.limits.listener()) {
+        fixed.push("limits");
+    }
+    fixed
+}
+
+/// Empties the store of a filter the config no longer has, keeping only its
+/// last version number, so a filter that comes back never reuses a number.
+fn retire(st: &mut FilterState) {
+    *st = FilterState {
+        last: st.last,
+        ..FilterState::default()
+    };
+}
+
+/// The versions `old` holds and `new` does not, by filter name.
+fn gone(
+    old: &BTreeMap<String, FilterState>,
+    new: &BTreeMap<String, FilterState>,
+) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for (name, o) in old {
+        for s in &o.versions {
+            if new.get(name).and_then(|n| n.get(s.version)).is_none() {
+                out.push((name.clone(), s.version));
+            }
+        }
+    }
+    out
+}
+
 impl Live {
-    /// The first generation, built from `config`.
-    pub(crate) async fn start(config: Config, deps: Deps) -> Result<Live, Vec<ConfigError>> {
+    /// The first generation, built from `config`, with the filter store
+    /// and config a data directory kept, if one is configured and holds
+    /// any. Nothing is written until [`Live::save_initial`].
+    pub(crate) async fn start(
+        config: Config,
+        data: Option<(DataDir, Saved)>,
+        deps: Deps,
+    ) -> Result<Live, Vec<ConfigError>> {
+        let (trips, tripped) = mpsc::unbounded_channel();
         let mut control = Control {
-            uploads: BTreeMap::new(),
-            versions: HashMap::new(),
+            from_api: false,
+            closed: false,
         };
-        let proxy = build(
-            &config,
-            &deps,
-            None,
-            &control.uploads,
-            &mut control.versions,
-        )
-        .await?;
+        let mut filters = BTreeMap::new();
+        if let Some((dir, saved)) = &data {
+            control.from_api = saved.config.is_some();
+            for (name, f) in &saved.filters {
+                let mut state = if config.filters.contains_key(name) {
+                    restore(dir, name, f, &deps.metrics, &trips).map_err(|m| {
+                        vec![ConfigError::new(
+                            format!("filters.{name}"),
+                            format!("{}: {m}", dir.path().display()),
+                        )]
+                    })?
+                } else {
+                    FilterState::default()
+                };
+                state.last = state.last.max(f.last);
+                if !config.filters.contains_key(name) {
+                    retire(&mut state);
+                }
+                filters.insert(name.clone(), state);
+            }
+        }
+        let built = build(&config, &deps, None, &mut filters, true).await;
+        let proxy = match built {
+            Ok(p) => p,
+            Err(e) => {
+                for (name, version) in gone(&filters, &BTreeMap::new()) {
+                    VersionStats::forget(&deps.metrics, &name, version);
+                }
+                return Err(e);
+            }
+        };
         deps.caller
             .set_clusters(proxy.clusters.clone(), config.limits.max_buffered_body);
         Ok(Live {
@@ -154,8 +443,36 @@ impl Live {
             file: std::path::PathBuf::from(&config.source),
             config: ArcSwap::from_pointee(config),
             control: Mutex::new(control),
+            filters: ArcSwap::from_pointee(filters),
+            data: std::sync::Mutex::new(data.map(|(dir, _)| Arc::new(dir))),
+            trips,
+            tripped: std::sync::Mutex::new(Some(tripped)),
             deps,
         })
+    }
+
+    /// Writes what the first build settled (a module file read for the
+    /// first time, say), once the whole gateway has been built, so a restart
+    /// finds it.
+    pub(crate) async fn save_initial(&self) -> Result<(), String> {
+        let control = self.control.lock().await;
+        let filters = self.filters.load_full();
+        self.persist(&filters, control.from_api, &self.config())
+            .await
+    }
+
+    /// Refuses every later change and releases the data directory (and its
+    /// lock, once a write in progress is done): the gateway is shutting
+    /// down, and another process may take over the directory.
+    pub async fn close(&self) {
+        let mut control = self.control.lock().await;
+        control.closed = true;
+        self.data.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Whether [`Live::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.control.try_lock().is_ok_and(|c| c.closed)
     }
 
     /// The current generation. A request loads it once and keeps it.
@@ -173,25 +490,27 @@ impl Live {
         self.config.load_full()
     }
 
-    /// Replaces the config: everything is built and validated first; on any
-    /// error the running generation stays and every error is returned.
+    /// Replaces the config with one put through the API: everything is
+    /// built and validated first; on any error the running generation stays
+    /// and every error is returned.
     pub async fn apply_config(&self, config: Config) -> Result<(), ConfigErrors> {
-        self.apply_parsed(Ok(config)).await
+        self.apply_parsed(Ok(config), Origin::Api).await
     }
 
-    /// Reads the config file at `path` and applies it ([`Live::apply_config`]).
+    /// Reads the config file at `path` and applies it.
     pub async fn reload_from(&self, path: &std::path::Path) -> Result<(), ConfigErrors> {
-        self.apply_parsed(Config::load(path)).await
+        self.apply_parsed(Config::load(path), Origin::File).await
     }
 
     /// Applies a config that parsed; counts and logs the outcome either way.
     pub async fn apply_parsed(
         &self,
         parsed: Result<Config, ConfigErrors>,
+        origin: Origin,
     ) -> Result<(), ConfigErrors> {
         let mut control = self.control.lock().await;
         let result = match parsed {
-            Ok(config) => self.apply_locked(&mut control, config).await,
+            Ok(config) => self.apply_locked(&mut control, config, origin).await,
             Err(e) => Err(e),
         };
         let outcome = if result.is_ok() { "ok" } else { "rejected" };
@@ -214,31 +533,17 @@ impl Live {
         &self,
         control: &mut Control,
         config: Config,
+        origin: Origin,
     ) -> Result<(), ConfigErrors> {
+        let source = config.source.clone();
         let fail = |errors| ConfigErrors {
-            source: config.source.clone(),
+            source: source.clone(),
             errors,
         };
-        let old = self.config();
-        let mut fixed = Vec::new();
-        if !same(&old.server, &config.server) {
-            fixed.push("server");
+        if control.closed {
+            return Err(fail(vec![ConfigError::new("", CLOSED)]));
         }
-        if !same(&old.engine, &config.engine) {
-            fixed.push("engine");
-        }
-        if !same(&old.admin, &config.admin) {
-            fixed.push("admin");
-        }
-        if !same(&old.overload, &config.overload) {
-            fixed.push("overload");
-        }
-        if old.watch != config.watch {
-            fixed.push("watch");
-        }
-        if !same(&old.limits.listener(), &config.limits.listener()) {
-            fixed.push("limits");
-        }
+        let fixed = restart_only_changes(&self.config(), &config);
         if !fixed.is_empty() {
             return Err(fail(
                 fixed
@@ -253,37 +558,204 @@ impl Live {
                     .collect(),
             ));
         }
-        // A module uploaded for a filter the new config no longer has is
-        // forgotten; one it still has keeps serving.
-        let mut uploads = control.uploads.clone();
-        uploads.retain(|name, _| config.filters.contains_key(name));
-        let mut versions = control.versions.clone();
+        let mut filters = (*self.filters.load_full()).clone();
+        for (name, st) in &mut filters {
+            if !config.filters.contains_key(name) {
+                retire(st);
+            }
+        }
         let prev = self.proxy();
-        let proxy = build(&config, &self.deps, Some(&prev), &uploads, &mut versions)
-            .await
-            .map_err(fail)?;
-        self.activate(proxy, &prev, config.limits.max_buffered_body);
-        self.config.store(Arc::new(config));
-        control.uploads = uploads;
-        control.versions = versions;
+        let proxy = match build(&config, &self.deps, Some(&prev), &mut filters, true).await {
+            Ok(p) => p,
+            Err(errors) => {
+                self.discard(&filters);
+                return Err(fail(errors));
+            }
+        };
+        let from_api = origin == Origin::Api;
+        self.commit(
+            control,
+            Some((proxy, &prev)),
+            filters,
+            from_api,
+            config,
+            false,
+        )
+        .await
+        .map_err(|m| fail(vec![ConfigError::new("admin.data_dir", m)]))
+    }
+
+    /// Stops exporting the counters of versions a refused change made.
+    fn discard(&self, attempted: &BTreeMap<String, FilterState>) {
+        for (name, version) in gone(attempted, &self.filters.load()) {
+            VersionStats::forget(&self.deps.metrics, &name, version);
+        }
+    }
+
+    /// Writes the new state to the data directory, then makes the new
+    /// generation (if any) current. When the write fails, nothing changes,
+    /// unless `force` (an automatic rollback: taking a failing canary out of
+    /// service matters more than remembering that it was).
+    async fn commit(
+        &self,
+        control: &mut Control,
+        generation: Option<(Proxy, &Proxy)>,
+        mut filters: BTreeMap<String, FilterState>,
+        from_api: bool,
+        config: Config,
+        force: bool,
+    ) -> Result<(), String> {
+        for f in filters.values_mut() {
+            f.trim();
+        }
+        if let Err(e) = self.persist(&filters, from_api, &config).await {
+            if !force {
+                self.discard(&filters);
+                return Err(e);
+            }
+            tracing::error!("applying the change anyway: {e}");
+        }
+        for (name, version) in gone(&self.filters.load(), &filters) {
+            VersionStats::forget(&self.deps.metrics, &name, version);
+        }
+        if let Some((proxy, prev)) = generation {
+            self.activate(proxy, prev, config.limits.max_buffered_body);
+            self.config.store(Arc::new(config));
+        }
+        self.filters.store(Arc::new(filters));
+        control.from_api = from_api;
         Ok(())
     }
 
-    /// Validates `bytes` as the new module of filter `name` (compiled off
-    /// the request path, linked, and `init` run with every route's config
-    /// that uses it), then activates it. Returns the new version.
+    /// Writes the filter store (and the config, when it came through the
+    /// API) to the data directory, if there is one, off the async workers.
+    async fn persist(
+        &self,
+        filters: &BTreeMap<String, FilterState>,
+        from_api: bool,
+        config: &Config,
+    ) -> Result<(), String> {
+        let dir = self.data.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(dir) = dir else {
+            return Ok(());
+        };
+        let saved = Saved {
+            config: from_api.then(|| config.text.clone()),
+            filters: filters
+                .iter()
+                .map(|(n, f)| (n.clone(), f.saved()))
+                .collect(),
+        };
+        let modules: Vec<(String, Arc<Vec<u8>>)> = filters
+            .values()
+            .flat_map(|f| f.versions.iter())
+            .map(|s| (s.sha256.clone(), s.bytes.clone()))
+            .collect();
+        let path = dir.path().display().to_string();
+        let written = tokio::task::spawn_blocking(move || {
+            let modules: Vec<(&str, &[u8])> = modules
+                .iter()
+                .map(|(sha, bytes)| (sha.as_str(), bytes.as_slice()))
+                .collect();
+            dir.save(&saved, &modules)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        written.map_err(|e| {
+            let message = format!("cannot write the data directory {path}: {e}");
+            tracing::error!("{message}");
+            message
+        })
+    }
+
+    /// Validates `bytes` as a new version of filter `name` (compiled off the
+    /// request path, linked, and `init` run with every route's config that
+    /// uses it). With `activate`, it becomes the current version; without,
+    /// it is only stored (for a canary, say). Returns the filter's report.
     pub async fn upload_module(
         &self,
         name: &str,
         bytes: Vec<u8>,
         expected_sha256: Option<&str>,
-    ) -> Result<ModuleEntry, SwapError> {
+        activate: bool,
+    ) -> Result<serde_json::Value, SwapError> {
+        if bytes.len() > MAX_MODULE_SIZE {
+            return self.finish(name, "upload", Err(SwapError::TooLarge(bytes.len())));
+        }
+        let sha256 = sha256_hex(&bytes);
+        if let Some(expected) = expected_sha256
+            && !sha256.eq_ignore_ascii_case(expected.trim())
+        {
+            let e = SwapError::Digest {
+                expected: expected.to_owned(),
+                actual: sha256,
+            };
+            return self.finish(name, "upload", Err(e));
+        }
+        let change = Change::Upload {
+            bytes,
+            sha256,
+            activate,
+        };
+        self.change(name, change).await
+    }
+
+    /// Makes stored version `version` of `name` the current one (pinned).
+    pub async fn activate_version(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<serde_json::Value, SwapError> {
+        self.change(name, Change::Activate(version)).await
+    }
+
+    /// Starts (or replaces) a canary of a stored version of `name`.
+    pub async fn start_canary(
+        &self,
+        name: &str,
+        spec: CanarySpec,
+    ) -> Result<serde_json::Value, SwapError> {
+        self.change(name, Change::Canary(spec)).await
+    }
+
+    /// Makes the canary version of `name` its current version.
+    pub async fn promote(&self, name: &str) -> Result<serde_json::Value, SwapError> {
+        self.change(name, Change::Promote).await
+    }
+
+    /// Ends the canary of `name`; with none running, returns `name` to the
+    /// version before the current one.
+    pub async fn rollback(&self, name: &str) -> Result<serde_json::Value, SwapError> {
+        self.change(name, Change::Rollback).await
+    }
+
+    /// Applies one filter-store change; counts and logs the outcome.
+    async fn change(&self, name: &str, change: Change) -> Result<serde_json::Value, SwapError> {
+        let what = change.what();
         let mut control = self.control.lock().await;
-        let result = self
-            .upload_locked(&mut control, name, bytes, expected_sha256)
-            .await;
-        let outcome = if result.is_ok() { "ok" } else { "rejected" };
-        if self.config().filters.contains_key(name) {
+        let result = self.change_locked(&mut control, name, change).await;
+        // The report is of this change, not of one made after it.
+        let result = result.map(|changed| {
+            let mut report = self.filter_report(name);
+            if !changed {
+                report["unchanged"] = true.into();
+            }
+            report
+        });
+        drop(control);
+        self.finish(name, what, result)
+    }
+
+    fn finish(
+        &self,
+        name: &str,
+        what: &str,
+        result: Result<serde_json::Value, SwapError>,
+    ) -> Result<serde_json::Value, SwapError> {
+        let known = self.config().filters.contains_key(name);
+        if what == "upload" && known {
+            let outcome = if result.is_ok() { "ok" } else { "rejected" };
             self.deps
                 .metrics
                 .filter_swaps
@@ -294,70 +766,176 @@ impl Live {
                 .inc();
         }
         match &result {
-            Ok(e) => tracing::info!(
+            Ok(report) if report["unchanged"] == true => tracing::info!(
                 filter = name,
-                version = e.version,
-                sha256 = e.module.sha256(),
-                "filter module activated"
+                "filter {what}: nothing to do (the canary had already ended)"
+            ),
+            Ok(report) => tracing::info!(
+                filter = name,
+                version = %report["version"],
+                canary = %report["canary"]["version"],
+                "filter {what}: done"
             ),
             Err(SwapError::Invalid(e)) => tracing::error!(
                 filter = name,
-                "filter module rejected, the current version stays: {}",
+                "filter {what} rejected, the current version stays: {}",
                 one_line(e)
             ),
             Err(e) => tracing::error!(
                 filter = name,
-                "filter module rejected, the current version stays: {e}"
+                "filter {what} rejected, the current version stays: {e}"
             ),
         }
         result
     }
 
-    async fn upload_locked(
+    async fn change_locked(
         &self,
         control: &mut Control,
         name: &str,
-        bytes: Vec<u8>,
-        expected_sha256: Option<&str>,
-    ) -> Result<ModuleEntry, SwapError> {
+        change: Change,
+    ) -> Result<bool, SwapError> {
+        if control.closed {
+            return Err(SwapError::Closed);
+        }
         let config = self.config();
         if !config.filters.contains_key(name) {
             return Err(SwapError::UnknownFilter(name.to_owned()));
         }
-        if bytes.len() > MAX_MODULE_SIZE {
-            return Err(SwapError::TooLarge(bytes.len()));
-        }
-        if let Some(expected) = expected_sha256 {
-            let actual = sha256_hex(&bytes);
-            if !actual.eq_ignore_ascii_case(expected.trim()) {
-                return Err(SwapError::Digest {
-                    expected: expected.to_owned(),
-                    actual,
-                });
+        let mut filters = (*self.filters.load_full()).clone();
+        let st = filters.entry(name.to_owned()).or_default();
+        let unknown = |version| SwapError::UnknownVersion {
+            filter: name.to_owned(),
+            version,
+        };
+        // Set when the change ends a canary: the event to count.
+        let mut event = None;
+        // An upload that is only stored is validated as if it were current,
+        // and the state without it made current is what is kept.
+        let mut store_only = None;
+        match change {
+            Change::Upload {
+                bytes,
+                sha256: sha,
+                activate,
+            } => {
+                let version = match st.by_sha(&sha) {
+                    Some(s) if s.version == st.current || !activate => s.version,
+                    _ => st.add(name, Arc::new(bytes), sha, "upload", &self.deps.metrics),
+                };
+                if !activate {
+                    store_only = Some((st.clone(), version));
+                }
+                // Validated as the current version either way.
+                st.make_current(version);
+                st.pinned = true;
+            }
+            Change::Activate(version) => {
+                st.get(version).ok_or_else(|| unknown(version))?;
+                if st.canary.as_ref().is_some_and(|c| c.version() == version) {
+                    st.canary = None;
+                    event = Some("promoted");
+                }
+                st.make_current(version);
+                st.pinned = true;
+            }
+            Change::Canary(spec) => {
+                let version = spec.version;
+                st.get(version).ok_or_else(|| unknown(version))?;
+                if version == st.current {
+                    return Err(SwapError::BadCanary(format!(
+                        "version {version} is the current version of {name:?}"
+                    )));
+                }
+                let canary =
+                    Canary::new(name, spec, self.trips.clone()).map_err(SwapError::BadCanary)?;
+                st.canary = Some(Arc::new(canary));
+                event = Some("started");
+            }
+            Change::Promote => {
+                let Some(c) = st.canary.take() else {
+                    return Err(SwapError::Conflict(format!(
+                        "filter {name:?} has no canary to promote"
+                    )));
+                };
+                st.make_current(c.version());
+                st.pinned = true;
+                event = Some("promoted");
+            }
+            Change::Rollback => {
+                if st.canary.take().is_some() {
+                    event = Some("rolled_back");
+                } else {
+                    let Some(previous) = st.previous.filter(|v| st.get(*v).is_some()) else {
+                        return Err(SwapError::Conflict(format!(
+                            "filter {name:?} has no canary and no previous version to roll back to"
+                        )));
+                    };
+                    st.make_current(previous);
+                    st.pinned = true;
+                }
+            }
+            Change::AutoRollback(t) => {
+                if st.canary.as_ref().is_none_or(|c| c.id() != t.id) {
+                    // Ended or replaced meanwhile.
+                    return Ok(false);
+                }
+                st.canary = None;
+                event = Some("auto_rolled_back");
             }
         }
-        let mut uploads = control.uploads.clone();
-        uploads.insert(
-            name.to_owned(),
-            Upload {
-                bytes: Arc::new(bytes),
-            },
-        );
-        let mut versions = control.versions.clone();
+        let force = event == Some("auto_rolled_back");
         let prev = self.proxy();
-        let proxy = build(&config, &self.deps, Some(&prev), &uploads, &mut versions)
-            .await
-            .map_err(|errors| {
-                SwapError::Invalid(ConfigErrors {
-                    source: format!("upload for filter {name:?}"),
+        // A version change reads no module file: another filter's file being
+        // rewritten must neither block it nor ride along with it.
+        let built = build(&config, &self.deps, Some(&prev), &mut filters, false).await;
+        let proxy = match built {
+            Ok(p) => p,
+            Err(errors) => {
+                self.discard(&filters);
+                return Err(SwapError::Invalid(ConfigErrors {
+                    source: format!("filter {name:?}"),
                     errors,
+                }));
+            }
+        };
+        let from_api = control.from_api;
+        if let Some((kept, version)) = store_only {
+            // Valid: keep the version, leave the running generation alone.
+            drop(proxy);
+            let mut filters = (*self.filters.load_full()).clone();
+            filters.insert(name.to_owned(), kept);
+            self.commit(control, None, filters, from_api, (*config).clone(), false)
+                .await
+                .map_err(SwapError::Persist)?;
+            tracing::info!(
+                filter = name,
+                version,
+                "filter version stored, not activated"
+            );
+            return Ok(true);
+        }
+        self.commit(
+            control,
+            Some((proxy, &prev)),
+            filters,
+            from_api,
+            (*config).clone(),
+            force,
+        )
+        .await
+        .map_err(SwapError::Persist)?;
+        if let Some(event) = event {
+            self.deps
+                .metrics
+                .filter_canary_events
+                .get_or_create(&crate::metrics::CanaryLabels {
+                    filter: name.to_owned(),
+                    event,
                 })
-            })?;
-        let entry = proxy.modules[name].clone();
-        self.activate(proxy, &prev, config.limits.max_buffered_body);
-        control.uploads = uploads;
-        control.versions = versions;
-        Ok(entry)
+                .inc();
+        }
+        Ok(true)
     }
 
     /// Makes `proxy` current; starts the background tasks of clusters it
@@ -376,36 +954,109 @@ impl Live {
         self.proxy.store(Arc::new(proxy));
     }
 
-    /// Starts the background tasks of the first generation's clusters.
-    pub(crate) fn spawn_cluster_tasks(&self) {
+    /// Starts the background work: the first generation's cluster tasks,
+    /// and the task that rolls back canaries that trip.
+    pub(crate) fn spawn_tasks(self: &Arc<Self>) {
         for cluster in self.proxy().clusters.values() {
             crate::upstream::health::spawn(cluster);
             crate::upstream::dns::spawn(cluster, self.deps.resolver.clone());
         }
+        let taken = self
+            .tripped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut tripped) = taken {
+            let live = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while let Some(t) = tripped.recv().await {
+                    let Some(live) = live.upgrade() else { break };
+                    tracing::error!(
+                        filter = &*t.filter,
+                        version = t.version,
+                        "canary failing: {} of its last {} requests failed or answered 5xx; \
+                         rolling it back",
+                        t.bad,
+                        t.requests
+                    );
+                    // Each rollback in its own task, retried until it is
+                    // done or the canary has ended some other way.
+                    tokio::spawn(async move {
+                        let name = t.filter.to_string();
+                        let mut delay = std::time::Duration::from_millis(500);
+                        while live
+                            .change(&name, Change::AutoRollback(t.clone()))
+                            .await
+                            .is_err()
+                            && !live.is_closed()
+                        {
+                            tracing::error!(
+                                filter = name,
+                                "automatic rollback failed; trying again in {delay:?}"
+                            );
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                        }
+                    });
+                }
+            });
+        }
     }
 
-    /// Every filter: its current version, where it came from, and how many
-    /// versions and instances of it are alive (old versions live until the
-    /// requests that use them finish).
-    pub fn filters_report(&self) -> serde_json::Value {
+    /// One filter: its current version, canary, the versions kept (with
+    /// their request counters), and how many versions and instances of it
+    /// are alive (old versions live until the requests that use them end).
+    pub fn filter_report(&self, name: &str) -> serde_json::Value {
         let proxy = self.proxy();
-        let live: HashMap<_, _> = self.deps.engine.live_counts().into_iter().collect();
-        let filters: Vec<_> = proxy
-            .modules
-            .iter()
-            .map(|(name, e)| {
-                let counts = live.get(name.as_str());
-                let get = |f: fn(&crate::filter::LiveCounts) -> i64| counts.map_or(0, |c| f(c));
-                serde_json::json!({
-                    "name": name,
-                    "version": e.version,
-                    "sha256": e.module.sha256(),
-                    "source": e.source,
-                    "live_versions": get(|c| c.versions.load(std::sync::atomic::Ordering::Relaxed)),
-                    "live_instances": get(|c| c.instances.load(std::sync::atomic::Ordering::Relaxed)),
-                })
+        let Some(l) = proxy.modules.get(name) else {
+            return serde_json::Value::Null;
+        };
+        let counts = self
+            .deps
+            .engine
+            .live_counts()
+            .into_iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, c)| c);
+        let get = |f: fn(&crate::filter::LiveCounts) -> i64| counts.as_deref().map_or(0, f);
+        let store = self.filters.load();
+        let state = store.get(name);
+        let versions: Vec<serde_json::Value> = state
+            .map(|st| {
+                st.versions
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "version": s.version,
+                            "sha256": s.sha256,
+                            "source": s.source,
+                            "created_ms": s.created_ms,
+                            "size": s.bytes.len(),
+                            "requests": s.stats.report(),
+                        })
+                    })
+                    .collect()
             })
-            .collect();
+            .unwrap_or_default();
+        let e = &l.current;
+        serde_json::json!({
+            "name": name,
+            "version": e.version,
+            "sha256": e.module.sha256(),
+            "source": e.source,
+            "pinned": state.is_some_and(|s| s.pinned),
+            "previous": state.and_then(|s| s.previous),
+            "canary": l.canary.as_ref().map(|(_, c)| c.report()),
+            "versions": versions,
+            "live_versions": get(|c| c.versions.load(std::sync::atomic::Ordering::Relaxed)),
+            "live_instances": get(|c| c.instances.load(std::sync::atomic::Ordering::Relaxed)),
+        })
+    }
+
+    /// Every filter, as [`Live::filter_report`] describes one.
+    pub fn filters_report(&self) -> serde_json::Value {
+        let names: Vec<String> = self.proxy().modules.keys().cloned().collect();
+        let filters: Vec<_> = names.iter().map(|n| self.filter_report(n)).collect();
         serde_json::json!({ "filters": filters })
     }
 
@@ -431,38 +1082,69 @@ impl Live {
     }
 }
 
-/// Loads (or keeps from `prev`) the module of filter `name`.
-async fn module(
+/// A filter's state as the data directory kept it, with its modules read
+/// back (and their digests checked).
+fn restore(
+    dir: &DataDir,
+    name: &str,
+    f: &SavedFilter,
+    metrics: &Metrics,
+    trips: &mpsc::UnboundedSender<Tripped>,
+) -> Result<FilterState, String> {
+    let mut versions = VecDeque::new();
+    for v in &f.versions {
+        let bytes = dir.module(&v.sha256)?;
+        versions.push_back(Stored {
+            version: v.version,
+            sha256: v.sha256.clone(),
+            bytes: Arc::new(bytes),
+            source: if v.source == "upload" {
+                "upload"
+            } else {
+                "file"
+            },
+            created_ms: v.created_ms,
+            stats: Arc::new(VersionStats::new(metrics, name, v.version)),
+        });
+    }
+    let state = FilterState {
+        versions,
+        last: f.last,
+        current: f.current,
+        previous: f.previous,
+        pinned: f.pinned,
+        path: f.path.clone(),
+        canary: match &f.canary {
+            Some(spec) => Some(Arc::new(Canary::new(name, spec.clone(), trips.clone())?)),
+            None => None,
+        },
+    };
+    if state.current != 0 && state.get(state.current).is_none() {
+        return Err(format!(
+            "the data directory names version {} as current but does not hold it",
+            state.current
+        ));
+    }
+    Ok(state)
+}
+
+/// The module of one stored version, compiled with `f`'s settings, or kept
+/// from `prev` when it ran there with the same settings (as the current
+/// version or as a canary).
+async fn entry(
     name: &str,
     f: &FilterConfig,
     deps: &Deps,
     prev: Option<&Proxy>,
-    uploads: &BTreeMap<String, Upload>,
-    versions: &mut HashMap<String, u64>,
-) -> Result<ModuleEntry, ConfigError> {
-    let key = format!("filters.{name}.path");
-    let (bytes, origin, source) = match uploads.get(name) {
-        Some(u) => (u.bytes.clone(), format!("upload for {name:?}"), "upload"),
-        None => {
-            let path = f.path.clone();
-            let read = tokio::task::spawn_blocking(move || std::fs::read(&path))
-                .await
-                .map_err(|e| ConfigError::new(&key, e.to_string()))?;
-            let bytes = read.map_err(|e| {
-                ConfigError::new(&key, format!("cannot read {}: {e}", f.path.display()))
-            })?;
-            (Arc::new(bytes), f.path.display().to_string(), "file")
+    s: &Stored,
+) -> Result<ModuleEntry, String> {
+    if let Some(l) = prev.and_then(|p| p.modules.get(name)) {
+        let candidates = std::iter::once(&l.current).chain(l.canary.as_ref().map(|(e, _)| e));
+        for e in candidates {
+            if e.version == s.version && e.module.sha256() == s.sha256 && same(&e.config, f) {
+                return Ok(e.clone());
+            }
         }
-    };
-    let sha = sha256_hex(&bytes);
-    if let Some(p) = prev.and_then(|p| p.modules.get(name))
-        && p.module.sha256() == sha
-        && same(&p.config, f)
-    {
-        return Ok(ModuleEntry {
-            source,
-            ..p.clone()
-        });
     }
     let limits = Limits {
         memory: f.memory_limit,
@@ -470,13 +1152,18 @@ async fn module(
     };
     let engine = deps.engine.clone();
     let owned_name = name.to_owned();
+    let origin = match s.source {
+        "upload" => format!("upload for {name:?}"),
+        _ => f.path.display().to_string(),
+    };
+    let bytes = s.bytes.clone();
     // Compiling takes a while: off the async workers.
     let loaded = tokio::task::spawn_blocking(move || {
         engine.load_bytes(&owned_name, &origin, &bytes, limits)
     })
     .await
-    .map_err(|e| ConfigError::new(&key, e.to_string()))?;
-    let mut m = loaded.map_err(|e| ConfigError::new(&key, e.to_string()))?;
+    .map_err(|e| e.to_string())?;
+    let mut m = loaded.map_err(|e| e.to_string())?;
     // No grant, no outbound calls; `"*"` grants every cluster.
     let outbound = match f.outbound_clusters.as_deref() {
         None | Some([]) => None,
@@ -489,24 +1176,116 @@ async fn module(
         }),
     };
     m.grant(f.kv_quota, f.vars.clone().into_iter().collect(), outbound);
-    let version = versions.entry(name.to_owned()).or_insert(0);
-    *version += 1;
     Ok(ModuleEntry {
         module: Arc::new(m),
         config: f.clone(),
-        version: *version,
-        source,
+        version: s.version,
+        source: s.source,
+        stats: s.stats.clone(),
     })
 }
 
-/// Builds a whole generation from `config`, keeping what did not change
-/// from `prev`. Every error is collected, with its key path.
+/// Settles filter `name`'s current version (reading its module file when
+/// `read_files` and the API has not pinned it, or when it has none yet) and
+/// loads it and its canary.
+async fn resolve(
+    name: &str,
+    f: &FilterConfig,
+    deps: &Deps,
+    prev: Option<&Proxy>,
+    st: &mut FilterState,
+    read_files: bool,
+) -> Result<Loaded, ConfigError> {
+    let key = format!("filters.{name}.path");
+    // The config points the filter at another file: the file decides again.
+    if st.path.as_ref() != Some(&f.path) {
+        st.pinned = false;
+    }
+    st.path = Some(f.path.clone());
+    if (!st.pinned && read_files) || st.get(st.current).is_none() {
+        let path = f.path.clone();
+        let read = tokio::task::spawn_blocking(move || std::fs::read(&path))
+            .await
+            .map_err(|e| ConfigError::new(&key, e.to_string()))?;
+        let bytes = read.map_err(|e| {
+            ConfigError::new(&key, format!("cannot read {}: {e}", f.path.display()))
+        })?;
+        let sha = sha256_hex(&bytes);
+        let version = match st.get(st.current) {
+            Some(s) if s.sha256 == sha => s.version,
+            _ => st.add(name, Arc::new(bytes), sha, "file", &deps.metrics),
+        };
+        st.make_current(version);
+        st.pinned = false;
+    }
+    let current = st.get(st.current).expect("the current version is stored");
+    let current = entry(name, f, deps, prev, current)
+        .await
+        .map_err(|m| ConfigError::new(&key, m))?;
+    let canary = match &st.canary {
+        None => None,
+        Some(c) => {
+            let key = format!("filters.{name} canary");
+            let s = st.get(c.version()).ok_or_else(|| {
+                ConfigError::new(&key, format!("version {} is not stored", c.version()))
+            })?;
+            let e = entry(name, f, deps, prev, s)
+                .await
+                .map_err(|m| ConfigError::new(&key, format!("version {}: {m}", c.version())))?;
+            Some((e, c.clone()))
+        }
+    };
+    Ok(Loaded { current, canary })
+}
+
+/// One version of a route's filter: its `init` run with the route's config,
+/// and its instance pool. An error reads after "filter NAME".
+async fn arm(
+    route: &Arc<str>,
+    config_json: &str,
+    fc: &FilterConfig,
+    e: &ModuleEntry,
+    metrics: &Arc<Metrics>,
+) -> Result<Arm, String> {
+    let info = e
+        .module
+        .probe(route, config_json)
+        .await
+        .map_err(|f| format!(" {f}"))?;
+    let needs = Needs::from_wit(info).map_err(|m| format!(": {m}"))?;
+    let policy = PoolPolicy {
+        size: fc.pool_size as usize,
+        max_uses: fc.max_uses,
+        recycle_above: fc.recycle_memory,
+        fresh: fc.isolation == Isolation::Fresh,
+        acquire_timeout: fc.pool_timeout,
+        wall_limit: fc.wall_limit,
+        quarantine_after: fc.quarantine_after,
+    };
+    Ok(Arm {
+        pool: InstancePool::new(
+            e.module.clone(),
+            route.clone(),
+            Arc::from(config_json),
+            policy,
+            metrics.clone(),
+        ),
+        needs,
+        version: e.version,
+        stats: e.stats.clone(),
+    })
+}
+
+/// Builds a whole generation from `config` and the filter store, keeping
+/// what did not change from `prev`; module files are read only with
+/// `read_files` (a config reload, not a version change). Every error is
+/// collected, with its key path.
 async fn build(
     config: &Config,
     deps: &Deps,
     prev: Option<&Proxy>,
-    uploads: &BTreeMap<String, Upload>,
-    versions: &mut HashMap<String, u64>,
+    filters: &mut BTreeMap<String, FilterState>,
+    read_files: bool,
 ) -> Result<Proxy, Vec<ConfigError>> {
     let metrics = &deps.metrics;
     let mut errors = Vec::new();
@@ -543,9 +1322,10 @@ async fn build(
         }
     }
 
-    let mut modules: BTreeMap<String, ModuleEntry> = BTreeMap::new();
+    let mut modules: BTreeMap<String, Loaded> = BTreeMap::new();
     for (name, f) in &config.filters {
-        match module(name, f, deps, prev, uploads, versions).await {
+        let st = filters.entry(name.clone()).or_default();
+        match resolve(name, f, deps, prev, st, read_files).await {
             Ok(m) => {
                 modules.insert(name.clone(), m);
             }
@@ -558,45 +1338,30 @@ async fn build(
         let name: Arc<str> = Arc::from(r.name.as_str());
         let mut chain = Vec::new();
         for (j, rf) in r.filters.iter().enumerate() {
-            let Some(entry) = modules.get(rf.name.as_str()) else {
+            let Some(loaded) = modules.get(rf.name.as_str()) else {
                 continue;
             };
-            let module = &entry.module;
+            let fc = &config.filters[&rf.name];
             let key = format!("routes[{i}].filters[{j}].config");
-            match module.probe(&name, &rf.config_json).await {
-                Ok(info) => match Needs::from_wit(info) {
-                    Ok(needs) => {
-                        let fc = &config.filters[&rf.name];
-                        let policy = PoolPolicy {
-                            size: fc.pool_size as usize,
-                            max_uses: fc.max_uses,
-                            recycle_above: fc.recycle_memory,
-                            fresh: fc.isolation == Isolation::Fresh,
-                            acquire_timeout: fc.pool_timeout,
-                            wall_limit: fc.wall_limit,
-                            quarantine_after: fc.quarantine_after,
-                        };
-                        let pool = InstancePool::new(
-                            module.clone(),
-                            name.clone(),
-                            Arc::from(rf.config_json.as_str()),
-                            policy,
-                            metrics.clone(),
-                        );
-                        chain.push(ChainFilter {
-                            pool,
-                            needs,
-                            fail_open: fc.failure_policy == FailurePolicy::FailOpen,
-                        })
+            let stable = arm(&name, &rf.config_json, fc, &loaded.current, metrics).await;
+            let canary = match &loaded.canary {
+                None => Ok(None),
+                Some((e, c)) => arm(&name, &rf.config_json, fc, e, metrics)
+                    .await
+                    .map(|a| Some((c.clone(), a)))
+                    .map_err(|m| format!(" (canary version {}){m}", e.version)),
+            };
+            match (stable, canary) {
+                (Ok(stable), Ok(canary)) => chain.push(ChainFilter {
+                    stable,
+                    canary,
+                    fail_open: fc.failure_policy == FailurePolicy::FailOpen,
+                }),
+                (stable, canary) => {
+                    for m in [stable.err(), canary.err()].into_iter().flatten() {
+                        errors.push(ConfigError::new(&key, format!("filter {:?}{m}", rf.name)));
                     }
-                    Err(m) => {
-                        errors.push(ConfigError::new(key, format!("filter {:?}: {m}", rf.name)))
-                    }
-                },
-                Err(failure) => errors.push(ConfigError::new(
-                    key,
-                    format!("filter {:?} {failure}", rf.name),
-                )),
+                }
             }
         }
         use crate::route_config::Action;

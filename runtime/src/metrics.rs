@@ -111,6 +111,26 @@ pub struct SwapLabels {
     pub outcome: &'static str,
 }
 
+/// Requests one filter version handled, by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// Filter name.
+    pub filter: String,
+    /// Version number.
+    pub version: String,
+    /// `ok`, `5xx` or `filter_failed`.
+    pub outcome: &'static str,
+}
+
+/// A canary event of one filter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CanaryLabels {
+    /// Filter name.
+    pub filter: String,
+    /// `started`, `promoted`, `rolled_back` or `auto_rolled_back`.
+    pub event: &'static str,
+}
+
 /// One filter name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FilterNameLabels {
@@ -201,6 +221,10 @@ pub struct Metrics {
     pub filter_versions_live: Family<FilterNameLabels, Gauge>,
     /// Instances of each filter alive, all versions and routes (sampled).
     pub filter_instances_live: Family<FilterNameLabels, Gauge>,
+    /// Requests by filter version and outcome.
+    pub filter_version_requests: Family<VersionLabels, Counter>,
+    /// Canary starts, promotions and rollbacks.
+    pub filter_canary_events: Family<CanaryLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -264,6 +288,8 @@ impl Metrics {
             filter_swaps: Family::default(),
             filter_versions_live: Family::default(),
             filter_instances_live: Family::default(),
+            filter_version_requests: Family::default(),
+            filter_canary_events: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -459,6 +485,16 @@ impl Metrics {
             "filter_instances_live",
             "Instances of each filter alive, over every version and route",
             m.filter_instances_live.clone(),
+        );
+        registry.register(
+            "filter_version_requests",
+            "Requests each filter version handled, by outcome: ok, 5xx (the response), filter_failed (the filter itself)",
+            m.filter_version_requests.clone(),
+        );
+        registry.register(
+            "filter_canary_events",
+            "Canary releases started, promoted, rolled back by hand (rolled_back) or by the error-rate check (auto_rolled_back)",
+            m.filter_canary_events.clone(),
         );
         registry.register_collector(Box::new(filter_metrics));
         Arc::new(Metrics { registry, ..m })

@@ -328,7 +328,7 @@ pub struct Proxy {
     pub(crate) routes: RouteTable<Route>,
     pub(crate) clusters: std::collections::HashMap<String, Arc<Cluster>>,
     /// Every filter's module in this generation, by name.
-    pub(crate) modules: std::collections::BTreeMap<String, crate::live::ModuleEntry>,
+    pub(crate) modules: std::collections::BTreeMap<String, crate::live::Loaded>,
     tenant: TenantId,
     ids: RequestIds,
     metrics: Arc<Metrics>,
@@ -353,7 +353,7 @@ impl Proxy {
     pub(crate) fn new(
         routes: RouteTable<Route>,
         clusters: std::collections::HashMap<String, Arc<Cluster>>,
-        modules: std::collections::BTreeMap<String, crate::live::ModuleEntry>,
+        modules: std::collections::BTreeMap<String, crate::live::Loaded>,
         metrics: Arc<Metrics>,
         access_log: Option<(crate::access_log::AccessLogTarget, AccessLog)>,
         policy: Policy,
@@ -596,7 +596,7 @@ impl Proxy {
                 // of this future keeps the lean path's future small (hyper
                 // moves it into place for every request).
                 let (resp, cluster) =
-                    Box::pin(self.handle_with_filters(&route, parts, body, &view, entry)).await;
+                    Box::pin(self.handle_chain(&route, parts, body, &view, entry)).await;
                 self.record(
                     Some(&route),
                     cluster.as_ref(),
@@ -652,7 +652,8 @@ impl Proxy {
         }
         for route in self.routes.routes() {
             for f in &route.chain {
-                f.pool.sample_metrics();
+                let canary_idle = f.canary.as_ref().map_or(0, |(_, a)| a.pool.stats().idle);
+                f.stable.pool.sample_metrics(canary_idle);
             }
         }
         self.metrics.encode()
@@ -697,6 +698,31 @@ impl Proxy {
         }
     }
 
+    /// Picks each filter's version once, as the request enters the chain,
+    /// runs the chain, and counts the request for the versions that ran.
+    async fn handle_chain(
+        &self,
+        route: &Arc<Route>,
+        parts: Parts,
+        body: Incoming,
+        view: &ClientView,
+        entry: &mut Option<Entry>,
+    ) -> (Response<ProxyBody>, Option<Arc<Cluster>>) {
+        let request_id = view.request_id.to_str().unwrap_or_default();
+        let picks: smallvec::SmallVec<[chain::Pick<'_>; 4]> = route
+            .chain
+            .iter()
+            .map(|f| f.pick(&parts.headers, request_id))
+            .collect();
+        let (resp, cluster) = self
+            .handle_with_filters(route, parts, body, view, entry, &picks)
+            .await;
+        for pick in &picks {
+            pick.finish(resp.status().as_u16());
+        }
+        (resp, cluster)
+    }
+
     async fn handle_with_filters(
         &self,
         route: &Arc<Route>,
@@ -704,6 +730,7 @@ impl Proxy {
         body: Incoming,
         view: &ClientView,
         entry: &mut Option<Entry>,
+        picks: &[chain::Pick<'_>],
     ) -> (Response<ProxyBody>, Option<Arc<Cluster>>) {
         let request_id = view.request_id.to_str().unwrap_or_default();
         let meta = wit::RequestMeta {
@@ -743,7 +770,8 @@ impl Proxy {
         // both phases).
         let mut outbound_used = vec![0u32; route.chain.len()];
         for (i, f) in route.chain.iter().enumerate() {
-            if f.needs.request_body
+            let arm = picks[i].arm;
+            if arm.needs.request_body
                 && let Some(b) = body.take()
             {
                 let limits = &self.policy.limits;
@@ -753,14 +781,16 @@ impl Proxy {
                     Err(e) => return (refuse_body(e, request_id, limit), None),
                 }
             }
-            wreq.headers = f.needs.request_headers.copy(&parts.headers);
-            wreq.body = match (&kept, f.needs.request_body) {
+            wreq.headers = arm.needs.request_headers.copy(&parts.headers);
+            wreq.body = match (&kept, arm.needs.request_body) {
                 (Some(k), true) => Some(k.data.to_vec()),
                 _ => None,
             };
-            let decision = match f.pool.on_request(&wreq, &mut outbound_used[i]).await {
+            picks[i].ran();
+            let decision = match arm.pool.on_request(&wreq, &mut outbound_used[i]).await {
                 Ok(d) => d,
                 Err(failure) => {
+                    picks[i].failed();
                     note(entry, f, failure.code());
                     if self.fail_open(route, f, &failure, request_id) {
                         skipped[i] = true;
@@ -781,12 +811,13 @@ impl Proxy {
                         &mut parts,
                         &mut cluster,
                         &p.edits,
-                        f.needs.request_body,
+                        arm.needs.request_body,
                     );
                     if let (Ok(()), Some(b), Some(k)) = (&edited, &p.edits.body, kept.as_mut()) {
                         k.data = bytes::Bytes::from(b.clone());
                     }
                     if let Err(failure) = edited {
+                        picks[i].failed();
                         if self.fail_open(route, f, &failure, request_id) {
                             skipped[i] = true;
                             contexts.push(None);
@@ -804,6 +835,7 @@ impl Proxy {
                         break;
                     }
                     Err(failure) => {
+                        picks[i].failed();
                         if self.fail_open(route, f, &failure, request_id) {
                             skipped[i] = true;
                             contexts.push(None);
@@ -818,13 +850,13 @@ impl Proxy {
         // The request as forwarded, for the response side.
         wreq.headers.clear();
         wreq.body = None;
-        let forwarded: Vec<Option<wit::Request>> = route
-            .chain
+        let forwarded: Vec<Option<wit::Request>> = picks
             .iter()
             .zip(&skipped)
-            .map(|(f, skipped)| {
-                (f.needs.wants_response && !skipped).then(|| wit::Request {
-                    headers: f.needs.request_headers.copy(&parts.headers),
+            .map(|(pick, skipped)| {
+                let needs = &pick.arm.needs;
+                (needs.wants_response && !skipped).then(|| wit::Request {
+                    headers: needs.request_headers.copy(&parts.headers),
                     ..wreq.clone()
                 })
             })
@@ -850,7 +882,7 @@ impl Proxy {
         let mut resp_body: Option<bytes::Bytes> = None;
         let mut resp_trailers: Option<HeaderMap> = None;
         if wreq.method != "HEAD"
-            && (0..seen_by).any(|i| forwarded[i].is_some() && route.chain[i].needs.response_body)
+            && (0..seen_by).any(|i| forwarded[i].is_some() && picks[i].arm.needs.response_body)
         {
             let limit = self.policy.limits.max_buffered_body;
             let (rparts, rbody) = resp.into_parts();
@@ -885,23 +917,25 @@ impl Proxy {
         // Response side, in reverse, for the filters that saw the request.
         for i in (0..seen_by).rev() {
             let f = &route.chain[i];
+            let arm = picks[i].arm;
             let Some(wreq) = &forwarded[i] else { continue };
             let wresp = wit::Response {
                 status: resp.status().as_u16(),
-                headers: f.needs.response_headers.copy(resp.headers()),
-                body: match (&resp_body, f.needs.response_body) {
+                headers: arm.needs.response_headers.copy(resp.headers()),
+                body: match (&resp_body, arm.needs.response_body) {
                     (Some(b), true) => Some(b.to_vec()),
                     _ => None,
                 },
             };
             let context = contexts.get(i).and_then(|c| c.as_deref());
-            let decision = match f
+            let decision = match arm
                 .pool
                 .on_response(wreq, &wresp, context, &mut outbound_used[i])
                 .await
             {
                 Ok(d) => d,
                 Err(failure) => {
+                    picks[i].failed();
                     note(entry, f, failure.code());
                     if self.fail_open(route, f, &failure, request_id) {
                         continue;
@@ -917,7 +951,7 @@ impl Proxy {
             let applied = match decision {
                 wit::ResponseDecision::Proceed(edits) => {
                     let applied =
-                        chain::apply_response_edits(&mut resp, &edits, f.needs.response_body);
+                        chain::apply_response_edits(&mut resp, &edits, arm.needs.response_body);
                     if let (Ok(()), Some(b)) = (&applied, edits.body) {
                         resp_body = Some(bytes::Bytes::from(b));
                     }
@@ -936,6 +970,7 @@ impl Proxy {
                 }
             };
             if let Err(failure) = applied {
+                picks[i].failed();
                 if self.fail_open(route, f, &failure, request_id) {
                     continue;
                 }
@@ -966,7 +1001,7 @@ impl Proxy {
         if !f.fail_open {
             return false;
         }
-        let filter = &**f.pool.module().name();
+        let filter = &**f.name();
         tracing::warn!(
             route = &*route.name,
             filter,
@@ -1290,8 +1325,7 @@ enum ForwardBody {
 /// Adds `filter:outcome` to the access log entry, if logging.
 fn note(entry: &mut Option<Entry>, f: &ChainFilter, outcome: &str) {
     if let Some(e) = entry.as_mut() {
-        e.filters
-            .push(format!("{}:{outcome}", f.pool.module().name()));
+        e.filters.push(format!("{}:{outcome}", f.name()));
     }
 }
 
@@ -1301,7 +1335,7 @@ fn filter_failed(
     failure: &FilterFailure,
     request_id: &str,
 ) -> Response<ProxyBody> {
-    let filter = &**f.pool.module().name();
+    let filter = &**f.name();
     tracing::error!(
         route,
         filter,

@@ -18,9 +18,9 @@
 //!   the filter paths the config names; the paths in the config file are
 //!   watched too even when that file was refused (so a module it names can
 //!   arrive after it).
-//! - A module uploaded through the management API keeps overriding its
-//!   filter's file (the reload semantics): a change to that file reloads,
-//!   but the upload keeps serving.
+//! - A filter pinned through the management API (upload, activate,
+//!   promote, rollback) does not read its file (the reload semantics): a
+//!   change to that file reloads, but the pinned version keeps serving.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

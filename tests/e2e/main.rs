@@ -8,6 +8,7 @@ mod access_log;
 mod admin;
 mod balancing;
 mod cache;
+mod canary;
 mod cli;
 mod config;
 mod drain;

@@ -8,6 +8,10 @@
 //! unique temporary name and renamed into place, so concurrent writers are
 //! safe. The folder is created private to the user (0700): loading an entry
 //! runs its machine code, so only this user may write there.
+//!
+//! The folder holds at most [`MAX_ENTRIES`] entries: a load touches its entry,
+//! and storing a new one removes the least recently used past the cap, so a
+//! gateway that swaps modules for months does not fill its disk.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -29,6 +33,10 @@ pub enum CacheOutcome {
     /// Compiled earlier in this process (the same bytes loaded again).
     Memory,
 }
+
+/// Entries kept in the folder (each filter keeps at most 8 versions, so this
+/// covers several filters' whole history).
+pub const MAX_ENTRIES: usize = 64;
 
 /// The cache folder and the engine's compatibility key.
 #[derive(Debug, Clone)]
@@ -76,6 +84,11 @@ impl CompileCache {
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let path = self.entry(sha256);
         if let Some(component) = self.try_load(engine, &path) {
+            // Recently used: the last to be pruned.
+            let _ = std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
             return Ok((component, CacheOutcome::Hit));
         }
         let compiled = engine.precompile_component(bytes)?;
@@ -83,6 +96,7 @@ impl CompileCache {
         if let Err(e) = self.store(&path, &compiled) {
             tracing::warn!(path = %path.display(), "cannot write the compile cache: {e}");
         }
+        prune(&self.dir, MAX_ENTRIES);
         Ok((component, CacheOutcome::Compiled))
     }
 
@@ -127,6 +141,29 @@ impl CompileCache {
     }
 }
 
+/// Removes the least recently modified `.cwasm` entries of `dir` past `max`.
+fn prune(dir: &Path, max: usize) {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = read
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if entries.len() <= max {
+        return;
+    }
+    entries.sort();
+    let excess = entries.len() - max;
+    for (_, path) in entries.into_iter().take(excess) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::debug!(path = %path.display(), "compile cache: pruned"),
+            Err(e) => tracing::warn!(path = %path.display(), "compile cache: cannot prune: {e}"),
+        }
+    }
+}
+
 /// Compiles without caching.
 pub fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
     Component::new(engine, bytes)
@@ -143,4 +180,35 @@ fn deserialize(engine: &Engine, compiled: &[u8]) -> wasmtime::Result<Component> 
     // now, or earlier and stored with a digest that was verified above), and
     // wasmtime checks the engine compatibility header itself.
     unsafe { Component::deserialize(engine, compiled) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_most_recently_used_entries() {
+        let dir = std::env::temp_dir().join(format!("wasmgate-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for i in 0..6u64 {
+            let p = dir.join(format!("{i}.cwasm"));
+            let f = std::fs::File::create(&p).unwrap();
+            f.set_modified(base + std::time::Duration::from_secs(i))
+                .unwrap();
+        }
+        std::fs::write(dir.join("other.txt"), b"not an entry").unwrap();
+        prune(&dir, 4);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["2.cwasm", "3.cwasm", "4.cwasm", "5.cwasm", "other.txt"]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

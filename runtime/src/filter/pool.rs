@@ -354,8 +354,10 @@ impl InstancePool {
     }
 
     /// Samples gauges (idle instances) into the metrics.
-    pub fn sample_metrics(&self) {
-        let idle = self.idle.len() as i64;
+    /// `other_idle`: idle instances of another version on the same route
+    /// (a canary), which share the gauge.
+    pub fn sample_metrics(&self, other_idle: usize) {
+        let idle = (self.idle.len() + other_idle) as i64;
         self.metrics
             .metrics
             .filter_instances_idle
