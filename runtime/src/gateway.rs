@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::outbound::ClusterCaller;
 use crate::overload::OverloadGuard;
 use crate::server;
-use crate::store::{DataDir, Saved};
+use crate::store::{DataDir, OpenError, Saved};
 use crate::tls::TlsTerminator;
 use crate::upstream::dns::{Resolve, SystemResolver};
 use crate::watch::FileWatcher;
@@ -100,7 +100,9 @@ impl Gateway {
         let mut data = match data_dir {
             None => None,
             Some(path) => {
-                let opened = DataDir::open(&path).and_then(|d| d.load().map(|s| (d, s)));
+                let opened = open_data_dir(&path)
+                    .await
+                    .and_then(|d| d.load().map(|s| (d, s)));
                 let (dir, saved) = opened.map_err(|m| ConfigErrors {
                     source: config.source.clone(),
                     errors: vec![ConfigError::new("admin.data_dir", m)],
@@ -320,6 +322,39 @@ impl RunningGateway {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
         let _ = self.admin_shutdown.send(true);
+    }
+}
+
+/// How long a gateway waits for the data directory's lock (held by the
+/// process it replaces, until that one starts its drain).
+const DATA_DIR_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens the data directory, waiting for its lock while another process
+/// holds it.
+async fn open_data_dir(path: &std::path::Path) -> Result<DataDir, String> {
+    let started = tokio::time::Instant::now();
+    let mut said = false;
+    loop {
+        match DataDir::open(path) {
+            Ok(d) => return Ok(d),
+            Err(OpenError::Locked(_)) if started.elapsed() < DATA_DIR_WAIT => {
+                if !said {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "waiting for the data directory: another wasmgate process holds it \
+                         (the one this process replaces releases it when it starts draining)"
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(OpenError::Locked(p)) => {
+                return Err(format!(
+                    "{p} is in use by another wasmgate process (waited {DATA_DIR_WAIT:?} for it)"
+                ));
+            }
+            Err(OpenError::Other(m)) => return Err(m),
+        }
     }
 }
 

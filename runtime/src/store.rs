@@ -15,7 +15,9 @@
 //! - **Checked on the way back.** A module's bytes must hash to the name
 //!   they are stored under; a mismatch stops the start with the file named.
 //! - **One owner.** The gateway holds an exclusive lock on `<data_dir>/lock`
-//!   while it runs; a second process pointed at the same folder is refused.
+//!   while it runs. A process that finds it held waits (a new process
+//!   taking over the sockets of the one it replaces gets the folder when
+//!   that one starts its drain), and gives up after a while.
 //! - **Private.** The folder is made 0700 and its files 0600: `state.json`
 //!   holds the config text, which may hold the admin token.
 
@@ -81,6 +83,17 @@ pub struct SavedVersion {
     pub created_ms: u64,
 }
 
+/// Why a data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process holds its lock.
+    #[error("{0} is in use by another wasmgate process (its lock is held)")]
+    Locked(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
 /// An open data directory.
 #[derive(Debug)]
 pub struct DataDir {
@@ -92,33 +105,31 @@ pub struct DataDir {
 impl DataDir {
     /// Opens (creating it if needed) the data directory at `path`, and
     /// takes its lock.
-    pub fn open(path: &Path) -> Result<DataDir, String> {
+    pub fn open(path: &Path) -> Result<DataDir, OpenError> {
+        let other = OpenError::Other;
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true);
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder
             .create(path.join("modules"))
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            .map_err(|e| other(format!("cannot create {}: {e}", path.display())))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| format!("cannot make {} private: {e}", path.display()))?;
+                .map_err(|e| other(format!("cannot make {} private: {e}", path.display())))?;
         }
         let lock_path = path.join("lock");
         let lock = private_file(&lock_path, false)
-            .map_err(|e| format!("cannot write in {}: {e}", path.display()))?;
+            .map_err(|e| other(format!("cannot write in {}: {e}", path.display())))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(format!(
-                    "{} is in use by another wasmgate process (its lock is held)",
-                    path.display()
-                ));
+                return Err(OpenError::Locked(path.display().to_string()));
             }
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(format!("cannot lock {}: {e}", lock_path.display()));
+                return Err(other(format!("cannot lock {}: {e}", lock_path.display())));
             }
         }
         Ok(DataDir {
@@ -307,7 +318,7 @@ mod tests {
 
         // One owner at a time.
         let err = DataDir::open(&dir).unwrap_err();
-        assert!(err.contains("in use by another wasmgate process"), "{err}");
+        assert!(matches!(err, OpenError::Locked(_)), "{err}");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -382,8 +382,15 @@ async fn the_store_and_an_api_config_survive_a_restart() {
     // Back to the file: the API config is dropped, the store stays.
     let r = admin(&gw, "POST", "/config/reload", "").await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // (An id the 10 % canary of version 1 does not take.)
+    let id = (0..)
+        .map(|i| format!("x-{i}"))
+        .find(|id| !takes(10, id))
+        .unwrap();
     assert_eq!(
-        get(gw.addr(), "/extra", &[]).await.header("x-version"),
+        get(gw.addr(), "/extra", &[("x-request-id", &id)])
+            .await
+            .header("x-version"),
         Some("bb")
     );
     gw.shutdown().await;

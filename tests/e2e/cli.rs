@@ -93,7 +93,13 @@ impl Served {
     }
 
     /// Runs `cmd` (a `serve`) and waits until it says where it listens.
-    fn spawn(mut cmd: Command) -> Served {
+    fn spawn(cmd: Command) -> Served {
+        Served::spawn_until(cmd, "addr=")
+    }
+
+    /// Runs `cmd` and waits for a log line containing `needle`; `addr` is
+    /// the address on that line, if it names one.
+    fn spawn_until(mut cmd: Command, needle: &str) -> Served {
         let mut child = cmd
             .env("WASMGATE_LOG", "info")
             .stderr(Stdio::piped())
@@ -106,8 +112,12 @@ impl Served {
                 panic!("gateway exited before listening:\n{}", before.join("\n"));
             };
             before.push(line.clone());
-            if let Some(rest) = line.split("addr=").nth(1) {
-                break rest.trim().parse::<SocketAddr>().unwrap();
+            if line.contains(needle) {
+                break line
+                    .split("addr=")
+                    .nth(1)
+                    .and_then(|rest| rest.trim().parse::<SocketAddr>().ok())
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
             }
         };
         let (tx, log) = mpsc::channel::<String>();
@@ -477,6 +487,10 @@ async fn the_drain_deadline_cuts_off_what_is_left_counts_it_and_exits_zero() {
 /// `wasmgate serve` on a listening socket it inherits as fd 3 (the socket
 /// activation protocol: `LISTEN_FDS=1`), instead of binding its own.
 fn serve_on(socket: &socket2::Socket, config: &std::path::Path) -> Served {
+    Served::spawn(serve_on_command(socket, config))
+}
+
+fn serve_on_command(socket: &socket2::Socket, config: &std::path::Path) -> Command {
     use std::os::fd::AsRawFd;
     // bash, not sh: dash takes only one-digit descriptors in redirections.
     let mut cmd = Command::new("bash");
@@ -489,7 +503,7 @@ fn serve_on(socket: &socket2::Socket, config: &std::path::Path) -> Served {
         .arg(config)
         .env("LISTEN_FDS", "1")
         .env_remove("LISTEN_PID");
-    Served::spawn(cmd)
+    cmd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,4 +593,54 @@ async fn a_new_process_takes_over_the_listening_socket_and_no_connection_is_refu
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "nobody holds the socket any more"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_waits_for_the_data_directory_its_predecessor_releases() {
+    let up = Upstream::start("u").await;
+    let data = std::env::temp_dir().join(format!("wasmgate-cli-data-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let path = write_config(
+        "handoff-data.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[access_log]\nenabled = false\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+            data.display().to_string(),
+            up.addr
+        ),
+    );
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    let socket = socket2::Socket::from(std_listener);
+    socket.set_cloexec(false).unwrap();
+    let mut old = Served::spawn_until(serve_on_command(&socket, &path), "wasmgate listening");
+    assert_eq!(get(addr, "/", &[]).await.status, 200);
+
+    // The new process finds the data directory held, and waits.
+    let mut new = Served::spawn_until(
+        serve_on_command(&socket, &path),
+        "waiting for the data directory",
+    );
+    drop(socket);
+    // Requests keep being answered (by the old process) meanwhile.
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/", &[]).await.status, 200);
+    }
+    // The old one drains and releases it; the new one builds and serves. A
+    // connection made in between waits in the shared queue, not refused.
+    old.signal("-TERM");
+    let between = tokio::spawn(async move { get(addr, "/", &[]).await.status });
+    let status = tokio::task::block_in_place(|| old.wait_exit());
+    assert!(status.success(), "{status:?}");
+    tokio::task::block_in_place(|| new.wait_for("wasmgate listening"));
+    assert_eq!(
+        wasmgate_tests::within("the queued request", between)
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(get(addr, "/", &[]).await.status, 200);
+    new.signal("-TERM");
+    let status = tokio::task::block_in_place(|| new.wait_exit());
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&data);
 }
