@@ -355,6 +355,7 @@ fn swap_error(e: SwapError) -> Response<ProxyBody> {
         SwapError::BadCanary(_) => (StatusCode::BAD_REQUEST, "invalid_canary"),
         SwapError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "data_dir_unwritable"),
         SwapError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        SwapError::Pending => (StatusCode::SERVICE_UNAVAILABLE, "taking_over"),
     };
     let mut value = serde_json::json!({
         "status": status.as_u16(),

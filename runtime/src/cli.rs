@@ -115,13 +115,6 @@ pub fn main() -> ExitCode {
     })
 }
 
-async fn build(config: Config) -> Result<Gateway, ExitCode> {
-    Gateway::build(config).await.map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::FAILURE
-    })
-}
-
 async fn check(path: &std::path::Path, config: Config) -> ExitCode {
     let checked = Gateway::check(config).await.map_err(|e| {
         eprintln!("error: {e}");
@@ -148,9 +141,17 @@ async fn serve(
     config: Config,
     inherited: crate::gateway::Inherited,
 ) -> ExitCode {
-    let gateway = match build(config).await {
+    let built = if inherited.proxy.is_some() {
+        Gateway::build_taking_over(config).await
+    } else {
+        Gateway::build(config).await
+    };
+    let gateway = match built {
         Ok(g) => g.with_inherited(inherited),
-        Err(code) => return code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     // Watch for signals before saying "listening": a SIGTERM that arrives
     // right after must stop the gateway gracefully, not kill it.
@@ -182,7 +183,15 @@ async fn serve(
         }
     }
     tracing::info!("shutting down: no new connections, finishing requests in flight");
-    running.shutdown().await;
+    // A second stop signal does not wait for the drain.
+    let again = stop_signal();
+    tokio::select! {
+        () = running.shutdown() => {}
+        () = again => {
+            tracing::warn!("second stop signal: exiting without waiting for the drain");
+            return ExitCode::FAILURE;
+        }
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

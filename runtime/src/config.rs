@@ -355,7 +355,7 @@ pub const DEFAULT_POOL_SIZE: u32 = 16;
 /// Default number of calls an instance serves before it is replaced.
 pub const DEFAULT_MAX_USES: u64 = 10_000;
 /// Default time requests in flight get to finish at shutdown.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 /// Longest `server.drain_timeout` accepted.
 pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default quiet time before a changed watched file is read.

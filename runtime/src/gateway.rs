@@ -54,11 +54,31 @@ impl Inherited {
     /// admin listener. Call it before any thread starts: it clears those
     /// variables from the environment.
     pub fn from_env() -> std::io::Result<Inherited> {
+        let given = std::env::var("LISTEN_FDS").ok();
         let mut fds = listenfd::ListenFd::from_env();
-        Ok(Inherited {
+        if given.is_some() && fds.len() == 0 {
+            // Not ours (`LISTEN_PID` names another process) or not a number:
+            // said, so a bind error that follows is not a mystery.
+            tracing::warn!(
+                "LISTEN_FDS={} is set but passes no socket to this process; binding the \
+                 configured addresses",
+                given.unwrap_or_default()
+            );
+        }
+        let inherited = Inherited {
             proxy: fds.take_tcp_listener(0)?,
             admin: fds.take_tcp_listener(1)?,
-        })
+        };
+        for (what, l) in [("proxy", &inherited.proxy), ("admin", &inherited.admin)] {
+            if let Some(l) = l
+                && !socket2::SockRef::from(l).is_listener()?
+            {
+                return Err(std::io::Error::other(format!(
+                    "the inherited {what} socket (LISTEN_FDS) is not listening"
+                )));
+            }
+        }
+        Ok(inherited)
     }
 }
 
@@ -96,20 +116,64 @@ impl Gateway {
         config: Config,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Gateway, ConfigErrors> {
+        Gateway::build_inner(config, resolver, false).await
+    }
+
+    /// [`Gateway::build`] for a process taking over the listening sockets of
+    /// one still running: when that one holds the data directory, this one
+    /// builds from what the directory says (read without the lock), serves,
+    /// and takes the directory when the other releases it as it starts
+    /// draining (see [`Live`]); until then it refuses changes.
+    pub async fn build_taking_over(config: Config) -> Result<Gateway, ConfigErrors> {
+        Gateway::build_inner(config, Arc::new(SystemResolver), true).await
+    }
+
+    async fn build_inner(
+        config: Config,
+        resolver: Arc<dyn Resolve>,
+        taking_over: bool,
+    ) -> Result<Gateway, ConfigErrors> {
         let data_dir = config.admin.as_ref().and_then(|a| a.data_dir.clone());
+        let mut pending = None;
         let mut data = match data_dir {
             None => None,
             Some(path) => {
-                let opened = open_data_dir(&path)
-                    .await
-                    .and_then(|d| d.load().map(|s| (d, s)));
-                let (dir, saved) = opened.map_err(|m| ConfigErrors {
-                    source: config.source.clone(),
-                    errors: vec![ConfigError::new("admin.data_dir", m)],
-                })?;
+                let opened = match DataDir::open(&path) {
+                    Ok(d) => Ok(d),
+                    Err(OpenError::Locked(_)) if taking_over => {
+                        tracing::warn!(
+                            path = %path.display(),
+                            "the data directory is held by the process this one takes over \
+                             from: starting from what it holds; changes are refused until that \
+                             process releases it (as it starts draining)"
+                        );
+                        pending = Some(path.clone());
+                        Ok(DataDir::read_only(&path))
+                    }
+                    Err(OpenError::Locked(p)) => Err(format!(
+                        "{p} is in use by another wasmgate process; two gateways cannot share \
+                         one (a process started on inherited sockets takes it over instead)"
+                    )),
+                    Err(OpenError::Other(m)) => Err(m),
+                };
+                let (dir, saved) =
+                    opened
+                        .and_then(|d| d.load().map(|s| (d, s)))
+                        .map_err(|m| ConfigErrors {
+                            source: config.source.clone(),
+                            errors: vec![ConfigError::new("admin.data_dir", m)],
+                        })?;
                 Some((dir, saved))
             }
         };
+        // What the directory held, to tell at take-over whether it changed.
+        let pending = pending.map(|path| crate::live::Pending {
+            path,
+            started_from: data
+                .as_ref()
+                .map(|(_, s)| serde_json::to_string(s).unwrap_or_default())
+                .unwrap_or_default(),
+        });
         let config = match data.as_mut() {
             Some((dir, saved)) => api_config(config, dir, saved)?,
             None => config,
@@ -145,7 +209,7 @@ impl Gateway {
                 metrics.clone(),
             )),
         };
-        let live = Live::start(config.clone(), data, deps).await;
+        let live = Live::start(config.clone(), data, pending, deps).await;
         match live {
             Ok(live) if errors.is_empty() => {
                 // Only a gateway that built whole writes its data directory.
@@ -325,45 +389,16 @@ impl RunningGateway {
     }
 }
 
-/// How long a gateway waits for the data directory's lock (held by the
-/// process it replaces, until that one starts its drain).
-const DATA_DIR_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Opens the data directory, waiting for its lock while another process
-/// holds it.
-async fn open_data_dir(path: &std::path::Path) -> Result<DataDir, String> {
-    let started = tokio::time::Instant::now();
-    let mut said = false;
-    loop {
-        match DataDir::open(path) {
-            Ok(d) => return Ok(d),
-            Err(OpenError::Locked(_)) if started.elapsed() < DATA_DIR_WAIT => {
-                if !said {
-                    tracing::warn!(
-                        path = %path.display(),
-                        "waiting for the data directory: another wasmgate process holds it \
-                         (the one this process replaces releases it when it starts draining)"
-                    );
-                    said = true;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Err(OpenError::Locked(p)) => {
-                return Err(format!(
-                    "{p} is in use by another wasmgate process (waited {DATA_DIR_WAIT:?} for it)"
-                ));
-            }
-            Err(OpenError::Other(m)) => return Err(m),
-        }
-    }
-}
-
 /// The config to start from: the one last put through the admin API, when
 /// the data directory kept one and the file's restart-only sections have not
 /// changed since (a changed `[server]` or `[admin]` in the file, say a new
 /// token, means the operator restarted to apply it: the file wins, and the
 /// kept config is dropped, with a warning).
-fn api_config(file: Config, dir: &DataDir, saved: &mut Saved) -> Result<Config, ConfigErrors> {
+pub(crate) fn api_config(
+    file: Config,
+    dir: &DataDir,
+    saved: &mut Saved,
+) -> Result<Config, ConfigErrors> {
     let Some(text) = &saved.config else {
         return Ok(file);
     };

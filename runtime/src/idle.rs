@@ -9,7 +9,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +25,10 @@ struct State {
     /// Nanoseconds after `base` of the last activity.
     last: AtomicU64,
     in_flight: AtomicUsize,
+    /// A request has begun on this connection.
+    started: AtomicBool,
+    /// Told when the first request begins.
+    first: tokio::sync::Notify,
     /// Also counts this connection's requests in flight, with those of
     /// every other connection (the server's `active_requests`).
     total: Option<Gauge>,
@@ -57,6 +61,8 @@ impl Activity {
             base: Instant::now(),
             last: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
+            first: tokio::sync::Notify::new(),
             total,
         }))
     }
@@ -74,7 +80,24 @@ impl Activity {
             total.inc();
         }
         self.touch();
+        if !self.0.started.load(Ordering::Relaxed) && !self.0.started.swap(true, Ordering::Relaxed)
+        {
+            self.0.first.notify_one();
+        }
         InFlight(self.clone())
+    }
+
+    /// Whether a request has begun on this connection.
+    pub fn started(&self) -> bool {
+        self.0.started.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the first request has begun (at once if it has).
+    pub async fn first_request(&self) {
+        if !self.started() {
+            // `notify_one` keeps its permit for a waiter that comes later.
+            self.0.first.notified().await;
+        }
     }
 
     fn last(&self) -> Instant {

@@ -224,6 +224,22 @@ struct Control {
 /// Why a change is refused once the gateway is shutting down.
 const CLOSED: &str = "the gateway is shutting down; it takes no more changes";
 
+/// Why a change is refused while the data directory is still held by the
+/// process this one takes over from.
+const PENDING: &str = "this gateway is taking over from another process, which still holds the \
+                       data directory (until it starts draining); it takes no changes until then";
+
+/// A data directory another process still holds (see
+/// [`crate::gateway::Gateway::build_taking_over`]).
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Where it is.
+    pub path: PathBuf,
+    /// What it held when this gateway was built (`state.json`'s content as
+    /// re-serialized), to tell whether the other process changed it since.
+    pub started_from: String,
+}
+
 /// The running generation and how to replace it.
 #[derive(Debug)]
 pub struct Live {
@@ -239,6 +255,8 @@ pub struct Live {
     /// Where changes are kept across restarts, when configured (released,
     /// with its lock, by [`Live::close`]).
     data: std::sync::Mutex<Option<Arc<DataDir>>>,
+    /// The data directory this gateway waits to take over, if any.
+    pending: std::sync::Mutex<Option<Pending>>,
     /// Canaries report here when they trip.
     trips: mpsc::UnboundedSender<Tripped>,
     tripped: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Tripped>>>,
@@ -286,6 +304,9 @@ pub enum SwapError {
     /// The gateway is shutting down.
     #[error("{CLOSED}")]
     Closed,
+    /// The data directory is not this gateway's yet.
+    #[error("{PENDING}")]
+    Pending,
 }
 
 /// Every error of `e` on one log line: `source: path: message; ...`.
@@ -398,6 +419,7 @@ impl Live {
     pub(crate) async fn start(
         config: Config,
         data: Option<(DataDir, Saved)>,
+        pending: Option<Pending>,
         deps: Deps,
     ) -> Result<Live, Vec<ConfigError>> {
         let (trips, tripped) = mpsc::unbounded_channel();
@@ -444,7 +466,13 @@ impl Live {
             config: ArcSwap::from_pointee(config),
             control: Mutex::new(control),
             filters: ArcSwap::from_pointee(filters),
-            data: std::sync::Mutex::new(data.map(|(dir, _)| Arc::new(dir))),
+            // A directory read without its lock is not kept: it is taken
+            // over (locked) later.
+            data: std::sync::Mutex::new(match pending {
+                Some(_) => None,
+                None => data.map(|(dir, _)| Arc::new(dir)),
+            }),
+            pending: std::sync::Mutex::new(pending),
             trips,
             tripped: std::sync::Mutex::new(Some(tripped)),
             deps,
@@ -468,6 +496,113 @@ impl Live {
         let mut control = self.control.lock().await;
         control.closed = true;
         self.data.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn is_pending(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Takes over the data directory `dir` (now locked by this process):
+    /// when the process it took over from changed it since this one was
+    /// built, that state is applied (as a reload would); then this
+    /// gateway's state is written and changes are taken again.
+    async fn adopt(&self, dir: DataDir, pending: &Pending) {
+        let mut control = self.control.lock().await;
+        if control.closed {
+            return;
+        }
+        let saved = match dir.load() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("taking over the data directory: {e}; keeping the running state");
+                Saved::default()
+            }
+        };
+        let changed = serde_json::to_string(&saved).unwrap_or_default() != pending.started_from;
+        *self.data.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(dir));
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if changed {
+            tracing::warn!(
+                "the data directory changed while this gateway started (a change made on the \
+                 process it took over from): applying it"
+            );
+            if let Err(e) = self.apply_saved(&mut control, saved).await {
+                tracing::error!(
+                    "the other process's last changes cannot be applied here, the running \
+                     state is kept (and written): {e}"
+                );
+            } else {
+                tracing::info!("took over the data directory");
+                return;
+            }
+        }
+        let filters = self.filters.load_full();
+        match self
+            .persist(&filters, control.from_api, &self.config())
+            .await
+        {
+            Ok(()) => tracing::info!("took over the data directory"),
+            Err(e) => tracing::error!("took over the data directory, but: {e}"),
+        }
+    }
+
+    /// Rebuilds from a state the data directory holds (config and filter
+    /// store), as the first build would have.
+    async fn apply_saved(&self, control: &mut Control, mut saved: Saved) -> Result<(), String> {
+        let dir = self
+            .data
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or("no data directory")?;
+        let file = Config::load(&self.file).map_err(|e| e.to_string())?;
+        let config =
+            crate::gateway::api_config(file, &dir, &mut saved).map_err(|e| e.to_string())?;
+        let fixed = restart_only_changes(&self.config(), &config);
+        if !fixed.is_empty() {
+            return Err(format!(
+                "[{}] differ from this process's",
+                fixed.join("], [")
+            ));
+        }
+        let (trips, metrics) = (&self.trips, &self.deps.metrics);
+        let mut filters = BTreeMap::new();
+        for (name, f) in &saved.filters {
+            let mut state = if config.filters.contains_key(name) {
+                restore(&dir, name, f, metrics, trips)?
+            } else {
+                FilterState::default()
+            };
+            state.last = state.last.max(f.last);
+            if !config.filters.contains_key(name) {
+                retire(&mut state);
+            }
+            filters.insert(name.clone(), state);
+        }
+        let prev = self.proxy();
+        let proxy = match build(&config, &self.deps, Some(&prev), &mut filters, true).await {
+            Ok(p) => p,
+            Err(errors) => {
+                self.discard(&filters);
+                return Err(one_line(&ConfigErrors {
+                    source: config.source.clone(),
+                    errors,
+                }));
+            }
+        };
+        let from_api = saved.config.is_some();
+        self.commit(
+            control,
+            Some((proxy, &prev)),
+            filters,
+            from_api,
+            config,
+            false,
+        )
+        .await
     }
 
     /// Whether [`Live::close`] was called.
@@ -542,6 +677,9 @@ impl Live {
         };
         if control.closed {
             return Err(fail(vec![ConfigError::new("", CLOSED)]));
+        }
+        if self.is_pending() {
+            return Err(fail(vec![ConfigError::new("admin.data_dir", PENDING)]));
         }
         let fixed = restart_only_changes(&self.config(), &config);
         if !fixed.is_empty() {
@@ -798,6 +936,9 @@ impl Live {
         if control.closed {
             return Err(SwapError::Closed);
         }
+        if self.is_pending() {
+            return Err(SwapError::Pending);
+        }
         let config = self.config();
         if !config.filters.contains_key(name) {
             return Err(SwapError::UnknownFilter(name.to_owned()));
@@ -960,6 +1101,42 @@ impl Live {
         for cluster in self.proxy().clusters.values() {
             crate::upstream::health::spawn(cluster);
             crate::upstream::dns::spawn(cluster, self.deps.resolver.clone());
+        }
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(pending) = pending {
+            // Waits for the process this one takes over from to release
+            // the data directory (it does as it starts draining).
+            let live = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let mut said = started;
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    let Some(live) = live.upgrade() else { break };
+                    if live.is_closed() {
+                        break;
+                    }
+                    match DataDir::open(&pending.path) {
+                        Ok(dir) => {
+                            live.adopt(dir, &pending).await;
+                            break;
+                        }
+                        Err(e) => {
+                            if said.elapsed() >= std::time::Duration::from_secs(10) {
+                                said = tokio::time::Instant::now();
+                                tracing::warn!(
+                                    "still waiting for the data directory after {:?}: {e}",
+                                    started.elapsed()
+                                );
+                            }
+                        }
+                    }
+                }
+            });
         }
         let taken = self
             .tripped

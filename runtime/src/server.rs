@@ -40,6 +40,10 @@ use crate::tls::TlsTerminator;
 /// for their slots to come back before `serve` returns).
 const CUT_GRACE: Duration = Duration::from_secs(1);
 
+/// At shutdown, how long a connection that has sent no request yet may take
+/// to send its first (at most `limits.header_read_timeout`).
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// How the listener accepts connections.
 #[derive(Debug, Clone)]
 pub struct ListenerOptions {
@@ -77,6 +81,22 @@ fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// One open connection in a gauge, from `new` until dropped.
+struct Open(prometheus_client::metrics::gauge::Gauge);
+
+impl Open {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Open {
+        gauge.inc();
+        Open(gauge.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Everything a connection task needs, shared by all of them.
 struct Shared {
     live: Arc<crate::live::Live>,
@@ -110,19 +130,32 @@ pub async fn serve(
         options,
     });
     loop {
+        // Shutdown first (`biased`): once it is asked for, not one more
+        // connection is taken from the queue (another process sharing the
+        // socket takes them, or they are refused when it closes).
         let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
+            biased;
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     break;
                 }
                 continue;
             }
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
         };
+        if *shutdown.borrow() {
+            break;
+        }
         tokio::select! {
+            biased;
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
@@ -146,11 +179,14 @@ pub async fn serve(
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                shared.metrics.connections.inc();
-                shared.metrics.active_connections.inc();
+                                shared.metrics.connections.inc();
+                let active = Open::new(&shared.metrics.active_connections);
                 let (shared, shutdown) = (shared.clone(), shutdown.clone());
                 let mut cut = cut_rx.clone();
                 tokio::spawn(async move {
+                    // Counted open until this task ends, by any path
+                    // (a panic in the connection included).
+                    let _active = active;
                     // The slot is released when the connection and any
                     // tunnel upgraded from it are gone.
                     let hold = ConnHold { slot: Arc::new(slot), shutdown: shutdown.clone() };
@@ -158,16 +194,10 @@ pub async fn serve(
                         () = connection(&shared, stream, peer, shutdown, hold) => {}
                         // Already counted by the drain.
                         _ = cut.wait_for(|cut| *cut) => {
-                            tracing::debug!(%peer, "drain deadline: connection cut");
+                                                        tracing::debug!(%peer, "drain deadline: connection cut");
                         }
                     }
-                    shared.metrics.active_connections.dec();
                 });
-            }
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    break;
-                }
             }
         }
     }
@@ -297,23 +327,48 @@ async fn serve_http<S>(
         .serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let idle_timeout = shared.options.limits.idle_timeout;
-    let mut closing = *shutdown.borrow();
-    if closing {
-        conn.as_mut().graceful_shutdown();
+    // At shutdown, a connection that has not sent its first request yet (it
+    // was accepted, or finished its TLS handshake, just before) gets a
+    // moment to send it: closing it at once would fail a request the client
+    // is sending on a connection the gateway accepted. That request is
+    // answered with `Connection: close` (or under GOAWAY).
+    let first_request_grace = shared
+        .options
+        .limits
+        .header_read_timeout
+        .min(FIRST_REQUEST_GRACE);
+    let mut closing = false;
+    let mut close_by: Option<tokio::time::Instant> = None;
+    if *shutdown.borrow() {
+        close_by = Some(tokio::time::Instant::now() + first_request_grace);
     }
     let result = loop {
+        let waiting = close_by.is_some() && !closing;
+        let deadline = close_by.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             r = conn.as_mut() => break r,
-            () = activity.idle_for(idle_timeout), if !closing => {
+            () = activity.idle_for(idle_timeout), if !closing && close_by.is_none() => {
                 tracing::debug!(%peer, "idle for {idle_timeout:?}: closing");
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            changed = shutdown.changed(), if !closing => {
+            changed = shutdown.changed(), if !closing && close_by.is_none() => {
                 if changed.is_err() || *shutdown.borrow() {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    if activity.started() {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    } else {
+                        close_by = Some(tokio::time::Instant::now() + first_request_grace);
+                    }
                 }
+            }
+            () = activity.first_request(), if waiting => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(deadline), if waiting => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
             }
         }
     };

@@ -98,8 +98,9 @@ pub enum OpenError {
 #[derive(Debug)]
 pub struct DataDir {
     path: PathBuf,
-    /// Held open, with its exclusive lock, while the gateway runs.
-    _lock: std::fs::File,
+    /// Held open, with its exclusive lock, while the gateway runs; `None`
+    /// for a directory only read (see [`DataDir::read_only`]).
+    lock: Option<std::fs::File>,
 }
 
 impl DataDir {
@@ -134,8 +135,17 @@ impl DataDir {
         }
         Ok(DataDir {
             path: path.to_owned(),
-            _lock: lock,
+            lock: Some(lock),
         })
+    }
+
+    /// The data directory at `path`, to read without its lock (another
+    /// process holds it); it cannot be written.
+    pub fn read_only(path: &Path) -> DataDir {
+        DataDir {
+            path: path.to_owned(),
+            lock: None,
+        }
     }
 
     /// Its path.
@@ -192,6 +202,11 @@ impl DataDir {
     /// Writes `saved`, with the `modules` (sha256, bytes) it names, and
     /// removes module files it no longer names.
     pub fn save(&self, saved: &Saved, modules: &[(&str, &[u8])]) -> std::io::Result<()> {
+        if self.lock.is_none() {
+            return Err(std::io::Error::other(
+                "the data directory is not locked by this process",
+            ));
+        }
         let mut names = HashSet::new();
         for (sha, bytes) in modules {
             let file = self.module_file(sha);

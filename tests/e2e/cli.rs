@@ -491,18 +491,20 @@ fn serve_on(socket: &socket2::Socket, config: &std::path::Path) -> Served {
 }
 
 fn serve_on_command(socket: &socket2::Socket, config: &std::path::Path) -> Command {
-    use std::os::fd::AsRawFd;
-    // bash, not sh: dash takes only one-digit descriptors in redirections.
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg(format!(
-            "exec 3<&{} && exec \"$0\" serve --config \"$1\"",
-            socket.as_raw_fd()
-        ))
-        .arg(BIN)
+    use command_fds::{CommandFdExt, FdMapping};
+    // A duplicate becomes fd 3 in the child only: the test's own socket stays
+    // close-on-exec, so children other tests spawn meanwhile do not inherit it.
+    let fd = socket.try_clone().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config"])
         .arg(config)
         .env("LISTEN_FDS", "1")
         .env_remove("LISTEN_PID");
+    cmd.fd_mappings(vec![FdMapping {
+        parent_fd: std::os::fd::OwnedFd::from(fd),
+        child_fd: 3,
+    }])
+    .unwrap();
     cmd
 }
 
@@ -521,7 +523,6 @@ async fn a_new_process_takes_over_the_listening_socket_and_no_connection_is_refu
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = std_listener.local_addr().unwrap();
     let socket = socket2::Socket::from(std_listener);
-    socket.set_cloexec(false).unwrap();
     let mut old = serve_on(&socket, &path);
     assert_eq!(old.addr, addr);
 
@@ -596,51 +597,104 @@ async fn a_new_process_takes_over_the_listening_socket_and_no_connection_is_refu
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_process_waits_for_the_data_directory_its_predecessor_releases() {
+async fn a_new_process_serves_at_once_and_takes_over_the_data_directory_when_released() {
     let up = Upstream::start("u").await;
     let data = std::env::temp_dir().join(format!("wasmgate-cli-data-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let path = write_config(
-        "handoff-data.toml",
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[access_log]\nenabled = false\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
-            data.display().to_string(),
-            up.addr
-        ),
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[access_log]\nenabled = false\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+        data.display().to_string(),
+        up.addr
     );
+    let path = write_config("handoff-data.toml", &text);
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = std_listener.local_addr().unwrap();
     let socket = socket2::Socket::from(std_listener);
-    socket.set_cloexec(false).unwrap();
-    let mut old = Served::spawn_until(serve_on_command(&socket, &path), "wasmgate listening");
+    // Each process's admin listener is its own (port 0); the proxy socket
+    // is shared.
+    let start = |socket: &socket2::Socket| {
+        let served = Served::spawn_until(serve_on_command(socket, &path), "admin listening");
+        let admin = served.addr;
+        tokio::task::block_in_place(|| served.wait_for("wasmgate listening"));
+        (served, admin)
+    };
+    let (mut old, old_admin) = start(&socket);
     assert_eq!(get(addr, "/", &[]).await.status, 200);
 
-    // The new process finds the data directory held, and waits.
-    let mut new = Served::spawn_until(
-        serve_on_command(&socket, &path),
-        "waiting for the data directory",
-    );
+    // The new process builds from what the directory holds and serves at
+    // once; it refuses changes while the old one holds the directory.
+    let (mut new, new_admin) = start(&socket);
     drop(socket);
-    // Requests keep being answered (by the old process) meanwhile.
-    for _ in 0..10 {
-        assert_eq!(get(addr, "/", &[]).await.status, 200);
-    }
-    // The old one drains and releases it; the new one builds and serves. A
-    // connection made in between waits in the shared queue, not refused.
+    let refused =
+        wasmgate_tests::send_body(new_admin, "POST", "/config/reload", &[], Vec::new()).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("taking over"), "{}", refused.body);
+
+    // A change made on the old process meanwhile...
+    let with_extra = format!(
+        "{text}[[routes]]\nname = \"extra\"\npath_prefix = \"/extra\"\nrespond = {{ status = 204 }}\n"
+    );
+    let r =
+        wasmgate_tests::send_body(old_admin, "PUT", "/config", &[], with_extra.into_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // ...is what the new one runs once the old one drains and lets go.
     old.signal("-TERM");
-    let between = tokio::spawn(async move { get(addr, "/", &[]).await.status });
     let status = tokio::task::block_in_place(|| old.wait_exit());
     assert!(status.success(), "{status:?}");
-    tokio::task::block_in_place(|| new.wait_for("wasmgate listening"));
+    tokio::task::block_in_place(|| new.wait_for("took over the data directory"));
+    assert_eq!(get(addr, "/extra", &[]).await.status, 204);
+    // And it takes changes again.
+    let r = wasmgate_tests::send_body(new_admin, "POST", "/config/reload", &[], Vec::new()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
-        wasmgate_tests::within("the queued request", between)
-            .await
-            .unwrap(),
-        200
+        get(addr, "/extra", &[]).await.status,
+        200,
+        "back to the file"
     );
-    assert_eq!(get(addr, "/", &[]).await.status, 200);
     new.signal("-TERM");
     let status = tokio::task::block_in_place(|| new.wait_exit());
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn a_second_gateway_on_a_held_data_directory_is_refused_at_once() {
+    let data = std::env::temp_dir().join(format!("wasmgate-cli-held-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[clusters.c]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+        data.display().to_string()
+    );
+    let path = write_config("held.toml", &text);
+    let mut first = Served::start(&path);
+    let second = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("in use by another wasmgate process"), "{err}");
+    first.signal("-TERM");
+    assert!(first.wait_exit().success());
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+#[test]
+fn an_inherited_socket_that_does_not_listen_is_refused_by_name() {
+    let path = write_config(
+        "not-listening.toml",
+        "[server]\nlisten = \"127.0.0.1:1\"\n[clusters.c]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+    );
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let out = serve_on_command(&socket, &path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("inherited proxy socket") && err.contains("not listening"),
+        "{err}"
+    );
 }

@@ -83,3 +83,40 @@ async fn a_connection_still_in_its_proxy_protocol_header_is_cut_at_the_deadline_
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_connection_accepted_just_before_shutdown_gets_its_first_request_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = wasmgate_tests::Upstream::start("u").await;
+    let gw = start_gateway(&drain_config(up.addr, "drain_timeout = \"5s\"")).await;
+    // Connected and accepted, but the request is not sent yet.
+    let mut fresh = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    within("the connection to be accepted", async {
+        while metric(&gw.metrics_text(), "wasmgate_active_connections") != Some(1.0) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let live = gw.live().clone();
+    let shutdown = tokio::spawn(gw.shutdown());
+    within("the shutdown to begin", async {
+        while !live.is_closed() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // The request the client was about to send is answered, with the
+    // connection closed after it (not reset before it).
+    fresh
+        .write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    within("the answer", fresh.read_to_end(&mut answer))
+        .await
+        .expect("answered, not reset");
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    within("shutdown", shutdown).await.unwrap();
+}
