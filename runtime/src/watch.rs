@@ -31,7 +31,9 @@ use notify_debouncer_mini::notify::event::{AccessKind, AccessMode};
 use notify_debouncer_mini::notify::{
     self, Event, EventHandler, EventKind, RecommendedWatcher, RecursiveMode, Watcher, WatcherKind,
 };
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer_opt};
+use notify_debouncer_mini::{
+    DebounceEventResult, DebouncedEvent, DebouncedEventKind, Debouncer, new_debouncer_opt,
+};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, WatchConfig};
@@ -207,6 +209,10 @@ async fn run(
             event = events.recv() => match event {
                 None => return,
                 Some(Err(e)) => tracing::warn!("watch: {e}"),
+                // A path still changing after a whole debounce period (a
+                // download, a copy slower than the debounce) is reported
+                // every period as `AnyContinuous`: not settled yet.
+                Some(Ok(batch)) if !settled(&batch) => {}
                 Some(Ok(_)) => {
                     // Hashing modules of a few MiB: off the async workers.
                     let (w, changed) = tokio::task::spawn_blocking(move || {
@@ -235,6 +241,12 @@ async fn run(
             }
         }
     }
+}
+
+/// Whether a debounced batch holds a change that went quiet for the whole
+/// debounce (rather than only paths still changing).
+fn settled(batch: &[DebouncedEvent]) -> bool {
+    batch.iter().any(|e| e.kind == DebouncedEventKind::Any)
 }
 
 /// Follows the running config's (and the config file's) filter paths.

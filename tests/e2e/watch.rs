@@ -4,6 +4,7 @@
 //! reported, and the running generation keeps serving.
 
 use std::future::Future;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -254,5 +255,42 @@ async fn the_watch_follows_a_filter_to_its_new_file() {
     })
     .await;
     assert_eq!(reloads(&gw, "ok"), 2.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_module_written_slower_than_the_debounce_is_read_once_complete() {
+    let up = Upstream::start("u").await;
+    let dir = fresh_dir("slow");
+    let module = dir.join("v.wasm");
+    std::fs::write(&module, read(artifacts::VERSION_A)).unwrap();
+    let config = dir.join("gateway.toml");
+    // A debounce far longer than the pauses of the write below.
+    let text = filter_config(&up, "v.wasm").replace("debounce = \"100ms\"", "debounce = \"1s\"");
+    std::fs::write(&config, text).unwrap();
+    let gw = start_from_file(&config).await;
+    assert_eq!(version(&gw).await, "aa");
+
+    // Written in place in small pieces over about three debounce periods
+    // (as `curl -o` or `scp` write): it changes all along, and is quiet
+    // only once it is done.
+    let b = read(artifacts::VERSION_B);
+    let mut f = std::fs::File::create(&module).unwrap();
+    for piece in b.chunks(b.len().div_ceil(150)) {
+        f.write_all(piece).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(f);
+    assert_eq!(
+        reloads(&gw, "rejected"),
+        0.0,
+        "a reload was tried before the write was done"
+    );
+    until("the completed module to serve", || async {
+        version(&gw).await == "bb"
+    })
+    .await;
+    assert_eq!(reloads(&gw, "ok"), 1.0);
+    assert_eq!(reloads(&gw, "rejected"), 0.0);
     gw.shutdown().await;
 }
