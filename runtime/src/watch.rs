@@ -11,8 +11,9 @@
 //!   well as one written in place.
 //! - **Contents decide.** Changes are debounced per path (`watch.debounce`
 //!   of quiet), then the watched files' SHA-256 are compared with what was
-//!   last seen: only a difference reloads. Other files in the same folders,
-//!   or a file touched without changing, cost a hash, never a reload.
+//!   last seen: only a difference reloads. A file touched without changing
+//!   costs a hash, never a reload; other files in the same folders (a log
+//!   written next to the config) are not read at all.
 //! - **Re-armed.** After a reload, and whenever the running config changes
 //!   by other ways (SIGHUP, the management API), the watched set follows
 //!   the filter paths the config names; the paths in the config file are
@@ -64,6 +65,7 @@ impl FileWatcher {
         let mut watched = Watched {
             debouncer,
             dirs: BTreeSet::new(),
+            entries: BTreeSet::new(),
             seen: BTreeMap::new(),
             config: live.config(),
         };
@@ -133,6 +135,9 @@ struct Watched {
     debouncer: Debouncer<ChangesOnly>,
     /// Folders watched (as given to the watcher: canonical paths).
     dirs: BTreeSet<PathBuf>,
+    /// The watched files as the watcher names them (canonical folder, file
+    /// name), to tell their events from those of other files.
+    entries: BTreeSet<PathBuf>,
     /// Each watched file and the SHA-256 of its contents when last looked
     /// at (`None`: could not be read).
     seen: BTreeMap<PathBuf, Option<String>>,
@@ -169,12 +174,46 @@ impl Watched {
             }
         }
         self.dirs = watching;
+        self.entries = files.iter().filter_map(|f| entry(f)).collect();
         self.seen.retain(|f, _| files.contains(f));
         for f in files {
             if !self.seen.contains_key(f) {
                 self.seen.insert(f.clone(), fingerprint(f));
             }
         }
+    }
+
+    /// Whether `batch` settles a change to a watched file: one of them, or
+    /// a symlink on the way to one (a Kubernetes ConfigMap swaps its
+    /// `..data` link), went quiet for the whole debounce, and none is still
+    /// being written. Other files in the watched folders (a log written
+    /// next to the config) are not looked at further.
+    fn settled(&self, batch: &[DebouncedEvent]) -> bool {
+        let mut targets = None;
+        let mut settled = false;
+        for event in batch {
+            let watched = self.entries.contains(&event.path) || {
+                let targets = targets.get_or_insert_with(|| self.targets());
+                leads_to_one(&event.path, targets)
+            };
+            match (watched, &event.kind) {
+                (false, _) => {}
+                (true, DebouncedEventKind::Any) => settled = true,
+                // Still changing after a whole debounce period (a download,
+                // a copy slower than the debounce): reported every period
+                // until it goes quiet; read then.
+                (true, _) => return false,
+            }
+        }
+        settled
+    }
+
+    /// Where the watched files are now, symlinks resolved.
+    fn targets(&self) -> Vec<PathBuf> {
+        self.seen
+            .keys()
+            .filter_map(|f| std::fs::canonicalize(f).ok())
+            .collect()
     }
 
     /// The watched files whose contents differ from what was last seen;
@@ -209,14 +248,13 @@ async fn run(
             event = events.recv() => match event {
                 None => return,
                 Some(Err(e)) => tracing::warn!("watch: {e}"),
-                // A path still changing after a whole debounce period (a
-                // download, a copy slower than the debounce) is reported
-                // every period as `AnyContinuous`: not settled yet.
-                Some(Ok(batch)) if !settled(&batch) => {}
-                Some(Ok(_)) => {
+                Some(Ok(batch)) => {
                     // Hashing modules of a few MiB: off the async workers.
                     let (w, changed) = tokio::task::spawn_blocking(move || {
-                        let changed = watched.changed();
+                        let changed = match watched.settled(&batch) {
+                            true => watched.changed(),
+                            false => Vec::new(),
+                        };
                         (watched, changed)
                     })
                     .await
@@ -241,12 +279,6 @@ async fn run(
             }
         }
     }
-}
-
-/// Whether a debounced batch holds a change that went quiet for the whole
-/// debounce (rather than only paths still changing).
-fn settled(batch: &[DebouncedEvent]) -> bool {
-    batch.iter().any(|e| e.kind == DebouncedEventKind::Any)
 }
 
 /// Follows the running config's (and the config file's) filter paths.
@@ -288,6 +320,20 @@ fn absolute(path: &Path) -> PathBuf {
 fn folder(file: &Path) -> Option<PathBuf> {
     let parent = file.parent()?;
     Some(std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf()))
+}
+
+/// How the watcher names `file`: its canonical folder and its name.
+fn entry(file: &Path) -> Option<PathBuf> {
+    Some(folder(file)?.join(file.file_name()?))
+}
+
+/// Whether `path` is a symlink that a watched file is reached through
+/// (`targets`: the watched files, resolved).
+fn leads_to_one(path: &Path, targets: &[PathBuf]) -> bool {
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return false;
+    }
+    std::fs::canonicalize(path).is_ok_and(|to| targets.iter().any(|t| t.starts_with(&to)))
 }
 
 /// The SHA-256 of the file's contents, or `None` if it cannot be read.

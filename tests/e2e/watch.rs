@@ -294,3 +294,71 @@ async fn a_module_written_slower_than_the_debounce_is_read_once_complete() {
     assert_eq!(reloads(&gw, "rejected"), 0.0);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn other_files_in_the_folder_are_not_read() {
+    let up = Upstream::start("u").await;
+    let dir = fresh_dir("other");
+    let module = dir.join("v.wasm");
+    std::fs::write(&module, read(artifacts::VERSION_A)).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, filter_config(&up, "v.wasm")).unwrap();
+    let gw = start_from_file(&config).await;
+    assert_eq!(version(&gw).await, "aa");
+    let source = config.display().to_string();
+    let compared = || {
+        capture_logs()
+            .lines_with(&["watch: comparing the watched files", &source])
+            .len()
+    };
+    let before = compared();
+
+    // An access log written beside the config, with pauses longer than the
+    // debounce (each write is a settled change of its own).
+    let mut log = std::fs::File::create(dir.join("access.log")).unwrap();
+    for i in 0..5 {
+        writeln!(log, "request {i}").unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Then a watched file changes: the log's changes were handled before
+    // it (one queue), and only this one compared the watched files.
+    replace(&module, &read(artifacts::VERSION_B));
+    until("version b to serve", || async {
+        version(&gw).await == "bb"
+    })
+    .await;
+    let n = compared() - before;
+    assert!(n <= 1, "the watched files were read {n} times");
+    assert_eq!(reloads(&gw, "ok"), 1.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_configmap_symlink_swap_is_picked_up() {
+    // A Kubernetes ConfigMap volume: gateway.toml -> ..data/gateway.toml,
+    // ..data -> the current timestamped folder, swapped by a rename.
+    let dir = fresh_dir("configmap");
+    let text = |body: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n{WATCH}[[routes]]\nname = \"hello\"\npath_prefix = \"/\"\nrespond = {{ body = \"{body}\" }}\n"
+        )
+    };
+    std::fs::create_dir_all(dir.join("..v1")).unwrap();
+    std::fs::write(dir.join("..v1/gateway.toml"), text("one")).unwrap();
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/gateway.toml", dir.join("gateway.toml")).unwrap();
+    let gw = start_from_file(&dir.join("gateway.toml")).await;
+    let body = || async { get(gw.addr(), "/", &[]).await.body };
+    assert_eq!(body().await, "one");
+
+    std::fs::create_dir_all(dir.join("..v2")).unwrap();
+    std::fs::write(dir.join("..v2/gateway.toml"), text("two")).unwrap();
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    until("the swapped config to serve", || async {
+        body().await == "two"
+    })
+    .await;
+    assert_eq!(reloads(&gw, "ok"), 1.0);
+    gw.shutdown().await;
+}
