@@ -14,6 +14,13 @@
 //!   last seen: only a difference reloads. A file touched without changing
 //!   costs a hash, never a reload; other files in the same folders (a log
 //!   written next to the config) are not read at all.
+//! - **What was last seen** starts as what the running generation was
+//!   built from (the config text, each filter's module SHA-256), and is
+//!   taken again whenever the running config changes: a file changed while
+//!   the gateway was built, or while a reload read it, reloads at once
+//!   rather than being missed. A config put through the API and a pinned
+//!   filter's module were not read from their files: for those, the file as
+//!   last seen stands.
 //! - **Re-armed.** After a reload, and whenever the running config changes
 //!   by other ways (SIGHUP, the management API), the watched set follows
 //!   the filter paths the config names; the paths in the config file are
@@ -39,6 +46,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, WatchConfig};
 use crate::live::Live;
+use crate::proxy::Proxy;
 
 /// How often the watcher checks whether the running config changed by
 /// another way (SIGHUP, the management API), to follow its filter paths.
@@ -62,18 +70,19 @@ impl FileWatcher {
             },
         )
         .map_err(|e| std::io::Error::other(format!("watch: cannot watch files: {e}")))?;
+        let config = live.config();
+        let files = wanted_files(&live, &config);
         let mut watched = Watched {
             debouncer,
             dirs: BTreeSet::new(),
             entries: BTreeSet::new(),
             seen: BTreeMap::new(),
-            config: live.config(),
+            built: BTreeMap::new(),
+            config,
         };
-        let files = wanted_files(&live);
-        watched.rearm(&files);
-        // The first fingerprints: what the running generation was built from
-        // (read again here; a change in between is seen on its next event).
-        watched.seen = files.iter().map(|f| (f.clone(), fingerprint(f))).collect();
+        // Watched from here on; the task then compares the files with what
+        // the running generation was built from.
+        watched.rearm(&files, BTreeMap::new());
         tracing::info!(
             files = files.len(),
             folders = watched.dirs.len(),
@@ -138,17 +147,27 @@ struct Watched {
     /// The watched files as the watcher names them (canonical folder, file
     /// name), to tell their events from those of other files.
     entries: BTreeSet<PathBuf>,
-    /// Each watched file and the SHA-256 of its contents when last looked
-    /// at (`None`: could not be read).
+    /// Each watched file and the SHA-256 of its contents as last acted on:
+    /// what the running generation was built from, or what the last reload
+    /// read (refused or not), or when neither tells, what the file held when
+    /// first watched (`None`: could not be read).
     seen: BTreeMap<PathBuf, Option<String>>,
+    /// The SHA-256 of what the running generation read from each file that
+    /// decides it (not the config file when the config came through the
+    /// API, not the module of a filter the API pinned).
+    built: BTreeMap<PathBuf, String>,
     /// The running config the watched set was computed from.
     config: Arc<Config>,
 }
 
 impl Watched {
-    /// Watches the folders of `files` and no others. Files new to the set
-    /// get their fingerprint now; files no longer in it are forgotten.
-    fn rearm(&mut self, files: &BTreeSet<PathBuf>) {
+    /// Watches the folders of `files` and no others, and takes `built` (see
+    /// [`Watched::built`]) as what the files held where it changed: a
+    /// generation built from other contents than last seen (a change made
+    /// while it was built) makes the watched files worth comparing now,
+    /// which the return value tells. Other files new to the set get their
+    /// fingerprint now; files no longer in it are forgotten.
+    fn rearm(&mut self, files: &BTreeSet<PathBuf>, built: BTreeMap<PathBuf, String>) -> bool {
         let dirs: BTreeSet<PathBuf> = files.iter().filter_map(|f| folder(f)).collect();
         for gone in self.dirs.difference(&dirs) {
             let _ = self.debouncer.watcher().unwatch(gone);
@@ -176,11 +195,25 @@ impl Watched {
         self.dirs = watching;
         self.entries = files.iter().filter_map(|f| entry(f)).collect();
         self.seen.retain(|f, _| files.contains(f));
+        let mut compare = false;
         for f in files {
-            if !self.seen.contains_key(f) {
-                self.seen.insert(f.clone(), fingerprint(f));
+            match built.get(f) {
+                // Only where it changed: a refused reload leaves the running
+                // generation as it was, and the file as last seen.
+                Some(sha) if self.built.get(f) != Some(sha) => {
+                    let sha = Some(sha.clone());
+                    compare |= self.seen.get(f) != Some(&sha);
+                    self.seen.insert(f.clone(), sha);
+                }
+                _ => {
+                    if !self.seen.contains_key(f) {
+                        self.seen.insert(f.clone(), fingerprint(f));
+                    }
+                }
             }
         }
+        self.built = built;
+        compare
     }
 
     /// Whether `batch` settles a change to a watched file: one of them, or
@@ -238,19 +271,30 @@ impl Watched {
 
 async fn run(
     live: Arc<Live>,
-    mut watched: Watched,
+    watched: Watched,
     mut events: mpsc::UnboundedReceiver<DebounceEventResult>,
 ) {
     let mut tick = tokio::time::interval(CONFIG_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A file changed after the running generation read it (while the
+    // gateway was built) is reloaded now.
+    let (mut watched, mut changed) = rearm(&live, watched).await;
     loop {
+        while !changed.is_empty() {
+            let list: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
+            tracing::info!(changed = %list.join(", "), "watch: files changed, reloading");
+            // Logged and counted either way; a refusal keeps the running
+            // generation.
+            let _ = live.reload_from(live.file()).await;
+            (watched, changed) = rearm(&live, watched).await;
+        }
         tokio::select! {
             event = events.recv() => match event {
                 None => return,
                 Some(Err(e)) => tracing::warn!("watch: {e}"),
                 Some(Ok(batch)) => {
                     // Hashing modules of a few MiB: off the async workers.
-                    let (w, changed) = tokio::task::spawn_blocking(move || {
+                    (watched, changed) = tokio::task::spawn_blocking(move || {
                         let changed = match watched.settled(&batch) {
                             true => watched.changed(),
                             false => Vec::new(),
@@ -259,46 +303,69 @@ async fn run(
                     })
                     .await
                     .expect("the fingerprint task does not panic");
-                    watched = w;
-                    if changed.is_empty() {
-                        continue;
-                    }
-                    let list: Vec<String> =
-                        changed.iter().map(|p| p.display().to_string()).collect();
-                    tracing::info!(changed = %list.join(", "), "watch: files changed, reloading");
-                    // Logged and counted either way; a refusal keeps the
-                    // running generation.
-                    let _ = live.reload_from(live.file()).await;
-                    watched = rearm(&live, watched).await;
                 }
             },
             _ = tick.tick() => {
                 if !Arc::ptr_eq(&live.config(), &watched.config) {
-                    watched = rearm(&live, watched).await;
+                    (watched, changed) = rearm(&live, watched).await;
                 }
             }
         }
     }
 }
 
-/// Follows the running config's (and the config file's) filter paths.
-async fn rearm(live: &Arc<Live>, mut watched: Watched) -> Watched {
+/// Follows the running generation: watches the filter paths of its config
+/// (and of the config file), takes what it was built from, and returns the
+/// watched files that differ from that.
+async fn rearm(live: &Arc<Live>, mut watched: Watched) -> (Watched, Vec<PathBuf>) {
+    let (config, proxy, from_api, pinned) = live.watch_view().await;
     let live = live.clone();
     tokio::task::spawn_blocking(move || {
-        watched.config = live.config();
-        watched.rearm(&wanted_files(&live));
-        watched
+        let files = wanted_files(&live, &config);
+        let built = built_from(&live, &config, &proxy, from_api, &pinned);
+        watched.config = config;
+        let changed = match watched.rearm(&files, built) {
+            true => watched.changed(),
+            false => Vec::new(),
+        };
+        (watched, changed)
     })
     .await
     .expect("the re-arm task does not panic")
 }
 
+/// What the running generation read from the files that decide it: the
+/// config file's text (unless the config came through the API) and the
+/// module of every filter the API has not pinned.
+fn built_from(
+    live: &Live,
+    config: &Config,
+    proxy: &Proxy,
+    from_api: bool,
+    pinned: &[String],
+) -> BTreeMap<PathBuf, String> {
+    let mut built = BTreeMap::new();
+    if !from_api {
+        let text = crate::filter::sha256_hex(config.text.as_bytes());
+        built.insert(absolute(live.file()), text);
+    }
+    for (name, f) in &config.filters {
+        if let Some(l) = proxy.modules.get(name)
+            && !pinned.contains(name)
+        {
+            let module = l.current.module.sha256().to_owned();
+            built.insert(absolute(&f.path), module);
+        }
+    }
+    built
+}
+
 /// The config file, every module file the running config names, and those
 /// the config file names if it parses.
-fn wanted_files(live: &Live) -> BTreeSet<PathBuf> {
+fn wanted_files(live: &Live, config: &Config) -> BTreeSet<PathBuf> {
     let mut files = BTreeSet::new();
     files.insert(absolute(live.file()));
-    for f in live.config().filters.values() {
+    for f in config.filters.values() {
         files.insert(absolute(&f.path));
     }
     if let Ok(c) = Config::load(live.file()) {

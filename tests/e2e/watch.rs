@@ -362,3 +362,102 @@ async fn a_configmap_symlink_swap_is_picked_up() {
     assert_eq!(reloads(&gw, "ok"), 1.0);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_change_made_while_the_gateway_builds_is_picked_up() {
+    let up = Upstream::start("u").await;
+    let dir = fresh_dir("build");
+    let module = dir.join("v.wasm");
+    std::fs::write(&module, read(artifacts::VERSION_A)).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, filter_config(&up, "v.wasm")).unwrap();
+    capture_logs();
+    let built = wasmgate::Gateway::build(Config::load(&config).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("gateway did not build:\n{e}"));
+    // Both files change after the build read them, before the watcher
+    // starts: what serves is not what is on disk.
+    std::fs::write(&module, read(artifacts::VERSION_B)).unwrap();
+    let extra =
+        "[[routes]]\nname = \"extra\"\npath_prefix = \"/extra\"\nrespond = { body = \"extra\" }\n";
+    let text = filter_config(&up, "v.wasm").replace("[[routes]]", &format!("{extra}[[routes]]"));
+    std::fs::write(&config, text).unwrap();
+    let gw = built.start().await.expect("gateway did not start");
+    until("the files on disk to serve", || async {
+        version(&gw).await == "bb" && get(gw.addr(), "/extra", &[]).await.body == "extra"
+    })
+    .await;
+    assert_eq!(reloads(&gw, "ok"), 1.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_filter_pinned_through_the_api_leaves_the_watcher_quiet() {
+    let up = Upstream::start("u").await;
+    let dir = fresh_dir("pinned");
+    let module = dir.join("v.wasm");
+    std::fs::write(&module, read(artifacts::VERSION_A)).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, filter_config(&up, "v.wasm")).unwrap();
+    let gw = start_from_file(&config).await;
+    assert_eq!(version(&gw).await, "aa");
+
+    // Another build put in place through the API: it serves, the file
+    // stays as it was.
+    gw.live()
+        .upload_module("v", read(artifacts::VERSION_B), None, true)
+        .await
+        .unwrap();
+    assert_eq!(version(&gw).await, "bb");
+    let counts = || (reloads(&gw, "ok"), reloads(&gw, "rejected"));
+    // The watcher follows a changed running config on a one-second tick:
+    // over a few of them, it reloads nothing.
+    let before = counts();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(counts(), before, "the watcher reloaded a pinned filter");
+
+    // A change to the file reloads (once), and the pinned build serves on.
+    replace(&module, &read(artifacts::VERSION_B));
+    until("the reload", || async { reloads(&gw, "ok") > before.0 }).await;
+    let after = counts();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(counts(), after, "the watcher kept reloading");
+    assert_eq!(after.0, before.0 + 1.0);
+    let report = gw.live().filter_report("v");
+    assert_eq!(report["pinned"], true, "{report}");
+    assert_eq!(version(&gw).await, "bb");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_config_kept_from_the_api_is_not_replaced_by_the_file_at_start() {
+    let dir = fresh_dir("kept");
+    let config = dir.join("gateway.toml");
+    let text = |body: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"watch-admin-token-0123456789\"\ndata_dir = {:?}\n[access_log]\nenabled = false\n{WATCH}[[routes]]\nname = \"hello\"\npath_prefix = \"/\"\nrespond = {{ body = \"{body}\" }}\n",
+            dir.join("state").display().to_string()
+        )
+    };
+    std::fs::write(&config, text("file")).unwrap();
+    let gw = start_from_file(&config).await;
+    let api = Config::parse(&text("api"), "PUT /config", &dir).unwrap();
+    gw.live().apply_config(api).await.unwrap();
+    gw.shutdown().await;
+
+    // Started again: the kept config serves, though the file says otherwise,
+    // and the watcher leaves it (over a few of its one-second re-arm ticks).
+    let gw = start_from_file(&config).await;
+    let body = || async { get(gw.addr(), "/", &[]).await.body };
+    assert_eq!(body().await, "api");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(body().await, "api");
+    assert_eq!(reloads(&gw, "ok") + reloads(&gw, "rejected"), 0.0);
+    // A change to the file replaces it, as SIGHUP would.
+    replace(&config, text("edited").as_bytes());
+    until("the edited file to serve", || async {
+        body().await == "edited"
+    })
+    .await;
+    gw.shutdown().await;
+}
