@@ -42,7 +42,7 @@ use notify_debouncer_mini::notify::{
 use notify_debouncer_mini::{
     DebounceEventResult, DebouncedEvent, DebouncedEventKind, Debouncer, new_debouncer_opt,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, WatchConfig};
 use crate::live::Live;
@@ -52,10 +52,12 @@ use crate::proxy::Proxy;
 /// another way (SIGHUP, the management API), to follow its filter paths.
 const CONFIG_CHECK: Duration = Duration::from_secs(1);
 
-/// The running watcher; stopped when dropped or by [`FileWatcher::stop`].
+/// The running watcher; stopped by [`FileWatcher::stop`] (or, abandoning
+/// a reload in progress, when dropped).
 #[derive(Debug)]
 pub struct FileWatcher {
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
 }
 
 impl FileWatcher {
@@ -88,19 +90,31 @@ impl FileWatcher {
             folders = watched.dirs.len(),
             "watching the config and module files"
         );
-        let task = tokio::spawn(run(live, watched, rx));
-        Ok(FileWatcher { task })
+        let (stop, stopping) = watch::channel(false);
+        let task = tokio::spawn(run(live, watched, rx, stopping));
+        Ok(FileWatcher {
+            task: Some(task),
+            stop,
+        })
     }
 
-    /// Stops watching (a reload in progress is abandoned before its swap).
-    pub fn stop(self) {
-        self.task.abort();
+    /// Stops watching: no reload starts from now on, and one in progress
+    /// is finished (activated and written to the data directory, or
+    /// refused) before this returns, so what the data directory describes
+    /// is what ran.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 }
 
 impl Drop for FileWatcher {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -273,6 +287,7 @@ async fn run(
     live: Arc<Live>,
     watched: Watched,
     mut events: mpsc::UnboundedReceiver<DebounceEventResult>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(CONFIG_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -281,6 +296,9 @@ async fn run(
     let (mut watched, mut changed) = rearm(&live, watched).await;
     loop {
         while !changed.is_empty() {
+            if *stop.borrow() {
+                return;
+            }
             let list: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
             tracing::info!(changed = %list.join(", "), "watch: files changed, reloading");
             // Logged and counted either way; a refusal keeps the running
@@ -289,6 +307,9 @@ async fn run(
             (watched, changed) = rearm(&live, watched).await;
         }
         tokio::select! {
+            biased;
+            // Stopping, or the watcher is gone.
+            _ = stop.changed() => return,
             event = events.recv() => match event {
                 None => return,
                 Some(Err(e)) => tracing::warn!("watch: {e}"),

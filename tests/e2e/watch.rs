@@ -461,3 +461,44 @@ async fn a_config_kept_from_the_api_is_not_replaced_by_the_file_at_start() {
     .await;
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_under_way_at_shutdown_is_finished_and_kept() {
+    let up = Upstream::start("u").await;
+    let dir = fresh_dir("stop");
+    let module = dir.join("v.wasm");
+    std::fs::write(&module, read(artifacts::VERSION_A)).unwrap();
+    let config = dir.join("gateway.toml");
+    let state = dir.join("state");
+    let admin = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"watch-admin-token-0123456789\"\ndata_dir = {:?}\n[access_log]",
+        state.display().to_string()
+    );
+    let text = filter_config(&up, "v.wasm").replace("[access_log]", &admin);
+    std::fs::write(&config, text).unwrap();
+    let gw = start_from_file(&config).await;
+    assert_eq!(version(&gw).await, "aa");
+
+    replace(&module, &read(artifacts::VERSION_B));
+    // Shut down as soon as the watcher starts reloading.
+    let changed = module.display().to_string();
+    within("the reload to start", async {
+        while capture_logs()
+            .lines_with(&["watch: files changed, reloading", &changed])
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    let live = gw.live().clone();
+    gw.shutdown().await;
+
+    // The reload was finished, not abandoned: it is active, and the data
+    // directory describes what was active.
+    let report = live.filters_report();
+    assert_eq!(report["filters"][0]["version"], 2, "{report}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap()).unwrap();
+    assert_eq!(saved["filters"]["v"]["current"], 2, "{saved}");
+}
