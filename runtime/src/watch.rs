@@ -26,6 +26,10 @@
 //!   the filter paths the config names; the paths in the config file are
 //!   watched too even when that file was refused (so a module it names can
 //!   arrive after it).
+//! - **Symlinked folders followed.** Folders are watched where they
+//!   resolve; on the same one-second check, a folder reached through a
+//!   symlink that now leads elsewhere (`/srv/current -> releases/v2`) is
+//!   watched anew and the files compared.
 //! - A filter pinned through the management API (upload, activate,
 //!   promote, rollback) does not read its file (the reload semantics): a
 //!   change to that file reloads, but the pinned version keeps serving.
@@ -77,6 +81,7 @@ impl FileWatcher {
         let mut watched = Watched {
             debouncer,
             dirs: BTreeSet::new(),
+            folders: BTreeMap::new(),
             entries: BTreeSet::new(),
             seen: BTreeMap::new(),
             built: BTreeMap::new(),
@@ -158,6 +163,9 @@ struct Watched {
     debouncer: Debouncer<ChangesOnly>,
     /// Folders watched (as given to the watcher: canonical paths).
     dirs: BTreeSet<PathBuf>,
+    /// The folder of each watched file as last resolved, to notice one
+    /// that moved.
+    folders: BTreeMap<PathBuf, PathBuf>,
     /// The watched files as the watcher names them (canonical folder, file
     /// name), to tell their events from those of other files.
     entries: BTreeSet<PathBuf>,
@@ -178,11 +186,19 @@ impl Watched {
     /// Watches the folders of `files` and no others, and takes `built` (see
     /// [`Watched::built`]) as what the files held where it changed: a
     /// generation built from other contents than last seen (a change made
-    /// while it was built) makes the watched files worth comparing now,
-    /// which the return value tells. Other files new to the set get their
+    /// while it was built), or a watched file's folder that now resolves
+    /// elsewhere, makes the watched files worth comparing now, which the
+    /// return value tells. Other files new to the set get their
     /// fingerprint now; files no longer in it are forgotten.
     fn rearm(&mut self, files: &BTreeSet<PathBuf>, built: BTreeMap<PathBuf, String>) -> bool {
-        let dirs: BTreeSet<PathBuf> = files.iter().filter_map(|f| folder(f)).collect();
+        let folders = folders_of(files);
+        let dirs: BTreeSet<PathBuf> = folders.values().cloned().collect();
+        // A file whose folder now resolves elsewhere may hold anything,
+        // and no event said so.
+        let mut compare = folders
+            .iter()
+            .any(|(f, d)| self.folders.get(f).is_some_and(|old| old != d));
+        self.folders = folders;
         for gone in self.dirs.difference(&dirs) {
             let _ = self.debouncer.watcher().unwatch(gone);
         }
@@ -209,7 +225,6 @@ impl Watched {
         self.dirs = watching;
         self.entries = files.iter().filter_map(|f| entry(f)).collect();
         self.seen.retain(|f, _| files.contains(f));
-        let mut compare = false;
         for f in files {
             match built.get(f) {
                 // Only where it changed: a refused reload leaves the running
@@ -261,6 +276,25 @@ impl Watched {
             .keys()
             .filter_map(|f| std::fs::canonicalize(f).ok())
             .collect()
+    }
+
+    /// Follows a watched folder reached through a symlink that now leads
+    /// elsewhere (`/srv/current -> releases/v2`, swapped by a rename in a
+    /// folder that is not watched): watches where it leads now, and returns
+    /// the watched files that differ from what was last seen.
+    fn follow_moves(&mut self) -> Vec<PathBuf> {
+        let files: BTreeSet<PathBuf> = self.seen.keys().cloned().collect();
+        if folders_of(&files) == self.folders {
+            return Vec::new();
+        }
+        tracing::info!(
+            "watch: a watched folder now resolves elsewhere (a symlink swapped); following it"
+        );
+        let built = self.built.clone();
+        match self.rearm(&files, built) {
+            true => self.changed(),
+            false => Vec::new(),
+        }
     }
 
     /// The watched files whose contents differ from what was last seen;
@@ -329,6 +363,13 @@ async fn run(
             _ = tick.tick() => {
                 if !Arc::ptr_eq(&live.config(), &watched.config) {
                     (watched, changed) = rearm(&live, watched).await;
+                } else {
+                    (watched, changed) = tokio::task::spawn_blocking(move || {
+                        let changed = watched.follow_moves();
+                        (watched, changed)
+                    })
+                    .await
+                    .expect("the folder check does not panic");
                 }
             }
         }
@@ -408,6 +449,14 @@ fn absolute(path: &Path) -> PathBuf {
 fn folder(file: &Path) -> Option<PathBuf> {
     let parent = file.parent()?;
     Some(std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf()))
+}
+
+/// The folder to watch for each of `files`.
+fn folders_of(files: &BTreeSet<PathBuf>) -> BTreeMap<PathBuf, PathBuf> {
+    files
+        .iter()
+        .filter_map(|f| Some((f.clone(), folder(f)?)))
+        .collect()
 }
 
 /// How the watcher names `file`: its canonical folder and its name.

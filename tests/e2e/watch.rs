@@ -502,3 +502,42 @@ async fn a_reload_under_way_at_shutdown_is_finished_and_kept() {
         serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap()).unwrap();
     assert_eq!(saved["filters"]["v"]["current"], 2, "{saved}");
 }
+
+#[tokio::test]
+async fn a_swapped_folder_symlink_is_followed() {
+    // /srv/current -> releases/v1, the config at /srv/current/gateway.toml;
+    // a release is made current by a rename in /srv, which is not watched.
+    let dir = fresh_dir("release");
+    let text = |body: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n{WATCH}[[routes]]\nname = \"hello\"\npath_prefix = \"/\"\nrespond = {{ body = \"{body}\" }}\n"
+        )
+    };
+    for (release, body) in [("v1", "one"), ("v2", "two")] {
+        std::fs::create_dir_all(dir.join("releases").join(release)).unwrap();
+        std::fs::write(
+            dir.join("releases").join(release).join("gateway.toml"),
+            text(body),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("releases/v1", dir.join("current")).unwrap();
+    let gw = start_from_file(&dir.join("current").join("gateway.toml")).await;
+    let body = || async { get(gw.addr(), "/", &[]).await.body };
+    assert_eq!(body().await, "one");
+
+    std::os::unix::fs::symlink("releases/v2", dir.join("current.tmp")).unwrap();
+    std::fs::rename(dir.join("current.tmp"), dir.join("current")).unwrap();
+    until("the new release to serve", || async {
+        body().await == "two"
+    })
+    .await;
+    // Its folder is watched now: an edit there is picked up.
+    replace(
+        &dir.join("releases").join("v2").join("gateway.toml"),
+        text("three").as_bytes(),
+    );
+    until("the edit to serve", || async { body().await == "three" }).await;
+    assert_eq!(reloads(&gw, "ok"), 2.0);
+    gw.shutdown().await;
+}
