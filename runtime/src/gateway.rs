@@ -375,7 +375,7 @@ impl RunningGateway {
     pub async fn shutdown(self) {
         // No reload starts during the drain.
         if let Some(w) = self.watcher {
-            w.stop();
+            w.stop().await;
         }
         if let Some(admin) = &self.admin {
             admin.ready.store(false, Ordering::Relaxed);

@@ -1610,3 +1610,16 @@ async fn build(
         policy,
     ))
 }
+
+impl Live {
+    /// For the file watcher, read in one go between changes: the running
+    /// config and generation, whether that config came through the
+    /// management API (not from the file), and the filters the API pinned.
+    pub(crate) async fn watch_view(&self) -> (Arc<Config>, Arc<Proxy>, bool, Vec<String>) {
+        let control = self.control.lock().await;
+        let filters = self.filters.load();
+        let pinned = filters.iter().filter(|(_, s)| s.pinned);
+        let pinned = pinned.map(|(n, _)| n.clone()).collect();
+        (self.config(), self.proxy(), control.from_api, pinned)
+    }
+}

@@ -11,13 +11,25 @@
 //!   well as one written in place.
 //! - **Contents decide.** Changes are debounced per path (`watch.debounce`
 //!   of quiet), then the watched files' SHA-256 are compared with what was
-//!   last seen: only a difference reloads. Other files in the same folders,
-//!   or a file touched without changing, cost a hash, never a reload.
+//!   last seen: only a difference reloads. A file touched without changing
+//!   costs a hash, never a reload; other files in the same folders (a log
+//!   written next to the config) are not read at all.
+//! - **What was last seen** starts as what the running generation was
+//!   built from (the config text, each filter's module SHA-256), and is
+//!   taken again whenever the running config changes: a file changed while
+//!   the gateway was built, or while a reload read it, reloads at once
+//!   rather than being missed. A config put through the API and a pinned
+//!   filter's module were not read from their files: for those, the file as
+//!   last seen stands.
 //! - **Re-armed.** After a reload, and whenever the running config changes
 //!   by other ways (SIGHUP, the management API), the watched set follows
 //!   the filter paths the config names; the paths in the config file are
 //!   watched too even when that file was refused (so a module it names can
 //!   arrive after it).
+//! - **Symlinked folders followed.** Folders are watched where they
+//!   resolve; on the same one-second check, a folder reached through a
+//!   symlink that now leads elsewhere (`/srv/current -> releases/v2`) is
+//!   watched anew and the files compared.
 //! - A filter pinned through the management API (upload, activate,
 //!   promote, rollback) does not read its file (the reload semantics): a
 //!   change to that file reloads, but the pinned version keeps serving.
@@ -31,20 +43,25 @@ use notify_debouncer_mini::notify::event::{AccessKind, AccessMode};
 use notify_debouncer_mini::notify::{
     self, Event, EventHandler, EventKind, RecommendedWatcher, RecursiveMode, Watcher, WatcherKind,
 };
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer_opt};
-use tokio::sync::mpsc;
+use notify_debouncer_mini::{
+    DebounceEventResult, DebouncedEvent, DebouncedEventKind, Debouncer, new_debouncer_opt,
+};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, WatchConfig};
 use crate::live::Live;
+use crate::proxy::Proxy;
 
 /// How often the watcher checks whether the running config changed by
 /// another way (SIGHUP, the management API), to follow its filter paths.
 const CONFIG_CHECK: Duration = Duration::from_secs(1);
 
-/// The running watcher; stopped when dropped or by [`FileWatcher::stop`].
+/// The running watcher; stopped by [`FileWatcher::stop`] (or, abandoning
+/// a reload in progress, when dropped).
 #[derive(Debug)]
 pub struct FileWatcher {
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
 }
 
 impl FileWatcher {
@@ -59,35 +76,50 @@ impl FileWatcher {
             },
         )
         .map_err(|e| std::io::Error::other(format!("watch: cannot watch files: {e}")))?;
+        let config = live.config();
+        let files = wanted_files(&live, &config);
         let mut watched = Watched {
             debouncer,
             dirs: BTreeSet::new(),
+            folders: BTreeMap::new(),
+            entries: BTreeSet::new(),
             seen: BTreeMap::new(),
-            config: live.config(),
+            built: BTreeMap::new(),
+            config,
         };
-        let files = wanted_files(&live);
-        watched.rearm(&files);
-        // The first fingerprints: what the running generation was built from
-        // (read again here; a change in between is seen on its next event).
-        watched.seen = files.iter().map(|f| (f.clone(), fingerprint(f))).collect();
+        // Watched from here on; the task then compares the files with what
+        // the running generation was built from.
+        watched.rearm(&files, BTreeMap::new());
         tracing::info!(
             files = files.len(),
             folders = watched.dirs.len(),
             "watching the config and module files"
         );
-        let task = tokio::spawn(run(live, watched, rx));
-        Ok(FileWatcher { task })
+        let (stop, stopping) = watch::channel(false);
+        let task = tokio::spawn(run(live, watched, rx, stopping));
+        Ok(FileWatcher {
+            task: Some(task),
+            stop,
+        })
     }
 
-    /// Stops watching (a reload in progress is abandoned before its swap).
-    pub fn stop(self) {
-        self.task.abort();
+    /// Stops watching: no reload starts from now on, and one in progress
+    /// is finished (activated and written to the data directory, or
+    /// refused) before this returns, so what the data directory describes
+    /// is what ran.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 }
 
 impl Drop for FileWatcher {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -131,18 +163,42 @@ struct Watched {
     debouncer: Debouncer<ChangesOnly>,
     /// Folders watched (as given to the watcher: canonical paths).
     dirs: BTreeSet<PathBuf>,
-    /// Each watched file and the SHA-256 of its contents when last looked
-    /// at (`None`: could not be read).
+    /// The folder of each watched file as last resolved, to notice one
+    /// that moved.
+    folders: BTreeMap<PathBuf, PathBuf>,
+    /// The watched files as the watcher names them (canonical folder, file
+    /// name), to tell their events from those of other files.
+    entries: BTreeSet<PathBuf>,
+    /// Each watched file and the SHA-256 of its contents as last acted on:
+    /// what the running generation was built from, or what the last reload
+    /// read (refused or not), or when neither tells, what the file held when
+    /// first watched (`None`: could not be read).
     seen: BTreeMap<PathBuf, Option<String>>,
+    /// The SHA-256 of what the running generation read from each file that
+    /// decides it (not the config file when the config came through the
+    /// API, not the module of a filter the API pinned).
+    built: BTreeMap<PathBuf, String>,
     /// The running config the watched set was computed from.
     config: Arc<Config>,
 }
 
 impl Watched {
-    /// Watches the folders of `files` and no others. Files new to the set
-    /// get their fingerprint now; files no longer in it are forgotten.
-    fn rearm(&mut self, files: &BTreeSet<PathBuf>) {
-        let dirs: BTreeSet<PathBuf> = files.iter().filter_map(|f| folder(f)).collect();
+    /// Watches the folders of `files` and no others, and takes `built` (see
+    /// [`Watched::built`]) as what the files held where it changed: a
+    /// generation built from other contents than last seen (a change made
+    /// while it was built), or a watched file's folder that now resolves
+    /// elsewhere, makes the watched files worth comparing now, which the
+    /// return value tells. Other files new to the set get their
+    /// fingerprint now; files no longer in it are forgotten.
+    fn rearm(&mut self, files: &BTreeSet<PathBuf>, built: BTreeMap<PathBuf, String>) -> bool {
+        let folders = folders_of(files);
+        let dirs: BTreeSet<PathBuf> = folders.values().cloned().collect();
+        // A file whose folder now resolves elsewhere may hold anything,
+        // and no event said so.
+        let mut compare = folders
+            .iter()
+            .any(|(f, d)| self.folders.get(f).is_some_and(|old| old != d));
+        self.folders = folders;
         for gone in self.dirs.difference(&dirs) {
             let _ = self.debouncer.watcher().unwatch(gone);
         }
@@ -167,11 +223,77 @@ impl Watched {
             }
         }
         self.dirs = watching;
+        self.entries = files.iter().filter_map(|f| entry(f)).collect();
         self.seen.retain(|f, _| files.contains(f));
         for f in files {
-            if !self.seen.contains_key(f) {
-                self.seen.insert(f.clone(), fingerprint(f));
+            match built.get(f) {
+                // Only where it changed: a refused reload leaves the running
+                // generation as it was, and the file as last seen.
+                Some(sha) if self.built.get(f) != Some(sha) => {
+                    let sha = Some(sha.clone());
+                    compare |= self.seen.get(f) != Some(&sha);
+                    self.seen.insert(f.clone(), sha);
+                }
+                _ => {
+                    if !self.seen.contains_key(f) {
+                        self.seen.insert(f.clone(), fingerprint(f));
+                    }
+                }
             }
+        }
+        self.built = built;
+        compare
+    }
+
+    /// Whether `batch` settles a change to a watched file: one of them, or
+    /// a symlink on the way to one (a Kubernetes ConfigMap swaps its
+    /// `..data` link), went quiet for the whole debounce, and none is still
+    /// being written. Other files in the watched folders (a log written
+    /// next to the config) are not looked at further.
+    fn settled(&self, batch: &[DebouncedEvent]) -> bool {
+        let mut targets = None;
+        let mut settled = false;
+        for event in batch {
+            let watched = self.entries.contains(&event.path) || {
+                let targets = targets.get_or_insert_with(|| self.targets());
+                leads_to_one(&event.path, targets)
+            };
+            match (watched, &event.kind) {
+                (false, _) => {}
+                (true, DebouncedEventKind::Any) => settled = true,
+                // Still changing after a whole debounce period (a download,
+                // a copy slower than the debounce): reported every period
+                // until it goes quiet; read then.
+                (true, _) => return false,
+            }
+        }
+        settled
+    }
+
+    /// Where the watched files are now, symlinks resolved.
+    fn targets(&self) -> Vec<PathBuf> {
+        self.seen
+            .keys()
+            .filter_map(|f| std::fs::canonicalize(f).ok())
+            .collect()
+    }
+
+    /// Follows a watched folder reached through a symlink that now leads
+    /// elsewhere (`/srv/current -> releases/v2`, swapped by a rename in a
+    /// folder that is not watched): watches where it leads now, and returns
+    /// the watched files that differ from what was last seen.
+    fn follow_moves(&mut self) -> Vec<PathBuf> {
+        let files: BTreeSet<PathBuf> = self.seen.keys().cloned().collect();
+        if folders_of(&files) == self.folders {
+            return Vec::new();
+        }
+        tracing::info!(
+            "watch: a watched folder now resolves elsewhere (a symlink swapped); following it"
+        );
+        let built = self.built.clone();
+        match self.rearm(&files, built) {
+            true => self.changed(),
+            false => Vec::new(),
         }
     }
 
@@ -197,64 +319,115 @@ impl Watched {
 
 async fn run(
     live: Arc<Live>,
-    mut watched: Watched,
+    watched: Watched,
     mut events: mpsc::UnboundedReceiver<DebounceEventResult>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(CONFIG_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A file changed after the running generation read it (while the
+    // gateway was built) is reloaded now.
+    let (mut watched, mut changed) = rearm(&live, watched).await;
     loop {
+        while !changed.is_empty() {
+            if *stop.borrow() {
+                return;
+            }
+            let list: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
+            tracing::info!(changed = %list.join(", "), "watch: files changed, reloading");
+            // Logged and counted either way; a refusal keeps the running
+            // generation.
+            let _ = live.reload_from(live.file()).await;
+            (watched, changed) = rearm(&live, watched).await;
+        }
         tokio::select! {
+            biased;
+            // Stopping, or the watcher is gone.
+            _ = stop.changed() => return,
             event = events.recv() => match event {
                 None => return,
                 Some(Err(e)) => tracing::warn!("watch: {e}"),
-                Some(Ok(_)) => {
+                Some(Ok(batch)) => {
                     // Hashing modules of a few MiB: off the async workers.
-                    let (w, changed) = tokio::task::spawn_blocking(move || {
-                        let changed = watched.changed();
+                    (watched, changed) = tokio::task::spawn_blocking(move || {
+                        let changed = match watched.settled(&batch) {
+                            true => watched.changed(),
+                            false => Vec::new(),
+                        };
                         (watched, changed)
                     })
                     .await
                     .expect("the fingerprint task does not panic");
-                    watched = w;
-                    if changed.is_empty() {
-                        continue;
-                    }
-                    let list: Vec<String> =
-                        changed.iter().map(|p| p.display().to_string()).collect();
-                    tracing::info!(changed = %list.join(", "), "watch: files changed, reloading");
-                    // Logged and counted either way; a refusal keeps the
-                    // running generation.
-                    let _ = live.reload_from(live.file()).await;
-                    watched = rearm(&live, watched).await;
                 }
             },
             _ = tick.tick() => {
                 if !Arc::ptr_eq(&live.config(), &watched.config) {
-                    watched = rearm(&live, watched).await;
+                    (watched, changed) = rearm(&live, watched).await;
+                } else {
+                    (watched, changed) = tokio::task::spawn_blocking(move || {
+                        let changed = watched.follow_moves();
+                        (watched, changed)
+                    })
+                    .await
+                    .expect("the folder check does not panic");
                 }
             }
         }
     }
 }
 
-/// Follows the running config's (and the config file's) filter paths.
-async fn rearm(live: &Arc<Live>, mut watched: Watched) -> Watched {
+/// Follows the running generation: watches the filter paths of its config
+/// (and of the config file), takes what it was built from, and returns the
+/// watched files that differ from that.
+async fn rearm(live: &Arc<Live>, mut watched: Watched) -> (Watched, Vec<PathBuf>) {
+    let (config, proxy, from_api, pinned) = live.watch_view().await;
     let live = live.clone();
     tokio::task::spawn_blocking(move || {
-        watched.config = live.config();
-        watched.rearm(&wanted_files(&live));
-        watched
+        let files = wanted_files(&live, &config);
+        let built = built_from(&live, &config, &proxy, from_api, &pinned);
+        watched.config = config;
+        let changed = match watched.rearm(&files, built) {
+            true => watched.changed(),
+            false => Vec::new(),
+        };
+        (watched, changed)
     })
     .await
     .expect("the re-arm task does not panic")
 }
 
+/// What the running generation read from the files that decide it: the
+/// config file's text (unless the config came through the API) and the
+/// module of every filter the API has not pinned.
+fn built_from(
+    live: &Live,
+    config: &Config,
+    proxy: &Proxy,
+    from_api: bool,
+    pinned: &[String],
+) -> BTreeMap<PathBuf, String> {
+    let mut built = BTreeMap::new();
+    if !from_api {
+        let text = crate::filter::sha256_hex(config.text.as_bytes());
+        built.insert(absolute(live.file()), text);
+    }
+    for (name, f) in &config.filters {
+        if let Some(l) = proxy.modules.get(name)
+            && !pinned.contains(name)
+        {
+            let module = l.current.module.sha256().to_owned();
+            built.insert(absolute(&f.path), module);
+        }
+    }
+    built
+}
+
 /// The config file, every module file the running config names, and those
 /// the config file names if it parses.
-fn wanted_files(live: &Live) -> BTreeSet<PathBuf> {
+fn wanted_files(live: &Live, config: &Config) -> BTreeSet<PathBuf> {
     let mut files = BTreeSet::new();
     files.insert(absolute(live.file()));
-    for f in live.config().filters.values() {
+    for f in config.filters.values() {
         files.insert(absolute(&f.path));
     }
     if let Ok(c) = Config::load(live.file()) {
@@ -276,6 +449,28 @@ fn absolute(path: &Path) -> PathBuf {
 fn folder(file: &Path) -> Option<PathBuf> {
     let parent = file.parent()?;
     Some(std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf()))
+}
+
+/// The folder to watch for each of `files`.
+fn folders_of(files: &BTreeSet<PathBuf>) -> BTreeMap<PathBuf, PathBuf> {
+    files
+        .iter()
+        .filter_map(|f| Some((f.clone(), folder(f)?)))
+        .collect()
+}
+
+/// How the watcher names `file`: its canonical folder and its name.
+fn entry(file: &Path) -> Option<PathBuf> {
+    Some(folder(file)?.join(file.file_name()?))
+}
+
+/// Whether `path` is a symlink that a watched file is reached through
+/// (`targets`: the watched files, resolved).
+fn leads_to_one(path: &Path, targets: &[PathBuf]) -> bool {
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return false;
+    }
+    std::fs::canonicalize(path).is_ok_and(|to| targets.iter().any(|t| t.starts_with(&to)))
 }
 
 /// The SHA-256 of the file's contents, or `None` if it cannot be read.

@@ -4,6 +4,7 @@
 //! reported, and the running generation keeps serving.
 
 use std::future::Future;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -253,6 +254,290 @@ async fn the_watch_follows_a_filter_to_its_new_file() {
         version(&gw).await == "aa"
     })
     .await;
+    assert_eq!(reloads(&gw, "ok"), 2.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_module_written_slower_than_the_debounce_is_read_once_complete() {
+    let up = Upstream::start("u").await;
+    let dir = fresh_dir("slow");
+    let module = dir.join("v.wasm");
+    std::fs::write(&module, read(artifacts::VERSION_A)).unwrap();
+    let config = dir.join("gateway.toml");
+    // A debounce far longer than the pauses of the write below.
+    let text = filter_config(&up, "v.wasm").replace("debounce = \"100ms\"", "debounce = \"1s\"");
+    std::fs::write(&config, text).unwrap();
+    let gw = start_from_file(&config).await;
+    assert_eq!(version(&gw).await, "aa");
+
+    // Written in place in small pieces over about three debounce periods
+    // (as `curl -o` or `scp` write): it changes all along, and is quiet
+    // only once it is done.
+    let b = read(artifacts::VERSION_B);
+    let mut f = std::fs::File::create(&module).unwrap();
+    for piece in b.chunks(b.len().div_ceil(150)) {
+        f.write_all(piece).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(f);
+    assert_eq!(
+        reloads(&gw, "rejected"),
+        0.0,
+        "a reload was tried before the write was done"
+    );
+    until("the completed module to serve", || async {
+        version(&gw).await == "bb"
+    })
+    .await;
+    assert_eq!(reloads(&gw, "ok"), 1.0);
+    assert_eq!(reloads(&gw, "rejected"), 0.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn other_files_in_the_folder_are_not_read() {
+    let up = Upstream::start("u").await;
+    let dir = fresh_dir("other");
+    let module = dir.join("v.wasm");
+    std::fs::write(&module, read(artifacts::VERSION_A)).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, filter_config(&up, "v.wasm")).unwrap();
+    let gw = start_from_file(&config).await;
+    assert_eq!(version(&gw).await, "aa");
+    let source = config.display().to_string();
+    let compared = || {
+        capture_logs()
+            .lines_with(&["watch: comparing the watched files", &source])
+            .len()
+    };
+    let before = compared();
+
+    // An access log written beside the config, with pauses longer than the
+    // debounce (each write is a settled change of its own).
+    let mut log = std::fs::File::create(dir.join("access.log")).unwrap();
+    for i in 0..5 {
+        writeln!(log, "request {i}").unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Then a watched file changes: the log's changes were handled before
+    // it (one queue), and only this one compared the watched files.
+    replace(&module, &read(artifacts::VERSION_B));
+    until("version b to serve", || async {
+        version(&gw).await == "bb"
+    })
+    .await;
+    let n = compared() - before;
+    assert!(n <= 1, "the watched files were read {n} times");
+    assert_eq!(reloads(&gw, "ok"), 1.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_configmap_symlink_swap_is_picked_up() {
+    // A Kubernetes ConfigMap volume: gateway.toml -> ..data/gateway.toml,
+    // ..data -> the current timestamped folder, swapped by a rename.
+    let dir = fresh_dir("configmap");
+    let text = |body: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n{WATCH}[[routes]]\nname = \"hello\"\npath_prefix = \"/\"\nrespond = {{ body = \"{body}\" }}\n"
+        )
+    };
+    std::fs::create_dir_all(dir.join("..v1")).unwrap();
+    std::fs::write(dir.join("..v1/gateway.toml"), text("one")).unwrap();
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/gateway.toml", dir.join("gateway.toml")).unwrap();
+    let gw = start_from_file(&dir.join("gateway.toml")).await;
+    let body = || async { get(gw.addr(), "/", &[]).await.body };
+    assert_eq!(body().await, "one");
+
+    std::fs::create_dir_all(dir.join("..v2")).unwrap();
+    std::fs::write(dir.join("..v2/gateway.toml"), text("two")).unwrap();
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    until("the swapped config to serve", || async {
+        body().await == "two"
+    })
+    .await;
+    assert_eq!(reloads(&gw, "ok"), 1.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_change_made_while_the_gateway_builds_is_picked_up() {
+    let up = Upstream::start("u").await;
+    let dir = fresh_dir("build");
+    let module = dir.join("v.wasm");
+    std::fs::write(&module, read(artifacts::VERSION_A)).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, filter_config(&up, "v.wasm")).unwrap();
+    capture_logs();
+    let built = wasmgate::Gateway::build(Config::load(&config).unwrap())
+        .await
+        .unwrap_or_else(|e| panic!("gateway did not build:\n{e}"));
+    // Both files change after the build read them, before the watcher
+    // starts: what serves is not what is on disk.
+    std::fs::write(&module, read(artifacts::VERSION_B)).unwrap();
+    let extra =
+        "[[routes]]\nname = \"extra\"\npath_prefix = \"/extra\"\nrespond = { body = \"extra\" }\n";
+    let text = filter_config(&up, "v.wasm").replace("[[routes]]", &format!("{extra}[[routes]]"));
+    std::fs::write(&config, text).unwrap();
+    let gw = built.start().await.expect("gateway did not start");
+    until("the files on disk to serve", || async {
+        version(&gw).await == "bb" && get(gw.addr(), "/extra", &[]).await.body == "extra"
+    })
+    .await;
+    assert_eq!(reloads(&gw, "ok"), 1.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_filter_pinned_through_the_api_leaves_the_watcher_quiet() {
+    let up = Upstream::start("u").await;
+    let dir = fresh_dir("pinned");
+    let module = dir.join("v.wasm");
+    std::fs::write(&module, read(artifacts::VERSION_A)).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, filter_config(&up, "v.wasm")).unwrap();
+    let gw = start_from_file(&config).await;
+    assert_eq!(version(&gw).await, "aa");
+
+    // Another build put in place through the API: it serves, the file
+    // stays as it was.
+    gw.live()
+        .upload_module("v", read(artifacts::VERSION_B), None, true)
+        .await
+        .unwrap();
+    assert_eq!(version(&gw).await, "bb");
+    let counts = || (reloads(&gw, "ok"), reloads(&gw, "rejected"));
+    // The watcher follows a changed running config on a one-second tick:
+    // over a few of them, it reloads nothing.
+    let before = counts();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(counts(), before, "the watcher reloaded a pinned filter");
+
+    // A change to the file reloads (once), and the pinned build serves on.
+    replace(&module, &read(artifacts::VERSION_B));
+    until("the reload", || async { reloads(&gw, "ok") > before.0 }).await;
+    let after = counts();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(counts(), after, "the watcher kept reloading");
+    assert_eq!(after.0, before.0 + 1.0);
+    let report = gw.live().filter_report("v");
+    assert_eq!(report["pinned"], true, "{report}");
+    assert_eq!(version(&gw).await, "bb");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_config_kept_from_the_api_is_not_replaced_by_the_file_at_start() {
+    let dir = fresh_dir("kept");
+    let config = dir.join("gateway.toml");
+    let text = |body: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"watch-admin-token-0123456789\"\ndata_dir = {:?}\n[access_log]\nenabled = false\n{WATCH}[[routes]]\nname = \"hello\"\npath_prefix = \"/\"\nrespond = {{ body = \"{body}\" }}\n",
+            dir.join("state").display().to_string()
+        )
+    };
+    std::fs::write(&config, text("file")).unwrap();
+    let gw = start_from_file(&config).await;
+    let api = Config::parse(&text("api"), "PUT /config", &dir).unwrap();
+    gw.live().apply_config(api).await.unwrap();
+    gw.shutdown().await;
+
+    // Started again: the kept config serves, though the file says otherwise,
+    // and the watcher leaves it (over a few of its one-second re-arm ticks).
+    let gw = start_from_file(&config).await;
+    let body = || async { get(gw.addr(), "/", &[]).await.body };
+    assert_eq!(body().await, "api");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(body().await, "api");
+    assert_eq!(reloads(&gw, "ok") + reloads(&gw, "rejected"), 0.0);
+    // A change to the file replaces it, as SIGHUP would.
+    replace(&config, text("edited").as_bytes());
+    until("the edited file to serve", || async {
+        body().await == "edited"
+    })
+    .await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_under_way_at_shutdown_is_finished_and_kept() {
+    let up = Upstream::start("u").await;
+    let dir = fresh_dir("stop");
+    let module = dir.join("v.wasm");
+    std::fs::write(&module, read(artifacts::VERSION_A)).unwrap();
+    let config = dir.join("gateway.toml");
+    let state = dir.join("state");
+    let admin = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"watch-admin-token-0123456789\"\ndata_dir = {:?}\n[access_log]",
+        state.display().to_string()
+    );
+    let text = filter_config(&up, "v.wasm").replace("[access_log]", &admin);
+    std::fs::write(&config, text).unwrap();
+    let gw = start_from_file(&config).await;
+    assert_eq!(version(&gw).await, "aa");
+
+    replace(&module, &read(artifacts::VERSION_B));
+    // Shut down as soon as the watcher starts reloading.
+    let changed = module.display().to_string();
+    within("the reload to start", async {
+        while capture_logs()
+            .lines_with(&["watch: files changed, reloading", &changed])
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    let live = gw.live().clone();
+    gw.shutdown().await;
+
+    // The reload was finished, not abandoned: it is active, and the data
+    // directory describes what was active.
+    let report = live.filters_report();
+    assert_eq!(report["filters"][0]["version"], 2, "{report}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap()).unwrap();
+    assert_eq!(saved["filters"]["v"]["current"], 2, "{saved}");
+}
+
+#[tokio::test]
+async fn a_swapped_folder_symlink_is_followed() {
+    // /srv/current -> releases/v1, the config at /srv/current/gateway.toml;
+    // a release is made current by a rename in /srv, which is not watched.
+    let dir = fresh_dir("release");
+    let text = |body: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n{WATCH}[[routes]]\nname = \"hello\"\npath_prefix = \"/\"\nrespond = {{ body = \"{body}\" }}\n"
+        )
+    };
+    for (release, body) in [("v1", "one"), ("v2", "two")] {
+        std::fs::create_dir_all(dir.join("releases").join(release)).unwrap();
+        std::fs::write(
+            dir.join("releases").join(release).join("gateway.toml"),
+            text(body),
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink("releases/v1", dir.join("current")).unwrap();
+    let gw = start_from_file(&dir.join("current").join("gateway.toml")).await;
+    let body = || async { get(gw.addr(), "/", &[]).await.body };
+    assert_eq!(body().await, "one");
+
+    std::os::unix::fs::symlink("releases/v2", dir.join("current.tmp")).unwrap();
+    std::fs::rename(dir.join("current.tmp"), dir.join("current")).unwrap();
+    until("the new release to serve", || async {
+        body().await == "two"
+    })
+    .await;
+    // Its folder is watched now: an edit there is picked up.
+    replace(
+        &dir.join("releases").join("v2").join("gateway.toml"),
+        text("three").as_bytes(),
+    );
+    until("the edit to serve", || async { body().await == "three" }).await;
     assert_eq!(reloads(&gw, "ok"), 2.0);
     gw.shutdown().await;
 }
