@@ -430,23 +430,13 @@ impl Live {
         let mut filters = BTreeMap::new();
         if let Some((dir, saved)) = &data {
             control.from_api = saved.config.is_some();
-            for (name, f) in &saved.filters {
-                let mut state = if config.filters.contains_key(name) {
-                    restore(dir, name, f, &deps.metrics, &trips).map_err(|m| {
-                        vec![ConfigError::new(
-                            format!("filters.{name}"),
-                            format!("{}: {m}", dir.path().display()),
-                        )]
-                    })?
-                } else {
-                    FilterState::default()
-                };
-                state.last = state.last.max(f.last);
-                if !config.filters.contains_key(name) {
-                    retire(&mut state);
-                }
-                filters.insert(name.clone(), state);
-            }
+            filters =
+                restore_all(dir, saved, &config, &deps.metrics, &trips).map_err(|(name, m)| {
+                    vec![ConfigError::new(
+                        format!("filters.{name}"),
+                        format!("{}: {m}", dir.path().display()),
+                    )]
+                })?;
         }
         let built = build(&config, &deps, None, &mut filters, true).await;
         let proxy = match built {
@@ -568,20 +558,8 @@ impl Live {
                 fixed.join("], [")
             ));
         }
-        let (trips, metrics) = (&self.trips, &self.deps.metrics);
-        let mut filters = BTreeMap::new();
-        for (name, f) in &saved.filters {
-            let mut state = if config.filters.contains_key(name) {
-                restore(&dir, name, f, metrics, trips)?
-            } else {
-                FilterState::default()
-            };
-            state.last = state.last.max(f.last);
-            if !config.filters.contains_key(name) {
-                retire(&mut state);
-            }
-            filters.insert(name.clone(), state);
-        }
+        let mut filters = restore_all(&dir, &saved, &config, &self.deps.metrics, &self.trips)
+            .map_err(|(name, m)| format!("filters.{name}: {m}"))?;
         let prev = self.proxy();
         let proxy = match build(&config, &self.deps, Some(&prev), &mut filters, true).await {
             Ok(p) => p,
@@ -1257,6 +1235,32 @@ impl Live {
     pub(crate) fn deps(&self) -> &Deps {
         &self.deps
     }
+}
+
+/// Every filter's state as the data directory kept it: restored for the
+/// filters `config` has, retired (only the last version number kept) for
+/// the others. An error names its filter.
+fn restore_all(
+    dir: &DataDir,
+    saved: &Saved,
+    config: &Config,
+    metrics: &Metrics,
+    trips: &mpsc::UnboundedSender<Tripped>,
+) -> Result<BTreeMap<String, FilterState>, (String, String)> {
+    let mut filters = BTreeMap::new();
+    for (name, f) in &saved.filters {
+        let mut state = if config.filters.contains_key(name) {
+            restore(dir, name, f, metrics, trips).map_err(|m| (name.clone(), m))?
+        } else {
+            FilterState::default()
+        };
+        state.last = state.last.max(f.last);
+        if !config.filters.contains_key(name) {
+            retire(&mut state);
+        }
+        filters.insert(name.clone(), state);
+    }
+    Ok(filters)
 }
 
 /// A filter's state as the data directory kept it, with its modules read
