@@ -560,17 +560,15 @@ impl Live {
         }
         let mut filters = restore_all(&dir, &saved, &config, &self.deps.metrics, &self.trips)
             .map_err(|(name, m)| format!("filters.{name}: {m}"))?;
-        let prev = self.proxy();
-        let proxy = match build(&config, &self.deps, Some(&prev), &mut filters, true).await {
-            Ok(p) => p,
-            Err(errors) => {
-                self.discard(&filters);
-                return Err(one_line(&ConfigErrors {
-                    source: config.source.clone(),
-                    errors,
-                }));
-            }
-        };
+        let (proxy, prev) =
+            self.build_next(&config, &mut filters, true)
+                .await
+                .map_err(|errors| {
+                    one_line(&ConfigErrors {
+                        source: config.source.clone(),
+                        errors,
+                    })
+                })?;
         let from_api = saved.config.is_some();
         self.commit(
             control,
@@ -680,14 +678,10 @@ impl Live {
                 retire(st);
             }
         }
-        let prev = self.proxy();
-        let proxy = match build(&config, &self.deps, Some(&prev), &mut filters, true).await {
-            Ok(p) => p,
-            Err(errors) => {
-                self.discard(&filters);
-                return Err(fail(errors));
-            }
-        };
+        let (proxy, prev) = self
+            .build_next(&config, &mut filters, true)
+            .await
+            .map_err(fail)?;
         let from_api = origin == Origin::Api;
         self.commit(
             control,
@@ -699,6 +693,24 @@ impl Live {
         )
         .await
         .map_err(|m| fail(vec![ConfigError::new("admin.data_dir", m)]))
+    }
+
+    /// Builds the next generation beside the running one (returned too); on
+    /// failure, forgets the counters of the versions the attempt made.
+    async fn build_next(
+        &self,
+        config: &Config,
+        filters: &mut BTreeMap<String, FilterState>,
+        read_files: bool,
+    ) -> Result<(Proxy, Arc<Proxy>), Vec<ConfigError>> {
+        let prev = self.proxy();
+        match build(config, &self.deps, Some(&prev), filters, read_files).await {
+            Ok(p) => Ok((p, prev)),
+            Err(errors) => {
+                self.discard(filters);
+                Err(errors)
+            }
+        }
     }
 
     /// Stops exporting the counters of versions a refused change made.
@@ -1004,20 +1016,17 @@ impl Live {
             }
         }
         let force = event == Some("auto_rolled_back");
-        let prev = self.proxy();
         // A version change reads no module file: another filter's file being
         // rewritten must neither block it nor ride along with it.
-        let built = build(&config, &self.deps, Some(&prev), &mut filters, false).await;
-        let proxy = match built {
-            Ok(p) => p,
-            Err(errors) => {
-                self.discard(&filters);
-                return Err(SwapError::Invalid(ConfigErrors {
+        let (proxy, prev) = self
+            .build_next(&config, &mut filters, false)
+            .await
+            .map_err(|errors| {
+                SwapError::Invalid(ConfigErrors {
                     source: format!("filter {name:?}"),
                     errors,
-                }));
-            }
-        };
+                })
+            })?;
         let from_api = control.from_api;
         if let Some((kept, version)) = store_only {
             // Valid: keep the version, leave the running generation alone.
