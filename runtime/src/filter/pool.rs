@@ -133,11 +133,11 @@ struct Quarantine {
 }
 
 /// What a call may do under the quarantine.
-enum Gate {
+enum Gate<'a> {
     /// Run normally.
     Open,
     /// Run as the trial call after a quarantine.
-    Trial,
+    Trial(TrialSlot<'a>),
     /// Fail fast; the quarantine ends in this long (zero: a trial is running).
     Closed(Duration),
 }
@@ -157,7 +157,7 @@ impl Quarantine {
         self.origin.elapsed().as_millis() as u64
     }
 
-    fn gate(&self) -> Gate {
+    fn gate(&self) -> Gate<'_> {
         let until = self.until_ms.load(Ordering::Acquire);
         let now = self.now_ms();
         if until > now {
@@ -170,14 +170,22 @@ impl Quarantine {
             .trial
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => Gate::Trial,
+            Ok(_) => Gate::Trial(TrialSlot {
+                quarantine: self,
+                held: true,
+            }),
             Err(_) => Gate::Closed(Duration::ZERO),
         }
     }
 
-    /// Records a call's result (`None`: neutral, e.g. a busy pool); returns
-    /// the quarantine started, if any.
-    fn record(&self, failed: Option<bool>, trial: bool, after: u32) -> Option<Duration> {
+    /// Records a call's result (`None`: neutral, e.g. a busy pool), ending
+    /// the trial if the call was one; returns the quarantine started, if any.
+    fn record(
+        &self,
+        failed: Option<bool>,
+        trial: Option<TrialSlot<'_>>,
+        after: u32,
+    ) -> Option<Duration> {
         let started = match failed {
             None => None,
             Some(false) => {
@@ -186,7 +194,7 @@ impl Quarantine {
                 None
             }
             Some(true) if after == 0 => None,
-            Some(true) if trial => Some(self.start()),
+            Some(true) if trial.is_some() => Some(self.start()),
             // A call that was already running when a quarantine began.
             Some(true) if self.until_ms.load(Ordering::Acquire) > self.now_ms() => None,
             Some(true) => {
@@ -194,9 +202,8 @@ impl Quarantine {
                 (n >= after).then(|| self.start())
             }
         };
-        if trial {
-            self.trial.store(false, Ordering::Release);
-        }
+        // Dropping the slot ends the trial, after the outcome is in place.
+        drop(trial);
         started
     }
 
@@ -209,6 +216,25 @@ impl Quarantine {
         self.until_ms
             .store(self.now_ms() + length.as_millis() as u64, Ordering::Release);
         length
+    }
+}
+
+/// The trial call's hold on the quarantine, released however the call ends:
+/// by [`Quarantine::record`], or by being dropped when the call's future is
+/// (the client went away, an h2 stream was reset, `request_timeout` fired).
+/// A trial that never finished says nothing about the filter, so the next
+/// call becomes the trial instead; without this, every later call would fail
+/// fast for good.
+struct TrialSlot<'a> {
+    quarantine: &'a Quarantine,
+    held: bool,
+}
+
+impl Drop for TrialSlot<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.quarantine.trial.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -283,24 +309,12 @@ impl InstancePool {
         call: impl AsyncFnOnce(&mut FilterInstance) -> Result<T, FilterFailure>,
     ) -> Result<T, FilterFailure> {
         let trial = match self.quarantine.gate() {
-            Gate::Open => false,
-            Gate::Trial => true,
+            Gate::Open => None,
+            Gate::Trial(slot) => Some(slot),
             Gate::Closed(remaining) => return Err(FilterFailure::Quarantined(remaining)),
         };
         let started = std::time::Instant::now();
-        let result = async {
-            let mut lease = self.acquire().await?;
-            let wall = self.policy.wall_limit;
-            // A call cut off mid-way leaves its store in an unknown state:
-            // the lease is not marked healthy, so the instance is discarded.
-            let result = match tokio::time::timeout(wall, call(lease.instance_mut())).await {
-                Ok(r) => r,
-                Err(_) => Err(FilterFailure::WallClock(wall)),
-            };
-            lease.finish(result.is_ok());
-            result
-        }
-        .await;
+        let result = self.run(call).await;
         self.metrics.record(started, &result);
         // Running out of instances is load, not a fault of the filter.
         let failed = match &result {
@@ -321,6 +335,28 @@ impl InstancePool {
             self.metrics.quarantined.inc();
         }
         result
+    }
+
+    /// Waits for a free slot (up to `acquire_timeout`), then runs `call` on an
+    /// instance. One wall-clock budget covers all the guest code the call
+    /// needs: creating a new instance (its start functions and `init`,
+    /// which may block in a host call where the CPU deadline cannot reach)
+    /// and the call itself.
+    async fn run<T>(
+        &self,
+        call: impl AsyncFnOnce(&mut FilterInstance) -> Result<T, FilterFailure>,
+    ) -> Result<T, FilterFailure> {
+        let permit = self.permit().await?;
+        let wall = self.policy.wall_limit;
+        let bounded = tokio::time::timeout(wall, async move {
+            let mut lease = self.lease(permit).await?;
+            let result = call(lease.instance_mut()).await;
+            lease.finish(result.is_ok());
+            result
+        });
+        // A call cut off mid-way leaves its store in an unknown state: its
+        // lease was never marked healthy, so the instance is discarded.
+        bounded.await.unwrap_or(Err(FilterFailure::WallClock(wall)))
     }
 
     /// The filter module.
@@ -380,26 +416,31 @@ impl InstancePool {
         .await
     }
 
-    async fn acquire(&self) -> Result<Lease<'_>, FilterFailure> {
-        let permit = match self.permits.try_acquire() {
-            Ok(p) => p,
-            Err(_) => {
-                match tokio::time::timeout(self.policy.acquire_timeout, self.permits.acquire())
-                    .await
-                {
-                    Ok(Ok(p)) => p,
-                    // The semaphore is never closed; a timeout means every
-                    // instance stayed busy.
-                    Ok(Err(_)) | Err(_) => {
-                        self.exhausted.fetch_add(1, Ordering::Relaxed);
-                        return Err(FilterFailure::PoolExhausted {
-                            size: self.policy.size,
-                            waited: self.policy.acquire_timeout,
-                        });
-                    }
-                }
+    /// A slot in the pool: at most `size` calls hold one at a time.
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, FilterFailure> {
+        if let Ok(p) = self.permits.try_acquire() {
+            return Ok(p);
+        }
+        match tokio::time::timeout(self.policy.acquire_timeout, self.permits.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            // The semaphore is never closed; a timeout means every instance
+            // stayed busy.
+            Ok(Err(_)) | Err(_) => {
+                self.exhausted.fetch_add(1, Ordering::Relaxed);
+                Err(FilterFailure::PoolExhausted {
+                    size: self.policy.size,
+                    waited: self.policy.acquire_timeout,
+                })
             }
-        };
+        }
+    }
+
+    /// An idle instance, or a new one (instantiated and `init`ed), for the
+    /// slot `permit` holds.
+    async fn lease<'a>(
+        &'a self,
+        permit: tokio::sync::SemaphorePermit<'a>,
+    ) -> Result<Lease<'a>, FilterFailure> {
         let reused = if self.policy.fresh {
             None
         } else {
@@ -475,34 +516,56 @@ impl Drop for Lease<'_> {
 mod quarantine_tests {
     use super::*;
 
+    fn trial(q: &Quarantine) -> TrialSlot<'_> {
+        match q.gate() {
+            Gate::Trial(slot) => slot,
+            Gate::Open => panic!("expected a trial, the gate is open"),
+            Gate::Closed(d) => panic!("expected a trial, the gate is closed for {d:?}"),
+        }
+    }
+
     #[test]
     fn one_trial_after_a_quarantine_and_doubling_on_failure() {
         let q = Quarantine::new();
         for _ in 0..2 {
             assert!(matches!(q.gate(), Gate::Open));
-            assert_eq!(q.record(Some(true), false, 3), None);
+            assert_eq!(q.record(Some(true), None, 3), None);
         }
         // A busy pool is neutral: the run goes on.
-        assert_eq!(q.record(None, false, 3), None);
-        assert_eq!(q.record(Some(true), false, 3), Some(QUARANTINE_BASE));
+        assert_eq!(q.record(None, None, 3), None);
+        assert_eq!(q.record(Some(true), None, 3), Some(QUARANTINE_BASE));
         assert!(matches!(q.gate(), Gate::Closed(d) if d > Duration::ZERO));
         // A call that was in flight and fails late does not re-arm it.
-        assert_eq!(q.record(Some(true), false, 3), None);
+        assert_eq!(q.record(Some(true), None, 3), None);
         // Expire it by hand.
         q.until_ms.store(0, Ordering::Release);
-        assert!(matches!(q.gate(), Gate::Trial));
+        let slot = trial(&q);
         assert!(
             matches!(q.gate(), Gate::Closed(d) if d == Duration::ZERO),
             "only one trial at a time"
         );
         assert_eq!(
-            q.record(Some(true), true, 3),
+            q.record(Some(true), Some(slot), 3),
             Some(QUARANTINE_BASE * 2),
             "doubled"
         );
         q.until_ms.store(0, Ordering::Release);
-        assert!(matches!(q.gate(), Gate::Trial));
-        assert_eq!(q.record(Some(false), true, 3), None);
+        let slot = trial(&q);
+        assert_eq!(q.record(Some(false), Some(slot), 3), None);
         assert!(matches!(q.gate(), Gate::Open), "a good trial ends the run");
+    }
+
+    #[test]
+    fn a_trial_dropped_unfinished_lets_the_next_call_be_the_trial() {
+        let q = Quarantine::new();
+        assert_eq!(q.record(Some(true), None, 1), Some(QUARANTINE_BASE));
+        q.until_ms.store(0, Ordering::Release);
+        let slot = trial(&q);
+        assert!(matches!(q.gate(), Gate::Closed(d) if d == Duration::ZERO));
+        // The trial's future is dropped mid-call: no outcome is recorded.
+        drop(slot);
+        let slot = trial(&q);
+        assert_eq!(q.record(Some(false), Some(slot), 1), None);
+        assert!(matches!(q.gate(), Gate::Open));
     }
 }
