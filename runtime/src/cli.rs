@@ -178,7 +178,10 @@ async fn serve(
                 // SIGHUP: re-read the file; a bad one is logged (with every
                 // error) and the running config stays.
                 tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
-                let _ = running.live().reload_from(path).await;
+                // In its own task, so this loop keeps listening for the stop
+                // signal while the new config builds.
+                let (live, path) = (running.live().clone(), path.to_owned());
+                tokio::spawn(async move { live.reload_from(&path).await });
             }
         }
     }

@@ -373,6 +373,9 @@ impl RunningGateway {
 
     /// Stops accepting, lets in-flight requests finish, and waits.
     pub async fn shutdown(self) {
+        // A build in progress (a reload whose filter is slow to start, say)
+        // is abandoned rather than waited for.
+        self.live.abandon_builds();
         // No reload starts during the drain.
         if let Some(w) = self.watcher {
             w.stop().await;

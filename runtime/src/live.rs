@@ -40,7 +40,9 @@ use crate::canary::{Canary, CanarySpec, Tripped, VersionStats};
 use crate::chain::{Arm, ChainFilter, Needs};
 use crate::config::{Config, ConfigError, ConfigErrors, FailurePolicy, FilterConfig, Isolation};
 use crate::filter::services::OutboundGrant;
-use crate::filter::{FilterEngine, FilterModule, InstancePool, Limits, PoolPolicy, sha256_hex};
+use crate::filter::{
+    FilterEngine, FilterFailure, FilterModule, InstancePool, Limits, PoolPolicy, sha256_hex,
+};
 use crate::metrics::Metrics;
 use crate::normalize::PathPolicy;
 use crate::outbound::ClusterCaller;
@@ -260,6 +262,11 @@ pub struct Live {
     /// Canaries report here when they trip.
     trips: mpsc::UnboundedSender<Tripped>,
     tripped: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Tripped>>>,
+    /// Set as the gateway starts shutting down, before [`Live::close`]
+    /// waits for the change in progress: a build still running (its filter
+    /// probes, say) is abandoned at once, so a guest cannot hold up the
+    /// drain for as long as its wall-clock budget.
+    closing: tokio::sync::watch::Sender<bool>,
     deps: Deps,
 }
 
@@ -465,6 +472,7 @@ impl Live {
             pending: std::sync::Mutex::new(pending),
             trips,
             tripped: std::sync::Mutex::new(Some(tripped)),
+            closing: tokio::sync::watch::Sender::new(false),
             deps,
         })
     }
@@ -483,9 +491,17 @@ impl Live {
     /// lock, once a write in progress is done): the gateway is shutting
     /// down, and another process may take over the directory.
     pub async fn close(&self) {
+        self.abandon_builds();
         let mut control = self.control.lock().await;
         control.closed = true;
         self.data.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Abandons a build in progress and any that starts later (each is
+    /// refused as [`Live::close`] refuses changes), without waiting for
+    /// anything: the first step of a shutdown.
+    pub fn abandon_builds(&self) {
+        self.closing.send_replace(true);
     }
 
     fn is_pending(&self) -> bool {
@@ -704,7 +720,14 @@ impl Live {
         read_files: bool,
     ) -> Result<(Proxy, Arc<Proxy>), Vec<ConfigError>> {
         let prev = self.proxy();
-        match build(config, &self.deps, Some(&prev), filters, read_files).await {
+        let mut closing = self.closing.subscribe();
+        let built = tokio::select! {
+            built = build(config, &self.deps, Some(&prev), filters, read_files) => built,
+            // Abandoned mid-way: the filter store was changed only in
+            // `filters`, the caller's copy, and nothing was committed.
+            _ = closing.wait_for(|c| *c) => Err(vec![ConfigError::new("", CLOSED)]),
+        };
+        match built {
             Ok(p) => Ok((p, prev)),
             Err(errors) => {
                 self.discard(filters);
@@ -1339,6 +1362,7 @@ async fn entry(
     let limits = Limits {
         memory: f.memory_limit,
         cpu: f.cpu_limit,
+        wall: f.wall_limit,
     };
     let engine = deps.engine.clone();
     let owned_name = name.to_owned();
@@ -1428,21 +1452,46 @@ async fn resolve(
     Ok(Loaded { current, canary })
 }
 
+/// Why a route's filter could not be set up.
+struct ArmError {
+    /// Reads after "filter NAME".
+    message: String,
+    /// Its probe ran out of wall-clock time: the build stops probing, so
+    /// that a filter which blocks as it starts holds the build (and the
+    /// control lock) up once, not once per route.
+    hung: bool,
+}
+
 /// One version of a route's filter: its `init` run with the route's config,
-/// and its instance pool. An error reads after "filter NAME".
+/// and its instance pool.
 async fn arm(
     route: &Arc<str>,
     config_json: &str,
     fc: &FilterConfig,
     e: &ModuleEntry,
     metrics: &Arc<Metrics>,
-) -> Result<Arm, String> {
+) -> Result<Arm, ArmError> {
     let info = e
         .module
         .probe(route, config_json)
         .await
-        .map_err(|f| format!(" {f}"))?;
-    let needs = Needs::from_wit(info).map_err(|m| format!(": {m}"))?;
+        .map_err(|f| match f {
+            FilterFailure::WallClock(wall) => ArmError {
+                message: format!(
+                    " on route {route:?} did not finish starting (instantiation and init) \
+                     within its wall_limit of {wall:?}; a filter must not block while it starts"
+                ),
+                hung: true,
+            },
+            f => ArmError {
+                message: format!(" {f}"),
+                hung: false,
+            },
+        })?;
+    let needs = Needs::from_wit(info).map_err(|m| ArmError {
+        message: format!(": {m}"),
+        hung: false,
+    })?;
     let policy = PoolPolicy {
         size: fc.pool_size as usize,
         max_uses: fc.max_uses,
@@ -1524,10 +1573,17 @@ async fn build(
     }
 
     let mut routes = Vec::new();
+    let mut hung = false;
     for (i, r) in config.routes.iter().enumerate() {
+        if hung {
+            break;
+        }
         let name: Arc<str> = Arc::from(r.name.as_str());
         let mut chain = Vec::new();
         for (j, rf) in r.filters.iter().enumerate() {
+            if hung {
+                break;
+            }
             let Some(loaded) = modules.get(rf.name.as_str()) else {
                 continue;
             };
@@ -1536,10 +1592,14 @@ async fn build(
             let stable = arm(&name, &rf.config_json, fc, &loaded.current, metrics).await;
             let canary = match &loaded.canary {
                 None => Ok(None),
+                Some(_) if stable.as_ref().is_err_and(|e| e.hung) => Ok(None),
                 Some((e, c)) => arm(&name, &rf.config_json, fc, e, metrics)
                     .await
                     .map(|a| Some((c.clone(), a)))
-                    .map_err(|m| format!(" (canary version {}){m}", e.version)),
+                    .map_err(|m| ArmError {
+                        message: format!(" (canary version {}){}", e.version, m.message),
+                        ..m
+                    }),
             };
             match (stable, canary) {
                 (Ok(stable), Ok(canary)) => chain.push(ChainFilter {
@@ -1549,7 +1609,11 @@ async fn build(
                 }),
                 (stable, canary) => {
                     for m in [stable.err(), canary.err()].into_iter().flatten() {
-                        errors.push(ConfigError::new(&key, format!("filter {:?}{m}", rf.name)));
+                        hung |= m.hung;
+                        errors.push(ConfigError::new(
+                            &key,
+                            format!("filter {:?}{}", rf.name, m.message),
+                        ));
                     }
                 }
             }

@@ -129,6 +129,10 @@ pub struct Limits {
     pub memory: u64,
     /// CPU time per call.
     pub cpu: Duration,
+    /// Wall-clock time per entry into the guest: instantiation with `init`,
+    /// and each call. It bounds what the CPU deadline cannot reach, a guest
+    /// blocked inside a host call (a WASI sleep or poll, say).
+    pub wall: Duration,
 }
 
 /// The shared wasmtime engine, linker and epoch ticker.
@@ -417,25 +421,44 @@ impl FilterModule {
         (self.limits.cpu.as_nanos().div_ceil(tick) as u64).max(1) + 1
     }
 
-    /// Creates an instance for `route` and runs its `init` with `config_json`.
+    /// Creates an instance for `route` and runs its `init` with `config_json`,
+    /// within the filter's wall-clock budget.
     pub async fn instantiate(
         &self,
         route: &Arc<str>,
         config_json: &str,
     ) -> Result<FilterInstance, FilterFailure> {
-        let mut instance = self.new_instance(route).await?;
-        instance.init(config_json).await?;
-        Ok(instance)
+        self.started(route, config_json)
+            .await
+            .map(|(instance, _)| instance)
     }
 
-    /// Creates an instance, runs `init`, and returns what the filter declared.
-    /// Used at load to validate a route's config and learn the filter's needs.
+    /// Creates an instance, runs `init`, and returns what the filter declared,
+    /// within the filter's wall-clock budget. Used at load to validate a
+    /// route's config and learn the filter's needs.
     pub async fn probe(
         &self,
         route: &Arc<str>,
         config_json: &str,
     ) -> Result<wit::FilterInfo, FilterFailure> {
-        self.new_instance(route).await?.init(config_json).await
+        self.started(route, config_json).await.map(|(_, info)| info)
+    }
+
+    /// A new instance past its `init`. Both run guest code, which the CPU
+    /// deadline bounds only while it runs: a guest blocked in a host call
+    /// (a WASI sleep) is stopped by the wall-clock budget instead.
+    async fn started(
+        &self,
+        route: &Arc<str>,
+        config_json: &str,
+    ) -> Result<(FilterInstance, wit::FilterInfo), FilterFailure> {
+        let wall = self.limits.wall;
+        let started = tokio::time::timeout(wall, async {
+            let mut instance = self.new_instance(route).await?;
+            let info = instance.init(config_json).await?;
+            Ok((instance, info))
+        });
+        started.await.unwrap_or(Err(FilterFailure::WallClock(wall)))
     }
 
     async fn new_instance(&self, route: &Arc<str>) -> Result<FilterInstance, FilterFailure> {
