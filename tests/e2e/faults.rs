@@ -312,3 +312,176 @@ async fn kv_is_atomic_across_instances_and_namespaced_per_filter() {
     );
     gw.shutdown().await;
 }
+
+/// A gateway whose `fault` filter quarantines after one failure and whose
+/// requests time out long before the filter's own wall-clock budget would.
+async fn cut_off_gateway(up: &Upstream) -> wasmgate_tests::RunningGateway {
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[limits]\nrequest_timeout = \"300ms\"\n[engine]\nmax_instances = 16\n[filters.fault]\npath = {:?}\npool_size = 4\nquarantine_after = 1\ncpu_limit = \"100ms\"\nwall_limit = \"30s\"\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n[[routes.filters]]\nname = \"fault\"\nconfig = {{ tag = \"ok\" }}\n",
+        wasmgate_tests::artifacts::FAULT,
+        up.addr
+    );
+    start_gateway(&toml).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_call_cut_off_mid_way_does_not_wedge_the_route() {
+    let up = Upstream::start("u").await;
+    let gw = cut_off_gateway(&up).await;
+    let r = get(gw.addr(), "/", &[("x-fault", "trap")]).await;
+    assert_eq!(r.json()["code"], "filter_trap", "{}", r.body);
+    let r = get(gw.addr(), "/", &[]).await;
+    assert_eq!(r.json()["code"], "filter_quarantined", "{}", r.body);
+    // Once the quarantine is over, the next call is the trial. Make it one
+    // that blocks (a 2 s sleep) and is cut off by the request timeout: its
+    // future is dropped mid-call, with no outcome recorded.
+    wasmgate_tests::within("the trial call", async {
+        loop {
+            let r = get(gw.addr(), "/", &[("x-fault", "sleep")]).await;
+            match (r.status, r.json()["code"].as_str()) {
+                (503, Some("filter_quarantined")) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                (504, Some("request_timeout")) => break,
+                _ => panic!("neither quarantined nor cut off: {} {}", r.status, r.body),
+            }
+        }
+    })
+    .await;
+    // The unfinished trial said nothing about the filter: the next call is
+    // the trial instead, it passes, and the route is healthy again.
+    for _ in 0..3 {
+        let r = get(gw.addr(), "/", &[]).await;
+        assert_eq!(r.status, 200, "the route recovered: {}", r.body);
+    }
+    assert_eq!(up.count(), 3);
+    gw.shutdown().await;
+}
+
+/// `[filters.fault]` with a long-enough CPU budget, `wall_limit` as given,
+/// on route `r` with `config` as the filter's config table.
+fn blocking_init_toml(up: &Upstream, wall_limit: &str, config: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 16\n[filters.fault]\npath = {:?}\npool_size = 2\ncpu_limit = \"100ms\"\nwall_limit = \"{wall_limit}\"\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\nfilters = [{{ name = \"fault\", config = {config} }}]\n",
+        wasmgate_tests::artifacts::FAULT,
+        up.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_filter_blocks_in_init_is_refused_while_the_old_config_serves() {
+    let logs = capture_logs();
+    let up = Upstream::start("u").await;
+    let parse = |toml: &str| {
+        wasmgate::config::Config::parse(toml, "test.toml", std::path::Path::new(".")).unwrap()
+    };
+    let gw = start_gateway(&blocking_init_toml(&up, "5s", "{ tag = \"old\" }")).await;
+    // The new config's filter sleeps in `init` for an hour, in a WASI call
+    // the CPU deadline cannot interrupt.
+    let tag = format!("blocks-{}", std::process::id());
+    let blocking = parse(&blocking_init_toml(
+        &up,
+        "5s",
+        &format!("{{ tag = \"{tag}\", sleep_init_ms = 3600000 }}"),
+    ));
+    let live = gw.live().clone();
+    let reload = tokio::spawn(async move { live.apply_config(blocking).await });
+    wasmgate_tests::within("the new filter's init to block", async {
+        let needle = format!("fault filter: sleeping in init ({tag})");
+        while logs.lines_with(&[&needle]).is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The running generation serves while the build waits on the guest.
+    assert_eq!(get(gw.addr(), "/", &[]).await.status, 200);
+    assert_eq!(up.seen().last().unwrap().headers["x-fault-seen"], "old");
+    assert!(
+        !reload.is_finished(),
+        "the request was served while the reload was still building"
+    );
+    // Refused at the filter's wall-clock budget, naming the filter, its
+    // route and the key that bounds it.
+    let refused = wasmgate_tests::within("the reload", reload)
+        .await
+        .unwrap()
+        .expect_err("a filter that blocks in init is refused")
+        .to_string();
+    assert!(
+        refused.contains("routes[0].filters[0].config")
+            && refused.contains("filter \"fault\" on route \"r\"")
+            && refused.contains("wall_limit of 5s"),
+        "{refused}"
+    );
+    assert_eq!(get(gw.addr(), "/", &[]).await.status, 200);
+    assert_eq!(up.seen().last().unwrap().headers["x-fault-seen"], "old");
+    // The control plane is free: the next change goes through.
+    gw.live()
+        .apply_config(parse(&blocking_init_toml(&up, "5s", "{ tag = \"new\" }")))
+        .await
+        .unwrap();
+    assert_eq!(get(gw.addr(), "/", &[]).await.status, 200);
+    assert_eq!(up.seen().last().unwrap().headers["x-fault-seen"], "new");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_watched_reload_whose_filter_blocks_in_init() {
+    let logs = capture_logs();
+    let up = Upstream::start("u").await;
+    let dir = std::env::temp_dir().join(format!("wasmgate-blocks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    // A wall-clock budget far past the hang guard: only abandoning the
+    // build lets the shutdown end in time.
+    let text = |config: &str| {
+        blocking_init_toml(&up, "1h", config).replace(
+            "[engine]",
+            "[watch]\nenabled = true\ndebounce = \"50ms\"\n[engine]",
+        )
+    };
+    std::fs::write(&path, text("{ tag = \"old\" }")).unwrap();
+    let config = wasmgate::config::Config::load(&path).unwrap();
+    let gw = wasmgate::Gateway::build(config)
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    let tag = format!("watched-blocks-{}", std::process::id());
+    let tmp = dir.join("gateway.toml.tmp");
+    std::fs::write(
+        &tmp,
+        text(&format!("{{ tag = \"{tag}\", sleep_init_ms = 36000000 }}")),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    wasmgate_tests::within("the watched reload's filter to block in init", async {
+        let needle = format!("fault filter: sleeping in init ({tag})");
+        while logs.lines_with(&[&needle]).is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(get(gw.addr(), "/", &[]).await.status, 200);
+    wasmgate_tests::within("shutdown", gw.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_blocks_in_init_at_request_time_is_cut_off_at_the_wall_clock_budget() {
+    let up = Upstream::start("u").await;
+    // The build's probe is the filter's first `init` and passes; every
+    // instance made for a request then blocks in `init` for an hour.
+    let toml = blocking_init_toml(
+        &up,
+        "2s",
+        "{ tag = \"late\", sleep_init_ms = 3600000, sleep_init_after = 1 }",
+    );
+    let gw = start_gateway(&toml).await;
+    let r = get(gw.addr(), "/", &[]).await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.json()["code"], "filter_wall_clock", "{}", r.body);
+    assert_eq!(up.count(), 0);
+    gw.shutdown().await;
+}

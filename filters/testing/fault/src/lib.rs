@@ -5,10 +5,12 @@
 //! `x-fault` values: `trap` (panic), `loop` (spin forever), `alloc` (allocate
 //! without bound), `recurse` (overflow the stack), `sandbox` (try the file system,
 //! the environment and the network, print to stdout/stderr, and answer 200 with
-//! what happened), `init` in the config's `fail_init` rejects the config.
-//! `sleep` (hold the instance for 2 s), `grow` (keep 8 MiB alive in the instance).
-//! `kv-incr`, `kv-put`, `kv-get` and `var` exercise the host's `kv` and
-//! `config` services (see the match below).
+//! what happened), `sleep` (hold the instance for 2 s), `grow` (keep 8 MiB
+//! alive in the instance). `kv-incr`, `kv-put`, `kv-get` and `var` exercise
+//! the host's `kv` and `config` services (see the match below).
+//! In the config, `fail_init` makes `init` reject it, and `sleep_init_ms`
+//! blocks `init` in a WASI sleep (only after the first `sleep_init_after`
+//! `init`s of the filter).
 //! With `bodies = true` in its config it asks for both bodies: requests are
 //! upper-cased (and `x-request-body-len` set), responses get ` [seen by TAG]`.
 //! Anything else: proceed and mark the request with `x-fault-seen: <tag>`,
@@ -31,6 +33,16 @@ struct Config {
     tag: Option<String>,
     #[serde(default)]
     fail_init: bool,
+    /// Block in `init` for this many milliseconds (a WASI sleep: a host
+    /// call, where the CPU deadline cannot reach), after logging
+    /// "fault filter: sleeping in init (TAG)".
+    #[serde(default)]
+    sleep_init_ms: u64,
+    /// With `sleep_init_ms`: only `init`s after the first this many of this
+    /// filter (counted in `kv` key `inits`) sleep, so the build's probe
+    /// passes and instances made for requests block.
+    #[serde(default)]
+    sleep_init_after: i64,
     /// Ask for both bodies: requests are upper-cased (header
     /// `x-request-body-len` gives the length seen) and responses get
     /// ` [seen by TAG]` appended.
@@ -95,6 +107,14 @@ impl Filter for Fault {
         let config: Config = parse_config(config)?;
         if config.fail_init {
             return Err("fault filter: init failure requested by config".into());
+        }
+        let inits = kv::increment("inits", 1, None).unwrap_or(0);
+        if config.sleep_init_ms > 0 && inits > config.sleep_init_after {
+            log::info(&format!(
+                "fault filter: sleeping in init ({})",
+                config.tag.as_deref().unwrap_or("fault")
+            ));
+            std::thread::sleep(std::time::Duration::from_millis(config.sleep_init_ms));
         }
         let instance = std::collections::hash_map::RandomState::new()
             .build_hasher()
