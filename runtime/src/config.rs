@@ -534,8 +534,24 @@ impl Default for EngineConfig {
     }
 }
 
+/// Set by [`set_default_cache_dir`].
+static DEFAULT_CACHE_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes `dir` the compile cache of every config this process reads later
+/// without an `engine.cache_dir`, in place of the user's cache folder: for a
+/// program that embeds the gateway, and for tests, whose results must not
+/// depend on what earlier runs left in the user's cache. Only the first call
+/// counts; returns whether it was this one.
+pub fn set_default_cache_dir(dir: PathBuf) -> bool {
+    DEFAULT_CACHE_DIR.set(dir).is_ok()
+}
+
+/// The folder set by [`set_default_cache_dir`], else
 /// `$XDG_CACHE_HOME/wasmgate`, else `$HOME/.cache/wasmgate`, else none.
 pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = DEFAULT_CACHE_DIR.get() {
+        return Some(dir.clone());
+    }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)

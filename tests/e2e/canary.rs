@@ -318,6 +318,7 @@ async fn two_hundred_swaps_leave_one_live_version_and_a_bounded_store() {
 
 #[tokio::test]
 async fn the_store_and_an_api_config_survive_a_restart() {
+    wasmgate_tests::hermetic();
     let dir = std::env::temp_dir().join(format!("wasmgate-data-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let up = Upstream::start("u").await;
@@ -544,6 +545,7 @@ async fn a_change_the_data_directory_cannot_keep_is_refused_whole() {
 #[tokio::test]
 async fn check_leaves_the_data_directory_alone_and_a_changed_admin_section_wins_over_a_kept_config()
 {
+    wasmgate_tests::hermetic();
     let dir = std::env::temp_dir().join(format!("wasmgate-kept-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let up = Upstream::start("u").await;

@@ -25,7 +25,7 @@ fn check_accepts_the_default_gateway_toml() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap();
-    let out = Command::new(BIN)
+    let out = wasmgate_tests::gateway_command(BIN)
         .args(["check", "--config"])
         .arg(root.join("gateway.toml"))
         .output()
@@ -48,7 +48,7 @@ fn check_rejects_an_invalid_config_with_a_message_and_nonzero_exit() {
         "bad.toml",
         "[clusters.c]\nendpoints = [\"nope\"]\n[[routes]]\nname = \"r\"\ncluster = \"missing\"\n",
     );
-    let out = Command::new(BIN)
+    let out = wasmgate_tests::gateway_command(BIN)
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -87,7 +87,7 @@ struct Served {
 impl Served {
     /// Starts `serve --config path` and waits until it says where it listens.
     fn start(path: &std::path::Path) -> Served {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = wasmgate_tests::gateway_command(BIN);
         cmd.args(["serve", "--config"]).arg(path);
         Served::spawn(cmd)
     }
@@ -495,7 +495,7 @@ fn serve_on_command(socket: &socket2::Socket, config: &std::path::Path) -> Comma
     // A duplicate becomes fd 3 in the child only: the test's own socket stays
     // close-on-exec, so children other tests spawn meanwhile do not inherit it.
     let fd = socket.try_clone().unwrap();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = wasmgate_tests::gateway_command(BIN);
     cmd.args(["serve", "--config"])
         .arg(config)
         .env("LISTEN_FDS", "1")
@@ -667,7 +667,7 @@ fn a_second_gateway_on_a_held_data_directory_is_refused_at_once() {
     );
     let path = write_config("held.toml", &text);
     let mut first = Served::start(&path);
-    let second = Command::new(BIN)
+    let second = wasmgate_tests::gateway_command(BIN)
         .args(["serve", "--config"])
         .arg(&path)
         .output()
@@ -697,4 +697,37 @@ fn an_inherited_socket_that_does_not_listen_is_refused_by_name() {
         err.contains("inherited proxy socket") && err.contains("not listening"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_reload_whose_filter_blocks_in_init_exits_at_once() {
+    let up = Upstream::start("u").await;
+    // A wall-clock budget far past the hang guard: only abandoning the build
+    // lets the process exit in time.
+    let text = |config: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 16\n[filters.fault]\npath = {:?}\npool_size = 2\ncpu_limit = \"100ms\"\nwall_limit = \"1h\"\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\nfilters = [{{ name = \"fault\", config = {config} }}]\n",
+            artifacts::FAULT,
+            up.addr
+        )
+    };
+    let path = write_config("blocks-in-init.toml", &text("{ tag = \"old\" }"));
+    let mut gw = Served::start(&path);
+    assert_eq!(get(gw.addr, "/", &[]).await.status, 200);
+    std::fs::write(
+        &path,
+        text("{ tag = \"blocking\", sleep_init_ms = 36000000 }"),
+    )
+    .unwrap();
+    gw.signal("-HUP");
+    gw.wait_for("fault filter: sleeping in init (blocking)");
+    // The old config serves while the reload waits on the guest...
+    assert_eq!(get(gw.addr, "/", &[]).await.status, 200);
+    assert_eq!(up.seen().last().unwrap().headers["x-fault-seen"], "old");
+    // ...and the stop signal is heard: the build is abandoned, the drain
+    // runs, and the process exits 0.
+    gw.signal("-TERM");
+    gw.wait_for("shutting down");
+    let status = gw.wait_exit();
+    assert!(status.success(), "{status}");
 }

@@ -32,7 +32,7 @@ fn check_fails_every_invalid_config_with_its_expected_message() {
         let expected_path = path.with_extension("expected");
         let expected = std::fs::read_to_string(&expected_path)
             .unwrap_or_else(|_| panic!("{} needs {}", path.display(), expected_path.display()));
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmgate-e2e"))
+        let out = wasmgate_tests::gateway_command(env!("CARGO_BIN_EXE_wasmgate-e2e"))
             .args(["check", "--config"])
             .arg(&path)
             .output()

@@ -421,9 +421,53 @@ pub async fn dead_addr() -> SocketAddr {
     addr
 }
 
+/// This test run's compile cache: `XDG_CACHE_HOME` for gateway processes
+/// (so their cache is its `wasmgate/`), and the default `engine.cache_dir`
+/// of every config this process reads once [`hermetic`] ran. Made empty
+/// when the run starts, so no result depends on an earlier run, and never
+/// the user's `~/.cache/wasmgate`. Folders left by earlier runs whose
+/// process is gone are removed on the way.
+pub fn cache_home() -> &'static std::path::Path {
+    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        const PREFIX: &str = "wasmgate-test-cache.";
+        let base = std::env::temp_dir();
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
+                continue;
+            };
+            if !std::path::Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = base.join(format!("{PREFIX}{}", std::process::id()));
+        // A folder of an earlier process that had this pid.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the test run's compile cache folder");
+        dir
+    })
+}
+
+/// Makes every config read later in this process use [`cache_home`]'s
+/// compile cache unless it names one, and installs the log capture. Every
+/// harness function that builds a gateway calls it; a test that reads a
+/// config itself calls it (or [`capture_logs`]) first.
+pub fn hermetic() {
+    capture_logs();
+}
+
+/// A command running the gateway binary `bin` with this run's compile
+/// cache ([`cache_home`]).
+pub fn gateway_command(bin: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env("XDG_CACHE_HOME", cache_home());
+    cmd
+}
+
 /// Parses and builds a gateway from TOML, or returns every error as text.
 pub async fn build_gateway(toml: &str) -> Result<wasmgate::Gateway, String> {
-    capture_logs();
+    hermetic();
     let config =
         Config::parse(toml, "test.toml", std::path::Path::new(".")).map_err(|e| e.to_string())?;
     wasmgate::Gateway::build(config)
@@ -467,7 +511,7 @@ pub async fn start_gateway_with_resolver(
     toml: &str,
     resolver: Arc<dyn wasmgate::upstream::dns::Resolve>,
 ) -> RunningGateway {
-    capture_logs();
+    hermetic();
     let config = Config::parse(toml, "test.toml", std::path::Path::new("."))
         .unwrap_or_else(|e| panic!("config:\n{e}"));
     let gw = wasmgate::Gateway::build_with(config, resolver)
@@ -601,9 +645,11 @@ impl Write for LogCapture {
 
 use std::io::Write;
 
-/// Installs (once) a log subscriber that captures the gateway's log.
+/// Installs (once) a log subscriber that captures the gateway's log, and
+/// makes the run [`hermetic`].
 pub fn capture_logs() -> LogCapture {
     static CAPTURE: OnceLock<LogCapture> = OnceLock::new();
+    wasmgate::config::set_default_cache_dir(cache_home().join("wasmgate"));
     CAPTURE
         .get_or_init(|| {
             let capture = LogCapture::default();
