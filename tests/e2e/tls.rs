@@ -109,20 +109,25 @@ async fn tls_refusal(
     config: Arc<rustls::ClientConfig>,
 ) -> rustls::Error {
     use tokio::io::AsyncReadExt;
-    within("the TLS refusal", async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let connected = tokio_rustls::TlsConnector::from(config)
-            .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
-            .await;
-        let err = match connected {
-            Err(e) => e,
-            Ok(mut tls) => match tls.read(&mut [0u8; 64]).await {
+    // A connection the gateway accepted would wait here for a request: the
+    // hang guard then fails the test.
+    within(
+        "the TLS refusal (none came: was the connection accepted?)",
+        async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let connected = tokio_rustls::TlsConnector::from(config)
+                .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+                .await;
+            let err = match connected {
                 Err(e) => e,
-                Ok(n) => panic!("the connection was not refused: read {n} bytes"),
-            },
-        };
-        rustls_error(&err).unwrap_or_else(|| panic!("not a TLS error: {err:?}"))
-    })
+                Ok(mut tls) => match tls.read(&mut [0u8; 64]).await {
+                    Err(e) => e,
+                    Ok(n) => panic!("the connection was not refused: read {n} bytes"),
+                },
+            };
+            rustls_error(&err).unwrap_or_else(|| panic!("not a TLS error: {err:?}"))
+        },
+    )
     .await
 }
 
