@@ -348,6 +348,8 @@ async fn run(
                 None => return,
                 Some(Err(e)) => tracing::warn!("watch: {e}"),
                 Some(Ok(batch)) => {
+                    let paths: Vec<String> =
+                        batch.iter().map(|e| e.path.display().to_string()).collect();
                     // Hashing modules of a few MiB: off the async workers.
                     (watched, changed) = tokio::task::spawn_blocking(move || {
                         let changed = match watched.settled(&batch) {
@@ -358,6 +360,15 @@ async fn run(
                     })
                     .await
                     .expect("the fingerprint task does not panic");
+                    // Everything queued before these events has been handled
+                    // too (one queue): tests wait for this line to know the
+                    // watcher has seen a change and what it decided.
+                    tracing::debug!(
+                        file = %live.file().display(),
+                        paths = %paths.join(", "),
+                        changed = changed.len(),
+                        "watch: change events handled"
+                    );
                 }
             },
             _ = tick.tick() => {
@@ -379,12 +390,15 @@ async fn run(
 /// Follows the running generation: watches the filter paths of its config
 /// (and of the config file), takes what it was built from, and returns the
 /// watched files that differ from that.
+///
+/// Logs (debug) that it did and how many files differ, which is what the
+/// watcher does next: reload if any, otherwise wait for events.
 async fn rearm(live: &Arc<Live>, mut watched: Watched) -> (Watched, Vec<PathBuf>) {
     let (config, proxy, from_api, pinned) = live.watch_view().await;
-    let live = live.clone();
-    tokio::task::spawn_blocking(move || {
-        let files = wanted_files(&live, &config);
-        let built = built_from(&live, &config, &proxy, from_api, &pinned);
+    let view = live.clone();
+    let (watched, changed) = tokio::task::spawn_blocking(move || {
+        let files = wanted_files(&view, &config);
+        let built = built_from(&view, &config, &proxy, from_api, &pinned);
         watched.config = config;
         let changed = match watched.rearm(&files, built) {
             true => watched.changed(),
@@ -393,7 +407,13 @@ async fn rearm(live: &Arc<Live>, mut watched: Watched) -> (Watched, Vec<PathBuf>
         (watched, changed)
     })
     .await
-    .expect("the re-arm task does not panic")
+    .expect("the re-arm task does not panic");
+    tracing::debug!(
+        file = %live.file().display(),
+        changed = changed.len(),
+        "watch: following the running config"
+    );
+    (watched, changed)
 }
 
 /// What the running generation read from the files that decide it: the

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use wasmgate_tests::{Upstream, artifacts, get, start_gateway};
+use wasmgate_tests::{Upstream, artifacts, get, start_gateway, within};
 
 #[tokio::test]
 async fn one_json_line_per_request_with_filter_outcomes() {
@@ -34,23 +34,30 @@ filters = [{{ name = "api-key", config = {{ keys = ["k"] }} }}]
     ))
     .await;
     let ok = get(gw.addr(), "/a?b=c", &[("x-api-key", "k")]).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
     let refused = get(gw.addr(), "/b", &[]).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    // The upstream answers this one after 300 ms.
+    let slow = get(gw.addr(), "/delay/300", &[("x-api-key", "k")]).await;
+    assert_eq!(slow.status, 200, "{}", slow.body);
     gw.shutdown().await;
 
-    // The writer thread flushes asynchronously: wait for both lines.
-    let mut lines = Vec::new();
-    for _ in 0..600 {
-        lines = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        if lines.len() >= 2 {
-            break;
+    // The writer thread flushes asynchronously: wait for the three lines.
+    let lines = within("three access log lines", async {
+        loop {
+            let lines: Vec<String> = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            if lines.len() >= 3 {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(lines.len(), 2, "{lines:?}");
+    })
+    .await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
     let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
     assert_eq!(first["route"], "r");
     assert_eq!(first["cluster"], "c");
@@ -71,4 +78,12 @@ filters = [{{ name = "api-key", config = {{ keys = ["k"] }} }}]
     assert_eq!(second["filters"], serde_json::json!(["api-key:respond"]));
     assert!(second["endpoint"].is_null(), "nothing was forwarded");
     assert_eq!(second["bytes"], refused.body.len());
+
+    // The duration covers the upstream's answer: the request cannot have
+    // taken less than the upstream waited before answering.
+    let third: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+    assert_eq!(third["path"], "/delay/300");
+    assert_eq!(third["status"], 200);
+    let ms = third["duration_ms"].as_f64().unwrap();
+    assert!(ms >= 300.0, "logged {ms} ms for a 300 ms upstream wait");
 }

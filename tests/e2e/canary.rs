@@ -57,7 +57,7 @@ async fn version_of(gw: &wasmgate_tests::RunningGateway, headers: &[(&str, &str)
     r.header("x-version").unwrap_or("none").to_owned()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_percent_canary_takes_exactly_its_share_and_is_promoted_or_rolled_back() {
     let up = Upstream::start("u").await;
     let gw = start_gateway(&config(&up, "")).await;
@@ -216,7 +216,7 @@ async fn a_ten_percent_canary_takes_exactly_its_share_and_is_promoted_or_rolled_
     gw.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trapping_canary_is_rolled_back_on_its_own() {
     let up = Upstream::start("u").await;
     let gw = start_gateway(&config(&up, "")).await;
@@ -277,7 +277,7 @@ async fn a_trapping_canary_is_rolled_back_on_its_own() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_swaps_leave_one_live_version_and_a_bounded_store() {
     let up = Upstream::start("u").await;
     let gw = start_gateway(&config(&up, "")).await;
@@ -406,7 +406,7 @@ async fn the_store_and_an_api_config_survive_a_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_megabyte_module_swaps_in_and_back() {
     let up = Upstream::start("u").await;
     let gw = start_gateway(&config(&up, "")).await;

@@ -6,7 +6,7 @@ use wasmgate_tests::{metric, start_gateway, within};
 
 use crate::cli::{HeldUpstream, drain_config, kept_alive_h1};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_deadline_counts_the_requests_and_connections_it_cut_off() {
     let up = HeldUpstream::start().await;
     let gw = start_gateway(&drain_config(up.addr, "drain_timeout = \"3s\"")).await;
@@ -47,7 +47,7 @@ async fn the_drain_deadline_counts_the_requests_and_connections_it_cut_off() {
     drop(busy);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_still_in_its_proxy_protocol_header_is_cut_at_the_deadline_too() {
     use tokio::io::AsyncReadExt;
     let up = HeldUpstream::start().await;
@@ -84,7 +84,7 @@ async fn a_connection_still_in_its_proxy_protocol_header_is_cut_at_the_deadline_
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_accepted_just_before_shutdown_gets_its_first_request_answered() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = wasmgate_tests::Upstream::start("u").await;

@@ -71,23 +71,39 @@ async fn a_stack_overflow_fails_only_its_request() {
     contained("recurse", "filter_trap").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loop_does_not_stall_other_requests() {
     let up = Upstream::start("u").await;
-    let gw = fault_gateway(&up).await;
+    // A CPU budget of 30 s: the spinning call runs until the budget ends
+    // it, long after the other requests are done (it is how long the loop
+    // lasts, not a bound on how fast anything must be).
+    let gw = policy_gateway(&up, "cpu_limit = \"30s\"").await;
     let addr = gw.addr();
-    let spinners: Vec<_> = (0..4)
-        .map(|_| tokio::spawn(async move { get(addr, "/", &[("x-fault", "loop")]).await }))
-        .collect();
+    let spinner = tokio::spawn(async move { get(addr, "/", &[("x-fault", "loop")]).await });
+    // The spinning request is in the gateway (it holds one of the two
+    // worker threads from here until its budget runs out).
+    wasmgate_tests::within("the spinning request to arrive", async {
+        while wasmgate_tests::metric(&gw.metrics_text(), "wasmgate_active_requests") != Some(1.0) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Requests through the same filter and route are served meanwhile.
     let normal: Vec<_> = (0..8)
         .map(|_| tokio::spawn(async move { get(addr, "/", &[]).await }))
         .collect();
-    for s in spinners {
-        assert_eq!(s.await.unwrap().status, 500);
-    }
     for n in normal {
-        assert_eq!(n.await.unwrap().status, 200);
+        let r = n.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
     }
+    assert_eq!(up.count(), 8);
+    assert!(
+        !spinner.is_finished(),
+        "the loop ended before the other requests were served"
+    );
+    let spun = spinner.await.unwrap();
+    assert_eq!(spun.status, 500, "{}", spun.body);
+    assert_eq!(spun.json()["code"], "filter_cpu_budget", "{}", spun.body);
     gw.shutdown().await;
 }
 
@@ -172,7 +188,7 @@ async fn fail_open_skips_a_failing_filter_and_counts_it() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_that_keeps_trapping_is_quarantined_then_tried_again() {
     let up = Upstream::start("u").await;
     let gw = policy_gateway(&up, "quarantine_after = 3").await;
@@ -262,7 +278,7 @@ async fn filters_that_ask_for_bodies_get_them_whole_and_may_replace_them() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_is_atomic_across_instances_and_namespaced_per_filter() {
     let up = Upstream::start("u").await;
     let toml = format!(
@@ -296,12 +312,18 @@ async fn kv_is_atomic_across_instances_and_namespaced_per_filter() {
 
     // Written by `fault`, invisible to `other` (same module, other name).
     assert_eq!(get(addr, "/a", &[("x-fault", "kv-put")]).await.status, 200);
-    get(addr, "/b", &[("x-fault", "kv-get")]).await;
-    get(addr, "/o", &[("x-fault", "kv-get")]).await;
-    get(addr, "/a", &[("x-fault", "var")]).await;
-    get(addr, "/o", &[("x-fault", "var")]).await;
+    for (path, mode) in [
+        ("/b", "kv-get"),
+        ("/o", "kv-get"),
+        ("/a", "var"),
+        ("/o", "var"),
+    ] {
+        let r = get(addr, path, &[("x-fault", mode)]).await;
+        assert_eq!(r.status, 200, "{path} {mode}: {}", r.body);
+    }
     let seen = up.seen();
     let n = seen.len();
+    assert_eq!(n, 45, "every request reached the upstream");
     assert_eq!(seen[n - 4].headers["x-secret"], "from-fault");
     assert_eq!(seen[n - 3].headers["x-secret"], "none");
     assert_eq!(seen[n - 2].headers["x-greeting"], "hello");

@@ -363,7 +363,7 @@ pub(crate) mod rate_limit {
         gw.shutdown().await;
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_bucket_is_shared_by_every_instance_under_concurrency() {
         let up = Upstream::start("u").await;
         let gw = start_gateway(&toml(
@@ -709,7 +709,9 @@ headers = { remove = ["x-remove-me"], set = { "x-served-by" = "wasmgate" }, rena
         assert_eq!(reply.header("x-served-by"), Some("wasmgate"));
 
         // A path outside the prefix keeps its path; the other edits still apply.
-        get(gw.addr(), "/apix?debug=1", &[]).await;
+        let r = get(gw.addr(), "/apix?debug=1", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(up.count(), 2);
         assert_eq!(
             up.seen()[1].path,
             "/apix?page=1&source=the%20gateway&tag=a%26b"

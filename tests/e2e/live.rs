@@ -37,8 +37,13 @@ async fn admin(
 /// A config with an admin listener, route `/` to `up` through filter `v`
 /// (the module at `module`), and `extra` appended.
 fn config(up: &Upstream, module: &str, extra: &str) -> String {
+    named_config(up, "v", module, extra)
+}
+
+/// [`config`] with the filter called `name`.
+fn named_config(up: &Upstream, name: &str, module: &str, extra: &str) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 64\n[filters.v]\npath = {module:?}\npool_size = 8\nvars = {{ a = \"1\", b = \"2\", c = \"3\", d = \"4\" }}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\ncluster = \"c\"\nfilters = [{{ name = \"v\" }}]\n{extra}",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 64\n[filters.{name}]\npath = {module:?}\npool_size = 8\nvars = {{ a = \"1\", b = \"2\", c = \"3\", d = \"4\" }}\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\ncluster = \"c\"\nfilters = [{{ name = \"{name}\" }}]\n{extra}",
         up.addr
     )
 }
@@ -259,12 +264,14 @@ async fn bad_modules_are_rejected_and_the_current_version_keeps_serving() {
 }
 
 /// Sends requests until `stop`, over one kept-alive HTTP/1.1 or HTTP/2
-/// connection; returns the versions seen, in order, and counts failures.
+/// connection; returns the versions seen, in order, counts failures, and
+/// counts in `done` every request that has completed.
 async fn client(
     addr: std::net::SocketAddr,
     h2: bool,
     stop: Arc<AtomicBool>,
     failures: Arc<AtomicUsize>,
+    done: Arc<AtomicUsize>,
 ) -> Vec<String> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let io = TokioIo::new(stream);
@@ -308,18 +315,23 @@ async fn client(
                 failures.fetch_add(1, Ordering::Relaxed);
             }
         }
+        done.fetch_add(1, Ordering::SeqCst);
     }
     seen
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_module_swaps_under_load_fail_no_request_and_free_old_versions() {
     let logs = wasmgate_tests::capture_logs();
     let up = Upstream::start("u").await;
-    let gw = start_gateway(&config(&up, artifacts::VERSION_A, "")).await;
+    // A filter name no other test uses: the compile log lines counted below
+    // are this gateway's (the log capture is shared by every test).
+    let name = "fifty-swaps";
+    let gw = start_gateway(&named_config(&up, name, artifacts::VERSION_A, "")).await;
     let builds = [module(artifacts::VERSION_A), module(artifacts::VERSION_B)];
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
+    let done: Vec<_> = (0..4).map(|_| Arc::new(AtomicUsize::new(0))).collect();
     let clients: Vec<_> = (0..4)
         .map(|i| {
             tokio::spawn(client(
@@ -327,18 +339,34 @@ async fn fifty_module_swaps_under_load_fail_no_request_and_free_old_versions() {
                 i % 2 == 1,
                 stop.clone(),
                 failures.clone(),
+                done[i].clone(),
             ))
         })
         .collect();
     // 50 swaps, alternating the builds: b, a, b, ... (the first is a).
+    let path = format!("/filters/{name}/module");
     for i in 0..50 {
         let bytes = builds[(i + 1) % 2].clone();
-        let r = admin(&gw, "PUT", "/filters/v/module", Some(TOKEN), bytes, &[]).await;
+        let r = admin(&gw, "PUT", &path, Some(TOKEN), bytes, &[]).await;
         assert_eq!(r.status, 200, "swap {i}: {}", r.body);
         assert_eq!(r.json()["version"], i + 2);
     }
-    // The last swap activated build a (version 51); let the clients see it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The last swap activated build a (version 51). Every client completes
+    // two more requests: the second of them was sent after the swap.
+    let at_swap: Vec<usize> = done.iter().map(|d| d.load(Ordering::SeqCst)).collect();
+    within(
+        "every client to send a request after the last swap",
+        async {
+            while done
+                .iter()
+                .zip(&at_swap)
+                .any(|(d, &n)| d.load(Ordering::SeqCst) < n + 2)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        },
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     for c in clients {
@@ -362,16 +390,21 @@ async fn fifty_module_swaps_under_load_fail_no_request_and_free_old_versions() {
         total > 50,
         "the swaps happened under load ({total} requests)"
     );
-    // Only the first swap to each build compiled it: swapping back reuses
-    // the compiled code of the same bytes.
-    let reused = logs
-        .lines_with(&["filter module loaded", "cache=Memory", "filter=\"v\""])
-        .len();
-    assert!(reused >= 49, "{reused} swaps reused compiled code");
+    // Only the first swap to each build compiled it (the start loaded a,
+    // the first swap b): swapping back reuses the compiled code of the same
+    // bytes.
+    let filter = format!("filter=\"{name}\"");
+    let loaded = logs.lines_with(&["filter module loaded", &filter]);
+    let reused = loaded.iter().filter(|l| l.contains("cache=Memory")).count();
+    assert_eq!(loaded.len(), 51, "one load per version: {loaded:#?}");
+    assert_eq!(reused, 49, "{reused} swaps reused compiled code");
     // Old versions are freed once their requests are done.
     let m = gw.metrics_text();
     assert_eq!(
-        metric(&m, "wasmgate_filter_versions_live{filter=\"v\"}"),
+        metric(
+            &m,
+            &format!("wasmgate_filter_versions_live{{filter=\"{name}\"}}")
+        ),
         Some(1.0),
         "{m}"
     );

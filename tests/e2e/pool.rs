@@ -95,8 +95,10 @@ async fn an_instance_is_recycled_after_max_uses() {
 async fn an_instance_is_discarded_after_a_trap() {
     let up = Upstream::start("u").await;
     let gw = start_gateway(&config(&up, "")).await;
-    get(gw.addr(), "/", &[]).await;
-    get(gw.addr(), "/", &[]).await;
+    for _ in 0..2 {
+        let r = get(gw.addr(), "/", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
     let (before, calls) = last_instance(&up);
     assert_eq!(calls, 2);
     assert_eq!(
@@ -114,16 +116,21 @@ async fn an_instance_is_discarded_after_a_trap() {
 async fn an_instance_whose_memory_grew_past_the_bound_is_replaced() {
     let up = Upstream::start("u").await;
     let gw = start_gateway(&config(&up, "recycle_memory = \"4MiB\"")).await;
-    get(gw.addr(), "/", &[]).await;
+    let r = get(gw.addr(), "/", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.count(), 1);
     let (first, _) = last_instance(&up);
     // This call keeps 8 MiB alive: the instance must not serve again.
     assert_eq!(
         get(gw.addr(), "/", &[("x-fault", "grow")]).await.status,
         200
     );
+    assert_eq!(up.count(), 2);
     let (grown, calls) = last_instance(&up);
     assert_eq!((grown.as_str(), calls), (first.as_str(), 2));
-    get(gw.addr(), "/", &[]).await;
+    let r = get(gw.addr(), "/", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.count(), 3);
     let (next, calls) = last_instance(&up);
     assert_ne!(next, grown);
     assert_eq!(calls, 1);
@@ -155,7 +162,7 @@ async fn routes_with_different_configs_never_share_instances() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_pool_fails_fast_with_503() {
     let up = Upstream::start("u").await;
     // One instance; its call sleeps 2 s inside a host call (the guest is
@@ -175,7 +182,10 @@ async fn an_exhausted_pool_fails_fast_with_503() {
     }
     let refused = refused.expect("while the only instance is busy, a request must be refused");
     assert_eq!(refused.json()["code"], "filter_pool_exhausted");
-    sleeper.await.unwrap();
+    // The sleeper ran past its wall-clock budget (1 s, the least there is).
+    let slept = sleeper.await.unwrap();
+    assert_eq!(slept.status, 504, "{}", slept.body);
+    assert_eq!(slept.json()["code"], "filter_wall_clock", "{}", slept.body);
     assert_eq!(get(addr, "/", &[]).await.status, 200, "the pool recovers");
     gw.shutdown().await;
 }

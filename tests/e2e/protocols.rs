@@ -286,6 +286,30 @@ async fn upgrades_other_than_websocket_are_not_passed_on() {
     gw.shutdown().await;
 }
 
+/// Connections waiting in the kernel's accept queue of the listening socket
+/// on `addr` (on Linux, the `rx_queue` of a listening socket in
+/// `/proc/net/tcp` is its accept backlog).
+fn accept_queue(addr: std::net::SocketAddr) -> usize {
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        panic!("an IPv4 listener: {addr}")
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(ip.octets()),
+        addr.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let queue = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // local address, remote address, state (0A: listening), tx:rx.
+        (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A")).then(|| {
+            let rx = f[4].split(':').nth(1).unwrap();
+            usize::from_str_radix(rx, 16).unwrap()
+        })
+    });
+    queue.unwrap_or_else(|| panic!("no listening socket {local} in /proc/net/tcp"))
+}
+
 #[tokio::test]
 async fn a_websocket_tunnel_keeps_its_connection_slot() {
     let up = Upstream::start("ws").await;
@@ -303,14 +327,35 @@ async fn a_websocket_tunnel_keeps_its_connection_slot() {
     .unwrap();
     ws.send(Message::text("x")).await.unwrap();
     within("echo", ws.next()).await.unwrap().unwrap();
-    // The only slot is the tunnel's: another client waits in the backlog.
+    // The only slot is the tunnel's: another client waits in the backlog,
+    // connected by the kernel but not accepted by the gateway.
     let addr = gw.addr();
+    assert_eq!(accept_queue(addr), 0);
     let waiting = tokio::spawn(async move { get(addr, "/", &[]).await });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    within("the client to wait in the backlog", async {
+        while accept_queue(addr) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // The gateway keeps working meanwhile (the tunnel echoes), and still
+    // leaves the client where it is.
+    ws.send(Message::text("y")).await.unwrap();
+    within("echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(
+        accept_queue(addr),
+        1,
+        "accepted while the tunnel held the only slot"
+    );
+    assert_eq!(
+        wasmgate_tests::metric(&gw.metrics_text(), "wasmgate_connections_total"),
+        Some(1.0)
+    );
     assert!(
         !waiting.is_finished(),
         "served while the tunnel held the only slot"
     );
+    assert_eq!(up.count(), 1, "only the upgrade reached the upstream");
     ws.close(None).await.unwrap();
     drop(ws);
     assert_eq!(

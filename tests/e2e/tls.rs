@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
 use wasmgate_tests::pki::{Pki, client_config, dir, write};
-use wasmgate_tests::{Upstream, start_gateway, within};
+use wasmgate_tests::{Upstream, capture_logs, metric, start_gateway, within};
 
 /// What one HTTPS request saw.
 struct Seen {
@@ -76,6 +76,78 @@ async fn https_get_host(
         })
     })
     .await
+}
+
+/// The rustls error somewhere in `e`'s chain (an `io::Error` shows what it
+/// wraps only through `get_ref`).
+fn rustls_error(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(r.clone());
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && let Some(r) = rustls_error(inner)
+        {
+            return Some(r);
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// Connects with `config` and, if the client's side of the handshake
+/// completes (in TLS 1.3 the server judges the client's certificate after
+/// that), reads without sending anything: returns the TLS error that ended
+/// the connection. Nothing is written after the handshake, so the server's
+/// alert arrives intact rather than behind a reset.
+async fn tls_refusal(
+    addr: std::net::SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> rustls::Error {
+    use tokio::io::AsyncReadExt;
+    // A connection the gateway accepted would wait here for a request: the
+    // hang guard then fails the test.
+    within(
+        "the TLS refusal (none came: was the connection accepted?)",
+        async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let connected = tokio_rustls::TlsConnector::from(config)
+                .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+                .await;
+            let err = match connected {
+                Err(e) => e,
+                Ok(mut tls) => match tls.read(&mut [0u8; 64]).await {
+                    Err(e) => e,
+                    Ok(n) => panic!("the connection was not refused: read {n} bytes"),
+                },
+            };
+            rustls_error(&err).unwrap_or_else(|| panic!("not a TLS error: {err:?}"))
+        },
+    )
+    .await
+}
+
+/// A certificate authority the gateway does not trust, with a name of its
+/// own (a [`Pki`] root is named like every other one, so the gateway would
+/// judge a leaf of another `Pki` by its trusted root's key: a bad signature,
+/// not an unknown issuer).
+fn stranger_ca() -> Pki {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "stranger CA");
+    let cert = params.self_signed(&key).unwrap();
+    Pki {
+        root: cert.der().clone(),
+        root_pem: cert.pem(),
+        issuer: rcgen::Issuer::new(params, key),
+    }
 }
 
 fn config(up: &Upstream, tls: &str) -> String {
@@ -177,13 +249,43 @@ async fn mtls_accepts_a_client_certificate_and_refuses_none() {
     )
     .await;
     assert_eq!(ok.unwrap().status, 200);
-    let refused = https_get(
+    // No client certificate: the gateway answers with the alert that says a
+    // certificate is required.
+    let refused = tls_refusal(
         gw.addr(),
         "secure.test",
         client_config(&pki, &[b"http/1.1"], None),
     )
     .await;
-    assert!(refused.is_err(), "no client certificate must be refused");
+    assert_eq!(
+        refused,
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
+        "no client certificate must be refused as such"
+    );
+    // A certificate from another authority: refused as an unknown CA.
+    let stranger = stranger_ca().leaf(&["client"]);
+    let refused = tls_refusal(
+        gw.addr(),
+        "secure.test",
+        client_config(&pki, &[b"http/1.1"], Some(&stranger)),
+    )
+    .await;
+    assert_eq!(
+        refused,
+        rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA),
+        "an untrusted client certificate must be refused as such"
+    );
+    // Both refusals are the gateway's: counted as failed handshakes.
+    within("the refused handshakes to be counted", async {
+        while metric(&gw.metrics_text(), "wasmgate_tls_handshake_errors_total") != Some(2.0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        metric(&gw.metrics_text(), "wasmgate_tls_handshakes_total"),
+        Some(1.0)
+    );
     assert_eq!(up.count(), 1);
     gw.shutdown().await;
 }
@@ -213,9 +315,30 @@ async fn a_certificate_replaced_on_disk_is_served_without_restart() {
 
     let second = pki.leaf(&["r.test"]);
     // Write the key first, then the certificate: in between, the pair does
-    // not match and the gateway keeps the old one.
+    // not match and the gateway keeps the old one. The reloader's refusal
+    // names the file (in this test's folder).
+    let folder = d.display().to_string();
+    let refusals = || {
+        capture_logs()
+            .lines_with(&["TLS certificates not reloaded", &folder])
+            .len()
+    };
+    assert_eq!(refusals(), 0);
     write(&d, "r.key", &second.key_pem);
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    within("the mismatched pair to be refused", async {
+        while refusals() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        https_get(gw.addr(), "r.test", cfg.clone())
+            .await
+            .unwrap()
+            .leaf,
+        first.der,
+        "the old pair keeps serving"
+    );
     write(&d, "r.pem", &second.cert_pem);
     let mut served = None;
     for _ in 0..300 {

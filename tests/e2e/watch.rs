@@ -54,6 +54,60 @@ where
     .await
 }
 
+/// What the watcher of the gateway started from `config` logged with
+/// message `what` (debug lines that name the start file).
+fn watch_lines(config: &Path, what: &str) -> Vec<String> {
+    let file = format!("file={}", config.display());
+    capture_logs().lines_with(&[what, &file])
+}
+
+/// The `changed=N` of a watcher log line.
+fn changed_in(line: &str) -> usize {
+    let n = line
+        .split("changed=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no changed= in {line}"));
+    let digits: String = n.chars().take_while(char::is_ascii_digit).collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("changed= in {line}"))
+}
+
+/// Waits until the watcher of the gateway started from `config` has
+/// followed the running config more than `before` times (the count of
+/// [`FOLLOWED`] lines), and returns whether it found every watched file as
+/// the running config was built from each time since (a difference is a
+/// reload).
+async fn followed_unchanged_since(config: &Path, before: usize) -> bool {
+    until("the watcher to follow the running config", || async {
+        watch_lines(config, FOLLOWED).len() > before
+    })
+    .await;
+    watch_lines(config, FOLLOWED)[before..]
+        .iter()
+        .all(|l| changed_in(l) == 0)
+}
+
+const FOLLOWED: &str = "watch: following the running config";
+
+/// Writes a file nobody watches (named `name`, unique to the call) into the
+/// folder of `config` and waits until the watcher of the gateway started
+/// from `config` has handled its events. The watcher handles events in the
+/// order they happened, so every change made before, the watcher's own
+/// reads included, has been handled by then. Returns how many watched
+/// files the batch with the marker found changed (each would be reloaded).
+async fn settle(config: &Path, name: &str) -> usize {
+    let marker = format!("{name}.marker");
+    std::fs::write(config.with_file_name(&marker), b"not watched").unwrap();
+    let handled = || watch_lines(config, "watch: change events handled");
+    until("the watcher to handle the marker", || async {
+        handled().iter().any(|l| l.contains(&marker))
+    })
+    .await;
+    let line = handled().into_iter().find(|l| l.contains(&marker)).unwrap();
+    changed_in(&line)
+}
+
 fn reloads(gw: &RunningGateway, outcome: &str) -> f64 {
     let m = gw.metrics_text();
     metric(
@@ -108,9 +162,12 @@ async fn a_module_replaced_by_a_rename_is_picked_up() {
     assert_eq!(reloads(&gw, "ok"), 1.0);
     assert_eq!(reloads(&gw, "rejected"), 0.0);
     // Reading the files (the comparison itself, the reload) is not a
-    // change: the watcher does not keep waking itself up. Over a second
-    // (ten debounce periods), at most the one comparison already under way
-    // when the reload ended; a slow machine only makes fewer.
+    // change: the watcher does not keep waking itself up. Once it has
+    // handled a file written after the reload (and so the events of its own
+    // reads, queued before), it compares nothing until it has handled a
+    // second one. A watcher woken by its own reads would compare again at
+    // least once in between: the reads of each comparison are queued before
+    // the second marker is written.
     let source = config.display().to_string();
     let compared = || {
         capture_logs()
@@ -118,12 +175,20 @@ async fn a_module_replaced_by_a_rename_is_picked_up() {
             .len()
     };
     let before = compared();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(settle(&config, "rename-first").await, 0);
+    let between = compared();
+    assert_eq!(settle(&config, "rename-second").await, 0);
+    assert_eq!(
+        compared(),
+        between,
+        "the watcher compared the files again with nothing changed"
+    );
     assert!(
         compared() <= before + 1,
         "{} comparisons",
         compared() - before
     );
+    assert_eq!(reloads(&gw, "ok"), 1.0);
     gw.shutdown().await;
 }
 
@@ -313,13 +378,27 @@ async fn other_files_in_the_folder_are_not_read() {
     };
     let before = compared();
 
-    // An access log written beside the config, with pauses longer than the
-    // debounce (each write is a settled change of its own).
+    // An access log written beside the config, each write handled by the
+    // watcher before the next (each is a settled change of its own).
+    let handled = || {
+        watch_lines(&config, "watch: change events handled")
+            .iter()
+            .filter(|l| l.contains("access.log"))
+            .map(|l| changed_in(l))
+            .collect::<Vec<_>>()
+    };
     let mut log = std::fs::File::create(dir.join("access.log")).unwrap();
     for i in 0..5 {
         writeln!(log, "request {i}").unwrap();
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        until("the watcher to handle the write", || async {
+            handled().len() > i
+        })
+        .await;
     }
+    assert!(
+        handled().iter().all(|&n| n == 0),
+        "the log's changes changed no watched file"
+    );
     // Then a watched file changes: the log's changes were handled before
     // it (one queue), and only this one compared the watched files.
     replace(&module, &read(artifacts::VERSION_B));
@@ -404,25 +483,40 @@ async fn a_filter_pinned_through_the_api_leaves_the_watcher_quiet() {
 
     // Another build put in place through the API: it serves, the file
     // stays as it was.
+    let followed = watch_lines(&config, FOLLOWED).len();
     gw.live()
         .upload_module("v", read(artifacts::VERSION_B), None, true)
         .await
         .unwrap();
     assert_eq!(version(&gw).await, "bb");
     let counts = || (reloads(&gw, "ok"), reloads(&gw, "rejected"));
-    // The watcher follows a changed running config on a one-second tick:
-    // over a few of them, it reloads nothing.
+    // The watcher follows the changed running config (on a one-second
+    // tick) and finds nothing to reload.
     let before = counts();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        followed_unchanged_since(&config, followed).await,
+        "the watcher would reload a pinned filter"
+    );
     assert_eq!(counts(), before, "the watcher reloaded a pinned filter");
 
     // A change to the file reloads (once), and the pinned build serves on.
+    let followed = watch_lines(&config, FOLLOWED).len();
     replace(&module, &read(artifacts::VERSION_B));
     until("the reload", || async { reloads(&gw, "ok") > before.0 }).await;
+    // After the reload the watcher takes the running config again and finds
+    // nothing to reload; and nothing queued since (the reload's own reads)
+    // changes a watched file.
+    assert!(
+        followed_unchanged_since(&config, followed).await,
+        "the watcher would reload again"
+    );
+    assert_eq!(settle(&config, "pinned").await, 0);
     let after = counts();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(counts(), after, "the watcher kept reloading");
-    assert_eq!(after.0, before.0 + 1.0);
+    assert_eq!(
+        after,
+        (before.0 + 1.0, before.1),
+        "the watcher kept reloading"
+    );
     let report = gw.live().filter_report("v");
     assert_eq!(report["pinned"], true, "{report}");
     assert_eq!(version(&gw).await, "bb");
@@ -446,11 +540,17 @@ async fn a_config_kept_from_the_api_is_not_replaced_by_the_file_at_start() {
     gw.shutdown().await;
 
     // Started again: the kept config serves, though the file says otherwise,
-    // and the watcher leaves it (over a few of its one-second re-arm ticks).
+    // and the watcher leaves it: comparing the files with what the running
+    // config was built from when it starts, it finds nothing to reload.
+    let followed = watch_lines(&config, FOLLOWED).len();
     let gw = start_from_file(&config).await;
     let body = || async { get(gw.addr(), "/", &[]).await.body };
     assert_eq!(body().await, "api");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        followed_unchanged_since(&config, followed).await,
+        "the watcher would replace the kept config"
+    );
+    assert_eq!(settle(&config, "kept").await, 0);
     assert_eq!(body().await, "api");
     assert_eq!(reloads(&gw, "ok") + reloads(&gw, "rejected"), 0.0);
     // A change to the file replaces it, as SIGHUP would.
