@@ -22,6 +22,7 @@ mod protocols;
 mod routing;
 mod services;
 mod tls;
+mod upstream_health;
 mod watch;
 
 use wasmgate_tests::artifacts;
