@@ -1,6 +1,6 @@
 //! Which endpoints get traffic: HTTP active health checks on a path, 5xx
-//! outlier ejection and re-admission, and host names resolved by the
-//! system resolver.
+//! outlier ejection and re-admission, the random balancer over usable
+//! endpoints only, and host names resolved by the system resolver.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -342,6 +342,106 @@ async fn an_endpoint_answering_5xx_in_a_row_is_ejected_then_readmitted_after_its
     assert_eq!(ejections(&gw), 1.0);
     let names = who(gw.addr(), 4).await;
     assert_eq!(count(&names, "sick"), 2, "{names:?}");
+    gw.shutdown().await;
+}
+
+/// The bounds `[lo, hi]` that a Binomial(`n`, `p`) count falls outside of
+/// with probability below `alpha`, computed exactly from its distribution.
+fn binomial_bounds(n: u64, p: f64, alpha: f64) -> (u64, u64) {
+    let mut pmf = Vec::with_capacity(n as usize + 1);
+    let mut x = (1.0 - p).powf(n as f64);
+    for k in 0..=n {
+        pmf.push(x);
+        x *= (n - k) as f64 / (k + 1) as f64 * p / (1.0 - p);
+    }
+    // Half of alpha for each tail.
+    let (mut lo, mut tail) = (0, 0.0);
+    while tail + pmf[lo as usize] < alpha / 2.0 {
+        tail += pmf[lo as usize];
+        lo += 1;
+    }
+    let (mut hi, mut tail) = (n, 0.0);
+    while tail + pmf[hi as usize] < alpha / 2.0 {
+        tail += pmf[hi as usize];
+        hi -= 1;
+    }
+    (lo, hi)
+}
+
+#[tokio::test]
+async fn random_spreads_evenly_over_usable_endpoints_only() {
+    let ups = [
+        Switchable::start("a").await,
+        Switchable::start("b").await,
+        Switchable::start("c").await,
+        Switchable::start("down").await,
+        Switchable::start("ejected").await,
+    ];
+    let [a, b, c, down, ejected] = &ups;
+    // `down` fails its checks (its traffic would be answered 200: a request
+    // sent there would show); `ejected` answers 500 and its first 500
+    // ejects it for far longer than the test.
+    down.set_health(503);
+    ejected.set_status(500);
+    let extra = format!(
+        "balance = \"random\"\n[clusters.c.health_check]\npath = \"{HEALTH_PATH}\"\ninterval = \"50ms\"\nunhealthy_threshold = 1\n[clusters.c.outlier]\nconsecutive_5xx = 1\nbase_ejection = \"5m\""
+    );
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let gw = start_gateway(&config(&list(&addrs), &extra)).await;
+    eventually("down marked unhealthy", async || {
+        healthy(&gw, down.addr) == Some(0.0)
+    })
+    .await;
+    eventually("ejected ejected", async || {
+        let r = get(gw.addr(), "/", &[]).await;
+        assert!(
+            r.status == 200 || r.header("x-upstream") == Some("ejected"),
+            "{r:?}"
+        );
+        ejections(&gw) == 1.0
+    })
+    .await;
+    assert_eq!(healthy(&gw, ejected.addr), Some(0.0));
+    let (down_before, ejected_before) = (down.traffic(), ejected.traffic());
+    assert_eq!(down_before, 0);
+
+    // Three usable endpoints of five: each request goes to one of them,
+    // each with probability 1/3. The bounds fail a correct balancer with
+    // probability below 1e-9 (each of the 3 counts at most alpha / 3).
+    const N: u64 = 600;
+    let (lo, hi) = binomial_bounds(N, 1.0 / 3.0, 1e-9 / 3.0);
+    let names = who(gw.addr(), N as usize).await;
+    assert_eq!(down.traffic(), 0, "a down endpoint gets nothing");
+    assert_eq!(
+        ejected.traffic(),
+        ejected_before,
+        "an ejected endpoint gets nothing"
+    );
+    let counts: Vec<(&str, usize)> = ["a", "b", "c"]
+        .into_iter()
+        .map(|n| (n, count(&names, n)))
+        .collect();
+    assert_eq!(
+        counts.iter().map(|(_, k)| k).sum::<usize>(),
+        N as usize,
+        "{counts:?}"
+    );
+    for (name, k) in &counts {
+        assert!(
+            (lo..=hi).contains(&(*k as u64)),
+            "{name} got {k} of {N}, outside [{lo}, {hi}]: {counts:?}"
+        );
+    }
+    // Random, not a fixed cycle: a uniform choice repeats itself every third
+    // request all the way with probability (1/3)^597.
+    assert!(
+        names.windows(4).any(|w| w[0] != w[3]),
+        "a period-3 cycle: {:?}",
+        &names[..12]
+    );
+    for up in [a, b, c] {
+        assert!(up.traffic() > 0);
+    }
     gw.shutdown().await;
 }
 

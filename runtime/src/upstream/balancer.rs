@@ -143,16 +143,32 @@ pub fn pick(
     match balance {
         Balance::RoundRobin | Balance::WeightedRoundRobin => round_robin(set, cursor, filter),
         Balance::LeastRequest => least_request(set, filter),
-        Balance::Random => {
-            let start = fastrand::usize(..n);
-            (0..n).map(|k| (start + k) % n).find(|&i| filter.ok(set, i))
-        }
+        Balance::Random => random(set, filter),
         Balance::RingHash => match key {
             Some(k) => ring_lookup(set, k, filter),
             // No key on this request: spread it.
             None => round_robin(set, cursor, filter),
         },
     }
+}
+
+/// A usable endpoint, each with the same chance. An unusable one's share
+/// must not fall to the next usable one (that would double its load).
+fn random(set: &EndpointSet, filter: &Filter<'_>) -> Option<usize> {
+    let n = set.endpoints.len();
+    // Usually the first draw is usable. When it is not, a draw among the
+    // usable ones: each then has 1/n + (n - u)/n × 1/u = 1/u of the picks.
+    let first = fastrand::usize(..n);
+    if filter.ok(set, first) {
+        return Some(first);
+    }
+    let usable = (0..n).filter(|&i| filter.ok(set, i)).count();
+    if usable == 0 {
+        return None;
+    }
+    (0..n)
+        .filter(|&i| filter.ok(set, i))
+        .nth(fastrand::usize(..usable))
 }
 
 fn round_robin(set: &EndpointSet, cursor: &Cursor, filter: &Filter<'_>) -> Option<usize> {
@@ -287,6 +303,29 @@ mod tests {
                 pick(&s, Balance::LeastRequest, &Cursor::default(), None, &f),
                 Some(1)
             );
+        }
+    }
+
+    #[test]
+    fn random_is_even_over_the_usable_endpoints() {
+        // Seeded: the same draws every run.
+        fastrand::seed(7);
+        let s = set(&[1, 1, 1, 1, 1], Balance::Random);
+        let c = Cursor::default();
+        // The last two are unusable: their share goes to all three others
+        // alike, not to the first one after them.
+        let usable = |e: &Endpoint| !matches!(e.authority.host(), "10.0.0.4" | "10.0.0.5");
+        let f = Filter {
+            usable: &usable,
+            tried: &[],
+        };
+        let mut counts = [0u32; 5];
+        for _ in 0..30_000 {
+            counts[pick(&s, Balance::Random, &c, None, &f).unwrap()] += 1;
+        }
+        assert_eq!(counts[3..], [0, 0]);
+        for n in &counts[..3] {
+            assert!((9_000..11_000).contains(n), "{counts:?}");
         }
     }
 
