@@ -12,6 +12,7 @@ mod canary;
 mod cli;
 mod config;
 mod drain;
+mod edge;
 mod faults;
 mod filters;
 mod hygiene;
