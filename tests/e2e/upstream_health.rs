@@ -1,6 +1,7 @@
 //! Which endpoints get traffic: HTTP active health checks on a path, 5xx
-//! outlier ejection and re-admission, the random balancer over usable
-//! endpoints only, and host names resolved by the system resolver.
+//! outlier ejection and re-admission, the random and round-robin balancers
+//! over usable endpoints only (and evenly), and host names resolved by the
+//! system resolver.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -441,6 +442,39 @@ async fn random_spreads_evenly_over_usable_endpoints_only() {
     for up in [a, b, c] {
         assert!(up.traffic() > 0);
     }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn round_robin_spreads_a_down_endpoints_turns_over_all_the_others() {
+    let ups = [
+        Switchable::start("a").await,
+        Switchable::start("b").await,
+        Switchable::start("c").await,
+        Switchable::start("down-1").await,
+        Switchable::start("down-2").await,
+    ];
+    let [_, _, _, down1, down2] = &ups;
+    down1.set_health(503);
+    down2.set_health(503);
+    let check = format!(
+        "[clusters.c.health_check]\npath = \"{HEALTH_PATH}\"\ninterval = \"50ms\"\nunhealthy_threshold = 1"
+    );
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let gw = start_gateway(&config(&list(&addrs), &check)).await;
+    eventually("both marked down", async || {
+        healthy(&gw, down1.addr) == Some(0.0) && healthy(&gw, down2.addr) == Some(0.0)
+    })
+    .await;
+
+    // Round robin over what is usable: a b c a b c …, not a b c a a (the
+    // endpoint after the down ones taking their turns, three times the
+    // load of the others).
+    let names = who(gw.addr(), 30).await;
+    let counts: Vec<usize> = ["a", "b", "c"].iter().map(|n| count(&names, n)).collect();
+    assert_eq!(counts, [10, 10, 10], "{names:?}");
+    assert!(names.windows(4).all(|w| w[0] == w[3]), "{names:?}");
+    assert_eq!((down1.traffic(), down2.traffic()), (0, 0));
     gw.shutdown().await;
 }
 

@@ -171,12 +171,18 @@ fn random(set: &EndpointSet, filter: &Filter<'_>) -> Option<usize> {
         .nth(fastrand::usize(..usable))
 }
 
+/// The next usable turn of the schedule. The turns skipped on the way are
+/// used up too, so that the picks go through the usable turns in order:
+/// an unusable endpoint's turns are spread over the others by their
+/// weights, not all handed to the one after it.
 fn round_robin(set: &EndpointSet, cursor: &Cursor, filter: &Filter<'_>) -> Option<usize> {
     let len = set.schedule.len();
     let start = cursor.next.fetch_add(1, Ordering::Relaxed);
-    (0..len)
-        .map(|k| set.schedule[(start + k) % len] as usize)
-        .find(|&i| filter.ok(set, i))
+    let skipped = (0..len).find(|&k| filter.ok(set, set.schedule[(start + k) % len] as usize))?;
+    if skipped > 0 {
+        cursor.next.fetch_add(skipped, Ordering::Relaxed);
+    }
+    Some(set.schedule[(start + skipped) % len] as usize)
 }
 
 fn least_request(set: &EndpointSet, filter: &Filter<'_>) -> Option<usize> {
@@ -304,6 +310,36 @@ mod tests {
                 Some(1)
             );
         }
+    }
+
+    #[test]
+    fn round_robin_spreads_unusable_turns_over_the_others_by_weight() {
+        let c = Cursor::default();
+        // The last two of five unusable: not a b c a a (the first after
+        // them taking their turns) but a b c a b c.
+        let s = set(&[1, 1, 1, 1, 1], Balance::RoundRobin);
+        let usable = |e: &Endpoint| !matches!(e.authority.host(), "10.0.0.4" | "10.0.0.5");
+        let f = Filter {
+            usable: &usable,
+            tried: &[],
+        };
+        let picks: Vec<usize> = (0..9)
+            .map(|_| pick(&s, Balance::RoundRobin, &c, None, &f).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0, 1, 2]);
+        // Weights 5, 1, 1 with the third unusable: 5 to 1, as the weights
+        // of the usable ones say (not 6 to 1).
+        let s = set(&[5, 1, 1], Balance::RoundRobin);
+        let c = Cursor::default();
+        let usable = |e: &Endpoint| e.authority.host() != "10.0.0.3";
+        let f = Filter {
+            usable: &usable,
+            tried: &[],
+        };
+        let picks: Vec<usize> = (0..12)
+            .map(|_| pick(&s, Balance::RoundRobin, &c, None, &f).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
     }
 
     #[test]
