@@ -12,6 +12,7 @@ mod canary;
 mod cli;
 mod config;
 mod drain;
+mod edge;
 mod faults;
 mod filters;
 mod hygiene;
@@ -22,6 +23,7 @@ mod protocols;
 mod routing;
 mod services;
 mod tls;
+mod upstream_health;
 mod watch;
 
 use wasmgate_tests::artifacts;

@@ -143,10 +143,7 @@ pub fn pick(
     match balance {
         Balance::RoundRobin | Balance::WeightedRoundRobin => round_robin(set, cursor, filter),
         Balance::LeastRequest => least_request(set, filter),
-        Balance::Random => {
-            let start = fastrand::usize(..n);
-            (0..n).map(|k| (start + k) % n).find(|&i| filter.ok(set, i))
-        }
+        Balance::Random => random(set, filter),
         Balance::RingHash => match key {
             Some(k) => ring_lookup(set, k, filter),
             // No key on this request: spread it.
@@ -155,12 +152,37 @@ pub fn pick(
     }
 }
 
+/// A usable endpoint, each with the same chance. An unusable one's share
+/// must not fall to the next usable one (that would double its load).
+fn random(set: &EndpointSet, filter: &Filter<'_>) -> Option<usize> {
+    let n = set.endpoints.len();
+    // Usually the first draw is usable. When it is not, a draw among the
+    // usable ones: each then has 1/n + (n - u)/n × 1/u = 1/u of the picks.
+    let first = fastrand::usize(..n);
+    if filter.ok(set, first) {
+        return Some(first);
+    }
+    let usable = (0..n).filter(|&i| filter.ok(set, i)).count();
+    if usable == 0 {
+        return None;
+    }
+    (0..n)
+        .filter(|&i| filter.ok(set, i))
+        .nth(fastrand::usize(..usable))
+}
+
+/// The next usable turn of the schedule. The turns skipped on the way are
+/// used up too, so that the picks go through the usable turns in order:
+/// an unusable endpoint's turns are spread over the others by their
+/// weights, not all handed to the one after it.
 fn round_robin(set: &EndpointSet, cursor: &Cursor, filter: &Filter<'_>) -> Option<usize> {
     let len = set.schedule.len();
     let start = cursor.next.fetch_add(1, Ordering::Relaxed);
-    (0..len)
-        .map(|k| set.schedule[(start + k) % len] as usize)
-        .find(|&i| filter.ok(set, i))
+    let skipped = (0..len).find(|&k| filter.ok(set, set.schedule[(start + k) % len] as usize))?;
+    if skipped > 0 {
+        cursor.next.fetch_add(skipped, Ordering::Relaxed);
+    }
+    Some(set.schedule[(start + skipped) % len] as usize)
 }
 
 fn least_request(set: &EndpointSet, filter: &Filter<'_>) -> Option<usize> {
@@ -287,6 +309,59 @@ mod tests {
                 pick(&s, Balance::LeastRequest, &Cursor::default(), None, &f),
                 Some(1)
             );
+        }
+    }
+
+    #[test]
+    fn round_robin_spreads_unusable_turns_over_the_others_by_weight() {
+        let c = Cursor::default();
+        // The last two of five unusable: not a b c a a (the first after
+        // them taking their turns) but a b c a b c.
+        let s = set(&[1, 1, 1, 1, 1], Balance::RoundRobin);
+        let usable = |e: &Endpoint| !matches!(e.authority.host(), "10.0.0.4" | "10.0.0.5");
+        let f = Filter {
+            usable: &usable,
+            tried: &[],
+        };
+        let picks: Vec<usize> = (0..9)
+            .map(|_| pick(&s, Balance::RoundRobin, &c, None, &f).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0, 1, 2]);
+        // Weights 5, 1, 1 with the third unusable: 5 to 1, as the weights
+        // of the usable ones say (not 6 to 1).
+        let s = set(&[5, 1, 1], Balance::RoundRobin);
+        let c = Cursor::default();
+        let usable = |e: &Endpoint| e.authority.host() != "10.0.0.3";
+        let f = Filter {
+            usable: &usable,
+            tried: &[],
+        };
+        let picks: Vec<usize> = (0..12)
+            .map(|_| pick(&s, Balance::RoundRobin, &c, None, &f).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn random_is_even_over_the_usable_endpoints() {
+        // Seeded: the same draws every run.
+        fastrand::seed(7);
+        let s = set(&[1, 1, 1, 1, 1], Balance::Random);
+        let c = Cursor::default();
+        // The last two are unusable: their share goes to all three others
+        // alike, not to the first one after them.
+        let usable = |e: &Endpoint| !matches!(e.authority.host(), "10.0.0.4" | "10.0.0.5");
+        let f = Filter {
+            usable: &usable,
+            tried: &[],
+        };
+        let mut counts = [0u32; 5];
+        for _ in 0..30_000 {
+            counts[pick(&s, Balance::Random, &c, None, &f).unwrap()] += 1;
+        }
+        assert_eq!(counts[3..], [0, 0]);
+        for n in &counts[..3] {
+            assert!((9_000..11_000).contains(n), "{counts:?}");
         }
     }
 
