@@ -104,9 +104,10 @@ impl FileWatcher {
     }
 
     /// Stops watching: no reload starts from now on, and one in progress
-    /// is finished (activated and written to the data directory, or
-    /// refused) before this returns, so what the data directory describes
-    /// is what ran.
+    /// ends before this returns: applied whole (activated and written to
+    /// the data directory), or refused, which is what a shutdown makes of
+    /// it ([`Live::abandon_builds`]); the data directory describes what ran
+    /// either way.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {

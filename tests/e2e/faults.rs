@@ -82,12 +82,22 @@ async fn a_loop_does_not_stall_other_requests() {
     let spinner = tokio::spawn(async move { get(addr, "/", &[("x-fault", "loop")]).await });
     // The spinning request is in the gateway (it holds one of the two
     // worker threads from here until its budget runs out).
-    wasmgate_tests::within("the spinning request to arrive", async {
-        while wasmgate_tests::metric(&gw.metrics_text(), "wasmgate_active_requests") != Some(1.0) {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let deadline = std::time::Instant::now() + wasmgate_tests::HANG_GUARD;
+    loop {
+        let in_flight = wasmgate_tests::metric(&gw.metrics_text(), "wasmgate_active_requests");
+        if in_flight == Some(1.0) {
+            break;
         }
-    })
-    .await;
+        assert!(
+            !spinner.is_finished(),
+            "the spinning request ended before it was seen in flight"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spinning request was never seen in flight (hung; requests in flight: {in_flight:?})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     // Requests through the same filter and route are served meanwhile.
     let normal: Vec<_> = (0..8)
         .map(|_| tokio::spawn(async move { get(addr, "/", &[]).await }))

@@ -563,7 +563,7 @@ async fn a_config_kept_from_the_api_is_not_replaced_by_the_file_at_start() {
 }
 
 #[tokio::test]
-async fn a_reload_under_way_at_shutdown_is_finished_and_kept() {
+async fn a_reload_under_way_at_shutdown_leaves_the_data_directory_describing_what_ran() {
     let up = Upstream::start("u").await;
     let dir = fresh_dir("stop");
     let module = dir.join("v.wasm");
@@ -594,13 +594,16 @@ async fn a_reload_under_way_at_shutdown_is_finished_and_kept() {
     let live = gw.live().clone();
     gw.shutdown().await;
 
-    // The reload was finished, not abandoned: it is active, and the data
-    // directory describes what was active.
+    // A shutdown abandons a build still running (faults.rs shows it with a
+    // filter that blocks in init); one that got as far as committing was
+    // applied whole. Either way the data directory describes what was
+    // active when the gateway stopped, never a version it did not run.
     let report = live.filters_report();
-    assert_eq!(report["filters"][0]["version"], 2, "{report}");
+    let ran = report["filters"][0]["version"].clone();
+    assert!(ran == 1 || ran == 2, "{report}");
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap()).unwrap();
-    assert_eq!(saved["filters"]["v"]["current"], 2, "{saved}");
+    assert_eq!(saved["filters"]["v"]["current"], ran, "{saved}");
 }
 
 #[tokio::test]
