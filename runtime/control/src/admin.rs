@@ -1,0 +1,469 @@
+//! The admin listener: health, readiness and Prometheus metrics, plus the
+//! management API (routes, clusters with health, filters with versions;
+//! uploading a filter module; getting, replacing and reloading the config),
+//! on its own address, loopback by default. `docs/admin-api.yaml` is its
+//! OpenAPI description.
+//!
+//! A bearer token from the config protects everything except `/health`,
+//! `/ready` and `/metrics` (and `/metrics` too with `protect_metrics`). The
+//! gateway refuses to start an admin listener on a non-loopback address
+//! without a token. Errors use the standard error format.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::live::{Live, MAX_MODULE_SIZE, SwapError};
+use wasmgate_config::AdminConfig;
+use wasmgate_proxy::body::{self, ProxyBody};
+use wasmgate_proxy::error::GatewayError;
+use wasmgate_proxy::proxy::RouteTarget;
+
+/// Largest config document accepted by `PUT /config`.
+const MAX_CONFIG_SIZE: usize = 4 << 20;
+
+/// What the admin endpoints read.
+#[derive(Debug)]
+pub struct AdminState {
+    pub(crate) config: AdminConfig,
+    pub(crate) live: Arc<Live>,
+    /// False while starting and once draining: `/ready` answers 503.
+    pub(crate) ready: AtomicBool,
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Compares without an early exit, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+impl AdminState {
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.config.token else {
+            return true;
+        };
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+    }
+
+    /// Answers one admin request: the management API's changes first, the
+    /// read-only endpoints below.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let path = req.uri().path().to_owned();
+        let change = match (req.method(), path.as_str()) {
+            (&Method::PUT, "/config") | (&Method::POST, "/config/reload") => true,
+            (m, p) => filter_target(p).is_some_and(|(_, action)| {
+                matches!(
+                    (m, action),
+                    (&Method::PUT, "module" | "canary")
+                        | (&Method::POST, "activate" | "promote" | "rollback")
+                )
+            }),
+        };
+        if !change || !self.authorized(&req) {
+            return self.read(&req);
+        }
+        match (req.method().clone(), path.as_str()) {
+            (Method::POST, "/config/reload") => {
+                self.apply(
+                    wasmgate_config::Config::load(self.live.file()),
+                    crate::live::Origin::File,
+                )
+                .await
+            }
+            (_, "/config") => {
+                let current = self.live.config();
+                let body = match body::collect(req.into_body(), MAX_CONFIG_SIZE).await {
+                    Ok(k) => k.data,
+                    Err(e) => return body_error(e, MAX_CONFIG_SIZE),
+                };
+                let Ok(text) = std::str::from_utf8(&body) else {
+                    return GatewayError::bad_request("the config must be UTF-8 TOML")
+                        .into_response(None);
+                };
+                self.apply(
+                    wasmgate_config::Config::parse(text, "PUT /config", &current.base),
+                    crate::live::Origin::Api,
+                )
+                .await
+            }
+            _ => {
+                let Some((name, action)) = filter_target(&path) else {
+                    return self.read(&req);
+                };
+                let (name, action) = (name.to_owned(), action.to_owned());
+                let result = match action.as_str() {
+                    "module" => {
+                        let activate = match activate_param(req.uri().query()) {
+                            Ok(a) => a,
+                            Err(m) => return GatewayError::bad_request(m).into_response(None),
+                        };
+                        let expected = req
+                            .headers()
+                            .get("x-wasmgate-sha256")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        let bytes = match body::collect(req.into_body(), MAX_MODULE_SIZE).await {
+                            Ok(k) => Vec::from(k.data),
+                            Err(e) => return body_error(e, MAX_MODULE_SIZE),
+                        };
+                        self.live
+                            .upload_module(&name, bytes, expected.as_deref(), activate)
+                            .await
+                    }
+                    "activate" => match read_json::<VersionBody>(req).await {
+                        Ok(b) => self.live.activate_version(&name, b.version).await,
+                        Err(resp) => return resp,
+                    },
+                    "canary" => match read_json::<wasmgate_proxy::canary::CanarySpec>(req).await {
+                        Ok(spec) => self.live.start_canary(&name, spec).await,
+                        Err(resp) => return resp,
+                    },
+                    "promote" => self.live.promote(&name).await,
+                    _ => self.live.rollback(&name).await,
+                };
+                match result {
+                    Ok(report) => json(StatusCode::OK, report),
+                    Err(e) => swap_error(e),
+                }
+            }
+        }
+    }
+
+    async fn apply(
+        &self,
+        parsed: Result<wasmgate_config::Config, wasmgate_config::ConfigErrors>,
+        origin: crate::live::Origin,
+    ) -> Response<ProxyBody> {
+        let summary = parsed.as_ref().ok().map(|config| {
+            serde_json::json!({
+                "status": "applied",
+                "routes": config.routes.len(),
+                "clusters": config.clusters.len(),
+                "filters": config.filters.len(),
+            })
+        });
+        match self.live.apply_parsed(parsed, origin).await {
+            Ok(()) => json(StatusCode::OK, summary.unwrap_or_default()),
+            Err(e) => config_errors(e),
+        }
+    }
+
+    /// The read-only endpoints (and the refusals).
+    fn read(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        let path = req.uri().path();
+        let public = matches!(path, "/health" | "/ready")
+            || (path == "/metrics" && !self.config.protect_metrics);
+        if !public && !self.authorized(req) {
+            let mut resp = GatewayError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the admin API needs `Authorization: Bearer <token>`",
+            )
+            .into_response(None);
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+        let proxy = self.live.proxy();
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return GatewayError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on {path}", req.method()),
+            )
+            .into_response(None);
+        }
+        match path {
+            "/health" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            "/ready" => {
+                if self.ready.load(Ordering::Relaxed) {
+                    json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+                } else {
+                    json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({"status": "not ready"}),
+                    )
+                }
+            }
+            "/metrics" => {
+                self.live.sample_metrics();
+                let mut resp = Response::new(body::full(Bytes::from(proxy.metrics_text())));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                resp
+            }
+            "/routes" => {
+                let routes: Vec<serde_json::Value> = proxy
+                    .routes()
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "name": &*r.name,
+                            "target": match &r.target {
+                                RouteTarget::Cluster(c) => serde_json::json!({ "cluster": &**c.name() }),
+                                RouteTarget::Split(s) => serde_json::json!({ "split": s.describe() }),
+                                RouteTarget::Redirect(rd) => serde_json::json!({ "redirect": rd.status }),
+                                RouteTarget::Respond(rs) => serde_json::json!({ "respond": rs.status }),
+                            },
+                            "filters": r.chain.iter().map(|f| {
+                                let arm = |a: &wasmgate_proxy::chain::Arm| {
+                                    let stats = a.pool.stats();
+                                    serde_json::json!({
+                                        "version": a.version,
+                                        "sha256": a.pool.module().sha256(),
+                                        "idle_instances": stats.idle,
+                                        "instances_created": stats.created,
+                                        "instances_discarded": stats.discarded,
+                                    })
+                                };
+                                let mut v = arm(&f.stable);
+                                v["name"] = serde_json::json!(&**f.name());
+                                v["canary"] = f.canary.as_ref().map(|(_, a)| arm(a)).into();
+                                v
+                            }).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                json(StatusCode::OK, serde_json::json!({ "routes": routes }))
+            }
+            "/clusters" => {
+                let mut clusters: Vec<_> = proxy.clusters.values().collect();
+                clusters.sort_by(|a, b| a.name().cmp(b.name()));
+                let clusters: Vec<serde_json::Value> =
+                    clusters.iter().map(|c| c.health_report()).collect();
+                json(StatusCode::OK, serde_json::json!({ "clusters": clusters }))
+            }
+            "/filters" => json(StatusCode::OK, self.live.filters_report()),
+            p if p
+                .strip_prefix("/filters/")
+                .is_some_and(|n| !n.contains('/')) =>
+            {
+                let name = &p["/filters/".len()..];
+                match self.live.filter_report(name) {
+                    serde_json::Value::Null => {
+                        swap_error(SwapError::UnknownFilter(name.to_owned()))
+                    }
+                    report => json(StatusCode::OK, report),
+                }
+            }
+            "/config" => {
+                let mut resp =
+                    Response::new(body::full(Bytes::from(self.live.config().text.clone())));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/toml"),
+                );
+                resp
+            }
+            _ => GatewayError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no admin endpoint {path}"),
+            )
+            .into_response(None),
+        }
+    }
+}
+
+/// Serves the admin API until `shutdown` becomes true.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = state.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(state.handle(req).await) }
+                });
+                tokio::spawn(async move {
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// `400 invalid_config` with every error and its key path.
+fn config_errors(e: wasmgate_config::ConfigErrors) -> Response<ProxyBody> {
+    let errors: Vec<_> = e
+        .errors
+        .iter()
+        .map(|e| serde_json::json!({ "path": e.path, "message": e.message }))
+        .collect();
+    let mut resp = json(
+        StatusCode::BAD_REQUEST,
+        serde_json::json!({
+            "status": 400,
+            "code": "invalid_config",
+            "message": format!("{} error(s) in {}; the running config is unchanged", errors.len(), e.source),
+            "errors": errors,
+        }),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn swap_error(e: SwapError) -> Response<ProxyBody> {
+    let (status, code) = match &e {
+        SwapError::UnknownFilter(_) => (StatusCode::NOT_FOUND, "unknown_filter"),
+        SwapError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "module_too_large"),
+        SwapError::Digest { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "digest_mismatch"),
+        SwapError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_module"),
+        SwapError::UnknownVersion { .. } => (StatusCode::NOT_FOUND, "unknown_version"),
+        SwapError::Conflict(_) => (StatusCode::CONFLICT, "nothing_to_do"),
+        SwapError::BadCanary(_) => (StatusCode::BAD_REQUEST, "invalid_canary"),
+        SwapError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "data_dir_unwritable"),
+        SwapError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        SwapError::Pending => (StatusCode::SERVICE_UNAVAILABLE, "taking_over"),
+    };
+    let mut value = serde_json::json!({
+        "status": status.as_u16(),
+        "code": code,
+        "message": format!("{e}; nothing changed"),
+    });
+    if let SwapError::Invalid(errors) = &e {
+        value["errors"] = errors
+            .errors
+            .iter()
+            .map(|e| serde_json::json!({ "path": e.path, "message": e.message }))
+            .collect();
+    }
+    json(status, value)
+}
+
+fn body_error(e: body::FirstFrameError, limit: usize) -> Response<ProxyBody> {
+    match e {
+        body::FirstFrameError::TooLarge => GatewayError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_body_too_large",
+            format!("the body is larger than {limit} bytes"),
+        ),
+        body::FirstFrameError::Invalid(why) => {
+            GatewayError::bad_request(format!("the body could not be read: {why}"))
+        }
+    }
+    .into_response(None)
+}
+
+/// The filter name and action in `/filters/NAME/ACTION`.
+fn filter_target(path: &str) -> Option<(&str, &str)> {
+    let (name, action) = path.strip_prefix("/filters/")?.split_once('/')?;
+    (!name.is_empty() && !action.is_empty() && !action.contains('/')).then_some((name, action))
+}
+
+/// `?activate=false` on an upload: store the version without activating it.
+fn activate_param(query: Option<&str>) -> Result<bool, String> {
+    let mut activate = true;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match (&*k, &*v) {
+            ("activate", "true") => activate = true,
+            ("activate", "false") => activate = false,
+            ("activate", other) => {
+                return Err(format!("`activate` is true or false, not {other:?}"));
+            }
+            (other, _) => return Err(format!("unknown query parameter {other:?}")),
+        }
+    }
+    Ok(activate)
+}
+
+/// `{"version": N}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionBody {
+    version: u64,
+}
+
+/// A small JSON body, or the `400` that says what is wrong with it.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, Response<ProxyBody>> {
+    const LIMIT: usize = 64 << 10;
+    let data = body::collect(req.into_body(), LIMIT)
+        .await
+        .map_err(|e| body_error(e, LIMIT))?
+        .data;
+    serde_json::from_slice(&data).map_err(|e| {
+        GatewayError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not the JSON this endpoint takes: {e}"),
+        )
+        .into_response(None)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{activate_param, filter_target};
+
+    #[test]
+    fn filter_paths_name_one_filter_and_one_action() {
+        assert_eq!(
+            filter_target("/filters/jwt/module"),
+            Some(("jwt", "module"))
+        );
+        assert_eq!(
+            filter_target("/filters/jwt/canary"),
+            Some(("jwt", "canary"))
+        );
+        for bad in [
+            "/filters/module",
+            "/filters//module",
+            "/filters/a/b/module",
+            "/filters/x",
+            "/filters/x/",
+        ] {
+            assert_eq!(filter_target(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn upload_query_is_checked() {
+        assert_eq!(activate_param(None), Ok(true));
+        assert_eq!(activate_param(Some("activate=false")), Ok(false));
+        assert!(activate_param(Some("activate=no")).is_err());
+        assert!(activate_param(Some("canary=10")).is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! wasmgate's control plane: how a running gateway changes. It builds
+//! generations of the data plane from a config and the filter store
+//! ([`live`]), keeps that store and the config across restarts ([`store`]),
+//! follows watched files ([`watch`]), serves the management API ([`admin`]),
+//! and assembles a gateway ([`gateway`]).
+//!
+//! It depends on everything below it (the configuration, the filter engine,
+//! the data plane); nothing there names it.
+
+pub mod admin;
+pub mod gateway;
+pub mod live;
+pub mod store;
+pub mod watch;
+
+pub use gateway::{Gateway, RunningGateway};

@@ -1,0 +1,619 @@
+//! The filter engine: the only part of the host that touches wasmtime.
+//!
+//! - [`FilterEngine`] owns the one `wasmtime::Engine` (component model, pooling
+//!   allocator, epoch interruption), the `Linker` with WASI and the host imports,
+//!   and the epoch ticker thread that enforces CPU budgets.
+//! - [`FilterModule`] is a compiled, pre-linked component (`InstancePre`): a
+//!   filter is compiled once at load, never per request.
+//! - [`FilterInstance`] is one instance in its own `Store`, with a memory cap and
+//!   a per-call CPU deadline. A trap, a blown CPU budget or the memory cap fails
+//!   the call with a [`FilterFailure`]; the instance is then dropped.
+//!
+//! - [`InstancePool`] reuses instances, one call at a time each, per (filter
+//!   version, route config); see `pool.rs`.
+
+mod bindings;
+mod cache;
+mod host;
+mod pool;
+pub mod services;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+use bindings::{Plugin, PluginPre};
+pub use bindings::{wit, wit_outbound};
+use cache::CompileCache;
+pub use cache::{CacheOutcome, sha256_hex};
+pub use host::CallSite;
+use host::HostState;
+pub use pool::{InstancePool, PoolPolicy, PoolStats};
+
+use wasmgate_config::EngineConfig;
+
+/// Why a filter module could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not WebAssembly, a core module, or an invalid component.
+    #[error("{path}: {reason}")]
+    NotAComponent {
+        /// The file.
+        path: String,
+        /// What it is instead.
+        reason: String,
+    },
+    /// A valid component that does not fit the host: wrong exports or imports
+    /// the host does not provide.
+    #[error("{path}: does not implement the wasmgate:filter@0.1 contract: {reason}")]
+    Contract {
+        /// The file.
+        path: String,
+        /// What is missing or mismatched.
+        reason: String,
+    },
+}
+
+/// How a filter call failed. Each one fails only the request it served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FilterFailure {
+    /// The guest trapped (panic, unreachable, stack overflow, ...).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The call ran past its CPU budget and was interrupted.
+    #[error("exceeded its CPU budget of {0:?}")]
+    CpuBudget(Duration),
+    /// The instance tried to grow its memory past the cap.
+    #[error("exceeded its memory limit of {0} bytes")]
+    Memory(u64),
+    /// `init` returned an error for this route's config.
+    #[error("rejected its config: {0}")]
+    Init(String),
+    /// No instance could be created (e.g. every pooling slot is in use).
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
+    /// The filter returned something the host cannot apply.
+    #[error("returned an invalid decision: {0}")]
+    InvalidDecision(String),
+    /// Every instance of the route's pool stayed busy for the whole wait.
+    #[error("had no free instance: all {size} were busy for {waited:?}")]
+    PoolExhausted {
+        /// The pool's size.
+        size: usize,
+        /// How long the call waited.
+        waited: Duration,
+    },
+    /// The call took longer than its wall-clock budget (host calls included).
+    #[error("exceeded its wall-clock budget of {0:?}")]
+    WallClock(Duration),
+    /// The filter failed too often in a row and is benched for a while (the
+    /// time left; zero while its trial call runs); calls fail at once
+    /// without running it.
+    #[error("is quarantined after failing repeatedly (next try in {0:?})")]
+    Quarantined(Duration),
+}
+
+impl FilterFailure {
+    /// A short machine-readable code for error bodies, logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FilterFailure::Trap(_) => "filter_trap",
+            FilterFailure::CpuBudget(_) => "filter_cpu_budget",
+            FilterFailure::Memory(_) => "filter_memory_limit",
+            FilterFailure::Init(_) => "filter_init_failed",
+            FilterFailure::Instantiate(_) => "filter_unavailable",
+            FilterFailure::InvalidDecision(_) => "filter_invalid_decision",
+            FilterFailure::PoolExhausted { .. } => "filter_pool_exhausted",
+            FilterFailure::WallClock(_) => "filter_wall_clock",
+            FilterFailure::Quarantined(_) => "filter_quarantined",
+        }
+    }
+}
+
+/// Per-filter limits, from `[filters.NAME]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Linear memory cap per instance.
+    pub memory: u64,
+    /// CPU time per call.
+    pub cpu: Duration,
+    /// Wall-clock time per entry into the guest: instantiation with `init`,
+    /// and each call. It bounds what the CPU deadline cannot reach, a guest
+    /// blocked inside a host call (a WASI sleep or poll, say).
+    pub wall: Duration,
+}
+
+/// The shared wasmtime engine, linker and epoch ticker.
+pub struct FilterEngine {
+    engine: Engine,
+    linker: Linker<HostState>,
+    tick: Duration,
+    ticker_stop: Arc<AtomicBool>,
+    cache: Option<CompileCache>,
+    services: Arc<services::HostServices>,
+    live: dashmap::DashMap<Arc<str>, Arc<LiveCounts>>,
+    /// The most recently compiled components by sha256, most recent first:
+    /// loading the same bytes again (a swap back to an earlier build, a
+    /// filter whose settings changed) does not compile them again.
+    recent: std::sync::Mutex<std::collections::VecDeque<(String, wasmtime::component::Component)>>,
+}
+
+/// Compiled components kept by [`FilterEngine`] for reuse.
+const RECENT_COMPONENTS: usize = 8;
+
+impl std::fmt::Debug for FilterEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilterEngine")
+            .field("tick", &self.tick)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FilterEngine {
+    /// Creates the engine and starts its epoch ticker thread.
+    pub fn new(config: &EngineConfig) -> anyhow::Result<FilterEngine> {
+        let n = config.max_instances;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .total_memories(n)
+            .total_tables(n.saturating_mul(8))
+            .total_stacks(n)
+            .max_memory_size(config.max_memory as usize)
+            .max_core_instances_per_component(32)
+            .max_tables_per_component(32)
+            .max_memories_per_component(4);
+        let mut wasm = wasmtime::Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)
+            .map_err(|e| anyhow::anyhow!("cannot create the filter engine: {e:#}"))?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
+        Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("cannot link host imports: {e:#}"))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let tick = config.epoch_tick;
+        {
+            let engine = engine.weak();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("wasmgate-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        match engine.upgrade() {
+                            Some(engine) => engine.increment_epoch(),
+                            None => break,
+                        }
+                    }
+                })
+                .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker: {e}"))?;
+        }
+        let cache = config.cache_dir.as_deref().and_then(|dir| {
+            CompileCache::open(dir, &engine)
+                .inspect_err(|e| {
+                    tracing::warn!(dir = %dir.display(), "compile cache disabled: cannot create it: {e}")
+                })
+                .ok()
+        });
+        Ok(FilterEngine {
+            engine,
+            linker,
+            tick,
+            ticker_stop,
+            cache,
+            services: Arc::default(),
+            live: dashmap::DashMap::new(),
+            recent: std::sync::Mutex::default(),
+        })
+    }
+
+    /// A component compiled from bytes with this digest not long ago.
+    fn recent_component(&self, sha256: &str) -> Option<wasmtime::component::Component> {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let i = recent.iter().position(|(s, _)| s == sha256)?;
+        let entry = recent.remove(i)?;
+        let component = entry.1.clone();
+        recent.push_front(entry);
+        Some(component)
+    }
+
+    /// Keeps `component` among the [`RECENT_COMPONENTS`] most recent.
+    fn remember_component(&self, sha256: &str, component: &wasmtime::component::Component) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.front().is_some_and(|(s, _)| s == sha256) {
+            return;
+        }
+        recent.push_front((sha256.to_owned(), component.clone()));
+        recent.truncate(RECENT_COMPONENTS);
+    }
+
+    /// Live versions and instances of each filter name ever loaded.
+    pub fn live_counts(&self) -> Vec<(Arc<str>, Arc<LiveCounts>)> {
+        self.live
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
+    /// The state the host keeps for filters (`kv`, `rate-limit`).
+    pub fn services(&self) -> &Arc<services::HostServices> {
+        &self.services
+    }
+
+    /// Reads, compiles and pre-links a filter component. The returned module is
+    /// ready to instantiate; nothing is compiled later.
+    pub fn load(&self, name: &str, path: &Path, limits: Limits) -> Result<FilterModule, LoadError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        self.load_bytes(name, &shown, &bytes, limits)
+    }
+
+    /// Like [`FilterEngine::load`], from bytes; `origin` names them in errors.
+    pub fn load_bytes(
+        &self,
+        name: &str,
+        origin: &str,
+        bytes: &[u8],
+        limits: Limits,
+    ) -> Result<FilterModule, LoadError> {
+        let not_component = |reason: String| LoadError::NotAComponent {
+            path: origin.to_owned(),
+            reason,
+        };
+        check_component_header(bytes).map_err(not_component)?;
+        let sha256 = sha256_hex(bytes);
+        let started = std::time::Instant::now();
+        let recent = self.recent_component(&sha256);
+        let compiled = match (recent, &self.cache) {
+            (Some(c), _) => Ok((c, CacheOutcome::Memory)),
+            (None, Some(cache)) => cache.load_or_compile(&self.engine, bytes, &sha256),
+            (None, None) => {
+                cache::compile(&self.engine, bytes).map(|c| (c, CacheOutcome::Disabled))
+            }
+        };
+        let (component, outcome) = compiled
+            .map_err(|e| not_component(format!("not a valid WebAssembly component: {e:#}")))?;
+        self.remember_component(&sha256, &component);
+        tracing::info!(
+            filter = name,
+            sha256 = &sha256[..16],
+            cache = ?outcome,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "filter module loaded"
+        );
+        let contract = |e: wasmtime::Error| LoadError::Contract {
+            path: origin.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(contract)?;
+        let pre = PluginPre::new(instance_pre).map_err(contract)?;
+        let live = self.live.entry(Arc::from(name)).or_default().clone();
+        live.versions.fetch_add(1, Ordering::Relaxed);
+        Ok(FilterModule {
+            name: Arc::from(name),
+            sha256,
+            grants: services::Grants::new(name, self.services.clone()),
+            pre,
+            limits,
+            tick: self.tick,
+            live,
+        })
+    }
+}
+
+impl Drop for FilterEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Tells a core module or a non-WebAssembly file from a component before
+/// handing it to the compiler, for a message that says what to do.
+fn check_component_header(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err("not a WebAssembly file (no \\0asm header)".into());
+    }
+    // Bytes 4..6 are the version, 6..8 the layer: 0 = core module, 1 = component.
+    match (bytes[6], bytes[7]) {
+        (0, 0) => Err(
+            "is a core WebAssembly module, not a component; build the filter for \
+                       wasm32-wasip2 or wrap it with `wasm-tools component new`"
+                .into(),
+        ),
+        (1, 0) => Ok(()),
+        _ => Err("unknown WebAssembly layer (neither a core module nor a component)".into()),
+    }
+}
+
+/// A compiled, pre-linked filter component.
+pub struct FilterModule {
+    name: Arc<str>,
+    sha256: String,
+    grants: services::Grants,
+    pre: PluginPre<HostState>,
+    limits: Limits,
+    tick: Duration,
+    live: Arc<LiveCounts>,
+}
+
+/// How many versions (loaded modules) and instances of one filter name are
+/// alive: an old version is freed once no request, pool or config uses it,
+/// and these say whether that happened.
+#[derive(Debug, Default)]
+pub struct LiveCounts {
+    /// `FilterModule`s alive.
+    pub versions: std::sync::atomic::AtomicI64,
+    /// `FilterInstance`s alive (idle in a pool or serving a call).
+    pub instances: std::sync::atomic::AtomicI64,
+}
+
+impl Drop for FilterModule {
+    fn drop(&mut self) {
+        self.live.versions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl FilterModule {
+    /// Sets what the filter may use: its `kv` quota, `config` values and
+    /// outbound calls.
+    pub fn grant(
+        &mut self,
+        kv_quota: usize,
+        vars: std::collections::HashMap<String, String>,
+        outbound: Option<services::OutboundGrant>,
+    ) {
+        self.grants.kv_quota = kv_quota;
+        self.grants.vars = Arc::new(vars);
+        self.grants.outbound = outbound;
+    }
+}
+
+impl std::fmt::Debug for FilterModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilterModule")
+            .field("name", &self.name)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl FilterModule {
+    /// The filter's name in the config.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Hex SHA-256 of the component's bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The filter's limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Epoch ticks that cover the CPU budget. One extra tick because the
+    /// current tick is already partly over when a call starts.
+    fn deadline_ticks(&self) -> u64 {
+        let tick = self.tick.as_nanos().max(1);
+        (self.limits.cpu.as_nanos().div_ceil(tick) as u64).max(1) + 1
+    }
+
+    /// Creates an instance for `route` and runs its `init` with `config_json`,
+    /// within the filter's wall-clock budget.
+    pub async fn instantiate(
+        &self,
+        route: &Arc<str>,
+        config_json: &str,
+    ) -> Result<FilterInstance, FilterFailure> {
+        self.started(route, config_json)
+            .await
+            .map(|(instance, _)| instance)
+    }
+
+    /// Creates an instance, runs `init`, and returns what the filter declared,
+    /// within the filter's wall-clock budget. Used at load to validate a
+    /// route's config and learn the filter's needs.
+    pub async fn probe(
+        &self,
+        route: &Arc<str>,
+        config_json: &str,
+    ) -> Result<wit::FilterInfo, FilterFailure> {
+        self.started(route, config_json).await.map(|(_, info)| info)
+    }
+
+    /// A new instance past its `init`. Both run guest code, which the CPU
+    /// deadline bounds only while it runs: a guest blocked in a host call
+    /// (a WASI sleep) is stopped by the wall-clock budget instead.
+    async fn started(
+        &self,
+        route: &Arc<str>,
+        config_json: &str,
+    ) -> Result<(FilterInstance, wit::FilterInfo), FilterFailure> {
+        let wall = self.limits.wall;
+        let started = tokio::time::timeout(wall, async {
+            let mut instance = self.new_instance(route).await?;
+            let info = instance.init(config_json).await?;
+            Ok((instance, info))
+        });
+        started.await.unwrap_or(Err(FilterFailure::WallClock(wall)))
+    }
+
+    async fn new_instance(&self, route: &Arc<str>) -> Result<FilterInstance, FilterFailure> {
+        let site = CallSite {
+            filter: self.name.clone(),
+            route: route.clone(),
+        };
+        let mut store = Store::new(
+            self.pre.engine(),
+            HostState::new(site, self.limits.memory, self.grants.clone()),
+        );
+        store.limiter(|s| &mut s.limiter);
+        // The epoch ticks in wall-clock time, but time spent awaiting a host
+        // call (an outbound request) is not the guest's CPU time. When the
+        // deadline is reached, the CPU time actually used is computed (time
+        // since the call began, less the time waited); past the budget the
+        // call is interrupted, otherwise the deadline moves to what is left
+        // of the budget. `Yield` hands the thread back to the executor on
+        // the way, so the wall-clock limit can end a call that waited long.
+        let (tick, budget) = (self.tick.max(Duration::from_micros(1)), self.limits.cpu);
+        store.epoch_deadline_callback(move |ctx| {
+            let used = ctx.data().call.cpu_used();
+            if used >= budget {
+                return Err(Trap::Interrupt.into());
+            }
+            let left = (budget - used).as_nanos().div_ceil(tick.as_nanos());
+            Ok(wasmtime::UpdateDeadline::Yield(
+                u64::try_from(left).unwrap_or(u64::MAX).max(1),
+            ))
+        });
+        store.set_epoch_deadline(self.deadline_ticks());
+        // Instantiation runs guest code (start functions): under the budget.
+        store.data_mut().call.begin(None, 0);
+        let plugin = match self.pre.instantiate_async(&mut store).await {
+            Ok(p) => p,
+            Err(e) => return Err(classify(&store, e, self.limits, FilterFailure::Instantiate)),
+        };
+        self.live.instances.fetch_add(1, Ordering::Relaxed);
+        Ok(FilterInstance {
+            store,
+            plugin,
+            limits: self.limits,
+            ticks: self.deadline_ticks(),
+            uses: 0,
+            live: self.live.clone(),
+        })
+    }
+}
+
+/// Names why a call into a store failed. `not_a_trap` builds the failure for
+/// an error that is not a guest trap (it differs between instantiation and
+/// calls).
+fn classify(
+    store: &Store<HostState>,
+    e: wasmtime::Error,
+    limits: Limits,
+    not_a_trap: fn(String) -> FilterFailure,
+) -> FilterFailure {
+    if store.data().limiter.exceeded {
+        return FilterFailure::Memory(limits.memory);
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => FilterFailure::CpuBudget(limits.cpu),
+        Some(Trap::StackOverflow) => FilterFailure::Trap("stack overflow".into()),
+        Some(_) => FilterFailure::Trap(format!("{e:#}")),
+        None => not_a_trap(format!("{e:#}")),
+    }
+}
+
+/// One live instance of a filter in its own store.
+pub struct FilterInstance {
+    store: Store<HostState>,
+    plugin: Plugin,
+    limits: Limits,
+    ticks: u64,
+    uses: u64,
+    live: Arc<LiveCounts>,
+}
+
+impl Drop for FilterInstance {
+    fn drop(&mut self) {
+        self.live.instances.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl FilterInstance {
+    /// Calls served (`on-request` and `on-response` each count).
+    pub fn uses(&self) -> u64 {
+        self.uses
+    }
+
+    /// Current size of the instance's linear memory in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.store.data().limiter.current as u64
+    }
+
+    fn classify(&self, e: wasmtime::Error) -> FilterFailure {
+        // A host-side error during a call (e.g. from a WASI import) still
+        // fails the guest's call: report it as a trap.
+        classify(&self.store, e, self.limits, FilterFailure::Trap)
+    }
+
+    async fn init(&mut self, config_json: &str) -> Result<wit::FilterInfo, FilterFailure> {
+        self.store.data_mut().call.begin(None, 0);
+        self.store.set_epoch_deadline(self.ticks);
+        let exports = self.plugin.wasmgate_filter_filter();
+        match exports.call_init(&mut self.store, config_json).await {
+            Ok(Ok(info)) => Ok(info),
+            Ok(Err(message)) => Err(FilterFailure::Init(message)),
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
+    /// Calls `on-request`. `outbound_used` counts the filter's outbound
+    /// calls for this request, before and after.
+    pub async fn on_request(
+        &mut self,
+        req: &wit::Request,
+        outbound_used: &mut u32,
+    ) -> Result<wit::RequestDecision, FilterFailure> {
+        self.uses += 1;
+        self.store
+            .data_mut()
+            .call
+            .begin(Some(&req.meta.request_id), *outbound_used);
+        self.store.set_epoch_deadline(self.ticks);
+        let exports = self.plugin.wasmgate_filter_filter();
+        let result = exports
+            .call_on_request(&mut self.store, req)
+            .await
+            .map_err(|e| self.classify(e));
+        *outbound_used = self.store.data().call.outbound_used;
+        result
+    }
+
+    /// Calls `on-response`.
+    pub async fn on_response(
+        &mut self,
+        req: &wit::Request,
+        resp: &wit::Response,
+        context: Option<&[u8]>,
+        outbound_used: &mut u32,
+    ) -> Result<wit::ResponseDecision, FilterFailure> {
+        self.uses += 1;
+        self.store
+            .data_mut()
+            .call
+            .begin(Some(&req.meta.request_id), *outbound_used);
+        self.store.set_epoch_deadline(self.ticks);
+        let exports = self.plugin.wasmgate_filter_filter();
+        let result = exports
+            .call_on_response(&mut self.store, req, resp, context)
+            .await
+            .map_err(|e| self.classify(e));
+        *outbound_used = self.store.data().call.outbound_used;
+        result
+    }
+}

@@ -1,0 +1,596 @@
+//! Host services behind the `kv`, `rate-limit`, `config`, `metrics` and
+//! `outbound` imports: state the host keeps for filters, namespaced by filter
+//! name, shared by every instance of that filter and atomic across them; and
+//! calls to clusters through the [`Outbound`] seam, which the proxy
+//! implements (this module knows nothing of clusters).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use super::bindings::wasmgate::filter::{config, crypto, kv, metrics, outbound, rate_limit};
+use super::host::HostState;
+use wasmgate_metrics::filter_metrics::{FilterMetrics, Kind};
+
+/// Longest key accepted.
+pub const MAX_KEY: usize = 512;
+/// Largest value accepted.
+pub const MAX_VALUE: usize = 1 << 20;
+
+#[derive(Debug)]
+struct Entry {
+    value: Vec<u8>,
+    version: u64,
+    expires: Option<Instant>,
+    /// Bytes charged to the namespace's quota for this entry.
+    counted: usize,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|e| e > now)
+    }
+
+    fn size(key: &str, value: &[u8]) -> usize {
+        key.len() + value.len() + 32
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    capacity: u64,
+    refill: u64,
+}
+
+/// All filters' host-held state in one gateway.
+#[derive(Debug, Default)]
+pub struct HostServices {
+    kv: DashMap<(Arc<str>, String), Entry>,
+    /// Bytes used per namespace.
+    used: DashMap<Arc<str>, usize>,
+    buckets: DashMap<(Arc<str>, String), Bucket>,
+    /// What filters record through `metrics`.
+    pub metrics: Arc<FilterMetrics>,
+}
+
+impl HostServices {
+    /// Drops expired entries and idle full buckets (both would otherwise
+    /// accumulate without bound).
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.kv.retain(|(ns, _), e| {
+            let keep = e.live(now);
+            if !keep && let Some(mut u) = self.used.get_mut(ns) {
+                *u = u.saturating_sub(e.counted);
+            }
+            keep
+        });
+        // A bucket that has refilled completely is the same as no bucket.
+        self.buckets.retain(|_, b| {
+            let missing = (b.capacity as f64 - b.tokens).max(0.0);
+            b.refill > 0 && now.duration_since(b.last).as_secs_f64() * (b.refill as f64) < missing
+                || b.refill == 0 && missing > 0.0
+        });
+    }
+
+    /// Sweeps every `every` until the services are dropped elsewhere.
+    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(s) = weak.upgrade() else { return };
+                s.sweep();
+            }
+        });
+    }
+}
+
+/// What one filter may use: its namespace, quota and config values.
+#[derive(Debug, Clone)]
+pub struct Grants {
+    /// The namespace (the filter's name).
+    pub namespace: Arc<str>,
+    /// Largest total size of its `kv` entries, in bytes.
+    pub kv_quota: usize,
+    /// Values its `config.get` returns.
+    pub vars: Arc<HashMap<String, String>>,
+    /// The shared state.
+    pub services: Arc<HostServices>,
+    /// Calls to clusters, if the gateway config allows any.
+    pub outbound: Option<OutboundGrant>,
+}
+
+/// A future an [`Outbound`] returns.
+pub type OutboundFuture<'a> = Pin<
+    Box<
+        dyn Future<Output = Result<outbound::OutboundResponse, outbound::OutboundError>>
+            + Send
+            + 'a,
+    >,
+>;
+
+/// Sends a filter's request to a cluster by name: the seam between the
+/// filter host and the proxy's clusters.
+pub trait Outbound: Send + Sync + std::fmt::Debug {
+    /// Sends `req` for `filter` on behalf of the request `request_id`,
+    /// giving up after `timeout` (the whole response body included).
+    fn send<'a>(
+        &'a self,
+        filter: &'a str,
+        req: outbound::OutboundRequest,
+        request_id: &'a str,
+        timeout: Duration,
+    ) -> OutboundFuture<'a>;
+
+    /// Counts a call the host refused before sending it (not granted, or
+    /// past the budget).
+    fn refused(&self, filter: &str, error: &outbound::OutboundError);
+}
+
+/// Which clusters a filter may call, and how much.
+#[derive(Debug, Clone)]
+pub struct OutboundGrant {
+    /// The clusters.
+    pub sender: Arc<dyn Outbound>,
+    /// The cluster names it may call; `None`: any cluster in the config.
+    pub clusters: Option<Arc<HashSet<String>>>,
+    /// Calls per request (its `on-request` and `on-response` together).
+    pub max_calls: u32,
+    /// Longest wait per call.
+    pub timeout: Duration,
+}
+
+impl OutboundGrant {
+    fn allows(&self, cluster: &str) -> bool {
+        self.clusters.as_ref().is_none_or(|c| c.contains(cluster))
+    }
+}
+
+impl Grants {
+    /// A namespace with no values and the default quota.
+    pub fn new(namespace: &str, services: Arc<HostServices>) -> Grants {
+        Grants {
+            namespace: Arc::from(namespace),
+            kv_quota: 16 << 20,
+            vars: Arc::default(),
+            services,
+            outbound: None,
+        }
+    }
+}
+
+fn ttl(ms: Option<u64>, now: Instant) -> Option<Instant> {
+    ms.map(|ms| now + Duration::from_millis(ms))
+}
+
+impl Grants {
+    fn key(&self, key: &str) -> (Arc<str>, String) {
+        (self.namespace.clone(), key.to_owned())
+    }
+
+    /// Writes under the quota, atomically: `make` sees the live entry (if
+    /// any) and returns the new value, `None` to write nothing, or an error;
+    /// nothing is stored unless a value is written. Versions keep growing
+    /// across expiry, so a compare-and-set never mistakes a new entry for an
+    /// old one. `ttl_on_create_only` keeps a live entry's expiry (for
+    /// counters); otherwise the entry expires after `ttl_ms`, or never.
+    fn write<T>(
+        &self,
+        key: String,
+        ttl_ms: Option<u64>,
+        ttl_on_create_only: bool,
+        make: impl FnOnce(Option<&Entry>) -> Result<Option<(Vec<u8>, T)>, kv::KvError>,
+    ) -> Result<Option<(u64, T)>, kv::KvError> {
+        use dashmap::mapref::entry::Entry as Slot;
+        if key.len() > MAX_KEY {
+            return Err(kv::KvError::TooLarge);
+        }
+        let now = Instant::now();
+        let svc = &self.services;
+        let slot = svc.kv.entry(self.key(&key));
+        let current = match &slot {
+            Slot::Occupied(o) => Some(o.get()),
+            Slot::Vacant(_) => None,
+        };
+        let live = current.filter(|e| e.live(now));
+        let Some((value, out)) = make(live)? else {
+            return Ok(None);
+        };
+        if value.len() > MAX_VALUE {
+            return Err(kv::KvError::TooLarge);
+        }
+        let old_counted = current.map_or(0, |e| e.counted);
+        let new_counted = Entry::size(&key, &value);
+        {
+            let mut used = svc.used.entry(self.namespace.clone()).or_insert(0);
+            let after = used.saturating_sub(old_counted) + new_counted;
+            if after > self.kv_quota {
+                return Err(kv::KvError::QuotaExceeded);
+            }
+            *used = after;
+        }
+        let version = current.map_or(0, |e| e.version) + 1;
+        let expires = match live {
+            Some(e) if ttl_on_create_only => e.expires,
+            _ => ttl(ttl_ms, now),
+        };
+        let entry = Entry {
+            value,
+            version,
+            expires,
+            counted: new_counted,
+        };
+        match slot {
+            Slot::Occupied(mut o) => {
+                o.insert(entry);
+            }
+            Slot::Vacant(v) => {
+                v.insert(entry);
+            }
+        }
+        Ok(Some((version, out)))
+    }
+}
+
+impl kv::Host for HostState {
+    fn get(&mut self, key: String) -> Option<kv::Entry> {
+        let g = self.grants();
+        let e = g.services.kv.get(&g.key(&key))?;
+        e.live(Instant::now()).then(|| kv::Entry {
+            value: e.value.clone(),
+            version: e.version,
+        })
+    }
+
+    fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<u64, kv::KvError> {
+        self.grants()
+            .write(key, ttl_ms, false, |_| Ok(Some((value, ()))))
+            .map(|w| w.map_or(0, |(v, ())| v))
+    }
+
+    fn compare_and_set(
+        &mut self,
+        key: String,
+        expected: u64,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<Option<u64>, kv::KvError> {
+        self.grants()
+            .write(key, ttl_ms, false, |cur| {
+                let version = cur.map_or(0, |e| e.version);
+                Ok((version == expected).then_some((value, ())))
+            })
+            .map(|w| w.map(|(v, ())| v))
+    }
+
+    fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, kv::KvError> {
+        self.grants()
+            .write(key, ttl_ms, true, |cur| {
+                let n: i64 = match cur {
+                    None => 0,
+                    Some(e) => std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok())
+                        .ok_or(kv::KvError::NotANumber)?,
+                };
+                let n = n.saturating_add(delta);
+                Ok(Some((n.to_string().into_bytes(), n)))
+            })
+            .map(|w| w.map_or(0, |(_, n)| n))
+    }
+
+    fn delete(&mut self, key: String) -> bool {
+        let g = self.grants();
+        match g.services.kv.remove(&g.key(&key)) {
+            Some(((ns, _), e)) => {
+                if let Some(mut u) = g.services.used.get_mut(&ns) {
+                    *u = u.saturating_sub(e.counted);
+                }
+                e.live(Instant::now())
+            }
+            None => false,
+        }
+    }
+}
+
+impl rate_limit::Host for HostState {
+    fn take(&mut self, key: String, capacity: u64, refill: u64, cost: u64) -> rate_limit::Verdict {
+        let g = self.grants();
+        let now = Instant::now();
+        let key: String = key.chars().take(MAX_KEY).collect();
+        let mut b = g.services.buckets.entry(g.key(&key)).or_insert(Bucket {
+            tokens: capacity as f64,
+            last: now,
+            capacity,
+            refill,
+        });
+        // A changed shape (capacity or rate) takes effect at once.
+        b.capacity = capacity;
+        b.refill = refill;
+        let elapsed = now.duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * refill as f64).min(capacity as f64);
+        b.last = now;
+        let allowed = b.tokens >= cost as f64;
+        if allowed {
+            b.tokens -= cost as f64;
+        }
+        let ms_for = |tokens: f64| -> u64 {
+            if tokens <= 0.0 {
+                0
+            } else if refill == 0 {
+                u64::MAX
+            } else {
+                (tokens / refill as f64 * 1000.0).ceil() as u64
+            }
+        };
+        rate_limit::Verdict {
+            allowed,
+            remaining: b.tokens.floor() as u64,
+            retry_after_ms: if allowed {
+                0
+            } else {
+                ms_for(cost as f64 - b.tokens)
+            },
+            reset_ms: ms_for(capacity as f64 - b.tokens),
+        }
+    }
+}
+
+impl config::Host for HostState {
+    fn get(&mut self, name: String) -> Option<String> {
+        self.grants().vars.get(&name).cloned()
+    }
+}
+
+impl crypto::Host for HostState {
+    fn verify_rsa_pkcs1_sha256(
+        &mut self,
+        public_key: Vec<u8>,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> bool {
+        use ring::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, public_key)
+            .verify(&message, &signature)
+            .is_ok()
+    }
+
+    fn verify_ecdsa_p256_sha256(
+        &mut self,
+        public_key: Vec<u8>,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> bool {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, public_key)
+            .verify(&message, &signature)
+            .is_ok()
+    }
+}
+
+impl metrics::Host for HostState {
+    fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, delta: u64) {
+        let g = self.grants();
+        g.services
+            .metrics
+            .record(&g.namespace, Kind::Counter, &name, labels, delta as f64);
+    }
+
+    fn gauge_set(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
+        let g = self.grants();
+        g.services
+            .metrics
+            .record(&g.namespace, Kind::Gauge, &name, labels, value);
+    }
+
+    fn histogram_observe(&mut self, name: String, labels: Vec<(String, String)>, value: f64) {
+        let g = self.grants();
+        g.services
+            .metrics
+            .record(&g.namespace, Kind::Histogram, &name, labels, value);
+    }
+}
+
+impl HostState {
+    /// Checks a call against the grant and the request's budget, and takes
+    /// one call from the budget.
+    fn admit(
+        &mut self,
+        req: &outbound::OutboundRequest,
+    ) -> Result<(OutboundGrant, Duration), outbound::OutboundError> {
+        use outbound::OutboundError as E;
+        let Some(grant) = self.grants().outbound.clone() else {
+            return Err(E::UnknownCluster);
+        };
+        let filter = self.site().filter.clone();
+        let refuse = |e: E| {
+            grant.sender.refused(&filter, &e);
+            Err(e)
+        };
+        if !grant.allows(&req.cluster) {
+            return refuse(E::UnknownCluster);
+        }
+        if !self.call.in_request {
+            return refuse(E::InvalidRequest(
+                "outbound calls are allowed only while serving a request, not in init".into(),
+            ));
+        }
+        if self.call.outbound_used >= grant.max_calls {
+            // Once per call: a guest looping on a refused call must not
+            // flood the log.
+            if !std::mem::replace(&mut self.call.budget_logged, true) {
+                tracing::warn!(
+                    filter = &*self.site().filter,
+                    route = &*self.site().route,
+                    request_id = self.call.request_id,
+                    "outbound call refused: the filter used its {} calls for this request",
+                    grant.max_calls
+                );
+            }
+            return refuse(E::BudgetExhausted);
+        }
+        self.call.outbound_used += 1;
+        let timeout = req.timeout_ms.map_or(grant.timeout, |ms| {
+            grant.timeout.min(Duration::from_millis(ms.into()))
+        });
+        Ok((grant, timeout))
+    }
+}
+
+impl outbound::Host for HostState {
+    async fn send(
+        &mut self,
+        req: outbound::OutboundRequest,
+    ) -> Result<outbound::OutboundResponse, outbound::OutboundError> {
+        let (grant, timeout) = self.admit(&req)?;
+        let started = Instant::now();
+        let filter = self.site().filter.clone();
+        let result = grant
+            .sender
+            .send(&filter, req, &self.call.request_id, timeout)
+            .await;
+        self.call.host_wait += started.elapsed();
+        result
+    }
+
+    async fn send_all(
+        &mut self,
+        reqs: Vec<outbound::OutboundRequest>,
+    ) -> Vec<Result<outbound::OutboundResponse, outbound::OutboundError>> {
+        let admitted: Vec<_> = reqs
+            .into_iter()
+            .map(|r| self.admit(&r).map(|(g, t)| (g, t, r)))
+            .collect();
+        let started = Instant::now();
+        let request_id = &self.call.request_id;
+        let filter = &*self.site().filter;
+        let calls = admitted.into_iter().map(|a| async move {
+            let (grant, timeout, req) = a?;
+            grant.sender.send(filter, req, request_id, timeout).await
+        });
+        let results = futures_util::future::join_all(calls).await;
+        self.call.host_wait += started.elapsed();
+        results
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grants(quota: usize) -> Grants {
+        let mut g = Grants::new("ns", Arc::default());
+        g.kv_quota = quota;
+        g
+    }
+
+    fn set(g: &Grants, key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<u64, kv::KvError> {
+        g.write(key.into(), ttl_ms, false, |_| {
+            Ok(Some((value.to_vec(), ())))
+        })
+        .map(|w| w.map_or(0, |(v, ())| v))
+    }
+
+    fn used(g: &Grants) -> usize {
+        g.services.used.get("ns").map_or(0, |u| *u)
+    }
+
+    #[test]
+    fn refused_writes_leave_no_trace_and_the_quota_holds() {
+        let g = grants(200);
+        assert_eq!(set(&g, "a", &[1; 100], None), Ok(1));
+        let after_a = used(&g);
+        assert_eq!(
+            set(&g, "b", &[1; 100], None),
+            Err(kv::KvError::QuotaExceeded)
+        );
+        // A compare-and-set that does not match writes nothing.
+        let cas = g.write("c".into(), None, false, |cur| {
+            Ok((cur.map_or(0, |e| e.version) == 7).then_some((vec![1], ())))
+        });
+        assert_eq!(cas, Ok(None));
+        assert_eq!(used(&g), after_a, "refused writes charge nothing");
+        assert_eq!(g.services.kv.len(), 1, "and leave no entry behind");
+        g.services.sweep();
+        assert_eq!(used(&g), after_a);
+        // Overwriting charges the difference only.
+        assert_eq!(set(&g, "a", &[1; 50], None), Ok(2));
+        assert!(used(&g) < after_a);
+    }
+
+    #[test]
+    fn expired_entries_keep_counting_until_replaced_and_versions_keep_growing() {
+        let g = grants(1 << 20);
+        assert_eq!(set(&g, "k", b"v", Some(0)), Ok(1));
+        std::thread::sleep(Duration::from_millis(2));
+        let charged = used(&g);
+        // Expired: invisible, but its version is not reused.
+        assert_eq!(set(&g, "k", b"w", None), Ok(2));
+        assert_eq!(used(&g), charged, "the expired entry's bytes were released");
+        g.services.sweep();
+        assert_eq!(used(&g), charged, "the live entry stays counted");
+    }
+
+    #[test]
+    fn a_counter_keeps_the_expiry_it_was_created_with() {
+        let g = grants(1 << 20);
+        let incr = |g: &Grants| {
+            g.write("hits".into(), Some(60_000), true, |cur| {
+                let n: i64 = cur.map_or(0, |e| String::from_utf8_lossy(&e.value).parse().unwrap());
+                Ok(Some(((n + 1).to_string().into_bytes(), n + 1)))
+            })
+            .unwrap()
+            .unwrap()
+            .1
+        };
+        assert_eq!(incr(&g), 1);
+        let first = g.services.kv.get(&g.key("hits")).unwrap().expires;
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(incr(&g), 2);
+        assert_eq!(g.services.kv.get(&g.key("hits")).unwrap().expires, first);
+    }
+
+    #[test]
+    fn full_buckets_are_swept_and_huge_ones_do_not_panic() {
+        let s = Arc::new(HostServices::default());
+        let now = Instant::now();
+        s.buckets.insert(
+            ("ns".into(), "full".into()),
+            Bucket {
+                tokens: 5.0,
+                last: now,
+                capacity: 5,
+                refill: 1,
+            },
+        );
+        s.buckets.insert(
+            ("ns".into(), "huge".into()),
+            Bucket {
+                tokens: 0.0,
+                last: now,
+                capacity: u64::MAX,
+                refill: 1,
+            },
+        );
+        s.sweep();
+        assert!(!s.buckets.contains_key(&("ns".into(), "full".into())));
+        assert!(s.buckets.contains_key(&("ns".into(), "huge".into())));
+    }
+}

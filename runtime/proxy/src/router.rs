@@ -1,0 +1,456 @@
+//! The route table: matches a request's host, path and method to a route.
+//!
+//! ## Precedence
+//! Among the routes whose host, path and method all match, the winner is the
+//! first by, in order:
+//! 1. host: an exact host name, then `*.suffix` wildcards (longer suffix first),
+//!    then routes without `hosts` (any host);
+//! 2. path: an exact `path`, then `path_regex`, then `path_prefix` (longer
+//!    prefix first);
+//! 3. conditions: routes with `headers`/`query` conditions before routes
+//!    without;
+//! 4. method: routes that list methods before routes that take any method;
+//! 5. config order: the route written first.
+//!
+//! Prefixes match whole segments: `/api/search` matches `/api/search` and
+//! `/api/search/x`, never `/api/searchx`.
+//!
+//! The table is keyed by tenant so that multi-tenancy can add tenants without
+//! changing the lookup; today every route belongs to [`TenantId::DEFAULT`].
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::Method;
+
+use wasmgate_config::PathMatch;
+use wasmgate_config::route_config::Matcher;
+
+/// What header and query conditions look at.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    /// The request's headers.
+    pub headers: &'a http::HeaderMap,
+    /// The query string, if any.
+    pub query: Option<&'a str>,
+}
+
+/// A tenant's id. Today there is only the default tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TenantId(pub Arc<str>);
+
+impl TenantId {
+    /// The tenant every route belongs to until tenants are configured.
+    pub const DEFAULT: &'static str = "default";
+
+    /// The default tenant.
+    pub fn default_tenant() -> TenantId {
+        TenantId(Arc::from(Self::DEFAULT))
+    }
+}
+
+/// A host pattern from a route's `hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`.
+    Suffix(String),
+    Any,
+}
+
+impl HostPattern {
+    fn parse(p: &str) -> HostPattern {
+        match p.strip_prefix('*') {
+            Some(suffix) => HostPattern::Suffix(suffix.to_owned()),
+            None => HostPattern::Exact(p.to_owned()),
+        }
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+            HostPattern::Any => true,
+        }
+    }
+
+    /// Sort key: lower sorts first.
+    fn rank(&self) -> (u8, usize) {
+        match self {
+            HostPattern::Exact(_) => (0, 0),
+            HostPattern::Suffix(s) => (1, usize::MAX - s.len()),
+            HostPattern::Any => (2, 0),
+        }
+    }
+}
+
+fn path_matches(m: &PathMatch, path: &str) -> bool {
+    match m {
+        PathMatch::Exact(p) => p == path,
+        PathMatch::Regex(r) => r.is_match(path),
+        PathMatch::Prefix(p) => {
+            path.starts_with(p.as_str())
+                && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+        }
+    }
+}
+
+fn path_rank(m: &PathMatch) -> (u8, usize) {
+    match m {
+        PathMatch::Exact(_) => (0, 0),
+        PathMatch::Regex(_) => (1, 0),
+        PathMatch::Prefix(p) => (2, usize::MAX - p.len()),
+    }
+}
+
+/// What the router needs to know about a route; `R` is whatever the caller
+/// attaches (the gateway attaches the cluster and filter chain).
+#[derive(Debug)]
+pub struct RouteMatch<R> {
+    /// Host patterns (lower-case), empty = any.
+    pub hosts: Vec<String>,
+    /// Path match.
+    pub path: PathMatch,
+    /// Methods, empty = any.
+    pub methods: Vec<Method>,
+    /// Header and query conditions, all of which must hold.
+    pub matchers: Vec<Matcher>,
+    /// Config order.
+    pub order: usize,
+    /// The caller's payload.
+    pub target: Arc<R>,
+}
+
+#[derive(Debug)]
+struct Entry<R> {
+    host: HostPattern,
+    path: PathMatch,
+    methods: Vec<Method>,
+    matchers: Vec<Matcher>,
+    target: Arc<R>,
+}
+
+/// Routes of one tenant, sorted by precedence so that the first full match
+/// is the winner.
+#[derive(Debug)]
+struct TenantRoutes<R> {
+    entries: Vec<Entry<R>>,
+}
+
+/// The route table.
+#[derive(Debug)]
+pub struct RouteTable<R> {
+    /// Few tenants per gateway and one lookup per request: a short list
+    /// compared by pointer first beats hashing the name every time.
+    tenants: Vec<(TenantId, TenantRoutes<R>)>,
+    /// Every route once, in config order.
+    all: Vec<Arc<R>>,
+}
+
+impl<R> RouteTable<R> {
+    /// Builds the table for the default tenant.
+    pub fn new(routes: Vec<RouteMatch<R>>) -> Self {
+        let mut keyed = Vec::new();
+        let mut all: Vec<(usize, Arc<R>)> = Vec::new();
+        for r in routes {
+            all.push((r.order, r.target.clone()));
+            let patterns: Vec<HostPattern> = if r.hosts.is_empty() {
+                vec![HostPattern::Any]
+            } else {
+                r.hosts.iter().map(|h| HostPattern::parse(h)).collect()
+            };
+            for host in patterns {
+                let key = (
+                    host.rank(),
+                    path_rank(&r.path),
+                    u8::from(r.matchers.is_empty()),
+                    u8::from(r.methods.is_empty()),
+                    r.order,
+                );
+                keyed.push((
+                    key,
+                    Entry {
+                        host,
+                        path: r.path.clone(),
+                        methods: r.methods.clone(),
+                        matchers: r.matchers.clone(),
+                        target: r.target.clone(),
+                    },
+                ));
+            }
+        }
+        keyed.sort_by_key(|(key, _)| *key);
+        let entries = keyed.into_iter().map(|(_, e)| e).collect();
+        let tenants = vec![(TenantId::default_tenant(), TenantRoutes { entries })];
+        all.sort_by_key(|(order, _)| *order);
+        RouteTable {
+            tenants,
+            all: all.into_iter().map(|(_, r)| r).collect(),
+        }
+    }
+
+    /// Every route once, in config order.
+    pub fn routes(&self) -> &[Arc<R>] {
+        &self.all
+    }
+
+    /// Finds the route for a request. `host` is the request's host without
+    /// port, lower-case (see [`normalize_host`]); `path` excludes the query.
+    pub fn find(
+        &self,
+        tenant: &TenantId,
+        host: Option<&str>,
+        method: &Method,
+        path: &str,
+        request: RequestView<'_>,
+    ) -> Option<&Arc<R>> {
+        let routes = self
+            .tenants
+            .iter()
+            .find(|(id, _)| Arc::ptr_eq(&id.0, &tenant.0) || id == tenant)
+            .map(|(_, routes)| routes)?;
+        routes
+            .entries
+            .iter()
+            .find(|e| {
+                let host_ok = match host {
+                    Some(h) => e.host.matches(h),
+                    None => e.host == HostPattern::Any,
+                };
+                host_ok
+                    && (e.methods.is_empty() || e.methods.contains(method))
+                    && path_matches(&e.path, path)
+                    && e.matchers
+                        .iter()
+                        .all(|m| m.matches(request.headers, request.query))
+            })
+            .map(|e| &e.target)
+    }
+}
+
+/// The host part of a `Host` header or URI authority, lower-case, without the
+/// port or a trailing dot. `None` if it is empty. Borrows when the input is
+/// already in that form (the common case), so routing allocates nothing.
+pub fn normalize_host(authority: &str) -> Option<Cow<'_, str>> {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        // IPv6 literal: keep the brackets' content.
+        rest.split(']').next().unwrap_or("")
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                authority
+            }
+        })
+    };
+    let host = host.trim_end_matches('.');
+    if host.is_empty() {
+        None
+    } else if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(
+        name: &'static str,
+        hosts: &[&str],
+        path: PathMatch,
+        methods: &[Method],
+        order: usize,
+    ) -> RouteMatch<&'static str> {
+        RouteMatch {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            path,
+            methods: methods.to_vec(),
+            matchers: Vec::new(),
+            order,
+            target: Arc::new(name),
+        }
+    }
+
+    fn find<'a>(
+        t: &'a RouteTable<&'static str>,
+        host: &str,
+        method: Method,
+        path: &str,
+    ) -> Option<&'a str> {
+        let headers = http::HeaderMap::new();
+        t.find(
+            &TenantId::default_tenant(),
+            normalize_host(host).as_deref(),
+            &method,
+            path,
+            RequestView {
+                headers: &headers,
+                query: None,
+            },
+        )
+        .map(|r| **r)
+    }
+
+    #[test]
+    fn regex_paths_rank_between_exact_and_prefix_and_conditions_before_none() {
+        use wasmgate_config::route_config::{FullRegex, Matcher, ValueMatch};
+        let mut canary = route("canary", &[], PathMatch::Prefix("/api".into()), &[], 0);
+        canary.matchers = vec![Matcher::Header(
+            http::HeaderName::from_static("x-canary"),
+            ValueMatch::Exact("1".into()),
+        )];
+        let t = RouteTable::new(vec![
+            route("prefix", &[], PathMatch::Prefix("/api".into()), &[], 1),
+            route(
+                "users",
+                &[],
+                PathMatch::Regex(FullRegex::new("/api/users/[0-9]+").unwrap()),
+                &[],
+                2,
+            ),
+            route(
+                "exact",
+                &[],
+                PathMatch::Exact("/api/users/1".into()),
+                &[],
+                3,
+            ),
+            canary,
+        ]);
+        assert_eq!(find(&t, "x", Method::GET, "/api/users/1"), Some("exact"));
+        assert_eq!(find(&t, "x", Method::GET, "/api/users/42"), Some("users"));
+        assert_eq!(find(&t, "x", Method::GET, "/api/users/42x"), Some("prefix"));
+        let mut h = http::HeaderMap::new();
+        h.insert("x-canary", "1".parse().unwrap());
+        let with = |path| {
+            t.find(
+                &TenantId::default_tenant(),
+                Some("x"),
+                &Method::GET,
+                path,
+                RequestView {
+                    headers: &h,
+                    query: None,
+                },
+            )
+            .map(|r| **r)
+        };
+        assert_eq!(with("/api/other"), Some("canary"));
+        assert_eq!(
+            with("/api/users/42"),
+            Some("users"),
+            "path rank comes first"
+        );
+    }
+
+    #[test]
+    fn prefix_matches_whole_segments_only() {
+        let t = RouteTable::new(vec![route(
+            "search",
+            &[],
+            PathMatch::Prefix("/api/search".into()),
+            &[],
+            0,
+        )]);
+        assert_eq!(find(&t, "x", Method::GET, "/api/search"), Some("search"));
+        assert_eq!(find(&t, "x", Method::GET, "/api/search/"), Some("search"));
+        assert_eq!(
+            find(&t, "x", Method::GET, "/api/search/a/b"),
+            Some("search")
+        );
+        assert_eq!(find(&t, "x", Method::GET, "/api/searchx"), None);
+        assert_eq!(find(&t, "x", Method::GET, "/api"), None);
+    }
+
+    #[test]
+    fn root_prefix_matches_everything() {
+        let t = RouteTable::new(vec![route(
+            "all",
+            &[],
+            PathMatch::Prefix(String::new()),
+            &[],
+            0,
+        )]);
+        assert_eq!(find(&t, "x", Method::GET, "/"), Some("all"));
+        assert_eq!(find(&t, "x", Method::GET, "/anything/at/all"), Some("all"));
+    }
+
+    #[test]
+    fn precedence_exact_then_longest_prefix_then_order() {
+        let t = RouteTable::new(vec![
+            route("short", &[], PathMatch::Prefix("/api".into()), &[], 0),
+            route("long", &[], PathMatch::Prefix("/api/v1".into()), &[], 1),
+            route(
+                "exact",
+                &[],
+                PathMatch::Exact("/api/v1/health".into()),
+                &[],
+                2,
+            ),
+            route(
+                "long-again",
+                &[],
+                PathMatch::Prefix("/api/v1".into()),
+                &[],
+                3,
+            ),
+        ]);
+        assert_eq!(find(&t, "x", Method::GET, "/api/v1/health"), Some("exact"));
+        assert_eq!(find(&t, "x", Method::GET, "/api/v1/users"), Some("long"));
+        assert_eq!(find(&t, "x", Method::GET, "/api/v2"), Some("short"));
+    }
+
+    #[test]
+    fn host_specificity_and_methods() {
+        let t = RouteTable::new(vec![
+            route("any", &[], PathMatch::Prefix(String::new()), &[], 0),
+            route(
+                "wild",
+                &["*.example.com"],
+                PathMatch::Prefix(String::new()),
+                &[],
+                1,
+            ),
+            route(
+                "exact",
+                &["api.example.com"],
+                PathMatch::Prefix(String::new()),
+                &[],
+                2,
+            ),
+            route(
+                "post",
+                &["api.example.com"],
+                PathMatch::Prefix(String::new()),
+                &[Method::POST],
+                3,
+            ),
+        ]);
+        assert_eq!(
+            find(&t, "API.example.com:8080", Method::GET, "/"),
+            Some("exact")
+        );
+        assert_eq!(find(&t, "api.example.com", Method::POST, "/"), Some("post"));
+        assert_eq!(find(&t, "www.example.com", Method::GET, "/"), Some("wild"));
+        assert_eq!(find(&t, "example.com", Method::GET, "/"), Some("any"));
+        assert_eq!(find(&t, "other.org", Method::GET, "/"), Some("any"));
+    }
+
+    #[test]
+    fn host_normalisation() {
+        assert_eq!(
+            normalize_host("Example.COM:80").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            normalize_host("example.com.").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(normalize_host("[::1]:8080").as_deref(), Some("::1"));
+        assert_eq!(normalize_host("").as_deref(), None);
+    }
+}
