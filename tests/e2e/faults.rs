@@ -79,7 +79,7 @@ async fn a_loop_does_not_stall_other_requests() {
     // lasts, not a bound on how fast anything must be).
     let gw = policy_gateway(&up, "cpu_limit = \"30s\"").await;
     let addr = gw.addr();
-    let spinner = tokio::spawn(async move { get(addr, "/", &[("x-fault", "loop")]).await });
+    let mut spinner = tokio::spawn(async move { get(addr, "/", &[("x-fault", "loop")]).await });
     // The spinning request is in the gateway (it holds one of the two
     // worker threads from here until its budget runs out).
     let deadline = std::time::Instant::now() + wasmgate_tests::HANG_GUARD;
@@ -88,10 +88,13 @@ async fn a_loop_does_not_stall_other_requests() {
         if in_flight == Some(1.0) {
             break;
         }
-        assert!(
-            !spinner.is_finished(),
-            "the spinning request ended before it was seen in flight"
-        );
+        if spinner.is_finished() {
+            let r = (&mut spinner).await.unwrap();
+            panic!(
+                "the spinning request ended before it was seen in flight: {} {}",
+                r.status, r.body
+            );
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "the spinning request was never seen in flight (hung; requests in flight: {in_flight:?})"
@@ -113,6 +116,34 @@ async fn a_loop_does_not_stall_other_requests() {
     );
     let spun = spinner.await.unwrap();
     assert_eq!(spun.status, 500, "{}", spun.body);
+    assert_eq!(spun.json()["code"], "filter_cpu_budget", "{}", spun.body);
+    gw.shutdown().await;
+}
+
+/// On a runtime with one thread (a gateway with `server.workers = 1`), a
+/// spinning filter yields its thread every time slice: another request is
+/// served while the loop still runs. Without slices, nothing else could run
+/// on that thread until the loop's CPU budget (30 s) ended it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_loop_yields_its_only_thread_to_other_requests() {
+    let up = Upstream::start("u").await;
+    let gw = policy_gateway(&up, "cpu_limit = \"30s\"").await;
+    let addr = gw.addr();
+    let mut spinner = tokio::spawn(async move { get(addr, "/", &[("x-fault", "loop")]).await });
+    wasmgate_tests::within("the spinning request to arrive", async {
+        while wasmgate_tests::metric(&gw.metrics_text(), "wasmgate_active_requests") != Some(1.0) {
+            assert!(!spinner.is_finished(), "the spinning request ended early");
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let r = get(addr, "/", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        !spinner.is_finished(),
+        "the loop ended before the other request was served"
+    );
+    let spun = (&mut spinner).await.unwrap();
     assert_eq!(spun.json()["code"], "filter_cpu_budget", "{}", spun.body);
     gw.shutdown().await;
 }

@@ -414,11 +414,11 @@ impl FilterModule {
         self.limits
     }
 
-    /// Epoch ticks that cover the CPU budget. One extra tick because the
-    /// current tick is already partly over when a call starts.
+    /// Epoch ticks to a call's first deadline: its whole CPU budget, or one
+    /// time slice ([`SLICE`]) if that is shorter. One extra tick because
+    /// the current tick is already partly over when a call starts.
     fn deadline_ticks(&self) -> u64 {
-        let tick = self.tick.as_nanos().max(1);
-        (self.limits.cpu.as_nanos().div_ceil(tick) as u64).max(1) + 1
+        ticks(self.limits.cpu.min(SLICE), self.tick) + 1
     }
 
     /// Creates an instance for `route` and runs its `init` with `config_json`,
@@ -476,18 +476,22 @@ impl FilterModule {
         // deadline is reached, the CPU time actually used is computed (time
         // since the call began, less the time waited); past the budget the
         // call is interrupted, otherwise the deadline moves to what is left
-        // of the budget. `Yield` hands the thread back to the executor on
-        // the way, so the wall-clock limit can end a call that waited long.
-        let (tick, budget) = (self.tick.max(Duration::from_micros(1)), self.limits.cpu);
+        // of the budget, or to the next time slice if that comes first.
+        // `Yield` hands the thread back to the executor each time, so a guest
+        // that spins holds its worker thread for one slice at a time, not for
+        // its whole budget: the worker runs its other tasks and polls the
+        // I/O and timer driver in between (which other workers may be
+        // waiting on), and the wall-clock limit can end a call that waited.
+        let (tick, budget) = (self.tick, self.limits.cpu);
         store.epoch_deadline_callback(move |ctx| {
             let used = ctx.data().call.cpu_used();
             if used >= budget {
                 return Err(Trap::Interrupt.into());
             }
-            let left = (budget - used).as_nanos().div_ceil(tick.as_nanos());
-            Ok(wasmtime::UpdateDeadline::Yield(
-                u64::try_from(left).unwrap_or(u64::MAX).max(1),
-            ))
+            Ok(wasmtime::UpdateDeadline::Yield(ticks(
+                (budget - used).min(SLICE),
+                tick,
+            )))
         });
         store.set_epoch_deadline(self.deadline_ticks());
         // Instantiation runs guest code (start functions): under the budget.
@@ -506,6 +510,19 @@ impl FilterModule {
             live: self.live.clone(),
         })
     }
+}
+
+/// The longest a guest runs before its call yields to the executor (it
+/// resumes at once if nothing else is waiting). Calls that end sooner, which
+/// is nearly all of them, never yield.
+pub const SLICE: Duration = Duration::from_millis(10);
+
+/// Epoch ticks (of `tick` each) that cover `d`, at least one.
+fn ticks(d: Duration, tick: Duration) -> u64 {
+    let tick = tick.as_nanos().max(1);
+    u64::try_from(d.as_nanos().div_ceil(tick))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// Names why a call into a store failed. `not_a_trap` builds the failure for
