@@ -177,3 +177,34 @@ async fn the_request_target_authority_wins_over_host() {
     assert_eq!(seen[0].path, "/x");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn early_refusals_carry_the_request_id_a_trusted_proxy_sent() {
+    let up = Upstream::start("u").await;
+    let gw = start_gateway(&config(&up, "trusted_proxies = [\"127.0.0.0/8\"]")).await;
+    // Refused before routing (a path with no canonical form, a body past
+    // the limit as declared): the answer names the same id in its header
+    // and its body, and it is the one the trusted proxy sent.
+    let bad_path = get(gw.addr(), "/a/%zz", &[("x-request-id", "edge-7")]).await;
+    let too_big = wasmgate_tests::raw(
+        gw.addr(),
+        b"POST / HTTP/1.1\r\nHost: x\r\nX-Request-Id: edge-8\r\nContent-Length: 999999999999\r\n\r\n",
+    )
+    .await;
+    assert_eq!(bad_path.status, 400, "{}", bad_path.body);
+    assert_eq!(bad_path.header("x-request-id"), Some("edge-7"));
+    assert_eq!(bad_path.json()["request_id"], "edge-7");
+    assert!(too_big.starts_with("HTTP/1.1 413"), "{too_big}");
+    assert!(too_big.contains("x-request-id: edge-8"), "{too_big}");
+    assert!(too_big.contains("\"request_id\":\"edge-8\""), "{too_big}");
+    // An untrusted client's id is not taken: the gateway's own is, in the
+    // header and the body alike.
+    let gw2 = start_gateway(&config(&up, "")).await;
+    let r = get(gw2.addr(), "/a/%zz", &[("x-request-id", "forged")]).await;
+    let id = r.header("x-request-id").expect("request id on a refusal");
+    assert_ne!(id, "forged");
+    assert_eq!(r.json()["request_id"], id);
+    assert_eq!(up.count(), 0);
+    gw.shutdown().await;
+    gw2.shutdown().await;
+}

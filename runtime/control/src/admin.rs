@@ -26,7 +26,7 @@ use crate::live::{Live, MAX_MODULE_SIZE, SwapError};
 use wasmgate_config::AdminConfig;
 use wasmgate_proxy::body::{self, ProxyBody};
 use wasmgate_proxy::error::GatewayError;
-use wasmgate_proxy::proxy::RouteTarget;
+use wasmgate_proxy::route::RouteTarget;
 
 /// Largest config document accepted by `PUT /config`.
 const MAX_CONFIG_SIZE: usize = 4 << 20;

@@ -37,6 +37,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::store::{DataDir, Saved, SavedFilter, SavedVersion};
 use wasmgate_config::{Config, ConfigError, ConfigErrors, FailurePolicy, FilterConfig, Isolation};
+use wasmgate_engine::edits::Needs;
 use wasmgate_engine::services::OutboundGrant;
 use wasmgate_engine::{
     FilterEngine, FilterFailure, FilterModule, InstancePool, Limits, PoolPolicy, sha256_hex,
@@ -44,11 +45,12 @@ use wasmgate_engine::{
 use wasmgate_metrics::Metrics;
 use wasmgate_proxy::access_log::AccessLog;
 use wasmgate_proxy::canary::{Canary, CanarySpec, Tripped, VersionStats};
-use wasmgate_proxy::chain::{Arm, ChainFilter, Needs};
+use wasmgate_proxy::chain::{Arm, ChainFilter};
 use wasmgate_proxy::normalize::PathPolicy;
 use wasmgate_proxy::outbound::ClusterCaller;
 use wasmgate_proxy::overload::OverloadGuard;
-use wasmgate_proxy::proxy::{Current, Proxy, Route, RouteMetrics, RouteTarget, Split};
+use wasmgate_proxy::proxy::{Current, Proxy};
+use wasmgate_proxy::route::{Route, RouteMetrics, RouteTarget, Split};
 use wasmgate_proxy::router::{RouteMatch, RouteTable};
 use wasmgate_proxy::tls::TlsTerminator;
 use wasmgate_proxy::upstream::Cluster;

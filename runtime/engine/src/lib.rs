@@ -14,6 +14,7 @@
 
 mod bindings;
 mod cache;
+pub mod edits;
 mod host;
 mod pool;
 pub mod services;

@@ -31,8 +31,6 @@ pub struct ClientView {
     pub scheme: &'static str,
     /// The client from a trusted `X-Forwarded-For`, when there is one.
     pub forwarded_client: Option<IpAddr>,
-    /// The request id.
-    pub request_id: HeaderValue,
     /// The W3C trace id, when a valid `traceparent` arrived.
     pub trace_id: Option<String>,
 }
@@ -77,14 +75,29 @@ impl Forwarding {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
-    /// Rewrites the forwarding headers of a request from `peer` and returns
-    /// what filters should see. `new_id` makes a request id when none is kept.
+    /// The request's id: the one it carries when the peer is a trusted
+    /// proxy and the id is well formed, else one `new_id` makes.
+    pub fn request_id(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+        new_id: impl FnOnce() -> HeaderValue,
+    ) -> HeaderValue {
+        headers
+            .get(&self.request_id_header)
+            .filter(|v| valid_request_id(v.as_bytes()) && self.trusted(peer.ip()))
+            .cloned()
+            .unwrap_or_else(new_id)
+    }
+
+    /// Rewrites the forwarding headers of a request from `peer` (with its
+    /// settled `request_id`) and returns what filters should see.
     pub fn apply_request(
         &self,
         headers: &mut HeaderMap,
         peer: SocketAddr,
         scheme: &'static str,
-        new_id: impl FnOnce() -> HeaderValue,
+        request_id: &HeaderValue,
     ) -> ClientView {
         let peer_ip = peer.ip().to_canonical();
         let trusted = self.trusted(peer_ip);
@@ -161,11 +174,6 @@ impl Forwarding {
         }
 
         // Request id.
-        let kept = headers
-            .get(&self.request_id_header)
-            .filter(|v| trusted && valid_request_id(v.as_bytes()))
-            .cloned();
-        let request_id = kept.unwrap_or_else(new_id);
         headers.insert(self.request_id_header.clone(), request_id.clone());
 
         // traceparent.
@@ -185,7 +193,6 @@ impl Forwarding {
             peer,
             scheme,
             forwarded_client,
-            request_id,
             trace_id,
         }
     }
@@ -256,6 +263,13 @@ mod tests {
         })
     }
 
+    /// Settles the request id (made ids are "gen"), then applies.
+    fn apply(p: &Forwarding, h: &mut HeaderMap, peer: &str) -> (ClientView, HeaderValue) {
+        let peer = peer.parse().unwrap();
+        let id = p.request_id(h, peer, || HeaderValue::from_static("gen"));
+        (p.apply_request(h, peer, "http", &id), id)
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (n, v) in pairs {
@@ -276,14 +290,12 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("forwarded", "for=1.2.3.4"),
         ]);
-        let view = p.apply_request(&mut h, "203.0.113.9:5000".parse().unwrap(), "http", || {
-            HeaderValue::from_static("gen")
-        });
+        let (view, id) = apply(&p, &mut h, "203.0.113.9:5000");
         assert_eq!(h["x-forwarded-for"], "203.0.113.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["forwarded"], "for=203.0.113.9;proto=http");
         assert_eq!(view.client_addr(), "203.0.113.9:5000");
-        assert_eq!(view.request_id, "gen");
+        assert_eq!(id, "gen");
         assert_eq!(h["x-request-id"], "gen");
     }
 
@@ -295,16 +307,14 @@ mod tests {
             ("x-request-id", "abc-123"),
             ("host", "shop.example"),
         ]);
-        let view = p.apply_request(&mut h, "127.0.0.1:5000".parse().unwrap(), "http", || {
-            HeaderValue::from_static("gen")
-        });
+        let (view, id) = apply(&p, &mut h, "127.0.0.1:5000");
         assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.1.1.1, 127.0.0.1");
         assert_eq!(
             view.client_addr(),
             "198.51.100.7",
             "right-most untrusted hop"
         );
-        assert_eq!(view.request_id, "abc-123");
+        assert_eq!(id, "abc-123");
         assert_eq!(h["x-forwarded-host"], "shop.example");
     }
 
@@ -316,18 +326,14 @@ mod tests {
             ("traceparent", "00-zz-1-01"),
             ("tracestate", "a=b"),
         ]);
-        let view = p.apply_request(&mut h, "127.0.0.1:1".parse().unwrap(), "http", || {
-            HeaderValue::from_static("gen")
-        });
-        assert_eq!(view.request_id, "gen");
+        let (_, id) = apply(&p, &mut h, "127.0.0.1:1");
+        assert_eq!(id, "gen");
         assert!(h.get("traceparent").is_none() && h.get("tracestate").is_none());
         let mut h = headers(&[(
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         )]);
-        let view = p.apply_request(&mut h, "127.0.0.1:1".parse().unwrap(), "http", || {
-            HeaderValue::from_static("gen")
-        });
+        let (view, _) = apply(&p, &mut h, "127.0.0.1:1");
         assert_eq!(
             view.trace_id.as_deref(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")

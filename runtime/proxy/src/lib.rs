@@ -1,5 +1,6 @@
 //! wasmgate's data plane: everything a request meets between the socket and
-//! the upstream. Listeners ([`server`]), the request path ([`proxy`]), filter
+//! the upstream. Listeners ([`server`]), the request path ([`request`], over
+//! a generation: [`proxy`]; its routes: [`route`]), filter
 //! chains ([`chain`], over the filter engine), routing ([`router`]),
 //! forwarding headers ([`forwarding`]), upstream clusters ([`upstream`]), TLS
 //! ([`tls`]), the overload guard ([`overload`]) and the access log.
@@ -22,6 +23,8 @@ pub mod outbound;
 pub mod overload;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod request;
+pub mod route;
 pub mod router;
 pub mod server;
 pub mod tls;

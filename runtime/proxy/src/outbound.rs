@@ -14,8 +14,8 @@ use http::uri::PathAndQuery;
 use http::{Method, Request};
 
 use crate::body::{self, FirstFrameError};
-use crate::chain;
 use crate::upstream::{Cluster, RequestBody};
+use wasmgate_engine::edits;
 use wasmgate_engine::services::{Outbound, OutboundFuture};
 use wasmgate_engine::wit_outbound::{OutboundError, OutboundRequest, OutboundResponse};
 use wasmgate_metrics::{Metrics, OutboundLabels};
@@ -74,8 +74,8 @@ impl ClusterCaller {
         let headers = builder.headers_mut().expect("the builder has no error yet");
         for (n, v) in &req.headers {
             // Framing and hop-by-hop headers are refused by name.
-            let name = chain::header_name(n).map_err(invalid)?;
-            headers.append(name, chain::string_to_value(v).map_err(invalid)?);
+            let name = edits::header_name(n).map_err(invalid)?;
+            headers.append(name, edits::string_to_value(v).map_err(invalid)?);
         }
         if headers.get_all(header::HOST).iter().count() > 1 {
             return Err(invalid("several Host headers".into()));
@@ -126,8 +126,8 @@ impl ClusterCaller {
             headers: head
                 .headers
                 .iter()
-                .filter(|(n, _)| !chain::is_protected(n))
-                .map(|(n, v)| (n.as_str().to_owned(), chain::value_to_string(v)))
+                .filter(|(n, _)| !edits::is_protected(n))
+                .map(|(n, v)| (n.as_str().to_owned(), edits::value_to_string(v)))
                 .collect(),
             body: body.to_vec(),
         })

@@ -642,10 +642,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// How forwarding failed.
-#[derive(Debug)]
+/// How forwarding failed. Its text is for the log (it may name the
+/// endpoint); [`UpstreamFailure::to_gateway_error`] is what the client sees.
+#[derive(Debug, thiserror::Error)]
 pub enum UpstreamFailure {
     /// No connection could be made to the endpoint.
+    #[error("connect to {endpoint} failed: {detail}")]
     Connect {
         /// The endpoint tried.
         endpoint: Authority,
@@ -653,6 +655,7 @@ pub enum UpstreamFailure {
         detail: String,
     },
     /// The connection failed during the exchange.
+    #[error("exchange with {endpoint} failed: {detail}")]
     Exchange {
         /// The endpoint tried.
         endpoint: Authority,
@@ -660,6 +663,7 @@ pub enum UpstreamFailure {
         detail: String,
     },
     /// No answer within the per-try timeout.
+    #[error("{endpoint} did not answer within {after:?}")]
     Timeout {
         /// The endpoint tried.
         endpoint: Authority,
@@ -667,14 +671,24 @@ pub enum UpstreamFailure {
         after: Duration,
     },
     /// No endpoint is healthy.
+    #[error("no healthy endpoint")]
     NoHealthy,
     /// A circuit-breaker limit was reached.
+    #[error("circuit breaker: {0} reached")]
     Overflow(&'static str),
     /// The request could not be built.
+    #[error("{0}")]
     Other(String),
 }
 
 impl UpstreamFailure {
+    /// Whether the same request may succeed if the client sends it again
+    /// later: the cluster was down, busy or slow, rather than the request
+    /// being one it cannot send.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, UpstreamFailure::Other(_))
+    }
+
     /// The client-facing error. It names the cluster, never endpoint addresses.
     pub fn to_gateway_error(&self, cluster: &str) -> GatewayError {
         use http::StatusCode;
@@ -709,25 +723,6 @@ impl UpstreamFailure {
                 "upstream_error",
                 format!("the request for cluster {cluster:?} could not be sent"),
             ),
-        }
-    }
-}
-
-impl std::fmt::Display for UpstreamFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpstreamFailure::Connect { endpoint, detail } => {
-                write!(f, "connect to {endpoint} failed: {detail}")
-            }
-            UpstreamFailure::Exchange { endpoint, detail } => {
-                write!(f, "exchange with {endpoint} failed: {detail}")
-            }
-            UpstreamFailure::Timeout { endpoint, after } => {
-                write!(f, "{endpoint} did not answer within {after:?}")
-            }
-            UpstreamFailure::NoHealthy => write!(f, "no healthy endpoint"),
-            UpstreamFailure::Overflow(limit) => write!(f, "circuit breaker: {limit} reached"),
-            UpstreamFailure::Other(d) => write!(f, "{d}"),
         }
     }
 }
