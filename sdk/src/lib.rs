@@ -62,8 +62,9 @@ pub use http::{
 #[doc(hidden)]
 pub mod __private {
     pub mod bindings {
+        // The newest contract; never the frozen versions in `wit/<version>/`.
         wit_bindgen::generate!({
-            path: "../wit",
+            path: "../wit/filter.wit",
             world: "plugin",
             pub_export_macro: true,
             export_macro_name: "export",

@@ -56,14 +56,14 @@ fn check_fails_every_invalid_config_with_its_expected_message() {
     assert!(checked >= 10, "only {checked} invalid configs found");
 }
 
-fn config_with_filter(path: &Path) -> String {
+pub(crate) fn config_with_filter(path: &Path) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[engine]\nmax_instances = 64\n[filters.f]\npath = {:?}\n[clusters.c]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\nfilters = [{{ name = \"f\" }}]\n",
         path.display().to_string()
     )
 }
 
-fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+pub(crate) fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wasmgate-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);

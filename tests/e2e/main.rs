@@ -11,6 +11,7 @@ mod cache;
 mod canary;
 mod cli;
 mod config;
+mod contract;
 mod drain;
 mod edge;
 mod faults;

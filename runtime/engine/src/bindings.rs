@@ -1,8 +1,11 @@
-//! The one place the host runs `bindgen!` over the WIT contract in `wit/`.
-//! Everything else in the host uses the re-exports below.
+//! The one place the host runs `bindgen!` over the WIT contract: the newest
+//! version, `wit/filter.wit` (the frozen older versions in `wit/<version>/`
+//! are not bound; wasmtime serves guests built against them by matching
+//! semver-compatible names, see `wit/README.md`). Everything else in the host
+//! uses the re-exports below.
 
 wasmtime::component::bindgen!({
-    path: "../../wit",
+    path: "../../wit/filter.wit",
     world: "plugin",
     exports: { default: async },
     // Outbound calls await the network; everything else is synchronous.
