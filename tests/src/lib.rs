@@ -403,10 +403,30 @@ async fn grpc_echo(req: Request<hyper::body::Incoming>) -> Response<UpstreamBody
 
 /// The value of one sample in Prometheus text, e.g.
 /// `metric(text, "wasmgate_requests_total{route=\"r\",cluster=\"c\",status_class=\"2xx\"}")`.
+///
+/// The sample must be one of a metric the gateway declares, or a filter's
+/// (see [`is_metric_sample`]): a misspelt or renamed name fails here rather
+/// than reading as a sample not recorded yet.
 pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    let name = sample.split_once('{').map_or(sample, |(name, _)| name);
+    assert!(
+        is_metric_sample(name),
+        "{name} is not a sample of a metric the gateway exports \
+         (wasmgate::metrics::gateway_metrics) nor a filter's"
+    );
     text.lines()
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether `name` is the name of a sample of a gateway metric, as its tables
+/// declare them (`wasmgate_requests_total`, `wasmgate_active_connections`,
+/// `wasmgate_request_duration_seconds_count`, ...), or of a metric a filter
+/// records (any other `wasmgate_filter_…`).
+pub fn is_metric_sample(name: &str) -> bool {
+    let gateway =
+        wasmgate::metrics::gateway_metrics().any(|m| m.samples().iter().any(|s| s == name));
+    gateway || name.starts_with("wasmgate_filter_")
 }
 
 /// An address where nothing listens.
@@ -662,4 +682,23 @@ pub fn capture_logs() -> LogCapture {
             capture
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_metric_sample;
+
+    #[test]
+    fn metric_names_are_checked_against_the_gateway_tables() {
+        for m in wasmgate::metrics::gateway_metrics() {
+            for sample in m.samples() {
+                assert!(is_metric_sample(&sample), "{sample}");
+            }
+        }
+        assert!(is_metric_sample("wasmgate_filter_fault_hits_total"));
+        // A counter's family name is not a sample; a misspelt name is
+        // nothing.
+        assert!(!is_metric_sample("wasmgate_requests"));
+        assert!(!is_metric_sample("wasmgate_upstream_retrys_total"));
+    }
 }

@@ -22,6 +22,8 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
+use crate::MetricInfo;
+
 /// Metric names one filter may create.
 pub const MAX_NAMES: usize = 64;
 /// Label combinations one metric may have.
@@ -33,31 +35,28 @@ pub const MAX_NAME_LEN: usize = 64;
 /// Longest label value.
 pub const MAX_VALUE_LEN: usize = 256;
 
-/// The gateway's own metric families named `filter_…` (without the
-/// `wasmgate_` prefix). A filter metric may not take one of these names, nor
-/// one whose samples would collide with theirs.
-pub const RESERVED: &[&str] = &[
-    "filter_calls",
-    "filter_call_duration_seconds",
-    "filter_instances_created",
-    "filter_instances_discarded",
-    "filter_instances_idle",
-    "filter_instances_live",
-    "filter_quarantines",
-    "filter_fail_open",
-    "filter_outbound",
-    "filter_metrics_refused",
-    "filter_swaps",
-    "filter_versions_live",
-    "filter_version_requests",
-    "filter_canary_events",
-];
+/// The metric [`FilterMetrics`] exports itself:
+/// `wasmgate_filter_metrics_refused_total{filter, reason}`.
+pub const REFUSED_RECORDS: MetricInfo = MetricInfo {
+    name: "wasmgate_filter_metrics_refused",
+    unprefixed: "filter_metrics_refused",
+    kind: Kind::Counter,
+    help: "filter metric records dropped (bad name or labels, a cap reached, kind mismatch)",
+    subsystem: "filters",
+};
+
+/// The gateway's own metric names (without the `wasmgate_` prefix), read
+/// from its tables: a filter metric may not take one of these names, nor one
+/// whose samples would collide with theirs.
+pub fn reserved() -> impl Iterator<Item = &'static str> {
+    crate::gateway_metrics().map(|m| m.unprefixed)
+}
 
 /// Suffixes exposition adds to a family's name for its samples.
 const SAMPLE_SUFFIXES: &[&str] = &["_total", "_bucket", "_sum", "_count", "_created", "_info"];
 
 /// Whether families named `a` and `b` would write samples of the same name.
-fn clash(a: &str, b: &str) -> bool {
+pub(crate) fn clash(a: &str, b: &str) -> bool {
     let under = |long: &str, short: &str| {
         long.strip_prefix(short)
             .is_some_and(|rest| SAMPLE_SUFFIXES.contains(&rest))
@@ -72,7 +71,7 @@ const BUCKETS: [f64; 11] = [
 
 type Labels = Vec<(String, String)>;
 
-/// The kind of a metric, fixed by its first record.
+/// The kind of a metric (a filter's is fixed by its first record).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// Only goes up.
@@ -207,7 +206,7 @@ impl FilterMetrics {
                     let exported = format!("filter_{}_{name}", prefix_of(filter));
                     // Creating a name is rare: checking it against every
                     // other exported name is cheap enough.
-                    if RESERVED.iter().any(|r| clash(&exported, r))
+                    if reserved().any(|r| clash(&exported, r))
                         || self
                             .metrics
                             .iter()
@@ -295,8 +294,8 @@ impl Collector for FilterMetrics {
         }
         if !self.refused.is_empty() {
             let mut family = encoder.encode_descriptor(
-                "filter_metrics_refused",
-                "filter metric records dropped (bad name or labels, a cap reached, kind mismatch)",
+                REFUSED_RECORDS.unprefixed,
+                REFUSED_RECORDS.help,
                 None,
                 MetricType::Counter,
             )?;

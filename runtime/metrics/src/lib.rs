@@ -2,20 +2,54 @@
 //! handle (no global registry). Handles that the request path touches are
 //! created up front (per route, per filter pool), so recording a request costs
 //! atomic increments, not map lookups.
+//!
+//! # Declaring a metric
+//!
+//! Every metric the gateway exports is declared once, as a row in one of the
+//! tables below (one table per subsystem, all in the one `metric_tables!`
+//! invocation that makes [`Metrics`]):
+//!
+//! ```text
+//! upstream {
+//!     /// Sampled at scrape.
+//!     upstream_connections: gauge[ClusterLabels] => "upstream_connections",
+//!         "Open connections to each cluster";
+//! }
+//! ```
+//!
+//! The row gives the field of [`Metrics`], the kind (`counter`, `gauge` or
+//! `histogram(buckets)`; `[Labels]` makes it a `Family` keyed by that label
+//! set), the name (exported as `wasmgate_<name>`) and the help text; `///`
+//! lines are notes for the field's docs. The macro generates the field, its
+//! construction, its registration (in table order, which is the order of
+//! `/metrics`) and its entry in [`Metrics::TABLE`]. Tests and docs read names
+//! from the table (with [`gateway_metrics`], which adds the one metric
+//! [`FilterMetrics`](filter_metrics::FilterMetrics) exports itself), never
+//! from source text; filters may not record under a gateway name.
+//!
+//! To add a metric: add its row to its subsystem's table and record it
+//! through the field. A new label set is a struct deriving `EncodeLabelSet`
+//! (and `Default` under `cfg(test)`, so the tests can make a series). Names
+//! are lowercase `snake_case`; a counter's name does not end in `_total` (the
+//! exposition adds it), a histogram's ends in its unit (`_seconds`); help
+//! text has no final `.` (the exposition adds one). The unit tests check all
+//! of this, and that every row is exported.
 
 pub mod filter_metrics;
+#[macro_use]
+mod table;
+
+pub use table::{MetricInfo, PREFIX};
 
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
 /// Labels of `wasmgate_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
 pub struct RequestLabels {
     /// Route name, or `""` when no route matched.
     pub route: String,
@@ -27,6 +61,7 @@ pub struct RequestLabels {
 
 /// A route label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
 pub struct RouteLabels {
     /// Route name.
     pub route: String,
@@ -34,6 +69,7 @@ pub struct RouteLabels {
 
 /// One cluster.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
 pub struct ClusterLabels {
     /// Cluster name.
     pub cluster: String,
@@ -41,6 +77,7 @@ pub struct ClusterLabels {
 
 /// One endpoint of a cluster.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
 pub struct EndpointLabels {
     /// Cluster name.
     pub cluster: String,
@@ -50,6 +87,7 @@ pub struct EndpointLabels {
 
 /// A circuit-breaker limit of a cluster.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
 pub struct OverflowLabels {
     /// Cluster name.
     pub cluster: String,
@@ -59,6 +97,7 @@ pub struct OverflowLabels {
 
 /// Why a client connection ended in an HTTP-level error.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
 pub struct ConnErrorLabels {
     /// `parse` (malformed request, answered 400 by the parser),
     /// `head_too_large` (431), `header_timeout` (slow head), `other`.
@@ -67,6 +106,7 @@ pub struct ConnErrorLabels {
 
 /// A filter's calls on one route.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
 pub struct FilterLabels {
     /// Filter name.
     pub filter: String,
@@ -76,6 +116,7 @@ pub struct FilterLabels {
 
 /// A filter's calls on one route by outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
 pub struct FilterOutcomeLabels {
     /// Filter name.
     pub filter: String,
@@ -87,6 +128,7 @@ pub struct FilterOutcomeLabels {
 
 /// Outbound calls of a filter by cluster and outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
 pub struct OutboundLabels {
     /// Filter name.
     pub filter: String,
@@ -99,6 +141,7 @@ pub struct OutboundLabels {
 
 /// An outcome: `ok` or `rejected`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
 pub struct OutcomeLabels {
     /// `ok` or `rejected`.
     pub outcome: &'static str,
@@ -106,6 +149,7 @@ pub struct OutcomeLabels {
 
 /// A filter module upload by outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
 pub struct SwapLabels {
     /// Filter name.
     pub filter: String,
@@ -115,6 +159,7 @@ pub struct SwapLabels {
 
 /// Requests one filter version handled, by outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
 pub struct VersionLabels {
     /// Filter name.
     pub filter: String,
@@ -126,6 +171,7 @@ pub struct VersionLabels {
 
 /// A canary event of one filter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
 pub struct CanaryLabels {
     /// Filter name.
     pub filter: String,
@@ -135,108 +181,150 @@ pub struct CanaryLabels {
 
 /// One filter name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
 pub struct FilterNameLabels {
     /// Filter name.
     pub filter: String,
 }
 
-/// The gateway's metrics.
-#[derive(Debug)]
-pub struct Metrics {
-    registry: Registry,
-    /// Requests answered, by route, cluster and status class.
-    pub requests: Family<RequestLabels, Counter>,
-    /// Time from request head to response head, by route.
-    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
-    /// Open client connections.
-    pub active_connections: Gauge,
-    /// Client connections accepted.
-    pub connections: Counter,
-    /// Requests in flight on client connections (from the request head
-    /// until the response body is finished).
-    pub active_requests: Gauge,
-    /// Requests still in flight when the drain deadline cut them off.
-    pub drain_cutoff_requests: Counter,
-    /// Connections still open when the drain deadline cut them off.
-    pub drain_cutoff_connections: Counter,
-    /// Filter calls by outcome.
-    pub filter_calls: Family<FilterOutcomeLabels, Counter>,
-    /// Filter call duration (host view: acquire + call).
-    pub filter_duration: Family<FilterLabels, Histogram, fn() -> Histogram>,
-    /// Filter instances created.
-    pub filter_instances_created: Family<FilterLabels, Counter>,
-    /// Filter instances discarded.
-    pub filter_instances_discarded: Family<FilterLabels, Counter>,
-    /// Times a filter was quarantined after failing repeatedly.
-    pub filter_quarantines: Family<FilterLabels, Counter>,
-    /// Calls whose failure was skipped under `failure_policy = "fail-open"`.
-    pub filter_fail_open: Family<FilterLabels, Counter>,
-    /// Idle filter instances (sampled at scrape).
-    pub filter_instances_idle: Family<FilterLabels, Gauge>,
-    /// Access log lines dropped because the writer fell behind.
-    pub access_log_dropped: Counter,
-    /// TLS handshakes completed.
-    pub tls_handshakes: Counter,
-    /// TLS handshakes failed or timed out.
-    pub tls_handshake_errors: Counter,
-    /// Client connections that ended in an HTTP-level error, by kind. Requests
-    /// the parser refuses never reach routing, so they are counted here and
-    /// not in `requests`.
-    pub connection_errors: Family<ConnErrorLabels, Counter>,
-    /// Connections closed for a missing, invalid or late PROXY protocol header.
-    pub proxy_protocol_errors: Counter,
-    /// Open connections to each cluster (sampled at scrape).
-    pub upstream_connections: Family<ClusterLabels, Gauge>,
-    /// Requests in flight to each cluster (sampled at scrape).
-    pub upstream_active_requests: Family<ClusterLabels, Gauge>,
-    /// 1 when an endpoint is usable (sampled at scrape).
-    pub upstream_endpoint_healthy: Family<EndpointLabels, Gauge>,
-    /// Requests in flight to an endpoint (sampled at scrape).
-    pub upstream_endpoint_active: Family<EndpointLabels, Gauge>,
-    /// Endpoints ejected by outlier detection.
-    pub upstream_ejections: Family<ClusterLabels, Counter>,
-    /// Requests that found no healthy endpoint.
-    pub upstream_no_healthy: Family<ClusterLabels, Counter>,
-    /// Retries made.
-    pub upstream_retries: Family<ClusterLabels, Counter>,
-    /// Retries not made because the retry budget was spent.
-    pub upstream_retry_budget_exhausted: Family<ClusterLabels, Counter>,
-    /// Requests refused by a circuit-breaker limit.
-    pub upstream_overflow: Family<OverflowLabels, Counter>,
-    /// Resident memory, as the overload guard last saw it.
-    pub process_resident_memory: Gauge,
-    /// Open file descriptors, as the overload guard last saw them.
-    pub process_open_files: Gauge,
-    /// Requests shed by the overload guard, by pressure.
-    pub overload_shed: Family<ConnErrorLabels, Counter>,
-    /// Requests upgraded (WebSocket).
-    pub upgrades: Counter,
-    /// Upgraded connections open now.
-    pub active_tunnels: Gauge,
-    /// Filters' outbound calls.
-    pub filter_outbound: Family<OutboundLabels, Counter>,
-    /// Config reloads by outcome.
-    pub config_reloads: Family<OutcomeLabels, Counter>,
-    /// Filter module uploads by outcome.
-    pub filter_swaps: Family<SwapLabels, Counter>,
-    /// Versions of each filter alive (sampled at scrape).
-    pub filter_versions_live: Family<FilterNameLabels, Gauge>,
-    /// Instances of each filter alive, all versions and routes (sampled).
-    pub filter_instances_live: Family<FilterNameLabels, Gauge>,
-    /// Requests by filter version and outcome.
-    pub filter_version_requests: Family<VersionLabels, Counter>,
-    /// Canary starts, promotions and rollbacks.
-    pub filter_canary_events: Family<CanaryLabels, Counter>,
+/// The bucket bounds of request latency: 50 µs … ~26 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.00005, 2.0, 20)
 }
 
-fn latency_histogram() -> Histogram {
-    // 50 µs … ~26 s.
-    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+/// The bucket bounds of filter calls: 1 µs … ~0.5 s.
+fn filter_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000001, 2.0, 20)
 }
 
-fn filter_histogram() -> Histogram {
-    // 1 µs … ~0.5 s.
-    Histogram::new(exponential_buckets(0.000001, 2.0, 20))
+metric_tables! {
+    /// The gateway's metrics: one field per row of the tables below.
+    pub struct Metrics;
+
+    // Client connections and the requests on them (the server and the
+    // request path).
+    listener {
+        requests: counter[RequestLabels] => "requests",
+            "Requests answered, by route, cluster and status class";
+        request_duration: histogram[RouteLabels](latency_buckets()) => "request_duration_seconds",
+            "Time from the request head to the response head, by route";
+        active_connections: gauge => "active_connections",
+            "Open client connections";
+        connections: counter => "connections",
+            "Client connections accepted";
+        active_requests: gauge => "active_requests",
+            "Requests in flight on client connections, from the request head until the response body is finished";
+        drain_cutoff_requests: counter => "drain_cutoff_requests",
+            "Requests still in flight when the drain deadline (server.drain_timeout) cut them off";
+        drain_cutoff_connections: counter => "drain_cutoff_connections",
+            "Client connections still open when the drain deadline (server.drain_timeout) cut them off";
+        tls_handshakes: counter => "tls_handshakes",
+            "TLS handshakes completed";
+        tls_handshake_errors: counter => "tls_handshake_errors",
+            "TLS handshakes that failed or timed out";
+        /// Requests the parser refuses never reach routing, so they are
+        /// counted here and not in `requests`.
+        connection_errors: counter[ConnErrorLabels] => "connection_errors",
+            "Client connections that ended in an HTTP-level error (requests refused by the parser, slow heads), by kind";
+        proxy_protocol_errors: counter => "proxy_protocol_errors",
+            "Connections closed for a missing, invalid or late PROXY protocol header";
+        upgrades: counter => "upgrades",
+            "Requests upgraded to a tunnel (WebSocket)";
+        active_tunnels: gauge => "active_tunnels",
+            "Upgraded connections (WebSocket) open now";
+    }
+
+    // Filter calls and instances on each route (the engine's pools and the
+    // chain), and filters' outbound calls.
+    filters {
+        filter_calls: counter[FilterOutcomeLabels] => "filter_calls",
+            "Filter calls by filter, route and outcome";
+        filter_duration: histogram[FilterLabels](filter_buckets()) => "filter_call_duration_seconds",
+            "Filter call duration including instance acquisition";
+        filter_instances_created: counter[FilterLabels] => "filter_instances_created",
+            "Filter instances created";
+        filter_instances_discarded: counter[FilterLabels] => "filter_instances_discarded",
+            "Filter instances discarded (failure, max_uses, memory, fresh mode)";
+        /// Sampled at scrape.
+        filter_instances_idle: gauge[FilterLabels] => "filter_instances_idle",
+            "Idle filter instances in each pool";
+        filter_quarantines: counter[FilterLabels] => "filter_quarantines",
+            "Times a filter was quarantined after failing repeatedly";
+        filter_fail_open: counter[FilterLabels] => "filter_fail_open",
+            "Filter failures skipped under failure_policy = fail-open";
+        filter_outbound: counter[OutboundLabels] => "filter_outbound",
+            "Outbound calls made by filters, by filter, cluster and outcome";
+    }
+
+    // Upstream clusters and their endpoints.
+    upstream {
+        /// Sampled at scrape.
+        upstream_connections: gauge[ClusterLabels] => "upstream_connections",
+            "Open connections to each cluster";
+        /// Sampled at scrape.
+        upstream_active_requests: gauge[ClusterLabels] => "upstream_active_requests",
+            "Requests in flight to each cluster";
+        /// Sampled at scrape.
+        upstream_endpoint_healthy: gauge[EndpointLabels] => "upstream_endpoint_healthy",
+            "1 when an endpoint is usable (active checks pass, not ejected)";
+        /// Sampled at scrape.
+        upstream_endpoint_active: gauge[EndpointLabels] => "upstream_endpoint_active_requests",
+            "Requests in flight to an endpoint";
+        upstream_ejections: counter[ClusterLabels] => "upstream_ejections",
+            "Endpoints ejected by outlier detection";
+        upstream_no_healthy: counter[ClusterLabels] => "upstream_no_healthy",
+            "Requests answered 503 because no endpoint was healthy";
+        upstream_retries: counter[ClusterLabels] => "upstream_retries",
+            "Retries made";
+        upstream_retry_budget_exhausted: counter[ClusterLabels] => "upstream_retry_budget_exhausted",
+            "Retries not made because the cluster's retry budget was spent";
+        upstream_overflow: counter[OverflowLabels] => "upstream_overflow",
+            "Requests refused by a cluster's circuit-breaker limit";
+    }
+
+    // The access log.
+    access_log {
+        access_log_dropped: counter => "access_log_dropped",
+            "Access log lines dropped because the writer fell behind";
+    }
+
+    // The process, as the overload guard samples it, and what it sheds.
+    process {
+        process_resident_memory: gauge => "process_resident_memory_bytes",
+            "Resident memory, as the overload guard last sampled it";
+        process_open_files: gauge => "process_open_files",
+            "Open file descriptors, as the overload guard last sampled them";
+        overload_shed: counter[ConnErrorLabels] => "overload_shed",
+            "Requests shed with 503 by the overload guard, by kind of pressure (memory, open_files)";
+    }
+
+    // What the control plane changes: config reloads, filter versions and
+    // canaries, and the requests each version handled.
+    control {
+        config_reloads: counter[OutcomeLabels] => "config_reloads",
+            "Config reloads, applied (ok) or refused with the running config kept (rejected)";
+        filter_swaps: counter[SwapLabels] => "filter_swaps",
+            "Filter module uploads, activated (ok) or refused with the current version kept (rejected)";
+        /// Sampled at scrape.
+        filter_versions_live: gauge[FilterNameLabels] => "filter_versions_live",
+            "Versions of each filter alive: the current one, and old ones until their last request ends";
+        /// Sampled at scrape.
+        filter_instances_live: gauge[FilterNameLabels] => "filter_instances_live",
+            "Instances of each filter alive, over every version and route";
+        filter_version_requests: counter[VersionLabels] => "filter_version_requests",
+            "Requests each filter version handled, by outcome: ok, 5xx (the response), filter_failed (the filter itself)";
+        filter_canary_events: counter[CanaryLabels] => "filter_canary_events",
+            "Canary releases started, promoted, rolled back by hand (rolled_back) or by the error-rate check (auto_rolled_back)";
+    }
+}
+
+/// Every metric the gateway itself exports: [`Metrics::TABLE`], and the one
+/// [`FilterMetrics`](filter_metrics::FilterMetrics) adds for the records it
+/// refuses. (What filters record is theirs, named `wasmgate_filter_<filter>_…`.)
+pub fn gateway_metrics() -> impl Iterator<Item = &'static MetricInfo> {
+    Metrics::TABLE
+        .iter()
+        .chain([&filter_metrics::REFUSED_RECORDS])
 }
 
 impl Metrics {
@@ -250,256 +338,9 @@ impl Metrics {
     pub fn with_filter_metrics(
         filter_metrics: Arc<crate::filter_metrics::FilterMetrics>,
     ) -> Arc<Metrics> {
-        let mut registry = Registry::with_prefix("wasmgate");
-        let m = Metrics {
-            requests: Family::default(),
-            request_duration: Family::new_with_constructor(latency_histogram),
-            active_connections: Gauge::default(),
-            connections: Counter::default(),
-            active_requests: Gauge::default(),
-            drain_cutoff_requests: Counter::default(),
-            drain_cutoff_connections: Counter::default(),
-            filter_calls: Family::default(),
-            filter_duration: Family::new_with_constructor(filter_histogram),
-            filter_instances_created: Family::default(),
-            filter_instances_discarded: Family::default(),
-            filter_instances_idle: Family::default(),
-            filter_quarantines: Family::default(),
-            filter_fail_open: Family::default(),
-            access_log_dropped: Counter::default(),
-            tls_handshakes: Counter::default(),
-            tls_handshake_errors: Counter::default(),
-            connection_errors: Family::default(),
-            proxy_protocol_errors: Counter::default(),
-            upstream_connections: Family::default(),
-            upstream_active_requests: Family::default(),
-            upstream_endpoint_healthy: Family::default(),
-            upstream_endpoint_active: Family::default(),
-            upstream_ejections: Family::default(),
-            upstream_no_healthy: Family::default(),
-            upstream_retries: Family::default(),
-            upstream_retry_budget_exhausted: Family::default(),
-            upstream_overflow: Family::default(),
-            process_resident_memory: Gauge::default(),
-            process_open_files: Gauge::default(),
-            overload_shed: Family::default(),
-            upgrades: Counter::default(),
-            active_tunnels: Gauge::default(),
-            filter_outbound: Family::default(),
-            config_reloads: Family::default(),
-            filter_swaps: Family::default(),
-            filter_versions_live: Family::default(),
-            filter_instances_live: Family::default(),
-            filter_version_requests: Family::default(),
-            filter_canary_events: Family::default(),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "requests",
-            "Requests answered, by route, cluster and status class",
-            m.requests.clone(),
-        );
-        registry.register(
-            "request_duration_seconds",
-            "Time from the request head to the response head, by route",
-            m.request_duration.clone(),
-        );
-        registry.register(
-            "active_connections",
-            "Open client connections",
-            m.active_connections.clone(),
-        );
-        registry.register(
-            "connections",
-            "Client connections accepted",
-            m.connections.clone(),
-        );
-        registry.register(
-            "active_requests",
-            "Requests in flight on client connections, from the request head until the response body is finished",
-            m.active_requests.clone(),
-        );
-        registry.register(
-            "drain_cutoff_requests",
-            "Requests still in flight when the drain deadline (server.drain_timeout) cut them off",
-            m.drain_cutoff_requests.clone(),
-        );
-        registry.register(
-            "drain_cutoff_connections",
-            "Client connections still open when the drain deadline (server.drain_timeout) cut them off",
-            m.drain_cutoff_connections.clone(),
-        );
-        registry.register(
-            "filter_calls",
-            "Filter calls by filter, route and outcome",
-            m.filter_calls.clone(),
-        );
-        registry.register(
-            "filter_call_duration_seconds",
-            "Filter call duration including instance acquisition",
-            m.filter_duration.clone(),
-        );
-        registry.register(
-            "filter_instances_created",
-            "Filter instances created",
-            m.filter_instances_created.clone(),
-        );
-        registry.register(
-            "filter_instances_discarded",
-            "Filter instances discarded (failure, max_uses, memory, fresh mode)",
-            m.filter_instances_discarded.clone(),
-        );
-        registry.register(
-            "filter_instances_idle",
-            "Idle filter instances in each pool",
-            m.filter_instances_idle.clone(),
-        );
-        registry.register(
-            "access_log_dropped",
-            "Access log lines dropped because the writer fell behind",
-            m.access_log_dropped.clone(),
-        );
-        registry.register(
-            "tls_handshakes",
-            "TLS handshakes completed",
-            m.tls_handshakes.clone(),
-        );
-        registry.register(
-            "tls_handshake_errors",
-            "TLS handshakes that failed or timed out",
-            m.tls_handshake_errors.clone(),
-        );
-        registry.register(
-            "connection_errors",
-            "Client connections that ended in an HTTP-level error (requests refused by the parser, slow heads), by kind",
-            m.connection_errors.clone(),
-        );
-        registry.register(
-            "filter_quarantines",
-            "Times a filter was quarantined after failing repeatedly",
-            m.filter_quarantines.clone(),
-        );
-        registry.register(
-            "filter_fail_open",
-            "Filter failures skipped under failure_policy = fail-open",
-            m.filter_fail_open.clone(),
-        );
-        registry.register(
-            "proxy_protocol_errors",
-            "Connections closed for a missing, invalid or late PROXY protocol header",
-            m.proxy_protocol_errors.clone(),
-        );
-        for (name, help, family) in [
-            (
-                "upstream_connections",
-                "Open connections to each cluster",
-                &m.upstream_connections,
-            ),
-            (
-                "upstream_active_requests",
-                "Requests in flight to each cluster",
-                &m.upstream_active_requests,
-            ),
-        ] {
-            registry.register(name, help, family.clone());
-        }
-        registry.register(
-            "upstream_endpoint_healthy",
-            "1 when an endpoint is usable (active checks pass, not ejected)",
-            m.upstream_endpoint_healthy.clone(),
-        );
-        registry.register(
-            "upstream_endpoint_active_requests",
-            "Requests in flight to an endpoint",
-            m.upstream_endpoint_active.clone(),
-        );
-        for (name, help, family) in [
-            (
-                "upstream_ejections",
-                "Endpoints ejected by outlier detection",
-                &m.upstream_ejections,
-            ),
-            (
-                "upstream_no_healthy",
-                "Requests answered 503 because no endpoint was healthy",
-                &m.upstream_no_healthy,
-            ),
-            ("upstream_retries", "Retries made", &m.upstream_retries),
-            (
-                "upstream_retry_budget_exhausted",
-                "Retries not made because the cluster's retry budget was spent",
-                &m.upstream_retry_budget_exhausted,
-            ),
-        ] {
-            registry.register(name, help, family.clone());
-        }
-        registry.register(
-            "process_resident_memory_bytes",
-            "Resident memory, as the overload guard last sampled it",
-            m.process_resident_memory.clone(),
-        );
-        registry.register(
-            "process_open_files",
-            "Open file descriptors, as the overload guard last sampled them",
-            m.process_open_files.clone(),
-        );
-        registry.register(
-            "overload_shed",
-            "Requests shed with 503 by the overload guard, by kind of pressure (memory, open_files)",
-            m.overload_shed.clone(),
-        );
-        registry.register(
-            "upstream_overflow",
-            "Requests refused by a cluster's circuit-breaker limit",
-            m.upstream_overflow.clone(),
-        );
-        registry.register(
-            "upgrades",
-            "Requests upgraded to a tunnel (WebSocket)",
-            m.upgrades.clone(),
-        );
-        registry.register(
-            "active_tunnels",
-            "Upgraded connections (WebSocket) open now",
-            m.active_tunnels.clone(),
-        );
-        registry.register(
-            "filter_outbound",
-            "Outbound calls made by filters, by filter, cluster and outcome",
-            m.filter_outbound.clone(),
-        );
-        registry.register(
-            "config_reloads",
-            "Config reloads, applied (ok) or refused with the running config kept (rejected)",
-            m.config_reloads.clone(),
-        );
-        registry.register(
-            "filter_swaps",
-            "Filter module uploads, activated (ok) or refused with the current version kept (rejected)",
-            m.filter_swaps.clone(),
-        );
-        registry.register(
-            "filter_versions_live",
-            "Versions of each filter alive: the current one, and old ones until their last request ends",
-            m.filter_versions_live.clone(),
-        );
-        registry.register(
-            "filter_instances_live",
-            "Instances of each filter alive, over every version and route",
-            m.filter_instances_live.clone(),
-        );
-        registry.register(
-            "filter_version_requests",
-            "Requests each filter version handled, by outcome: ok, 5xx (the response), filter_failed (the filter itself)",
-            m.filter_version_requests.clone(),
-        );
-        registry.register(
-            "filter_canary_events",
-            "Canary releases started, promoted, rolled back by hand (rolled_back) or by the error-rate check (auto_rolled_back)",
-            m.filter_canary_events.clone(),
-        );
-        registry.register_collector(Box::new(filter_metrics));
-        Arc::new(Metrics { registry, ..m })
+        let mut m = Metrics::registered_in(Registry::with_prefix(PREFIX));
+        m.registry.register_collector(Box::new(filter_metrics));
+        Arc::new(m)
     }
 
     /// The Prometheus text exposition of every metric.
@@ -524,24 +365,131 @@ pub fn status_class(status: u16) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::filter_metrics::{FilterMetrics, Kind, clash};
+
     #[test]
-    fn every_gateway_family_named_filter_is_reserved_from_filters() {
-        // The names this file registers (a family with no series is not
-        // encoded, so the exposition cannot be asked).
-        let source = include_str!("lib.rs");
-        let families: Vec<&str> = source
-            .lines()
-            .map(str::trim)
-            .filter_map(|l| l.strip_prefix("\"filter_"))
-            .filter_map(|l| l.strip_suffix("\","))
-            .collect();
-        assert!(families.len() >= 10, "{families:?}");
-        for f in families {
-            let name = format!("filter_{f}");
+    fn names_are_unique_and_follow_the_naming_rules() {
+        let all: Vec<&MetricInfo> = gateway_metrics().collect();
+        assert!(all.len() > 40, "{all:?}");
+        let mut seen = HashSet::new();
+        for m in &all {
+            assert!(seen.insert(m.name), "{} is declared twice", m.name);
+            assert_eq!(m.name, format!("{PREFIX}_{}", m.unprefixed));
             assert!(
-                crate::filter_metrics::RESERVED.contains(&name.as_str()),
-                "{name} is missing from filter_metrics::RESERVED"
+                m.unprefixed
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                    && m.unprefixed.starts_with(|c: char| c.is_ascii_lowercase())
+                    && !m.unprefixed.ends_with('_')
+                    && !m.unprefixed.contains("__"),
+                "{} is not lowercase snake_case",
+                m.name
             );
+            if m.kind == Kind::Counter {
+                assert!(
+                    !m.name.ends_with("_total"),
+                    "{}: the exposition adds _total to a counter",
+                    m.name
+                );
+            }
+            if m.kind == Kind::Histogram {
+                assert!(
+                    m.name.ends_with("_seconds") || m.name.ends_with("_bytes"),
+                    "{}: a histogram's name ends in its unit",
+                    m.name
+                );
+            }
+            assert!(
+                !m.help.is_empty() && !m.help.ends_with('.'),
+                "{}: help without a final `.` (the exposition adds it)",
+                m.name
+            );
+            assert!(!m.subsystem.is_empty());
         }
+        // No family's samples may take another's names (`x_total` next to
+        // a counter `x`).
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert!(!clash(a.name, b.name), "{} and {} clash", a.name, b.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_metric_in_the_table_is_exported_as_declared() {
+        let filter_metrics = Arc::new(FilterMetrics::default());
+        let m = Metrics::with_filter_metrics(filter_metrics.clone());
+        // A family with no series is not exported: give each one a series.
+        m.touch_all();
+        filter_metrics.record(&Arc::from("f"), Kind::Counter, "bad name", Vec::new(), 1.0);
+        let text = m.encode();
+        for info in gateway_metrics() {
+            let kind = match info.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            };
+            // Registering a metric adds a final `.` to its help; the
+            // filter metrics' collector writes its help as it is.
+            let dot = if Metrics::TABLE.contains(info) {
+                "."
+            } else {
+                ""
+            };
+            let head = format!(
+                "# HELP {name} {help}{dot}\n# TYPE {name} {kind}\n",
+                name = info.name,
+                help = info.help
+            );
+            assert!(text.contains(&head), "{head:?} missing from\n{text}");
+            for sample in info.samples() {
+                assert!(
+                    text.lines().any(|l| l.starts_with(&format!("{sample}{{"))
+                        || l.starts_with(&format!("{sample} "))),
+                    "no sample {sample} in\n{text}"
+                );
+            }
+        }
+        // And nothing is exported that the tables do not declare.
+        assert_eq!(
+            text.matches("# TYPE ").count(),
+            gateway_metrics().count(),
+            "{text}"
+        );
+        // In table order.
+        let order: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let table: Vec<&str> = gateway_metrics().map(|m| m.name).collect();
+        assert_eq!(order, table);
+    }
+
+    #[test]
+    fn filters_cannot_record_under_a_gateway_name() {
+        // Every gateway name `filter_<a>_<b…>` (and its samples' names) is
+        // what filter `a` recording `b…` would be exported as.
+        let mut tried = 0;
+        for info in gateway_metrics() {
+            for name in [info.name.to_owned()].into_iter().chain(info.samples()) {
+                let Some(rest) = name.strip_prefix("wasmgate_filter_") else {
+                    continue;
+                };
+                let Some((filter, metric)) = rest.split_once('_') else {
+                    continue;
+                };
+                let fm = FilterMetrics::default();
+                let filter: Arc<str> = Arc::from(filter);
+                fm.record(&filter, Kind::Gauge, metric, Vec::new(), 1.0);
+                assert_eq!(fm.refused(&filter), 1, "{name} was not refused");
+                tried += 1;
+            }
+        }
+        assert!(tried >= 20, "{tried}");
     }
 }
