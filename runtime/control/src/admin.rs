@@ -231,7 +231,7 @@ impl AdminState {
                             "name": &*r.name,
                             "target": match &r.target {
                                 RouteTarget::Cluster(c) => serde_json::json!({ "cluster": &**c.name() }),
-                                RouteTarget::Split(s) => serde_json::json!({ "split": s.describe() }),
+                                RouteTarget::Weighted(s) => serde_json::json!({ "split": s.describe() }),
                                 RouteTarget::Redirect(rd) => serde_json::json!({ "redirect": rd.status }),
                                 RouteTarget::Respond(rs) => serde_json::json!({ "respond": rs.status }),
                             },

@@ -247,11 +247,6 @@ impl Gateway {
         Gateway::build(config).await
     }
 
-    /// The gateway's metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     /// The config the gateway was built from.
     pub fn config(&self) -> &Config {
         &self.config

@@ -40,7 +40,7 @@ use wasmgate_config::{Config, ConfigError, ConfigErrors, FailurePolicy, FilterCo
 use wasmgate_engine::edits::Needs;
 use wasmgate_engine::services::OutboundGrant;
 use wasmgate_engine::{
-    FilterEngine, FilterFailure, FilterModule, InstancePool, Limits, PoolPolicy, sha256_hex,
+    FilterEngine, FilterFailure, FilterModule, InstancePool, FilterLimits, PoolPolicy, sha256_hex,
 };
 use wasmgate_metrics::Metrics;
 use wasmgate_proxy::access_log::AccessLog;
@@ -50,7 +50,7 @@ use wasmgate_proxy::normalize::PathPolicy;
 use wasmgate_proxy::outbound::ClusterCaller;
 use wasmgate_proxy::overload::OverloadGuard;
 use wasmgate_proxy::proxy::{Current, Proxy};
-use wasmgate_proxy::route::{Route, RouteMetrics, RouteTarget, Split};
+use wasmgate_proxy::route::{Route, RouteMetrics, RouteTarget, WeightedClusters};
 use wasmgate_proxy::router::{RouteMatch, RouteTable};
 use wasmgate_proxy::tls::TlsTerminator;
 use wasmgate_proxy::upstream::Cluster;
@@ -1394,7 +1394,7 @@ async fn entry(
             }
         }
     }
-    let limits = Limits {
+    let limits = FilterLimits {
         memory: f.memory_limit,
         cpu: f.cpu_limit,
         wall: f.wall_limit,
@@ -1665,7 +1665,7 @@ async fn build(
                     .map(|(c, w)| clusters.get(c).map(|c| (c.clone(), *w)))
                     .collect();
                 match resolved {
-                    Some(v) => RouteTarget::Split(Split::new(v)),
+                    Some(v) => RouteTarget::Weighted(WeightedClusters::new(v)),
                     None => continue,
                 }
             }
@@ -1704,7 +1704,7 @@ async fn build(
             allow_encoded_slashes: config.server.allow_encoded_slashes,
         },
         forwarding: wasmgate_proxy::forwarding::Forwarding::new(config.server.forwarding.clone()),
-        limits: wasmgate_proxy::proxy::Limits {
+        limits: wasmgate_proxy::proxy::RequestLimits {
             max_request_body: config.limits.max_request_body,
             request_timeout: config.limits.request_timeout,
             tunnel_idle_timeout: config.limits.tunnel_idle_timeout,

@@ -19,7 +19,6 @@ mod host;
 mod pool;
 pub mod services;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -40,14 +39,6 @@ use wasmgate_config::EngineConfig;
 /// Why a filter module could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
     /// Not WebAssembly, a core module, or an invalid component.
     #[error("{path}: {reason}")]
     NotAComponent {
@@ -125,7 +116,7 @@ impl FilterFailure {
 
 /// Per-filter limits, from `[filters.NAME]`.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct FilterLimits {
     /// Linear memory cap per instance.
     pub memory: u64,
     /// CPU time per call.
@@ -259,24 +250,15 @@ impl FilterEngine {
         &self.services
     }
 
-    /// Reads, compiles and pre-links a filter component. The returned module is
-    /// ready to instantiate; nothing is compiled later.
-    pub fn load(&self, name: &str, path: &Path, limits: Limits) -> Result<FilterModule, LoadError> {
-        let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        self.load_bytes(name, &shown, &bytes, limits)
-    }
-
-    /// Like [`FilterEngine::load`], from bytes; `origin` names them in errors.
+    /// Compiles (or takes from the compile cache) and pre-links a filter
+    /// component from its bytes; `origin` names them in errors. The returned
+    /// module is ready to instantiate; nothing is compiled later.
     pub fn load_bytes(
         &self,
         name: &str,
         origin: &str,
         bytes: &[u8],
-        limits: Limits,
+        limits: FilterLimits,
     ) -> Result<FilterModule, LoadError> {
         let not_component = |reason: String| LoadError::NotAComponent {
             path: origin.to_owned(),
@@ -353,7 +335,7 @@ pub struct FilterModule {
     sha256: String,
     grants: services::Grants,
     pre: PluginPre<HostState>,
-    limits: Limits,
+    limits: FilterLimits,
     tick: Duration,
     live: Arc<LiveCounts>,
 }
@@ -408,11 +390,6 @@ impl FilterModule {
     /// Hex SHA-256 of the component's bytes.
     pub fn sha256(&self) -> &str {
         &self.sha256
-    }
-
-    /// The filter's limits.
-    pub fn limits(&self) -> Limits {
-        self.limits
     }
 
     /// Epoch ticks to a call's first deadline: its whole CPU budget, or one
@@ -532,7 +509,7 @@ fn ticks(d: Duration, tick: Duration) -> u64 {
 fn classify(
     store: &Store<HostState>,
     e: wasmtime::Error,
-    limits: Limits,
+    limits: FilterLimits,
     not_a_trap: fn(String) -> FilterFailure,
 ) -> FilterFailure {
     if store.data().limiter.exceeded {
@@ -550,7 +527,7 @@ fn classify(
 pub struct FilterInstance {
     store: Store<HostState>,
     plugin: Plugin,
-    limits: Limits,
+    limits: FilterLimits,
     ticks: u64,
     uses: u64,
     live: Arc<LiveCounts>,

@@ -364,11 +364,6 @@ impl InstancePool {
         &self.module
     }
 
-    /// The pool's policy.
-    pub fn policy(&self) -> PoolPolicy {
-        self.policy
-    }
-
     /// Current counters.
     pub fn stats(&self) -> PoolStats {
         PoolStats {

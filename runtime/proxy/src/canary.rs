@@ -99,7 +99,7 @@ impl Default for RollbackPolicy {
 
 /// Which requests a canary takes.
 #[derive(Debug, Clone)]
-pub enum Split {
+pub enum Selector {
     /// `basis_points` of 10 000, by a hash of the key.
     Percent {
         /// Share in hundredths of a percent.
@@ -132,7 +132,7 @@ pub fn bucket(key: &[u8]) -> u32 {
 
 impl CanarySpec {
     /// Checks the spec and resolves its split and rollback policy.
-    pub fn resolve(&self) -> Result<(Split, Option<RollbackPolicy>), String> {
+    pub fn resolve(&self) -> Result<(Selector, Option<RollbackPolicy>), String> {
         let split = match (&self.percent, &self.header) {
             (Some(_), Some(_)) => {
                 return Err("give either `percent` or `header`, not both".into());
@@ -164,7 +164,7 @@ impl CanarySpec {
                         }
                     },
                 };
-                Split::Percent {
+                Selector::Percent {
                     basis_points: (p * 100.0).round() as u32,
                     by,
                 }
@@ -180,7 +180,7 @@ impl CanarySpec {
                     ),
                     None => None,
                 };
-                Split::Header {
+                Selector::Header {
                     name: header_name(h, "header")?,
                     value,
                 }
@@ -258,7 +258,7 @@ pub struct Canary {
     filter: Arc<str>,
     /// The spec it was started with.
     pub spec: CanarySpec,
-    split: Split,
+    selector: Selector,
     rollback: Option<RollbackPolicy>,
     window: std::sync::Mutex<Window>,
     tripped: AtomicBool,
@@ -286,7 +286,7 @@ impl Canary {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             filter: Arc::from(filter),
             spec,
-            split,
+            selector: split,
             rollback,
             window: std::sync::Mutex::new(Window {
                 buckets: VecDeque::new(),
@@ -314,8 +314,8 @@ impl Canary {
 
     /// Whether this request goes to the canary.
     pub fn takes(&self, headers: &HeaderMap, request_id: &str) -> bool {
-        match &self.split {
-            Split::Percent { basis_points, by } => {
+        match &self.selector {
+            Selector::Percent { basis_points, by } => {
                 let key = match by {
                     SplitKey::RequestId => request_id.as_bytes(),
                     SplitKey::Header(h) => match headers.get(h) {
@@ -325,7 +325,7 @@ impl Canary {
                 };
                 bucket(key) < *basis_points
             }
-            Split::Header { name, value } => match (headers.get(name), value) {
+            Selector::Header { name, value } => match (headers.get(name), value) {
                 (Some(got), Some(want)) => got == want,
                 (Some(_), None) => true,
                 (None, _) => false,

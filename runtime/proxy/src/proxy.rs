@@ -63,7 +63,7 @@ pub struct Policy {
     /// The forwarding headers.
     pub forwarding: Forwarding,
     /// Request limits.
-    pub limits: Limits,
+    pub limits: RequestLimits,
     /// The listener's TLS terminator, for the 421 check.
     pub tls: Option<Arc<crate::tls::TlsTerminator>>,
     /// The gateway-wide overload guard.
@@ -124,7 +124,7 @@ impl Proxy {
 
 /// Limits the request path enforces, from `[limits]`.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct RequestLimits {
     /// Longest request body accepted (413 past it).
     pub max_request_body: usize,
     /// Longest time from request head to response head (504 past it).

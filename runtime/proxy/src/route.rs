@@ -83,7 +83,7 @@ pub enum RouteTarget {
     /// One cluster.
     Cluster(Arc<Cluster>),
     /// Clusters in proportion to their weights.
-    Split(Split),
+    Weighted(WeightedClusters),
     /// A redirect made by the gateway.
     Redirect(wasmgate_config::route_config::Redirect),
     /// A response made by the gateway.
@@ -93,17 +93,17 @@ pub enum RouteTarget {
 /// A weighted split: a smooth weighted round-robin order over the clusters,
 /// so the proportions hold exactly over every cycle.
 #[derive(Debug)]
-pub struct Split {
+pub struct WeightedClusters {
     clusters: Vec<Arc<Cluster>>,
     order: Vec<u32>,
     next: AtomicU64,
 }
 
-impl Split {
+impl WeightedClusters {
     /// A split over `clusters` with their weights.
-    pub fn new(clusters: Vec<(Arc<Cluster>, u32)>) -> Split {
+    pub fn new(clusters: Vec<(Arc<Cluster>, u32)>) -> WeightedClusters {
         let weights: Vec<u32> = clusters.iter().map(|(_, w)| *w).collect();
-        Split {
+        WeightedClusters {
             order: crate::upstream::balancer::smooth_order(&weights),
             clusters: clusters.into_iter().map(|(c, _)| c).collect(),
             next: AtomicU64::new(0),
@@ -133,7 +133,7 @@ impl Route {
     pub(crate) fn pick(&self) -> Option<&Arc<Cluster>> {
         match &self.target {
             RouteTarget::Cluster(c) => Some(c),
-            RouteTarget::Split(s) => Some(s.pick()),
+            RouteTarget::Weighted(s) => Some(s.pick()),
             RouteTarget::Redirect(_) | RouteTarget::Respond(_) => None,
         }
     }
@@ -162,7 +162,7 @@ impl Route {
                 }
                 Ok(resp)
             }
-            RouteTarget::Cluster(_) | RouteTarget::Split(_) => Err(RequestError::NoTarget),
+            RouteTarget::Cluster(_) | RouteTarget::Weighted(_) => Err(RequestError::NoTarget),
         }
     }
 

@@ -82,8 +82,6 @@ pub struct Forwarded {
     pub response: Response<Incoming>,
     /// The endpoint that answered.
     pub endpoint: Arc<Endpoint>,
-    /// Tries it took (1 = no retry).
-    pub tries: u32,
     /// Keeps the request counted (endpoint and cluster) until dropped; hold
     /// it until the response body is done.
     pub hold: RequestHold,
@@ -437,7 +435,6 @@ impl Cluster {
                                 return Ok(Forwarded {
                                     response,
                                     endpoint,
-                                    tries: attempt,
                                     hold: RequestHold {
                                         _endpoint: guard,
                                         _cluster: cluster_guard,
