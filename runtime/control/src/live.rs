@@ -40,7 +40,7 @@ use wasmgate_config::{Config, ConfigError, ConfigErrors, FailurePolicy, FilterCo
 use wasmgate_engine::edits::Needs;
 use wasmgate_engine::services::OutboundGrant;
 use wasmgate_engine::{
-    FilterEngine, FilterFailure, FilterModule, InstancePool, FilterLimits, PoolPolicy, sha256_hex,
+    FilterEngine, FilterFailure, FilterLimits, FilterModule, InstancePool, PoolPolicy, sha256_hex,
 };
 use wasmgate_metrics::Metrics;
 use wasmgate_proxy::access_log::AccessLog;

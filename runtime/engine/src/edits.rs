@@ -14,6 +14,48 @@ use http::{Method, StatusCode};
 
 use crate::{FilterFailure, wit};
 
+/// Why a filter's decision was refused. Nothing of a refused decision is
+/// applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEdit {
+    /// Not a header name.
+    #[error("{0:?} is not a valid header name")]
+    HeaderName(String),
+    /// A framing or connection header, which only the gateway sets.
+    #[error("the {0} header is managed by the gateway and cannot be edited")]
+    Protected(HeaderName),
+    /// A header value with control characters.
+    #[error("header value {0:?} contains control characters")]
+    HeaderValue(String),
+    /// Not a method.
+    #[error("{0:?} is not an HTTP method")]
+    Method(String),
+    /// A path that does not start with `/`.
+    #[error("path {0:?} must start with '/'")]
+    RelativePath(String),
+    /// Not a path and query.
+    #[error("{0:?} is not a valid path and query")]
+    Path(String),
+    /// Not a final status (200..=999).
+    #[error("{0} is not a valid final status")]
+    Status(u16),
+    /// Header edits that leave several `Host` headers.
+    #[error("the header edits leave several Host headers")]
+    SeveralHosts,
+    /// A cluster that does not exist (or that the filter may not name).
+    #[error("cluster {0:?} does not exist")]
+    UnknownCluster(String),
+    /// A body edit on a side whose body the filter did not ask for.
+    #[error("a {0} body edit needs buffer-{0}-body in filter-info")]
+    BodyNotBuffered(&'static str),
+}
+
+impl From<InvalidEdit> for FilterFailure {
+    fn from(e: InvalidEdit) -> FilterFailure {
+        FilterFailure::InvalidDecision(e)
+    }
+}
+
 /// Which headers the host copies into a call, resolved at load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interest {
@@ -108,7 +150,7 @@ pub fn value_to_string(v: &HeaderValue) -> String {
 
 /// A WIT string to header bytes: characters up to U+00FF become one byte;
 /// anything above is written as UTF-8.
-pub fn string_to_value(s: &str) -> Result<HeaderValue, String> {
+pub fn string_to_value(s: &str) -> Result<HeaderValue, InvalidEdit> {
     let result = if s.is_ascii() {
         HeaderValue::from_str(s).map_err(|_| ())
     } else {
@@ -123,7 +165,7 @@ pub fn string_to_value(s: &str) -> Result<HeaderValue, String> {
         }
         HeaderValue::from_bytes(&bytes).map_err(|_| ())
     };
-    result.map_err(|()| format!("header value {s:?} contains control characters"))
+    result.map_err(|()| InvalidEdit::HeaderValue(s.to_owned()))
 }
 
 /// Headers a filter may not set: they decide message framing or belong to
@@ -140,13 +182,11 @@ pub fn is_protected(name: &HeaderName) -> bool {
 }
 
 /// A header name a filter may set.
-pub fn header_name(n: &str) -> Result<HeaderName, String> {
+pub fn header_name(n: &str) -> Result<HeaderName, InvalidEdit> {
     let name = HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
-        .map_err(|_| format!("{n:?} is not a valid header name"))?;
+        .map_err(|_| InvalidEdit::HeaderName(n.to_owned()))?;
     if is_protected(&name) {
-        return Err(format!(
-            "the {name} header is managed by the gateway and cannot be edited"
-        ));
+        return Err(InvalidEdit::Protected(name));
     }
     Ok(name)
 }
@@ -155,28 +195,25 @@ pub fn header_name(n: &str) -> Result<HeaderName, String> {
 pub fn apply_header_edits(
     headers: &mut HeaderMap,
     edits: &wit::HeaderEdits,
-) -> Result<(), FilterFailure> {
-    let invalid = FilterFailure::InvalidDecision;
+) -> Result<(), InvalidEdit> {
     // Validate everything before changing anything, so a bad edit leaves the
     // message as it was.
     let remove = edits
         .remove
         .iter()
         .map(|n| header_name(n))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(invalid)?;
+        .collect::<Result<Vec<_>, _>>()?;
+    let pair = |(n, v): &(String, String)| Ok((header_name(n)?, string_to_value(v)?));
     let set = edits
         .set
         .iter()
-        .map(|(n, v)| Ok((header_name(n)?, string_to_value(v)?)))
-        .collect::<Result<Vec<_>, String>>()
-        .map_err(invalid)?;
+        .map(pair)
+        .collect::<Result<Vec<_>, InvalidEdit>>()?;
     let append = edits
         .append
         .iter()
-        .map(|(n, v)| Ok((header_name(n)?, string_to_value(v)?)))
-        .collect::<Result<Vec<_>, String>>()
-        .map_err(invalid)?;
+        .map(pair)
+        .collect::<Result<Vec<_>, InvalidEdit>>()?;
     for n in remove {
         headers.remove(n);
     }
@@ -196,28 +233,24 @@ pub fn apply_header_edits(
 }
 
 /// Parses a method from a request edit.
-pub fn parse_method(m: &str) -> Result<Method, FilterFailure> {
-    Method::from_bytes(m.as_bytes())
-        .map_err(|_| FilterFailure::InvalidDecision(format!("{m:?} is not an HTTP method")))
+pub fn parse_method(m: &str) -> Result<Method, InvalidEdit> {
+    Method::from_bytes(m.as_bytes()).map_err(|_| InvalidEdit::Method(m.to_owned()))
 }
 
 /// Parses a path-and-query from a request edit.
-pub fn parse_path(p: &str) -> Result<http::uri::PathAndQuery, FilterFailure> {
+pub fn parse_path(p: &str) -> Result<http::uri::PathAndQuery, InvalidEdit> {
     if !p.starts_with('/') {
-        return Err(FilterFailure::InvalidDecision(format!(
-            "path {p:?} must start with '/'"
-        )));
+        return Err(InvalidEdit::RelativePath(p.to_owned()));
     }
-    p.parse()
-        .map_err(|_| FilterFailure::InvalidDecision(format!("{p:?} is not a valid path and query")))
+    p.parse().map_err(|_| InvalidEdit::Path(p.to_owned()))
 }
 
 /// A final status (200..=999) a filter may answer with.
-fn final_status(s: u16) -> Result<StatusCode, FilterFailure> {
+fn final_status(s: u16) -> Result<StatusCode, InvalidEdit> {
     StatusCode::from_u16(s)
         .ok()
         .filter(|s| s.as_u16() >= 200)
-        .ok_or_else(|| FilterFailure::InvalidDecision(format!("{s} is not a valid final status")))
+        .ok_or(InvalidEdit::Status(s))
 }
 
 /// What a request decision changed besides the head it edited in place.
@@ -239,11 +272,9 @@ pub fn apply_request_edits<C>(
     edits: wit::RequestEdits,
     body_buffered: bool,
     cluster: impl FnOnce(&str) -> Option<C>,
-) -> Result<RequestChange<C>, FilterFailure> {
+) -> Result<RequestChange<C>, InvalidEdit> {
     if edits.body.is_some() && !body_buffered {
-        return Err(FilterFailure::InvalidDecision(
-            "a request body edit needs buffer-request-body in filter-info".into(),
-        ));
+        return Err(InvalidEdit::BodyNotBuffered("request"));
     }
     // Validate everything first, so a rejected decision changes nothing.
     let method = edits.method.as_deref().map(parse_method).transpose()?;
@@ -253,9 +284,7 @@ pub fn apply_request_edits<C>(
         .map(parse_path)
         .transpose()?;
     let new_cluster = match &edits.cluster {
-        Some(name) => Some(cluster(name).ok_or_else(|| {
-            FilterFailure::InvalidDecision(format!("cluster {name:?} does not exist"))
-        })?),
+        Some(name) => Some(cluster(name).ok_or_else(|| InvalidEdit::UnknownCluster(name.clone()))?),
         None => None,
     };
     let edits_host = edits
@@ -270,9 +299,7 @@ pub fn apply_request_edits<C>(
         let mut trial = parts.headers.clone();
         apply_header_edits(&mut trial, &edits.headers)?;
         if trial.get_all(header::HOST).iter().count() > 1 {
-            return Err(FilterFailure::InvalidDecision(
-                "the header edits leave several Host headers".into(),
-            ));
+            return Err(InvalidEdit::SeveralHosts);
         }
         parts.headers = trial;
     } else {
@@ -298,11 +325,9 @@ pub fn apply_response_edits(
     headers: &mut HeaderMap,
     edits: wit::ResponseEdits,
     body_buffered: bool,
-) -> Result<Option<Vec<u8>>, FilterFailure> {
+) -> Result<Option<Vec<u8>>, InvalidEdit> {
     if edits.body.is_some() && !body_buffered {
-        return Err(FilterFailure::InvalidDecision(
-            "a response body edit needs buffer-response-body in filter-info".into(),
-        ));
+        return Err(InvalidEdit::BodyNotBuffered("response"));
     }
     let new_status = edits.status.map(final_status).transpose()?;
     apply_header_edits(headers, &edits.headers)?;
@@ -325,7 +350,7 @@ pub struct MadeResponse {
 }
 
 /// Validates a filter-made response.
-pub fn made_response(r: wit::Response) -> Result<MadeResponse, FilterFailure> {
+pub fn made_response(r: wit::Response) -> Result<MadeResponse, InvalidEdit> {
     let status = final_status(r.status)?;
     let mut headers = HeaderMap::new();
     let edits = wit::HeaderEdits {

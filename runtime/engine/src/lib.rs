@@ -78,7 +78,7 @@ pub enum FilterFailure {
     Instantiate(String),
     /// The filter returned something the host cannot apply.
     #[error("returned an invalid decision: {0}")]
-    InvalidDecision(String),
+    InvalidDecision(edits::InvalidEdit),
     /// Every instance of the route's pool stayed busy for the whole wait.
     #[error("had no free instance: all {size} were busy for {waited:?}")]
     PoolExhausted {

@@ -74,8 +74,11 @@ impl ClusterCaller {
         let headers = builder.headers_mut().expect("the builder has no error yet");
         for (n, v) in &req.headers {
             // Framing and hop-by-hop headers are refused by name.
-            let name = edits::header_name(n).map_err(invalid)?;
-            headers.append(name, edits::string_to_value(v).map_err(invalid)?);
+            let name = edits::header_name(n).map_err(|e| invalid(e.to_string()))?;
+            headers.append(
+                name,
+                edits::string_to_value(v).map_err(|e| invalid(e.to_string()))?,
+            );
         }
         if headers.get_all(header::HOST).iter().count() > 1 {
             return Err(invalid("several Host headers".into()));

@@ -169,7 +169,7 @@ impl Proxy {
                 }
             };
             if let Err(failure) = applied {
-                self.on_failure(s, route, i, failure)?;
+                self.on_failure(s, route, i, failure.into())?;
                 skipped[i] = true;
                 continue;
             }
@@ -291,7 +291,7 @@ impl Proxy {
                 }
             };
             if let Err(failure) = applied {
-                self.on_failure(s, route, i, failure)?;
+                self.on_failure(s, route, i, failure.into())?;
             }
         }
         // The upstream's trailers (gRPC status, say) follow the final body.
