@@ -21,13 +21,19 @@ use serde::Deserialize;
 pub mod access_log;
 pub mod cluster;
 pub mod forwarding;
+pub mod limits;
 pub mod overload;
 pub mod route_config;
+pub mod server;
 pub mod tls;
+pub mod watch;
 
 pub use crate::cluster::{
     Balance, ClusterConfig, EndpointConfig, HashOn, RetryOn, UpstreamProtocol, UpstreamTls,
 };
+pub use crate::limits::LimitsConfig;
+pub use crate::server::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, MAX_DRAIN_TIMEOUT, ServerConfig};
+pub use crate::watch::{DEFAULT_WATCH_DEBOUNCE, WatchConfig};
 
 /// One problem in a config, with the key path that caused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +145,7 @@ impl<'de> Deserialize<'de> for HumanSize {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    server: RawServer,
+    server: crate::server::RawServer,
     #[serde(default)]
     engine: RawEngine,
     #[serde(default)]
@@ -149,55 +155,12 @@ struct RawConfig {
     #[serde(default)]
     routes: Vec<RawRoute>,
     admin: Option<RawAdmin>,
-    access_log: Option<RawAccessLog>,
+    access_log: Option<crate::access_log::RawAccessLog>,
     #[serde(default)]
-    limits: RawLimits,
-    overload: Option<RawOverload>,
+    limits: crate::limits::RawLimits,
+    overload: Option<crate::overload::RawOverload>,
     #[serde(default)]
-    watch: RawWatch,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawWatch {
-    #[serde(default)]
-    enabled: bool,
-    debounce: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawOverload {
-    max_memory: Option<HumanSize>,
-    max_open_files_percent: Option<u8>,
-    check_interval: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    header_read_timeout: Option<HumanDuration>,
-    request_timeout: Option<HumanDuration>,
-    max_header_count: Option<u32>,
-    max_header_size: Option<HumanSize>,
-    max_request_body: Option<HumanSize>,
-    max_connections: Option<u32>,
-    h2_max_concurrent_streams: Option<u32>,
-    idle_timeout: Option<HumanDuration>,
-    tunnel_idle_timeout: Option<HumanDuration>,
-    max_buffered_body: Option<HumanSize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAccessLog {
-    #[serde(default = "yes")]
-    enabled: bool,
-    path: Option<String>,
-}
-
-fn yes() -> bool {
-    true
+    watch: crate::watch::RawWatch,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,45 +172,6 @@ struct RawAdmin {
     #[serde(default)]
     protect_metrics: bool,
     data_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<String>,
-    workers: Option<u32>,
-    #[serde(default)]
-    allow_encoded_slashes: bool,
-    #[serde(default)]
-    trusted_proxies: Vec<String>,
-    #[serde(default)]
-    forwarded_header: bool,
-    hide_response_headers: Option<Vec<String>>,
-    request_id_header: Option<String>,
-    #[serde(default)]
-    proxy_protocol: bool,
-    drain_timeout: Option<HumanDuration>,
-    tls: Option<RawTls>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    certificates: Vec<RawCert>,
-    client_ca: Option<String>,
-    client_auth: Option<crate::tls::ClientAuth>,
-    reload_interval: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCert {
-    cert: String,
-    key: String,
-    #[serde(default)]
-    server_names: Vec<String>,
-    client_ca: Option<String>,
-    client_auth: Option<crate::tls::ClientAuth>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -345,8 +269,6 @@ struct RawRouteFilter {
 // ---------------------------------------------------------------------------
 // Validated config.
 
-/// Default listen address of the proxy.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default number of filter instances that may exist at once (pooling slots).
 pub const DEFAULT_MAX_INSTANCES: u32 = 256;
 /// Default upper bound of any filter's memory (the pooling slot size).
@@ -361,12 +283,6 @@ pub const DEFAULT_FILTER_CPU: Duration = Duration::from_millis(50);
 pub const DEFAULT_POOL_SIZE: u32 = 16;
 /// Default number of calls an instance serves before it is replaced.
 pub const DEFAULT_MAX_USES: u64 = 10_000;
-/// Default time requests in flight get to finish at shutdown.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
-/// Longest `server.drain_timeout` accepted.
-pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Default quiet time before a changed watched file is read.
-pub const DEFAULT_WATCH_DEBOUNCE: Duration = Duration::from_millis(500);
 /// Default wait for a free instance.
 pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_millis(100);
 /// Default outbound calls a filter may make per request.
@@ -400,105 +316,6 @@ pub struct Config {
     pub overload: crate::overload::OverloadConfig,
     /// Reloading when the config file or a module file changes.
     pub watch: WatchConfig,
-}
-
-/// `[watch]`: reload when the config file or a filter's module file
-/// changes. A top-level section rather than part of `[server]`: it is about
-/// how changes reach the gateway (like SIGHUP and the management API), not
-/// about the listener. Read at start only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchConfig {
-    /// Watch the files at all.
-    pub enabled: bool,
-    /// Quiet time after the last change to a file before it is read.
-    pub debounce: Duration,
-}
-
-impl Default for WatchConfig {
-    fn default() -> Self {
-        WatchConfig {
-            enabled: false,
-            debounce: DEFAULT_WATCH_DEBOUNCE,
-        }
-    }
-}
-
-/// `[server]`
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Address the proxy listens on.
-    pub listen: SocketAddr,
-    /// Worker threads serving requests; `None` = one per CPU.
-    pub workers: Option<usize>,
-    /// Keep `%2F`/`%5C` in paths instead of answering 400.
-    pub allow_encoded_slashes: bool,
-    /// Forwarding headers, trusted proxies, request ids.
-    pub forwarding: crate::forwarding::ForwardingPolicy,
-    /// TLS termination on the listener, if configured.
-    pub tls: Option<crate::tls::TlsConfig>,
-    /// Every connection starts with a PROXY protocol (v1 or v2) header.
-    pub proxy_protocol: bool,
-    /// Time requests in flight get to finish after shutdown starts.
-    pub drain_timeout: Duration,
-}
-
-impl LimitsConfig {
-    /// The limits the listener applies to connections (as opposed to those
-    /// the proxy applies per request): changing them needs a restart.
-    pub fn listener(&self) -> LimitsConfig {
-        LimitsConfig {
-            request_timeout: Duration::ZERO,
-            max_request_body: 0,
-            tunnel_idle_timeout: Duration::ZERO,
-            max_buffered_body: 0,
-            ..*self
-        }
-    }
-}
-
-/// `[limits]`: protection against slow, large and numerous requests.
-#[derive(Debug, Clone, Copy)]
-pub struct LimitsConfig {
-    /// Time a client has to send a complete request head (slowloris).
-    pub header_read_timeout: Duration,
-    /// Time from request head to response head (504 past it).
-    pub request_timeout: Duration,
-    /// Most request headers (431 past it).
-    pub max_header_count: usize,
-    /// Largest request head in bytes (431 past it).
-    pub max_header_size: usize,
-    /// Largest request body in bytes (413 past it).
-    pub max_request_body: usize,
-    /// Most client connections open at once; more wait in the listen backlog.
-    pub max_connections: usize,
-    /// Most concurrent streams on one HTTP/2 connection.
-    pub h2_max_concurrent_streams: u32,
-    /// A client connection with no request in flight for this long is closed
-    /// (HTTP/2: GOAWAY).
-    pub idle_timeout: Duration,
-    /// An upgraded connection (WebSocket) with no bytes either way for this
-    /// long is closed.
-    pub tunnel_idle_timeout: Duration,
-    /// Largest body buffered for filters that ask for one (413 for requests,
-    /// 502 for responses past it).
-    pub max_buffered_body: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            header_read_timeout: Duration::from_secs(15),
-            request_timeout: Duration::from_secs(60),
-            max_header_count: 100,
-            max_header_size: 64 << 10,
-            max_request_body: 10 << 20,
-            max_connections: 10_000,
-            h2_max_concurrent_streams: 100,
-            idle_timeout: Duration::from_secs(60),
-            tunnel_idle_timeout: Duration::from_secs(300),
-            max_buffered_body: 1 << 20,
-        }
-    }
 }
 
 /// `[admin]`: the admin listener.
@@ -728,137 +545,8 @@ fn is_valid_name(name: &str) -> bool {
 fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
     let mut errors = Vec::new();
 
-    let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|e| {
-        errors.push(ConfigError::new(
-            "server.listen",
-            format!("{listen_text:?} is not an address ({e}); write e.g. \"127.0.0.1:8080\""),
-        ));
-        SocketAddr::from(([127, 0, 0, 1], 8080))
-    });
-
-    let workers = match raw.server.workers {
-        Some(n) if n == 0 || n > 1024 => {
-            errors.push(ConfigError::new(
-                "server.workers",
-                format!("must be between 1 and 1024, got {n}"),
-            ));
-            None
-        }
-        n => n.map(|n| n as usize),
-    };
-    let drain_timeout = match raw.server.drain_timeout {
-        None => DEFAULT_DRAIN_TIMEOUT,
-        Some(HumanDuration(d)) if d.is_zero() || d > MAX_DRAIN_TIMEOUT => {
-            errors.push(ConfigError::new(
-                "server.drain_timeout",
-                format!(
-                    "must be more than zero and at most {}, got {}",
-                    humantime::format_duration(MAX_DRAIN_TIMEOUT),
-                    humantime::format_duration(d)
-                ),
-            ));
-            DEFAULT_DRAIN_TIMEOUT
-        }
-        Some(HumanDuration(d)) => d,
-    };
-    let watch = WatchConfig {
-        enabled: raw.watch.enabled,
-        debounce: match raw.watch.debounce {
-            None => DEFAULT_WATCH_DEBOUNCE,
-            Some(HumanDuration(d))
-                if d < Duration::from_millis(10) || d > Duration::from_secs(60) =>
-            {
-                errors.push(ConfigError::new(
-                    "watch.debounce",
-                    format!(
-                        "must be between 10ms and 1m, got {}",
-                        humantime::format_duration(d)
-                    ),
-                ));
-                DEFAULT_WATCH_DEBOUNCE
-            }
-            Some(HumanDuration(d)) => d,
-        },
-    };
-    let tls = raw.server.tls.as_ref().map(|t| {
-        if t.certificates.is_empty() {
-            errors.push(ConfigError::new(
-                "server.tls.certificates",
-                "must list at least one certificate",
-            ));
-        }
-        let certificates = t
-            .certificates
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                for (j, n) in c.server_names.iter().enumerate() {
-                    if let Err(m) = parse_host_pattern(n) {
-                        errors.push(ConfigError::new(
-                            format!("server.tls.certificates[{i}].server_names[{j}]"),
-                            m,
-                        ));
-                    }
-                }
-                crate::tls::CertConfig {
-                    cert: base.join(&c.cert),
-                    key: base.join(&c.key),
-                    server_names: c.server_names.clone(),
-                    client_ca: c
-                        .client_ca
-                        .as_ref()
-                        .or(t.client_ca.as_ref())
-                        .map(|p| base.join(p)),
-                    client_auth: c
-                        .client_auth
-                        .or(t.client_auth)
-                        .unwrap_or(crate::tls::ClientAuth::Required),
-                }
-            })
-            .collect();
-        crate::tls::TlsConfig {
-            certificates,
-            reload_interval: t.reload_interval.map_or(Duration::from_secs(5), |d| d.0),
-        }
-    });
-    let mut forwarding = crate::forwarding::ForwardingPolicy {
-        forwarded_header: raw.server.forwarded_header,
-        ..Default::default()
-    };
-    for (i, t) in raw.server.trusted_proxies.iter().enumerate() {
-        let parsed = t
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-        match parsed {
-            Ok(net) => forwarding.trusted_proxies.push(net),
-            Err(_) => errors.push(ConfigError::new(
-                format!("server.trusted_proxies[{i}]"),
-                format!("{t:?} is not an IP address or CIDR range (e.g. \"10.0.0.0/8\")"),
-            )),
-        }
-    }
-    if let Some(list) = &raw.server.hide_response_headers {
-        forwarding.hide_response_headers.clear();
-        for (i, h) in list.iter().enumerate() {
-            match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
-                Ok(n) => forwarding.hide_response_headers.push(n),
-                Err(_) => errors.push(ConfigError::new(
-                    format!("server.hide_response_headers[{i}]"),
-                    format!("{h:?} is not a header name"),
-                )),
-            }
-        }
-    }
-    if let Some(h) = &raw.server.request_id_header {
-        match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
-            Ok(n) => forwarding.request_id_header = n,
-            Err(_) => errors.push(ConfigError::new(
-                "server.request_id_header",
-                format!("{h:?} is not a header name"),
-            )),
-        }
-    }
+    let server = crate::server::validate(raw.server, base, &mut errors);
+    let watch = crate::watch::validate(raw.watch, &mut errors);
     let admin = raw.admin.map(|a| {
         let text = a.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
         let listen = text.parse::<SocketAddr>().unwrap_or_else(|e| {
@@ -902,133 +590,9 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             data_dir: a.data_dir.as_ref().map(|d| base.join(d)),
         }
     });
-    let mut limits = LimitsConfig::default();
-    let rl = &raw.limits;
-    if let Some(HumanDuration(d)) = rl.header_read_timeout {
-        if d.is_zero() {
-            errors.push(ConfigError::new(
-                "limits.header_read_timeout",
-                "must be more than 0",
-            ));
-        }
-        limits.header_read_timeout = d;
-    }
-    for (key, given, field) in [
-        (
-            "limits.idle_timeout",
-            rl.idle_timeout,
-            &mut limits.idle_timeout,
-        ),
-        (
-            "limits.tunnel_idle_timeout",
-            rl.tunnel_idle_timeout,
-            &mut limits.tunnel_idle_timeout,
-        ),
-    ] {
-        if let Some(HumanDuration(d)) = given {
-            if d.is_zero() {
-                errors.push(ConfigError::new(key, "must be more than 0"));
-            }
-            *field = d;
-        }
-    }
-    if let Some(HumanDuration(d)) = rl.request_timeout {
-        if d.is_zero() {
-            errors.push(ConfigError::new(
-                "limits.request_timeout",
-                "must be more than 0",
-            ));
-        }
-        limits.request_timeout = d;
-    }
-    if let Some(n) = rl.max_header_count {
-        if !(1..=10_000).contains(&n) {
-            errors.push(ConfigError::new(
-                "limits.max_header_count",
-                format!("must be between 1 and 10000, got {n}"),
-            ));
-        }
-        limits.max_header_count = n as usize;
-    }
-    if let Some(HumanSize(n)) = rl.max_header_size {
-        if !(8192..=1 << 24).contains(&n) {
-            errors.push(ConfigError::new(
-                "limits.max_header_size",
-                format!("must be between 8KiB and 16MiB, got {n} bytes"),
-            ));
-        }
-        limits.max_header_size = n as usize;
-    }
-    if let Some(HumanSize(n)) = rl.max_buffered_body {
-        limits.max_buffered_body = usize::try_from(n).unwrap_or(usize::MAX);
-    }
-    if let Some(HumanSize(n)) = rl.max_request_body {
-        limits.max_request_body = usize::try_from(n).unwrap_or(usize::MAX);
-    }
-    if let Some(n) = rl.max_connections {
-        if n == 0 {
-            errors.push(ConfigError::new(
-                "limits.max_connections",
-                "must be at least 1",
-            ));
-        }
-        limits.max_connections = n as usize;
-    }
-    if let Some(n) = rl.h2_max_concurrent_streams {
-        if n == 0 {
-            errors.push(ConfigError::new(
-                "limits.h2_max_concurrent_streams",
-                "must be at least 1",
-            ));
-        }
-        limits.h2_max_concurrent_streams = n;
-    }
-    let mut overload = crate::overload::OverloadConfig::default();
-    if let Some(o) = raw.overload {
-        if let Some(HumanSize(n)) = o.max_memory {
-            if n < 1 << 20 {
-                errors.push(ConfigError::new(
-                    "overload.max_memory",
-                    format!("must be at least 1MiB, got {n} bytes"),
-                ));
-            }
-            overload.max_memory = Some(n);
-        }
-        if let Some(p) = o.max_open_files_percent {
-            if p > 100 {
-                errors.push(ConfigError::new(
-                    "overload.max_open_files_percent",
-                    format!("is a percentage (0 to 100), got {p}"),
-                ));
-            }
-            overload.max_open_files_percent = p;
-        }
-        if let Some(HumanDuration(d)) = o.check_interval {
-            if d < Duration::from_millis(10) {
-                errors.push(ConfigError::new(
-                    "overload.check_interval",
-                    "must be at least 10ms",
-                ));
-            }
-            overload.check_interval = d;
-        }
-    }
-    let access_log = match raw.access_log {
-        None => Some(crate::access_log::AccessLogTarget::Stdout),
-        Some(a) if !a.enabled => {
-            if a.path.is_some() {
-                errors.push(ConfigError::new(
-                    "access_log.path",
-                    "is set but access_log.enabled is false",
-                ));
-            }
-            None
-        }
-        Some(a) => match a.path.as_deref() {
-            None | Some("stdout") | Some("-") => Some(crate::access_log::AccessLogTarget::Stdout),
-            Some(p) => Some(crate::access_log::AccessLogTarget::File(base.join(p))),
-        },
-    };
+    let limits = crate::limits::validate(raw.limits, &mut errors);
+    let overload = crate::overload::validate(raw.overload, &mut errors);
+    let access_log = crate::access_log::validate(raw.access_log, base, &mut errors);
     let mut engine = EngineConfig::default();
     match (raw.engine.compile_cache, raw.engine.cache_dir) {
         (Some(false), Some(_)) => errors.push(ConfigError::new(
@@ -1468,15 +1032,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
             source: source.to_owned(),
             text: String::new(),
             base: base.to_path_buf(),
-            server: ServerConfig {
-                listen,
-                workers,
-                allow_encoded_slashes: raw.server.allow_encoded_slashes,
-                forwarding,
-                tls,
-                proxy_protocol: raw.server.proxy_protocol,
-                drain_timeout,
-            },
+            server,
             engine,
             filters,
             clusters,
@@ -1501,7 +1057,7 @@ fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
     }
 }
 
-fn parse_host_pattern(h: &str) -> Result<String, String> {
+pub(crate) fn parse_host_pattern(h: &str) -> Result<String, String> {
     let lower = h.to_ascii_lowercase();
     let name = lower.strip_prefix("*.").unwrap_or(&lower);
     let valid = !name.is_empty()
