@@ -1,0 +1,147 @@
+//! `[admin]`: the admin listener, as written (`RawAdmin`), validated and
+//! typed (`AdminConfig`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ConfigError;
+
+/// Default admin listen address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    listen: Option<String>,
+    token: Option<String>,
+    token_env: Option<String>,
+    #[serde(default)]
+    protect_metrics: bool,
+    data_dir: Option<PathBuf>,
+}
+
+/// `[admin]`: the admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Its address (loopback by default).
+    pub listen: SocketAddr,
+    /// The bearer token protecting it, if any.
+    pub token: Option<String>,
+    /// Whether `/metrics` needs the token too.
+    pub protect_metrics: bool,
+    /// Where changes made through the API are kept across restarts.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Validates `[admin]`; problems go to `errors` with their key paths.
+pub(crate) fn validate(a: RawAdmin, base: &Path, errors: &mut Vec<ConfigError>) -> AdminConfig {
+    let text = a.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+    let listen = text.parse::<SocketAddr>().unwrap_or_else(|e| {
+        errors.push(ConfigError::new(
+            "admin.listen",
+            format!("{text:?} is not an address ({e})"),
+        ));
+        SocketAddr::from(([127, 0, 0, 1], 9901))
+    });
+    let token = match (a.token, a.token_env) {
+        (Some(_), Some(_)) => {
+            errors.push(ConfigError::new(
+                "admin",
+                "give `token` or `token_env`, not both",
+            ));
+            None
+        }
+        (Some(t), None) => Some(t),
+        (None, Some(var)) => match std::env::var(&var) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                errors.push(ConfigError::new(
+                    "admin.token_env",
+                    format!("the environment variable {var} is not set"),
+                ));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if token.as_deref().is_some_and(|t| t.len() < 16) {
+        errors.push(ConfigError::new(
+            "admin.token",
+            "must be at least 16 characters",
+        ));
+    }
+    if token.is_none() && !listen.ip().is_loopback() {
+        errors.push(ConfigError::new(
+            "admin.listen",
+            format!("{listen} is not a loopback address; refusing to expose the admin API without a token (set admin.token or admin.token_env)"),
+        ));
+    }
+    AdminConfig {
+        listen,
+        token,
+        protect_metrics: a.protect_metrics,
+        data_dir: a.data_dir.as_ref().map(|d| base.join(d)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> (AdminConfig, Vec<ConfigError>) {
+        let mut errors = Vec::new();
+        let admin = validate(
+            toml::from_str(text).unwrap(),
+            Path::new("/srv"),
+            &mut errors,
+        );
+        (admin, errors)
+    }
+
+    #[test]
+    fn loopback_without_a_token_is_fine() {
+        let (a, errors) = check("data_dir = \"state\"");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(a.listen, DEFAULT_ADMIN_LISTEN.parse().unwrap());
+        assert_eq!(a.token, None);
+        assert!(!a.protect_metrics);
+        assert_eq!(a.data_dir.as_deref(), Some(Path::new("/srv/state")));
+    }
+
+    #[test]
+    fn a_public_listener_needs_a_long_enough_token() {
+        let (_, errors) = check("listen = \"0.0.0.0:9901\"");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, "admin.listen");
+        assert!(
+            errors[0]
+                .message
+                .starts_with("0.0.0.0:9901 is not a loopback address")
+        );
+        let (_, errors) = check("listen = \"0.0.0.0:9901\"\ntoken = \"short\"");
+        assert_eq!(
+            errors,
+            [ConfigError::new(
+                "admin.token",
+                "must be at least 16 characters"
+            )]
+        );
+        let (a, errors) = check("listen = \"0.0.0.0:9901\"\ntoken = \"0123456789abcdef\"");
+        assert!(errors.is_empty());
+        assert_eq!(a.token.as_deref(), Some("0123456789abcdef"));
+    }
+
+    #[test]
+    fn token_and_token_env_together_are_refused() {
+        let (_, errors) = check("token = \"0123456789abcdef\"\ntoken_env = \"X\"");
+        assert_eq!(
+            errors,
+            [ConfigError::new(
+                "admin",
+                "give `token` or `token_env`, not both"
+            )]
+        );
+    }
+}
