@@ -6,11 +6,21 @@
 //! validation reports all problems it finds, not just the first. The schema is
 //! documented in `docs/config.md`.
 //!
+//! Each section has its own module holding its raw struct as written, its
+//! `validate` (which pushes problems to one list and returns a usable typed
+//! value either way, so that the checks after it still run) and its typed
+//! form: [`server`] (with [`tls`] and [`forwarding`]), [`limits`],
+//! [`admin`], [`engine`], [`filter`], [`cluster`], [`route`] (with
+//! [`route_config`]), [`access_log`], [`overload`] and [`watch`]. This module
+//! calls them in turn and makes the checks that span sections: routes and
+//! filters naming clusters and filters that exist, and the filter pools
+//! fitting `engine.max_instances`.
+//!
 //! Loading filters (reading and compiling the `.wasm` files, running each
 //! route's `init`) is the filter engine's job, so those errors come from the
 //! control plane's build; they use the same [`ConfigError`] shape.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -25,6 +35,7 @@ pub mod filter;
 pub mod forwarding;
 pub mod limits;
 pub mod overload;
+pub mod route;
 pub mod route_config;
 pub mod server;
 pub mod tls;
@@ -43,6 +54,7 @@ pub use crate::filter::{
     DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, FailurePolicy, FilterConfig, Isolation,
 };
 pub use crate::limits::LimitsConfig;
+pub use crate::route::{PathMatch, RouteConfig, RouteFilter};
 pub use crate::server::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, MAX_DRAIN_TIMEOUT, ServerConfig};
 pub use crate::watch::{DEFAULT_WATCH_DEBOUNCE, WatchConfig};
 
@@ -164,7 +176,7 @@ struct RawConfig {
     #[serde(default)]
     clusters: BTreeMap<String, crate::cluster::RawCluster>,
     #[serde(default)]
-    routes: Vec<RawRoute>,
+    routes: Vec<crate::route::RawRoute>,
     admin: Option<crate::admin::RawAdmin>,
     access_log: Option<crate::access_log::RawAccessLog>,
     #[serde(default)]
@@ -172,39 +184,6 @@ struct RawConfig {
     overload: Option<crate::overload::RawOverload>,
     #[serde(default)]
     watch: crate::watch::RawWatch,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    name: String,
-    #[serde(default)]
-    hosts: Vec<String>,
-    path: Option<String>,
-    path_prefix: Option<String>,
-    path_regex: Option<String>,
-    #[serde(default)]
-    methods: Vec<String>,
-    #[serde(default)]
-    headers: Vec<crate::route_config::RawMatch>,
-    #[serde(default)]
-    query: Vec<crate::route_config::RawMatch>,
-    cluster: Option<String>,
-    clusters: Option<Vec<crate::route_config::RawWeightedCluster>>,
-    redirect: Option<crate::route_config::RawRedirect>,
-    respond: Option<crate::route_config::RawRespond>,
-    prefix_rewrite: Option<String>,
-    timeout: Option<HumanDuration>,
-    #[serde(default)]
-    filters: Vec<RawRouteFilter>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRouteFilter {
-    name: String,
-    #[serde(default)]
-    config: Option<toml::Table>,
 }
 
 // ---------------------------------------------------------------------------
@@ -239,52 +218,6 @@ pub struct Config {
     pub overload: crate::overload::OverloadConfig,
     /// Reloading when the config file or a module file changes.
     pub watch: WatchConfig,
-}
-
-/// How a route matches the path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
-    /// The whole path equals this.
-    Exact(String),
-    /// The path starts with these whole segments (`/api` matches `/api` and
-    /// `/api/x`, not `/apix`). Stored without a trailing slash; `/` is empty.
-    Prefix(String),
-    /// The whole path matches this regular expression.
-    Regex(crate::route_config::FullRegex),
-}
-
-/// `[[routes]]`
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    /// Unique name, used in logs, metrics and filter metadata.
-    pub name: String,
-    /// Host patterns (lower-case; `*.example.com` wildcards); empty = any host.
-    pub hosts: Vec<String>,
-    /// Path match.
-    pub path: PathMatch,
-    /// Methods (upper-case); empty = any method.
-    pub methods: Vec<http::Method>,
-    /// Header and query conditions, all of which must hold.
-    pub matchers: Vec<crate::route_config::Matcher>,
-    /// What the route does: a cluster, a split, a redirect, a response.
-    pub action: crate::route_config::Action,
-    /// Replaces the matched `path_prefix` when forwarding.
-    pub prefix_rewrite: Option<String>,
-    /// Time the upstream part (every try) may take; 504 past it.
-    pub timeout: Option<Duration>,
-    /// The filter chain, in request order.
-    pub filters: Vec<RouteFilter>,
-    /// Position in the config, which breaks ties between equal matches.
-    pub order: usize,
-}
-
-/// One filter in a route's chain.
-#[derive(Debug, Clone)]
-pub struct RouteFilter {
-    /// Name of a `[filters.NAME]` entry.
-    pub name: String,
-    /// The route's config for it, as the JSON text handed to `init`.
-    pub config_json: String,
 }
 
 impl Config {
@@ -362,18 +295,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
 
     let filters = crate::filter::validate_all(raw.filters, &engine, base, &mut errors);
 
-    let mut clusters = BTreeMap::new();
-    for (name, c) in raw.clusters {
-        let key = format!("clusters.{name}");
-        if !is_valid_name(&name) {
-            errors.push(ConfigError::new(
-                &key,
-                "cluster names use letters, digits, '-', '_' and '.' (at most 64)",
-            ));
-        }
-        let cluster = crate::cluster::validate(&key, c, base, &mut errors);
-        clusters.insert(name, cluster);
-    }
+    let clusters = crate::cluster::validate_all(raw.clusters, base, &mut errors);
 
     // What a filter may call must exist.
     for (name, f) in &filters {
@@ -388,166 +310,24 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
         }
     }
 
-    let mut routes = Vec::new();
-    let mut names = HashSet::new();
-    for (i, r) in raw.routes.into_iter().enumerate() {
-        let key = format!("routes[{i}]");
-        if !is_valid_name(&r.name) {
+    let mut names = crate::route::Names::default();
+    let routes = crate::route::validate_all(raw.routes, &mut names, &mut errors);
+    // What the routes name must exist.
+    for (key, c) in &names.clusters {
+        if !clusters.contains_key(c) {
             errors.push(ConfigError::new(
-                format!("{key}.name"),
-                format!(
-                    "{:?}: route names use letters, digits, '-', '_' and '.' (at most 64)",
-                    r.name
-                ),
-            ));
-        } else if !names.insert(r.name.clone()) {
-            errors.push(ConfigError::new(
-                format!("{key}.name"),
-                format!("duplicate route name {:?}", r.name),
+                key,
+                format!("unknown cluster {c:?} (defined: {})", list(clusters.keys())),
             ));
         }
-        let mut hosts = Vec::new();
-        for (j, h) in r.hosts.iter().enumerate() {
-            match parse_host_pattern(h) {
-                Ok(h) => hosts.push(h),
-                Err(m) => errors.push(ConfigError::new(format!("{key}.hosts[{j}]"), m)),
-            }
-        }
-        let path = match (r.path, r.path_prefix, r.path_regex) {
-            (Some(p), None, None) => {
-                if let Err(m) = check_path(&p) {
-                    errors.push(ConfigError::new(format!("{key}.path"), m));
-                }
-                PathMatch::Exact(p)
-            }
-            (None, Some(p), None) => {
-                if let Err(m) = check_path(&p) {
-                    errors.push(ConfigError::new(format!("{key}.path_prefix"), m));
-                }
-                PathMatch::Prefix(p.trim_end_matches('/').to_owned())
-            }
-            (None, None, Some(re)) => match crate::route_config::FullRegex::new(&re) {
-                Ok(re) => PathMatch::Regex(re),
-                Err(m) => {
-                    errors.push(ConfigError::new(format!("{key}.path_regex"), m));
-                    PathMatch::Prefix(String::new())
-                }
-            },
-            (None, None, None) => PathMatch::Prefix(String::new()),
-            _ => {
-                errors.push(ConfigError::new(
-                    &key,
-                    "give one of `path` (exact), `path_prefix` or `path_regex`, not several",
-                ));
-                PathMatch::Prefix(String::new())
-            }
-        };
-        let matchers = crate::route_config::matchers(&key, &r.headers, &r.query, &mut errors);
-        let has_prefix = matches!(&path, PathMatch::Prefix(p) if !p.is_empty());
-        if let Some(p) = &r.prefix_rewrite {
-            if !has_prefix {
-                errors.push(ConfigError::new(
-                    format!("{key}.prefix_rewrite"),
-                    "replaces the matched path_prefix: the route needs a path_prefix",
-                ));
-            }
-            if let Err(m) = check_path(p) {
-                errors.push(ConfigError::new(format!("{key}.prefix_rewrite"), m));
-            }
-        }
-        let mut methods = Vec::new();
-        for (j, m) in r.methods.iter().enumerate() {
-            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                Ok(m) if !methods.contains(&m) => methods.push(m),
-                Ok(_) => errors.push(ConfigError::new(
-                    format!("{key}.methods[{j}]"),
-                    format!("{m:?} is listed twice"),
-                )),
-                Err(_) => errors.push(ConfigError::new(
-                    format!("{key}.methods[{j}]"),
-                    format!("{m:?} is not an HTTP method"),
-                )),
-            }
-        }
-        let defined = list(clusters.keys());
-        let action = crate::route_config::action(
-            &key,
-            crate::route_config::RawAction {
-                cluster: r.cluster,
-                clusters: r.clusters,
-                redirect: r.redirect,
-                respond: r.respond,
-            },
-            has_prefix,
-            &|c| clusters.contains_key(c),
-            &defined,
-            &mut errors,
-        );
-        if r.prefix_rewrite.is_some()
-            && matches!(
-                action,
-                crate::route_config::Action::Redirect(_) | crate::route_config::Action::Respond(_)
-            )
-        {
-            errors.push(ConfigError::new(
-                format!("{key}.prefix_rewrite"),
-                "applies to forwarded requests; this route answers itself",
-            ));
-        }
-        let mut chain = Vec::new();
-        for (j, f) in r.filters.into_iter().enumerate() {
-            if !filters.contains_key(&f.name) {
-                errors.push(ConfigError::new(
-                    format!("{key}.filters[{j}].name"),
-                    format!(
-                        "unknown filter {:?} (defined: {})",
-                        f.name,
-                        list(filters.keys())
-                    ),
-                ));
-            }
-            let config_json = match f.config {
-                Some(table) => serde_json::to_string(&table).unwrap_or_else(|e| {
-                    errors.push(ConfigError::new(
-                        format!("{key}.filters[{j}].config"),
-                        format!("cannot be converted to JSON: {e}"),
-                    ));
-                    "{}".into()
-                }),
-                None => "{}".into(),
-            };
-            chain.push(RouteFilter {
-                name: f.name,
-                config_json,
-            });
-        }
-        routes.push(RouteConfig {
-            name: r.name,
-            hosts,
-            path,
-            methods,
-            matchers,
-            action,
-            prefix_rewrite: r.prefix_rewrite.map(|p| p.trim_end_matches('/').to_owned()),
-            timeout: match r.timeout {
-                Some(HumanDuration(d)) if d.is_zero() => {
-                    errors.push(ConfigError::new(
-                        format!("{key}.timeout"),
-                        "must be more than 0",
-                    ));
-                    None
-                }
-                t => t.map(|t| t.0),
-            },
-            filters: chain,
-            order: i,
-        });
     }
-    if routes.is_empty() {
-        errors.push(ConfigError::new(
-            "routes",
-            "no routes: add at least one [[routes]] entry",
-        ));
+    for (key, f) in &names.filters {
+        if !filters.contains_key(f) {
+            errors.push(ConfigError::new(
+                key,
+                format!("unknown filter {f:?} (defined: {})", list(filters.keys())),
+            ));
+        }
     }
     // Every (route, filter) pair has its own pool; all of them together must
     // fit the engine's pooling allocator, with one slot spare for validation.
@@ -618,18 +398,6 @@ pub(crate) fn parse_host_pattern(h: &str) -> Result<String, String> {
     Ok(lower)
 }
 
-fn check_path(p: &str) -> Result<(), String> {
-    if !p.starts_with('/') {
-        return Err(format!("{p:?} must start with '/'"));
-    }
-    if p.contains(['?', '#']) || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err(format!(
-            "{p:?} must be a plain path (no query, fragment, spaces or control characters)"
-        ));
-    }
-    Ok(())
-}
-
 /// The part of a filter's exported metric names that comes from its name in
 /// the config (`wasmgate_filter_<prefix>_…`): two filters whose prefixes are
 /// the same are refused.
@@ -638,4 +406,55 @@ pub fn metric_prefix(filter: &str) -> String {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::parse(text, "test.toml", Path::new("/srv")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn names_used_across_sections_must_exist() {
+        let got = errors(
+            "[filters.f]\npath = \"f.wasm\"\noutbound_clusters = [\"nope\"]\n\
+             [clusters.c]\nendpoints = [\"127.0.0.1:1\"]\n\
+             [[routes]]\nname = \"r\"\nclusters = [{ name = \"c\", weight = 1 }, { name = \"x\", weight = 1 }]\n\
+             filters = [{ name = \"f\" }, { name = \"g\" }]\n",
+        );
+        assert_eq!(
+            got,
+            [
+                "filters.f.outbound_clusters[0]: no cluster named \"nope\"",
+                "routes[0].clusters[1].name: unknown cluster \"x\" (defined: c)",
+                "routes[0].filters[1].name: unknown filter \"g\" (defined: f)",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_pools_must_fit_the_engine() {
+        let got = errors(
+            "[engine]\nmax_instances = 8\n[filters.f]\npath = \"f.wasm\"\npool_size = 4\n\
+             [[routes]]\nname = \"a\"\nrespond = {}\nfilters = [{ name = \"f\" }]\n\
+             [[routes]]\nname = \"b\"\nrespond = {}\nfilters = [{ name = \"f\" }]\n",
+        );
+        assert_eq!(
+            got,
+            [
+                "engine.max_instances: 8 is too small: the routes' filter pools can hold 8 \
+              instances (pool_size summed over every filter of every route), plus one for \
+              validation; raise it or lower the filters' pool_size"
+            ]
+        );
+        let fits = "[engine]\nmax_instances = 9\n[filters.f]\npath = \"f.wasm\"\npool_size = 4\n\
+             [[routes]]\nname = \"a\"\nrespond = {}\nfilters = [{ name = \"f\" }]\n\
+             [[routes]]\nname = \"b\"\nrespond = {}\nfilters = [{ name = \"f\" }]\n";
+        assert_eq!(errors(fits), Vec::<String>::new());
+    }
 }
