@@ -23,7 +23,7 @@ pub(crate) struct RawAdmin {
 }
 
 /// `[admin]`: the admin listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     /// Its address (loopback by default).
     pub listen: SocketAddr,

@@ -260,7 +260,7 @@ pub struct CircuitBreaker {
 }
 
 /// `[clusters.NAME]`: a group of upstream endpoints.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// The endpoints, in config order.
     pub endpoints: Vec<EndpointConfig>,

@@ -27,7 +27,7 @@ pub(crate) struct RawEngine {
 }
 
 /// `[engine]`: settings of the one wasmtime engine all filters share.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
     /// Filter instances that can exist at once; more concurrent calls fail fast.
     pub max_instances: u32,

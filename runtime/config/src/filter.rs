@@ -79,7 +79,7 @@ pub enum Isolation {
 }
 
 /// `[filters.NAME]`: a filter module and its limits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterConfig {
     /// The module file, resolved against the config file's folder.
     pub path: PathBuf,

@@ -16,7 +16,7 @@ pub(crate) struct RawForwarding<'a> {
 }
 
 /// Forwarding settings, from `[server]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardingPolicy {
     /// Peers whose forwarding headers are believed.
     pub trusted_proxies: Vec<IpNet>,

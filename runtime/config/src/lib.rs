@@ -190,7 +190,7 @@ struct RawConfig {
 // Validated config.
 
 /// The validated gateway configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Where the config came from, for messages.
     pub source: String,
@@ -456,5 +456,23 @@ mod tests {
              [[routes]]\nname = \"a\"\nrespond = {}\nfilters = [{ name = \"f\" }]\n\
              [[routes]]\nname = \"b\"\nrespond = {}\nfilters = [{ name = \"f\" }]\n";
         assert_eq!(errors(fits), Vec::<String>::new());
+    }
+
+    #[test]
+    fn configs_compare_by_value() {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[clusters.c]\nendpoints = [\"127.0.0.1:1\"]\n\
+                    [[routes]]\nname = \"r\"\npath_regex = \"/v[0-9]+\"\ncluster = \"c\"\n";
+        let parse = |t: &str| Config::parse(t, "test.toml", Path::new("/srv")).unwrap();
+        let a = parse(text);
+        let b = parse(text);
+        assert_eq!(a, b);
+        // Path regexes compare by their pattern.
+        assert_eq!(a.routes, b.routes);
+        let c = parse(&text.replace("[0-9]+", "[0-9]*"));
+        assert_ne!(a.routes, c.routes);
+        assert_eq!(a.server, c.server);
+        let d = parse(&format!("{text}[limits]\nmax_connections = 5\n"));
+        assert_ne!(a.limits, d.limits);
+        assert_eq!(a.clusters, d.clusters);
     }
 }

@@ -23,7 +23,7 @@ pub(crate) struct RawLimits {
 }
 
 /// `[limits]`: protection against slow, large and numerous requests.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitsConfig {
     /// Time a client has to send a complete request head (slowloris).
     pub header_read_timeout: Duration,

@@ -65,7 +65,7 @@ pub enum PathMatch {
 }
 
 /// `[[routes]]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
     /// Unique name, used in logs, metrics and filter metadata.
     pub name: String,
@@ -90,7 +90,7 @@ pub struct RouteConfig {
 }
 
 /// One filter in a route's chain.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteFilter {
     /// Name of a `[filters.NAME]` entry.
     pub name: String,

@@ -37,7 +37,7 @@ pub(crate) struct RawServer {
 }
 
 /// `[server]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// Address the proxy listens on.
     pub listen: SocketAddr,

@@ -42,7 +42,7 @@ pub enum ClientAuth {
 }
 
 /// One certificate and the names it serves.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertConfig {
     /// PEM certificate chain.
     pub cert: PathBuf,
@@ -57,7 +57,7 @@ pub struct CertConfig {
 }
 
 /// `[server.tls]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     /// Certificates; the first is the default for clients without a
     /// matching SNI.
