@@ -1,5 +1,7 @@
 //! `[admin]`: the admin listener, as written (`RawAdmin`), validated and
-//! typed (`AdminConfig`).
+//! typed (`AdminConfig`). Its token is a secret (see [`crate::secret`]): a
+//! `token_env` is read, and the checks on its value made, by
+//! [`read_secrets`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::ConfigError;
+use crate::secret::{SecretSetting, SecretSource};
 
 /// Default admin listen address.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
@@ -27,8 +30,9 @@ pub(crate) struct RawAdmin {
 pub struct AdminConfig {
     /// Its address (loopback by default).
     pub listen: SocketAddr,
-    /// The bearer token protecting it, if any.
-    pub token: Option<String>,
+    /// The bearer token protecting it, if any: where it comes from and,
+    /// once [`crate::Config::read_secrets`] has run, its value.
+    pub token: Option<SecretSetting>,
     /// Whether `/metrics` needs the token too.
     pub protect_metrics: bool,
     /// Where changes made through the API are kept across restarts.
@@ -45,6 +49,8 @@ pub(crate) fn validate(a: RawAdmin, base: &Path, errors: &mut Vec<ConfigError>) 
         ));
         SocketAddr::from(([127, 0, 0, 1], 9901))
     });
+    // Only where the token comes from: an environment variable is read by
+    // `read_secrets`, which also makes the checks that need its value.
     let token = match (a.token, a.token_env) {
         (Some(_), Some(_)) => {
             errors.push(ConfigError::new(
@@ -53,20 +59,28 @@ pub(crate) fn validate(a: RawAdmin, base: &Path, errors: &mut Vec<ConfigError>) 
             ));
             None
         }
-        (Some(t), None) => Some(t),
-        (None, Some(var)) => match std::env::var(&var) {
-            Ok(t) => Some(t),
-            Err(_) => {
-                errors.push(ConfigError::new(
-                    "admin.token_env",
-                    format!("the environment variable {var} is not set"),
-                ));
-                None
-            }
-        },
+        (Some(t), None) => Some(SecretSetting::literal(t)),
+        (None, Some(var)) => Some(SecretSetting::unread(SecretSource::Env(var))),
         (None, None) => None,
     };
-    if token.as_deref().is_some_and(|t| t.len() < 16) {
+    check_token(listen, token.as_ref(), errors);
+    AdminConfig {
+        listen,
+        token,
+        protect_metrics: a.protect_metrics,
+        data_dir: a.data_dir.as_ref().map(|d| base.join(d)),
+    }
+}
+
+/// The checks on the token that need its value: its length, and that a
+/// listener others can reach has one. A token that is not read yet is left
+/// for [`read_secrets`].
+fn check_token(listen: SocketAddr, token: Option<&SecretSetting>, errors: &mut Vec<ConfigError>) {
+    if token.is_some_and(|t| t.expose().is_none()) {
+        return;
+    }
+    let token = token.and_then(SecretSetting::expose);
+    if token.is_some_and(|t| t.len() < 16) {
         errors.push(ConfigError::new(
             "admin.token",
             "must be at least 16 characters",
@@ -78,11 +92,24 @@ pub(crate) fn validate(a: RawAdmin, base: &Path, errors: &mut Vec<ConfigError>) 
             format!("{listen} is not a loopback address; refusing to expose the admin API without a token (set admin.token or admin.token_env)"),
         ));
     }
-    AdminConfig {
-        listen,
-        token,
-        protect_metrics: a.protect_metrics,
-        data_dir: a.data_dir.as_ref().map(|d| base.join(d)),
+}
+
+/// Reads the token from its environment variable, if it comes from one, and
+/// makes the checks that need its value; problems go to `errors` with their
+/// key paths.
+pub(crate) fn read_secrets(admin: &mut AdminConfig, errors: &mut Vec<ConfigError>) {
+    let Some(token) = admin.token.as_mut() else {
+        return;
+    };
+    if token.expose().is_some() {
+        return;
+    }
+    match token.read() {
+        Ok(()) => check_token(admin.listen, Some(token), errors),
+        Err(m) => {
+            errors.push(ConfigError::new("admin.token_env", m));
+            check_token(admin.listen, None, errors);
+        }
     }
 }
 
@@ -105,7 +132,7 @@ mod tests {
         let (a, errors) = check("data_dir = \"state\"");
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(a.listen, DEFAULT_ADMIN_LISTEN.parse().unwrap());
-        assert_eq!(a.token, None);
+        assert!(a.token.is_none());
         assert!(!a.protect_metrics);
         assert_eq!(a.data_dir.as_deref(), Some(Path::new("/srv/state")));
     }
@@ -130,7 +157,7 @@ mod tests {
         );
         let (a, errors) = check("listen = \"0.0.0.0:9901\"\ntoken = \"0123456789abcdef\"");
         assert!(errors.is_empty());
-        assert_eq!(a.token.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(a.token, Some(SecretSetting::literal("0123456789abcdef")));
     }
 
     #[test]

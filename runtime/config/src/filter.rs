@@ -6,6 +6,10 @@
 //! `engine.max_memory`, its CPU budget against `engine.epoch_tick`), so the
 //! engine is validated first; whether its `outbound_clusters` exist is
 //! checked by the caller, which knows the clusters.
+//!
+//! Its `vars` may be secrets: validation records where each comes from (see
+//! [`crate::secret`]), and [`read_secrets`] reads the environment variables
+//! and files among them, as a step of its own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,6 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::engine::EngineConfig;
+use crate::secret::{SecretSetting, SecretSource};
 use crate::{ConfigError, HumanDuration, HumanSize};
 
 /// Default memory limit of one filter instance.
@@ -105,8 +110,9 @@ pub struct FilterConfig {
     pub quarantine_after: u32,
     /// Largest total size of its `kv` entries.
     pub kv_quota: usize,
-    /// Values its `config.get` returns, resolved at load.
-    pub vars: BTreeMap<String, String>,
+    /// Values its `config.get` returns: where each comes from and, once
+    /// [`crate::Config::read_secrets`] has run, the value.
+    pub vars: BTreeMap<String, SecretSetting>,
     /// Clusters its `outbound` calls may name (`None` or empty: none;
     /// `["*"]`: every cluster in the config).
     pub outbound_clusters: Option<Vec<String>>,
@@ -196,57 +202,29 @@ pub(crate) fn validate(
             format!("{recycle_memory} bytes is more than memory_limit ({memory_limit} bytes)"),
         ));
     }
+    // Only where each value comes from: reading them is a step of its own
+    // (`Config::read_secrets`).
     let mut vars = BTreeMap::new();
     for (var, source) in &f.vars {
-        let vkey = format!("{key}.vars.{var}");
-        let value = match source {
-            RawVar::Literal(v) => Some(v.clone()),
+        let setting = match source {
+            RawVar::Literal(v) => SecretSetting::literal(v.clone()),
             RawVar::From(RawVarSource {
                 env: Some(e),
                 file: None,
-            }) => match std::env::var(e) {
-                Ok(v) => Some(v),
-                Err(_) => {
-                    errors.push(ConfigError::new(
-                        &vkey,
-                        format!("the environment variable {e} is not set"),
-                    ));
-                    None
-                }
-            },
+            }) => SecretSetting::unread(SecretSource::Env(e.clone())),
             RawVar::From(RawVarSource {
                 env: None,
                 file: Some(path),
-            }) => {
-                let p = base.join(path);
-                match std::fs::read_to_string(&p) {
-                    // Secrets files usually end in a newline that is not
-                    // part of the secret.
-                    Ok(v) => Some(
-                        v.strip_suffix('\n')
-                            .map_or(v.as_str(), |v| v.strip_suffix('\r').unwrap_or(v))
-                            .to_owned(),
-                    ),
-                    Err(e) => {
-                        errors.push(ConfigError::new(
-                            &vkey,
-                            format!("cannot read {}: {e}", p.display()),
-                        ));
-                        None
-                    }
-                }
-            }
+            }) => SecretSetting::unread(SecretSource::File(base.join(path))),
             RawVar::From(_) => {
                 errors.push(ConfigError::new(
-                    &vkey,
+                    format!("{key}.vars.{var}"),
                     "give a string, { env = \"NAME\" } or { file = \"path\" }",
                 ));
-                None
+                continue;
             }
         };
-        if let Some(v) = value {
-            vars.insert(var.clone(), v);
-        }
+        vars.insert(var.clone(), setting);
     }
     // Default: room for the CPU budget plus waiting on the host.
     let wall_limit = f
@@ -302,6 +280,16 @@ pub(crate) fn validate(
         outbound_clusters: f.outbound_clusters,
         max_outbound_calls: f.max_outbound_calls.unwrap_or(DEFAULT_OUTBOUND_CALLS),
         outbound_timeout,
+    }
+}
+
+/// Reads the `vars` of the filter at `key` that come from the environment
+/// or a file; problems go to `errors` with their key paths.
+pub(crate) fn read_secrets(key: &str, f: &mut FilterConfig, errors: &mut Vec<ConfigError>) {
+    for (var, setting) in &mut f.vars {
+        if let Err(m) = setting.read() {
+            errors.push(ConfigError::new(format!("{key}.vars.{var}"), m));
+        }
     }
 }
 

@@ -37,6 +37,7 @@ pub mod limits;
 pub mod overload;
 pub mod route;
 pub mod route_config;
+pub mod secret;
 pub mod server;
 pub mod tls;
 pub mod watch;
@@ -55,6 +56,7 @@ pub use crate::filter::{
 };
 pub use crate::limits::LimitsConfig;
 pub use crate::route::{PathMatch, RouteConfig, RouteFilter};
+pub use crate::secret::{Secret, SecretSetting, SecretSource};
 pub use crate::server::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, MAX_DRAIN_TIMEOUT, ServerConfig};
 pub use crate::watch::{DEFAULT_WATCH_DEBOUNCE, WatchConfig};
 
@@ -236,17 +238,95 @@ impl Config {
         Config::parse(&text, &source, &base)
     }
 
-    /// Parses and validates config text. `base` is the folder relative filter
-    /// paths are resolved against.
+    /// Parses and validates config text, then reads its secrets (see
+    /// [`Config::read_secrets`]). `base` is the folder relative paths are
+    /// resolved against. All problems of both steps are reported together.
     pub fn parse(text: &str, source: &str, base: &Path) -> Result<Config, ConfigErrors> {
-        let fail = |errors| ConfigErrors {
+        let (mut config, mut errors) = Config::check(text, source, base)?;
+        if let Err(e) = config.read_secrets() {
+            errors.extend(e);
+        }
+        ConfigErrors::of(source, errors).map_or(Ok(config), Err)
+    }
+
+    /// Parses and validates config text without reading any secret: the
+    /// admin token and filter `vars` keep only where they come from (see
+    /// [`Config::secrets`]) until [`Config::read_secrets`] runs; literals
+    /// are known at once. For a caller that decides what a config may read
+    /// before it reads anything.
+    pub fn parse_without_secrets(
+        text: &str,
+        source: &str,
+        base: &Path,
+    ) -> Result<Config, ConfigErrors> {
+        let (config, errors) = Config::check(text, source, base)?;
+        ConfigErrors::of(source, errors).map_or(Ok(config), Err)
+    }
+
+    /// Reads every secret not read yet: `admin.token_env` and filter `vars`
+    /// given as `{ env = "NAME" }` or `{ file = "path" }`, and makes the
+    /// checks that need their values (the token's length, and that an admin
+    /// listener others can reach has a token). Problems carry key paths
+    /// (`admin.token_env`, `filters.NAME.vars.VAR`, ...), as validation's do.
+    pub fn read_secrets(&mut self) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        if let Some(admin) = self.admin.as_mut() {
+            crate::admin::read_secrets(admin, &mut errors);
+        }
+        for (name, f) in &mut self.filters {
+            crate::filter::read_secrets(&format!("filters.{name}"), f, &mut errors);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Every secret in the config with the key path that sets it
+    /// (`admin.token`, `admin.token_env`, `filters.NAME.vars.VAR`): where it
+    /// comes from and, once read, its value.
+    pub fn secrets(&self) -> Vec<(String, &SecretSetting)> {
+        let mut out = Vec::new();
+        if let Some(token) = self.admin.as_ref().and_then(|a| a.token.as_ref()) {
+            let key = match token.source() {
+                SecretSource::Env(_) => "admin.token_env",
+                SecretSource::Literal | SecretSource::File(_) => "admin.token",
+            };
+            out.push((key.to_owned(), token));
+        }
+        for (name, f) in &self.filters {
+            for (var, setting) in &f.vars {
+                out.push((format!("filters.{name}.vars.{var}"), setting));
+            }
+        }
+        out
+    }
+
+    /// Parses and validates: the config (usable even when there are errors,
+    /// so its secrets can be read for a complete report) and every problem.
+    fn check(
+        text: &str,
+        source: &str,
+        base: &Path,
+    ) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+        let raw = parse_raw(text).map_err(|e| ConfigErrors {
+            source: source.to_owned(),
+            errors: vec![e],
+        })?;
+        let (mut config, errors) = validate(raw, source, base);
+        config.text = text.to_owned();
+        Ok((config, errors))
+    }
+}
+
+impl ConfigErrors {
+    /// `errors` from `source`, if there are any.
+    fn of(source: &str, errors: Vec<ConfigError>) -> Option<ConfigErrors> {
+        (!errors.is_empty()).then(|| ConfigErrors {
             source: source.to_owned(),
             errors,
-        };
-        let raw = parse_raw(text).map_err(|e| fail(vec![e]))?;
-        let mut config = validate(raw, source, base).map_err(fail)?;
-        config.text = text.to_owned();
-        Ok(config)
+        })
     }
 }
 
@@ -280,7 +360,9 @@ pub(crate) fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+/// Validates every section and the checks across them, reading no secret.
+/// Returns the config as far as it could be made, and every problem.
+fn validate(raw: RawConfig, source: &str, base: &Path) -> (Config, Vec<ConfigError>) {
     let mut errors = Vec::new();
 
     let server = crate::server::validate(raw.server, base, &mut errors);
@@ -349,25 +431,22 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
         ));
     }
 
-    if errors.is_empty() {
-        Ok(Config {
-            source: source.to_owned(),
-            text: String::new(),
-            base: base.to_path_buf(),
-            server,
-            engine,
-            filters,
-            clusters,
-            routes,
-            admin,
-            access_log,
-            limits,
-            overload,
-            watch,
-        })
-    } else {
-        Err(errors)
-    }
+    let config = Config {
+        source: source.to_owned(),
+        text: String::new(),
+        base: base.to_path_buf(),
+        server,
+        engine,
+        filters,
+        clusters,
+        routes,
+        admin,
+        access_log,
+        limits,
+        overload,
+        watch,
+    };
+    (config, errors)
 }
 
 fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
@@ -474,5 +553,112 @@ mod tests {
         let d = parse(&format!("{text}[limits]\nmax_connections = 5\n"));
         assert_ne!(a.limits, d.limits);
         assert_eq!(a.clusters, d.clusters);
+    }
+
+    const ROUTE: &str = "[[routes]]\nname = \"r\"\nrespond = {}\n";
+
+    #[test]
+    fn secrets_are_read_in_a_step_of_their_own() {
+        let dir = std::env::temp_dir().join(format!("wasmgate-config-lib-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("key.txt"), "from-a-file\n").unwrap();
+        let text = format!(
+            "[admin]\ntoken_env = \"CARGO_MANIFEST_DIR\"\n\
+             [filters.f]\npath = \"f.wasm\"\n\
+             [filters.f.vars]\nplain = \"lit\"\nenv = {{ env = \"CARGO_PKG_NAME\" }}\nkey = {{ file = \"key.txt\" }}\n{ROUTE}"
+        );
+        let mut config = Config::parse_without_secrets(&text, "t.toml", &dir).unwrap();
+        let sources: Vec<(String, SecretSource, Option<&str>)> = config
+            .secrets()
+            .into_iter()
+            .map(|(k, s)| (k, s.source().clone(), s.expose()))
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                (
+                    "admin.token_env".to_owned(),
+                    SecretSource::Env("CARGO_MANIFEST_DIR".into()),
+                    None
+                ),
+                (
+                    "filters.f.vars.env".to_owned(),
+                    SecretSource::Env("CARGO_PKG_NAME".into()),
+                    None
+                ),
+                (
+                    "filters.f.vars.key".to_owned(),
+                    SecretSource::File(dir.join("key.txt")),
+                    None
+                ),
+                (
+                    "filters.f.vars.plain".to_owned(),
+                    SecretSource::Literal,
+                    Some("lit")
+                ),
+            ]
+        );
+        config.read_secrets().unwrap();
+        let token = config.admin.as_ref().unwrap().token.as_ref().unwrap();
+        assert_eq!(token.expose(), Some(env!("CARGO_MANIFEST_DIR")));
+        let vars = &config.filters["f"].vars;
+        assert_eq!(vars["env"].expose(), Some("wasmgate-config"));
+        assert_eq!(vars["key"].expose(), Some("from-a-file"));
+        // `parse` takes both steps and gives the same config.
+        assert_eq!(config, Config::parse(&text, "t.toml", &dir).unwrap());
+    }
+
+    #[test]
+    fn secret_errors_come_with_every_other_error() {
+        let text = format!(
+            "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_env = \"WASMGATE_TEST_SURELY_UNSET_99\"\n\
+             [filters.f]\npath = \"f.wasm\"\npool_size = 0\n\
+             [filters.f.vars]\nk = {{ file = \"/nonexistent/k\" }}\nboth = {{ env = \"A\", file = \"b\" }}\n{ROUTE}"
+        );
+        let got = errors(&text);
+        assert_eq!(got.len(), 5, "{got:#?}");
+        assert_eq!(got[0], "filters.f.pool_size: must be at least 1");
+        assert_eq!(
+            got[1],
+            "filters.f.vars.both: give a string, { env = \"NAME\" } or { file = \"path\" }"
+        );
+        assert_eq!(
+            got[2],
+            "admin.token_env: the environment variable WASMGATE_TEST_SURELY_UNSET_99 is not set"
+        );
+        assert!(
+            got[3].starts_with("admin.listen: 0.0.0.0:9901 is not a loopback address; refusing"),
+            "{}",
+            got[3]
+        );
+        assert!(
+            got[4].starts_with("filters.f.vars.k: cannot read /nonexistent/k: "),
+            "{}",
+            got[4]
+        );
+        // Validation alone reports only its own.
+        let e = Config::parse_without_secrets(&text, "t.toml", Path::new("/")).unwrap_err();
+        assert_eq!(e.errors.len(), 2);
+    }
+
+    #[test]
+    fn a_token_from_the_environment_is_checked_once_read() {
+        let short = format!("[admin]\ntoken_env = \"CARGO_PKG_NAME\"\n{ROUTE}");
+        assert_eq!(
+            errors(&short),
+            ["admin.token: must be at least 16 characters"]
+        );
+        let mut config = Config::parse_without_secrets(&short, "t.toml", Path::new("/")).unwrap();
+        assert_eq!(
+            config.read_secrets().unwrap_err(),
+            [ConfigError::new(
+                "admin.token",
+                "must be at least 16 characters"
+            )]
+        );
+        let public = format!(
+            "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_env = \"CARGO_MANIFEST_DIR\"\n{ROUTE}"
+        );
+        assert_eq!(errors(&public), Vec::<String>::new());
     }
 }

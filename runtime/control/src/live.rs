@@ -1414,7 +1414,13 @@ async fn entry(
             timeout: f.outbound_timeout,
         }),
     };
-    m.grant(f.kv_quota, f.vars.clone().into_iter().collect(), outbound);
+    // Values never read (`Config::parse` reads them) are left out.
+    let vars = f
+        .vars
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.expose()?.to_owned())))
+        .collect();
+    m.grant(f.kv_quota, vars, outbound);
     Ok(ModuleEntry {
         module: Arc::new(m),
         config: f.clone(),
