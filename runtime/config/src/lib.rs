@@ -191,8 +191,9 @@ struct RawConfig {
 // ---------------------------------------------------------------------------
 // Validated config.
 
-/// The validated gateway configuration.
-#[derive(Debug, Clone, PartialEq)]
+/// The validated gateway configuration. Compared by value; its `Debug`
+/// output shows no secret (see [`secret`]).
+#[derive(Clone, PartialEq)]
 pub struct Config {
     /// Where the config came from, for messages.
     pub source: String,
@@ -220,6 +221,43 @@ pub struct Config {
     pub overload: crate::overload::OverloadConfig,
     /// Reloading when the config file or a module file changes.
     pub watch: WatchConfig,
+}
+
+/// Every field, except that `text` (which may hold the admin token and
+/// filter vars as written) is shown by its length only.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Config {
+            source,
+            text,
+            base,
+            server,
+            engine,
+            filters,
+            clusters,
+            routes,
+            admin,
+            access_log,
+            limits,
+            overload,
+            watch,
+        } = self;
+        f.debug_struct("Config")
+            .field("source", source)
+            .field("text", &format_args!("<{} bytes>", text.len()))
+            .field("base", base)
+            .field("server", server)
+            .field("engine", engine)
+            .field("filters", filters)
+            .field("clusters", clusters)
+            .field("routes", routes)
+            .field("admin", admin)
+            .field("access_log", access_log)
+            .field("limits", limits)
+            .field("overload", overload)
+            .field("watch", watch)
+            .finish()
+    }
 }
 
 impl Config {
@@ -660,5 +698,46 @@ mod tests {
             "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_env = \"CARGO_MANIFEST_DIR\"\n{ROUTE}"
         );
         assert_eq!(errors(&public), Vec::<String>::new());
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let dir = std::env::temp_dir().join(format!("wasmgate-config-dbg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k"), "file-secret-3141592\n").unwrap();
+        let text = format!(
+            "[admin]\ntoken = \"admin-secret-2718281828\"\n\
+             [filters.f]\npath = \"f.wasm\"\n\
+             [filters.f.vars]\nplain = \"literal-secret-1414\"\nkey = {{ file = \"k\" }}\n{ROUTE}"
+        );
+        let config = Config::parse(&text, "t.toml", &dir).unwrap();
+        assert_eq!(
+            config
+                .admin
+                .as_ref()
+                .unwrap()
+                .token
+                .as_ref()
+                .unwrap()
+                .expose(),
+            Some("admin-secret-2718281828")
+        );
+        assert_eq!(
+            config.filters["f"].vars["key"].expose(),
+            Some("file-secret-3141592")
+        );
+        for shown in [
+            format!("{config:?}"),
+            format!("{config:#?}"),
+            format!("{:?}", config.admin),
+            format!("{:?}", config.filters),
+            format!("{:?}", config.secrets()),
+        ] {
+            for secret in ["admin-secret", "file-secret", "literal-secret"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+        assert!(format!("{config:?}").contains(&format!("text: <{} bytes>", text.len())));
     }
 }

@@ -11,13 +11,22 @@
 //! through the management API) before reading anything.
 //!
 //! The value is a [`Secret`]: compared by value, reached only through
-//! [`Secret::expose`].
+//! [`Secret::expose`], and printed by `Debug` as `<redacted>` (a config's
+//! `text`, which may hold literals, is printed by its length).
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// A secret value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A secret value. Its `Debug` output is `<redacted>`, so a config printed
+/// whole (in a log line, a test failure) does not give it away.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
 
 impl Secret {
     /// Wraps `value`.
@@ -135,6 +144,14 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn debug_output_redacts_the_value() {
+        let s = SecretSetting::literal("hunter2-hunter2-hunter2");
+        let shown = format!("{s:?} {:?} {s:#?}", s.value());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]
