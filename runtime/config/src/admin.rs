@@ -1,7 +1,7 @@
 //! `[admin]`: the admin listener, as written (`RawAdmin`), validated and
 //! typed (`AdminConfig`). Its token is a secret (see [`crate::secret`]): a
 //! `token_env` is read, and the checks on its value made, by
-//! [`read_secrets`].
+//! [`crate::Config::read_secrets`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -8,8 +8,8 @@
 //! checked by the caller, which knows the clusters.
 //!
 //! Its `vars` may be secrets: validation records where each comes from (see
-//! [`crate::secret`]), and [`read_secrets`] reads the environment variables
-//! and files among them, as a step of its own.
+//! [`crate::secret`]), and [`crate::Config::read_secrets`] reads the
+//! environment variables and files among them, as a step of its own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

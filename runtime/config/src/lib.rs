@@ -16,6 +16,13 @@
 //! filters naming clusters and filters that exist, and the filter pools
 //! fitting `engine.max_instances`.
 //!
+//! Secrets (the admin token, filter `vars`) are not read by validation: it
+//! records where each comes from, and [`Config::read_secrets`] reads them as
+//! a step of its own (see [`secret`]). [`Config::load`] and [`Config::parse`]
+//! take both steps; [`Config::parse_without_secrets`] only the first.
+//! Configs compare by value (`PartialEq`), and their `Debug` output shows no
+//! secret.
+//!
 //! Loading filters (reading and compiling the `.wasm` files, running each
 //! route's `init`) is the filter engine's job, so those errors come from the
 //! control plane's build; they use the same [`ConfigError`] shape.

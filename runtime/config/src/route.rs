@@ -7,7 +7,7 @@
 //! A route names clusters and filters defined in other sections; whether
 //! they exist is checked by the caller, which knows every section: routes
 //! are validated together with the names they use and their key paths
-//! ([`Names`]).
+//! (`Names`).
 
 use std::collections::HashSet;
 use std::time::Duration;
