@@ -1,6 +1,7 @@
 //! `[clusters.NAME]`: what a cluster is made of and how it behaves, as
 //! written (`RawCluster`) and validated (`ClusterConfig`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -259,7 +260,7 @@ pub struct CircuitBreaker {
 }
 
 /// `[clusters.NAME]`: a group of upstream endpoints.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// The endpoints, in config order.
     pub endpoints: Vec<EndpointConfig>,
@@ -375,6 +376,27 @@ fn percent(key: &str, p: Option<u8>, default: u8, errors: &mut Vec<ConfigError>)
         Some(p) => p,
         None => default,
     }
+}
+
+/// Validates every `[clusters.NAME]`, names included.
+pub(crate) fn validate_all(
+    raw: BTreeMap<String, RawCluster>,
+    base: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, ClusterConfig> {
+    let mut clusters = BTreeMap::new();
+    for (name, c) in raw {
+        let key = format!("clusters.{name}");
+        if !crate::is_valid_name(&name) {
+            errors.push(ConfigError::new(
+                &key,
+                "cluster names use letters, digits, '-', '_' and '.' (at most 64)",
+            ));
+        }
+        let cluster = validate(&key, c, base, errors);
+        clusters.insert(name, cluster);
+    }
+    clusters
 }
 
 /// Validates `[clusters.NAME]`; problems go to `errors` with their key paths.

@@ -6,28 +6,66 @@
 //! validation reports all problems it finds, not just the first. The schema is
 //! documented in `docs/config.md`.
 //!
+//! Each section has its own module holding its raw struct as written, its
+//! `validate` (which pushes problems to one list and returns a usable typed
+//! value either way, so that the checks after it still run) and its typed
+//! form: [`server`] (with [`tls`] and [`forwarding`]), [`limits`],
+//! [`admin`], [`engine`], [`filter`], [`cluster`], [`route`] (with
+//! [`route_config`]), [`access_log`], [`overload`] and [`watch`]. This module
+//! calls them in turn and makes the checks that span sections: routes and
+//! filters naming clusters and filters that exist, and the filter pools
+//! fitting `engine.max_instances`.
+//!
+//! Secrets (the admin token, filter `vars`) are not read by validation: it
+//! records where each comes from, and [`Config::read_secrets`] reads them as
+//! a step of its own (see [`secret`]). [`Config::load`] and [`Config::parse`]
+//! take both steps; [`Config::parse_without_secrets`] only the first.
+//! Configs compare by value (`PartialEq`), and their `Debug` output shows no
+//! secret.
+//!
 //! Loading filters (reading and compiling the `.wasm` files, running each
 //! route's `init`) is the filter engine's job, so those errors come from the
 //! control plane's build; they use the same [`ConfigError`] shape.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 pub mod access_log;
+pub mod admin;
 pub mod cluster;
+pub mod engine;
+pub mod filter;
 pub mod forwarding;
+pub mod limits;
 pub mod overload;
+pub mod route;
 pub mod route_config;
+pub mod secret;
+pub mod server;
 pub mod tls;
+pub mod watch;
 
+pub use crate::admin::{AdminConfig, DEFAULT_ADMIN_LISTEN};
 pub use crate::cluster::{
     Balance, ClusterConfig, EndpointConfig, HashOn, RetryOn, UpstreamProtocol, UpstreamTls,
 };
+pub use crate::engine::{
+    DEFAULT_EPOCH_TICK, DEFAULT_MAX_INSTANCES, DEFAULT_MAX_MEMORY, EngineConfig, default_cache_dir,
+    set_default_cache_dir,
+};
+pub use crate::filter::{
+    DEFAULT_FILTER_CPU, DEFAULT_FILTER_MEMORY, DEFAULT_MAX_USES, DEFAULT_OUTBOUND_CALLS,
+    DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, FailurePolicy, FilterConfig, Isolation,
+};
+pub use crate::limits::LimitsConfig;
+pub use crate::route::{PathMatch, RouteConfig, RouteFilter};
+pub use crate::secret::{Secret, SecretSetting, SecretSource};
+pub use crate::server::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, MAX_DRAIN_TIMEOUT, ServerConfig};
+pub use crate::watch::{DEFAULT_WATCH_DEBOUNCE, WatchConfig};
 
 /// One problem in a config, with the key path that caused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,240 +177,30 @@ impl<'de> Deserialize<'de> for HumanSize {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    server: RawServer,
+    server: crate::server::RawServer,
     #[serde(default)]
-    engine: RawEngine,
+    engine: crate::engine::RawEngine,
     #[serde(default)]
-    filters: BTreeMap<String, RawFilter>,
+    filters: BTreeMap<String, crate::filter::RawFilter>,
     #[serde(default)]
     clusters: BTreeMap<String, crate::cluster::RawCluster>,
     #[serde(default)]
-    routes: Vec<RawRoute>,
-    admin: Option<RawAdmin>,
-    access_log: Option<RawAccessLog>,
+    routes: Vec<crate::route::RawRoute>,
+    admin: Option<crate::admin::RawAdmin>,
+    access_log: Option<crate::access_log::RawAccessLog>,
     #[serde(default)]
-    limits: RawLimits,
-    overload: Option<RawOverload>,
+    limits: crate::limits::RawLimits,
+    overload: Option<crate::overload::RawOverload>,
     #[serde(default)]
-    watch: RawWatch,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawWatch {
-    #[serde(default)]
-    enabled: bool,
-    debounce: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawOverload {
-    max_memory: Option<HumanSize>,
-    max_open_files_percent: Option<u8>,
-    check_interval: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    header_read_timeout: Option<HumanDuration>,
-    request_timeout: Option<HumanDuration>,
-    max_header_count: Option<u32>,
-    max_header_size: Option<HumanSize>,
-    max_request_body: Option<HumanSize>,
-    max_connections: Option<u32>,
-    h2_max_concurrent_streams: Option<u32>,
-    idle_timeout: Option<HumanDuration>,
-    tunnel_idle_timeout: Option<HumanDuration>,
-    max_buffered_body: Option<HumanSize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAccessLog {
-    #[serde(default = "yes")]
-    enabled: bool,
-    path: Option<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    listen: Option<String>,
-    token: Option<String>,
-    token_env: Option<String>,
-    #[serde(default)]
-    protect_metrics: bool,
-    data_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<String>,
-    workers: Option<u32>,
-    #[serde(default)]
-    allow_encoded_slashes: bool,
-    #[serde(default)]
-    trusted_proxies: Vec<String>,
-    #[serde(default)]
-    forwarded_header: bool,
-    hide_response_headers: Option<Vec<String>>,
-    request_id_header: Option<String>,
-    #[serde(default)]
-    proxy_protocol: bool,
-    drain_timeout: Option<HumanDuration>,
-    tls: Option<RawTls>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    certificates: Vec<RawCert>,
-    client_ca: Option<String>,
-    client_auth: Option<crate::tls::ClientAuth>,
-    reload_interval: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCert {
-    cert: String,
-    key: String,
-    #[serde(default)]
-    server_names: Vec<String>,
-    client_ca: Option<String>,
-    client_auth: Option<crate::tls::ClientAuth>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawEngine {
-    compile_cache: Option<bool>,
-    cache_dir: Option<String>,
-    max_instances: Option<u32>,
-    max_memory: Option<HumanSize>,
-    epoch_tick: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFilter {
-    path: String,
-    memory_limit: Option<HumanSize>,
-    cpu_limit: Option<HumanDuration>,
-    isolation: Option<Isolation>,
-    pool_size: Option<u32>,
-    max_uses: Option<u64>,
-    recycle_memory: Option<HumanSize>,
-    pool_timeout: Option<HumanDuration>,
-    wall_limit: Option<HumanDuration>,
-    failure_policy: Option<FailurePolicy>,
-    quarantine_after: Option<u32>,
-    kv_quota: Option<HumanSize>,
-    #[serde(default)]
-    vars: BTreeMap<String, RawVar>,
-    outbound_clusters: Option<Vec<String>>,
-    max_outbound_calls: Option<u32>,
-    outbound_timeout: Option<HumanDuration>,
-}
-
-/// A `config` value for a filter: a literal, an environment variable, or a
-/// file's contents.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawVar {
-    Literal(String),
-    From(RawVarSource),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawVarSource {
-    env: Option<String>,
-    file: Option<String>,
-}
-
-/// How a filter's instances are shared between requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Isolation {
-    /// Instances are reused, one request at a time each (the default).
-    #[default]
-    Pooled,
-    /// A new instance for every call: no state survives a request.
-    Fresh,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    name: String,
-    #[serde(default)]
-    hosts: Vec<String>,
-    path: Option<String>,
-    path_prefix: Option<String>,
-    path_regex: Option<String>,
-    #[serde(default)]
-    methods: Vec<String>,
-    #[serde(default)]
-    headers: Vec<crate::route_config::RawMatch>,
-    #[serde(default)]
-    query: Vec<crate::route_config::RawMatch>,
-    cluster: Option<String>,
-    clusters: Option<Vec<crate::route_config::RawWeightedCluster>>,
-    redirect: Option<crate::route_config::RawRedirect>,
-    respond: Option<crate::route_config::RawRespond>,
-    prefix_rewrite: Option<String>,
-    timeout: Option<HumanDuration>,
-    #[serde(default)]
-    filters: Vec<RawRouteFilter>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRouteFilter {
-    name: String,
-    #[serde(default)]
-    config: Option<toml::Table>,
+    watch: crate::watch::RawWatch,
 }
 
 // ---------------------------------------------------------------------------
 // Validated config.
 
-/// Default listen address of the proxy.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// Default number of filter instances that may exist at once (pooling slots).
-pub const DEFAULT_MAX_INSTANCES: u32 = 256;
-/// Default upper bound of any filter's memory (the pooling slot size).
-pub const DEFAULT_MAX_MEMORY: u64 = 256 << 20;
-/// Default interval of the epoch ticker that enforces CPU budgets.
-pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(5);
-/// Default memory limit of one filter instance.
-pub const DEFAULT_FILTER_MEMORY: u64 = 64 << 20;
-/// Default CPU budget of one filter call.
-pub const DEFAULT_FILTER_CPU: Duration = Duration::from_millis(50);
-/// Default number of instances per (route, filter) pool.
-pub const DEFAULT_POOL_SIZE: u32 = 16;
-/// Default number of calls an instance serves before it is replaced.
-pub const DEFAULT_MAX_USES: u64 = 10_000;
-/// Default time requests in flight get to finish at shutdown.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
-/// Longest `server.drain_timeout` accepted.
-pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Default quiet time before a changed watched file is read.
-pub const DEFAULT_WATCH_DEBOUNCE: Duration = Duration::from_millis(500);
-/// Default wait for a free instance.
-pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_millis(100);
-/// Default outbound calls a filter may make per request.
-pub const DEFAULT_OUTBOUND_CALLS: u32 = 8;
-/// The validated gateway configuration.
-#[derive(Debug, Clone)]
+/// The validated gateway configuration. Compared by value; its `Debug`
+/// output shows no secret (see [`secret`]).
+#[derive(Clone, PartialEq)]
 pub struct Config {
     /// Where the config came from, for messages.
     pub source: String,
@@ -402,267 +230,41 @@ pub struct Config {
     pub watch: WatchConfig,
 }
 
-/// `[watch]`: reload when the config file or a filter's module file
-/// changes. A top-level section rather than part of `[server]`: it is about
-/// how changes reach the gateway (like SIGHUP and the management API), not
-/// about the listener. Read at start only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchConfig {
-    /// Watch the files at all.
-    pub enabled: bool,
-    /// Quiet time after the last change to a file before it is read.
-    pub debounce: Duration,
-}
-
-impl Default for WatchConfig {
-    fn default() -> Self {
-        WatchConfig {
-            enabled: false,
-            debounce: DEFAULT_WATCH_DEBOUNCE,
-        }
+/// Every field, except that `text` (which may hold the admin token and
+/// filter vars as written) is shown by its length only.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Config {
+            source,
+            text,
+            base,
+            server,
+            engine,
+            filters,
+            clusters,
+            routes,
+            admin,
+            access_log,
+            limits,
+            overload,
+            watch,
+        } = self;
+        f.debug_struct("Config")
+            .field("source", source)
+            .field("text", &format_args!("<{} bytes>", text.len()))
+            .field("base", base)
+            .field("server", server)
+            .field("engine", engine)
+            .field("filters", filters)
+            .field("clusters", clusters)
+            .field("routes", routes)
+            .field("admin", admin)
+            .field("access_log", access_log)
+            .field("limits", limits)
+            .field("overload", overload)
+            .field("watch", watch)
+            .finish()
     }
-}
-
-/// `[server]`
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Address the proxy listens on.
-    pub listen: SocketAddr,
-    /// Worker threads serving requests; `None` = one per CPU.
-    pub workers: Option<usize>,
-    /// Keep `%2F`/`%5C` in paths instead of answering 400.
-    pub allow_encoded_slashes: bool,
-    /// Forwarding headers, trusted proxies, request ids.
-    pub forwarding: crate::forwarding::ForwardingPolicy,
-    /// TLS termination on the listener, if configured.
-    pub tls: Option<crate::tls::TlsConfig>,
-    /// Every connection starts with a PROXY protocol (v1 or v2) header.
-    pub proxy_protocol: bool,
-    /// Time requests in flight get to finish after shutdown starts.
-    pub drain_timeout: Duration,
-}
-
-impl LimitsConfig {
-    /// The limits the listener applies to connections (as opposed to those
-    /// the proxy applies per request): changing them needs a restart.
-    pub fn listener(&self) -> LimitsConfig {
-        LimitsConfig {
-            request_timeout: Duration::ZERO,
-            max_request_body: 0,
-            tunnel_idle_timeout: Duration::ZERO,
-            max_buffered_body: 0,
-            ..*self
-        }
-    }
-}
-
-/// `[limits]`: protection against slow, large and numerous requests.
-#[derive(Debug, Clone, Copy)]
-pub struct LimitsConfig {
-    /// Time a client has to send a complete request head (slowloris).
-    pub header_read_timeout: Duration,
-    /// Time from request head to response head (504 past it).
-    pub request_timeout: Duration,
-    /// Most request headers (431 past it).
-    pub max_header_count: usize,
-    /// Largest request head in bytes (431 past it).
-    pub max_header_size: usize,
-    /// Largest request body in bytes (413 past it).
-    pub max_request_body: usize,
-    /// Most client connections open at once; more wait in the listen backlog.
-    pub max_connections: usize,
-    /// Most concurrent streams on one HTTP/2 connection.
-    pub h2_max_concurrent_streams: u32,
-    /// A client connection with no request in flight for this long is closed
-    /// (HTTP/2: GOAWAY).
-    pub idle_timeout: Duration,
-    /// An upgraded connection (WebSocket) with no bytes either way for this
-    /// long is closed.
-    pub tunnel_idle_timeout: Duration,
-    /// Largest body buffered for filters that ask for one (413 for requests,
-    /// 502 for responses past it).
-    pub max_buffered_body: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            header_read_timeout: Duration::from_secs(15),
-            request_timeout: Duration::from_secs(60),
-            max_header_count: 100,
-            max_header_size: 64 << 10,
-            max_request_body: 10 << 20,
-            max_connections: 10_000,
-            h2_max_concurrent_streams: 100,
-            idle_timeout: Duration::from_secs(60),
-            tunnel_idle_timeout: Duration::from_secs(300),
-            max_buffered_body: 1 << 20,
-        }
-    }
-}
-
-/// `[admin]`: the admin listener.
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    /// Its address (loopback by default).
-    pub listen: SocketAddr,
-    /// The bearer token protecting it, if any.
-    pub token: Option<String>,
-    /// Whether `/metrics` needs the token too.
-    pub protect_metrics: bool,
-    /// Where changes made through the API are kept across restarts.
-    pub data_dir: Option<std::path::PathBuf>,
-}
-
-/// Default admin listen address.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
-
-/// `[engine]`: settings of the one wasmtime engine all filters share.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// Filter instances that can exist at once; more concurrent calls fail fast.
-    pub max_instances: u32,
-    /// The largest memory any filter may be given (pooling slot size).
-    pub max_memory: u64,
-    /// Epoch ticker interval: the granularity of CPU budgets.
-    pub epoch_tick: Duration,
-    /// Folder of the compiled-component cache; `None` = no cache.
-    pub cache_dir: Option<PathBuf>,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            max_instances: DEFAULT_MAX_INSTANCES,
-            max_memory: DEFAULT_MAX_MEMORY,
-            epoch_tick: DEFAULT_EPOCH_TICK,
-            cache_dir: default_cache_dir(),
-        }
-    }
-}
-
-/// Set by [`set_default_cache_dir`].
-static DEFAULT_CACHE_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-
-/// Makes `dir` the compile cache of every config this process reads later
-/// without an `engine.cache_dir`, in place of the user's cache folder: for a
-/// program that embeds the gateway, and for tests, whose results must not
-/// depend on what earlier runs left in the user's cache. Only the first call
-/// counts; returns whether it was this one.
-pub fn set_default_cache_dir(dir: PathBuf) -> bool {
-    DEFAULT_CACHE_DIR.set(dir).is_ok()
-}
-
-/// The folder set by [`set_default_cache_dir`], else
-/// `$XDG_CACHE_HOME/wasmgate`, else `$HOME/.cache/wasmgate`, else none.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = DEFAULT_CACHE_DIR.get() {
-        return Some(dir.clone());
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".cache"))
-        })?;
-    Some(base.join("wasmgate"))
-}
-
-/// `[filters.NAME]`: a filter module and its limits.
-#[derive(Debug, Clone)]
-pub struct FilterConfig {
-    /// The module file, resolved against the config file's folder.
-    pub path: PathBuf,
-    /// Linear memory one instance may grow to.
-    pub memory_limit: u64,
-    /// CPU time one call (`init`, `on-request`, `on-response`) may take.
-    pub cpu_limit: Duration,
-    /// Pooled (default) or a fresh instance per call.
-    pub isolation: Isolation,
-    /// Most instances per (route, filter) pool.
-    pub pool_size: u32,
-    /// Calls an instance serves before it is replaced.
-    pub max_uses: u64,
-    /// An instance whose memory grew past this is replaced after its call.
-    pub recycle_memory: u64,
-    /// How long a call waits for a free instance before failing with 503.
-    pub pool_timeout: Duration,
-    /// Wall-clock time one call may take, host calls included.
-    pub wall_limit: Duration,
-    /// What a failure of this filter does to the request.
-    pub failure_policy: FailurePolicy,
-    /// Failures in a row that quarantine the filter (0: never).
-    pub quarantine_after: u32,
-    /// Largest total size of its `kv` entries.
-    pub kv_quota: usize,
-    /// Values its `config.get` returns, resolved at load.
-    pub vars: BTreeMap<String, String>,
-    /// Clusters its `outbound` calls may name (`None` or empty: none;
-    /// `["*"]`: every cluster in the config).
-    pub outbound_clusters: Option<Vec<String>>,
-    /// Outbound calls per request.
-    pub max_outbound_calls: u32,
-    /// Longest wait per outbound call.
-    pub outbound_timeout: Duration,
-}
-
-/// What a filter's failure does to the request it was serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailurePolicy {
-    /// The request fails with a 5xx in the standard error format.
-    #[default]
-    FailClosed,
-    /// The filter is skipped (logged and counted) and the request goes on.
-    FailOpen,
-}
-
-/// How a route matches the path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
-    /// The whole path equals this.
-    Exact(String),
-    /// The path starts with these whole segments (`/api` matches `/api` and
-    /// `/api/x`, not `/apix`). Stored without a trailing slash; `/` is empty.
-    Prefix(String),
-    /// The whole path matches this regular expression.
-    Regex(crate::route_config::FullRegex),
-}
-
-/// `[[routes]]`
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    /// Unique name, used in logs, metrics and filter metadata.
-    pub name: String,
-    /// Host patterns (lower-case; `*.example.com` wildcards); empty = any host.
-    pub hosts: Vec<String>,
-    /// Path match.
-    pub path: PathMatch,
-    /// Methods (upper-case); empty = any method.
-    pub methods: Vec<http::Method>,
-    /// Header and query conditions, all of which must hold.
-    pub matchers: Vec<crate::route_config::Matcher>,
-    /// What the route does: a cluster, a split, a redirect, a response.
-    pub action: crate::route_config::Action,
-    /// Replaces the matched `path_prefix` when forwarding.
-    pub prefix_rewrite: Option<String>,
-    /// Time the upstream part (every try) may take; 504 past it.
-    pub timeout: Option<Duration>,
-    /// The filter chain, in request order.
-    pub filters: Vec<RouteFilter>,
-    /// Position in the config, which breaks ties between equal matches.
-    pub order: usize,
-}
-
-/// One filter in a route's chain.
-#[derive(Debug, Clone)]
-pub struct RouteFilter {
-    /// Name of a `[filters.NAME]` entry.
-    pub name: String,
-    /// The route's config for it, as the JSON text handed to `init`.
-    pub config_json: String,
 }
 
 impl Config {
@@ -681,17 +283,95 @@ impl Config {
         Config::parse(&text, &source, &base)
     }
 
-    /// Parses and validates config text. `base` is the folder relative filter
-    /// paths are resolved against.
+    /// Parses and validates config text, then reads its secrets (see
+    /// [`Config::read_secrets`]). `base` is the folder relative paths are
+    /// resolved against. All problems of both steps are reported together.
     pub fn parse(text: &str, source: &str, base: &Path) -> Result<Config, ConfigErrors> {
-        let fail = |errors| ConfigErrors {
+        let (mut config, mut errors) = Config::check(text, source, base)?;
+        if let Err(e) = config.read_secrets() {
+            errors.extend(e);
+        }
+        ConfigErrors::of(source, errors).map_or(Ok(config), Err)
+    }
+
+    /// Parses and validates config text without reading any secret: the
+    /// admin token and filter `vars` keep only where they come from (see
+    /// [`Config::secrets`]) until [`Config::read_secrets`] runs; literals
+    /// are known at once. For a caller that decides what a config may read
+    /// before it reads anything.
+    pub fn parse_without_secrets(
+        text: &str,
+        source: &str,
+        base: &Path,
+    ) -> Result<Config, ConfigErrors> {
+        let (config, errors) = Config::check(text, source, base)?;
+        ConfigErrors::of(source, errors).map_or(Ok(config), Err)
+    }
+
+    /// Reads every secret not read yet: `admin.token_env` and filter `vars`
+    /// given as `{ env = "NAME" }` or `{ file = "path" }`, and makes the
+    /// checks that need their values (the token's length, and that an admin
+    /// listener others can reach has a token). Problems carry key paths
+    /// (`admin.token_env`, `filters.NAME.vars.VAR`, ...), as validation's do.
+    pub fn read_secrets(&mut self) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        if let Some(admin) = self.admin.as_mut() {
+            crate::admin::read_secrets(admin, &mut errors);
+        }
+        for (name, f) in &mut self.filters {
+            crate::filter::read_secrets(&format!("filters.{name}"), f, &mut errors);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Every secret in the config with the key path that sets it
+    /// (`admin.token`, `admin.token_env`, `filters.NAME.vars.VAR`): where it
+    /// comes from and, once read, its value.
+    pub fn secrets(&self) -> Vec<(String, &SecretSetting)> {
+        let mut out = Vec::new();
+        if let Some(token) = self.admin.as_ref().and_then(|a| a.token.as_ref()) {
+            let key = match token.source() {
+                SecretSource::Env(_) => "admin.token_env",
+                SecretSource::Literal | SecretSource::File(_) => "admin.token",
+            };
+            out.push((key.to_owned(), token));
+        }
+        for (name, f) in &self.filters {
+            for (var, setting) in &f.vars {
+                out.push((format!("filters.{name}.vars.{var}"), setting));
+            }
+        }
+        out
+    }
+
+    /// Parses and validates: the config (usable even when there are errors,
+    /// so its secrets can be read for a complete report) and every problem.
+    fn check(
+        text: &str,
+        source: &str,
+        base: &Path,
+    ) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+        let raw = parse_raw(text).map_err(|e| ConfigErrors {
+            source: source.to_owned(),
+            errors: vec![e],
+        })?;
+        let (mut config, errors) = validate(raw, source, base);
+        config.text = text.to_owned();
+        Ok((config, errors))
+    }
+}
+
+impl ConfigErrors {
+    /// `errors` from `source`, if there are any.
+    fn of(source: &str, errors: Vec<ConfigError>) -> Option<ConfigErrors> {
+        (!errors.is_empty()).then(|| ConfigErrors {
             source: source.to_owned(),
             errors,
-        };
-        let raw = parse_raw(text).map_err(|e| fail(vec![e]))?;
-        let mut config = validate(raw, source, base).map_err(fail)?;
-        config.text = text.to_owned();
-        Ok(config)
+        })
     }
 }
 
@@ -717,7 +397,7 @@ fn toml_error(path: &str, e: &toml::de::Error, text: &str) -> ConfigError {
     ConfigError::new(path, format!("{}{location}", e.message().trim_end()))
 }
 
-fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -725,723 +405,56 @@ fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+/// Validates every section and the checks across them, reading no secret.
+/// Returns the config as far as it could be made, and every problem.
+fn validate(raw: RawConfig, source: &str, base: &Path) -> (Config, Vec<ConfigError>) {
     let mut errors = Vec::new();
 
-    let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|e| {
-        errors.push(ConfigError::new(
-            "server.listen",
-            format!("{listen_text:?} is not an address ({e}); write e.g. \"127.0.0.1:8080\""),
-        ));
-        SocketAddr::from(([127, 0, 0, 1], 8080))
-    });
+    let server = crate::server::validate(raw.server, base, &mut errors);
+    let watch = crate::watch::validate(raw.watch, &mut errors);
+    let admin = raw
+        .admin
+        .map(|a| crate::admin::validate(a, base, &mut errors));
+    let limits = crate::limits::validate(raw.limits, &mut errors);
+    let overload = crate::overload::validate(raw.overload, &mut errors);
+    let access_log = crate::access_log::validate(raw.access_log, base, &mut errors);
+    let engine = crate::engine::validate(raw.engine, base, &mut errors);
 
-    let workers = match raw.server.workers {
-        Some(n) if n == 0 || n > 1024 => {
-            errors.push(ConfigError::new(
-                "server.workers",
-                format!("must be between 1 and 1024, got {n}"),
-            ));
-            None
-        }
-        n => n.map(|n| n as usize),
-    };
-    let drain_timeout = match raw.server.drain_timeout {
-        None => DEFAULT_DRAIN_TIMEOUT,
-        Some(HumanDuration(d)) if d.is_zero() || d > MAX_DRAIN_TIMEOUT => {
-            errors.push(ConfigError::new(
-                "server.drain_timeout",
-                format!(
-                    "must be more than zero and at most {}, got {}",
-                    humantime::format_duration(MAX_DRAIN_TIMEOUT),
-                    humantime::format_duration(d)
-                ),
-            ));
-            DEFAULT_DRAIN_TIMEOUT
-        }
-        Some(HumanDuration(d)) => d,
-    };
-    let watch = WatchConfig {
-        enabled: raw.watch.enabled,
-        debounce: match raw.watch.debounce {
-            None => DEFAULT_WATCH_DEBOUNCE,
-            Some(HumanDuration(d))
-                if d < Duration::from_millis(10) || d > Duration::from_secs(60) =>
-            {
-                errors.push(ConfigError::new(
-                    "watch.debounce",
-                    format!(
-                        "must be between 10ms and 1m, got {}",
-                        humantime::format_duration(d)
-                    ),
-                ));
-                DEFAULT_WATCH_DEBOUNCE
-            }
-            Some(HumanDuration(d)) => d,
-        },
-    };
-    let tls = raw.server.tls.as_ref().map(|t| {
-        if t.certificates.is_empty() {
-            errors.push(ConfigError::new(
-                "server.tls.certificates",
-                "must list at least one certificate",
-            ));
-        }
-        let certificates = t
-            .certificates
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                for (j, n) in c.server_names.iter().enumerate() {
-                    if let Err(m) = parse_host_pattern(n) {
-                        errors.push(ConfigError::new(
-                            format!("server.tls.certificates[{i}].server_names[{j}]"),
-                            m,
-                        ));
-                    }
-                }
-                crate::tls::CertConfig {
-                    cert: base.join(&c.cert),
-                    key: base.join(&c.key),
-                    server_names: c.server_names.clone(),
-                    client_ca: c
-                        .client_ca
-                        .as_ref()
-                        .or(t.client_ca.as_ref())
-                        .map(|p| base.join(p)),
-                    client_auth: c
-                        .client_auth
-                        .or(t.client_auth)
-                        .unwrap_or(crate::tls::ClientAuth::Required),
-                }
-            })
-            .collect();
-        crate::tls::TlsConfig {
-            certificates,
-            reload_interval: t.reload_interval.map_or(Duration::from_secs(5), |d| d.0),
-        }
-    });
-    let mut forwarding = crate::forwarding::ForwardingPolicy {
-        forwarded_header: raw.server.forwarded_header,
-        ..Default::default()
-    };
-    for (i, t) in raw.server.trusted_proxies.iter().enumerate() {
-        let parsed = t
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-        match parsed {
-            Ok(net) => forwarding.trusted_proxies.push(net),
-            Err(_) => errors.push(ConfigError::new(
-                format!("server.trusted_proxies[{i}]"),
-                format!("{t:?} is not an IP address or CIDR range (e.g. \"10.0.0.0/8\")"),
-            )),
-        }
-    }
-    if let Some(list) = &raw.server.hide_response_headers {
-        forwarding.hide_response_headers.clear();
-        for (i, h) in list.iter().enumerate() {
-            match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
-                Ok(n) => forwarding.hide_response_headers.push(n),
-                Err(_) => errors.push(ConfigError::new(
-                    format!("server.hide_response_headers[{i}]"),
-                    format!("{h:?} is not a header name"),
-                )),
-            }
-        }
-    }
-    if let Some(h) = &raw.server.request_id_header {
-        match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
-            Ok(n) => forwarding.request_id_header = n,
-            Err(_) => errors.push(ConfigError::new(
-                "server.request_id_header",
-                format!("{h:?} is not a header name"),
-            )),
-        }
-    }
-    let admin = raw.admin.map(|a| {
-        let text = a.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
-        let listen = text.parse::<SocketAddr>().unwrap_or_else(|e| {
-            errors.push(ConfigError::new(
-                "admin.listen",
-                format!("{text:?} is not an address ({e})"),
-            ));
-            SocketAddr::from(([127, 0, 0, 1], 9901))
-        });
-        let token = match (a.token, a.token_env) {
-            (Some(_), Some(_)) => {
-                errors.push(ConfigError::new("admin", "give `token` or `token_env`, not both"));
-                None
-            }
-            (Some(t), None) => Some(t),
-            (None, Some(var)) => match std::env::var(&var) {
-                Ok(t) => Some(t),
-                Err(_) => {
-                    errors.push(ConfigError::new(
-                        "admin.token_env",
-                        format!("the environment variable {var} is not set"),
-                    ));
-                    None
-                }
-            },
-            (None, None) => None,
-        };
-        if token.as_deref().is_some_and(|t| t.len() < 16) {
-            errors.push(ConfigError::new("admin.token", "must be at least 16 characters"));
-        }
-        if token.is_none() && !listen.ip().is_loopback() {
-            errors.push(ConfigError::new(
-                "admin.listen",
-                format!("{listen} is not a loopback address; refusing to expose the admin API without a token (set admin.token or admin.token_env)"),
-            ));
-        }
-        AdminConfig {
-            listen,
-            token,
-            protect_metrics: a.protect_metrics,
-            data_dir: a.data_dir.as_ref().map(|d| base.join(d)),
-        }
-    });
-    let mut limits = LimitsConfig::default();
-    let rl = &raw.limits;
-    if let Some(HumanDuration(d)) = rl.header_read_timeout {
-        if d.is_zero() {
-            errors.push(ConfigError::new(
-                "limits.header_read_timeout",
-                "must be more than 0",
-            ));
-        }
-        limits.header_read_timeout = d;
-    }
-    for (key, given, field) in [
-        (
-            "limits.idle_timeout",
-            rl.idle_timeout,
-            &mut limits.idle_timeout,
-        ),
-        (
-            "limits.tunnel_idle_timeout",
-            rl.tunnel_idle_timeout,
-            &mut limits.tunnel_idle_timeout,
-        ),
-    ] {
-        if let Some(HumanDuration(d)) = given {
-            if d.is_zero() {
-                errors.push(ConfigError::new(key, "must be more than 0"));
-            }
-            *field = d;
-        }
-    }
-    if let Some(HumanDuration(d)) = rl.request_timeout {
-        if d.is_zero() {
-            errors.push(ConfigError::new(
-                "limits.request_timeout",
-                "must be more than 0",
-            ));
-        }
-        limits.request_timeout = d;
-    }
-    if let Some(n) = rl.max_header_count {
-        if !(1..=10_000).contains(&n) {
-            errors.push(ConfigError::new(
-                "limits.max_header_count",
-                format!("must be between 1 and 10000, got {n}"),
-            ));
-        }
-        limits.max_header_count = n as usize;
-    }
-    if let Some(HumanSize(n)) = rl.max_header_size {
-        if !(8192..=1 << 24).contains(&n) {
-            errors.push(ConfigError::new(
-                "limits.max_header_size",
-                format!("must be between 8KiB and 16MiB, got {n} bytes"),
-            ));
-        }
-        limits.max_header_size = n as usize;
-    }
-    if let Some(HumanSize(n)) = rl.max_buffered_body {
-        limits.max_buffered_body = usize::try_from(n).unwrap_or(usize::MAX);
-    }
-    if let Some(HumanSize(n)) = rl.max_request_body {
-        limits.max_request_body = usize::try_from(n).unwrap_or(usize::MAX);
-    }
-    if let Some(n) = rl.max_connections {
-        if n == 0 {
-            errors.push(ConfigError::new(
-                "limits.max_connections",
-                "must be at least 1",
-            ));
-        }
-        limits.max_connections = n as usize;
-    }
-    if let Some(n) = rl.h2_max_concurrent_streams {
-        if n == 0 {
-            errors.push(ConfigError::new(
-                "limits.h2_max_concurrent_streams",
-                "must be at least 1",
-            ));
-        }
-        limits.h2_max_concurrent_streams = n;
-    }
-    let mut overload = crate::overload::OverloadConfig::default();
-    if let Some(o) = raw.overload {
-        if let Some(HumanSize(n)) = o.max_memory {
-            if n < 1 << 20 {
-                errors.push(ConfigError::new(
-                    "overload.max_memory",
-                    format!("must be at least 1MiB, got {n} bytes"),
-                ));
-            }
-            overload.max_memory = Some(n);
-        }
-        if let Some(p) = o.max_open_files_percent {
-            if p > 100 {
-                errors.push(ConfigError::new(
-                    "overload.max_open_files_percent",
-                    format!("is a percentage (0 to 100), got {p}"),
-                ));
-            }
-            overload.max_open_files_percent = p;
-        }
-        if let Some(HumanDuration(d)) = o.check_interval {
-            if d < Duration::from_millis(10) {
-                errors.push(ConfigError::new(
-                    "overload.check_interval",
-                    "must be at least 10ms",
-                ));
-            }
-            overload.check_interval = d;
-        }
-    }
-    let access_log = match raw.access_log {
-        None => Some(crate::access_log::AccessLogTarget::Stdout),
-        Some(a) if !a.enabled => {
-            if a.path.is_some() {
-                errors.push(ConfigError::new(
-                    "access_log.path",
-                    "is set but access_log.enabled is false",
-                ));
-            }
-            None
-        }
-        Some(a) => match a.path.as_deref() {
-            None | Some("stdout") | Some("-") => Some(crate::access_log::AccessLogTarget::Stdout),
-            Some(p) => Some(crate::access_log::AccessLogTarget::File(base.join(p))),
-        },
-    };
-    let mut engine = EngineConfig::default();
-    match (raw.engine.compile_cache, raw.engine.cache_dir) {
-        (Some(false), Some(_)) => errors.push(ConfigError::new(
-            "engine.cache_dir",
-            "is set but engine.compile_cache is false",
-        )),
-        (Some(false), None) => engine.cache_dir = None,
-        (_, Some(dir)) => engine.cache_dir = Some(base.join(dir)),
-        (_, None) => {}
-    }
-    if let Some(n) = raw.engine.max_instances {
-        if n == 0 || n > 100_000 {
-            errors.push(ConfigError::new(
-                "engine.max_instances",
-                format!("must be between 1 and 100000, got {n}"),
-            ));
-        } else {
-            engine.max_instances = n;
-        }
-    }
-    if let Some(HumanSize(n)) = raw.engine.max_memory {
-        if !(64 << 10..=4 << 30).contains(&n) {
-            errors.push(ConfigError::new(
-                "engine.max_memory",
-                format!("must be between 64KiB and 4GiB, got {n} bytes"),
-            ));
-        } else {
-            engine.max_memory = n;
-        }
-    }
-    if let Some(HumanDuration(d)) = raw.engine.epoch_tick {
-        if d < Duration::from_millis(1) || d > Duration::from_secs(1) {
-            errors.push(ConfigError::new(
-                "engine.epoch_tick",
-                "must be between 1ms and 1s",
-            ));
-        } else {
-            engine.epoch_tick = d;
-        }
-    }
+    let filters = crate::filter::validate_all(raw.filters, &engine, base, &mut errors);
 
-    let mut filters = BTreeMap::new();
-    for (name, f) in raw.filters {
-        let key = format!("filters.{name}");
-        if !is_valid_name(&name) {
-            errors.push(ConfigError::new(
-                &key,
-                "filter names use letters, digits, '-', '_' and '.' (at most 64)",
-            ));
-        }
-        let memory_limit = f
-            .memory_limit
-            .map_or(DEFAULT_FILTER_MEMORY.min(engine.max_memory), |s| s.0);
-        if memory_limit < 64 << 10 {
-            errors.push(ConfigError::new(
-                format!("{key}.memory_limit"),
-                "must be at least 64KiB (one WebAssembly page)",
-            ));
-        } else if memory_limit > engine.max_memory {
-            errors.push(ConfigError::new(
-                format!("{key}.memory_limit"),
-                format!(
-                    "{memory_limit} bytes is more than engine.max_memory ({} bytes)",
-                    engine.max_memory
-                ),
-            ));
-        }
-        let cpu_limit = f.cpu_limit.map_or(DEFAULT_FILTER_CPU, |d| d.0);
-        if cpu_limit < engine.epoch_tick {
-            errors.push(ConfigError::new(
-                format!("{key}.cpu_limit"),
-                format!(
-                    "must be at least engine.epoch_tick ({:?})",
-                    engine.epoch_tick
-                ),
-            ));
-        }
-        if f.path.trim().is_empty() {
-            errors.push(ConfigError::new(
-                format!("{key}.path"),
-                "must name a .wasm file",
-            ));
-        }
-        let pool_size = f.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
-        if pool_size == 0 {
-            errors.push(ConfigError::new(
-                format!("{key}.pool_size"),
-                "must be at least 1",
-            ));
-        }
-        let max_uses = f.max_uses.unwrap_or(DEFAULT_MAX_USES);
-        if max_uses == 0 {
-            errors.push(ConfigError::new(
-                format!("{key}.max_uses"),
-                "must be at least 1",
-            ));
-        }
-        let recycle_memory = f.recycle_memory.map_or(memory_limit / 2, |s| s.0);
-        if recycle_memory > memory_limit {
-            errors.push(ConfigError::new(
-                format!("{key}.recycle_memory"),
-                format!("{recycle_memory} bytes is more than memory_limit ({memory_limit} bytes)"),
-            ));
-        }
-        let mut vars = BTreeMap::new();
-        for (var, source) in &f.vars {
-            let vkey = format!("{key}.vars.{var}");
-            let value = match source {
-                RawVar::Literal(v) => Some(v.clone()),
-                RawVar::From(RawVarSource {
-                    env: Some(e),
-                    file: None,
-                }) => match std::env::var(e) {
-                    Ok(v) => Some(v),
-                    Err(_) => {
-                        errors.push(ConfigError::new(
-                            &vkey,
-                            format!("the environment variable {e} is not set"),
-                        ));
-                        None
-                    }
-                },
-                RawVar::From(RawVarSource {
-                    env: None,
-                    file: Some(path),
-                }) => {
-                    let p = base.join(path);
-                    match std::fs::read_to_string(&p) {
-                        // Secrets files usually end in a newline that is not
-                        // part of the secret.
-                        Ok(v) => Some(
-                            v.strip_suffix('\n')
-                                .map_or(v.as_str(), |v| v.strip_suffix('\r').unwrap_or(v))
-                                .to_owned(),
-                        ),
-                        Err(e) => {
-                            errors.push(ConfigError::new(
-                                &vkey,
-                                format!("cannot read {}: {e}", p.display()),
-                            ));
-                            None
-                        }
-                    }
-                }
-                RawVar::From(_) => {
-                    errors.push(ConfigError::new(
-                        &vkey,
-                        "give a string, { env = \"NAME\" } or { file = \"path\" }",
-                    ));
-                    None
-                }
-            };
-            if let Some(v) = value {
-                vars.insert(var.clone(), v);
-            }
-        }
-        // Default: room for the CPU budget plus waiting on the host.
-        let wall_limit = f
-            .wall_limit
-            .map_or((cpu_limit * 10).max(Duration::from_secs(1)), |d| d.0);
-        if wall_limit < cpu_limit {
-            errors.push(ConfigError::new(
-                format!("{key}.wall_limit"),
-                format!("{wall_limit:?} is less than cpu_limit ({cpu_limit:?})"),
-            ));
-        }
-        // A call cannot outlive the wall-clock limit anyway.
-        let outbound_timeout = f.outbound_timeout.map_or(wall_limit, |d| d.0);
-        if outbound_timeout > wall_limit {
-            errors.push(ConfigError::new(
-                format!("{key}.outbound_timeout"),
-                format!(
-                    "{outbound_timeout:?} is more than wall_limit ({wall_limit:?}), which \
-                     would cut every call that long off first"
-                ),
-            ));
-        }
-        if outbound_timeout.is_zero() {
-            errors.push(ConfigError::new(
-                format!("{key}.outbound_timeout"),
-                "must be more than 0",
-            ));
-        }
-        let path = base.join(&f.path);
-        filters.insert(
-            name,
-            FilterConfig {
-                path,
-                memory_limit,
-                cpu_limit,
-                isolation: f.isolation.unwrap_or_default(),
-                pool_size,
-                max_uses,
-                recycle_memory,
-                pool_timeout: f.pool_timeout.map_or(DEFAULT_POOL_TIMEOUT, |d| d.0),
-                wall_limit,
-                failure_policy: f.failure_policy.unwrap_or_default(),
-                quarantine_after: f.quarantine_after.unwrap_or(5),
-                kv_quota: f
-                    .kv_quota
-                    .map_or(16 << 20, |q| usize::try_from(q.0).unwrap_or(usize::MAX)),
-                vars,
-                outbound_clusters: f.outbound_clusters,
-                max_outbound_calls: f.max_outbound_calls.unwrap_or(DEFAULT_OUTBOUND_CALLS),
-                outbound_timeout,
-            },
-        );
-    }
+    let clusters = crate::cluster::validate_all(raw.clusters, base, &mut errors);
 
-    let mut clusters = BTreeMap::new();
-    for (name, c) in raw.clusters {
-        let key = format!("clusters.{name}");
-        if !is_valid_name(&name) {
-            errors.push(ConfigError::new(
-                &key,
-                "cluster names use letters, digits, '-', '_' and '.' (at most 64)",
-            ));
-        }
-        let cluster = crate::cluster::validate(&key, c, base, &mut errors);
-        clusters.insert(name, cluster);
-    }
-
-    let mut prefixes: HashMap<String, &str> = HashMap::new();
+    // What a filter may call must exist.
     for (name, f) in &filters {
-        let key = format!("filters.{name}");
         let grants = f.outbound_clusters.as_deref().unwrap_or_default();
-        if grants.len() > 1 && grants.iter().any(|c| c == "*") {
-            errors.push(ConfigError::new(
-                format!("{key}.outbound_clusters"),
-                "\"*\" (every cluster) must be the only entry",
-            ));
-        }
         for (j, c) in grants.iter().enumerate() {
             if c != "*" && !clusters.contains_key(c) {
                 errors.push(ConfigError::new(
-                    format!("{key}.outbound_clusters[{j}]"),
+                    format!("filters.{name}.outbound_clusters[{j}]"),
                     format!("no cluster named {c:?}"),
                 ));
             }
         }
-        // Metric names are prefixed by the filter's name with '-' and '.'
-        // as '_': two filters must not end up with one prefix.
-        if let Some(other) = prefixes.insert(metric_prefix(name), name) {
-            errors.push(ConfigError::new(
-                &key,
-                format!(
-                    "its metrics would be named like those of filters.{other} \
-                     ('-' and '.' read as '_'); rename one of them"
-                ),
-            ));
-        }
     }
 
-    let mut routes = Vec::new();
-    let mut names = HashSet::new();
-    for (i, r) in raw.routes.into_iter().enumerate() {
-        let key = format!("routes[{i}]");
-        if !is_valid_name(&r.name) {
+    let mut names = crate::route::Names::default();
+    let routes = crate::route::validate_all(raw.routes, &mut names, &mut errors);
+    // What the routes name must exist.
+    for (key, c) in &names.clusters {
+        if !clusters.contains_key(c) {
             errors.push(ConfigError::new(
-                format!("{key}.name"),
-                format!(
-                    "{:?}: route names use letters, digits, '-', '_' and '.' (at most 64)",
-                    r.name
-                ),
-            ));
-        } else if !names.insert(r.name.clone()) {
-            errors.push(ConfigError::new(
-                format!("{key}.name"),
-                format!("duplicate route name {:?}", r.name),
+                key,
+                format!("unknown cluster {c:?} (defined: {})", list(clusters.keys())),
             ));
         }
-        let mut hosts = Vec::new();
-        for (j, h) in r.hosts.iter().enumerate() {
-            match parse_host_pattern(h) {
-                Ok(h) => hosts.push(h),
-                Err(m) => errors.push(ConfigError::new(format!("{key}.hosts[{j}]"), m)),
-            }
-        }
-        let path = match (r.path, r.path_prefix, r.path_regex) {
-            (Some(p), None, None) => {
-                if let Err(m) = check_path(&p) {
-                    errors.push(ConfigError::new(format!("{key}.path"), m));
-                }
-                PathMatch::Exact(p)
-            }
-            (None, Some(p), None) => {
-                if let Err(m) = check_path(&p) {
-                    errors.push(ConfigError::new(format!("{key}.path_prefix"), m));
-                }
-                PathMatch::Prefix(p.trim_end_matches('/').to_owned())
-            }
-            (None, None, Some(re)) => match crate::route_config::FullRegex::new(&re) {
-                Ok(re) => PathMatch::Regex(re),
-                Err(m) => {
-                    errors.push(ConfigError::new(format!("{key}.path_regex"), m));
-                    PathMatch::Prefix(String::new())
-                }
-            },
-            (None, None, None) => PathMatch::Prefix(String::new()),
-            _ => {
-                errors.push(ConfigError::new(
-                    &key,
-                    "give one of `path` (exact), `path_prefix` or `path_regex`, not several",
-                ));
-                PathMatch::Prefix(String::new())
-            }
-        };
-        let matchers = crate::route_config::matchers(&key, &r.headers, &r.query, &mut errors);
-        let has_prefix = matches!(&path, PathMatch::Prefix(p) if !p.is_empty());
-        if let Some(p) = &r.prefix_rewrite {
-            if !has_prefix {
-                errors.push(ConfigError::new(
-                    format!("{key}.prefix_rewrite"),
-                    "replaces the matched path_prefix: the route needs a path_prefix",
-                ));
-            }
-            if let Err(m) = check_path(p) {
-                errors.push(ConfigError::new(format!("{key}.prefix_rewrite"), m));
-            }
-        }
-        let mut methods = Vec::new();
-        for (j, m) in r.methods.iter().enumerate() {
-            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
-                Ok(m) if !methods.contains(&m) => methods.push(m),
-                Ok(_) => errors.push(ConfigError::new(
-                    format!("{key}.methods[{j}]"),
-                    format!("{m:?} is listed twice"),
-                )),
-                Err(_) => errors.push(ConfigError::new(
-                    format!("{key}.methods[{j}]"),
-                    format!("{m:?} is not an HTTP method"),
-                )),
-            }
-        }
-        let defined = list(clusters.keys());
-        let action = crate::route_config::action(
-            &key,
-            crate::route_config::RawAction {
-                cluster: r.cluster,
-                clusters: r.clusters,
-                redirect: r.redirect,
-                respond: r.respond,
-            },
-            has_prefix,
-            &|c| clusters.contains_key(c),
-            &defined,
-            &mut errors,
-        );
-        if r.prefix_rewrite.is_some()
-            && matches!(
-                action,
-                crate::route_config::Action::Redirect(_) | crate::route_config::Action::Respond(_)
-            )
-        {
-            errors.push(ConfigError::new(
-                format!("{key}.prefix_rewrite"),
-                "applies to forwarded requests; this route answers itself",
-            ));
-        }
-        let mut chain = Vec::new();
-        for (j, f) in r.filters.into_iter().enumerate() {
-            if !filters.contains_key(&f.name) {
-                errors.push(ConfigError::new(
-                    format!("{key}.filters[{j}].name"),
-                    format!(
-                        "unknown filter {:?} (defined: {})",
-                        f.name,
-                        list(filters.keys())
-                    ),
-                ));
-            }
-            let config_json = match f.config {
-                Some(table) => serde_json::to_string(&table).unwrap_or_else(|e| {
-                    errors.push(ConfigError::new(
-                        format!("{key}.filters[{j}].config"),
-                        format!("cannot be converted to JSON: {e}"),
-                    ));
-                    "{}".into()
-                }),
-                None => "{}".into(),
-            };
-            chain.push(RouteFilter {
-                name: f.name,
-                config_json,
-            });
-        }
-        routes.push(RouteConfig {
-            name: r.name,
-            hosts,
-            path,
-            methods,
-            matchers,
-            action,
-            prefix_rewrite: r.prefix_rewrite.map(|p| p.trim_end_matches('/').to_owned()),
-            timeout: match r.timeout {
-                Some(HumanDuration(d)) if d.is_zero() => {
-                    errors.push(ConfigError::new(
-                        format!("{key}.timeout"),
-                        "must be more than 0",
-                    ));
-                    None
-                }
-                t => t.map(|t| t.0),
-            },
-            filters: chain,
-            order: i,
-        });
     }
-    if routes.is_empty() {
-        errors.push(ConfigError::new(
-            "routes",
-            "no routes: add at least one [[routes]] entry",
-        ));
+    for (key, f) in &names.filters {
+        if !filters.contains_key(f) {
+            errors.push(ConfigError::new(
+                key,
+                format!("unknown filter {f:?} (defined: {})", list(filters.keys())),
+            ));
+        }
     }
     // Every (route, filter) pair has its own pool; all of them together must
     // fit the engine's pooling allocator, with one slot spare for validation.
@@ -1463,33 +476,22 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> Result<Config, Vec<Con
         ));
     }
 
-    if errors.is_empty() {
-        Ok(Config {
-            source: source.to_owned(),
-            text: String::new(),
-            base: base.to_path_buf(),
-            server: ServerConfig {
-                listen,
-                workers,
-                allow_encoded_slashes: raw.server.allow_encoded_slashes,
-                forwarding,
-                tls,
-                proxy_protocol: raw.server.proxy_protocol,
-                drain_timeout,
-            },
-            engine,
-            filters,
-            clusters,
-            routes,
-            admin,
-            access_log,
-            limits,
-            overload,
-            watch,
-        })
-    } else {
-        Err(errors)
-    }
+    let config = Config {
+        source: source.to_owned(),
+        text: String::new(),
+        base: base.to_path_buf(),
+        server,
+        engine,
+        filters,
+        clusters,
+        routes,
+        admin,
+        access_log,
+        limits,
+        overload,
+        watch,
+    };
+    (config, errors)
 }
 
 fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
@@ -1501,7 +503,7 @@ fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
     }
 }
 
-fn parse_host_pattern(h: &str) -> Result<String, String> {
+pub(crate) fn parse_host_pattern(h: &str) -> Result<String, String> {
     let lower = h.to_ascii_lowercase();
     let name = lower.strip_prefix("*.").unwrap_or(&lower);
     let valid = !name.is_empty()
@@ -1520,18 +522,6 @@ fn parse_host_pattern(h: &str) -> Result<String, String> {
     Ok(lower)
 }
 
-fn check_path(p: &str) -> Result<(), String> {
-    if !p.starts_with('/') {
-        return Err(format!("{p:?} must start with '/'"));
-    }
-    if p.contains(['?', '#']) || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err(format!(
-            "{p:?} must be a plain path (no query, fragment, spaces or control characters)"
-        ));
-    }
-    Ok(())
-}
-
 /// The part of a filter's exported metric names that comes from its name in
 /// the config (`wasmgate_filter_<prefix>_…`): two filters whose prefixes are
 /// the same are refused.
@@ -1540,4 +530,221 @@ pub fn metric_prefix(filter: &str) -> String {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::parse(text, "test.toml", Path::new("/srv")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn names_used_across_sections_must_exist() {
+        let got = errors(
+            "[filters.f]\npath = \"f.wasm\"\noutbound_clusters = [\"nope\"]\n\
+             [clusters.c]\nendpoints = [\"127.0.0.1:1\"]\n\
+             [[routes]]\nname = \"r\"\nclusters = [{ name = \"c\", weight = 1 }, { name = \"x\", weight = 1 }]\n\
+             filters = [{ name = \"f\" }, { name = \"g\" }]\n",
+        );
+        assert_eq!(
+            got,
+            [
+                "filters.f.outbound_clusters[0]: no cluster named \"nope\"",
+                "routes[0].clusters[1].name: unknown cluster \"x\" (defined: c)",
+                "routes[0].filters[1].name: unknown filter \"g\" (defined: f)",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_pools_must_fit_the_engine() {
+        let got = errors(
+            "[engine]\nmax_instances = 8\n[filters.f]\npath = \"f.wasm\"\npool_size = 4\n\
+             [[routes]]\nname = \"a\"\nrespond = {}\nfilters = [{ name = \"f\" }]\n\
+             [[routes]]\nname = \"b\"\nrespond = {}\nfilters = [{ name = \"f\" }]\n",
+        );
+        assert_eq!(
+            got,
+            [
+                "engine.max_instances: 8 is too small: the routes' filter pools can hold 8 \
+              instances (pool_size summed over every filter of every route), plus one for \
+              validation; raise it or lower the filters' pool_size"
+            ]
+        );
+        let fits = "[engine]\nmax_instances = 9\n[filters.f]\npath = \"f.wasm\"\npool_size = 4\n\
+             [[routes]]\nname = \"a\"\nrespond = {}\nfilters = [{ name = \"f\" }]\n\
+             [[routes]]\nname = \"b\"\nrespond = {}\nfilters = [{ name = \"f\" }]\n";
+        assert_eq!(errors(fits), Vec::<String>::new());
+    }
+
+    #[test]
+    fn configs_compare_by_value() {
+        let text = "[server]\nlisten = \"127.0.0.1:0\"\n[clusters.c]\nendpoints = [\"127.0.0.1:1\"]\n\
+                    [[routes]]\nname = \"r\"\npath_regex = \"/v[0-9]+\"\ncluster = \"c\"\n";
+        let parse = |t: &str| Config::parse(t, "test.toml", Path::new("/srv")).unwrap();
+        let a = parse(text);
+        let b = parse(text);
+        assert_eq!(a, b);
+        // Path regexes compare by their pattern.
+        assert_eq!(a.routes, b.routes);
+        let c = parse(&text.replace("[0-9]+", "[0-9]*"));
+        assert_ne!(a.routes, c.routes);
+        assert_eq!(a.server, c.server);
+        let d = parse(&format!("{text}[limits]\nmax_connections = 5\n"));
+        assert_ne!(a.limits, d.limits);
+        assert_eq!(a.clusters, d.clusters);
+    }
+
+    const ROUTE: &str = "[[routes]]\nname = \"r\"\nrespond = {}\n";
+
+    #[test]
+    fn secrets_are_read_in_a_step_of_their_own() {
+        let dir = std::env::temp_dir().join(format!("wasmgate-config-lib-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("key.txt"), "from-a-file\n").unwrap();
+        let text = format!(
+            "[admin]\ntoken_env = \"CARGO_MANIFEST_DIR\"\n\
+             [filters.f]\npath = \"f.wasm\"\n\
+             [filters.f.vars]\nplain = \"lit\"\nenv = {{ env = \"CARGO_PKG_NAME\" }}\nkey = {{ file = \"key.txt\" }}\n{ROUTE}"
+        );
+        let mut config = Config::parse_without_secrets(&text, "t.toml", &dir).unwrap();
+        let sources: Vec<(String, SecretSource, Option<&str>)> = config
+            .secrets()
+            .into_iter()
+            .map(|(k, s)| (k, s.source().clone(), s.expose()))
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                (
+                    "admin.token_env".to_owned(),
+                    SecretSource::Env("CARGO_MANIFEST_DIR".into()),
+                    None
+                ),
+                (
+                    "filters.f.vars.env".to_owned(),
+                    SecretSource::Env("CARGO_PKG_NAME".into()),
+                    None
+                ),
+                (
+                    "filters.f.vars.key".to_owned(),
+                    SecretSource::File(dir.join("key.txt")),
+                    None
+                ),
+                (
+                    "filters.f.vars.plain".to_owned(),
+                    SecretSource::Literal,
+                    Some("lit")
+                ),
+            ]
+        );
+        config.read_secrets().unwrap();
+        let token = config.admin.as_ref().unwrap().token.as_ref().unwrap();
+        assert_eq!(token.expose(), Some(env!("CARGO_MANIFEST_DIR")));
+        let vars = &config.filters["f"].vars;
+        assert_eq!(vars["env"].expose(), Some("wasmgate-config"));
+        assert_eq!(vars["key"].expose(), Some("from-a-file"));
+        // `parse` takes both steps and gives the same config.
+        assert_eq!(config, Config::parse(&text, "t.toml", &dir).unwrap());
+    }
+
+    #[test]
+    fn secret_errors_come_with_every_other_error() {
+        let text = format!(
+            "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_env = \"WASMGATE_TEST_SURELY_UNSET_99\"\n\
+             [filters.f]\npath = \"f.wasm\"\npool_size = 0\n\
+             [filters.f.vars]\nk = {{ file = \"/nonexistent/k\" }}\nboth = {{ env = \"A\", file = \"b\" }}\n{ROUTE}"
+        );
+        let got = errors(&text);
+        assert_eq!(got.len(), 5, "{got:#?}");
+        assert_eq!(got[0], "filters.f.pool_size: must be at least 1");
+        assert_eq!(
+            got[1],
+            "filters.f.vars.both: give a string, { env = \"NAME\" } or { file = \"path\" }"
+        );
+        assert_eq!(
+            got[2],
+            "admin.token_env: the environment variable WASMGATE_TEST_SURELY_UNSET_99 is not set"
+        );
+        assert!(
+            got[3].starts_with("admin.listen: 0.0.0.0:9901 is not a loopback address; refusing"),
+            "{}",
+            got[3]
+        );
+        assert!(
+            got[4].starts_with("filters.f.vars.k: cannot read /nonexistent/k: "),
+            "{}",
+            got[4]
+        );
+        // Validation alone reports only its own.
+        let e = Config::parse_without_secrets(&text, "t.toml", Path::new("/")).unwrap_err();
+        assert_eq!(e.errors.len(), 2);
+    }
+
+    #[test]
+    fn a_token_from_the_environment_is_checked_once_read() {
+        let short = format!("[admin]\ntoken_env = \"CARGO_PKG_NAME\"\n{ROUTE}");
+        assert_eq!(
+            errors(&short),
+            ["admin.token: must be at least 16 characters"]
+        );
+        let mut config = Config::parse_without_secrets(&short, "t.toml", Path::new("/")).unwrap();
+        assert_eq!(
+            config.read_secrets().unwrap_err(),
+            [ConfigError::new(
+                "admin.token",
+                "must be at least 16 characters"
+            )]
+        );
+        let public = format!(
+            "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_env = \"CARGO_MANIFEST_DIR\"\n{ROUTE}"
+        );
+        assert_eq!(errors(&public), Vec::<String>::new());
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let dir = std::env::temp_dir().join(format!("wasmgate-config-dbg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("k"), "file-secret-3141592\n").unwrap();
+        let text = format!(
+            "[admin]\ntoken = \"admin-secret-2718281828\"\n\
+             [filters.f]\npath = \"f.wasm\"\n\
+             [filters.f.vars]\nplain = \"literal-secret-1414\"\nkey = {{ file = \"k\" }}\n{ROUTE}"
+        );
+        let config = Config::parse(&text, "t.toml", &dir).unwrap();
+        assert_eq!(
+            config
+                .admin
+                .as_ref()
+                .unwrap()
+                .token
+                .as_ref()
+                .unwrap()
+                .expose(),
+            Some("admin-secret-2718281828")
+        );
+        assert_eq!(
+            config.filters["f"].vars["key"].expose(),
+            Some("file-secret-3141592")
+        );
+        for shown in [
+            format!("{config:?}"),
+            format!("{config:#?}"),
+            format!("{:?}", config.admin),
+            format!("{:?}", config.filters),
+            format!("{:?}", config.secrets()),
+        ] {
+            for secret in ["admin-secret", "file-secret", "literal-secret"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+        assert!(format!("{config:?}").contains(&format!("text: <{} bytes>", text.len())));
+    }
 }

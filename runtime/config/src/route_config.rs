@@ -262,13 +262,13 @@ pub(crate) struct RawAction {
 }
 
 /// Validates the route's action: exactly one of `cluster`, `clusters`,
-/// `redirect`, `respond`.
+/// `redirect`, `respond`. The clusters it names go to `clusters` with their
+/// key paths, for the caller to check that they exist.
 pub(crate) fn action(
     key: &str,
     raw: RawAction,
     has_prefix: bool,
-    known: &dyn Fn(&str) -> bool,
-    known_list: &str,
+    clusters: &mut Vec<(String, String)>,
     errors: &mut Vec<ConfigError>,
 ) -> Action {
     let given = [
@@ -286,16 +286,8 @@ pub(crate) fn action(
             "give exactly one of `cluster`, `clusters` (a weighted split), `redirect` or `respond`",
         ));
     }
-    let check = |k: String, c: &str, errors: &mut Vec<ConfigError>| {
-        if !known(c) {
-            errors.push(ConfigError::new(
-                k,
-                format!("unknown cluster {c:?} (defined: {known_list})"),
-            ));
-        }
-    };
     if let Some(c) = raw.cluster {
-        check(format!("{key}.cluster"), &c, errors);
+        clusters.push((format!("{key}.cluster"), c.clone()));
         return Action::Cluster(c);
     }
     if let Some(split) = raw.clusters {
@@ -307,7 +299,7 @@ pub(crate) fn action(
         }
         let mut out = Vec::new();
         for (i, w) in split.into_iter().enumerate() {
-            check(format!("{key}.clusters[{i}].name"), &w.name, errors);
+            clusters.push((format!("{key}.clusters[{i}].name"), w.name.clone()));
             if !(1..=10_000).contains(&w.weight) {
                 errors.push(ConfigError::new(
                     format!("{key}.clusters[{i}].weight"),

@@ -28,7 +28,6 @@
 //!   path, and the running generation keeps serving.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt::Debug;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -343,13 +342,6 @@ fn one_line(e: &ConfigErrors) -> String {
     format!("{}: {}", e.source, all.join("; "))
 }
 
-/// Equal `Debug` output means equal values for the plain-data config types
-/// compared here (derived `Debug` prints every field); used only to decide
-/// what a new generation can keep.
-fn same<T: Debug>(a: &T, b: &T) -> bool {
-    format!("{a:?}") == format!("{b:?}")
-}
-
 /// Where a config came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -390,22 +382,22 @@ impl Change {
 /// the engine, so cannot change while the gateway runs.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut fixed = Vec::new();
-    if !same(&old.server, &new.server) {
+    if old.server != new.server {
         fixed.push("server");
     }
-    if !same(&old.engine, &new.engine) {
+    if old.engine != new.engine {
         fixed.push("engine");
     }
-    if !same(&old.admin, &new.admin) {
+    if old.admin != new.admin {
         fixed.push("admin");
     }
-    if !same(&old.overload, &new.overload) {
+    if old.overload != new.overload {
         fixed.push("overload");
     }
     if old.watch != new.watch {
         fixed.push("watch");
     }
-    if !same(&old.limits.listener(), &new.limits.listener()) {
+    if old.limits.listener() != new.limits.listener() {
         fixed.push("limits");
     }
     fixed
@@ -1389,7 +1381,7 @@ async fn entry(
     if let Some(l) = prev.and_then(|p| p.modules.get(name)) {
         let candidates = std::iter::once(&l.current).chain(l.canary.as_ref().map(|(e, _)| e));
         for e in candidates {
-            if e.version == s.version && e.module.sha256() == s.sha256 && same(&e.config, f) {
+            if e.version == s.version && e.module.sha256() == s.sha256 && e.config == *f {
                 return Ok(e.clone());
             }
         }
@@ -1424,7 +1416,13 @@ async fn entry(
             timeout: f.outbound_timeout,
         }),
     };
-    m.grant(f.kv_quota, f.vars.clone().into_iter().collect(), outbound);
+    // Values never read (`Config::parse` reads them) are left out.
+    let vars = f
+        .vars
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.expose()?.to_owned())))
+        .collect();
+    m.grant(f.kv_quota, vars, outbound);
     Ok(ModuleEntry {
         module: Arc::new(m),
         config: f.clone(),
@@ -1564,9 +1562,7 @@ async fn build(
     let metrics = &deps.metrics;
     let mut errors = Vec::new();
     let access_log = match (&config.access_log, prev.map(|p| &p.proxy)) {
-        (Some(target), Some(p)) if same(&Some(target), &p.access_log_target()) => {
-            p.access_log().cloned()
-        }
+        (Some(target), Some(p)) if Some(target) == p.access_log_target() => p.access_log().cloned(),
         (Some(target), _) => match AccessLog::start(target, metrics.clone()) {
             Ok(log) => Some(log),
             Err(e) => {
@@ -1583,7 +1579,7 @@ async fn build(
     let mut clusters: HashMap<String, Arc<Cluster>> = HashMap::new();
     for (n, c) in &config.clusters {
         if let Some(p) = prev.and_then(|p| p.proxy.clusters.get(n))
-            && same(&p.config, c)
+            && p.config == *c
         {
             clusters.insert(n.clone(), p.clone());
             continue;
