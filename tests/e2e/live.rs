@@ -410,3 +410,53 @@ async fn fifty_module_swaps_under_load_fail_no_request_and_free_old_versions() {
     );
     gw.shutdown().await;
 }
+
+/// Two routes through the `fault` filter, each with its own config.
+fn two_routes(up: &Upstream, tag_a: &str, tag_b: &str) -> wasmgate::config::Config {
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 16\n[filters.fault]\npath = {:?}\npool_size = 2\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\ncluster = \"c\"\nfilters = [{{ name = \"fault\", config = {{ tag = \"{tag_a}\" }} }}]\n[[routes]]\nname = \"b\"\npath_prefix = \"/b\"\ncluster = \"c\"\nfilters = [{{ name = \"fault\", config = {{ tag = \"{tag_b}\" }} }}]\n",
+        artifacts::FAULT,
+        up.addr
+    );
+    wasmgate::config::Config::parse(&toml, "test.toml", std::path::Path::new(".")).unwrap()
+}
+
+/// The instance that served the upstream's last request, and its tag.
+fn last_instance(up: &Upstream) -> (String, String) {
+    let seen = up.seen();
+    let h = &seen.last().unwrap().headers;
+    (
+        h["x-instance"].to_str().unwrap().to_owned(),
+        h["x-fault-seen"].to_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_reload_rebuilds_only_the_route_filters_whose_config_changed() {
+    let up = Upstream::start("u").await;
+    wasmgate_tests::hermetic();
+    let gw = wasmgate::Gateway::build(two_routes(&up, "a1", "b1"))
+        .await
+        .unwrap()
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(get(gw.addr(), "/a", &[]).await.status, 200);
+    let (a_before, _) = last_instance(&up);
+    assert_eq!(get(gw.addr(), "/b", &[]).await.status, 200);
+    let (b_before, _) = last_instance(&up);
+    // Only route b's config of the filter changes.
+    gw.live()
+        .apply_config(two_routes(&up, "a1", "b2"))
+        .await
+        .unwrap();
+    // Route a keeps its pool: the same (warm) instance serves it.
+    assert_eq!(get(gw.addr(), "/a", &[]).await.status, 200);
+    assert_eq!(last_instance(&up), (a_before, "a1".to_owned()));
+    // Route b's filter was set up again with the new config.
+    assert_eq!(get(gw.addr(), "/b", &[]).await.status, 200);
+    let (b_after, tag) = last_instance(&up);
+    assert_eq!(tag, "b2");
+    assert_ne!(b_after, b_before, "a new instance, initialised with b2");
+    gw.shutdown().await;
+}

@@ -240,7 +240,7 @@ impl AdminState {
                                 RouteTarget::Respond(rs) => serde_json::json!({ "respond": rs.status }),
                             },
                             "filters": r.chain.iter().map(|f| {
-                                let arm = |a: &wasmgate_proxy::chain::Arm| {
+                                let arm = |a: &wasmgate_proxy::chain::RouteVersion| {
                                     let stats = a.pool.stats();
                                     serde_json::json!({
                                         "version": a.version,

@@ -8,9 +8,11 @@
 //! the data plane); nothing there names it.
 
 pub mod admin;
+pub mod build;
 pub mod gateway;
 pub mod live;
 pub mod store;
+pub mod versions;
 pub mod watch;
 
 pub use gateway::{Gateway, RunningGateway};

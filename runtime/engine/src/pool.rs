@@ -364,6 +364,11 @@ impl InstancePool {
         &self.module
     }
 
+    /// The route it serves and the config its instances were `init`ed with.
+    pub fn serves(&self) -> (&str, &str) {
+        (&self.route, &self.config)
+    }
+
     /// Current counters.
     pub fn stats(&self) -> PoolStats {
         PoolStats {

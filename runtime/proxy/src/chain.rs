@@ -1,5 +1,5 @@
 //! A route's filter chain as the request path runs it: for each filter, the
-//! version every request runs on by default (its `Arm`: the pool of
+//! version every request runs on by default (its `RouteVersion`: the pool of
 //! instances for this route's config and what the filter declared at
 //! `init`), a canary version with the requests it takes, and the failure
 //! policy. How calls are made and decisions applied is
@@ -15,7 +15,7 @@ use wasmgate_engine::edits::Needs;
 
 /// One version of a filter, ready for one route.
 #[derive(Debug)]
-pub struct Arm {
+pub struct RouteVersion {
     /// The instances of this version for this route's config.
     pub pool: InstancePool,
     /// What it declared at `init`.
@@ -29,10 +29,12 @@ pub struct Arm {
 /// One filter in a route's chain.
 #[derive(Debug)]
 pub struct ChainFilter {
-    /// The current version.
-    pub stable: Arm,
+    /// The current version. Shared with the generation before when
+    /// neither its module nor this route's config of it changed, so its
+    /// pool (warm instances, quarantine) carries over.
+    pub stable: Arc<RouteVersion>,
     /// A canary version and the requests it takes.
-    pub canary: Option<(Arc<Canary>, Arm)>,
+    pub canary: Option<(Arc<Canary>, Arc<RouteVersion>)>,
     /// Skip the filter when it fails, instead of failing the request.
     pub fail_open: bool,
 }
@@ -68,7 +70,7 @@ impl ChainFilter {
     }
 
     /// The version `pick` chose.
-    pub fn arm(&self, pick: &Pick) -> &Arm {
+    pub fn arm(&self, pick: &Pick) -> &RouteVersion {
         match &self.canary {
             Some((_, arm)) if pick.canary => arm,
             _ => &self.stable,

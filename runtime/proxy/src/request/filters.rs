@@ -27,7 +27,7 @@ use wasmgate_engine::{FilterFailure, edits, wit};
 
 /// One filter's state for one request.
 #[derive(Default)]
-struct FilterState {
+struct FilterVersions {
     /// What `on-request` handed on to `on-response`.
     context: Option<Vec<u8>>,
     /// Outbound calls it made for this request (its budget spans both
@@ -43,7 +43,7 @@ pub(super) struct ChainRun {
     /// The request record, built once; each call gets only the headers its
     /// filter declared, and the request line is refreshed after edits.
     wreq: wit::Request,
-    filters: SmallVec<[FilterState; 4]>,
+    filters: SmallVec<[FilterVersions; 4]>,
     /// Filters whose `on-response` may run: all of them, or those before
     /// the one that answered.
     seen_by: usize,
@@ -90,7 +90,11 @@ impl ChainRun {
         sync_request_line(&mut wreq, parts);
         ChainRun {
             wreq,
-            filters: route.chain.iter().map(|_| FilterState::default()).collect(),
+            filters: route
+                .chain
+                .iter()
+                .map(|_| FilterVersions::default())
+                .collect(),
             seen_by: route.chain.len(),
             target: route.pick().cloned(),
         }

@@ -1,0 +1,135 @@
+//! Config reloads: SIGHUP, a watched file, `POST /config/reload`, `PUT /config`.
+
+use super::{CLOSED, Control, Live, PENDING, one_line};
+use crate::versions::retire;
+use wasmgate_config::{Config, ConfigError, ConfigErrors};
+
+/// Where a config came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The config file (SIGHUP, a watched file, `POST /config/reload`).
+    File,
+    /// A document put through the management API.
+    Api,
+}
+
+/// The sections of `new` that differ from `old` and apply to the listener or
+/// the engine, so cannot change while the gateway runs.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut fixed = Vec::new();
+    if old.server != new.server {
+        fixed.push("server");
+    }
+    if old.engine != new.engine {
+        fixed.push("engine");
+    }
+    if old.admin != new.admin {
+        fixed.push("admin");
+    }
+    if old.overload != new.overload {
+        fixed.push("overload");
+    }
+    if old.watch != new.watch {
+        fixed.push("watch");
+    }
+    if old.limits.listener() != new.limits.listener() {
+        fixed.push("limits");
+    }
+    fixed
+}
+
+impl Live {
+    /// Replaces the config with one put through the API: everything is
+    /// built and validated first; on any error the running generation stays
+    /// and every error is returned.
+    pub async fn apply_config(&self, config: Config) -> Result<(), ConfigErrors> {
+        self.apply_parsed(Ok(config), Origin::Api).await
+    }
+
+    /// Reads the config file at `path` and applies it.
+    pub async fn reload_from(&self, path: &std::path::Path) -> Result<(), ConfigErrors> {
+        self.apply_parsed(Config::load(path), Origin::File).await
+    }
+
+    /// Applies a config that parsed; counts and logs the outcome either way.
+    pub async fn apply_parsed(
+        &self,
+        parsed: Result<Config, ConfigErrors>,
+        origin: Origin,
+    ) -> Result<(), ConfigErrors> {
+        let mut control = self.control.lock().await;
+        let result = match parsed {
+            Ok(config) => self.apply_locked(&mut control, config, origin).await,
+            Err(e) => Err(e),
+        };
+        let outcome = if result.is_ok() { "ok" } else { "rejected" };
+        self.deps
+            .metrics
+            .config_reloads
+            .get_or_create(&wasmgate_metrics::OutcomeLabels { outcome })
+            .inc();
+        match &result {
+            Ok(()) => tracing::info!(source = %self.config().source, "config reloaded"),
+            Err(e) => tracing::error!(
+                "config reload rejected, the running config stays: {}",
+                one_line(e)
+            ),
+        }
+        result
+    }
+
+    async fn apply_locked(
+        &self,
+        control: &mut Control,
+        config: Config,
+        origin: Origin,
+    ) -> Result<(), ConfigErrors> {
+        let source = config.source.clone();
+        let fail = |errors| ConfigErrors {
+            source: source.clone(),
+            errors,
+        };
+        if control.closed {
+            return Err(fail(vec![ConfigError::new("", CLOSED)]));
+        }
+        if self.is_pending() {
+            return Err(fail(vec![ConfigError::new("admin.data_dir", PENDING)]));
+        }
+        let fixed = restart_only_changes(&self.config(), &config);
+        if !fixed.is_empty() {
+            return Err(fail(
+                fixed
+                    .into_iter()
+                    .map(|k| {
+                        ConfigError::new(
+                            k,
+                            "this section changed; it is read at start (listener, engine, file watching), \
+                             so changing it needs a restart",
+                        )
+                    })
+                    .collect(),
+            ));
+        }
+        let mut filters = (*self.filters.load_full()).clone();
+        for (name, st) in &mut filters {
+            if !config.filters.contains_key(name) {
+                retire(st);
+            }
+        }
+        let (proxy, prev) = self
+            .build_next(&config, &mut filters, true)
+            .await
+            .map_err(fail)?;
+        let from_api = origin == Origin::Api;
+        self.commit(
+            control,
+            Some((proxy, &prev)),
+            filters,
+            from_api,
+            config,
+            false,
+        )
+        .await
+        .map_err(|m| fail(vec![ConfigError::new("admin.data_dir", m)]))
+    }
+}

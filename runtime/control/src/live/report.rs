@@ -1,0 +1,79 @@
+//! What the management API shows of the filters, and the gauges sampled
+//! at scrape time.
+
+use super::Live;
+
+impl Live {
+    /// One filter: its current version, canary, the versions kept (with
+    /// their request counters), and how many versions and instances of it
+    /// are alive (old versions live until the requests that use them end).
+    pub fn filter_report(&self, name: &str) -> serde_json::Value {
+        let generation = self.generation();
+        let Some(l) = generation.modules.get(name) else {
+            return serde_json::Value::Null;
+        };
+        let counts = self
+            .deps
+            .engine
+            .live_counts()
+            .into_iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, c)| c);
+        let get = |f: fn(&wasmgate_engine::LiveCounts) -> i64| counts.as_deref().map_or(0, f);
+        let store = self.filters.load();
+        let state = store.get(name);
+        let versions: Vec<serde_json::Value> = state
+            .map(|st| {
+                st.versions
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "version": s.version,
+                            "sha256": s.sha256,
+                            "source": s.source.as_str(),
+                            "created_ms": s.created_ms,
+                            "size": s.bytes.len(),
+                            "requests": s.stats.report(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let e = &l.current;
+        serde_json::json!({
+            "name": name,
+            "version": e.version,
+            "sha256": e.module.sha256(),
+            "source": e.source.as_str(),
+            "pinned": state.is_some_and(|s| s.pinned),
+            "previous": state.and_then(|s| s.previous),
+            "canary": l.canary.as_ref().map(|(_, c)| c.report()),
+            "versions": versions,
+            "live_versions": get(|c| c.versions.load(std::sync::atomic::Ordering::Relaxed)),
+            "live_instances": get(|c| c.instances.load(std::sync::atomic::Ordering::Relaxed)),
+        })
+    }
+
+    /// Every filter, as [`Live::filter_report`] describes one.
+    pub fn filters_report(&self) -> serde_json::Value {
+        let names: Vec<String> = self.generation().modules.keys().cloned().collect();
+        let filters: Vec<_> = names.iter().map(|n| self.filter_report(n)).collect();
+        serde_json::json!({ "filters": filters })
+    }
+
+    /// Brings the live-version and live-instance gauges up to date.
+    pub(crate) fn sample_metrics(&self) {
+        for (name, c) in self.deps.engine.live_counts() {
+            let labels = wasmgate_metrics::FilterNameLabels {
+                filter: name.to_string(),
+            };
+            let m = &self.deps.metrics;
+            m.filter_versions_live
+                .get_or_create(&labels)
+                .set(c.versions.load(std::sync::atomic::Ordering::Relaxed));
+            m.filter_instances_live
+                .get_or_create(&labels)
+                .set(c.instances.load(std::sync::atomic::Ordering::Relaxed));
+        }
+    }
+}
