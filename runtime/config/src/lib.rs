@@ -44,6 +44,7 @@ pub mod limits;
 pub mod overload;
 pub mod route;
 pub mod route_config;
+pub mod scope;
 pub mod secret;
 pub mod server;
 pub mod tls;
@@ -63,6 +64,7 @@ pub use crate::filter::{
 };
 pub use crate::limits::LimitsConfig;
 pub use crate::route::{PathMatch, RouteConfig, RouteFilter};
+pub use crate::scope::{Scoped, TenantId};
 pub use crate::secret::{Secret, SecretSetting, SecretSource};
 pub use crate::server::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, MAX_DRAIN_TIMEOUT, ServerConfig};
 pub use crate::watch::{DEFAULT_WATCH_DEBOUNCE, WatchConfig};

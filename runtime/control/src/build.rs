@@ -98,7 +98,8 @@ pub(crate) async fn compile(
         wall: f.wall_limit,
     };
     let engine = deps.engine.clone();
-    let owned_name = name.to_owned();
+    // Every name is in the default tenant's scope until tenants exist.
+    let owned_name = wasmgate_config::Scoped::default_tenant(name);
     let origin = match s.source {
         VersionSource::Upload => format!("upload for {name:?}"),
         _ => f.path.display().to_string(),

@@ -204,7 +204,6 @@ impl Gateway {
             overload: Arc::new(OverloadGuard::new(&config.overload, &metrics)),
             tls,
             caller: Arc::new(ClusterCaller::new(
-                Default::default(),
                 config.limits.max_buffered_body,
                 metrics.clone(),
             )),

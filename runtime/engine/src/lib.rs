@@ -34,7 +34,7 @@ pub use host::CallSite;
 use host::HostState;
 pub use pool::{InstancePool, PoolPolicy, PoolStats};
 
-use wasmgate_config::EngineConfig;
+use wasmgate_config::{EngineConfig, Scoped};
 
 /// Why a filter module could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +135,7 @@ pub struct FilterEngine {
     ticker_stop: Arc<AtomicBool>,
     cache: Option<CompileCache>,
     services: Arc<services::HostServices>,
-    live: dashmap::DashMap<Arc<str>, Arc<LiveCounts>>,
+    live: dashmap::DashMap<Scoped, Arc<LiveCounts>>,
     /// The most recently compiled components by sha256, most recent first:
     /// loading the same bytes again (a swap back to an earlier build, a
     /// filter whose settings changed) does not compile them again.
@@ -238,7 +238,7 @@ impl FilterEngine {
     }
 
     /// Live versions and instances of each filter name ever loaded.
-    pub fn live_counts(&self) -> Vec<(Arc<str>, Arc<LiveCounts>)> {
+    pub fn live_counts(&self) -> Vec<(Scoped, Arc<LiveCounts>)> {
         self.live
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
@@ -255,7 +255,7 @@ impl FilterEngine {
     /// module is ready to instantiate; nothing is compiled later.
     pub fn load_bytes(
         &self,
-        name: &str,
+        name: &Scoped,
         origin: &str,
         bytes: &[u8],
         limits: FilterLimits,
@@ -278,8 +278,9 @@ impl FilterEngine {
         let (component, outcome) = compiled
             .map_err(|e| not_component(format!("not a valid WebAssembly component: {e:#}")))?;
         self.remember_component(&sha256, &component);
+        let filter = name.to_string();
         tracing::info!(
-            filter = name,
+            filter = filter.as_str(),
             sha256 = &sha256[..16],
             cache = ?outcome,
             ms = started.elapsed().as_secs_f64() * 1e3,
@@ -291,12 +292,12 @@ impl FilterEngine {
         };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(contract)?;
         let pre = PluginPre::new(instance_pre).map_err(contract)?;
-        let live = self.live.entry(Arc::from(name)).or_default().clone();
+        let live = self.live.entry(name.clone()).or_default().clone();
         live.versions.fetch_add(1, Ordering::Relaxed);
         Ok(FilterModule {
-            name: Arc::from(name),
+            name: name.name.clone(),
             sha256,
-            grants: services::Grants::new(name, self.services.clone()),
+            grants: services::Grants::new(name.clone(), self.services.clone()),
             pre,
             limits,
             tick: self.tick,

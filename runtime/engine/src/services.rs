@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use wasmgate_config::Scoped;
 
 use super::bindings::wasmgate::filter::{config, crypto, kv, metrics, outbound, rate_limit};
 use super::host::HostState;
@@ -51,10 +52,10 @@ struct Bucket {
 /// All filters' host-held state in one gateway.
 #[derive(Debug, Default)]
 pub struct HostServices {
-    kv: DashMap<(Arc<str>, String), Entry>,
+    kv: DashMap<(Scoped, String), Entry>,
     /// Bytes used per namespace.
-    used: DashMap<Arc<str>, usize>,
-    buckets: DashMap<(Arc<str>, String), Bucket>,
+    used: DashMap<Scoped, usize>,
+    buckets: DashMap<(Scoped, String), Bucket>,
     /// What filters record through `metrics`.
     pub metrics: Arc<FilterMetrics>,
 }
@@ -95,8 +96,10 @@ impl HostServices {
 /// What one filter may use: its namespace, quota and config values.
 #[derive(Debug, Clone)]
 pub struct Grants {
-    /// The namespace (the filter's name).
-    pub namespace: Arc<str>,
+    /// The namespace: the filter's name, in its tenant's scope. Its `kv`
+    /// entries, rate-limit buckets and metric names are its own, and its
+    /// outbound calls name clusters of its tenant.
+    pub namespace: Scoped,
     /// Largest total size of its `kv` entries, in bytes.
     pub kv_quota: usize,
     /// Values its `config.get` returns.
@@ -119,11 +122,13 @@ pub type OutboundFuture<'a> = Pin<
 /// Sends a filter's request to a cluster by name: the seam between the
 /// filter host and the proxy's clusters.
 pub trait Outbound: Send + Sync + std::fmt::Debug {
-    /// Sends `req` for `filter` on behalf of the request `request_id`,
-    /// giving up after `timeout` (the whole response body included).
+    /// Sends `req` for filter `from` (its name in its tenant's scope, which
+    /// is where the cluster is looked up) on behalf of the request
+    /// `request_id`, giving up after `timeout` (the whole response body
+    /// included).
     fn send<'a>(
         &'a self,
-        filter: &'a str,
+        from: &'a Scoped,
         req: outbound::OutboundRequest,
         request_id: &'a str,
         timeout: Duration,
@@ -131,7 +136,7 @@ pub trait Outbound: Send + Sync + std::fmt::Debug {
 
     /// Counts a call the host refused before sending it (not granted, or
     /// past the budget).
-    fn refused(&self, filter: &str, error: &outbound::OutboundError);
+    fn refused(&self, from: &Scoped, error: &outbound::OutboundError);
 }
 
 /// Which clusters a filter may call, and how much.
@@ -155,9 +160,9 @@ impl OutboundGrant {
 
 impl Grants {
     /// A namespace with no values and the default quota.
-    pub fn new(namespace: &str, services: Arc<HostServices>) -> Grants {
+    pub fn new(namespace: Scoped, services: Arc<HostServices>) -> Grants {
         Grants {
-            namespace: Arc::from(namespace),
+            namespace,
             kv_quota: 16 << 20,
             vars: Arc::default(),
             services,
@@ -171,7 +176,7 @@ fn ttl(ms: Option<u64>, now: Instant) -> Option<Instant> {
 }
 
 impl Grants {
-    fn key(&self, key: &str) -> (Arc<str>, String) {
+    fn key(&self, key: &str) -> (Scoped, String) {
         (self.namespace.clone(), key.to_owned())
     }
 
@@ -419,9 +424,9 @@ impl HostState {
         let Some(grant) = self.grants().outbound.clone() else {
             return Err(E::UnknownCluster);
         };
-        let filter = self.site().filter.clone();
+        let from = self.grants().namespace.clone();
         let refuse = |e: E| {
-            grant.sender.refused(&filter, &e);
+            grant.sender.refused(&from, &e);
             Err(e)
         };
         if !grant.allows(&req.cluster) {
@@ -461,10 +466,10 @@ impl outbound::Host for HostState {
     ) -> Result<outbound::OutboundResponse, outbound::OutboundError> {
         let (grant, timeout) = self.admit(&req)?;
         let started = Instant::now();
-        let filter = self.site().filter.clone();
+        let from = self.grants().namespace.clone();
         let result = grant
             .sender
-            .send(&filter, req, &self.call.request_id, timeout)
+            .send(&from, req, &self.call.request_id, timeout)
             .await;
         self.call.host_wait += started.elapsed();
         result
@@ -480,10 +485,10 @@ impl outbound::Host for HostState {
             .collect();
         let started = Instant::now();
         let request_id = &self.call.request_id;
-        let filter = &*self.site().filter;
+        let from = &self.grants().namespace;
         let calls = admitted.into_iter().map(|a| async move {
             let (grant, timeout, req) = a?;
-            grant.sender.send(filter, req, request_id, timeout).await
+            grant.sender.send(from, req, request_id, timeout).await
         });
         let results = futures_util::future::join_all(calls).await;
         self.call.host_wait += started.elapsed();
@@ -496,7 +501,7 @@ mod tests {
     use super::*;
 
     fn grants(quota: usize) -> Grants {
-        let mut g = Grants::new("ns", Arc::default());
+        let mut g = Grants::new(Scoped::default_tenant("ns"), Arc::default());
         g.kv_quota = quota;
         g
     }
@@ -509,7 +514,38 @@ mod tests {
     }
 
     fn used(g: &Grants) -> usize {
-        g.services.used.get("ns").map_or(0, |u| *u)
+        g.services
+            .used
+            .get(&Scoped::default_tenant("ns"))
+            .map_or(0, |u| *u)
+    }
+
+    #[test]
+    fn one_filter_name_in_two_tenants_is_two_namespaces() {
+        let services = Arc::new(HostServices::default());
+        let of = |tenant: &str| {
+            let scope = Scoped::new(wasmgate_config::TenantId(Arc::from(tenant)), "f");
+            let mut g = Grants::new(scope, services.clone());
+            g.kv_quota = 1 << 20;
+            g
+        };
+        let (a, b) = (of("a"), of("b"));
+        assert_eq!(set(&a, "k", b"from a", None), Ok(1));
+        assert_eq!(
+            set(&b, "k", b"from b", None),
+            Ok(1),
+            "b's own first version"
+        );
+        let read = |g: &Grants| {
+            g.services
+                .kv
+                .get(&g.key("k"))
+                .map(|e| e.value.clone())
+                .unwrap()
+        };
+        assert_eq!(read(&a), b"from a");
+        assert_eq!(read(&b), b"from b");
+        assert_eq!(services.used.len(), 2, "each charged to its own quota");
     }
 
     #[test]
@@ -572,7 +608,7 @@ mod tests {
         let s = Arc::new(HostServices::default());
         let now = Instant::now();
         s.buckets.insert(
-            ("ns".into(), "full".into()),
+            (Scoped::default_tenant("ns"), "full".into()),
             Bucket {
                 tokens: 5.0,
                 last: now,
@@ -581,7 +617,7 @@ mod tests {
             },
         );
         s.buckets.insert(
-            ("ns".into(), "huge".into()),
+            (Scoped::default_tenant("ns"), "huge".into()),
             Bucket {
                 tokens: 0.0,
                 last: now,
@@ -590,7 +626,13 @@ mod tests {
             },
         );
         s.sweep();
-        assert!(!s.buckets.contains_key(&("ns".into(), "full".into())));
-        assert!(s.buckets.contains_key(&("ns".into(), "huge".into())));
+        assert!(
+            !s.buckets
+                .contains_key(&(Scoped::default_tenant("ns"), "full".into()))
+        );
+        assert!(
+            s.buckets
+                .contains_key(&(Scoped::default_tenant("ns"), "huge".into()))
+        );
     }
 }

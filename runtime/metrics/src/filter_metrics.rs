@@ -11,7 +11,6 @@
 //! name, or using one name as two kinds is dropped and counted in
 //! `wasmgate_filter_metrics_refused_total{filter, reason}`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
@@ -21,6 +20,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use wasmgate_config::Scoped;
 
 use crate::MetricInfo;
 
@@ -135,11 +135,11 @@ impl Refused {
 #[derive(Debug, Default)]
 pub struct FilterMetrics {
     /// (filter, name) → metric.
-    metrics: DashMap<(Arc<str>, String), Metric>,
+    metrics: DashMap<(Scoped, String), Metric>,
     /// Metric names per filter.
-    names: DashMap<Arc<str>, usize>,
+    names: DashMap<Scoped, usize>,
     /// (filter, reason) → records dropped.
-    refused: DashMap<(Arc<str>, &'static str), AtomicU64>,
+    refused: DashMap<(Scoped, &'static str), AtomicU64>,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -151,17 +151,27 @@ fn valid_name(s: &str) -> bool {
 
 pub use wasmgate_config::metric_prefix as prefix_of;
 
+/// The part of an exported name that names the filter: its config name
+/// for the default tenant; the tenant's id and the name for another.
+fn scoped_prefix(filter: &Scoped) -> String {
+    if filter.tenant.is_default() {
+        prefix_of(&filter.name)
+    } else {
+        prefix_of(&format!("{}_{}", filter.tenant.as_str(), filter.name))
+    }
+}
+
 impl FilterMetrics {
     /// Records `value` for `filter`'s metric `name` with `labels`; a record
     /// the caps or the naming rules refuse is dropped and counted.
-    pub fn record(&self, filter: &Arc<str>, kind: Kind, name: &str, labels: Labels, value: f64) {
+    pub fn record(&self, filter: &Scoped, kind: Kind, name: &str, labels: Labels, value: f64) {
         if let Err(why) = self.try_record(filter, kind, name, labels, value) {
             self.refused
                 .entry((filter.clone(), why.label()))
                 .or_default()
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
-                filter = &**filter,
+                filter = filter.to_string().as_str(),
                 metric = name,
                 "metric record refused: {why:?}"
             );
@@ -170,7 +180,7 @@ impl FilterMetrics {
 
     fn try_record(
         &self,
-        filter: &Arc<str>,
+        filter: &Scoped,
         kind: Kind,
         name: &str,
         mut labels: Labels,
@@ -203,7 +213,7 @@ impl FilterMetrics {
                     if *count >= MAX_NAMES {
                         return Err(Refused::TooManyNames);
                     }
-                    let exported = format!("filter_{}_{name}", prefix_of(filter));
+                    let exported = format!("filter_{}_{name}", scoped_prefix(filter));
                     // Creating a name is rare: checking it against every
                     // other exported name is cheap enough.
                     if reserved().any(|r| clash(&exported, r))
@@ -265,10 +275,10 @@ impl FilterMetrics {
     }
 
     /// How many records of `filter` were refused (all reasons).
-    pub fn refused(&self, filter: &str) -> u64 {
+    pub fn refused(&self, filter: &Scoped) -> u64 {
         self.refused
             .iter()
-            .filter(|e| &*e.key().0 == filter)
+            .filter(|e| &e.key().0 == filter)
             .map(|e| e.value().load(Ordering::Relaxed))
             .sum()
     }
@@ -300,7 +310,8 @@ impl Collector for FilterMetrics {
                 MetricType::Counter,
             )?;
             for r in self.refused.iter() {
-                let labels = [("filter", &*r.key().0), ("reason", r.key().1)];
+                let filter = r.key().0.to_string();
+                let labels = [("filter", filter.as_str()), ("reason", r.key().1)];
                 ConstCounter::new(r.value().load(Ordering::Relaxed))
                     .encode(family.encode_family(&labels)?)?;
             }
@@ -312,6 +323,7 @@ impl Collector for FilterMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn text(fm: Arc<FilterMetrics>) -> String {
         let mut registry = prometheus_client::registry::Registry::with_prefix("wasmgate");
@@ -324,7 +336,7 @@ mod tests {
     #[test]
     fn records_are_exported_under_the_filters_prefix() {
         let fm = Arc::new(FilterMetrics::default());
-        let f: Arc<str> = Arc::from("my-filter");
+        let f = Scoped::default_tenant("my-filter");
         let l = |v: &str| {
             vec![
                 ("b".to_owned(), "2".to_owned()),
@@ -345,26 +357,29 @@ mod tests {
             out.contains(r#"wasmgate_filter_my_filter_lag_bucket{le="0.25"} 1"#),
             "{out}"
         );
-        assert_eq!(fm.refused("my-filter"), 0);
+        assert_eq!(fm.refused(&Scoped::default_tenant("my-filter")), 0);
     }
 
     #[test]
     fn names_that_would_clash_are_refused() {
         let fm = Arc::new(FilterMetrics::default());
-        let (a, ab, call): (Arc<str>, Arc<str>, Arc<str>) =
-            (Arc::from("a"), Arc::from("a_b"), Arc::from("call"));
+        let (a, ab, call) = (
+            Scoped::default_tenant("a"),
+            Scoped::default_tenant("a_b"),
+            Scoped::default_tenant("call"),
+        );
         fm.record(&a, Kind::Counter, "b_c", vec![], 1.0);
         fm.record(&ab, Kind::Gauge, "c", vec![], 1.0);
         fm.record(&ab, Kind::Gauge, "c_total", vec![], 1.0);
         fm.record(&call, Kind::Histogram, "duration_seconds", vec![], 1.0);
-        assert_eq!(fm.refused("a"), 0);
+        assert_eq!(fm.refused(&Scoped::default_tenant("a")), 0);
         assert_eq!(
-            fm.refused("a_b"),
+            fm.refused(&Scoped::default_tenant("a_b")),
             2,
             "c clashes with a's b_c, c_total with its samples"
         );
         assert_eq!(
-            fm.refused("call"),
+            fm.refused(&Scoped::default_tenant("call")),
             1,
             "the gateway's own filter_call_duration_seconds"
         );
@@ -379,7 +394,7 @@ mod tests {
     #[test]
     fn caps_and_bad_records_are_refused_and_counted() {
         let fm = Arc::new(FilterMetrics::default());
-        let f: Arc<str> = Arc::from("f");
+        let f = Scoped::default_tenant("f");
         fm.record(&f, Kind::Counter, "bad-name", vec![], 1.0);
         fm.record(
             &f,
@@ -405,7 +420,7 @@ mod tests {
         }
         // bad name, bad label, NaN, kind mismatch, 10 series and 7 names
         // past their caps (c and many already took two names).
-        assert_eq!(fm.refused("f"), 4 + 10 + 7);
+        assert_eq!(fm.refused(&Scoped::default_tenant("f")), 4 + 10 + 7);
         let out = text(fm);
         assert!(
             out.contains(

@@ -425,7 +425,13 @@ mod tests {
         let m = Metrics::with_filter_metrics(filter_metrics.clone());
         // A family with no series is not exported: give each one a series.
         m.touch_all();
-        filter_metrics.record(&Arc::from("f"), Kind::Counter, "bad name", Vec::new(), 1.0);
+        filter_metrics.record(
+            &wasmgate_config::Scoped::default_tenant("f"),
+            Kind::Counter,
+            "bad name",
+            Vec::new(),
+            1.0,
+        );
         let text = m.encode();
         for info in gateway_metrics() {
             let kind = match info.kind {
@@ -484,7 +490,7 @@ mod tests {
                     continue;
                 };
                 let fm = FilterMetrics::default();
-                let filter: Arc<str> = Arc::from(filter);
+                let filter = wasmgate_config::Scoped::default_tenant(filter);
                 fm.record(&filter, Kind::Gauge, metric, Vec::new(), 1.0);
                 assert_eq!(fm.refused(&filter), 1, "{name} was not refused");
                 tried += 1;

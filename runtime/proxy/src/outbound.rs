@@ -15,6 +15,7 @@ use http::{Method, Request};
 
 use crate::body::{self, FirstFrameError};
 use crate::upstream::{Cluster, RequestBody};
+use wasmgate_config::{Scoped, TenantId};
 use wasmgate_engine::edits;
 use wasmgate_engine::services::{Outbound, OutboundFuture};
 use wasmgate_engine::wit_outbound::{OutboundError, OutboundRequest, OutboundResponse};
@@ -25,30 +26,38 @@ use wasmgate_metrics::{Metrics, OutboundLabels};
 /// across reloads calls the clusters that exist now.
 #[derive(Debug)]
 pub struct ClusterCaller {
-    clusters: ArcSwap<HashMap<String, Arc<Cluster>>>,
+    /// Each tenant's clusters by name: a filter calls its own tenant's.
+    clusters: ArcSwap<HashMap<TenantId, HashMap<String, Arc<Cluster>>>>,
     /// Largest response body handed back (`limits.max_buffered_body`).
     max_body: std::sync::atomic::AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
 impl ClusterCaller {
-    /// Calls to `clusters`, with response bodies of at most `max_body` bytes.
-    pub fn new(
-        clusters: HashMap<String, Arc<Cluster>>,
-        max_body: usize,
-        metrics: Arc<Metrics>,
-    ) -> ClusterCaller {
+    /// Calls to no cluster yet, with response bodies of at most `max_body`
+    /// bytes.
+    pub fn new(max_body: usize, metrics: Arc<Metrics>) -> ClusterCaller {
         ClusterCaller {
-            clusters: ArcSwap::from_pointee(clusters),
+            clusters: ArcSwap::default(),
             max_body: max_body.into(),
             metrics,
         }
     }
 
-    /// Calls go to `clusters`, with response bodies up to `max_body`, from
-    /// now on.
-    pub fn set_clusters(&self, clusters: HashMap<String, Arc<Cluster>>, max_body: usize) {
-        self.clusters.store(Arc::new(clusters));
+    /// `tenant`'s filters call `clusters`, with response bodies up to
+    /// `max_body`, from now on.
+    pub fn set_clusters(
+        &self,
+        tenant: &TenantId,
+        clusters: HashMap<String, Arc<Cluster>>,
+        max_body: usize,
+    ) {
+        let clusters = Arc::new(clusters);
+        self.clusters.rcu(|all| {
+            let mut all = HashMap::clone(all);
+            all.insert(tenant.clone(), HashMap::clone(&clusters));
+            all
+        });
         self.max_body
             .store(max_body, std::sync::atomic::Ordering::Relaxed);
     }
@@ -163,23 +172,28 @@ impl ClusterCaller {
 }
 
 impl Outbound for ClusterCaller {
-    fn refused(&self, filter: &str, error: &OutboundError) {
+    fn refused(&self, from: &Scoped, error: &OutboundError) {
         // The cluster a refused call named is not a label value: it may be
         // anything, and the label set must stay bounded by the config.
-        self.count(filter, "", outcome(&Err(error.clone())));
+        self.count(&from.to_string(), "", outcome(&Err(error.clone())));
     }
 
     fn send<'a>(
         &'a self,
-        filter: &'a str,
+        from: &'a Scoped,
         req: OutboundRequest,
         request_id: &'a str,
         timeout: Duration,
     ) -> OutboundFuture<'a> {
         Box::pin(async move {
-            let Some(cluster) = self.clusters.load().get(&req.cluster).cloned() else {
+            let found = self
+                .clusters
+                .load()
+                .get(&from.tenant)
+                .and_then(|c| c.get(&req.cluster).cloned());
+            let Some(cluster) = found else {
                 let error = OutboundError::UnknownCluster;
-                self.refused(filter, &error);
+                self.refused(from, &error);
                 return Err(error);
             };
             let result =
@@ -187,7 +201,7 @@ impl Outbound for ClusterCaller {
                     Ok(r) => r,
                     Err(_) => Err(OutboundError::Timeout),
                 };
-            self.count(filter, cluster.name(), outcome(&result));
+            self.count(&from.to_string(), cluster.name(), outcome(&result));
             result
         })
     }

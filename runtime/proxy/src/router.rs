@@ -35,19 +35,7 @@ pub struct RequestView<'a> {
     pub query: Option<&'a str>,
 }
 
-/// A tenant's id. Today there is only the default tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TenantId(pub Arc<str>);
-
-impl TenantId {
-    /// The tenant every route belongs to until tenants are configured.
-    pub const DEFAULT: &'static str = "default";
-
-    /// The default tenant.
-    pub fn default_tenant() -> TenantId {
-        TenantId(Arc::from(Self::DEFAULT))
-    }
-}
+pub use wasmgate_config::TenantId;
 
 /// A host pattern from a route's `hosts`.
 #[derive(Debug, Clone, PartialEq, Eq)]

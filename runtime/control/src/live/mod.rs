@@ -49,7 +49,7 @@ use crate::store::{DataDir, Saved};
 use crate::versions::{FilterVersions, gone};
 use filter_change::Change;
 use takeover::restore_all;
-use wasmgate_config::{Config, ConfigError, ConfigErrors};
+use wasmgate_config::{Config, ConfigError, ConfigErrors, TenantId};
 use wasmgate_proxy::canary::{Tripped, VersionStats};
 use wasmgate_proxy::proxy::{Current, Proxy};
 
@@ -139,6 +139,7 @@ impl Live {
             }
         };
         deps.caller.set_clusters(
+            &TenantId::default_tenant(),
             generation.proxy.clusters.clone(),
             config.limits.max_buffered_body,
         );
@@ -340,9 +341,11 @@ impl Live {
                 wasmgate_proxy::upstream::dns::spawn(c, self.deps.resolver.clone());
             }
         }
-        self.deps
-            .caller
-            .set_clusters(next.proxy.clusters.clone(), max_body);
+        self.deps.caller.set_clusters(
+            &TenantId::default_tenant(),
+            next.proxy.clusters.clone(),
+            max_body,
+        );
         self.current.store(next.proxy.clone());
         self.generation.store(Arc::new(next));
     }

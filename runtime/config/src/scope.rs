@@ -1,0 +1,72 @@
+//! Whose names are whose. Filter, cluster and route names, `kv` keys and the
+//! metric names filters record are unique within a tenant, not across the
+//! gateway: everything that looks such a name up does so through a
+//! [`Scoped`] name. Today there is one tenant, the default one; tenants
+//! will each get their own, without changing the lookups.
+
+use std::sync::Arc;
+
+/// A tenant's id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(pub Arc<str>);
+
+impl TenantId {
+    /// The tenant every name belongs to until tenants are configured.
+    pub const DEFAULT: &'static str = "default";
+
+    /// The default tenant.
+    pub fn default_tenant() -> TenantId {
+        TenantId(Arc::from(Self::DEFAULT))
+    }
+
+    /// Whether this is the default tenant.
+    pub fn is_default(&self) -> bool {
+        &*self.0 == Self::DEFAULT
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for TenantId {
+    fn default() -> Self {
+        TenantId::default_tenant()
+    }
+}
+
+/// A name and the tenant it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scoped {
+    /// Whose it is.
+    pub tenant: TenantId,
+    /// The name, unique within the tenant.
+    pub name: Arc<str>,
+}
+
+impl Scoped {
+    /// `name` in `tenant`'s scope.
+    pub fn new(tenant: TenantId, name: impl Into<Arc<str>>) -> Scoped {
+        Scoped {
+            tenant,
+            name: name.into(),
+        }
+    }
+
+    /// `name` in the default tenant's scope.
+    pub fn default_tenant(name: impl Into<Arc<str>>) -> Scoped {
+        Scoped::new(TenantId::default_tenant(), name)
+    }
+}
+
+impl std::fmt::Display for Scoped {
+    /// The name alone in the default tenant, `tenant/name` otherwise.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.tenant.is_default() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.tenant.as_str(), self.name)
+        }
+    }
+}
