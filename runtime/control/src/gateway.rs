@@ -1,8 +1,8 @@
 //! Assembles a running gateway from a validated [`Config`]: the parts made
 //! once (the filter engine, metrics, the TLS terminator, the overload guard)
 //! and the first generation of routes, clusters and filter chains (built by
-//! [`crate::live`], which also replaces it while the gateway runs); then
-//! serves.
+//! [`crate::build`] for [`crate::live::Live`], which also replaces it while
+//! the gateway runs); then serves.
 //!
 //! Building is all-or-nothing: any error is reported (with its key path) and
 //! nothing starts half-configured.

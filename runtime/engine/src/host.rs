@@ -45,7 +45,7 @@ pub(crate) struct CallState {
     /// When the call started.
     pub(crate) started: Option<std::time::Instant>,
     /// Time spent awaiting host calls during the call: it does not count
-    /// as CPU time (see the epoch deadline callback in `filter/mod.rs`).
+    /// as CPU time (see the epoch deadline callback in `lib.rs`).
     pub(crate) host_wait: std::time::Duration,
     /// Whether a refused outbound call was already logged in this call.
     pub(crate) budget_logged: bool,

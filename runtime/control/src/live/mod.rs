@@ -2,16 +2,18 @@
 //! a config reload (SIGHUP, a watched file, the management API), a filter
 //! module upload, and the version changes of the filter store (activate,
 //! canary, promote, roll back). Every one ends in the same step: build a
-//! whole new [`Proxy`] beside the running one, validate everything (compile,
-//! link, every route's `init`), write the result to the data directory when
-//! there is one, and only then swap it in with one atomic store.
+//! new [`Generation`] beside the running one ([`crate::build`]), validate
+//! everything (compile, link, every changed route's `init`), write the
+//! result to the data directory when there is one, and only then swap it
+//! in with one atomic store.
 //!
 //! - **Atomic per request.** The server loads the current `Proxy` once per
 //!   request, so a request runs wholly on the generation that was current
 //!   when it arrived; requests in flight finish on the old one, which is
 //!   freed (with its filter versions and instances) when the last of them
 //!   ends.
-//! - **The filter store.** Each filter name keeps its last [`HISTORY`]
+//! - **The filter store** ([`crate::versions`]). Each filter name keeps its
+//!   last [`HISTORY`](crate::versions::HISTORY)
 //!   versions (bytes, sha256, where they came from, request counters): the
 //!   current one, the one before it (what a rollback returns to), and a
 //!   canary, which are never dropped. A version is made when new bytes
@@ -23,7 +25,9 @@
 //!   until the config points the filter at another file.
 //! - **Nothing is rebuilt that did not change.** A cluster whose config is
 //!   the same keeps its `Cluster` (connection pools, health, outlier state);
-//!   a filter version whose settings are the same keeps its compiled module.
+//!   a filter version whose settings are the same keeps its compiled module,
+//!   and a route's use of it whose route config is the same keeps its
+//!   `RouteVersion` (no `init` again, the pool carries over).
 //! - **A failure changes nothing.** Every error is reported with its key
 //!   path, and the running generation keeps serving.
 
