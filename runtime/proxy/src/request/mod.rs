@@ -1,4 +1,4 @@
-//! The request path, in named phases over one per-request [`Session`]:
+//! The request path, in named phases over one per-request `Session`:
 //!
 //! ```text
 //!  early checks ─▶ route ─▶ request-side filters ─▶ [cache lookup] ─▶ upstream
