@@ -64,7 +64,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -87,6 +87,12 @@ UPSTREAM_JSON = {
 MODE_ORDER = ["S", "P", "T", "B", "F", "H"]
 MARK_BEGIN = "<!-- bench:mode-{mode}:begin -->"
 MARK_END = "<!-- bench:mode-{mode}:end -->"
+# `--baseline`: every wasmgate scenario of these modes also runs with the
+# baseline build, as NAME@base; such a run writes its own section,
+# `mode-S-baseline`, right after the mode's own, which it leaves alone.
+BASELINE_MODES = "SP"
+BASELINE_SUFFIX = "@base"
+SECTION_ORDER = [k for m in MODE_ORDER for k in (m, f"{m}-baseline")]
 
 
 class BenchError(Exception):
@@ -246,6 +252,9 @@ class Tools:
     h2load: str = "h2load"    # mode T only
     curl: str = "curl"        # mode T only: the HTTP/2 pre-checks
     openssl: str | None = None  # mode T only: certificate and negotiation probe
+    # `--baseline`: an older build run side by side (scenarios NAME@base).
+    baseline: Path | None = None
+    baseline_filters_dir: Path | None = None
 
 
 # The one TLS 1.3 cipher suite every client offers in mode T (wrk and
@@ -992,6 +1001,7 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
     `[filters.NAME]` keys per filter name (`{"jwt": {"vars": "{ ... }"}}`).
     `@@name@@` placeholders anywhere are filled from `ctx.values`."""
     opts = opts or {}
+    _, filters_dir = wasmgate_build(ctx, opts)
     lines = ["[server]", f'listen = "{HOST}:{port}"', "workers = 1", ""]
     if listen == "tls":
         assert ctx.tls is not None
@@ -999,7 +1009,7 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
                   f'cert = "{ctx.tls.cert}"', f'key = "{ctx.tls.key}"', ""]
     lines += ["[access_log]", "enabled = false", ""]
     for fname in sorted({f for f, _ in chain}):
-        wasm = ctx.tools.filters_dir / f"{fname.replace('-', '_')}.wasm"
+        wasm = filters_dir / f"{fname.replace('-', '_')}.wasm"
         lines += [f"[filters.{fname}]", f'path = "{wasm}"']
         lines += [f"{k} = {v}" for k, v in (filter_keys or {}).items()]
         lines += [f"{k} = {v}" for k, v in opts.get("filter_extra", {}).get(fname, {}).items()]
@@ -1030,11 +1040,23 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
     return fill("\n".join(lines), ctx.values)
 
 
+def wasmgate_build(ctx: Ctx, opts: dict) -> tuple[Path, Path]:
+    """The binary and the filters directory a wasmgate scenario runs: the
+    build under test, or with `opts["baseline"]` (the NAME@base scenarios) the
+    `--baseline` build, given the same config otherwise."""
+    if opts.get("baseline"):
+        assert ctx.tools.baseline is not None and ctx.tools.baseline_filters_dir is not None
+        return ctx.tools.baseline, ctx.tools.baseline_filters_dir
+    return ctx.tools.wasmgate, ctx.tools.filters_dir
+
+
 def peer_wasmgate(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
+    binary, _ = wasmgate_build(ctx, opts)
     conf = ctx.workdir / f"{name}.toml"
     conf.write_text(wasmgate_toml(ctx, port, opts.get("chain", []), opts.get("filter_keys"),
                                   opts.get("listen", "plain"), opts))
-    check = subprocess.run([str(ctx.tools.wasmgate), "check", "--config", str(conf)],
+    # Checked by the binary that will run it (the baseline's own for NAME@base).
+    check = subprocess.run([str(binary), "check", "--config", str(conf)],
                            capture_output=True, text=True, env={**os.environ, "WASMGATE_LOG": "warn"})
     if check.returncode != 0:
         raise BenchError(f"wasmgate check rejected {conf}:\n{check.stdout}{check.stderr}")
@@ -1047,7 +1069,7 @@ def peer_wasmgate(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
         # for every connection (one line per request with `Connection: close`);
         # nginx and Envoy ignore it silently.
         env["WASMGATE_LOG"] = "warn,rustls=error"
-    return ctx.procs.start(name, [str(ctx.tools.wasmgate), "serve", "--config", str(conf)],
+    return ctx.procs.start(name, [str(binary), "serve", "--config", str(conf)],
                            cpu, ctx.workdir, env)
 
 
@@ -1388,6 +1410,48 @@ SCENARIOS += [
 
 def is_kill(sc: Scenario) -> bool:
     return bool(sc.opts.get("kill"))
+
+
+def baseline_variant(sc: Scenario, build: str) -> Scenario:
+    """NAME@base: the wasmgate scenario `sc` run by the `--baseline` build
+    (`build` names it in the label), with the same config, written the same
+    way. Its cost ratio is against the baseline's own reference (NAME@base of
+    `sc.ref`), as in a table of the old build alone."""
+    return replace(sc, name=sc.name + BASELINE_SUFFIX, label=f"{sc.label} — baseline {build}",
+                   opts={**sc.opts, "baseline": True},
+                   ref=sc.ref + BASELINE_SUFFIX if sc.ref else None,
+                   modes="".join(m for m in sc.modes if m in BASELINE_MODES))
+
+
+def with_baselines(scenarios: list[Scenario], build: str) -> list[Scenario]:
+    """`scenarios` with every wasmgate scenario followed by its NAME@base: the
+    pair is measured back to back in every round."""
+    out = []
+    for sc in scenarios:
+        out.append(sc)
+        if sc.peer == "wasmgate":
+            out.append(baseline_variant(sc, build))
+    return out
+
+
+def baseline_pairs(scenarios: list[Scenario]) -> list[tuple[Scenario, Scenario]]:
+    """(this build's scenario, its NAME@base) for every baseline scenario."""
+    by_name = {sc.name: sc for sc in scenarios}
+    return [(by_name[sc.name.removesuffix(BASELINE_SUFFIX)], sc) for sc in scenarios
+            if sc.name.endswith(BASELINE_SUFFIX)
+            and sc.name.removesuffix(BASELINE_SUFFIX) in by_name]
+
+
+def baseline_build(binary: Path) -> tuple[str, str]:
+    """(short name, description) of a baseline build: from the `COMMIT` file
+    bench/baseline.sh writes next to the binary ("<sha> <subject>" on its
+    first line), else from the binary's path."""
+    try:
+        line = (binary.parent / "COMMIT").read_text().splitlines()[0].strip()
+    except (OSError, IndexError):
+        return "build", f"`{binary}` (commit unknown: no COMMIT file next to it)"
+    sha, _, subject = line.partition(" ")
+    return sha[:12], f"commit {sha[:12]} ({subject})" if subject else f"commit {sha[:12]}"
 
 
 # --------------------------------------------------------------------------
@@ -2782,6 +2846,40 @@ def table(result: ModeResult) -> str:
     return "\n".join(rows)
 
 
+def table_baseline(result: ModeResult) -> str:
+    """This build against the baseline, one row per pair NAME, NAME@base
+    measured in the same rounds. Mode S compares the cost per request, mode P
+    requests/s; "this − baseline" is taken round by round (the pair runs back to
+    back in every round). The last column is issue 14's check: does this build's
+    median fall within the baseline's min–max?"""
+    mode_s = result.mode == "S"
+
+    def figure(name: str) -> list[float]:
+        return costs(result, name) if mode_s else [s.rps for s in result.samples[name]]
+
+    unit, fmt = ("cost/request µs", ".1f") if mode_s else ("requests/s", ",.0f")
+    rows = [f"| scenario | this build: {unit} median (min–max) | baseline: {unit} median "
+            f"(min–max) | this ÷ baseline | this − baseline, round by round: median (min–max) | "
+            f"this build's median within the baseline's min–max? |",
+            "|---|---:|---:|---:|---:|---|"]
+    for new, base in baseline_pairs(result.scenarios):
+        mine, theirs = figure(new.name), figure(base.name)
+        med, lo, hi = statistics.median(mine), min(theirs), max(theirs)
+        if lo <= med <= hi:
+            verdict = "yes"
+        elif med > hi:
+            verdict = "**no, above (costlier)**" if mode_s else "no, above (faster)"
+        else:
+            verdict = "no, below (cheaper)" if mode_s else "**no, below (slower)**"
+        ref = statistics.median(theirs)
+        ratio = f"{med / ref:.3f}" if ref > 0 else "—"
+        diffs = [a - b for a, b in zip(mine, theirs)]
+        rows.append(f"| {new.label} (`{new.name}` vs `{base.name}`) | {med_range(mine, fmt)} | "
+                    f"{med_range(theirs, fmt)} | {ratio} | {med_range(diffs, '+' + fmt)} | "
+                    f"{verdict} |")
+    return "\n".join(rows)
+
+
 def cmd_output(argv: list[str]) -> str:
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
@@ -3472,12 +3570,28 @@ def section(result: ModeResult, args, vers: dict[str, str], when: str) -> str:
              "machine) and the row is not a throughput limit.",
     }[result.mode]
     vlines = "\n".join(f"- {k}: {v}" for k, v in vers.items())
+    pairs = baseline_pairs(result.scenarios)
+    baseline = ""
+    if pairs:
+        build, desc = baseline_build(args.baseline)
+        title += f": this build against baseline {build}"
+        baseline = (f"- Baseline: {desc}, binary `{args.baseline}`, filters "
+                    f"`{args.baseline_filters_dir}`. Every wasmgate scenario below also runs "
+                    f"with that build as `NAME{BASELINE_SUFFIX}`, with the same config (written "
+                    f"the same way, checked by its own `wasmgate check`), right after its "
+                    f"counterpart in every round.\n")
+        method += (f" `NAME{BASELINE_SUFFIX}` rows are divided by the baseline's own "
+                   f"reference. The second table sets each scenario beside its baseline: "
+                   f"the ratio of medians, the difference round by round, and whether this "
+                   f"build's median falls within the baseline's min–max.")
+    compare = (f"\nThis build against the baseline ({'cost per request' if result.mode == 'S' else 'requests/s'}"
+               f", {args.rounds} rounds):\n\n{table_baseline(result)}\n" if pairs else "")
     return f"""### {title}
 {quick}
 - Date: {when}
 - Machine: {machine()}
 - Pinning: {result.pinning}
-- Load: wrk, 1 thread, {result.connections} connections, keep-alive, header
+{baseline}- Load: wrk, 1 thread, {result.connections} connections, keep-alive, header
   `{API_KEY_HEADER}: {API_KEY}` on every request (every peer gets the same requests);
   {args.rounds} rounds × {args.duration:g} s per scenario, interleaved round-robin,
   after a {args.warmup:g} s warm-up each; peers not being measured are frozen (SIGSTOP).
@@ -3488,13 +3602,15 @@ def section(result: ModeResult, args, vers: dict[str, str], when: str) -> str:
 {method} Latencies are medians over rounds of wrk's per-round p50/p99.
 
 {table(result)}
-
+{compare}
 Versions:
 {vlines}
 """
 
 
 def write_markdown(path: Path, mode: str, text: str) -> None:
+    """Replaces the section `mode` (a mode, or "S-baseline" for a `--baseline`
+    run of mode S) of `path`, or adds it in SECTION_ORDER."""
     begin, end = MARK_BEGIN.format(mode=mode), MARK_END.format(mode=mode)
     block = f"{begin}\n{text.rstrip()}\n{end}"
     if path.exists():
@@ -3509,13 +3625,13 @@ def write_markdown(path: Path, mode: str, text: str) -> None:
     if pattern.search(current):
         current = pattern.sub(lambda _: block, current)
     else:
-        # Sections in the order S, P, T whatever order the runs happened in:
-        # after the nearest earlier mode's section, else before the nearest
-        # later one's, else at the end.
-        i = MODE_ORDER.index(mode)
-        earlier = [MARK_END.format(mode=m) for m in reversed(MODE_ORDER[:i])
+        # Sections in the order S, S-baseline, P, P-baseline, T, ... whatever
+        # order the runs happened in: after the nearest earlier section, else
+        # before the nearest later one, else at the end.
+        i = SECTION_ORDER.index(mode)
+        earlier = [MARK_END.format(mode=m) for m in reversed(SECTION_ORDER[:i])
                    if MARK_END.format(mode=m) in current]
-        later = [MARK_BEGIN.format(mode=m) for m in MODE_ORDER[i + 1:]
+        later = [MARK_BEGIN.format(mode=m) for m in SECTION_ORDER[i + 1:]
                  if MARK_BEGIN.format(mode=m) in current]
         if earlier:
             current = current.replace(earlier[0], earlier[0] + "\n\n" + block, 1)
@@ -3583,6 +3699,16 @@ def parse_args(argv: list[str]):
     ap.add_argument("--wasmgate", type=Path, default=REPO / "target" / "release" / "wasmgate")
     ap.add_argument("--filters-dir", type=Path,
                     default=REPO / "target" / "filters" / "wasm32-wasip2" / "release")
+    ap.add_argument("--baseline", type=Path,
+                    help="an older wasmgate release build (bench/baseline.sh COMMIT makes one): "
+                         "every wasmgate scenario of modes S and P also runs with it as "
+                         f"NAME{BASELINE_SUFFIX}, interleaved in the same rounds, and the report "
+                         "compares each pair; writes the sections S-baseline / P-baseline "
+                         "instead of S / P")
+    ap.add_argument("--baseline-filters-dir", type=Path,
+                    help="the baseline's filter components (default: `filters/` next to the "
+                         "--baseline binary, as bench/baseline.sh lays them out, or "
+                         "target/filters/wasm32-wasip2/release of a target/release/wasmgate)")
     ap.add_argument("--proxy-wasm", type=Path,
                     default=BENCH_DIR / "proxy-wasm-filter" / "target" / "wasm32-wasip1" / "release"
                     / "bench_proxy_wasm_filter.wasm")
@@ -3591,6 +3717,25 @@ def parse_args(argv: list[str]):
     # Configs live in the work folder: paths in them must be absolute.
     args.wasmgate, args.filters_dir, args.proxy_wasm = (
         p.resolve() for p in (args.wasmgate, args.filters_dir, args.proxy_wasm))
+    if args.baseline is None:
+        if args.baseline_filters_dir is not None:
+            ap.error("--baseline-filters-dir needs --baseline")
+    else:
+        if args.mode not in ("S", "P", "both"):
+            ap.error(f"--baseline compares modes S and P only (--mode S, P or both), "
+                     f"not --mode {args.mode}")
+        args.baseline = args.baseline.resolve()
+        if args.baseline_filters_dir is None:
+            beside = args.baseline.parent / "filters"
+            cargo = args.baseline.parent.parent / "filters" / "wasm32-wasip2" / "release"
+            if beside.is_dir():
+                args.baseline_filters_dir = beside
+            elif args.baseline.parent.name == "release" and cargo.is_dir():
+                args.baseline_filters_dir = cargo
+            else:
+                ap.error(f"no filters next to {args.baseline} ({beside} or {cargo}): "
+                         f"give --baseline-filters-dir")
+        args.baseline_filters_dir = args.baseline_filters_dir.resolve()
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.duration = args.duration or (2.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 3.0)
@@ -3619,6 +3764,12 @@ def main(argv: list[str]) -> int:
                     if sc.opts.get("retry_cap"):
                         extra += f", up to {sc.opts['retry_cap']} retries in flight"
             print(f"{sc.name:<29} modes {sc.modes:<5} {sc.label}{extra}")
+        if args.baseline:
+            build, _ = baseline_build(args.baseline)
+            for sc in SCENARIOS:
+                if sc.peer == "wasmgate" and any(m in BASELINE_MODES for m in sc.modes):
+                    b = baseline_variant(sc, build)
+                    print(f"{b.name:<29} modes {b.modes:<5} {b.label}")
         return 0
 
     scenarios = SCENARIOS
@@ -3642,6 +3793,13 @@ def main(argv: list[str]) -> int:
                          "(the TLS and HTTP/2 scenarios need --mode T, the balancing ones "
                          "--mode B)")
     scenarios = [sc for sc in scenarios if any(m in sc.modes for m in modes)]
+    if args.baseline:
+        build, _ = baseline_build(args.baseline)
+        for m in modes:
+            if m in BASELINE_MODES:
+                per_mode[m] = with_baselines(per_mode[m], build)
+        if not any(baseline_pairs(per_mode[m]) for m in modes):
+            raise BenchError("--baseline: no wasmgate scenario of modes S or P is selected")
 
     needs = {sc.peer for sc in scenarios}
     tls_mode = "T" in modes
@@ -3657,6 +3815,8 @@ def main(argv: list[str]) -> int:
         h2load=find_tool("h2load", None) if tls_mode else "h2load",
         curl=find_tool("curl", None) if tls_mode else "curl",
         openssl=shutil.which("openssl"),
+        baseline=args.baseline,
+        baseline_filters_dir=args.baseline_filters_dir,
     )
     wasms = {f for sc in scenarios if sc.peer == "wasmgate" for f, _ in sc.opts.get("chain", [])}
     for path in [tools.wasmgate, *(tools.filters_dir / f"{f.replace('-', '_')}.wasm"
@@ -3664,6 +3824,12 @@ def main(argv: list[str]) -> int:
         if "wasmgate" in needs and not path.exists():
             raise BenchError(f"{path} is missing: build with `cargo build --release -p wasmgate "
                              f"--workspace` (bench/run.sh does)")
+    if args.baseline:
+        for path in [args.baseline, *(args.baseline_filters_dir / f"{f.replace('-', '_')}.wasm"
+                                      for f in sorted(wasms))]:
+            if not path.exists():
+                raise BenchError(f"{path} is missing: the --baseline build (bench/baseline.sh "
+                                 f"COMMIT makes one)")
     if "H" in modes:
         for path in [tools.wasmgate, *(tools.filters_dir / f for f in SWAP_BUILDS.values())]:
             if not path.exists():
@@ -3724,6 +3890,8 @@ def main(argv: list[str]) -> int:
         hot = (run_mode_h(args, tools, procs, workdir, upstream, upstream_port)
                if upstream is not None and "H" in modes else None)
         vers = versions(tools)
+        if args.baseline:
+            vers["wasmgate baseline"] = baseline_build(args.baseline)[1]
         for res in results:
             if res.mode == "T":
                 text = section_t(res, args, vers | tls_versions(tools), when, tls)
@@ -3736,7 +3904,9 @@ def main(argv: list[str]) -> int:
                 text = section(res, args, vers, when)
             print("\n" + text)
             if args.write:
-                write_markdown(args.output, res.mode, text)
+                # A baseline run never replaces the mode's own section.
+                write_markdown(args.output, f"{res.mode}-baseline" if args.baseline
+                               else res.mode, text)
         if hot is not None:
             text = section_h(hot, args, vers, when)
             print("\n" + text)
