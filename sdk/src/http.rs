@@ -1,6 +1,8 @@
 //! Request, response, edit and decision types: thin, owned wrappers over the WIT
 //! records so that filter code never names generated bindings.
 
+use std::cell::OnceCell;
+
 use crate::__private::bindings::wasmgate::filter::types as wit;
 
 /// Facts about the exchange that the host fills in.
@@ -18,92 +20,153 @@ pub struct RequestMeta {
     pub received_at_ms: u64,
 }
 
-/// The request as the filter sees it: method, target and the headers the filter
-/// declared in [`FilterInfo::request_headers`].
-#[derive(Debug, Clone)]
-pub struct Request {
-    inner: wit::Request,
+/// The request as the filter sees it: method, target, facts, and the headers the
+/// filter declared in [`FilterInfo::request_headers`]. Each part is fetched
+/// from the host the first time it is read, and only then: a filter pays for
+/// what it reads.
+#[derive(Clone)]
+pub struct Request<'a> {
+    handle: &'a wit::Request,
+    declared: &'a HeaderInterest,
+    method: OnceCell<String>,
+    scheme: OnceCell<String>,
+    authority: OnceCell<String>,
+    path_with_query: OnceCell<String>,
+    headers: OnceCell<Vec<(String, String)>>,
+    body: OnceCell<Option<Vec<u8>>>,
+    route: OnceCell<String>,
+    request_id: OnceCell<String>,
 }
 
-impl Request {
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method())
+            .field("path_with_query", &self.path_with_query())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Request<'a> {
+    fn new(handle: &'a wit::Request, declared: &'a HeaderInterest) -> Self {
+        Request {
+            handle,
+            declared,
+            method: OnceCell::new(),
+            scheme: OnceCell::new(),
+            authority: OnceCell::new(),
+            path_with_query: OnceCell::new(),
+            headers: OnceCell::new(),
+            body: OnceCell::new(),
+            route: OnceCell::new(),
+            request_id: OnceCell::new(),
+        }
+    }
+
     /// The method, e.g. `GET`.
     pub fn method(&self) -> &str {
-        &self.inner.method
+        self.method.get_or_init(|| self.handle.method())
     }
     /// `http` or `https`.
     pub fn scheme(&self) -> &str {
-        &self.inner.scheme
+        self.scheme.get_or_init(|| self.handle.scheme())
     }
     /// The host (and port, if the client sent one) the request is for.
     pub fn authority(&self) -> &str {
-        &self.inner.authority
+        self.authority.get_or_init(|| self.handle.authority())
     }
     /// Path and query, e.g. `/api/search?q=shoes`.
     pub fn path_with_query(&self) -> &str {
-        &self.inner.path_with_query
+        self.path_with_query
+            .get_or_init(|| self.handle.path_with_query())
     }
     /// The path without the query.
     pub fn path(&self) -> &str {
-        let pq = &self.inner.path_with_query;
-        pq.split_once('?').map_or(pq.as_str(), |(p, _)| p)
+        let pq = self.path_with_query();
+        pq.split_once('?').map_or(pq, |(p, _)| p)
     }
     /// The query string without `?`, if any.
     pub fn query(&self) -> Option<&str> {
-        self.inner.path_with_query.split_once('?').map(|(_, q)| q)
+        self.path_with_query().split_once('?').map(|(_, q)| q)
+    }
+    /// The declared headers, fetched once.
+    fn declared_headers(&self) -> &[(String, String)] {
+        self.headers.get_or_init(|| match self.declared {
+            HeaderInterest::None => Vec::new(),
+            HeaderInterest::All => self.handle.headers(),
+            HeaderInterest::Names(names) => names
+                .iter()
+                .flat_map(|n| self.handle.header(n).into_iter().map(|v| (n.clone(), v)))
+                .collect(),
+        })
     }
     /// The first value of a header (names compare case-insensitively). Only
-    /// headers the filter declared interest in are present.
+    /// headers the filter declared interest in are present; see
+    /// [`Request::fetch_header`] for any other.
     pub fn header(&self, name: &str) -> Option<&str> {
-        header(&self.inner.headers, name)
+        header(self.declared_headers(), name)
     }
     /// Every value of a header, in order.
-    pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        header_all(&self.inner.headers, name)
+    pub fn header_all<'b>(&'b self, name: &'b str) -> impl Iterator<Item = &'b str> + 'b {
+        header_all(self.declared_headers(), name)
     }
-    /// All copied headers as `(name, value)`, names lower-case.
+    /// All declared headers as `(name, value)`, names lower-case.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.inner
-            .headers
+        self.declared_headers()
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
     }
+    /// Every value of any header, declared or not, asked of the host now
+    /// (one host call each time).
+    pub fn fetch_header(&self, name: &str) -> Vec<String> {
+        self.handle.header(name)
+    }
     /// The buffered body, if the filter asked for it.
     pub fn body(&self) -> Option<&[u8]> {
-        self.inner.body.as_deref()
+        self.body.get_or_init(|| self.handle.body()).as_deref()
     }
-    /// Facts the host filled in (request id, route, client address…).
+    /// Facts the host keeps (request id, route, client address…), asked of
+    /// the host now.
     pub fn meta(&self) -> RequestMeta {
-        let m = &self.inner.meta;
         RequestMeta {
-            request_id: m.request_id.clone(),
-            route: m.route.clone(),
-            client_addr: m.client_addr.clone(),
-            tls: m.tls,
-            received_at_ms: m.received_at_ms,
+            request_id: self.request_id().to_owned(),
+            route: self.route().to_owned(),
+            client_addr: self.handle.client_addr(),
+            tls: self.handle.tls(),
+            received_at_ms: self.handle.received_at_ms(),
         }
     }
     /// The route's name in the gateway config.
     pub fn route(&self) -> &str {
-        &self.inner.meta.route
+        self.route.get_or_init(|| self.handle.route())
     }
     /// The gateway's request id.
     pub fn request_id(&self) -> &str {
-        &self.inner.meta.request_id
+        self.request_id.get_or_init(|| self.handle.id())
     }
 }
 
 /// A response: one the filter builds to answer early or to replace the upstream's
-/// ([`Response::new`]), or the one it is shown in [`crate::Filter::on_response`].
+/// ([`Response::new`]), or the one it is shown in [`crate::Filter::on_response`]
+/// (its status, the headers the filter declared, and its body if buffered).
 #[derive(Debug, Clone)]
 pub struct Response {
-    inner: wit::Response,
+    inner: Parts,
+}
+
+/// A response's parts, held by the guest.
+#[derive(Debug, Clone)]
+struct Parts {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
 }
 
 impl Response {
     /// An empty response with this status.
     pub fn new(status: u16) -> Self {
         Response {
-            inner: wit::Response {
+            inner: Parts {
                 status,
                 headers: Vec::new(),
                 body: None,
@@ -183,11 +246,25 @@ struct HeaderEdits {
 }
 
 impl HeaderEdits {
-    fn into_wit(self) -> wit::HeaderEdits {
-        wit::HeaderEdits {
-            remove: self.remove,
-            set: self.set,
-            append: self.append,
+    /// Makes the edits through `remove` and `set`/`append` calls, in the
+    /// order the host has always applied them: every remove, then every set
+    /// (several for one name: the first replaces, the rest add), then
+    /// every append.
+    fn apply(self, remove: impl Fn(&str), set: impl Fn(&str, &str), append: impl Fn(&str, &str)) {
+        for n in &self.remove {
+            remove(n);
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for (n, v) in &self.set {
+            if seen.contains(&n.as_str()) {
+                append(n, v);
+            } else {
+                seen.push(n);
+                set(n, v);
+            }
+        }
+        for (n, v) in &self.append {
+            append(n, v);
         }
     }
 }
@@ -351,28 +428,34 @@ pub enum HeaderInterest {
     All,
 }
 
-impl HeaderInterest {
-    fn into_wit(self) -> wit::HeaderInterest {
-        match self {
-            HeaderInterest::None => wit::HeaderInterest::None,
-            HeaderInterest::Names(n) => wit::HeaderInterest::Names(n),
-            HeaderInterest::All => wit::HeaderInterest::All,
-        }
-    }
-}
-
 /// What a filter needs from the host, returned by [`crate::Filter::info`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FilterInfo {
     request_headers: HeaderInterest,
     response_headers: HeaderInterest,
     buffer_request_body: bool,
     buffer_response_body: bool,
+    wants_request: bool,
     wants_response: bool,
+    request_headers_on_response: bool,
+}
+
+impl Default for FilterInfo {
+    fn default() -> Self {
+        FilterInfo {
+            request_headers: HeaderInterest::None,
+            response_headers: HeaderInterest::None,
+            buffer_request_body: false,
+            buffer_response_body: false,
+            wants_request: true,
+            wants_response: false,
+            request_headers_on_response: true,
+        }
+    }
 }
 
 impl FilterInfo {
-    /// Reads nothing, skips the response phase.
+    /// Reads nothing; runs the request phase and skips the response phase.
     pub fn new() -> Self {
         FilterInfo::default()
     }
@@ -417,6 +500,21 @@ impl FilterInfo {
         self.wants_response = true;
         self
     }
+    /// Whether `on_response` sees the request's declared headers (as they were
+    /// forwarded). On by default; a filter that reads none of them there turns
+    /// it off, and the host then keeps no copy of the request's headers for
+    /// the response side.
+    pub fn request_headers_on_response(mut self, yes: bool) -> Self {
+        self.request_headers_on_response = yes;
+        self
+    }
+    /// Call [`crate::Filter::on_request`] for every request (the default).
+    /// A filter that only works on responses turns it off, and the host then
+    /// makes no call on the way in at all.
+    pub fn wants_request(mut self, yes: bool) -> Self {
+        self.wants_request = yes;
+        self
+    }
     /// Call [`crate::Filter::on_response`] for every exchange.
     pub fn wants_response(mut self, yes: bool) -> Self {
         self.wants_response = yes;
@@ -440,48 +538,121 @@ pub mod glue {
     use super::*;
     use crate::Filter;
 
-    pub fn info<F: Filter>(filter: &F) -> wit::FilterInfo {
+    /// What the glue keeps beside the filter: which headers it reads.
+    #[derive(Debug)]
+    pub struct Declared {
+        request_headers: HeaderInterest,
+        response_headers: HeaderInterest,
+    }
+
+    /// Declares the filter's needs on `setup`.
+    pub fn declare<F: Filter>(filter: &F, setup: &wit::Setup) -> Declared {
         let i = filter.info();
-        wit::FilterInfo {
-            request_headers: i.request_headers.into_wit(),
-            response_headers: i.response_headers.into_wit(),
-            buffer_request_body: i.buffer_request_body,
-            buffer_response_body: i.buffer_response_body,
-            wants_response: i.wants_response,
+        if i.wants_request {
+            setup.on_request();
+        }
+        if i.wants_response {
+            setup.on_response();
+            if i.request_headers_on_response && !matches!(i.request_headers, HeaderInterest::None) {
+                setup.request_headers_on_response();
+            }
+        }
+        if i.buffer_request_body {
+            setup.buffer_request_body();
+        }
+        if i.buffer_response_body {
+            setup.buffer_response_body();
+        }
+        Declared {
+            request_headers: i.request_headers,
+            response_headers: i.response_headers,
         }
     }
 
-    pub fn on_request<F: Filter>(filter: &F, req: wit::Request) -> wit::RequestDecision {
-        match filter.on_request(&Request { inner: req }) {
-            OnRequest::Proceed(e) => wit::RequestDecision::Proceed(wit::ProceedRequest {
-                edits: wit::RequestEdits {
-                    headers: e.headers.into_wit(),
-                    method: e.method,
-                    path_with_query: e.path_with_query,
-                    cluster: e.cluster,
-                    body: e.body,
-                },
-                context: e.context,
-            }),
-            OnRequest::Respond(r) => wit::RequestDecision::Respond(r.inner),
+    fn built(r: Response) -> wit::Response {
+        let out = wit::Response::new(r.inner.status);
+        for (n, v) in &r.inner.headers {
+            out.append_header(n, v);
+        }
+        if let Some(b) = &r.inner.body {
+            out.set_body(b);
+        }
+        out
+    }
+
+    pub fn on_request<F: Filter>(
+        filter: &F,
+        declared: &Declared,
+        req: &wit::Request,
+    ) -> wit::RequestDecision {
+        let view = Request::new(req, &declared.request_headers);
+        match filter.on_request(&view) {
+            OnRequest::Proceed(e) => {
+                e.headers.apply(
+                    |n| req.remove_header(n),
+                    |n, v| req.set_header(n, v),
+                    |n, v| req.append_header(n, v),
+                );
+                if let Some(m) = &e.method {
+                    req.set_method(m);
+                }
+                if let Some(p) = &e.path_with_query {
+                    req.set_path_with_query(p);
+                }
+                if let Some(c) = &e.cluster {
+                    req.set_cluster(c);
+                }
+                if let Some(b) = &e.body {
+                    req.set_body(b);
+                }
+                if let Some(c) = &e.context {
+                    req.set_context(c);
+                }
+                wit::RequestDecision::Proceed
+            }
+            OnRequest::Respond(r) => wit::RequestDecision::Respond(built(r)),
         }
     }
 
     pub fn on_response<F: Filter>(
         filter: &F,
-        req: wit::Request,
-        resp: wit::Response,
-        context: Option<Vec<u8>>,
+        declared: &Declared,
+        req: &wit::Request,
+        resp: &wit::Response,
     ) -> wit::ResponseDecision {
-        let req = Request { inner: req };
-        let resp = Response { inner: resp };
-        match filter.on_response(&req, &resp, context.as_deref()) {
-            OnResponse::Proceed(e) => wit::ResponseDecision::Proceed(wit::ResponseEdits {
-                headers: e.headers.into_wit(),
-                status: e.status,
-                body: e.body,
-            }),
-            OnResponse::Replace(r) => wit::ResponseDecision::Replace(r.inner),
+        let view = Request::new(req, &declared.request_headers);
+        let headers = match &declared.response_headers {
+            HeaderInterest::None => Vec::new(),
+            HeaderInterest::All => resp.headers(),
+            HeaderInterest::Names(names) => names
+                .iter()
+                .flat_map(|n| resp.header(n).into_iter().map(|v| (n.clone(), v)))
+                .collect(),
+        };
+        let seen = Response {
+            inner: Parts {
+                status: resp.status(),
+                headers,
+                body: resp.body(),
+            },
+        };
+        let context = req.context();
+        match filter.on_response(&view, &seen, context.as_deref()) {
+            OnResponse::Proceed(e) => {
+                e.headers.apply(
+                    |n| resp.remove_header(n),
+                    |n, v| resp.set_header(n, v),
+                    |n, v| resp.append_header(n, v),
+                );
+                if let Some(s) = e.status {
+                    resp.set_status(s);
+                }
+                if let Some(b) = &e.body {
+                    resp.set_body(b);
+                }
+                wit::ResponseDecision::Proceed
+            }
+            OnResponse::Replace(r) => wit::ResponseDecision::Replace(built(r)),
         }
     }
 }

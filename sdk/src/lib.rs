@@ -91,8 +91,9 @@ pub trait Filter: Sized + 'static {
         FilterInfo::new()
     }
 
-    /// Runs before the request goes upstream. The default proceeds unchanged.
-    fn on_request(&self, req: &Request) -> OnRequest {
+    /// Runs before the request goes upstream, unless [`FilterInfo::wants_request`]
+    /// turned the request phase off. The default proceeds unchanged.
+    fn on_request(&self, req: &Request<'_>) -> OnRequest {
         let _ = req;
         OnRequest::proceed()
     }
@@ -100,7 +101,12 @@ pub trait Filter: Sized + 'static {
     /// Runs on the way back (in reverse filter order), only when
     /// [`FilterInfo::wants_response`] is set. `req` is the request as forwarded.
     /// The default proceeds unchanged.
-    fn on_response(&self, req: &Request, resp: &Response, context: Option<&[u8]>) -> OnResponse {
+    fn on_response(
+        &self,
+        req: &Request<'_>,
+        resp: &Response,
+        context: Option<&[u8]>,
+    ) -> OnResponse {
         let _ = (req, resp, context);
         OnResponse::proceed()
     }
@@ -146,7 +152,7 @@ macro_rules! export_filter {
     ($ty:ty) => {
         const _: () = {
             ::std::thread_local! {
-                static __WASMGATE_FILTER: ::std::cell::RefCell<::std::option::Option<$ty>> =
+                static __WASMGATE_FILTER: ::std::cell::RefCell<::std::option::Option<($ty, $crate::__private::glue::Declared)>> =
                     const { ::std::cell::RefCell::new(::std::option::Option::None) };
             }
 
@@ -157,33 +163,30 @@ macro_rules! export_filter {
             {
                 fn init(
                     config: ::std::string::String,
-                ) -> ::std::result::Result<
-                    $crate::__private::bindings::wasmgate::filter::types::FilterInfo,
-                    ::std::string::String,
-                > {
+                    setup: &$crate::__private::bindings::wasmgate::filter::types::Setup,
+                ) -> ::std::result::Result<(), ::std::string::String> {
                     let filter = <$ty as $crate::Filter>::new(&config)?;
-                    let info = $crate::__private::glue::info(&filter);
-                    __WASMGATE_FILTER.with_borrow_mut(|slot| *slot = ::std::option::Option::Some(filter));
-                    ::std::result::Result::Ok(info)
+                    let declared = $crate::__private::glue::declare(&filter, setup);
+                    __WASMGATE_FILTER.with_borrow_mut(|slot| *slot = ::std::option::Option::Some((filter, declared)));
+                    ::std::result::Result::Ok(())
                 }
 
                 fn on_request(
-                    req: $crate::__private::bindings::wasmgate::filter::types::Request,
+                    req: &$crate::__private::bindings::wasmgate::filter::types::Request,
                 ) -> $crate::__private::bindings::wasmgate::filter::types::RequestDecision {
                     __WASMGATE_FILTER.with_borrow(|slot| {
-                        let filter = slot.as_ref().expect("wasmgate called on-request before init");
-                        $crate::__private::glue::on_request(filter, req)
+                        let (filter, declared) = slot.as_ref().expect("wasmgate called on-request before init");
+                        $crate::__private::glue::on_request(filter, declared, req)
                     })
                 }
 
                 fn on_response(
-                    req: $crate::__private::bindings::wasmgate::filter::types::Request,
-                    resp: $crate::__private::bindings::wasmgate::filter::types::Response,
-                    context: ::std::option::Option<::std::vec::Vec<u8>>,
+                    req: &$crate::__private::bindings::wasmgate::filter::types::Request,
+                    resp: &$crate::__private::bindings::wasmgate::filter::types::Response,
                 ) -> $crate::__private::bindings::wasmgate::filter::types::ResponseDecision {
                     __WASMGATE_FILTER.with_borrow(|slot| {
-                        let filter = slot.as_ref().expect("wasmgate called on-response before init");
-                        $crate::__private::glue::on_response(filter, req, resp, context)
+                        let (filter, declared) = slot.as_ref().expect("wasmgate called on-response before init");
+                        $crate::__private::glue::on_response(filter, declared, req, resp)
                     })
                 }
             }

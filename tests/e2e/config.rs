@@ -108,7 +108,9 @@ async fn a_component_with_the_wrong_contract_is_rejected() {
         .await
         .unwrap_err();
     assert!(
-        err.contains("wrong_contract.wasm: does not implement the wasmgate:filter@0.1 contract"),
+        err.contains(
+            "wrong_contract.wasm: does not implement the wasmgate:filter contract (0.2 or 0.1)"
+        ),
         "{err}"
     );
     assert!(

@@ -179,6 +179,8 @@ impl Filter for Cors {
                 "access-control-request-headers",
             ])
             .wants_response(true)
+            // `on_response` works from its context, not the request.
+            .request_headers_on_response(false)
     }
 
     fn on_request(&self, req: &Request) -> OnRequest {

@@ -11,8 +11,8 @@
 //! ```
 //! Each side takes `remove` (a list of names), `set` (replace all values) and
 //! `append` (add a value), applied in that order. The filter reads no headers, so
-//! it costs the host no header copies; it asks for the response phase only when
-//! the config edits responses.
+//! it costs the host no header copies; it asks for each phase only when the
+//! config edits that side, so a response-only config gets no call on the way in.
 
 use std::collections::BTreeMap;
 
@@ -93,7 +93,9 @@ impl Filter for Headers {
     }
 
     fn info(&self) -> FilterInfo {
-        FilterInfo::new().wants_response(!self.response.is_empty())
+        FilterInfo::new()
+            .wants_request(!self.request.is_empty())
+            .wants_response(!self.response.is_empty())
     }
 
     fn on_request(&self, _req: &Request) -> OnRequest {

@@ -145,7 +145,10 @@ impl Filter for RateLimit {
     }
 
     fn info(&self) -> FilterInfo {
-        let info = FilterInfo::new().wants_response(true);
+        // `on_response` works from its context, not the request.
+        let info = FilterInfo::new()
+            .wants_response(true)
+            .request_headers_on_response(false);
         match &self.key {
             Key::Header(h) => info.request_headers([h.as_str()]),
             _ => info,

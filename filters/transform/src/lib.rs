@@ -333,7 +333,11 @@ impl Filter for Transform {
                 names.extend(["content-type", "content-encoding"]);
                 info = info.buffer_response_body(true);
             }
-            info = info.response_headers(names).wants_response(true);
+            // The response side reads the request's id, not its headers.
+            info = info
+                .response_headers(names)
+                .wants_response(true)
+                .request_headers_on_response(false);
         }
         info
     }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use crate::versions::{FilterVersions, StoredVersion, VersionSource};
 use wasmgate_config::{Config, ConfigError, FailurePolicy, FilterConfig, Isolation};
-use wasmgate_engine::edits::Needs;
 use wasmgate_engine::services::OutboundGrant;
 use wasmgate_engine::{
     FilterEngine, FilterFailure, FilterLimits, FilterModule, InstancePool, PoolPolicy, sha256_hex,
@@ -247,7 +246,7 @@ pub(crate) async fn route_version(
     e: &CompiledVersion,
     metrics: &Arc<Metrics>,
 ) -> Result<Arc<RouteVersion>, RouteVersionError> {
-    let info = e
+    let declared = e
         .module
         .probe(route, config_json)
         .await
@@ -258,7 +257,7 @@ pub(crate) async fn route_version(
             },
             f => RouteVersionError::Start(f),
         })?;
-    let needs = Needs::from_wit(info).map_err(RouteVersionError::Info)?;
+    let needs = declared.map_err(RouteVersionError::Info)?;
     let policy = PoolPolicy {
         size: fc.pool_size as usize,
         max_uses: fc.max_uses,

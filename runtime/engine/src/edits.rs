@@ -1,18 +1,22 @@
-//! The boundary between HTTP messages and the WIT records filters see, as
-//! pure functions: which headers a call carries (what the filter declared
-//! at `init`), and how a filter's decision is validated and applied.
+//! What a filter asks of the host and what it decides, in the host's own
+//! types, as pure functions: which parts of the exchange a call carries
+//! (what the filter declared at `init`), and how its edits are validated
+//! and applied. Both contract versions end here: a 0.2 guest's edit
+//! methods and a 0.1 guest's edit records become the same [`HeaderOp`]s,
+//! [`RequestEdits`] and [`ResponseEdits`].
 //!
 //! Nothing here does I/O or touches wasmtime, so the request path, an
 //! offline filter runner and fuzz targets all use the same code. Every
-//! decision is validated in full before anything is applied: a filter
-//! cannot set framing headers (no smuggling), produce an invalid status, or
-//! leave a message half-edited when one of its edits is refused.
+//! edit is validated when it is made, and a decision is applied whole or
+//! not at all: a filter cannot set framing headers (no smuggling), produce
+//! an invalid status, or leave a message half-edited when one of its edits
+//! is refused.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, StatusCode};
 
-use crate::{FilterFailure, wit};
+use crate::FilterFailure;
 
 /// Why a filter's decision was refused. Nothing of a refused decision is
 /// applied.
@@ -46,8 +50,18 @@ pub enum InvalidEdit {
     #[error("cluster {0:?} does not exist")]
     UnknownCluster(String),
     /// A body edit on a side whose body the filter did not ask for.
-    #[error("a {0} body edit needs buffer-{0}-body in filter-info")]
+    #[error("a {0} body edit needs buffer-{0}-body declared at init")]
     BodyNotBuffered(&'static str),
+    /// An edit the phase does not allow (the request in `on-response`: it
+    /// has gone upstream).
+    #[error("{0}")]
+    WrongPhase(&'static str),
+    /// More edits in one call than the host keeps.
+    #[error("more than {0} edits in one call")]
+    TooMany(usize),
+    /// A response handle from another call, or one already used.
+    #[error("a response that is no longer valid (built in an earlier call, or already returned)")]
+    StaleResponse,
 }
 
 impl From<InvalidEdit> for FilterFailure {
@@ -68,23 +82,20 @@ pub enum Interest {
 }
 
 impl Interest {
-    fn from_wit(i: wit::HeaderInterest, what: &str) -> Result<Interest, String> {
-        Ok(match i {
-            wit::HeaderInterest::None => Interest::None,
-            wit::HeaderInterest::All => Interest::All,
-            wit::HeaderInterest::Names(names) => Interest::Names(
-                names
-                    .iter()
-                    .map(|n| {
-                        HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
-                            .map_err(|_| format!("{what}: {n:?} is not a header name"))
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-        })
+    /// Parses declared header names; `what` names the list in errors.
+    pub fn names(names: &[String], what: &str) -> Result<Interest, String> {
+        Ok(Interest::Names(
+            names
+                .iter()
+                .map(|n| {
+                    HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+                        .map_err(|_| format!("{what}: {n:?} is not a header name"))
+                })
+                .collect::<Result<_, _>>()?,
+        ))
     }
 
-    /// Copies the declared headers into WIT form.
+    /// Copies the declared headers as (name, value) strings.
     pub fn copy(&self, headers: &HeaderMap) -> Vec<(String, String)> {
         match self {
             Interest::None => Vec::new(),
@@ -105,38 +116,52 @@ impl Interest {
     }
 }
 
-/// What a filter declared at `init` for one route.
+/// What a filter declared at `init` for one route: which calls the host
+/// makes and what each carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Needs {
-    /// Request headers to copy.
-    pub request_headers: Interest,
-    /// Response headers to copy.
-    pub response_headers: Interest,
-    /// Whether `on-response` runs.
-    pub wants_response: bool,
+    /// `on-request` runs (always, for a 0.1 guest).
+    pub on_request: bool,
+    /// `on-response` runs.
+    pub on_response: bool,
     /// The request body is buffered and handed to `on-request`.
     pub request_body: bool,
     /// The response body is buffered and handed to `on-response`.
     pub response_body: bool,
+    /// `on-response` sees the forwarded request's headers, so the host
+    /// keeps them for the exchange.
+    pub request_headers_on_response: bool,
+    /// The request headers copied into each call (0.1 guests; a 0.2
+    /// guest reads the ones it wants).
+    pub request_headers: Interest,
+    /// The response headers copied into each call (0.1 guests).
+    pub response_headers: Interest,
 }
 
 impl Needs {
-    /// Validates a filter's `filter-info`.
-    pub fn from_wit(info: wit::FilterInfo) -> Result<Needs, String> {
-        if info.buffer_response_body && !info.wants_response {
+    /// A filter that asked for nothing: no call is made.
+    pub fn nothing() -> Needs {
+        Needs {
+            on_request: false,
+            on_response: false,
+            request_body: false,
+            response_body: false,
+            request_headers_on_response: false,
+            request_headers: Interest::None,
+            response_headers: Interest::None,
+        }
+    }
+
+    /// Checks that the declarations fit together.
+    pub fn check(self) -> Result<Needs, String> {
+        if self.response_body && !self.on_response {
             return Err(
-                "buffer-response-body is set but wants-response is not: the body would \
-                 never be handed to the filter"
+                "the response body is to be buffered but the response phase is not declared: \
+                 the body would never be handed to the filter"
                     .into(),
             );
         }
-        Ok(Needs {
-            request_headers: Interest::from_wit(info.request_headers, "request-headers")?,
-            response_headers: Interest::from_wit(info.response_headers, "response-headers")?,
-            wants_response: info.wants_response,
-            request_body: info.buffer_request_body,
-            response_body: info.buffer_response_body,
-        })
+        Ok(self)
     }
 }
 
@@ -191,45 +216,62 @@ pub fn header_name(n: &str) -> Result<HeaderName, InvalidEdit> {
     Ok(name)
 }
 
-/// Applies header edits: remove, then set, then append.
-pub fn apply_header_edits(
-    headers: &mut HeaderMap,
-    edits: &wit::HeaderEdits,
-) -> Result<(), InvalidEdit> {
-    // Validate everything before changing anything, so a bad edit leaves the
-    // message as it was.
-    let remove = edits
-        .remove
-        .iter()
-        .map(|n| header_name(n))
-        .collect::<Result<Vec<_>, _>>()?;
-    let pair = |(n, v): &(String, String)| Ok((header_name(n)?, string_to_value(v)?));
-    let set = edits
-        .set
-        .iter()
-        .map(pair)
-        .collect::<Result<Vec<_>, InvalidEdit>>()?;
-    let append = edits
-        .append
-        .iter()
-        .map(pair)
-        .collect::<Result<Vec<_>, InvalidEdit>>()?;
-    for n in remove {
-        headers.remove(n);
+/// One header edit, validated. Applied in the order made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderOp {
+    /// Remove every value.
+    Remove(HeaderName),
+    /// Replace every value with this one.
+    Set(HeaderName, HeaderValue),
+    /// Add a value, keeping the others.
+    Append(HeaderName, HeaderValue),
+}
+
+impl HeaderOp {
+    /// `remove-header`.
+    pub fn remove(n: &str) -> Result<HeaderOp, InvalidEdit> {
+        Ok(HeaderOp::Remove(header_name(n)?))
     }
-    let mut first_set = std::collections::HashSet::new();
-    for (n, v) in set {
-        // Several `set` entries for one name: the first replaces, the rest add.
-        if first_set.insert(n.clone()) {
-            headers.insert(n, v);
-        } else {
-            headers.append(n, v);
+    /// `set-header`.
+    pub fn set(n: &str, v: &str) -> Result<HeaderOp, InvalidEdit> {
+        Ok(HeaderOp::Set(header_name(n)?, string_to_value(v)?))
+    }
+    /// `append-header`.
+    pub fn append(n: &str, v: &str) -> Result<HeaderOp, InvalidEdit> {
+        Ok(HeaderOp::Append(header_name(n)?, string_to_value(v)?))
+    }
+
+    fn sets_host(&self) -> bool {
+        matches!(self, HeaderOp::Set(n, _) | HeaderOp::Append(n, _) if n == header::HOST)
+    }
+}
+
+/// Applies validated header edits in order.
+pub fn apply_header_ops(headers: &mut HeaderMap, ops: Vec<HeaderOp>) {
+    for op in ops {
+        match op {
+            HeaderOp::Remove(n) => {
+                headers.remove(n);
+            }
+            HeaderOp::Set(n, v) => {
+                headers.insert(n, v);
+            }
+            HeaderOp::Append(n, v) => {
+                headers.append(n, v);
+            }
         }
     }
-    for (n, v) in append {
-        headers.append(n, v);
+}
+
+/// The host a request is for: the URI's authority, or `Host`.
+pub fn authority_of(parts: &Parts) -> Option<&str> {
+    if let Some(a) = parts.uri.authority() {
+        return Some(a.as_str());
     }
-    Ok(())
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
 }
 
 /// Parses a method from a request edit.
@@ -246,7 +288,7 @@ pub fn parse_path(p: &str) -> Result<http::uri::PathAndQuery, InvalidEdit> {
 }
 
 /// A final status (200..=999) a filter may answer with.
-fn final_status(s: u16) -> Result<StatusCode, InvalidEdit> {
+pub fn final_status(s: u16) -> Result<StatusCode, InvalidEdit> {
     StatusCode::from_u16(s)
         .ok()
         .filter(|s| s.as_u16() >= 200)
@@ -262,53 +304,68 @@ pub struct RequestChange<C> {
     pub body: Option<Vec<u8>>,
 }
 
-/// Validates a `proceed` decision's edits and applies them to the request
-/// head. `cluster` resolves a new target cluster's name (`None`: there is no
-/// such cluster, or the filter may not send there); `body_buffered` says
-/// whether the filter asked for the body, which it must have to replace it.
-/// On any error, `parts` is unchanged.
+/// A `proceed` decision's changes to the request, each already valid on
+/// its own.
+#[derive(Debug, Default)]
+pub struct RequestEdits {
+    /// Header edits, in order.
+    pub headers: Vec<HeaderOp>,
+    /// A new method.
+    pub method: Option<Method>,
+    /// A new path and query.
+    pub path: Option<http::uri::PathAndQuery>,
+    /// Another cluster, by name.
+    pub cluster: Option<String>,
+    /// A new body.
+    pub body: Option<Vec<u8>>,
+}
+
+/// A `proceed` decision's changes to the response, each already valid on
+/// its own.
+#[derive(Debug, Default)]
+pub struct ResponseEdits {
+    /// Header edits, in order.
+    pub headers: Vec<HeaderOp>,
+    /// A new status.
+    pub status: Option<StatusCode>,
+    /// A new body.
+    pub body: Option<Vec<u8>>,
+}
+
+/// Checks what only the whole decision shows, and applies it to the
+/// request head. `cluster` resolves a new target cluster's name (`None`:
+/// there is no such cluster, or the filter may not send there);
+/// `body_buffered` says whether the filter asked for the body, which it
+/// must have to replace it. On any error, `parts` is unchanged.
 pub fn apply_request_edits<C>(
     parts: &mut Parts,
-    edits: wit::RequestEdits,
+    edits: RequestEdits,
     body_buffered: bool,
     cluster: impl FnOnce(&str) -> Option<C>,
 ) -> Result<RequestChange<C>, InvalidEdit> {
     if edits.body.is_some() && !body_buffered {
         return Err(InvalidEdit::BodyNotBuffered("request"));
     }
-    // Validate everything first, so a rejected decision changes nothing.
-    let method = edits.method.as_deref().map(parse_method).transpose()?;
-    let path = edits
-        .path_with_query
-        .as_deref()
-        .map(parse_path)
-        .transpose()?;
     let new_cluster = match &edits.cluster {
         Some(name) => Some(cluster(name).ok_or_else(|| InvalidEdit::UnknownCluster(name.clone()))?),
         None => None,
     };
-    let edits_host = edits
-        .headers
-        .set
-        .iter()
-        .chain(&edits.headers.append)
-        .any(|(n, _)| n.eq_ignore_ascii_case("host"));
-    if edits_host {
+    if edits.headers.iter().any(HeaderOp::sets_host) {
         // Several `Host` headers would let the upstream and the gateway
         // disagree on the target (RFC 9112 §3.2): refused as a whole.
         let mut trial = parts.headers.clone();
-        apply_header_edits(&mut trial, &edits.headers)?;
+        apply_header_ops(&mut trial, edits.headers);
         if trial.get_all(header::HOST).iter().count() > 1 {
             return Err(InvalidEdit::SeveralHosts);
         }
         parts.headers = trial;
     } else {
-        apply_header_edits(&mut parts.headers, &edits.headers)?;
+        apply_header_ops(&mut parts.headers, edits.headers);
     }
-    if let Some(m) = method {
+    if let Some(m) = edits.method {
         parts.method = m;
     }
-    if let Some(p) = path {
+    if let Some(p) = edits.path {
         parts.uri = http::Uri::from(p);
     }
     Ok(RequestChange {
@@ -317,21 +374,20 @@ pub fn apply_request_edits<C>(
     })
 }
 
-/// Validates a `proceed` decision's response edits and applies the status
-/// and headers; returns the body that replaces the buffered one, if any.
-/// On any error, nothing is changed.
+/// Applies a `proceed` decision's response edits to the status and
+/// headers; returns the body that replaces the buffered one, if any. On
+/// any error, nothing is changed.
 pub fn apply_response_edits(
     status: &mut StatusCode,
     headers: &mut HeaderMap,
-    edits: wit::ResponseEdits,
+    edits: ResponseEdits,
     body_buffered: bool,
 ) -> Result<Option<Vec<u8>>, InvalidEdit> {
     if edits.body.is_some() && !body_buffered {
         return Err(InvalidEdit::BodyNotBuffered("response"));
     }
-    let new_status = edits.status.map(final_status).transpose()?;
-    apply_header_edits(headers, &edits.headers)?;
-    if let Some(s) = new_status {
+    apply_header_ops(headers, edits.headers);
+    if let Some(s) = edits.status {
         *status = s;
     }
     Ok(edits.body)
@@ -349,20 +405,21 @@ pub struct MadeResponse {
     pub body: Vec<u8>,
 }
 
-/// Validates a filter-made response.
-pub fn made_response(r: wit::Response) -> Result<MadeResponse, InvalidEdit> {
-    let status = final_status(r.status)?;
-    let mut headers = HeaderMap::new();
-    let edits = wit::HeaderEdits {
-        remove: Vec::new(),
-        set: Vec::new(),
-        append: r.headers,
-    };
-    apply_header_edits(&mut headers, &edits)?;
+/// Validates a filter-made response given as a status and header pairs.
+pub fn made_response(
+    status: u16,
+    headers: &[(String, String)],
+    body: Option<Vec<u8>>,
+) -> Result<MadeResponse, InvalidEdit> {
+    let status = final_status(status)?;
+    let mut map = HeaderMap::new();
+    for (n, v) in headers {
+        map.append(header_name(n)?, string_to_value(v)?);
+    }
     Ok(MadeResponse {
         status,
-        headers,
-        body: r.body.unwrap_or_default(),
+        headers: map,
+        body: body.unwrap_or_default(),
     })
 }
 
@@ -379,39 +436,39 @@ mod tests {
     }
 
     #[test]
-    fn edits_are_validated_before_applied() {
-        let mut h = HeaderMap::new();
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        let bad = wit::HeaderEdits {
-            remove: vec!["x-keep".into()],
-            set: vec![("content-length".into(), "0".into())],
-            append: vec![],
-        };
-        assert!(apply_header_edits(&mut h, &bad).is_err());
-        assert!(
-            h.contains_key("x-keep"),
-            "a rejected edit must change nothing"
+    fn header_edits_are_validated_as_they_are_made() {
+        assert!(matches!(
+            HeaderOp::set("content-length", "0"),
+            Err(InvalidEdit::Protected(_))
+        ));
+        assert!(matches!(
+            HeaderOp::set("x-a", "a\r\nb"),
+            Err(InvalidEdit::HeaderValue(_))
+        ));
+        assert!(matches!(
+            HeaderOp::remove("bad name"),
+            Err(InvalidEdit::HeaderName(_))
+        ));
+        assert_eq!(
+            HeaderOp::remove("X-B").unwrap(),
+            HeaderOp::Remove(HeaderName::from_static("x-b"))
         );
-        let bad_value = wit::HeaderEdits {
-            remove: vec![],
-            set: vec![("x-a".into(), "a\r\nb".into())],
-            append: vec![],
-        };
-        assert!(apply_header_edits(&mut h, &bad_value).is_err());
     }
 
     #[test]
-    fn edit_order_is_remove_set_append() {
+    fn header_edits_apply_in_the_order_made() {
         let mut h = HeaderMap::new();
         h.append("x-a", HeaderValue::from_static("old1"));
         h.append("x-a", HeaderValue::from_static("old2"));
         h.insert("x-b", HeaderValue::from_static("gone"));
-        let edits = wit::HeaderEdits {
-            remove: vec!["X-B".into()],
-            set: vec![("x-a".into(), "new".into())],
-            append: vec![("x-a".into(), "more".into())],
-        };
-        apply_header_edits(&mut h, &edits).unwrap();
+        let ops = vec![
+            HeaderOp::remove("x-b").unwrap(),
+            HeaderOp::set("x-a", "new").unwrap(),
+            HeaderOp::append("x-a", "more").unwrap(),
+            HeaderOp::set("x-c", "1").unwrap(),
+            HeaderOp::remove("x-c").unwrap(),
+        ];
+        apply_header_ops(&mut h, ops);
         let a: Vec<_> = h
             .get_all("x-a")
             .iter()
@@ -419,6 +476,10 @@ mod tests {
             .collect();
         assert_eq!(a, ["new", "more"]);
         assert!(!h.contains_key("x-b"));
+        assert!(
+            !h.contains_key("x-c"),
+            "a later remove undoes an earlier set"
+        );
     }
 
     fn head() -> Parts {
@@ -432,40 +493,32 @@ mod tests {
         parts
     }
 
-    fn edits() -> wit::RequestEdits {
-        wit::RequestEdits {
-            headers: wit::HeaderEdits {
-                remove: vec!["x-keep".into()],
-                set: vec![],
-                append: vec![],
-            },
-            method: None,
-            path_with_query: None,
-            cluster: None,
-            body: None,
+    fn edits() -> RequestEdits {
+        RequestEdits {
+            headers: vec![HeaderOp::remove("x-keep").unwrap()],
+            path: Some("/b".parse().unwrap()),
+            ..RequestEdits::default()
         }
     }
 
     #[test]
     fn a_refused_request_decision_leaves_the_head_as_it_was() {
         let mut parts = head();
-        let unknown = wit::RequestEdits {
-            path_with_query: Some("/b".into()),
+        let unknown = RequestEdits {
             cluster: Some("nowhere".into()),
             ..edits()
         };
         let e = apply_request_edits(&mut parts, unknown, false, |_| None::<()>).unwrap_err();
         assert!(e.to_string().contains("\"nowhere\" does not exist"), "{e}");
-        let two_hosts = wit::RequestEdits {
-            headers: wit::HeaderEdits {
-                remove: vec!["x-keep".into()],
-                set: vec![],
-                append: vec![("host".into(), "other.test".into())],
-            },
-            ..edits()
-        };
-        assert!(apply_request_edits(&mut parts, two_hosts, false, |_| Some(())).is_err());
-        let body = wit::RequestEdits {
+        let mut two_hosts = edits();
+        two_hosts
+            .headers
+            .push(HeaderOp::append("host", "other.test").unwrap());
+        assert_eq!(
+            apply_request_edits(&mut parts, two_hosts, false, |_| Some(())).unwrap_err(),
+            InvalidEdit::SeveralHosts
+        );
+        let body = RequestEdits {
             body: Some(b"x".to_vec()),
             ..edits()
         };
@@ -477,41 +530,41 @@ mod tests {
     #[test]
     fn an_accepted_request_decision_is_applied_whole() {
         let mut parts = head();
-        let all = wit::RequestEdits {
-            method: Some("POST".into()),
-            path_with_query: Some("/b?q=1".into()),
+        let mut all = RequestEdits {
+            method: Some(Method::POST),
+            path: Some("/b?q=1".parse().unwrap()),
             cluster: Some("c".into()),
             body: Some(b"new".to_vec()),
             ..edits()
         };
+        all.headers
+            .push(HeaderOp::set("host", "moved.test").unwrap());
         let change = apply_request_edits(&mut parts, all, true, |n| Some(n.to_owned())).unwrap();
         assert_eq!(change.cluster.as_deref(), Some("c"));
         assert_eq!(change.body.as_deref(), Some(&b"new"[..]));
         assert_eq!(parts.method, Method::POST);
         assert_eq!(parts.uri, "/b?q=1");
+        assert_eq!(parts.headers["host"], "moved.test");
         assert!(!parts.headers.contains_key("x-keep"));
     }
 
     #[test]
     fn made_responses_and_response_edits_need_a_final_status() {
-        let r = wit::Response {
-            status: 101,
-            headers: vec![],
-            body: None,
-        };
-        assert!(made_response(r).is_err());
+        assert_eq!(
+            made_response(101, &[], None).unwrap_err(),
+            InvalidEdit::Status(101)
+        );
+        assert!(
+            made_response(200, &[("transfer-encoding".into(), "chunked".into())], None).is_err()
+        );
+        assert_eq!(final_status(99).unwrap_err(), InvalidEdit::Status(99));
         let (mut status, mut headers) = (StatusCode::OK, HeaderMap::new());
-        let edits = wit::ResponseEdits {
-            status: Some(99),
-            headers: wit::HeaderEdits {
-                remove: vec![],
-                set: vec![("x-a".into(), "1".into())],
-                append: vec![],
-            },
-            body: None,
+        let edits = ResponseEdits {
+            headers: vec![HeaderOp::set("x-a", "1").unwrap()],
+            body: Some(b"b".to_vec()),
+            ..ResponseEdits::default()
         };
         assert!(apply_response_edits(&mut status, &mut headers, edits, false).is_err());
-        assert_eq!(status, StatusCode::OK);
         assert!(headers.is_empty(), "nothing applied");
     }
 }

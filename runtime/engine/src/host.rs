@@ -11,7 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::wasmgate::filter::{log, types};
+use super::bindings::v0_2::wasmgate::filter::{log, types};
 
 /// Who is running: attached to every log line a filter causes.
 #[derive(Debug, Clone)]
@@ -30,6 +30,8 @@ pub struct HostState {
     site: CallSite,
     grants: super::services::Grants,
     pub(crate) call: CallState,
+    /// A 0.2 call's exchange and what the guest did with it.
+    pub(crate) pending: super::exchange::Pending,
 }
 
 /// What the host knows about the call in progress.
@@ -102,6 +104,7 @@ impl HostState {
             site,
             grants,
             call: CallState::default(),
+            pending: super::exchange::Pending::default(),
         }
     }
 
@@ -163,8 +166,6 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         Ok(desired <= 100_000)
     }
 }
-
-impl types::Host for HostState {}
 
 impl log::Host for HostState {
     fn log(&mut self, level: types::LogLevel, message: String) {

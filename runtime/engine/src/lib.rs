@@ -14,7 +14,9 @@
 
 mod bindings;
 mod cache;
+mod contract_0_1;
 pub mod edits;
+pub mod exchange;
 mod host;
 mod pool;
 pub mod services;
@@ -26,10 +28,12 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
-use bindings::{Plugin, PluginPre};
+use bindings::{v0_1, v0_2};
 pub use bindings::{wit, wit_outbound};
 use cache::CompileCache;
 pub use cache::{CacheOutcome, sha256_hex};
+use edits::Needs;
+use exchange::{Exchange, FilterCarry, Phase, RequestOutcome, ResponseOutcome};
 pub use host::CallSite;
 use host::HostState;
 pub use pool::{InstancePool, PoolPolicy, PoolStats};
@@ -49,7 +53,7 @@ pub enum LoadError {
     },
     /// A valid component that does not fit the host: wrong exports or imports
     /// the host does not provide.
-    #[error("{path}: does not implement the wasmgate:filter@0.1 contract: {reason}")]
+    #[error("{path}: does not implement the wasmgate:filter contract (0.2 or 0.1): {reason}")]
     Contract {
         /// The file.
         path: String,
@@ -177,8 +181,10 @@ impl FilterEngine {
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("cannot link WASI: {e:#}"))?;
-        Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        v0_2::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("cannot link host imports: {e:#}"))?;
+        v0_1::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("cannot link the 0.1 host imports: {e:#}"))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let tick = config.epoch_tick;
@@ -291,7 +297,7 @@ impl FilterEngine {
             reason: format!("{e:#}"),
         };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(contract)?;
-        let pre = PluginPre::new(instance_pre).map_err(contract)?;
+        let pre = Pre::new(&component, instance_pre).map_err(contract)?;
         let live = self.live.entry(name.clone()).or_default().clone();
         live.versions.fetch_add(1, Ordering::Relaxed);
         Ok(FilterModule {
@@ -330,12 +336,60 @@ fn check_component_header(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// The contract versions the host serves, newest first.
+pub const CONTRACTS: [&str; 2] = ["0.2", "0.1"];
+
+/// A component pre-linked for the contract version it was built against.
+enum Pre {
+    V0_2(v0_2::PluginPre<HostState>),
+    V0_1(v0_1::PluginPre<HostState>),
+}
+
+impl Pre {
+    /// Picks the contract by what the component exports: 0.2's `filter`
+    /// interface, else 0.1's (matched by semver track).
+    fn new(
+        component: &wasmtime::component::Component,
+        pre: wasmtime::component::InstancePre<HostState>,
+    ) -> wasmtime::Result<Pre> {
+        let exports = |name: &str| component.get_export_index(None, name).is_some();
+        if exports("wasmgate:filter/filter@0.2.0") {
+            return v0_2::PluginPre::new(pre).map(Pre::V0_2);
+        }
+        if exports("wasmgate:filter/filter@0.1.1") {
+            return v0_1::PluginPre::new(pre).map(Pre::V0_1);
+        }
+        // Neither: the 0.2 check names what is missing.
+        v0_2::PluginPre::new(pre).map(Pre::V0_2)
+    }
+
+    fn engine(&self) -> &Engine {
+        match self {
+            Pre::V0_2(p) => p.engine(),
+            Pre::V0_1(p) => p.engine(),
+        }
+    }
+
+    fn contract(&self) -> &'static str {
+        match self {
+            Pre::V0_2(_) => CONTRACTS[0],
+            Pre::V0_1(_) => CONTRACTS[1],
+        }
+    }
+}
+
+/// An instance's exports, in the contract version it was built against.
+enum Guest {
+    V0_2(v0_2::Plugin),
+    V0_1(v0_1::Plugin),
+}
+
 /// A compiled, pre-linked filter component.
 pub struct FilterModule {
     name: Arc<str>,
     sha256: String,
     grants: services::Grants,
-    pre: PluginPre<HostState>,
+    pre: Pre,
     limits: FilterLimits,
     tick: Duration,
     live: Arc<LiveCounts>,
@@ -393,6 +447,11 @@ impl FilterModule {
         &self.sha256
     }
 
+    /// The contract version (`"0.2"`, `"0.1"`) the filter was built against.
+    pub fn contract(&self) -> &'static str {
+        self.pre.contract()
+    }
+
     /// Epoch ticks to a call's first deadline: its whole CPU budget, or one
     /// time slice ([`SLICE`]) if that is shorter. One extra tick because
     /// the current tick is already partly over when a call starts.
@@ -419,7 +478,7 @@ impl FilterModule {
         &self,
         route: &Arc<str>,
         config_json: &str,
-    ) -> Result<wit::FilterInfo, FilterFailure> {
+    ) -> Result<Result<Needs, String>, FilterFailure> {
         self.started(route, config_json).await.map(|(_, info)| info)
     }
 
@@ -430,7 +489,7 @@ impl FilterModule {
         &self,
         route: &Arc<str>,
         config_json: &str,
-    ) -> Result<(FilterInstance, wit::FilterInfo), FilterFailure> {
+    ) -> Result<(FilterInstance, Result<Needs, String>), FilterFailure> {
         let wall = self.limits.wall;
         let started = tokio::time::timeout(wall, async {
             let mut instance = self.new_instance(route).await?;
@@ -475,7 +534,11 @@ impl FilterModule {
         store.set_epoch_deadline(self.deadline_ticks());
         // Instantiation runs guest code (start functions): under the budget.
         store.data_mut().call.begin(None, 0);
-        let plugin = match self.pre.instantiate_async(&mut store).await {
+        let plugin = match &self.pre {
+            Pre::V0_2(pre) => pre.instantiate_async(&mut store).await.map(Guest::V0_2),
+            Pre::V0_1(pre) => pre.instantiate_async(&mut store).await.map(Guest::V0_1),
+        };
+        let plugin = match plugin {
             Ok(p) => p,
             Err(e) => return Err(classify(&store, e, self.limits, FilterFailure::Instantiate)),
         };
@@ -486,6 +549,7 @@ impl FilterModule {
             limits: self.limits,
             ticks: self.deadline_ticks(),
             uses: 0,
+            needs: Needs::nothing(),
             live: self.live.clone(),
         })
     }
@@ -527,10 +591,12 @@ fn classify(
 /// One live instance of a filter in its own store.
 pub struct FilterInstance {
     store: Store<HostState>,
-    plugin: Plugin,
+    plugin: Guest,
     limits: FilterLimits,
     ticks: u64,
     uses: u64,
+    /// What this instance's `init` declared.
+    needs: Needs,
     live: Arc<LiveCounts>,
 }
 
@@ -557,59 +623,165 @@ impl FilterInstance {
         classify(&self.store, e, self.limits, FilterFailure::Trap)
     }
 
-    async fn init(&mut self, config_json: &str) -> Result<wit::FilterInfo, FilterFailure> {
+    /// Runs `init`. The outer result fails the instance; the inner one is
+    /// what the filter declared, or why the declarations do not fit.
+    async fn init(&mut self, config_json: &str) -> Result<Result<Needs, String>, FilterFailure> {
         self.store.data_mut().call.begin(None, 0);
+        self.store.data_mut().pending.begin(Phase::Init, None, None);
         self.store.set_epoch_deadline(self.ticks);
-        let exports = self.plugin.wasmgate_filter_filter();
-        match exports.call_init(&mut self.store, config_json).await {
-            Ok(Ok(info)) => Ok(info),
-            Ok(Err(message)) => Err(FilterFailure::Init(message)),
-            Err(e) => Err(self.classify(e)),
+        let declared = match &self.plugin {
+            Guest::V0_2(p) => {
+                let setup = wasmtime::component::Resource::new_borrow(0);
+                match p
+                    .wasmgate_filter_filter()
+                    .call_init(&mut self.store, config_json, setup)
+                    .await
+                {
+                    Ok(Ok(())) => Ok(self
+                        .store
+                        .data_mut()
+                        .pending
+                        .declared
+                        .take()
+                        .unwrap_or_else(Needs::nothing)
+                        .check()),
+                    Ok(Err(message)) => Err(FilterFailure::Init(message)),
+                    Err(e) => Err(self.classify(e)),
+                }
+            }
+            Guest::V0_1(p) => match p
+                .wasmgate_filter_filter()
+                .call_init(&mut self.store, config_json)
+                .await
+            {
+                Ok(Ok(info)) => Ok(contract_0_1::needs(info)),
+                Ok(Err(message)) => Err(FilterFailure::Init(message)),
+                Err(e) => Err(self.classify(e)),
+            },
+        }?;
+        if let Ok(needs) = &declared {
+            self.needs = needs.clone();
+            self.store.data_mut().pending.declared = Some(needs.clone());
         }
+        Ok(declared)
     }
 
-    /// Calls `on-request`. `outbound_used` counts the filter's outbound
-    /// calls for this request, before and after.
-    pub async fn on_request(
-        &mut self,
-        req: &wit::Request,
-        outbound_used: &mut u32,
-    ) -> Result<wit::RequestDecision, FilterFailure> {
+    /// Starts a call for the exchange: the request id for host calls,
+    /// the outbound budget so far, the CPU deadline.
+    fn begin(&mut self, ex: &Exchange, carry: &FilterCarry) {
         self.uses += 1;
+        let id = ex.facts.request_id.to_str().unwrap_or_default();
         self.store
             .data_mut()
             .call
-            .begin(Some(&req.meta.request_id), *outbound_used);
+            .begin(Some(id), carry.outbound_used);
         self.store.set_epoch_deadline(self.ticks);
-        let exports = self.plugin.wasmgate_filter_filter();
-        let result = exports
-            .call_on_request(&mut self.store, req)
-            .await
-            .map_err(|e| self.classify(e));
-        *outbound_used = self.store.data().call.outbound_used;
+    }
+
+    /// Calls `on-request`, ending by `deadline` at the latest. A 0.2 call
+    /// has the exchange moved into the store while it runs; it is back in
+    /// `ex` when this returns, whatever happened.
+    pub async fn on_request(
+        &mut self,
+        ex: &mut Exchange,
+        carry: &mut FilterCarry,
+        deadline: tokio::time::Instant,
+    ) -> Result<RequestOutcome, FilterFailure> {
+        self.begin(ex, carry);
+        let result = match &self.plugin {
+            Guest::V0_2(p) => {
+                let moved = std::mem::replace(ex, Exchange::placeholder());
+                self.store
+                    .data_mut()
+                    .pending
+                    .begin(Phase::Request, Some(moved), None);
+                let req = wasmtime::component::Resource::new_borrow(0);
+                let call = p
+                    .wasmgate_filter_filter()
+                    .call_on_request(&mut self.store, req);
+                let called = tokio::time::timeout_at(deadline, call).await;
+                let pending = &mut self.store.data_mut().pending;
+                if let Some(moved) = pending.exchange.take() {
+                    *ex = moved;
+                }
+                match called {
+                    Ok(Ok(d)) => {
+                        let outcome = pending.request_outcome(d);
+                        if matches!(outcome, RequestOutcome::Proceed(_)) {
+                            carry.context = pending.context.take();
+                        }
+                        Ok(outcome)
+                    }
+                    Ok(Err(e)) => Err(self.classify(e)),
+                    Err(_) => Err(FilterFailure::WallClock(self.limits.wall)),
+                }
+            }
+            Guest::V0_1(p) => {
+                let req = contract_0_1::request_record(ex, &self.needs, true);
+                let call = p
+                    .wasmgate_filter_filter()
+                    .call_on_request(&mut self.store, &req);
+                match tokio::time::timeout_at(deadline, call).await {
+                    Ok(Ok(d)) => Ok(contract_0_1::request_outcome(d, carry)),
+                    Ok(Err(e)) => Err(self.classify(e)),
+                    Err(_) => Err(FilterFailure::WallClock(self.limits.wall)),
+                }
+            }
+        };
+        carry.outbound_used = self.store.data().call.outbound_used;
         result
     }
 
-    /// Calls `on-response`.
+    /// Calls `on-response`, ending by `deadline` at the latest; like
+    /// [`FilterInstance::on_request`].
     pub async fn on_response(
         &mut self,
-        req: &wit::Request,
-        resp: &wit::Response,
-        context: Option<&[u8]>,
-        outbound_used: &mut u32,
-    ) -> Result<wit::ResponseDecision, FilterFailure> {
-        self.uses += 1;
-        self.store
-            .data_mut()
-            .call
-            .begin(Some(&req.meta.request_id), *outbound_used);
-        self.store.set_epoch_deadline(self.ticks);
-        let exports = self.plugin.wasmgate_filter_filter();
-        let result = exports
-            .call_on_response(&mut self.store, req, resp, context)
-            .await
-            .map_err(|e| self.classify(e));
-        *outbound_used = self.store.data().call.outbound_used;
+        ex: &mut Exchange,
+        carry: &mut FilterCarry,
+        deadline: tokio::time::Instant,
+    ) -> Result<ResponseOutcome, FilterFailure> {
+        self.begin(ex, carry);
+        let result = match &self.plugin {
+            Guest::V0_2(p) => {
+                let moved = std::mem::replace(ex, Exchange::placeholder());
+                self.store.data_mut().pending.begin(
+                    Phase::Response,
+                    Some(moved),
+                    carry.context.clone(),
+                );
+                let req = wasmtime::component::Resource::new_borrow(0);
+                let resp = wasmtime::component::Resource::new_borrow(0);
+                let call = p
+                    .wasmgate_filter_filter()
+                    .call_on_response(&mut self.store, req, resp);
+                let called = tokio::time::timeout_at(deadline, call).await;
+                let pending = &mut self.store.data_mut().pending;
+                if let Some(moved) = pending.exchange.take() {
+                    *ex = moved;
+                }
+                match called {
+                    Ok(Ok(d)) => Ok(pending.response_outcome(d)),
+                    Ok(Err(e)) => Err(self.classify(e)),
+                    Err(_) => Err(FilterFailure::WallClock(self.limits.wall)),
+                }
+            }
+            Guest::V0_1(p) => {
+                let req = contract_0_1::request_record(ex, &self.needs, false);
+                let resp = contract_0_1::response_record(ex, &self.needs);
+                let call = p.wasmgate_filter_filter().call_on_response(
+                    &mut self.store,
+                    &req,
+                    &resp,
+                    carry.context.as_deref(),
+                );
+                match tokio::time::timeout_at(deadline, call).await {
+                    Ok(Ok(d)) => Ok(contract_0_1::response_outcome(d)),
+                    Ok(Err(e)) => Err(self.classify(e)),
+                    Err(_) => Err(FilterFailure::WallClock(self.limits.wall)),
+                }
+            }
+        };
+        carry.outbound_used = self.store.data().call.outbound_used;
         result
     }
 }

@@ -24,7 +24,8 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::Semaphore;
 
-use super::{FilterFailure, FilterInstance, FilterModule, wit};
+use super::exchange::{Exchange, FilterCarry, RequestOutcome, ResponseOutcome};
+use super::{FilterFailure, FilterInstance, FilterModule};
 use wasmgate_metrics::{FilterLabels, FilterOutcomeLabels, Metrics};
 
 /// Metric handles of one pool, created once so a call records with atomics.
@@ -306,7 +307,7 @@ impl InstancePool {
     /// Runs one call under the pool's wall-clock budget and quarantine.
     async fn guarded<T>(
         &self,
-        call: impl AsyncFnOnce(&mut FilterInstance) -> Result<T, FilterFailure>,
+        call: impl AsyncFnOnce(&mut FilterInstance, tokio::time::Instant) -> Result<T, FilterFailure>,
     ) -> Result<T, FilterFailure> {
         let trial = match self.quarantine.gate() {
             Gate::Open => None,
@@ -341,22 +342,23 @@ impl InstancePool {
     /// instance. One wall-clock budget covers all the guest code the call
     /// needs: creating a new instance (its start functions and `init`,
     /// which may block in a host call where the CPU deadline cannot reach)
-    /// and the call itself.
+    /// and the call itself, which gets the deadline to end by.
     async fn run<T>(
         &self,
-        call: impl AsyncFnOnce(&mut FilterInstance) -> Result<T, FilterFailure>,
+        call: impl AsyncFnOnce(&mut FilterInstance, tokio::time::Instant) -> Result<T, FilterFailure>,
     ) -> Result<T, FilterFailure> {
         let permit = self.permit().await?;
         let wall = self.policy.wall_limit;
-        let bounded = tokio::time::timeout(wall, async move {
-            let mut lease = self.lease(permit).await?;
-            let result = call(lease.instance_mut()).await;
-            lease.finish(result.is_ok());
-            result
-        });
+        let deadline = tokio::time::Instant::now() + wall;
+        let mut lease = match tokio::time::timeout_at(deadline, self.lease(permit)).await {
+            Ok(lease) => lease?,
+            Err(_) => return Err(FilterFailure::WallClock(wall)),
+        };
         // A call cut off mid-way leaves its store in an unknown state: its
-        // lease was never marked healthy, so the instance is discarded.
-        bounded.await.unwrap_or(Err(FilterFailure::WallClock(wall)))
+        // lease is not marked healthy, so the instance is discarded.
+        let result = call(lease.instance_mut(), deadline).await;
+        lease.finish(result.is_ok());
+        result
     }
 
     /// The filter module.
@@ -382,11 +384,13 @@ impl InstancePool {
     /// Runs `on-request` on an instance from the pool.
     pub async fn on_request(
         &self,
-        req: &wit::Request,
-        outbound_used: &mut u32,
-    ) -> Result<wit::RequestDecision, FilterFailure> {
-        self.guarded(async |i: &mut FilterInstance| i.on_request(req, outbound_used).await)
-            .await
+        ex: &mut Exchange,
+        carry: &mut FilterCarry,
+    ) -> Result<RequestOutcome, FilterFailure> {
+        self.guarded(async |i: &mut FilterInstance, deadline| {
+            i.on_request(ex, carry, deadline).await
+        })
+        .await
     }
 
     /// Samples gauges (idle instances) into the metrics.
@@ -402,16 +406,14 @@ impl InstancePool {
     }
 
     /// Runs `on-response` on an instance from the pool (not necessarily the
-    /// one that ran `on-request`: per-request state travels in `context`).
+    /// one that ran `on-request`: per-request state travels in `carry`).
     pub async fn on_response(
         &self,
-        req: &wit::Request,
-        resp: &wit::Response,
-        context: Option<&[u8]>,
-        outbound_used: &mut u32,
-    ) -> Result<wit::ResponseDecision, FilterFailure> {
-        self.guarded(async |i: &mut FilterInstance| {
-            i.on_response(req, resp, context, outbound_used).await
+        ex: &mut Exchange,
+        carry: &mut FilterCarry,
+    ) -> Result<ResponseOutcome, FilterFailure> {
+        self.guarded(async |i: &mut FilterInstance, deadline| {
+            i.on_response(ex, carry, deadline).await
         })
         .await
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use wasmgate_config::Scoped;
 
-use super::bindings::wasmgate::filter::{config, crypto, kv, metrics, outbound, rate_limit};
+use super::bindings::v0_2::wasmgate::filter::{config, crypto, kv, metrics, outbound, rate_limit};
 use super::host::HostState;
 use wasmgate_metrics::filter_metrics::{FilterMetrics, Kind};
 

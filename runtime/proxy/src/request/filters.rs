@@ -1,11 +1,14 @@
 //! Phases 3 and 5, the route's filters: `on-request` in chain order, then
 //! (after the upstream, or after a filter answered) `on-response` in
-//! reverse, for the filters that saw the request and asked for it.
+//! reverse, each only for the filters that declared that phase at `init`:
+//! the others are not called at all.
 //!
-//! Each call carries only what its filter declared at `init` (headers by
-//! name, bodies on request). Decisions are validated and applied by the
-//! filter engine's pure functions ([`wasmgate_engine::edits`]), both sides
-//! here. What a failure does is decided in one place, [`Proxy::on_failure`]:
+//! The chain works on one [`Exchange`], which each call borrows: a 0.2
+//! filter reads from it what it asks for, a 0.1 filter gets the parts it
+//! declared copied into records (the engine's business, not this
+//! module's). Decisions come back as host-side outcomes and are applied by
+//! the filter engine's pure functions ([`wasmgate_engine::edits`]), both
+//! sides here. What a failure does is decided in one place, [`Proxy::on_failure`]:
 //! fail the request, or, under `fail-open`, skip the filter.
 
 use std::sync::Arc;
@@ -21,32 +24,27 @@ use super::upstream::ForwardBody;
 use super::{RequestError, Session};
 use crate::body::{self, ProxyBody};
 use crate::proxy::Proxy;
-use crate::route::{Route, authority_of};
+use crate::route::Route;
 use crate::upstream::Cluster;
-use wasmgate_engine::{FilterFailure, edits, wit};
-
-/// One filter's state for one request.
-#[derive(Default)]
-struct FilterVersions {
-    /// What `on-request` handed on to `on-response`.
-    context: Option<Vec<u8>>,
-    /// Outbound calls it made for this request (its budget spans both
-    /// phases).
-    outbound_used: u32,
-    /// The request as forwarded, for its `on-response`; none when it gets
-    /// no response phase (it did not ask, failed open, or never ran).
-    forwarded: Option<wit::Request>,
-}
+use wasmgate_engine::FilterFailure;
+use wasmgate_engine::edits;
+use wasmgate_engine::exchange::{
+    ClientAddr, Exchange, Facts, FilterCarry, RequestOutcome, ResponseOutcome,
+};
 
 /// The chain's state for one request.
 pub(super) struct ChainRun {
-    /// The request record, built once; each call gets only the headers its
-    /// filter declared, and the request line is refreshed after edits.
-    wreq: wit::Request,
-    filters: SmallVec<[FilterVersions; 4]>,
-    /// Filters whose `on-response` may run: all of them, or those before
-    /// the one that answered.
-    seen_by: usize,
+    /// Facts every call shares, made once.
+    facts: Arc<Facts>,
+    /// Each filter's own state across the exchange.
+    carry: SmallVec<[FilterCarry; 4]>,
+    /// Which filters get `on-response`: those that saw the request (all,
+    /// or those before the one that answered), were not skipped, and
+    /// declared the response phase.
+    responds: SmallVec<[bool; 4]>,
+    /// The request as forwarded, for the response side (only when a
+    /// filter has one; its headers only when one reads them there).
+    forwarded: Option<Parts>,
     /// Where the request goes: the route's cluster, or one a filter chose.
     pub(super) target: Option<Arc<Cluster>>,
 }
@@ -61,7 +59,7 @@ pub(super) enum Next {
 
 impl ChainRun {
     /// Picks each filter's version for this request (once: both phases run
-    /// on it) and builds the request record.
+    /// on it) and settles the facts filters may ask for.
     pub(super) fn start(s: &mut Session<'_>, route: &Route, parts: &Parts) -> ChainRun {
         s.picks = route
             .chain
@@ -69,46 +67,41 @@ impl ChainRun {
             .map(|f| f.pick(&parts.headers, s.request_id.to_str().unwrap_or_default()))
             .collect();
         let client = s.client.as_ref();
-        let meta = wit::RequestMeta {
-            request_id: s.id().to_owned(),
-            route: route.name.to_string(),
-            client_addr: client.map(|c| c.client_addr()).unwrap_or_default(),
+        let facts = Facts {
+            request_id: s.request_id.clone(),
+            route: route.name.clone(),
+            scheme: client.map_or("http", |c| c.scheme),
+            client: match client {
+                Some(c) => match c.forwarded_client {
+                    Some(ip) => ClientAddr::Forwarded(ip),
+                    None => ClientAddr::Peer(c.peer),
+                },
+                None => ClientAddr::Unknown,
+            },
             tls: client.is_some_and(|c| c.scheme == "https"),
             received_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         };
-        let mut wreq = wit::Request {
-            method: String::new(),
-            scheme: client.map_or("http", |c| c.scheme).to_owned(),
-            authority: String::new(),
-            path_with_query: String::new(),
-            headers: Vec::new(),
-            body: None,
-            meta,
-        };
-        sync_request_line(&mut wreq, parts);
         ChainRun {
-            wreq,
-            filters: route
-                .chain
-                .iter()
-                .map(|_| FilterVersions::default())
-                .collect(),
-            seen_by: route.chain.len(),
+            facts: Arc::new(facts),
+            carry: route.chain.iter().map(|_| FilterCarry::default()).collect(),
+            responds: SmallVec::from_elem(false, route.chain.len()),
+            forwarded: None,
             target: route.pick().cloned(),
         }
     }
 }
 
 impl Proxy {
-    /// Phase 3: `on-request` of each filter in order.
+    /// Phase 3: `on-request` of each filter in order (those that declared
+    /// it: the others are not called at all).
     pub(super) async fn request_filters(
         &self,
         s: &mut Session<'_>,
         route: &Route,
         run: &mut ChainRun,
-        mut parts: Parts,
+        parts: Parts,
         body: Incoming,
     ) -> Result<Next, RequestError> {
         // A filter that asked for the request body gets it whole, read just
@@ -117,30 +110,28 @@ impl Proxy {
         let mut body = Some(body);
         let mut kept: Option<body::Kept> = None;
         let mut answer = None;
+        let mut ex = Exchange::new(run.facts.clone(), parts);
         let mut skipped: SmallVec<[bool; 4]> = SmallVec::from_elem(false, route.chain.len());
+        let mut seen_by = route.chain.len();
         for (i, f) in route.chain.iter().enumerate() {
             let arm = f.arm(&s.picks[i]);
+            if !arm.needs.on_request {
+                continue;
+            }
             if arm.needs.request_body
                 && let Some(b) = body.take()
             {
                 let limits = &self.policy.limits;
                 let limit = limits.max_buffered_body.min(limits.max_request_body);
                 let collected = Box::pin(body::collect(b, limit)).await;
-                kept = Some(collected.map_err(|e| RequestError::Body(e, limit))?);
+                let k = collected.map_err(|e| RequestError::Body(e, limit))?;
+                ex.request_body = Some(k.data.clone());
+                kept = Some(k);
             }
-            run.wreq.headers = arm.needs.request_headers.copy(&parts.headers);
-            run.wreq.body = match (&kept, arm.needs.request_body) {
-                (Some(k), true) => Some(k.data.to_vec()),
-                _ => None,
-            };
             s.picks[i].ran = true;
-            let state = &mut run.filters[i];
-            let called = arm
-                .pool
-                .on_request(&run.wreq, &mut state.outbound_used)
-                .await;
-            let decision = match called {
-                Ok(d) => d,
+            let called = arm.pool.on_request(&mut ex, &mut run.carry[i]).await;
+            let outcome = match called {
+                Ok(o) => o,
                 Err(failure) => {
                     note(s, f.name(), failure.code());
                     self.on_failure(s, route, i, failure)?;
@@ -148,52 +139,61 @@ impl Proxy {
                     continue;
                 }
             };
-            let applied = match decision {
-                wit::RequestDecision::Proceed(p) => {
+            let applied = match outcome {
+                RequestOutcome::Proceed(changes) => {
                     note(s, f.name(), "proceed");
                     let to = |name: &str| self.clusters.get(name).cloned();
-                    edits::apply_request_edits(&mut parts, p.edits, arm.needs.request_body, to).map(
-                        |change| {
+                    edits::apply_request_edits(&mut ex.request, changes, arm.needs.request_body, to)
+                        .map(|change| {
                             if let Some(c) = change.cluster {
                                 run.target = Some(c);
                             }
                             if let (Some(b), Some(k)) = (change.body, kept.as_mut()) {
                                 k.data = Bytes::from(b);
+                                ex.request_body = Some(k.data.clone());
                             }
-                            sync_request_line(&mut run.wreq, &parts);
-                            run.filters[i].context = p.context;
-                        },
-                    )
+                        })
                 }
-                wit::RequestDecision::Respond(r) => {
+                RequestOutcome::Respond(made) => {
                     note(s, f.name(), "respond");
-                    edits::made_response(r).map(|made| {
-                        answer = Some(response(made));
-                    })
+                    answer = Some(response(made));
+                    Ok(())
                 }
+                RequestOutcome::Invalid(e) => Err(e),
             };
-            if let Err(failure) = applied {
-                self.on_failure(s, route, i, failure.into())?;
+            if let Err(invalid) = applied {
+                run.carry[i].context = None;
+                self.on_failure(s, route, i, invalid.into())?;
                 skipped[i] = true;
                 continue;
             }
             if answer.is_some() {
                 // The filters before this one see the answer.
-                run.seen_by = i;
+                seen_by = i;
                 break;
             }
         }
-        // The request as forwarded, for the response side.
-        run.wreq.headers.clear();
-        run.wreq.body = None;
-        for (i, f) in route.chain.iter().enumerate().take(run.seen_by) {
+        // Who gets the response side, and the request as forwarded for
+        // them: its line always, its headers only if one of them reads
+        // them there (otherwise just `Host`, for its authority).
+        let mut keep_headers = false;
+        for (i, f) in route.chain.iter().enumerate().take(seen_by) {
             let needs = &f.arm(&s.picks[i]).needs;
-            if needs.wants_response && !skipped[i] {
-                run.filters[i].forwarded = Some(wit::Request {
-                    headers: needs.request_headers.copy(&parts.headers),
-                    ..run.wreq.clone()
-                });
+            run.responds[i] = needs.on_response && !skipped[i];
+            keep_headers |= run.responds[i] && needs.request_headers_on_response;
+        }
+        let parts = ex.request;
+        if run.responds.contains(&true) {
+            let (mut head, ()) = http::Request::new(()).into_parts();
+            head.method = parts.method.clone();
+            head.uri = parts.uri.clone();
+            head.version = parts.version;
+            if keep_headers {
+                head.headers = parts.headers.clone();
+            } else if let Some(host) = parts.headers.get(http::header::HOST) {
+                head.headers.insert(http::header::HOST, host.clone());
             }
+            run.forwarded = Some(head);
         }
         if let Some(resp) = answer {
             return Ok(Next::Answer(resp));
@@ -207,104 +207,95 @@ impl Proxy {
     }
 
     /// Phase 5: `on-response` in reverse, for the filters that saw the
-    /// request and asked for the response.
+    /// request and declared the response phase.
     pub(super) async fn response_filters(
         &self,
         s: &mut Session<'_>,
         route: &Route,
         run: &mut ChainRun,
-        mut resp: Response<ProxyBody>,
+        resp: Response<ProxyBody>,
     ) -> Result<Response<ProxyBody>, RequestError> {
+        let Some(forwarded) = run.forwarded.take() else {
+            return Ok(resp);
+        };
+        let is_head = forwarded.method == http::Method::HEAD;
+        let (head, mut stream) = resp.into_parts();
+        let mut ex = Exchange::new(run.facts.clone(), forwarded);
+        ex.response = Some(head);
         // A filter that asked for the response body gets it whole (not for
         // HEAD, whose response has none).
-        let mut resp_body: Option<Bytes> = None;
-        let mut resp_trailers: Option<HeaderMap> = None;
-        let wants_body = (0..run.seen_by).any(|i| {
-            run.filters[i].forwarded.is_some()
-                && route.chain[i].arm(&s.picks[i]).needs.response_body
-        });
-        if run.wreq.method != "HEAD" && wants_body {
+        let mut trailers: Option<HeaderMap> = None;
+        let wants_body = (0..route.chain.len())
+            .any(|i| run.responds[i] && route.chain[i].arm(&s.picks[i]).needs.response_body);
+        if !is_head && wants_body {
             let limit = self.policy.limits.max_buffered_body;
-            let (rparts, rbody) = resp.into_parts();
-            let kept = body::collect(rbody, limit)
+            let kept = body::collect(std::mem::replace(&mut stream, body::empty()), limit)
                 .await
                 .map_err(|e| RequestError::UpstreamBody(e, limit))?;
-            resp = Response::from_parts(rparts, body::empty());
-            set_body(&mut resp, kept.data.clone());
-            resp_body = Some(kept.data);
-            resp_trailers = kept.trailers;
+            ex.response_body = Some(kept.data);
+            trailers = kept.trailers;
         }
-        for i in (0..run.seen_by).rev() {
+        for i in (0..route.chain.len()).rev() {
+            if !run.responds[i] {
+                continue;
+            }
             let f = &route.chain[i];
             let arm = f.arm(&s.picks[i]);
-            let state = &mut run.filters[i];
-            let Some(wreq) = &state.forwarded else {
-                continue;
-            };
-            let wresp = wit::Response {
-                status: resp.status().as_u16(),
-                headers: arm.needs.response_headers.copy(resp.headers()),
-                body: match (&resp_body, arm.needs.response_body) {
-                    (Some(b), true) => Some(b.to_vec()),
-                    _ => None,
-                },
-            };
-            let context = state.context.as_deref();
-            let called = arm
-                .pool
-                .on_response(wreq, &wresp, context, &mut state.outbound_used)
-                .await;
-            let decision = match called {
-                Ok(d) => d,
+            s.picks[i].ran = true;
+            let called = arm.pool.on_response(&mut ex, &mut run.carry[i]).await;
+            let outcome = match called {
+                Ok(o) => o,
                 Err(failure) => {
                     note(s, f.name(), failure.code());
                     self.on_failure(s, route, i, failure)?;
                     continue;
                 }
             };
-            let applied = match decision {
-                wit::ResponseDecision::Proceed(changes) => {
+            let applied = match outcome {
+                ResponseOutcome::Proceed(changes) => {
                     note(s, f.name(), "response-proceed");
-                    let (mut head, rbody) = resp.into_parts();
-                    let edited = edits::apply_response_edits(
+                    let head = ex
+                        .response
+                        .as_mut()
+                        .expect("the response is in the exchange");
+                    edits::apply_response_edits(
                         &mut head.status,
                         &mut head.headers,
                         changes,
                         arm.needs.response_body,
-                    );
-                    resp = Response::from_parts(head, rbody);
-                    edited.map(|new_body| {
+                    )
+                    .map(|new_body| {
                         if let Some(b) = new_body {
-                            let b = Bytes::from(b);
-                            set_body(&mut resp, b.clone());
-                            resp_body = Some(b);
+                            ex.response_body = Some(Bytes::from(b));
                         }
                     })
                 }
-                wit::ResponseDecision::Replace(r) => {
+                ResponseOutcome::Replace(made) => {
                     note(s, f.name(), "response-replace");
-                    edits::made_response(r).map(|made| {
-                        let replaced = Bytes::from(made.body.clone());
-                        resp = response(made);
-                        // A filter-made response has no trailers.
-                        resp_trailers = None;
-                        if resp_body.is_some() {
-                            resp_body = Some(replaced);
-                        }
-                    })
+                    let (mut head, ()) = Response::new(()).into_parts();
+                    head.status = made.status;
+                    head.headers = made.headers;
+                    ex.response = Some(head);
+                    ex.response_body = Some(Bytes::from(made.body));
+                    stream = body::empty();
+                    // A filter-made response has no trailers.
+                    trailers = None;
+                    Ok(())
                 }
+                ResponseOutcome::Invalid(e) => Err(e),
             };
-            if let Err(failure) = applied {
-                self.on_failure(s, route, i, failure.into())?;
+            if let Err(invalid) = applied {
+                self.on_failure(s, route, i, invalid.into())?;
             }
         }
-        // The upstream's trailers (gRPC status, say) follow the final body.
-        if let (Some(data), Some(trailers)) = (resp_body, resp_trailers) {
-            *resp.body_mut() = body::Kept {
-                data,
-                trailers: Some(trailers),
+        let head = ex.response.take().expect("the response is in the exchange");
+        let mut resp = Response::from_parts(head, stream);
+        if let Some(data) = ex.response_body {
+            set_body(&mut resp, data.clone());
+            // The upstream's trailers (gRPC status, say) follow the final body.
+            if trailers.is_some() {
+                *resp.body_mut() = body::Kept { data, trailers }.to_body();
             }
-            .to_body();
         }
         Ok(resp)
     }
@@ -383,20 +374,4 @@ fn set_body(resp: &mut Response<ProxyBody>, bytes: Bytes) {
         resp.headers_mut()
             .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
     }
-}
-
-/// Makes the WIT request's method, authority and path match `parts`,
-/// allocating only for what changed.
-fn sync_request_line(wreq: &mut wit::Request, parts: &Parts) {
-    fn sync(field: &mut String, value: &str) {
-        if field != value {
-            value.clone_into(field);
-        }
-    }
-    sync(&mut wreq.method, parts.method.as_str());
-    sync(&mut wreq.authority, authority_of(parts).unwrap_or_default());
-    sync(
-        &mut wreq.path_with_query,
-        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-    );
 }

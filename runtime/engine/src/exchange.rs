@@ -1,0 +1,653 @@
+//! The exchange a filter call works on, in the host's own types, and the
+//! host side of contract 0.2's `setup`, `request` and `response`
+//! resources.
+//!
+//! The request path owns an [`Exchange`] for each request that has
+//! filters. A 0.2 call moves it into the instance's store for the length of
+//! the call (a move, not a copy), and the guest reads through resource
+//! methods only what it asks for; its edits are checked as they are made
+//! and collected in [`Pending`], then handed back as one decision that is
+//! applied whole or not at all ([`crate::edits`]). A 0.1 call copies what
+//! its filter declared into the 0.1 records instead (`contract_0_1.rs`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, LazyLock};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use wasmtime::component::Resource;
+
+use crate::bindings::v0_2::wasmgate::filter::types as wit;
+use crate::edits::{self, HeaderOp, InvalidEdit, MadeResponse, Needs, RequestEdits, ResponseEdits};
+use crate::host::HostState;
+
+/// Facts about a request that do not change while filters run.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// The gateway's id for the request.
+    pub request_id: HeaderValue,
+    /// The route's name.
+    pub route: Arc<str>,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Who the client is.
+    pub client: ClientAddr,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+    /// Unix epoch milliseconds when the request head arrived.
+    pub received_at_ms: u64,
+}
+
+/// The client's address as filters see it.
+#[derive(Debug, Clone, Copy)]
+pub enum ClientAddr {
+    /// Not known (a request that did not come over a socket).
+    Unknown,
+    /// The peer of the connection.
+    Peer(SocketAddr),
+    /// The client a trusted proxy named (no port).
+    Forwarded(IpAddr),
+}
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientAddr::Unknown => Ok(()),
+            ClientAddr::Peer(a) => a.fmt(f),
+            ClientAddr::Forwarded(ip) => ip.fmt(f),
+        }
+    }
+}
+
+/// What a filter call works on. In `on-request`, the request as it
+/// reaches the filter; in `on-response`, the request as it was forwarded
+/// (its headers only if a filter declared it reads them there) and the
+/// response so far.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Facts about the request, shared by every call.
+    pub facts: Arc<Facts>,
+    /// The request head.
+    pub request: http::request::Parts,
+    /// The buffered request body, if a filter asked for it.
+    pub request_body: Option<Bytes>,
+    /// The response head (`on-response` only).
+    pub response: Option<http::response::Parts>,
+    /// The buffered response body, if a filter asked for it.
+    pub response_body: Option<Bytes>,
+}
+
+static NO_FACTS: LazyLock<Arc<Facts>> = LazyLock::new(|| {
+    Arc::new(Facts {
+        request_id: HeaderValue::from_static(""),
+        route: Arc::from(""),
+        scheme: "http",
+        client: ClientAddr::Unknown,
+        tls: false,
+        received_at_ms: 0,
+    })
+});
+
+impl Exchange {
+    /// An exchange for a request head.
+    pub fn new(facts: Arc<Facts>, request: http::request::Parts) -> Exchange {
+        Exchange {
+            facts,
+            request,
+            request_body: None,
+            response: None,
+            response_body: None,
+        }
+    }
+
+    /// An empty exchange, left in the caller's place while a call holds
+    /// the real one (allocates nothing).
+    pub(crate) fn placeholder() -> Exchange {
+        let (request, ()) = http::Request::new(()).into_parts();
+        Exchange::new(NO_FACTS.clone(), request)
+    }
+
+    /// The host the request is for: the URI's authority, or `Host`.
+    pub fn authority(&self) -> &str {
+        edits::authority_of(&self.request).unwrap_or_default()
+    }
+}
+
+/// One filter's own state across an exchange: what its `on-request` hands
+/// its `on-response`, and the outbound calls it made (its budget spans
+/// both phases).
+#[derive(Debug, Default)]
+pub struct FilterCarry {
+    /// Set by `on-request` (`set-context`, or 0.1's `context`).
+    pub context: Option<Vec<u8>>,
+    /// Outbound calls so far.
+    pub outbound_used: u32,
+}
+
+/// What `on-request` decided.
+#[derive(Debug)]
+pub enum RequestOutcome {
+    /// Apply these edits and go on.
+    Proceed(RequestEdits),
+    /// Answer with this response.
+    Respond(MadeResponse),
+    /// The decision was refused: nothing of it applies.
+    Invalid(InvalidEdit),
+}
+
+/// What `on-response` decided.
+#[derive(Debug)]
+pub enum ResponseOutcome {
+    /// Apply these edits and go on.
+    Proceed(ResponseEdits),
+    /// Send this response instead.
+    Replace(MadeResponse),
+    /// The decision was refused: nothing of it applies.
+    Invalid(InvalidEdit),
+}
+
+/// The `setup` resource: only ever borrowed, for `init`.
+pub struct SetupHandle;
+/// The `request` resource: only ever borrowed; the one in the store's
+/// exchange.
+pub struct RequestHandle;
+/// The `response` resource: rep 0 is the exchange's response (borrowed in
+/// `on-response`); others are responses the guest built.
+pub struct ResponseHandle;
+
+/// The phase a call runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Phase {
+    /// `init`: no exchange.
+    #[default]
+    Init,
+    /// `on-request`.
+    Request,
+    /// `on-response`.
+    Response,
+}
+
+/// Edits a guest makes in one call stop being kept past this many.
+pub const MAX_EDITS: usize = 1024;
+/// Responses a guest may build in one call.
+pub const MAX_BUILT: usize = 16;
+
+/// A response a guest is building.
+#[derive(Debug, Default)]
+struct Built {
+    status: u16,
+    headers: HeaderMap,
+    body: Option<Vec<u8>>,
+    error: Option<InvalidEdit>,
+}
+
+/// What a 0.2 call has done so far, reset at every call.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    pub(crate) phase: Phase,
+    /// The exchange, moved in for the call.
+    pub(crate) exchange: Option<Exchange>,
+    /// What `on-request` handed on (`set-context`), and in `on-response`
+    /// what it had handed on.
+    pub(crate) context: Option<Vec<u8>>,
+    request: RequestEdits,
+    response: ResponseEdits,
+    edits: usize,
+    /// The first refused edit: the decision fails with it.
+    error: Option<InvalidEdit>,
+    built: Vec<Option<Built>>,
+    /// What `init` declared.
+    pub(crate) declared: Option<Needs>,
+}
+
+impl Pending {
+    pub(crate) fn begin(
+        &mut self,
+        phase: Phase,
+        exchange: Option<Exchange>,
+        context: Option<Vec<u8>>,
+    ) {
+        *self = Pending {
+            phase,
+            exchange,
+            context,
+            declared: self.declared.take(),
+            built: std::mem::take(&mut self.built),
+            ..Pending::default()
+        };
+        self.built.clear();
+    }
+
+    /// Counts one edit; past [`MAX_EDITS`], refuses it.
+    fn admit(&mut self) -> bool {
+        self.edits += 1;
+        if self.edits > MAX_EDITS {
+            self.refuse(InvalidEdit::TooMany(MAX_EDITS));
+            return false;
+        }
+        true
+    }
+
+    fn refuse(&mut self, e: InvalidEdit) {
+        self.error.get_or_insert(e);
+    }
+
+    /// Records a checked edit of the live message, or its refusal.
+    fn edit(&mut self, op: Result<HeaderOp, InvalidEdit>, on_response: bool) {
+        if !self.admit() {
+            return;
+        }
+        match op {
+            Ok(op) if on_response => self.response.headers.push(op),
+            Ok(op) => self.request.headers.push(op),
+            Err(e) => self.refuse(e),
+        }
+    }
+
+    /// Whether request edits are allowed now; refuses them in `on-response`.
+    fn request_editable(&mut self) -> bool {
+        if self.phase != Phase::Request {
+            self.refuse(InvalidEdit::WrongPhase(
+                "the request cannot be edited in on-response: it has gone upstream",
+            ));
+            return false;
+        }
+        self.admit()
+    }
+
+    /// The request decision, consuming what the call collected.
+    pub(crate) fn request_outcome(&mut self, decision: wit::RequestDecision) -> RequestOutcome {
+        if let Some(e) = self.error.take() {
+            return RequestOutcome::Invalid(e);
+        }
+        match decision {
+            wit::RequestDecision::Proceed => {
+                RequestOutcome::Proceed(std::mem::take(&mut self.request))
+            }
+            wit::RequestDecision::Respond(r) => match self.take_built(r) {
+                Ok(made) => RequestOutcome::Respond(made),
+                Err(e) => RequestOutcome::Invalid(e),
+            },
+        }
+    }
+
+    /// The response decision, consuming what the call collected.
+    pub(crate) fn response_outcome(&mut self, decision: wit::ResponseDecision) -> ResponseOutcome {
+        if let Some(e) = self.error.take() {
+            return ResponseOutcome::Invalid(e);
+        }
+        match decision {
+            wit::ResponseDecision::Proceed => {
+                ResponseOutcome::Proceed(std::mem::take(&mut self.response))
+            }
+            wit::ResponseDecision::Replace(r) => match self.take_built(r) {
+                Ok(made) => ResponseOutcome::Replace(made),
+                Err(e) => ResponseOutcome::Invalid(e),
+            },
+        }
+    }
+
+    fn take_built(&mut self, r: Resource<ResponseHandle>) -> Result<MadeResponse, InvalidEdit> {
+        let built = built_index(&r)
+            .and_then(|i| self.built.get_mut(i))
+            .and_then(Option::take)
+            .ok_or(InvalidEdit::StaleResponse)?;
+        if let Some(e) = built.error {
+            return Err(e);
+        }
+        Ok(MadeResponse {
+            status: edits::final_status(built.status)?,
+            headers: built.headers,
+            body: built.body.unwrap_or_default(),
+        })
+    }
+}
+
+/// The index of a built response in [`Pending::built`] (rep 0 is the
+/// exchange's response).
+fn built_index(r: &Resource<ResponseHandle>) -> Option<usize> {
+    (r.rep() as usize).checked_sub(1)
+}
+
+fn header_values(headers: &HeaderMap, name: &str) -> Vec<String> {
+    match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+        Ok(n) => headers
+            .get_all(n)
+            .iter()
+            .map(edits::value_to_string)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn all_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), edits::value_to_string(v)))
+        .collect()
+}
+
+impl HostState {
+    fn needs(&self) -> &Needs {
+        static NOTHING: LazyLock<Needs> = LazyLock::new(Needs::nothing);
+        self.pending.declared.as_ref().unwrap_or(&NOTHING)
+    }
+
+    /// Whether the guest may see the request's headers now.
+    fn request_headers_visible(&self) -> bool {
+        self.pending.phase == Phase::Request || self.needs().request_headers_on_response
+    }
+
+    fn exchange(&self) -> Option<&Exchange> {
+        self.pending.exchange.as_ref()
+    }
+
+    fn declare(&mut self, f: impl FnOnce(&mut Needs)) {
+        if self.pending.phase == Phase::Init {
+            f(self.pending.declared.get_or_insert_with(Needs::nothing));
+        }
+    }
+}
+
+impl wit::HostSetup for HostState {
+    fn on_request(&mut self, _: Resource<SetupHandle>) {
+        self.declare(|n| n.on_request = true);
+    }
+    fn on_response(&mut self, _: Resource<SetupHandle>) {
+        self.declare(|n| n.on_response = true);
+    }
+    fn buffer_request_body(&mut self, _: Resource<SetupHandle>) {
+        self.declare(|n| n.request_body = true);
+    }
+    fn buffer_response_body(&mut self, _: Resource<SetupHandle>) {
+        self.declare(|n| n.response_body = true);
+    }
+    fn request_headers_on_response(&mut self, _: Resource<SetupHandle>) {
+        self.declare(|n| n.request_headers_on_response = true);
+    }
+    fn drop(&mut self, _: Resource<SetupHandle>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl wit::HostRequest for HostState {
+    fn method(&mut self, _: Resource<RequestHandle>) -> String {
+        self.exchange()
+            .map(|e| e.request.method.as_str().to_owned())
+            .unwrap_or_default()
+    }
+    fn scheme(&mut self, _: Resource<RequestHandle>) -> String {
+        self.exchange()
+            .map(|e| e.facts.scheme.to_owned())
+            .unwrap_or_default()
+    }
+    fn authority(&mut self, _: Resource<RequestHandle>) -> String {
+        self.exchange()
+            .map(|e| e.authority().to_owned())
+            .unwrap_or_default()
+    }
+    fn path_with_query(&mut self, _: Resource<RequestHandle>) -> String {
+        self.exchange()
+            .map(|e| {
+                e.request
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    }
+    fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Vec<String> {
+        match self.exchange() {
+            Some(e) if self.request_headers_visible() => header_values(&e.request.headers, &name),
+            _ => Vec::new(),
+        }
+    }
+    fn headers(&mut self, _: Resource<RequestHandle>) -> Vec<(String, String)> {
+        match self.exchange() {
+            Some(e) if self.request_headers_visible() => all_headers(&e.request.headers),
+            _ => Vec::new(),
+        }
+    }
+    fn body(&mut self, _: Resource<RequestHandle>) -> Option<Vec<u8>> {
+        if self.pending.phase != Phase::Request || !self.needs().request_body {
+            return None;
+        }
+        self.exchange()?.request_body.as_ref().map(|b| b.to_vec())
+    }
+    fn id(&mut self, _: Resource<RequestHandle>) -> String {
+        self.exchange()
+            .and_then(|e| e.facts.request_id.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+    fn route(&mut self, _: Resource<RequestHandle>) -> String {
+        self.exchange()
+            .map(|e| e.facts.route.to_string())
+            .unwrap_or_default()
+    }
+    fn client_addr(&mut self, _: Resource<RequestHandle>) -> String {
+        self.exchange()
+            .map(|e| e.facts.client.to_string())
+            .unwrap_or_default()
+    }
+    fn tls(&mut self, _: Resource<RequestHandle>) -> bool {
+        self.exchange().is_some_and(|e| e.facts.tls)
+    }
+    fn received_at_ms(&mut self, _: Resource<RequestHandle>) -> u64 {
+        self.exchange().map_or(0, |e| e.facts.received_at_ms)
+    }
+
+    fn set_header(&mut self, _: Resource<RequestHandle>, name: String, value: String) {
+        if self.pending.phase == Phase::Request {
+            self.pending.edit(HeaderOp::set(&name, &value), false);
+        } else {
+            self.pending.request_editable();
+        }
+    }
+    fn append_header(&mut self, _: Resource<RequestHandle>, name: String, value: String) {
+        if self.pending.phase == Phase::Request {
+            self.pending.edit(HeaderOp::append(&name, &value), false);
+        } else {
+            self.pending.request_editable();
+        }
+    }
+    fn remove_header(&mut self, _: Resource<RequestHandle>, name: String) {
+        if self.pending.phase == Phase::Request {
+            self.pending.edit(HeaderOp::remove(&name), false);
+        } else {
+            self.pending.request_editable();
+        }
+    }
+    fn set_method(&mut self, _: Resource<RequestHandle>, method: String) {
+        if self.pending.request_editable() {
+            match edits::parse_method(&method) {
+                Ok(m) => self.pending.request.method = Some(m),
+                Err(e) => self.pending.refuse(e),
+            }
+        }
+    }
+    fn set_path_with_query(&mut self, _: Resource<RequestHandle>, path: String) {
+        if self.pending.request_editable() {
+            match edits::parse_path(&path) {
+                Ok(p) => self.pending.request.path = Some(p),
+                Err(e) => self.pending.refuse(e),
+            }
+        }
+    }
+    fn set_cluster(&mut self, _: Resource<RequestHandle>, cluster: String) {
+        if self.pending.request_editable() {
+            self.pending.request.cluster = Some(cluster);
+        }
+    }
+    fn set_body(&mut self, _: Resource<RequestHandle>, body: Vec<u8>) {
+        if self.pending.request_editable() {
+            if self.needs().request_body {
+                self.pending.request.body = Some(body);
+            } else {
+                self.pending.refuse(InvalidEdit::BodyNotBuffered("request"));
+            }
+        }
+    }
+    fn set_context(&mut self, _: Resource<RequestHandle>, context: Vec<u8>) {
+        if self.pending.request_editable() {
+            self.pending.context = Some(context);
+        }
+    }
+    fn context(&mut self, _: Resource<RequestHandle>) -> Option<Vec<u8>> {
+        match self.pending.phase {
+            Phase::Response => self.pending.context.clone(),
+            _ => None,
+        }
+    }
+    fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl HostState {
+    /// The built response `r` names, if it is one and still valid.
+    fn built(&mut self, r: &Resource<ResponseHandle>) -> Option<&mut Built> {
+        let i = built_index(r)?;
+        self.pending.built.get_mut(i)?.as_mut()
+    }
+
+    /// Applies a header edit to the response `r` names.
+    fn edit_response(&mut self, r: &Resource<ResponseHandle>, op: Result<HeaderOp, InvalidEdit>) {
+        if r.rep() == 0 {
+            if self.pending.phase == Phase::Response {
+                self.pending.edit(op, true);
+            }
+            return;
+        }
+        if !self.pending.admit() {
+            return;
+        }
+        let Some(b) = self.built(r) else {
+            self.pending.refuse(InvalidEdit::StaleResponse);
+            return;
+        };
+        match op {
+            Ok(op) => edits::apply_header_ops(&mut b.headers, vec![op]),
+            Err(e) => {
+                b.error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn live_response(&self) -> Option<&http::response::Parts> {
+        match self.pending.phase {
+            Phase::Response => self.exchange()?.response.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+impl wit::HostResponse for HostState {
+    fn new(&mut self, status: u16) -> Resource<ResponseHandle> {
+        let built = &mut self.pending.built;
+        if self.pending.phase == Phase::Init || built.len() >= MAX_BUILT {
+            // No room (or no call to answer): a handle that is never
+            // valid, so the decision that returns it is refused.
+            self.pending.refuse(InvalidEdit::TooMany(MAX_BUILT));
+            return Resource::new_own(u32::MAX);
+        }
+        built.push(Some(Built {
+            status,
+            ..Built::default()
+        }));
+        Resource::new_own(built.len() as u32)
+    }
+    fn status(&mut self, r: Resource<ResponseHandle>) -> u16 {
+        if r.rep() == 0 {
+            return self.live_response().map_or(0, |p| p.status.as_u16());
+        }
+        self.built(&r).map_or(0, |b| b.status)
+    }
+    fn header(&mut self, r: Resource<ResponseHandle>, name: String) -> Vec<String> {
+        if r.rep() == 0 {
+            return self
+                .live_response()
+                .map(|p| header_values(&p.headers, &name))
+                .unwrap_or_default();
+        }
+        self.built(&r)
+            .map(|b| header_values(&b.headers, &name))
+            .unwrap_or_default()
+    }
+    fn headers(&mut self, r: Resource<ResponseHandle>) -> Vec<(String, String)> {
+        if r.rep() == 0 {
+            return self
+                .live_response()
+                .map(|p| all_headers(&p.headers))
+                .unwrap_or_default();
+        }
+        self.built(&r)
+            .map(|b| all_headers(&b.headers))
+            .unwrap_or_default()
+    }
+    fn body(&mut self, r: Resource<ResponseHandle>) -> Option<Vec<u8>> {
+        if r.rep() == 0 {
+            if self.live_response().is_none() || !self.needs().response_body {
+                return None;
+            }
+            return self.exchange()?.response_body.as_ref().map(|b| b.to_vec());
+        }
+        self.built(&r)?.body.clone()
+    }
+    fn set_status(&mut self, r: Resource<ResponseHandle>, status: u16) {
+        if !self.pending.admit() {
+            return;
+        }
+        if r.rep() == 0 {
+            if self.pending.phase == Phase::Response {
+                match edits::final_status(status) {
+                    Ok(s) => self.pending.response.status = Some(s),
+                    Err(e) => self.pending.refuse(e),
+                }
+            }
+            return;
+        }
+        match self.built(&r) {
+            Some(b) => b.status = status,
+            None => self.pending.refuse(InvalidEdit::StaleResponse),
+        }
+    }
+    fn set_header(&mut self, r: Resource<ResponseHandle>, name: String, value: String) {
+        self.edit_response(&r, HeaderOp::set(&name, &value));
+    }
+    fn append_header(&mut self, r: Resource<ResponseHandle>, name: String, value: String) {
+        self.edit_response(&r, HeaderOp::append(&name, &value));
+    }
+    fn remove_header(&mut self, r: Resource<ResponseHandle>, name: String) {
+        self.edit_response(&r, HeaderOp::remove(&name));
+    }
+    fn set_body(&mut self, r: Resource<ResponseHandle>, body: Vec<u8>) {
+        if !self.pending.admit() {
+            return;
+        }
+        if r.rep() == 0 {
+            if self.pending.phase == Phase::Response {
+                if self.needs().response_body {
+                    self.pending.response.body = Some(body);
+                } else {
+                    self.pending
+                        .refuse(InvalidEdit::BodyNotBuffered("response"));
+                }
+            }
+            return;
+        }
+        match self.built(&r) {
+            Some(b) => b.body = Some(body),
+            None => self.pending.refuse(InvalidEdit::StaleResponse),
+        }
+    }
+    fn drop(&mut self, r: Resource<ResponseHandle>) -> wasmtime::Result<()> {
+        if let Some(slot) = built_index(&r).and_then(|i| self.pending.built.get_mut(i)) {
+            *slot = None;
+        }
+        Ok(())
+    }
+}
+
+impl wit::Host for HostState {}
