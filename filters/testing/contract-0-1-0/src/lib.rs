@@ -4,8 +4,12 @@
 //! It binds the frozen contract `wit/0.1.0/filter.wit` directly, not through
 //! the SDK (which follows the newest contract), so every name it imports and
 //! exports carries `@0.1.0`. It uses the one import 0.1.0 had (`log`), marks
-//! the request with `x-contract-request: 0.1.0`, carries that in its context,
-//! and marks the response with `x-contract: 0.1.0` and the context it got back.
+//! the request with `x-contract-request: 0.1.0` (and, when the request has an
+//! `x-contract-key` header, with `x-contract-key-seen: <its value>`), carries
+//! its version in its context, and marks the response with `x-contract:
+//! 0.1.0` and the context it got back. It is the 0.1 side of the filter-call
+//! benchmark (`tests/benches/filter_call.rs`): a filter that reads one
+//! header and the request id, and sets a header on each side.
 
 wit_bindgen::generate!({
     path: "../../../wit/0.1.0/filter.wit",
@@ -34,7 +38,7 @@ struct Contract010;
 impl Guest for Contract010 {
     fn init(_config: String) -> Result<FilterInfo, String> {
         Ok(FilterInfo {
-            request_headers: HeaderInterest::None,
+            request_headers: HeaderInterest::Names(vec!["x-contract-key".to_owned()]),
             response_headers: HeaderInterest::None,
             buffer_request_body: false,
             buffer_response_body: false,
@@ -47,9 +51,15 @@ impl Guest for Contract010 {
             LogLevel::Info,
             &format!("contract {VERSION} guest saw {}", req.meta.request_id),
         );
+        let mut headers = set("x-contract-request", VERSION);
+        if let Some((_, key)) = req.headers.iter().find(|(n, _)| n == "x-contract-key") {
+            headers
+                .set
+                .push(("x-contract-key-seen".to_owned(), key.clone()));
+        }
         RequestDecision::Proceed(ProceedRequest {
             edits: RequestEdits {
-                headers: set("x-contract-request", VERSION),
+                headers,
                 method: None,
                 path_with_query: None,
                 cluster: None,

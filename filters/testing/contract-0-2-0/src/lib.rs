@@ -8,7 +8,10 @@
 //! edits the request in `on-response`, where it has gone upstream. It marks the
 //! request with `<prefix>-request: 0.2.0` and its request id (read on
 //! demand), carries its version in its context, and marks the response
-//! with `<prefix>: 0.2.0` and the context it got back.
+//! with `<prefix>: 0.2.0` and the context it got back. With an
+//! `x-contract-key` header, it also sets `<prefix>-key-seen` to its value.
+//! It is the 0.2 side of the filter-call benchmark
+//! (`tests/benches/filter_call.rs`).
 
 wit_bindgen::generate!({
     path: "../../../wit/filter.wit",
@@ -73,6 +76,9 @@ impl Guest for Contract020 {
         let p = prefix();
         req.set_header(&format!("{p}-request"), VERSION);
         req.set_header(&format!("{p}-request-id"), &id);
+        if let Some(key) = req.header("x-contract-key").into_iter().next() {
+            req.set_header(&format!("{p}-key-seen"), &key);
+        }
         req.set_context(VERSION.as_bytes());
         RequestDecision::Proceed
     }
