@@ -90,7 +90,7 @@ MARK_END = "<!-- bench:mode-{mode}:end -->"
 # `--baseline`: every wasmgate scenario of these modes also runs with the
 # baseline build, as NAME@base; such a run writes its own section,
 # `mode-S-baseline`, right after the mode's own, which it leaves alone.
-BASELINE_MODES = "SP"
+BASELINE_MODES = "SPF"
 BASELINE_SUFFIX = "@base"
 SECTION_ORDER = [k for m in MODE_ORDER for k in (m, f"{m}-baseline")]
 
@@ -1420,6 +1420,7 @@ def baseline_variant(sc: Scenario, build: str) -> Scenario:
     return replace(sc, name=sc.name + BASELINE_SUFFIX, label=f"{sc.label} — baseline {build}",
                    opts={**sc.opts, "baseline": True},
                    ref=sc.ref + BASELINE_SUFFIX if sc.ref else None,
+                   base=sc.base + BASELINE_SUFFIX if sc.base else None,
                    modes="".join(m for m in sc.modes if m in BASELINE_MODES))
 
 
@@ -2848,16 +2849,19 @@ def table(result: ModeResult) -> str:
 
 def table_baseline(result: ModeResult) -> str:
     """This build against the baseline, one row per pair NAME, NAME@base
-    measured in the same rounds. Mode S compares the cost per request, mode P
-    requests/s; "this − baseline" is taken round by round (the pair runs back to
+    measured in the same rounds. Mode S compares the cost per request, mode F
+    the proxy's CPU per request, mode P requests/s; "this − baseline" is taken round by round (the pair runs back to
     back in every round). The last column is issue 14's check: does this build's
     median fall within the baseline's min–max?"""
-    mode_s = result.mode == "S"
+    mode_s = result.mode in "SF"
 
     def figure(name: str) -> list[float]:
+        if result.mode == "F":
+            return [x for x in proxy_per_req(result, name) if x is not None]
         return costs(result, name) if mode_s else [s.rps for s in result.samples[name]]
 
-    unit, fmt = ("cost/request µs", ".1f") if mode_s else ("requests/s", ",.0f")
+    unit, fmt = (("proxy CPU µs/request" if result.mode == "F" else "cost/request µs", ".1f")
+                 if mode_s else ("requests/s", ",.0f"))
     rows = [f"| scenario | this build: {unit} median (min–max) | baseline: {unit} median "
             f"(min–max) | this ÷ baseline | this − baseline, round by round: median (min–max) | "
             f"this build's median within the baseline's min–max? |",
@@ -3297,6 +3301,16 @@ def table_f_envoy(result: ModeResult) -> str:
     return "\n".join(rows)
 
 
+def f_baseline(result: ModeResult, args) -> str:
+    """Mode F with `--baseline`: this build's rows beside the baseline's."""
+    if not baseline_pairs(result.scenarios):
+        return ""
+    build, desc = baseline_build(args.baseline)
+    return (f"\nThis build against baseline {build} ({desc}; `NAME{BASELINE_SUFFIX}` rows "
+            f"above, run right after their counterparts in every round), proxy CPU per "
+            f"request, {args.rounds} rounds:\n\n{table_baseline(result)}\n")
+
+
 def section_f(result: ModeResult, args, vers: dict[str, str], when: str,
               made_by: str) -> str:
     quick = ("\n> **Quick run** (short rounds, smoke test of the harness): "
@@ -3335,7 +3349,7 @@ two backend requests) or wrk more (long headers) shows it only there. Latencies 
 medians over rounds of wrk's per-round p50/p99.
 
 {table_f(result)}
-
+{f_baseline(result, args)}
 Per filter (wasmgate; "extra" over wasmgate without filters, "fresh − pooled" round by
 round):
 
@@ -3721,8 +3735,8 @@ def parse_args(argv: list[str]):
         if args.baseline_filters_dir is not None:
             ap.error("--baseline-filters-dir needs --baseline")
     else:
-        if args.mode not in ("S", "P", "both"):
-            ap.error(f"--baseline compares modes S and P only (--mode S, P or both), "
+        if args.mode not in ("S", "P", "F", "both"):
+            ap.error(f"--baseline compares modes S, P and F only (--mode S, P, F or both), "
                      f"not --mode {args.mode}")
         args.baseline = args.baseline.resolve()
         if args.baseline_filters_dir is None:

@@ -40,6 +40,15 @@
 //! [`RequestEdits::context`], because the instance that runs `on_response` may not
 //! be the one that ran `on_request`.
 //!
+//! ## What a filter costs
+//! The SDK binds contract 0.2 (`wit/filter.wit`): the host calls a filter only
+//! for the phases its [`FilterInfo`] asks for (the request phase unless
+//! [`FilterInfo::wants_request`] turns it off; the response phase only with
+//! [`FilterInfo::wants_response`] or response headers), and a [`Request`]
+//! fetches each part from the host the first time it is read. The headers a
+//! filter names in [`FilterInfo::request_headers`] are fetched together, once,
+//! on the first header read; [`Request::fetch_header`] asks for any other.
+//!
 //! ## Sandbox
 //! A filter has no files, no environment, no network. Standard output and
 //! standard error go to the gateway log under the filter's name; [`log`] writes

@@ -72,7 +72,7 @@ async fn a_0_1_build_and_a_0_2_build_run_side_by_side_on_one_route() {
         "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 8\n\
          [filters.old]\npath = {:?}\npool_size = 2\n[filters.new]\npath = {:?}\npool_size = 2\n\
          [clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n\
-         filters = [{{ name = \"old\" }}, {{ name = \"new\", config = {{ prefix = \"x-b\" }} }}]\n",
+         filters = [{{ name = \"old\" }}, {{ name = \"new\", config = {{ prefix = \"x-b\", echo = \"id\" }} }}]\n",
         artifacts::CONTRACT_0_1_0,
         artifacts::CONTRACT_0_2_0,
         up.addr

@@ -3,9 +3,11 @@
 //! run a 0.1 build and a 0.2 build of the same filter side by side.
 //!
 //! Its config (JSON) names the header prefix it uses (default
-//! `x-contract`), which phases it declares (default both), and optionally a
-//! `mode` that breaks a rule of the contract: `edit-request-on-response`
-//! edits the request in `on-response`, where it has gone upstream. It marks the
+//! `x-contract`), which phases it declares (default both), whether to echo
+//! the request id it read into `<prefix>-request-id` (`"echo": "id"`), and
+//! optionally a `mode` that breaks a rule of the contract:
+//! `edit-request-on-response` edits the request in `on-response`, where it
+//! has gone upstream. It marks the
 //! request with `<prefix>-request: 0.2.0` and its request id (read on
 //! demand), carries its version in its context, and marks the response
 //! with `<prefix>: 0.2.0` and the context it got back. With an
@@ -31,6 +33,7 @@ const VERSION: &str = "0.2.0";
 thread_local! {
     static PREFIX: RefCell<String> = RefCell::new("x-contract".to_owned());
     static MODE: RefCell<String> = const { RefCell::new(String::new()) };
+    static ECHO_ID: RefCell<bool> = const { RefCell::new(false) };
 }
 
 fn prefix() -> String {
@@ -51,6 +54,9 @@ impl Guest for Contract020 {
     fn init(config: String, setup: &Setup) -> Result<(), String> {
         if let Some(p) = field(&config, "prefix") {
             PREFIX.with_borrow_mut(|slot| *slot = p.to_owned());
+        }
+        if field(&config, "echo") == Some("id") {
+            ECHO_ID.with_borrow_mut(|slot| *slot = true);
         }
         if let Some(m) = field(&config, "mode") {
             MODE.with_borrow_mut(|slot| *slot = m.to_owned());
@@ -75,7 +81,9 @@ impl Guest for Contract020 {
         );
         let p = prefix();
         req.set_header(&format!("{p}-request"), VERSION);
-        req.set_header(&format!("{p}-request-id"), &id);
+        if ECHO_ID.with_borrow(|echo| *echo) {
+            req.set_header(&format!("{p}-request-id"), &id);
+        }
         if let Some(key) = req.header("x-contract-key").into_iter().next() {
             req.set_header(&format!("{p}-key-seen"), &key);
         }
