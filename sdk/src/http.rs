@@ -94,10 +94,7 @@ impl<'a> Request<'a> {
         self.headers.get_or_init(|| match self.declared {
             HeaderInterest::None => Vec::new(),
             HeaderInterest::All => self.handle.headers(),
-            HeaderInterest::Names(names) => names
-                .iter()
-                .flat_map(|n| self.handle.header(n).into_iter().map(|v| (n.clone(), v)))
-                .collect(),
+            HeaderInterest::Names(names) => self.handle.headers_named(names),
         })
     }
     /// The first value of a header (names compare case-insensitively). Only
@@ -125,8 +122,23 @@ impl<'a> Request<'a> {
     pub fn body(&self) -> Option<&[u8]> {
         self.body.get_or_init(|| self.handle.body()).as_deref()
     }
-    /// Facts the host keeps (request id, route, client address…), asked of
-    /// the host now.
+    /// `ip:port` of the client (the one a trusted proxy named, if any),
+    /// asked of the host now.
+    pub fn client_addr(&self) -> String {
+        self.handle.client_addr()
+    }
+    /// Whether the client's connection is TLS, asked of the host now.
+    pub fn tls(&self) -> bool {
+        self.handle.tls()
+    }
+    /// Unix epoch milliseconds when the gateway received the request head,
+    /// asked of the host now.
+    pub fn received_at_ms(&self) -> u64 {
+        self.handle.received_at_ms()
+    }
+    /// Every fact the host keeps (request id, route, client address…), asked
+    /// of the host now: five host calls. Prefer the accessor for the one a
+    /// filter needs.
     pub fn meta(&self) -> RequestMeta {
         RequestMeta {
             request_id: self.request_id().to_owned(),
@@ -543,6 +555,7 @@ pub mod glue {
     pub struct Declared {
         request_headers: HeaderInterest,
         response_headers: HeaderInterest,
+        response_body: bool,
     }
 
     /// Declares the filter's needs on `setup`.
@@ -566,6 +579,7 @@ pub mod glue {
         Declared {
             request_headers: i.request_headers,
             response_headers: i.response_headers,
+            response_body: i.buffer_response_body,
         }
     }
 
@@ -624,16 +638,17 @@ pub mod glue {
         let headers = match &declared.response_headers {
             HeaderInterest::None => Vec::new(),
             HeaderInterest::All => resp.headers(),
-            HeaderInterest::Names(names) => names
-                .iter()
-                .flat_map(|n| resp.header(n).into_iter().map(|v| (n.clone(), v)))
-                .collect(),
+            HeaderInterest::Names(names) => resp.headers_named(names),
         };
         let seen = Response {
             inner: Parts {
                 status: resp.status(),
                 headers,
-                body: resp.body(),
+                body: if declared.response_body {
+                    resp.body()
+                } else {
+                    None
+                },
             },
         };
         let context = req.context();

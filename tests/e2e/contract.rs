@@ -97,6 +97,9 @@ async fn a_0_1_build_and_a_0_2_build_run_side_by_side_on_one_route() {
             assert_eq!(logs.lines_with(&[&line]).len(), 1, "{line}");
         }
     }
+    // The management API says which contract each module was built against.
+    assert_eq!(gw.live().filter_report("old")["contract"], "0.1");
+    assert_eq!(gw.live().filter_report("new")["contract"], "0.2");
     let m = gw.metrics_text();
     for filter in ["old", "new"] {
         let calls = format!(

@@ -840,7 +840,7 @@ impl Filter for Jwt {
             Ok(found) => found,
             Err(refusal) => return self.refuse(req, refusal),
         };
-        match self.verify(token, req.meta().received_at_ms) {
+        match self.verify(token, req.received_at_ms()) {
             Ok(claims) => OnRequest::proceed_with(self.edits(req, &claims, source)),
             Err(refusal) => self.refuse(req, refusal),
         }

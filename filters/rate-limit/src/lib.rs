@@ -76,7 +76,7 @@ impl RateLimit {
     fn bucket_key(&self, req: &Request) -> String {
         let bucket = self.bucket.as_deref().unwrap_or(req.route());
         let key = match &self.key {
-            Key::ClientIp => client_ip(&req.meta().client_addr).to_owned(),
+            Key::ClientIp => client_ip(&req.client_addr()).to_owned(),
             Key::Header(h) => req.header(h).unwrap_or("").to_owned(),
             Key::Route => String::new(),
         };

@@ -196,6 +196,9 @@ pub(crate) struct Pending {
     /// The first refused edit: the decision fails with it.
     error: Option<InvalidEdit>,
     built: Vec<Option<Built>>,
+    /// Counts calls, to tell a built response's handle from one an earlier
+    /// call built (a guest may keep an own handle past its call).
+    call: u32,
     /// What `init` declared.
     pub(crate) declared: Option<Needs>,
 }
@@ -213,6 +216,7 @@ impl Pending {
             context,
             declared: self.declared.take(),
             built: std::mem::take(&mut self.built),
+            call: self.call.wrapping_add(1),
             ..Pending::default()
         };
         self.built.clear();
@@ -288,7 +292,8 @@ impl Pending {
     }
 
     fn take_built(&mut self, r: Resource<ResponseHandle>) -> Result<MadeResponse, InvalidEdit> {
-        let built = built_index(&r)
+        let built = self
+            .built_index(&r)
             .and_then(|i| self.built.get_mut(i))
             .and_then(Option::take)
             .ok_or(InvalidEdit::StaleResponse)?;
@@ -303,10 +308,25 @@ impl Pending {
     }
 }
 
-/// The index of a built response in [`Pending::built`] (rep 0 is the
-/// exchange's response).
-fn built_index(r: &Resource<ResponseHandle>) -> Option<usize> {
-    (r.rep() as usize).checked_sub(1)
+/// A built response's handle: the call that built it, and its index + 1
+/// (never 0, the exchange's response).
+const INDEX_BITS: u32 = 5;
+const _: () = assert!(MAX_BUILT < 1 << INDEX_BITS);
+
+impl Pending {
+    /// The handle of built response `i` of this call.
+    fn built_rep(&self, i: usize) -> u32 {
+        (self.call << INDEX_BITS) | (i as u32 + 1)
+    }
+
+    /// The index of a built response in [`Pending::built`], if `r` is one
+    /// this call built.
+    fn built_index(&self, r: &Resource<ResponseHandle>) -> Option<usize> {
+        let rep = r.rep();
+        let index = (rep & ((1 << INDEX_BITS) - 1)) as usize;
+        let same_call = rep >> INDEX_BITS == self.call & (u32::MAX >> INDEX_BITS);
+        (index > 0 && same_call).then(|| index - 1)
+    }
 }
 
 fn header_values(headers: &HeaderMap, name: &str) -> Vec<String> {
@@ -318,6 +338,19 @@ fn header_values(headers: &HeaderMap, name: &str) -> Vec<String> {
             .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+fn named_headers(headers: &HeaderMap, names: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for name in names {
+        let Ok(n) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) else {
+            continue;
+        };
+        for v in headers.get_all(&n) {
+            out.push((n.as_str().to_owned(), edits::value_to_string(v)));
+        }
+    }
+    out
 }
 
 fn all_headers(headers: &HeaderMap) -> Vec<(String, String)> {
@@ -406,6 +439,16 @@ impl wit::HostRequest for HostState {
     fn headers(&mut self, _: Resource<RequestHandle>) -> Vec<(String, String)> {
         match self.exchange() {
             Some(e) if self.request_headers_visible() => all_headers(&e.request.headers),
+            _ => Vec::new(),
+        }
+    }
+    fn headers_named(
+        &mut self,
+        _: Resource<RequestHandle>,
+        names: Vec<String>,
+    ) -> Vec<(String, String)> {
+        match self.exchange() {
+            Some(e) if self.request_headers_visible() => named_headers(&e.request.headers, &names),
             _ => Vec::new(),
         }
     }
@@ -508,7 +551,7 @@ impl wit::HostRequest for HostState {
 impl HostState {
     /// The built response `r` names, if it is one and still valid.
     fn built(&mut self, r: &Resource<ResponseHandle>) -> Option<&mut Built> {
-        let i = built_index(r)?;
+        let i = self.pending.built_index(r)?;
         self.pending.built.get_mut(i)?.as_mut()
     }
 
@@ -556,7 +599,7 @@ impl wit::HostResponse for HostState {
             status,
             ..Built::default()
         }));
-        Resource::new_own(built.len() as u32)
+        Resource::new_own(self.pending.built_rep(self.pending.built.len() - 1))
     }
     fn status(&mut self, r: Resource<ResponseHandle>) -> u16 {
         if r.rep() == 0 {
@@ -584,6 +627,21 @@ impl wit::HostResponse for HostState {
         }
         self.built(&r)
             .map(|b| all_headers(&b.headers))
+            .unwrap_or_default()
+    }
+    fn headers_named(
+        &mut self,
+        r: Resource<ResponseHandle>,
+        names: Vec<String>,
+    ) -> Vec<(String, String)> {
+        if r.rep() == 0 {
+            return self
+                .live_response()
+                .map(|p| named_headers(&p.headers, &names))
+                .unwrap_or_default();
+        }
+        self.built(&r)
+            .map(|b| named_headers(&b.headers, &names))
             .unwrap_or_default()
     }
     fn body(&mut self, r: Resource<ResponseHandle>) -> Option<Vec<u8>> {
@@ -643,7 +701,11 @@ impl wit::HostResponse for HostState {
         }
     }
     fn drop(&mut self, r: Resource<ResponseHandle>) -> wasmtime::Result<()> {
-        if let Some(slot) = built_index(&r).and_then(|i| self.pending.built.get_mut(i)) {
+        if let Some(slot) = self
+            .pending
+            .built_index(&r)
+            .and_then(|i| self.pending.built.get_mut(i))
+        {
             *slot = None;
         }
         Ok(())
@@ -651,3 +713,30 @@ impl wit::HostResponse for HostState {
 }
 
 impl wit::Host for HostState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_built_response_handle_names_only_the_call_that_built_it() {
+        let mut p = Pending::default();
+        p.begin(Phase::Request, None, None);
+        let first = Resource::<ResponseHandle>::new_own(p.built_rep(0));
+        assert_eq!(p.built_index(&first), Some(0));
+        assert_ne!(first.rep(), 0, "rep 0 is the exchange's response");
+        p.begin(Phase::Request, None, None);
+        let second = Resource::<ResponseHandle>::new_own(p.built_rep(0));
+        assert_eq!(p.built_index(&second), Some(0));
+        assert_eq!(
+            p.built_index(&first),
+            None,
+            "a handle kept from an earlier call names nothing"
+        );
+        assert_eq!(
+            p.built_index(&Resource::new_own(u32::MAX)),
+            None,
+            "the refused handle names nothing"
+        );
+    }
+}

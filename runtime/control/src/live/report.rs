@@ -44,6 +44,7 @@ impl Live {
             "name": name,
             "version": e.version,
             "sha256": e.module.sha256(),
+            "contract": e.module.contract(),
             "source": e.source.as_str(),
             "pinned": state.is_some_and(|s| s.pinned),
             "previous": state.and_then(|s| s.previous),
