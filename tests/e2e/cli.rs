@@ -625,8 +625,14 @@ async fn a_new_process_serves_at_once_and_takes_over_the_data_directory_when_rel
     // once; it refuses changes while the old one holds the directory.
     let (mut new, new_admin) = start(&socket);
     drop(socket);
-    let refused =
-        wasmgate_tests::send_body(new_admin, "POST", "/config/reload", &[], Vec::new()).await;
+    let refused = wasmgate_tests::send_body(
+        new_admin,
+        "POST",
+        "/config/reload",
+        &[("host", "localhost")],
+        Vec::new(),
+    )
+    .await;
     assert_eq!(refused.status, 400, "{}", refused.body);
     assert!(refused.body.contains("taking over"), "{}", refused.body);
 
@@ -634,8 +640,14 @@ async fn a_new_process_serves_at_once_and_takes_over_the_data_directory_when_rel
     let with_extra = format!(
         "{text}[[routes]]\nname = \"extra\"\npath_prefix = \"/extra\"\nrespond = {{ status = 204 }}\n"
     );
-    let r =
-        wasmgate_tests::send_body(old_admin, "PUT", "/config", &[], with_extra.into_bytes()).await;
+    let r = wasmgate_tests::send_body(
+        old_admin,
+        "PUT",
+        "/config",
+        &[("host", "localhost")],
+        with_extra.into_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     // ...is what the new one runs once the old one drains and lets go.
     old.signal("-TERM");
@@ -644,7 +656,14 @@ async fn a_new_process_serves_at_once_and_takes_over_the_data_directory_when_rel
     tokio::task::block_in_place(|| new.wait_for("took over the data directory"));
     assert_eq!(get(addr, "/extra", &[]).await.status, 204);
     // And it takes changes again.
-    let r = wasmgate_tests::send_body(new_admin, "POST", "/config/reload", &[], Vec::new()).await;
+    let r = wasmgate_tests::send_body(
+        new_admin,
+        "POST",
+        "/config/reload",
+        &[("host", "localhost")],
+        Vec::new(),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         get(addr, "/extra", &[]).await.status,

@@ -55,7 +55,7 @@ async fn a_connection_still_in_its_proxy_protocol_header_is_cut_at_the_deadline_
     // deadline can end this connection in time.
     let config = drain_config(
         up.addr,
-        "drain_timeout = \"1s\"\nproxy_protocol = true\n[limits]\nheader_read_timeout = \"10m\"",
+        "drain_timeout = \"1s\"\nproxy_protocol = true\nproxy_protocol_from = [\"127.0.0.1\"]\n[limits]\nheader_read_timeout = \"10m\"",
     );
     let gw = start_gateway(&config).await;
     let mut silent = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();

@@ -116,7 +116,7 @@ impl Process {
 
     /// The process's metrics, from its admin listener.
     async fn metrics(&self) -> String {
-        let r = get(self.admin, "/metrics", &[]).await;
+        let r = get(self.admin, "/metrics", &[("host", "localhost")]).await;
         assert_eq!(r.status, 200);
         r.body
     }
@@ -446,7 +446,7 @@ async fn proxy_protocol_before_tls_names_the_client_and_is_required() {
     // (127.0.0.1) is not trusted. A long header read timeout: a connection
     // refused below is refused for what it sent, not for being slow.
     let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]\n[server.tls]\ncertificates = [{{ cert = {:?}, key = {:?} }}]\n[limits]\nheader_read_timeout = \"10m\"\n[access_log]\nenabled = false\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\nproxy_protocol_from = [\"127.0.0.0/8\"]\ntrusted_proxies = [\"10.0.0.0/8\"]\n[server.tls]\ncertificates = [{{ cert = {:?}, key = {:?} }}]\n[limits]\nheader_read_timeout = \"10m\"\n[access_log]\nenabled = false\n[clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
         write(&d, "p.pem", &leaf.cert_pem),
         write(&d, "p.key", &leaf.key_pem),
         up.addr

@@ -52,10 +52,19 @@ async fn untrusted_clients_cannot_forge_forwarding_headers_or_request_ids() {
             ("x-forwarded-proto", "https"),
             ("x-request-id", "forged-id"),
             ("forwarded", "for=6.6.6.6"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-real-ip", "6.6.6.6"),
         ],
     )
     .await;
     let seen = &up.seen()[0].headers;
+    for claim in ["x-original-url", "x-rewrite-url", "x-real-ip"] {
+        assert!(
+            !seen.contains_key(claim),
+            "{claim} from an untrusted client reached the upstream"
+        );
+    }
     assert_eq!(seen.get("x-forwarded-for").unwrap(), "127.0.0.1");
     assert_eq!(seen.get("x-forwarded-proto").unwrap(), "http");
     assert_eq!(seen.get("x-forwarded-host").unwrap(), "gateway.test");
@@ -86,10 +95,16 @@ async fn trusted_proxies_are_appended_to_and_their_request_id_kept() {
             ("x-forwarded-for", "198.51.100.7"),
             ("x-request-id", "edge-42"),
             ("traceparent", tp),
+            ("x-real-ip", "198.51.100.7"),
         ],
     )
     .await;
     let seen = &up.seen()[0].headers;
+    assert_eq!(
+        seen.get("x-real-ip").unwrap(),
+        "198.51.100.7",
+        "a trusted hop's claims pass"
+    );
     assert_eq!(
         seen.get("x-forwarded-for").unwrap(),
         "198.51.100.7, 127.0.0.1"
@@ -123,7 +138,11 @@ async fn a_malformed_traceparent_is_dropped() {
 #[tokio::test]
 async fn proxy_protocol_v1_and_v2_name_the_client() {
     let up = Upstream::start("u").await;
-    let gw = start_gateway(&config(&up, "proxy_protocol = true")).await;
+    let gw = start_gateway(&config(
+        &up,
+        "proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.1\"]",
+    ))
+    .await;
     let head = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
     let v1 = format!("PROXY TCP4 203.0.113.7 192.0.2.1 40000 443\r\n{head}");
@@ -158,6 +177,29 @@ async fn proxy_protocol_v1_and_v2_name_the_client() {
     assert!(
         metrics.contains("wasmgate_proxy_protocol_errors_total 2"),
         "{metrics}"
+    );
+    gw.shutdown().await;
+}
+
+/// A PROXY header names the client, so only the load balancers that send
+/// it may: from any other peer, a well-formed header is refused with its
+/// connection (otherwise a client reaching the port directly could claim
+/// any address, and pass `trusted_proxies` checks as one of them).
+#[tokio::test]
+async fn a_proxy_protocol_header_from_a_peer_not_listed_is_refused() {
+    let up = Upstream::start("u").await;
+    let gw = start_gateway(&config(
+        &up,
+        "proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\"]\ntrusted_proxies = [\"10.0.0.0/8\"]",
+    ))
+    .await;
+    let forged = "PROXY TCP4 10.0.0.9 192.0.2.1 40000 443\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let out = raw(gw.addr(), forged.as_bytes()).await;
+    assert!(out.is_empty(), "answered: {out}");
+    assert_eq!(up.count(), 0, "nothing was forwarded");
+    assert_eq!(
+        wasmgate_tests::metric(&gw.metrics_text(), "wasmgate_proxy_protocol_errors_total"),
+        Some(1.0)
     );
     gw.shutdown().await;
 }
@@ -207,4 +249,44 @@ async fn early_refusals_carry_the_request_id_a_trusted_proxy_sent() {
     assert_eq!(up.count(), 0);
     gw.shutdown().await;
     gw2.shutdown().await;
+}
+
+/// Upstreams that disagree with the gateway about a path open a way past a
+/// route that guards it: IIS treats `/ADMIN` as `/admin`, Tomcat drops
+/// `;jsessionid=…` segment parameters before its own routing. A route can
+/// match its path in any case (`case_sensitive = false`), and refuse `;`
+/// parameters (`path_parameters = "reject"`).
+#[tokio::test]
+async fn routes_can_match_any_case_and_refuse_path_parameters() {
+    let up = Upstream::start("u").await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n\
+         [clusters.c]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"guard\"\npath_prefix = \"/admin\"\ncase_sensitive = false\nrespond = {{ status = 403, body = \"no\" }}\n\
+         [[routes]]\nname = \"v1\"\npath_prefix = \"/v1\"\ncase_sensitive = false\nprefix_rewrite = \"/api\"\ncluster = \"c\"\n\
+         [[routes]]\nname = \"tomcat\"\npath_prefix = \"/\"\npath_parameters = \"reject\"\ncluster = \"c\"\n",
+        up.addr
+    );
+    let gw = start_gateway(&toml).await;
+    for path in ["/admin", "/ADMIN/users", "/Admin/x"] {
+        let r = get(gw.addr(), path, &[]).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+    }
+    assert_eq!(up.count(), 0, "no case of the guarded path got through");
+
+    let r = get(gw.addr(), "/V1/items?x=1", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        up.seen()[0].path,
+        "/api/items?x=1",
+        "the matched prefix is rewritten in any case"
+    );
+
+    let r = get(gw.addr(), "/app/admin;jsessionid=1/users", &[]).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["code"], "bad_request");
+    assert!(r.body.contains("path parameters"), "{}", r.body);
+    assert_eq!(up.count(), 1);
+    assert_eq!(get(gw.addr(), "/app/users", &[]).await.status, 200);
+    gw.shutdown().await;
 }

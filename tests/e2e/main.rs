@@ -16,6 +16,7 @@ mod drain;
 mod edge;
 mod faults;
 mod filters;
+mod hostile;
 mod hygiene;
 mod limits;
 mod live;

@@ -23,7 +23,12 @@ pub(crate) struct RawAdmin {
     #[serde(default)]
     protect_metrics: bool,
     data_dir: Option<PathBuf>,
+    allowed_hosts: Option<Vec<String>>,
+    max_connections: Option<usize>,
 }
+
+/// Default cap on open admin connections.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// `[admin]`: the admin listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +42,53 @@ pub struct AdminConfig {
     pub protect_metrics: bool,
     /// Where changes made through the API are kept across restarts.
     pub data_dir: Option<PathBuf>,
+    /// The `Host` names (lower case, without a port) a request must carry.
+    /// Empty: with no token, a loopback name (`localhost`, a `127.x` or
+    /// `::1` literal) only, which keeps a browser tricked by DNS
+    /// rebinding out; with a token, any.
+    pub allowed_hosts: Vec<String>,
+    /// Most admin connections open at once; more wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl AdminConfig {
+    /// Whether a request's `Host` (`None`: it had none) may reach the
+    /// admin API.
+    pub fn host_allowed(&self, host: Option<&str>) -> bool {
+        let Some(host) = host.map(host_name) else {
+            return self.allowed_hosts.is_empty() && self.token.is_some();
+        };
+        if !self.allowed_hosts.is_empty() {
+            return self
+                .allowed_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host));
+        }
+        self.token.is_some() || is_loopback_name(host)
+    }
+}
+
+/// The name part of a `Host` value: without its port, and without the
+/// brackets of an IPv6 literal.
+fn host_name(host: &str) -> &str {
+    let host = host.trim();
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// `localhost` (and names under it) or a loopback address literal.
+fn is_loopback_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    name.eq_ignore_ascii_case("localhost")
+        || name.to_ascii_lowercase().ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Validates `[admin]`; problems go to `errors` with their key paths.
@@ -64,11 +116,34 @@ pub(crate) fn validate(a: RawAdmin, base: &Path, errors: &mut Vec<ConfigError>) 
         (None, None) => None,
     };
     check_token(listen, token.as_ref(), errors);
+    let mut allowed_hosts = Vec::new();
+    for (i, h) in a.allowed_hosts.unwrap_or_default().into_iter().enumerate() {
+        let bad = h.is_empty()
+            || h.contains(['/', ' ', '@', '*'])
+            || (h.contains(':') && h.parse::<std::net::Ipv6Addr>().is_err());
+        if bad {
+            errors.push(ConfigError::new(
+                format!("admin.allowed_hosts[{i}]"),
+                format!("{h:?} is not a host name (give the name or address only, without a port or scheme)"),
+            ));
+        } else {
+            allowed_hosts.push(h.to_ascii_lowercase());
+        }
+    }
+    let max_connections = a.max_connections.unwrap_or(DEFAULT_ADMIN_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        errors.push(ConfigError::new(
+            "admin.max_connections",
+            "must be more than 0",
+        ));
+    }
     AdminConfig {
         listen,
         token,
         protect_metrics: a.protect_metrics,
         data_dir: a.data_dir.as_ref().map(|d| base.join(d)),
+        allowed_hosts,
+        max_connections: max_connections.max(1),
     }
 }
 
@@ -158,6 +233,68 @@ mod tests {
         let (a, errors) = check("listen = \"0.0.0.0:9901\"\ntoken = \"0123456789abcdef\"");
         assert!(errors.is_empty());
         assert_eq!(a.token, Some(SecretSetting::literal("0123456789abcdef")));
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_hosts_reach_it() {
+        let (a, errors) = check("");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(a.max_connections, DEFAULT_ADMIN_MAX_CONNECTIONS);
+        for ok in [
+            "localhost",
+            "LOCALHOST:9901",
+            "127.0.0.1:9901",
+            "[::1]:9901",
+            "[::1]",
+            "a.localhost",
+        ] {
+            assert!(a.host_allowed(Some(ok)), "{ok}");
+        }
+        // DNS rebinding: the attacker's name, resolved to 127.0.0.1.
+        for bad in [
+            "evil.example:9901",
+            "evil.example",
+            "10.0.0.1",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!a.host_allowed(Some(bad)), "{bad}");
+        }
+        assert!(!a.host_allowed(None), "no Host at all");
+    }
+
+    #[test]
+    fn a_list_of_hosts_is_all_that_is_allowed() {
+        let (a, errors) = check("allowed_hosts = [\"Admin.Internal\", \"10.0.0.5\", \"::1\"]");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(a.host_allowed(Some("admin.internal:9901")));
+        assert!(a.host_allowed(Some("10.0.0.5")));
+        assert!(a.host_allowed(Some("[::1]:9901")));
+        assert!(
+            !a.host_allowed(Some("localhost")),
+            "the list replaces the default"
+        );
+        assert!(!a.host_allowed(None));
+        // With a token and no list, any Host (the token is what protects it).
+        let (a, _) = check("token = \"0123456789abcdef\"");
+        assert!(a.host_allowed(Some("gateway-admin.svc:9901")));
+        assert!(a.host_allowed(None));
+    }
+
+    #[test]
+    fn bad_hosts_and_caps_are_named() {
+        let (_, errors) =
+            check("allowed_hosts = [\"ok\", \"http://x\", \"x:80\", \"\"]\nmax_connections = 0");
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "admin.allowed_hosts[1]",
+                "admin.allowed_hosts[2]",
+                "admin.allowed_hosts[3]",
+                "admin.max_connections"
+            ]
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub const DEFAULT_MAX_USES: u64 = 10_000;
 pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_millis(100);
 /// Default outbound calls a filter may make per request.
 pub const DEFAULT_OUTBOUND_CALLS: u32 = 8;
+/// Default `log_lines_per_second` (the engine's `DEFAULT_LOG_RATE`).
+pub const DEFAULT_LOG_LINES_PER_SECOND: u32 = 100;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +54,9 @@ pub(crate) struct RawFilter {
     #[serde(default)]
     vars: BTreeMap<String, RawVar>,
     outbound_clusters: Option<Vec<String>>,
+    reroute_clusters: Option<Vec<String>>,
     max_outbound_calls: Option<u32>,
+    log_lines_per_second: Option<u32>,
     outbound_timeout: Option<HumanDuration>,
 }
 
@@ -116,8 +120,15 @@ pub struct FilterConfig {
     /// Clusters its `outbound` calls may name (`None` or empty: none;
     /// `["*"]`: every cluster in the config).
     pub outbound_clusters: Option<Vec<String>>,
+    /// Clusters a request edit may send its route's traffic to (`None` or
+    /// empty: none, the default; `["*"]`: every cluster in the config).
+    pub reroute_clusters: Option<Vec<String>>,
     /// Outbound calls per request.
     pub max_outbound_calls: u32,
+    /// Log lines (the `log` import, stdout and stderr) per second, shared
+    /// by every route and instance of the filter; past it lines are
+    /// dropped and counted. 0 drops every line.
+    pub log_lines_per_second: u32,
     /// Longest wait per outbound call.
     pub outbound_timeout: Duration,
 }
@@ -253,12 +264,17 @@ pub(crate) fn validate(
             "must be more than 0",
         ));
     }
-    let grants = f.outbound_clusters.as_deref().unwrap_or_default();
-    if grants.len() > 1 && grants.iter().any(|c| c == "*") {
-        errors.push(ConfigError::new(
-            format!("{key}.outbound_clusters"),
-            "\"*\" (every cluster) must be the only entry",
-        ));
+    for (field, grants) in [
+        ("outbound_clusters", &f.outbound_clusters),
+        ("reroute_clusters", &f.reroute_clusters),
+    ] {
+        let grants = grants.as_deref().unwrap_or_default();
+        if grants.len() > 1 && grants.iter().any(|c| c == "*") {
+            errors.push(ConfigError::new(
+                format!("{key}.{field}"),
+                "\"*\" (every cluster) must be the only entry",
+            ));
+        }
     }
     let path = base.join(&f.path);
     FilterConfig {
@@ -278,7 +294,11 @@ pub(crate) fn validate(
             .map_or(16 << 20, |q| usize::try_from(q.0).unwrap_or(usize::MAX)),
         vars,
         outbound_clusters: f.outbound_clusters,
+        reroute_clusters: f.reroute_clusters,
         max_outbound_calls: f.max_outbound_calls.unwrap_or(DEFAULT_OUTBOUND_CALLS),
+        log_lines_per_second: f
+            .log_lines_per_second
+            .unwrap_or(DEFAULT_LOG_LINES_PER_SECOND),
         outbound_timeout,
     }
 }
@@ -368,6 +388,7 @@ mod tests {
         );
         assert_eq!(f.pool_timeout, DEFAULT_POOL_TIMEOUT);
         assert_eq!(f.max_outbound_calls, DEFAULT_OUTBOUND_CALLS);
+        assert_eq!(f.log_lines_per_second, DEFAULT_LOG_LINES_PER_SECOND);
         assert_eq!(f.outbound_clusters, None);
     }
 

@@ -42,6 +42,25 @@ impl Default for ForwardingPolicy {
     }
 }
 
+/// Parses a list of addresses and CIDR ranges at `key`; problems go to
+/// `errors` with their key paths.
+pub(crate) fn networks(key: &str, list: &[String], errors: &mut Vec<ConfigError>) -> Vec<IpNet> {
+    let mut nets = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        let parsed = t
+            .parse::<IpNet>()
+            .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net),
+            Err(_) => errors.push(ConfigError::new(
+                format!("{key}[{i}]"),
+                format!("{t:?} is not an IP address or CIDR range (e.g. \"10.0.0.0/8\")"),
+            )),
+        }
+    }
+    nets
+}
+
 /// Validates the forwarding keys of the section at `key`; problems go to
 /// `errors` with their key paths.
 pub(crate) fn validate(
@@ -53,18 +72,11 @@ pub(crate) fn validate(
         forwarded_header: raw.forwarded_header,
         ..Default::default()
     };
-    for (i, t) in raw.trusted_proxies.iter().enumerate() {
-        let parsed = t
-            .parse::<IpNet>()
-            .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from));
-        match parsed {
-            Ok(net) => forwarding.trusted_proxies.push(net),
-            Err(_) => errors.push(ConfigError::new(
-                format!("{key}.trusted_proxies[{i}]"),
-                format!("{t:?} is not an IP address or CIDR range (e.g. \"10.0.0.0/8\")"),
-            )),
-        }
-    }
+    forwarding.trusted_proxies = networks(
+        &format!("{key}.trusted_proxies"),
+        raw.trusted_proxies,
+        errors,
+    );
     if let Some(list) = raw.hide_response_headers {
         forwarding.hide_response_headers.clear();
         for (i, h) in list.iter().enumerate() {

@@ -426,15 +426,20 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> (Config, Vec<ConfigErr
 
     let clusters = crate::cluster::validate_all(raw.clusters, base, &mut errors);
 
-    // What a filter may call must exist.
+    // What a filter may call or send its route's traffic to must exist.
     for (name, f) in &filters {
-        let grants = f.outbound_clusters.as_deref().unwrap_or_default();
-        for (j, c) in grants.iter().enumerate() {
-            if c != "*" && !clusters.contains_key(c) {
-                errors.push(ConfigError::new(
-                    format!("filters.{name}.outbound_clusters[{j}]"),
-                    format!("no cluster named {c:?}"),
-                ));
+        for (field, grants) in [
+            ("outbound_clusters", &f.outbound_clusters),
+            ("reroute_clusters", &f.reroute_clusters),
+        ] {
+            let grants = grants.as_deref().unwrap_or_default();
+            for (j, c) in grants.iter().enumerate() {
+                if c != "*" && !clusters.contains_key(c) {
+                    errors.push(ConfigError::new(
+                        format!("filters.{name}.{field}[{j}]"),
+                        format!("no cluster named {c:?}"),
+                    ));
+                }
             }
         }
     }

@@ -28,6 +28,8 @@ pub(crate) struct RawRoute {
     path: Option<String>,
     path_prefix: Option<String>,
     path_regex: Option<String>,
+    case_sensitive: Option<bool>,
+    path_parameters: Option<String>,
     #[serde(default)]
     methods: Vec<String>,
     #[serde(default)]
@@ -73,6 +75,16 @@ pub struct RouteConfig {
     pub hosts: Vec<String>,
     /// Path match.
     pub path: PathMatch,
+    /// Whether `path` / `path_prefix` compare ASCII letters exactly (the
+    /// default); `false` for upstreams that treat `/Admin` as `/admin`
+    /// (IIS), so a route that guards a path cannot be passed by changing
+    /// its case. A `path_regex` gets `(?i)`.
+    pub case_sensitive: bool,
+    /// Answer 400 to a request on this route whose path has `;` segment
+    /// parameters (`/a;jsessionid=1/b`), for upstreams that drop them
+    /// before their own routing (Tomcat, Jetty), which would otherwise see
+    /// another path than the one this gateway routed.
+    pub reject_path_parameters: bool,
     /// Methods (upper-case); empty = any method.
     pub methods: Vec<http::Method>,
     /// Header and query conditions, all of which must hold.
@@ -162,6 +174,18 @@ fn validate(
             Err(m) => errors.push(ConfigError::new(format!("{key}.hosts[{j}]"), m)),
         }
     }
+    let case_sensitive = r.case_sensitive.unwrap_or(true);
+    let reject_path_parameters = match r.path_parameters.as_deref() {
+        None | Some("keep") => false,
+        Some("reject") => true,
+        Some(other) => {
+            errors.push(ConfigError::new(
+                format!("{key}.path_parameters"),
+                format!("{other:?} is not one of \"keep\" (the default) or \"reject\""),
+            ));
+            false
+        }
+    };
     let path = match (r.path, r.path_prefix, r.path_regex) {
         (Some(p), None, None) => {
             if let Err(m) = check_path(&p) {
@@ -175,7 +199,11 @@ fn validate(
             }
             PathMatch::Prefix(p.trim_end_matches('/').to_owned())
         }
-        (None, None, Some(re)) => match FullRegex::new(&re) {
+        (None, None, Some(re)) => match FullRegex::new(&if case_sensitive {
+            re
+        } else {
+            format!("(?i:{re})")
+        }) {
             Ok(re) => PathMatch::Regex(re),
             Err(m) => {
                 errors.push(ConfigError::new(format!("{key}.path_regex"), m));
@@ -259,6 +287,8 @@ fn validate(
         name: r.name,
         hosts,
         path,
+        case_sensitive,
+        reject_path_parameters,
         methods,
         matchers,
         action,

@@ -32,6 +32,7 @@ pub(crate) struct RawServer {
     request_id_header: Option<String>,
     #[serde(default)]
     proxy_protocol: bool,
+    proxy_protocol_from: Option<Vec<String>>,
     drain_timeout: Option<HumanDuration>,
     tls: Option<crate::tls::RawTls>,
 }
@@ -51,6 +52,9 @@ pub struct ServerConfig {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Every connection starts with a PROXY protocol (v1 or v2) header.
     pub proxy_protocol: bool,
+    /// The peers (load balancers) that may send one; a connection from
+    /// any other is closed. Required with `proxy_protocol`.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// Time requests in flight get to finish after shutdown starts.
     pub drain_timeout: Duration,
 }
@@ -104,6 +108,27 @@ pub(crate) fn validate(raw: RawServer, base: &Path, errors: &mut Vec<ConfigError
         },
         errors,
     );
+    let proxy_protocol_from = match (&raw.proxy_protocol_from, raw.proxy_protocol) {
+        (Some(list), true) if !list.is_empty() => {
+            crate::forwarding::networks("server.proxy_protocol_from", list, errors)
+        }
+        (_, true) => {
+            errors.push(ConfigError::new(
+                "server.proxy_protocol_from",
+                "proxy_protocol needs the addresses of the load balancers that send the header \
+                 (e.g. [\"10.0.0.0/8\"]): a header from anyone else would let a client claim any address",
+            ));
+            Vec::new()
+        }
+        (Some(_), false) => {
+            errors.push(ConfigError::new(
+                "server.proxy_protocol_from",
+                "is set but server.proxy_protocol is false",
+            ));
+            Vec::new()
+        }
+        (None, false) => Vec::new(),
+    };
     ServerConfig {
         listen,
         workers,
@@ -111,6 +136,7 @@ pub(crate) fn validate(raw: RawServer, base: &Path, errors: &mut Vec<ConfigError
         forwarding,
         tls,
         proxy_protocol: raw.proxy_protocol,
+        proxy_protocol_from,
         drain_timeout,
     }
 }
@@ -164,10 +190,38 @@ mod tests {
 
     #[test]
     fn workers_and_drain_timeout_are_taken() {
-        let (s, errors) = check("workers = 3\ndrain_timeout = \"1m\"\nproxy_protocol = true\n");
+        let (s, errors) = check(
+            "workers = 3\ndrain_timeout = \"1m\"\nproxy_protocol = true\nproxy_protocol_from = [\"10.1.2.3\"]\n",
+        );
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(s.workers, Some(3));
         assert_eq!(s.drain_timeout, Duration::from_secs(60));
         assert!(s.proxy_protocol);
+        assert_eq!(
+            s.proxy_protocol_from,
+            ["10.1.2.3/32".parse::<ipnet::IpNet>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn a_proxy_protocol_header_needs_its_senders() {
+        let (_, errors) = check("proxy_protocol = true\n");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].path, "server.proxy_protocol_from");
+        assert!(
+            errors[0].message.contains("load balancers"),
+            "{}",
+            errors[0].message
+        );
+        let (_, errors) = check("proxy_protocol = true\nproxy_protocol_from = [\"lb\"]\n");
+        assert_eq!(errors[0].path, "server.proxy_protocol_from[0]");
+        let (_, errors) = check("proxy_protocol_from = [\"10.0.0.0/8\"]\n");
+        assert_eq!(
+            errors,
+            [ConfigError::new(
+                "server.proxy_protocol_from",
+                "is set but server.proxy_protocol is false"
+            )]
+        );
     }
 }

@@ -7,20 +7,25 @@
 //! A bearer token from the config protects everything except `/health`,
 //! `/ready` and `/metrics` (and `/metrics` too with `protect_metrics`). The
 //! gateway refuses to start an admin listener on a non-loopback address
-//! without a token. Errors use the standard error format.
+//! without a token; without one, every request must name a loopback `Host`
+//! (or one in `admin.allowed_hosts`), so a web page that rebinds its own
+//! name to 127.0.0.1 cannot drive the API from a browser. Connections are
+//! capped (`admin.max_connections`) and get the listener's header-read
+//! timeout. Errors use the standard error format.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::live::{Live, MAX_MODULE_SIZE, SwapError};
 use wasmgate_config::AdminConfig;
@@ -35,6 +40,9 @@ const MAX_CONFIG_SIZE: usize = 4 << 20;
 #[derive(Debug)]
 pub struct AdminState {
     pub(crate) config: AdminConfig,
+    /// How long a connection may take to send a request head (the
+    /// listener's `limits.header_read_timeout` at start).
+    pub(crate) header_read_timeout: Duration,
     pub(crate) live: Arc<Live>,
     /// False while starting and once draining: `/ready` answers 503.
     pub(crate) ready: AtomicBool,
@@ -59,7 +67,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// The longest pause after failed accepts (out of descriptors, say); the
+/// first is 5 ms, doubling.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
 impl AdminState {
+    fn refused(&self, reason: &'static str) {
+        self.live
+            .deps()
+            .metrics
+            .admin_refused
+            .get_or_create(&wasmgate_metrics::AdminRefusalLabels { reason })
+            .inc();
+    }
+
+    /// The request's `Host` (the header, or an absolute-form target's).
+    fn host(req: &Request<Incoming>) -> Option<&str> {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(http::uri::Authority::as_str))
+    }
+
     fn authorized(&self, req: &Request<Incoming>) -> bool {
         let Some(token) = &self.config.token else {
             return true;
@@ -78,6 +107,27 @@ impl AdminState {
     /// Answers one admin request: the management API's changes first, the
     /// read-only endpoints below.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if !self.config.host_allowed(Self::host(&req)) {
+            self.refused("host_not_allowed");
+            let shown = Self::host(&req).unwrap_or("(none)");
+            let allowed = if self.config.allowed_hosts.is_empty() {
+                "a loopback name (localhost, 127.0.0.1, [::1]); set admin.allowed_hosts for others"
+                    .to_owned()
+            } else {
+                format!(
+                    "one of admin.allowed_hosts ({})",
+                    self.config.allowed_hosts.join(", ")
+                )
+            };
+            return GatewayError::new(
+                StatusCode::FORBIDDEN,
+                "host_not_allowed",
+                format!(
+                    "the admin API answers only to Host {allowed}; this request's Host is {shown:?}"
+                ),
+            )
+            .into_response(None);
+        }
         let path = req.uri().path().to_owned();
         let change = match (req.method(), path.as_str()) {
             (&Method::PUT, "/config") | (&Method::POST, "/config/reload") => true,
@@ -184,6 +234,7 @@ impl AdminState {
         let public = matches!(path, "/health" | "/ready")
             || (path == "/metrics" && !self.config.protect_metrics);
         if !public && !self.authorized(req) {
+            self.refused("unauthorized");
             let mut resp = GatewayError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -299,23 +350,48 @@ impl AdminState {
     }
 }
 
-/// Serves the admin API until `shutdown` becomes true.
+/// Serves the admin API until `shutdown` becomes true: at most
+/// `admin.max_connections` at once (more wait in the listen backlog), each
+/// with a header-read timeout; failed accepts back off rather than spin.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AdminState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(Semaphore::new(state.config.max_connections));
+    let mut backoff = Duration::ZERO;
     loop {
+        let accept = async {
+            let slot = slots.clone().acquire_owned().await;
+            (slot, listener.accept().await)
+        };
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+            (slot, accepted) = accept => {
+                let Ok(slot) = slot else { return };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        backoff = (backoff * 2).clamp(Duration::from_millis(5), MAX_ACCEPT_BACKOFF);
+                        tracing::warn!("admin accept failed: {e}; pausing {backoff:?}");
+                        drop(slot);
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                };
+                backoff = Duration::ZERO;
+                let timeout = state.header_read_timeout;
                 let state = state.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(state.handle(req).await) }
                 });
                 tokio::spawn(async move {
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _slot = slot;
+                    let _ = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(timeout)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
             changed = shutdown.changed() => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::versions::{FilterVersions, StoredVersion, VersionSource};
 use wasmgate_config::{Config, ConfigError, FailurePolicy, FilterConfig, Isolation};
-use wasmgate_engine::services::OutboundGrant;
+use wasmgate_engine::services::{ClusterGrant, OutboundGrant};
 use wasmgate_engine::{
     FilterEngine, FilterFailure, FilterLimits, FilterModule, InstancePool, PoolPolicy, sha256_hex,
 };
@@ -128,7 +128,9 @@ pub(crate) async fn compile(
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), v.expose()?.to_owned())))
         .collect();
-    m.grant(f.kv_quota, vars, outbound);
+    let reroute = ClusterGrant::from_config(f.reroute_clusters.as_deref());
+    m.grant(f.kv_quota, vars, outbound, reroute);
+    m.set_log_rate(f.log_lines_per_second);
     Ok(CompiledVersion {
         module: Arc::new(m),
         config: f.clone(),
@@ -444,6 +446,7 @@ pub(crate) async fn build(
         routes.push(RouteMatch {
             hosts: r.hosts.clone(),
             path: r.path.clone(),
+            case_sensitive: r.case_sensitive,
             methods: r.methods.clone(),
             matchers: r.matchers.clone(),
             order: r.order,
@@ -457,6 +460,7 @@ pub(crate) async fn build(
                     _ => None,
                 },
                 prefix_rewrite: r.prefix_rewrite.clone(),
+                reject_path_parameters: r.reject_path_parameters,
                 timeout: r.timeout,
             }),
         });

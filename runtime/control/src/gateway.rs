@@ -278,6 +278,7 @@ impl Gateway {
                 let admin_addr = admin_listener.local_addr()?;
                 let state = Arc::new(AdminState {
                     config: cfg.clone(),
+                    header_read_timeout: self.config.limits.header_read_timeout,
                     live: self.live.clone(),
                     ready: AtomicBool::new(true),
                 });
@@ -312,7 +313,11 @@ impl Gateway {
         let options = server::ListenerOptions {
             limits,
             tls,
-            proxy_protocol: self.config.server.proxy_protocol,
+            proxy_protocol: self
+                .config
+                .server
+                .proxy_protocol
+                .then(|| self.config.server.proxy_protocol_from.clone().into()),
             drain_timeout: self.config.server.drain_timeout,
             overload: deps.overload.clone(),
         };

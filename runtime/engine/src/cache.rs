@@ -7,15 +7,22 @@
 //! or corrupted file is recompiled rather than loaded. Entries are written to a
 //! unique temporary name and renamed into place, so concurrent writers are
 //! safe. The folder is created private to the user (0700): loading an entry
-//! runs its machine code, so only this user may write there.
+//! runs its machine code, so only this user may write there. That is checked,
+//! not assumed: at open and before every load, a folder or entry owned by
+//! another user, or writable by group or others, is refused (logged, counted
+//! in [`CompileCache::refusals`]) and the module compiled instead: whoever
+//! could write there could otherwise have the gateway run their code (the
+//! trailing digest only catches accidents, since a writer can recompute it).
 //!
 //! The folder holds at most [`MAX_ENTRIES`] entries: a load touches its entry,
 //! and storing a new one removes the least recently used past the cap, so a
 //! gateway that swaps modules for months does not fill its disk.
 
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -32,6 +39,9 @@ pub enum CacheOutcome {
     Disabled,
     /// Compiled earlier in this process (the same bytes loaded again).
     Memory,
+    /// Compiled now; the cache folder or entry was refused (another user
+    /// owns it, or others may write it) and left alone.
+    Refused,
 }
 
 /// Entries kept in the folder (each filter keeps at most 8 versions, so this
@@ -43,6 +53,35 @@ pub const MAX_ENTRIES: usize = 64;
 pub struct CompileCache {
     dir: PathBuf,
     compat: String,
+    refusals: Arc<AtomicU64>,
+}
+
+/// Why a cache folder or entry is not trusted, if it is not: it must belong
+/// to this process's user and be writable by no one else.
+#[cfg(unix)]
+fn untrusted(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Some(format!("owned by uid {}, not this user ({me})", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Some(format!(
+            "writable by {} (mode {:o})",
+            if meta.mode() & 0o002 != 0 {
+                "others"
+            } else {
+                "its group"
+            },
+            meta.mode() & 0o7777
+        ));
+    }
+    None
+}
+
+#[cfg(not(unix))]
+fn untrusted(_meta: &std::fs::Metadata) -> Option<String> {
+    None
 }
 
 /// Hex SHA-256 of `bytes`.
@@ -64,10 +103,41 @@ impl CompileCache {
         builder.create(dir)?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
-        Ok(CompileCache {
+        let cache = CompileCache {
             dir: dir.to_path_buf(),
             compat: format!("{:016x}", h.finish()),
-        })
+            refusals: Arc::default(),
+        };
+        // Said once at start; each load checks again.
+        cache.dir_trusted();
+        Ok(cache)
+    }
+
+    /// Folders and entries refused so far (see the module docs).
+    pub fn refusals(&self) -> &Arc<AtomicU64> {
+        &self.refusals
+    }
+
+    fn refuse(&self, path: &Path, why: &str) {
+        self.refusals.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            path = %path.display(),
+            "compile cache refused: {why}; compiling instead (make it the gateway user's own, mode 0700 for the folder and 0600 for entries)"
+        );
+    }
+
+    /// Whether the folder may be used now (refusing it if not).
+    fn dir_trusted(&self) -> bool {
+        match std::fs::metadata(&self.dir) {
+            Ok(meta) => match untrusted(&meta) {
+                None => true,
+                Some(why) => {
+                    self.refuse(&self.dir, &why);
+                    false
+                }
+            },
+            Err(_) => false,
+        }
     }
 
     fn entry(&self, sha256: &str) -> PathBuf {
@@ -82,14 +152,23 @@ impl CompileCache {
         bytes: &[u8],
         sha256: &str,
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
+        if !self.dir_trusted() {
+            let component = compile(engine, bytes)?;
+            return Ok((component, CacheOutcome::Refused));
+        }
         let path = self.entry(sha256);
-        if let Some(component) = self.try_load(engine, &path) {
+        let mut refused = false;
+        if let Some(component) = self.try_load(engine, &path, &mut refused) {
             // Recently used: the last to be pruned.
             let _ = std::fs::File::options()
                 .write(true)
                 .open(&path)
                 .and_then(|f| f.set_modified(std::time::SystemTime::now()));
             return Ok((component, CacheOutcome::Hit));
+        }
+        if refused {
+            // Left where it is: it is not ours to replace.
+            return Ok((compile(engine, bytes)?, CacheOutcome::Refused));
         }
         let compiled = engine.precompile_component(bytes)?;
         let component = deserialize(engine, &compiled)?;
@@ -100,8 +179,16 @@ impl CompileCache {
         Ok((component, CacheOutcome::Compiled))
     }
 
-    fn try_load(&self, engine: &Engine, path: &Path) -> Option<Component> {
-        let data = std::fs::read(path).ok()?;
+    fn try_load(&self, engine: &Engine, path: &Path, refused: &mut bool) -> Option<Component> {
+        // Checked on the open file, so what is checked is what is read.
+        let mut file = std::fs::File::open(path).ok()?;
+        if let Some(why) = untrusted(&file.metadata().ok()?) {
+            self.refuse(path, &why);
+            *refused = true;
+            return None;
+        }
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).ok()?;
         let valid = data.len() > 32 && {
             let (code, digest) = data.split_at(data.len() - 32);
             Sha256::digest(code).as_slice() == digest
@@ -128,7 +215,11 @@ impl CompileCache {
             std::thread::current().id()
         ));
         let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut options = std::fs::File::options();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&tmp)?;
             f.write_all(compiled)?;
             f.write_all(&Sha256::digest(compiled))?;
             f.sync_all()?;
@@ -177,7 +268,9 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
 )]
 fn deserialize(engine: &Engine, compiled: &[u8]) -> wasmtime::Result<Component> {
     // SAFETY: `compiled` was produced by `Engine::precompile_component` (just
-    // now, or earlier and stored with a digest that was verified above), and
+    // now, or earlier and stored, by this user only, in a folder and file
+    // no one else may write, both checked before the read, with a digest
+    // that was verified above), and
     // wasmtime checks the engine compatibility header itself.
     unsafe { Component::deserialize(engine, compiled) }
 }

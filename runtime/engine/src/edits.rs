@@ -47,7 +47,7 @@ pub enum InvalidEdit {
     #[error("the header edits leave several Host headers")]
     SeveralHosts,
     /// A cluster that does not exist (or that the filter may not name).
-    #[error("cluster {0:?} does not exist")]
+    #[error("cluster {0:?} does not exist or is not in this filter's reroute_clusters")]
     UnknownCluster(String),
     /// A body edit on a side whose body the filter did not ask for.
     #[error("a {0} body edit needs buffer-{0}-body declared at init")]
@@ -59,6 +59,17 @@ pub enum InvalidEdit {
     /// More edits in one call than the host keeps.
     #[error("more than {0} edits in one call")]
     TooMany(usize),
+    /// More bytes handed back than the host keeps (see [`MAX_CONTEXT`],
+    /// [`MAX_HEADER_BYTES`], [`MAX_BODY`]).
+    #[error("the {what} of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// What: `context`, `header edits`, `body`.
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A response handle from another call, or one already used.
     #[error("a response that is no longer valid (built in an earlier call, or already returned)")]
     StaleResponse,
@@ -330,6 +341,55 @@ pub struct ResponseEdits {
     pub status: Option<StatusCode>,
     /// A new body.
     pub body: Option<Vec<u8>>,
+}
+
+/// Largest `context` a filter may hand from `on-request` to `on-response`
+/// (it is held for the whole upstream call).
+pub const MAX_CONTEXT: usize = 64 << 10;
+/// Largest total of header names and values one decision may set or
+/// append (on the message, or in a response the filter makes).
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+/// Largest body one decision may set (on the message, or in a response
+/// the filter makes).
+pub const MAX_BODY: usize = 16 << 20;
+
+fn header_bytes<'a>(ops: impl IntoIterator<Item = &'a HeaderOp>) -> usize {
+    ops.into_iter()
+        .map(|op| match op {
+            HeaderOp::Remove(n) => n.as_str().len(),
+            HeaderOp::Set(n, v) | HeaderOp::Append(n, v) => n.as_str().len() + v.len(),
+        })
+        .sum()
+}
+
+fn within(what: &'static str, size: usize, limit: usize) -> Result<(), InvalidEdit> {
+    if size > limit {
+        return Err(InvalidEdit::TooLarge { what, size, limit });
+    }
+    Ok(())
+}
+
+/// Checks a decision's sizes against [`MAX_HEADER_BYTES`] and
+/// [`MAX_BODY`]: headers and body of the edits, or of a response made.
+pub fn check_sizes(
+    headers: &[HeaderOp],
+    made_headers: Option<&HeaderMap>,
+    body: Option<&[u8]>,
+) -> Result<(), InvalidEdit> {
+    let made = made_headers.map_or(0, |h| {
+        h.iter().map(|(n, v)| n.as_str().len() + v.len()).sum()
+    });
+    within(
+        "header edits",
+        header_bytes(headers) + made,
+        MAX_HEADER_BYTES,
+    )?;
+    within("body", body.map_or(0, <[u8]>::len), MAX_BODY)
+}
+
+/// Checks a `context` against [`MAX_CONTEXT`].
+pub fn check_context(context: Option<&[u8]>) -> Result<(), InvalidEdit> {
+    within("context", context.map_or(0, <[u8]>::len), MAX_CONTEXT)
 }
 
 /// Checks what only the whole decision shows, and applies it to the

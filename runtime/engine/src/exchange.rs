@@ -135,6 +135,41 @@ pub enum RequestOutcome {
     Invalid(InvalidEdit),
 }
 
+impl RequestOutcome {
+    /// Refuses a decision that hands back more than the host keeps (and
+    /// drops the context with it).
+    pub(crate) fn bounded(self, context: &mut Option<Vec<u8>>) -> RequestOutcome {
+        let checked = match &self {
+            RequestOutcome::Proceed(e) => edits::check_context(context.as_deref())
+                .and_then(|()| edits::check_sizes(&e.headers, None, e.body.as_deref())),
+            RequestOutcome::Respond(m) => edits::check_sizes(&[], Some(&m.headers), Some(&m.body)),
+            RequestOutcome::Invalid(_) => Ok(()),
+        };
+        match checked {
+            Ok(()) => self,
+            Err(e) => {
+                *context = None;
+                RequestOutcome::Invalid(e)
+            }
+        }
+    }
+}
+
+impl ResponseOutcome {
+    /// Refuses a decision that hands back more than the host keeps.
+    pub(crate) fn bounded(self) -> ResponseOutcome {
+        let checked = match &self {
+            ResponseOutcome::Proceed(e) => edits::check_sizes(&e.headers, None, e.body.as_deref()),
+            ResponseOutcome::Replace(m) => edits::check_sizes(&[], Some(&m.headers), Some(&m.body)),
+            ResponseOutcome::Invalid(_) => Ok(()),
+        };
+        match checked {
+            Ok(()) => self,
+            Err(e) => ResponseOutcome::Invalid(e),
+        }
+    }
+}
+
 /// What `on-response` decided.
 #[derive(Debug)]
 pub enum ResponseOutcome {

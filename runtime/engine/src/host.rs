@@ -83,19 +83,27 @@ impl HostState {
             .stdout(LogStream {
                 site: site.clone(),
                 stream: "stdout",
+                budget: grants.log.clone(),
             })
             .stderr(LogStream {
                 site: site.clone(),
                 stream: "stderr",
+                budget: grants.log.clone(),
             })
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }))
             .build();
+        // wasmtime allows a million handles per table by default, and the
+        // table lives as long as the pooled instance: a guest that leaks
+        // handles (pollables, streams, 0.2 responses) grows host memory
+        // without bound otherwise. Past the cap, the host call fails.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
         HostState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter {
                 limit: memory_limit as usize,
                 exceeded: false,
@@ -169,7 +177,11 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 
 impl log::Host for HostState {
     fn log(&mut self, level: types::LogLevel, message: String) {
+        if !self.grants.log.take(&self.site) {
+            return;
+        }
         let (filter, route) = (&*self.site.filter, &*self.site.route);
+        let message = one_line(message.as_bytes());
         match level {
             types::LogLevel::Trace => {
                 tracing::trace!(target: "wasmgate::filter", filter, route, "{message}")
@@ -215,6 +227,7 @@ impl log::Host for HostState {
 struct LogStream {
     site: CallSite,
     stream: &'static str,
+    budget: Arc<LogBudget>,
 }
 
 impl IsTerminal for LogStream {
@@ -229,9 +242,14 @@ impl StdoutStream for LogStream {
             site: self.site.clone(),
             stream: self.stream,
             line: Vec::new(),
+            budget: self.budget.clone(),
         })
     }
 }
+
+/// Host handles (WASI resources, contract 0.2 requests and responses) one
+/// instance may hold at once.
+pub const MAX_HANDLES: usize = 1024;
 
 /// Longest line kept before it is flushed as it is (a guest cannot make the
 /// host buffer without bound).
@@ -241,6 +259,112 @@ struct LineWriter {
     site: CallSite,
     stream: &'static str,
     line: Vec<u8>,
+    budget: Arc<LogBudget>,
+}
+
+/// Guest text as one log line: control characters (a newline above all,
+/// which would start a line the guest wrote to look like the gateway's)
+/// escaped as `\n`, `\u{1b}` and so on, and at most [`MAX_LINE`] bytes.
+fn one_line(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    fn escaped(text: &str) -> String {
+        let mut out = String::with_capacity(text.len().min(MAX_LINE) + 16);
+        for c in text.chars() {
+            if out.len() >= MAX_LINE {
+                out.push_str(" [cut]");
+                break;
+            }
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+    let end = ['\r', '\n'];
+    match String::from_utf8_lossy(bytes) {
+        Cow::Borrowed(text) => {
+            let text = text.trim_end_matches(end);
+            if text.len() <= MAX_LINE && !text.chars().any(char::is_control) {
+                Cow::Borrowed(text)
+            } else {
+                Cow::Owned(escaped(text))
+            }
+        }
+        Cow::Owned(text) => Cow::Owned(escaped(text.trim_end_matches(end))),
+    }
+}
+
+/// Default log lines per second per filter.
+pub const DEFAULT_LOG_RATE: u32 = 100;
+
+/// A token bucket of log lines for one filter (every version and instance
+/// of it): `rate` lines per second, bursts of up to twice that. Lines past
+/// it are dropped and counted, and the drop is said once a second at most.
+#[derive(Debug)]
+pub struct LogBudget {
+    rate: std::sync::atomic::AtomicU32,
+    state: std::sync::Mutex<LogBucket>,
+    /// Lines dropped so far.
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct LogBucket {
+    tokens: f64,
+    refilled: std::time::Instant,
+    warned: Option<std::time::Instant>,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        LogBudget {
+            rate: std::sync::atomic::AtomicU32::new(DEFAULT_LOG_RATE),
+            state: std::sync::Mutex::new(LogBucket {
+                tokens: f64::from(DEFAULT_LOG_RATE) * 2.0,
+                refilled: std::time::Instant::now(),
+                warned: None,
+            }),
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl LogBudget {
+    /// Sets the rate (lines per second; 0 drops every line).
+    pub fn set_rate(&self, per_second: u32) {
+        self.rate
+            .store(per_second, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether one more line may be written now (counting it if not).
+    pub fn take(&self, site: &CallSite) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rate = f64::from(self.rate.load(Relaxed));
+        let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let elapsed = now.duration_since(b.refilled).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(rate * 2.0);
+        b.refilled = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return true;
+        }
+        let dropped = self.dropped.fetch_add(1, Relaxed) + 1;
+        if b.warned
+            .is_none_or(|w| now.duration_since(w).as_secs() >= 1)
+        {
+            b.warned = Some(now);
+            tracing::warn!(
+                filter = &*site.filter,
+                route = &*site.route,
+                dropped,
+                "the filter writes more than its {rate} log lines per second (log_lines_per_second); lines dropped"
+            );
+        }
+        false
+    }
 }
 
 impl LineWriter {
@@ -248,8 +372,11 @@ impl LineWriter {
         if self.line.is_empty() {
             return;
         }
-        let text = String::from_utf8_lossy(&self.line);
-        let text = text.trim_end_matches(['\r', '\n']);
+        if !self.budget.take(&self.site) {
+            self.line.clear();
+            return;
+        }
+        let text = one_line(&self.line);
         tracing::info!(
             target: "wasmgate::filter::output",
             filter = &*self.site.filter,
@@ -289,5 +416,47 @@ impl AsyncWrite for LineWriter {
 impl Drop for LineWriter {
     fn drop(&mut self) {
         self.emit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_text_stays_on_one_line() {
+        assert_eq!(one_line(b"plain text\n"), "plain text");
+        let forged = one_line(b"ok\n2026-12-07T00:00:00Z  INFO wasmgate: admin token rotated");
+        assert!(!forged.contains('\n'), "{forged}");
+        assert!(forged.starts_with("ok\\n2026"), "{forged}");
+        assert_eq!(
+            one_line(b"bell\x07 esc\x1b[31m"),
+            "bell\\u{7} esc\\u{1b}[31m"
+        );
+        let long = vec![b'a'; MAX_LINE * 2];
+        let cut = one_line(&long);
+        assert!(
+            cut.len() <= MAX_LINE + 16 && cut.ends_with("[cut]"),
+            "{}",
+            cut.len()
+        );
+    }
+
+    #[test]
+    fn the_log_budget_drops_and_counts_past_its_rate() {
+        let site = CallSite {
+            filter: "f".into(),
+            route: "r".into(),
+        };
+        let budget = LogBudget::default();
+        budget.set_rate(5);
+        // A burst of twice the rate; the default start holds more, so
+        // drain it first.
+        let taken = (0..1000).filter(|_| budget.take(&site)).count();
+        assert!(taken <= 2 * DEFAULT_LOG_RATE as usize + 1, "{taken}");
+        let dropped = budget.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(dropped as usize, 1000 - taken);
+        budget.set_rate(0);
+        assert!(!budget.take(&site), "rate 0 drops every line");
     }
 }

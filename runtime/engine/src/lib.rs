@@ -251,6 +251,14 @@ impl FilterEngine {
             .collect()
     }
 
+    /// Compile cache folders and entries refused so far because another
+    /// user owns them or others may write them.
+    pub fn compile_cache_refusals(&self) -> u64 {
+        self.cache
+            .as_ref()
+            .map_or(0, |c| c.refusals().load(Ordering::Relaxed))
+    }
+
     /// The state the host keeps for filters (`kv`, `rate-limit`).
     pub fn services(&self) -> &Arc<services::HostServices> {
         &self.services
@@ -300,10 +308,12 @@ impl FilterEngine {
         let pre = Pre::new(&component, instance_pre).map_err(contract)?;
         let live = self.live.entry(name.clone()).or_default().clone();
         live.versions.fetch_add(1, Ordering::Relaxed);
+        let mut grants = services::Grants::new(name.clone(), self.services.clone());
+        grants.log = live.log.clone();
         Ok(FilterModule {
             name: name.name.clone(),
             sha256,
-            grants: services::Grants::new(name.clone(), self.services.clone()),
+            grants,
             pre,
             limits,
             tick: self.tick,
@@ -404,6 +414,9 @@ pub struct LiveCounts {
     pub versions: std::sync::atomic::AtomicI64,
     /// `FilterInstance`s alive (idle in a pool or serving a call).
     pub instances: std::sync::atomic::AtomicI64,
+    /// The filter's log lines (the `log` import, stdout and stderr), shared
+    /// by every version and instance of it.
+    pub log: Arc<host::LogBudget>,
 }
 
 impl Drop for FilterModule {
@@ -413,17 +426,33 @@ impl Drop for FilterModule {
 }
 
 impl FilterModule {
-    /// Sets what the filter may use: its `kv` quota, `config` values and
-    /// outbound calls.
+    /// Sets what the filter may use: its `kv` quota, `config` values,
+    /// outbound calls, and the clusters it may send its route's traffic to.
     pub fn grant(
         &mut self,
         kv_quota: usize,
         vars: std::collections::HashMap<String, String>,
         outbound: Option<services::OutboundGrant>,
+        reroute: services::ClusterGrant,
     ) {
         self.grants.kv_quota = kv_quota;
         self.grants.vars = Arc::new(vars);
         self.grants.outbound = outbound;
+        self.grants.reroute = reroute;
+    }
+
+    /// Whether the operator lets this filter send its route's traffic to
+    /// `cluster` (a request edit's `cluster`). A cluster it may not name
+    /// and one that does not exist are refused alike, so a filter cannot
+    /// probe for names.
+    pub fn may_reroute(&self, cluster: &str) -> bool {
+        self.grants.reroute.allows(cluster)
+    }
+
+    /// Sets how many log lines per second the filter may write (every
+    /// version of it shares the budget; the newest config's rate holds).
+    pub fn set_log_rate(&self, per_second: u32) {
+        self.grants.log.set_rate(per_second);
     }
 }
 
@@ -729,7 +758,7 @@ impl FilterInstance {
             }
         };
         carry.outbound_used = self.store.data().call.outbound_used;
-        result
+        result.map(|o| o.bounded(&mut carry.context))
     }
 
     /// Calls `on-response`, ending by `deadline` at the latest; like
@@ -782,6 +811,6 @@ impl FilterInstance {
             }
         };
         carry.outbound_used = self.store.data().call.outbound_used;
-        result
+        result.map(ResponseOutcome::bounded)
     }
 }

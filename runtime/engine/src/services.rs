@@ -108,6 +108,43 @@ pub struct Grants {
     pub services: Arc<HostServices>,
     /// Calls to clusters, if the gateway config allows any.
     pub outbound: Option<OutboundGrant>,
+    /// Clusters a request edit may send the route's traffic to.
+    pub reroute: ClusterGrant,
+    /// Its log lines per second, shared by its versions and instances.
+    pub log: Arc<crate::host::LogBudget>,
+}
+
+/// Which clusters of its tenant a filter may name, as the operator granted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ClusterGrant {
+    /// None (the default).
+    #[default]
+    Nothing,
+    /// These.
+    These(Arc<HashSet<String>>),
+    /// Every cluster (`["*"]` in the config).
+    Every,
+}
+
+impl ClusterGrant {
+    /// From a config list: none or empty grants nothing, `["*"]` every
+    /// cluster.
+    pub fn from_config(list: Option<&[String]>) -> ClusterGrant {
+        match list {
+            None | Some([]) => ClusterGrant::Nothing,
+            Some(l) if l.iter().any(|c| c == "*") => ClusterGrant::Every,
+            Some(l) => ClusterGrant::These(Arc::new(l.iter().cloned().collect())),
+        }
+    }
+
+    /// Whether `cluster` is granted.
+    pub fn allows(&self, cluster: &str) -> bool {
+        match self {
+            ClusterGrant::Nothing => false,
+            ClusterGrant::These(set) => set.contains(cluster),
+            ClusterGrant::Every => true,
+        }
+    }
 }
 
 /// A future an [`Outbound`] returns.
@@ -167,6 +204,8 @@ impl Grants {
             vars: Arc::default(),
             services,
             outbound: None,
+            reroute: ClusterGrant::Nothing,
+            log: Arc::default(),
         }
     }
 }

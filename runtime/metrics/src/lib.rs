@@ -179,6 +179,27 @@ pub struct CanaryLabels {
     pub event: &'static str,
 }
 
+/// What a filter asked for and was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
+pub struct FilterRefusalLabels {
+    /// Filter name.
+    pub filter: String,
+    /// The grant or limit that refused it, by its config key
+    /// (`reroute_clusters`, …).
+    pub limit: &'static str,
+}
+
+/// Why the admin listener refused a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
+pub struct AdminRefusalLabels {
+    /// `host_not_allowed` (a `Host` outside `admin.allowed_hosts`, or not
+    /// a loopback name without a token) or `unauthorized` (no or a wrong
+    /// token).
+    pub reason: &'static str,
+}
+
 /// One filter name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[cfg_attr(test, derive(Default))]
@@ -227,7 +248,7 @@ metric_tables! {
         connection_errors: counter[ConnErrorLabels] => "connection_errors",
             "Client connections that ended in an HTTP-level error (requests refused by the parser, slow heads), by kind";
         proxy_protocol_errors: counter => "proxy_protocol_errors",
-            "Connections closed for a missing, invalid or late PROXY protocol header";
+            "Connections closed for a missing, invalid or late PROXY protocol header, or from a peer not in server.proxy_protocol_from";
         upgrades: counter => "upgrades",
             "Requests upgraded to a tunnel (WebSocket)";
         active_tunnels: gauge => "active_tunnels",
@@ -254,6 +275,8 @@ metric_tables! {
             "Filter failures skipped under failure_policy = fail-open";
         filter_outbound: counter[OutboundLabels] => "filter_outbound",
             "Outbound calls made by filters, by filter, cluster and outcome";
+        filter_refusals: counter[FilterRefusalLabels] => "filter_refusals",
+            "What filters asked for and a grant or limit the operator set refused, by filter and limit";
     }
 
     // Upstream clusters and their endpoints.
@@ -315,6 +338,11 @@ metric_tables! {
             "Requests each filter version handled, by outcome: ok, 5xx (the response), filter_failed (the filter itself)";
         filter_canary_events: counter[CanaryLabels] => "filter_canary_events",
             "Canary releases started, promoted, rolled back by hand (rolled_back) or by the error-rate check (auto_rolled_back)";
+        /// Sampled at scrape.
+        compile_cache_refused: counter => "compile_cache_refused",
+            "Compile cache folders and entries refused because another user owns them or others may write them (the module is compiled instead)";
+        admin_refused: counter[AdminRefusalLabels] => "admin_refused",
+            "Admin requests refused, by reason (host_not_allowed, unauthorized)";
     }
 }
 

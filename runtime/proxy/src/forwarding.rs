@@ -40,6 +40,16 @@ const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// Headers some upstreams believe about the request or the client, which
+/// only a trusted hop may send: IIS and frameworks on it (Symfony, Zend)
+/// take `X-Original-URL` / `X-Rewrite-URL` as the path, bypassing the
+/// gateway's routing and path checks; nginx-style upstreams take
+/// `X-Real-IP` as the client.
+const CLIENT_CLAIMS: [HeaderName; 3] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-real-ip"),
+];
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 impl ClientView {
@@ -171,6 +181,12 @@ impl Forwarding {
             }
         } else if !trusted {
             headers.remove(&FORWARDED);
+        }
+
+        if !trusted {
+            for h in &CLIENT_CLAIMS {
+                headers.remove(h);
+            }
         }
 
         // Request id.

@@ -73,6 +73,8 @@ pub struct Route {
     pub path_prefix: Option<String>,
     /// Replaces `path_prefix` in the path when forwarding.
     pub prefix_rewrite: Option<String>,
+    /// Answer 400 to paths with `;` segment parameters.
+    pub reject_path_parameters: bool,
     /// Time the upstream part (every try) may take.
     pub timeout: Option<std::time::Duration>,
 }
@@ -171,7 +173,14 @@ impl Route {
         let (Some(prefix), Some(replacement)) = (&self.path_prefix, &self.prefix_rewrite) else {
             return;
         };
-        let Some(rest) = parts.uri.path().strip_prefix(prefix.as_str()) else {
+        // The route matched, so the path starts with the prefix (in some
+        // case, if the route is not case-sensitive).
+        let path = parts.uri.path();
+        let Some(rest) = path
+            .get(..prefix.len())
+            .filter(|head| head.eq_ignore_ascii_case(prefix))
+            .and_then(|_| path.get(prefix.len()..))
+        else {
             return;
         };
         let mut path = format!("{replacement}{rest}");

@@ -72,12 +72,21 @@ impl HostPattern {
     }
 }
 
-fn path_matches(m: &PathMatch, path: &str) -> bool {
+fn path_matches(m: &PathMatch, case_sensitive: bool, path: &str) -> bool {
+    let same = |a: &[u8], b: &[u8]| {
+        if case_sensitive {
+            a == b
+        } else {
+            a.eq_ignore_ascii_case(b)
+        }
+    };
     match m {
-        PathMatch::Exact(p) => p == path,
+        PathMatch::Exact(p) => same(p.as_bytes(), path.as_bytes()),
+        // Built with `(?i)` when the route is not case-sensitive.
         PathMatch::Regex(r) => r.is_match(path),
         PathMatch::Prefix(p) => {
-            path.starts_with(p.as_str())
+            path.len() >= p.len()
+                && same(&path.as_bytes()[..p.len()], p.as_bytes())
                 && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
         }
     }
@@ -99,6 +108,8 @@ pub struct RouteMatch<R> {
     pub hosts: Vec<String>,
     /// Path match.
     pub path: PathMatch,
+    /// Whether `path` compares ASCII letters exactly.
+    pub case_sensitive: bool,
     /// Methods, empty = any.
     pub methods: Vec<Method>,
     /// Header and query conditions, all of which must hold.
@@ -113,6 +124,7 @@ pub struct RouteMatch<R> {
 struct Entry<R> {
     host: HostPattern,
     path: PathMatch,
+    case_sensitive: bool,
     methods: Vec<Method>,
     matchers: Vec<Matcher>,
     target: Arc<R>,
@@ -160,6 +172,7 @@ impl<R> RouteTable<R> {
                     Entry {
                         host,
                         path: r.path.clone(),
+                        case_sensitive: r.case_sensitive,
                         methods: r.methods.clone(),
                         matchers: r.matchers.clone(),
                         target: r.target.clone(),
@@ -207,7 +220,7 @@ impl<R> RouteTable<R> {
                 };
                 host_ok
                     && (e.methods.is_empty() || e.methods.contains(method))
-                    && path_matches(&e.path, path)
+                    && path_matches(&e.path, e.case_sensitive, path)
                     && e.matchers
                         .iter()
                         .all(|m| m.matches(request.headers, request.query))
@@ -256,6 +269,7 @@ mod tests {
         RouteMatch {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             path,
+            case_sensitive: true,
             methods: methods.to_vec(),
             matchers: Vec::new(),
             order,
@@ -281,6 +295,37 @@ mod tests {
             },
         )
         .map(|r| **r)
+    }
+
+    #[test]
+    fn a_route_may_match_its_path_in_any_case() {
+        let mut guard = route("guard", &[], PathMatch::Exact("/admin".into()), &[], 0);
+        guard.case_sensitive = false;
+        let mut internal = route(
+            "internal",
+            &[],
+            PathMatch::Prefix("/Internal".into()),
+            &[],
+            1,
+        );
+        internal.case_sensitive = false;
+        let t = RouteTable::new(vec![
+            guard,
+            internal,
+            route("exact", &[], PathMatch::Exact("/Exact".into()), &[], 2),
+            route("rest", &[], PathMatch::Prefix(String::new()), &[], 3),
+        ]);
+        for p in ["/admin", "/ADMIN", "/aDmIn"] {
+            assert_eq!(find(&t, "h", Method::GET, p), Some("guard"), "{p}");
+        }
+        assert_eq!(find(&t, "h", Method::GET, "/admin/x"), Some("rest"));
+        for p in ["/internal", "/INTERNAL/x", "/Internal/y"] {
+            assert_eq!(find(&t, "h", Method::GET, p), Some("internal"), "{p}");
+        }
+        assert_eq!(find(&t, "h", Method::GET, "/internalx"), Some("rest"));
+        // Case-sensitive stays the default.
+        assert_eq!(find(&t, "h", Method::GET, "/Exact"), Some("exact"));
+        assert_eq!(find(&t, "h", Method::GET, "/exact"), Some("rest"));
     }
 
     #[test]

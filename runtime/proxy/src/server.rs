@@ -51,8 +51,9 @@ pub struct ListenerOptions {
     pub limits: LimitsConfig,
     /// TLS termination, if configured.
     pub tls: Option<Arc<TlsTerminator>>,
-    /// Require a PROXY protocol header on every connection.
-    pub proxy_protocol: bool,
+    /// Require a PROXY protocol header on every connection, and accept
+    /// connections only from these peers (the load balancers that send it).
+    pub proxy_protocol: Option<Arc<[ipnet::IpNet]>>,
     /// Time in-flight requests get to finish after shutdown starts
     /// (`server.drain_timeout`).
     pub drain_timeout: Duration,
@@ -244,7 +245,13 @@ async fn connection(
 ) {
     let limits = &shared.options.limits;
     // The PROXY header and the TLS handshake each get `header_read_timeout`.
-    let (client, stream) = if shared.options.proxy_protocol {
+    let (client, stream) = if let Some(senders) = &shared.options.proxy_protocol {
+        // A header from anyone else would let a client claim any address.
+        if !senders.iter().any(|n| n.contains(&peer.ip())) {
+            shared.metrics.proxy_protocol_errors.inc();
+            tracing::debug!(%peer, "PROXY protocol: the peer is not in server.proxy_protocol_from; closed");
+            return;
+        }
         match tokio::time::timeout(
             limits.header_read_timeout,
             proxy_protocol::accept(stream, peer),

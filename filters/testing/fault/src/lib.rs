@@ -6,7 +6,9 @@
 //! without bound), `recurse` (overflow the stack), `sandbox` (try the file system,
 //! the environment and the network, print to stdout/stderr, and answer 200 with
 //! what happened), `sleep` (hold the instance for 2 s), `grow` (keep 8 MiB
-//! alive in the instance). `kv-incr`, `kv-put`, `kv-get` and `var` exercise
+//! alive in the instance), `reroute` (send the request to the cluster named
+//! in `x-fault-arg`, at `/rerouted`), `log-flood` (write `x-fault-arg`
+//! log lines that try to forge gateway lines). `kv-incr`, `kv-put`, `kv-get` and `var` exercise
 //! the host's `kv` and `config` services (see the match below).
 //! In the config, `fail_init` makes `init` reject it, and `sleep_init_ms`
 //! blocks `init` in a WASI sleep (only after the first `sleep_init_after`
@@ -210,6 +212,22 @@ impl Filter for Fault {
                 log::warn("fault filter: a warning through the log import");
                 OnRequest::proceed()
             }
+            // The attacker's log: as many lines as x-fault-arg says, each
+            // trying to forge a gateway line after a newline, through the
+            // import and stdout.
+            Some("log-flood") => {
+                let n: u32 = req
+                    .header("x-fault-arg")
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(100);
+                for i in 0..n {
+                    log::warn(&format!(
+                        "flood {i}\nFORGED-import INFO wasmgate: all is well"
+                    ));
+                }
+                println!("flood stdout\rFORGED-stdout INFO wasmgate: all is well");
+                OnRequest::proceed()
+            }
             // Calls cluster `c` at the path in x-fault-arg until refused.
             Some("outbound-loop") => {
                 let path = req.header("x-fault-arg").unwrap_or("/");
@@ -230,6 +248,17 @@ impl Filter for Fault {
                 loop {}
             }
             // One call to the cluster named in x-fault-arg, path /outbound.
+            // The attacker's reroute: send this route's request to the
+            // cluster named in x-fault-arg, to a path of its choosing.
+            Some("reroute") => {
+                let cluster = req.header("x-fault-arg").unwrap_or("c");
+                OnRequest::proceed_with(
+                    RequestEdits::default()
+                        .cluster(cluster)
+                        .path_with_query("/rerouted")
+                        .set_header("x-from", "fault"),
+                )
+            }
             Some("outbound-to") => {
                 let cluster = req.header("x-fault-arg").unwrap_or("c");
                 let text =

@@ -64,6 +64,12 @@ impl Live {
 
     /// Brings the live-version and live-instance gauges up to date.
     pub(crate) fn sample_metrics(&self) {
+        let m = &self.deps.metrics;
+        let refused = self.deps.engine.compile_cache_refusals();
+        let counted = m.compile_cache_refused.get();
+        if refused > counted {
+            m.compile_cache_refused.inc_by(refused - counted);
+        }
         for (name, c) in self.deps.engine.live_counts() {
             let labels = wasmgate_metrics::FilterNameLabels {
                 filter: name.to_string(),
@@ -75,6 +81,18 @@ impl Live {
             m.filter_instances_live
                 .get_or_create(&labels)
                 .set(c.instances.load(std::sync::atomic::Ordering::Relaxed));
+            let dropped = c.log.dropped.load(std::sync::atomic::Ordering::Relaxed);
+            if dropped > 0 {
+                let counter =
+                    m.filter_refusals
+                        .get_or_create(&wasmgate_metrics::FilterRefusalLabels {
+                            filter: name.to_string(),
+                            limit: "log_lines_per_second",
+                        });
+                if dropped > counter.get() {
+                    counter.inc_by(dropped - counter.get());
+                }
+            }
         }
     }
 }

@@ -142,7 +142,22 @@ impl Proxy {
             let applied = match outcome {
                 RequestOutcome::Proceed(changes) => {
                     note(s, f.name(), "proceed");
-                    let to = |name: &str| self.clusters.get(name).cloned();
+                    // Only a cluster the operator granted this filter; one
+                    // it may not use fails like one that does not exist.
+                    let module = arm.pool.module();
+                    let to = |name: &str| {
+                        if !module.may_reroute(name) {
+                            self.metrics
+                                .filter_refusals
+                                .get_or_create(&wasmgate_metrics::FilterRefusalLabels {
+                                    filter: f.name().to_string(),
+                                    limit: "reroute_clusters",
+                                })
+                                .inc();
+                            return None;
+                        }
+                        self.clusters.get(name).cloned()
+                    };
                     edits::apply_request_edits(&mut ex.request, changes, arm.needs.request_body, to)
                         .map(|change| {
                             if let Some(c) = change.cluster {

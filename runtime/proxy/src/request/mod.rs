@@ -202,6 +202,11 @@ impl Proxy {
             e.route = Some(route.name.clone());
         }
         s.route = Some(route.clone());
+        if route.reject_path_parameters && parts.uri.path().contains(';') {
+            return Err(RequestError::BadRequest(
+                "`;` path parameters are not accepted here".into(),
+            ));
+        }
         Ok(route)
     }
 }

@@ -1,0 +1,132 @@
+//! The filter author as the attacker (issue 16's threat model: filter
+//! authors are not trusted, only the operator is). Each test has a test-only
+//! guest (`filters/testing/fault`) attempt an escape, and asserts it is
+//! contained: the attempt fails or is refused, only its own request feels
+//! it, and another party's backend or data is never reached.
+
+use wasmgate_tests::{Upstream, artifacts, capture_logs, get, metric, start_gateway};
+
+/// A request edit may name another cluster (`set-cluster`), which would let
+/// a filter send its route's traffic, with a path and headers of its
+/// choosing, to any backend in the config. Only clusters the operator
+/// granted the filter in `reroute_clusters` are accepted; a cluster it was
+/// not granted fails exactly like one that does not exist, so a filter
+/// cannot even learn which names exist.
+#[tokio::test]
+async fn a_filter_reroutes_only_to_clusters_it_was_granted() {
+    let logs = capture_logs();
+    let mine = Upstream::start("mine").await;
+    let theirs = Upstream::start("theirs").await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 8\n\
+         [filters.plain]\npath = {fault:?}\npool_size = 2\n\
+         [filters.granted]\npath = {fault:?}\npool_size = 2\nreroute_clusters = [\"theirs\"]\n\
+         [clusters.mine]\nendpoints = [\"{}\"]\n[clusters.theirs]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"a\"\npath_prefix = \"/a\"\ncluster = \"mine\"\nfilters = [{{ name = \"plain\" }}]\n\
+         [[routes]]\nname = \"b\"\npath_prefix = \"/b\"\ncluster = \"mine\"\nfilters = [{{ name = \"granted\" }}]\n",
+        mine.addr,
+        theirs.addr,
+        fault = artifacts::FAULT,
+    );
+    let gw = start_gateway(&toml).await;
+    let reroute = |to: &'static str| [("x-fault", "reroute"), ("x-fault-arg", to)];
+
+    // Without a grant: an existing cluster and a made-up one, refused alike.
+    let existing = get(gw.addr(), "/a", &reroute("theirs")).await;
+    let made_up = get(gw.addr(), "/a", &reroute("nowhere")).await;
+    for r in [&existing, &made_up] {
+        assert_eq!(r.status, 500, "{}", r.body);
+        assert_eq!(r.json()["code"], "filter_invalid_decision", "{}", r.body);
+    }
+    assert_eq!(
+        existing.json()["message"],
+        made_up.json()["message"],
+        "the answer does not tell a granted name from a missing one"
+    );
+    for name in ["theirs", "nowhere"] {
+        let line = format!(
+            "cluster \"{name}\" does not exist or is not in this filter's reroute_clusters"
+        );
+        assert_eq!(
+            logs.lines_with(&["plain", &line]).len(),
+            1,
+            "the log says the same for both: {line}"
+        );
+    }
+    assert_eq!(theirs.count(), 0, "the other backend was never reached");
+    assert_eq!(mine.count(), 0, "a refused decision is not forwarded");
+
+    // With a grant: that cluster and no other.
+    let r = get(gw.addr(), "/b", &reroute("theirs")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = theirs.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/rerouted");
+    let r = get(gw.addr(), "/b", &reroute("mine")).await;
+    assert_eq!(r.status, 500, "a cluster not in its grant: {}", r.body);
+    assert_eq!(mine.count(), 0);
+
+    // The route itself is unharmed.
+    assert_eq!(get(gw.addr(), "/a", &[]).await.status, 200);
+    gw.shutdown().await;
+}
+
+/// A filter's log lines are its own: one entry each, with newlines and
+/// other control characters escaped (it cannot write a line that looks
+/// like the gateway's), and at most `log_lines_per_second` of them, the
+/// rest dropped and counted, so a flood neither fills the disk nor holds
+/// the worker thread writing.
+#[tokio::test]
+async fn a_filter_cannot_forge_or_flood_the_log() {
+    let logs = capture_logs();
+    let up = Upstream::start("u").await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 4\n\
+         [filters.noisy]\npath = {fault:?}\npool_size = 1\nlog_lines_per_second = 5\n\
+         [clusters.c]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\ncluster = \"c\"\nfilters = [{{ name = \"noisy\" }}]\n",
+        up.addr,
+        fault = artifacts::FAULT,
+    );
+    let gw = start_gateway(&toml).await;
+    let r = get(
+        gw.addr(),
+        "/",
+        &[("x-fault", "log-flood"), ("x-fault-arg", "200")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "the flood costs only its lines: {}", r.body);
+
+    for forged in ["FORGED-import", "FORGED-stdout"] {
+        for line in logs.lines_with(&[forged]) {
+            assert!(
+                !line.starts_with(forged) && line.contains("noisy"),
+                "a forged line of its own: {line:?}"
+            );
+        }
+    }
+    let written = logs.lines_with(&["noisy", "FORGED-import"]).len()
+        + logs.lines_with(&["noisy", "FORGED-stdout"]).len();
+    assert!(
+        (1..=20).contains(&written),
+        "a burst of twice the rate (and what refills meanwhile), not 201: {written}"
+    );
+    let text = gw.metrics_text();
+    let dropped = metric(
+        &text,
+        "wasmgate_filter_refusals_total{filter=\"noisy\",limit=\"log_lines_per_second\"}",
+    );
+    assert_eq!(
+        dropped,
+        Some((201 - written) as f64),
+        "every line not written is counted\n{text}"
+    );
+    assert!(
+        !logs
+            .lines_with(&["noisy", "more than its 5 log lines per second"])
+            .is_empty(),
+        "the drop is said"
+    );
+    assert_eq!(up.count(), 1);
+    gw.shutdown().await;
+}
