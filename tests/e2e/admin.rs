@@ -217,3 +217,142 @@ async fn silent_admin_connections_are_capped_and_cut() {
     }
     gw.shutdown().await;
 }
+
+/// The admin token lets its holder replace the routing config, not read or
+/// write the machine's files: a config put through the API may name only
+/// the files and environment variables the config file names, or those
+/// under `admin.api_paths` / in `admin.api_env`, and keeps the file's
+/// access log. Anything else is refused by its key, before it is touched.
+#[tokio::test]
+async fn a_config_through_the_api_reaches_only_what_the_file_allows() {
+    let up = Upstream::start("u").await;
+    let dir = std::env::temp_dir().join(format!("wasmgate-api-reach-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let allowed = dir.join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    let file = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
+         api_paths = [{allowed:?}]\napi_env = [\"WASMGATE_API_REACH_OK\"]\n\
+         [access_log]\nenabled = false\n[engine]\nmax_instances = 16\n\
+         [filters.api-key]\npath = {api_key:?}\npool_size = 2\n\
+         [clusters.c]\nendpoints = [\"{up}\"]\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/api\"\ncluster = \"c\"\n\
+         filters = [{{ name = \"api-key\", config = {{ keys = [\"k\"] }} }}]\n",
+        allowed = allowed.display().to_string(),
+        api_key = artifacts::API_KEY,
+        up = up.addr
+    );
+    let gw = start_gateway(&file).await;
+    let admin = gw.admin_addr().unwrap();
+    let auth = format!("Bearer {TOKEN}");
+    let put = |text: String| {
+        let auth = auth.clone();
+        async move {
+            wasmgate_tests::send_body(admin, "PUT", "/config", &[("authorization", &auth)], text)
+                .await
+        }
+    };
+    let with_filter = |name: &str, extra: &str| {
+        file.replace(
+            "[clusters.c]",
+            &format!("[filters.{name}]\n{extra}\npool_size = 1\n[clusters.c]"),
+        )
+    };
+
+    let stolen = dir.join("written-by-the-api.log");
+    for (text, key, says) in [
+        (
+            with_filter("x", "path = \"/etc/passwd\""),
+            "filters.x.path",
+            "admin.api_paths",
+        ),
+        (
+            with_filter(
+                "x",
+                &format!(
+                    "path = {:?}\nvars = {{ home = {{ env = \"HOME\" }} }}",
+                    artifacts::API_KEY
+                ),
+            ),
+            "filters.x.vars.home",
+            "admin.api_env",
+        ),
+        (
+            with_filter(
+                "x",
+                &format!(
+                    "path = {:?}\nvars = {{ k = {{ file = \"/etc/hostname\" }} }}",
+                    artifacts::API_KEY
+                ),
+            ),
+            "filters.x.vars.k",
+            "admin.api_paths",
+        ),
+        (
+            with_filter(
+                "x",
+                &format!("path = \"{}/../../etc/x.wasm\"", allowed.display()),
+            ),
+            "filters.x.path",
+            "`..`",
+        ),
+        (
+            file.replace(
+                "[access_log]\nenabled = false\n",
+                &format!("[access_log]\npath = {:?}\n", stolen.display().to_string()),
+            ),
+            "access_log",
+            "config file only",
+        ),
+    ] {
+        let r = put(text).await;
+        assert_eq!(r.status, 400, "{key}: {}", r.body);
+        let body = r.json();
+        assert_eq!(body["code"], "invalid_config");
+        let e = body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == key)
+            .unwrap_or_else(|| panic!("no error for {key}: {body}"));
+        assert!(e["message"].as_str().unwrap().contains(says), "{key}: {e}");
+    }
+    assert!(!stolen.exists(), "the refused access log was never opened");
+
+    // An allowed variable passes the check and is read (it is not set
+    // here, so reading it is what fails).
+    let r = put(with_filter(
+        "x",
+        &format!(
+            "path = {:?}\nvars = {{ v = {{ env = \"WASMGATE_API_REACH_OK\" }} }}",
+            artifacts::API_KEY
+        ),
+    ))
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let e = &r.json()["errors"][0];
+    assert_eq!(e["path"], "filters.x.vars.v", "{e}");
+    assert!(
+        !e["message"].as_str().unwrap().contains("admin.api_env"),
+        "{e}"
+    );
+
+    // What the file names, and files under api_paths, are fine.
+    std::fs::copy(artifacts::API_KEY, allowed.join("mine.wasm")).unwrap();
+    let ok = with_filter(
+        "mine",
+        &format!(
+            "path = {:?}",
+            allowed.join("mine.wasm").display().to_string()
+        ),
+    ) + "[[routes]]\nname = \"extra\"\npath_prefix = \"/extra\"\nrespond = { status = 204 }\n";
+    let r = put(ok).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(get(gw.addr(), "/extra", &[]).await.status, 204);
+    assert_eq!(
+        get(gw.addr(), "/api/x", &[("x-api-key", "k")]).await.status,
+        200
+    );
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -25,6 +25,10 @@ pub(crate) struct RawAdmin {
     data_dir: Option<PathBuf>,
     allowed_hosts: Option<Vec<String>>,
     max_connections: Option<usize>,
+    #[serde(default)]
+    api_paths: Vec<PathBuf>,
+    #[serde(default)]
+    api_env: Vec<String>,
 }
 
 /// Default cap on open admin connections.
@@ -49,6 +53,12 @@ pub struct AdminConfig {
     pub allowed_hosts: Vec<String>,
     /// Most admin connections open at once; more wait to be accepted.
     pub max_connections: usize,
+    /// Folders whose files a config put through the API may name, besides
+    /// the files the config file names (see [`crate::reach`]).
+    pub api_paths: Vec<PathBuf>,
+    /// Environment variables a config put through the API may name,
+    /// besides those the config file names.
+    pub api_env: Vec<String>,
 }
 
 impl AdminConfig {
@@ -144,6 +154,8 @@ pub(crate) fn validate(a: RawAdmin, base: &Path, errors: &mut Vec<ConfigError>) 
         data_dir: a.data_dir.as_ref().map(|d| base.join(d)),
         allowed_hosts,
         max_connections: max_connections.max(1),
+        api_paths: a.api_paths.iter().map(|d| base.join(d)).collect(),
+        api_env: a.api_env,
     }
 }
 

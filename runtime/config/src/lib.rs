@@ -42,6 +42,7 @@ pub mod filter;
 pub mod forwarding;
 pub mod limits;
 pub mod overload;
+pub mod reach;
 pub mod route;
 pub mod route_config;
 pub mod scope;

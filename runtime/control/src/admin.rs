@@ -160,11 +160,30 @@ impl AdminState {
                     return GatewayError::bad_request("the config must be UTF-8 TOML")
                         .into_response(None);
                 };
-                self.apply(
-                    wasmgate_config::Config::parse(text, "PUT /config", &current.base),
-                    crate::live::Origin::Api,
+                // Nothing the document names is read before it is known
+                // to be within what the config file allows.
+                let parsed = wasmgate_config::Config::parse_without_secrets(
+                    text,
+                    "PUT /config",
+                    &current.base,
                 )
-                .await
+                .and_then(|mut config| {
+                    let mut errors = config.api_reach_errors(&self.live.file_config());
+                    if errors.is_empty()
+                        && let Err(e) = config.read_secrets()
+                    {
+                        errors = e;
+                    }
+                    if errors.is_empty() {
+                        Ok(config)
+                    } else {
+                        Err(wasmgate_config::ConfigErrors {
+                            source: "PUT /config".into(),
+                            errors,
+                        })
+                    }
+                });
+                self.apply(parsed, crate::live::Origin::Api).await
             }
             _ => {
                 let Some((name, action)) = filter_target(&path) else {

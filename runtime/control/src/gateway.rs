@@ -174,6 +174,7 @@ impl Gateway {
                 .map(|(_, s)| serde_json::to_string(s).unwrap_or_default())
                 .unwrap_or_default(),
         });
+        let file_config = config.clone();
         let config = match data.as_mut() {
             Some((dir, saved)) => api_config(config, dir, saved)?,
             None => config,
@@ -208,7 +209,7 @@ impl Gateway {
                 metrics.clone(),
             )),
         };
-        let live = Live::start(config.clone(), data, pending, deps).await;
+        let live = Live::start(config.clone(), file_config, data, pending, deps).await;
         match live {
             Ok(live) if errors.is_empty() => {
                 // Only a gateway that built whole writes its data directory.
@@ -415,7 +416,27 @@ pub(crate) fn api_config(
         "{} (the config applied through the admin API)",
         dir.path().join("state.json").display()
     );
-    let mut kept = Config::parse(text, &source, &file.base)?;
+    let mut kept = Config::parse_without_secrets(text, &source, &file.base)?;
+    // The file may have narrowed what an API config may reach since.
+    let reach = kept.api_reach_errors(&file);
+    if !reach.is_empty() {
+        tracing::warn!(
+            file = %file.source,
+            "the config put through the admin API names what the file no longer allows ({}); \
+             starting from the file, and dropping the config kept in {source}",
+            reach
+                .iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        saved.config = None;
+        return Ok(file);
+    }
+    kept.read_secrets().map_err(|errors| ConfigErrors {
+        source: source.clone(),
+        errors,
+    })?;
     let changed = crate::live::restart_only_changes(&kept, &file);
     if !changed.is_empty() {
         tracing::warn!(

@@ -121,6 +121,7 @@ impl Live {
             .await
             .map_err(fail)?;
         let from_api = origin == Origin::Api;
+        let from_file = (!from_api).then(|| config.clone());
         self.commit(
             control,
             Some((proxy, &prev)),
@@ -130,6 +131,10 @@ impl Live {
             false,
         )
         .await
-        .map_err(|m| fail(vec![ConfigError::new("admin.data_dir", m)]))
+        .map_err(|m| fail(vec![ConfigError::new("admin.data_dir", m)]))?;
+        if let Some(file) = from_file {
+            self.file_config.store(std::sync::Arc::new(file));
+        }
+        Ok(())
     }
 }

@@ -87,6 +87,10 @@ pub struct Live {
     /// The config file the gateway started from (what a reload re-reads,
     /// even after a config was put through the API).
     file: std::path::PathBuf,
+    /// The config as the file (or the embedder) last gave it: what a config
+    /// put through the API may reach is judged against it
+    /// ([`Config::api_reach_errors`]).
+    file_config: ArcSwap<Config>,
     control: Mutex<Control>,
     /// The filter store as the current generation was built from it.
     filters: ArcSwap<BTreeMap<String, FilterVersions>>,
@@ -112,6 +116,7 @@ impl Live {
     /// any. Nothing is written until [`Live::save_initial`].
     pub(crate) async fn start(
         config: Config,
+        file_config: Config,
         data: Option<(DataDir, Saved)>,
         pending: Option<Pending>,
         deps: Deps,
@@ -151,6 +156,7 @@ impl Live {
             current: Arc::new(ArcSwap::new(generation.proxy.clone())),
             generation: ArcSwap::from_pointee(generation),
             file: std::path::PathBuf::from(&config.source),
+            file_config: ArcSwap::from_pointee(file_config),
             config: ArcSwap::from_pointee(config),
             control: Mutex::new(control),
             filters: ArcSwap::from_pointee(filters),
@@ -220,6 +226,12 @@ impl Live {
     /// The config the current generation was built from.
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// The config as the file (or the embedder) last gave it, which decides
+    /// what a config put through the admin API may reach.
+    pub fn file_config(&self) -> Arc<Config> {
+        self.file_config.load_full()
     }
 
     /// Builds the next generation beside the running one (returned too); on

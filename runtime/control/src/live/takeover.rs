@@ -90,6 +90,7 @@ impl Live {
             .clone()
             .ok_or("no data directory")?;
         let file = Config::load(&self.file).map_err(|e| e.to_string())?;
+        let file_config = file.clone();
         let config =
             crate::gateway::api_config(file, &dir, &mut saved).map_err(|e| e.to_string())?;
         let fixed = restart_only_changes(&self.config(), &config);
@@ -119,7 +120,9 @@ impl Live {
             config,
             false,
         )
-        .await
+        .await?;
+        self.file_config.store(std::sync::Arc::new(file_config));
+        Ok(())
     }
 }
 
