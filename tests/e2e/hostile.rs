@@ -130,3 +130,64 @@ async fn a_filter_cannot_forge_or_flood_the_log() {
     assert_eq!(up.count(), 1);
     gw.shutdown().await;
 }
+
+/// Rate-limit buckets live in the host, one per key a filter names: a
+/// filter (or clients choosing its keys) could otherwise grow host memory
+/// without bound. Past `rate_limit_keys` a new key is refused and counted;
+/// and a filter's buckets leave with it.
+#[tokio::test]
+async fn rate_limit_keys_are_bounded_per_filter_and_leave_with_it() {
+    let up = Upstream::start("u").await;
+    let config = |with_filter: bool| {
+        let (filter, chain) = if with_filter {
+            (
+                format!(
+                    "[filters.limited]\npath = {:?}\npool_size = 2\nrate_limit_keys = 2\n",
+                    artifacts::RATE_LIMIT
+                ),
+                "filters = [{ name = \"limited\", config = { requests = 100, key = \"header:x-key\" } }]\n",
+            )
+        } else {
+            (String::new(), "")
+        };
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 8\n\
+             {filter}[clusters.c]\nendpoints = [\"{}\"]\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\ncluster = \"c\"\n{chain}",
+            up.addr
+        )
+    };
+    let gw = start_gateway(&config(true)).await;
+    let with_key = |k: &'static str| [("x-key", k)];
+    assert_eq!(get(gw.addr(), "/", &with_key("a")).await.status, 200);
+    assert_eq!(get(gw.addr(), "/", &with_key("b")).await.status, 200);
+    let third = get(gw.addr(), "/", &with_key("c")).await;
+    assert_eq!(
+        third.status, 429,
+        "a third key past the quota: {}",
+        third.body
+    );
+    assert_eq!(
+        get(gw.addr(), "/", &with_key("a")).await.status,
+        200,
+        "keys it holds keep working"
+    );
+    assert_eq!(
+        metric(
+            &gw.metrics_text(),
+            "wasmgate_filter_refusals_total{filter=\"limited\",limit=\"rate_limit_keys\"}"
+        ),
+        Some(1.0)
+    );
+
+    // Removed and added back: it starts afresh (its buckets left with it).
+    let parse = |t: &str| {
+        wasmgate::config::Config::parse(t, "test.toml", std::path::Path::new(".")).unwrap()
+    };
+    gw.live().apply_config(parse(&config(false))).await.unwrap();
+    gw.live().apply_config(parse(&config(true))).await.unwrap();
+    assert_eq!(get(gw.addr(), "/", &with_key("c")).await.status, 200);
+    assert_eq!(get(gw.addr(), "/", &with_key("d")).await.status, 200);
+    assert_eq!(get(gw.addr(), "/", &with_key("e")).await.status, 429);
+    gw.shutdown().await;
+}

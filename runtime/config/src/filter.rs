@@ -35,6 +35,8 @@ pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_millis(100);
 pub const DEFAULT_OUTBOUND_CALLS: u32 = 8;
 /// Default `log_lines_per_second` (the engine's `DEFAULT_LOG_RATE`).
 pub const DEFAULT_LOG_LINES_PER_SECOND: u32 = 100;
+/// Default `rate_limit_keys` (the engine's `DEFAULT_RATE_LIMIT_KEYS`).
+pub const DEFAULT_RATE_LIMIT_KEYS: usize = 100_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +59,7 @@ pub(crate) struct RawFilter {
     reroute_clusters: Option<Vec<String>>,
     max_outbound_calls: Option<u32>,
     log_lines_per_second: Option<u32>,
+    rate_limit_keys: Option<usize>,
     outbound_timeout: Option<HumanDuration>,
 }
 
@@ -129,6 +132,9 @@ pub struct FilterConfig {
     /// by every route and instance of the filter; past it lines are
     /// dropped and counted. 0 drops every line.
     pub log_lines_per_second: u32,
+    /// Rate-limit buckets (keys) the filter may hold at once; past it a new
+    /// key is refused (`allowed: false`) until the sweep frees some.
+    pub rate_limit_keys: usize,
     /// Longest wait per outbound call.
     pub outbound_timeout: Duration,
 }
@@ -264,6 +270,12 @@ pub(crate) fn validate(
             "must be more than 0",
         ));
     }
+    if f.rate_limit_keys == Some(0) {
+        errors.push(ConfigError::new(
+            format!("{key}.rate_limit_keys"),
+            "must be more than 0",
+        ));
+    }
     for (field, grants) in [
         ("outbound_clusters", &f.outbound_clusters),
         ("reroute_clusters", &f.reroute_clusters),
@@ -299,6 +311,7 @@ pub(crate) fn validate(
         log_lines_per_second: f
             .log_lines_per_second
             .unwrap_or(DEFAULT_LOG_LINES_PER_SECOND),
+        rate_limit_keys: f.rate_limit_keys.unwrap_or(DEFAULT_RATE_LIMIT_KEYS),
         outbound_timeout,
     }
 }
@@ -389,6 +402,7 @@ mod tests {
         assert_eq!(f.pool_timeout, DEFAULT_POOL_TIMEOUT);
         assert_eq!(f.max_outbound_calls, DEFAULT_OUTBOUND_CALLS);
         assert_eq!(f.log_lines_per_second, DEFAULT_LOG_LINES_PER_SECOND);
+        assert_eq!(f.rate_limit_keys, DEFAULT_RATE_LIMIT_KEYS);
         assert_eq!(f.outbound_clusters, None);
     }
 

@@ -131,6 +131,7 @@ pub(crate) async fn compile(
     let reroute = ClusterGrant::from_config(f.reroute_clusters.as_deref());
     m.grant(f.kv_quota, vars, outbound, reroute);
     m.set_log_rate(f.log_lines_per_second);
+    m.set_rate_limit_keys(f.rate_limit_keys);
     Ok(CompiledVersion {
         module: Arc::new(m),
         config: f.clone(),

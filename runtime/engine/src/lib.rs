@@ -310,6 +310,7 @@ impl FilterEngine {
         live.versions.fetch_add(1, Ordering::Relaxed);
         let mut grants = services::Grants::new(name.clone(), self.services.clone());
         grants.log = live.log.clone();
+        grants.refused = live.refused.clone();
         Ok(FilterModule {
             name: name.name.clone(),
             sha256,
@@ -417,6 +418,16 @@ pub struct LiveCounts {
     /// The filter's log lines (the `log` import, stdout and stderr), shared
     /// by every version and instance of it.
     pub log: Arc<host::LogBudget>,
+    /// What its limits refused.
+    pub refused: Arc<LimitCounts>,
+}
+
+/// What a filter's limits refused so far (exported at scrape as
+/// `wasmgate_filter_refusals_total`).
+#[derive(Debug, Default)]
+pub struct LimitCounts {
+    /// New rate-limit keys refused past `rate_limit_keys`.
+    pub rate_limit_keys: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for FilterModule {
@@ -453,6 +464,11 @@ impl FilterModule {
     /// version of it shares the budget; the newest config's rate holds).
     pub fn set_log_rate(&self, per_second: u32) {
         self.grants.log.set_rate(per_second);
+    }
+
+    /// Sets how many rate-limit buckets (keys) the filter may hold.
+    pub fn set_rate_limit_keys(&mut self, keys: usize) {
+        self.grants.rate_limit_keys = keys;
     }
 }
 

@@ -56,6 +56,8 @@ pub struct HostServices {
     /// Bytes used per namespace.
     used: DashMap<Scoped, usize>,
     buckets: DashMap<(Scoped, String), Bucket>,
+    /// Buckets held per namespace (against `rate_limit_keys`).
+    bucket_counts: DashMap<Scoped, usize>,
     /// What filters record through `metrics`.
     pub metrics: Arc<FilterMetrics>,
 }
@@ -73,11 +75,29 @@ impl HostServices {
             keep
         });
         // A bucket that has refilled completely is the same as no bucket.
-        self.buckets.retain(|_, b| {
+        self.buckets.retain(|(ns, _), b| {
             let missing = (b.capacity as f64 - b.tokens).max(0.0);
-            b.refill > 0 && now.duration_since(b.last).as_secs_f64() * (b.refill as f64) < missing
-                || b.refill == 0 && missing > 0.0
+            let keep = b.refill > 0
+                && now.duration_since(b.last).as_secs_f64() * (b.refill as f64) < missing
+                || b.refill == 0 && missing > 0.0;
+            if !keep && let Some(mut n) = self.bucket_counts.get_mut(ns) {
+                *n = n.saturating_sub(1);
+            }
+            keep
         });
+    }
+
+    /// Drops a filter's rate-limit buckets: it has left the config, and its
+    /// state leaves with it (a filter of that name added later starts
+    /// afresh).
+    pub fn forget_buckets(&self, namespace: &Scoped) {
+        self.buckets.retain(|(ns, _), _| ns != namespace);
+        self.bucket_counts.remove(namespace);
+    }
+
+    /// Rate-limit buckets a namespace holds now.
+    pub fn bucket_count(&self, namespace: &Scoped) -> usize {
+        self.bucket_counts.get(namespace).map_or(0, |n| *n)
     }
 
     /// Sweeps every `every` until the services are dropped elsewhere.
@@ -112,7 +132,14 @@ pub struct Grants {
     pub reroute: ClusterGrant,
     /// Its log lines per second, shared by its versions and instances.
     pub log: Arc<crate::host::LogBudget>,
+    /// Most rate-limit buckets (keys) it may hold at once.
+    pub rate_limit_keys: usize,
+    /// What its limits refused, shared by its versions.
+    pub refused: Arc<crate::LimitCounts>,
 }
+
+/// Default `rate_limit_keys`.
+pub const DEFAULT_RATE_LIMIT_KEYS: usize = 100_000;
 
 /// Which clusters of its tenant a filter may name, as the operator granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -206,6 +233,8 @@ impl Grants {
             outbound: None,
             reroute: ClusterGrant::Nothing,
             log: Arc::default(),
+            rate_limit_keys: DEFAULT_RATE_LIMIT_KEYS,
+            refused: Arc::default(),
         }
     }
 }
@@ -359,12 +388,39 @@ impl rate_limit::Host for HostState {
         let g = self.grants();
         let now = Instant::now();
         let key: String = key.chars().take(MAX_KEY).collect();
-        let mut b = g.services.buckets.entry(g.key(&key)).or_insert(Bucket {
-            tokens: capacity as f64,
-            last: now,
-            capacity,
-            refill,
-        });
+        let mut b = match g.services.buckets.entry(g.key(&key)) {
+            dashmap::mapref::entry::Entry::Occupied(b) => b.into_ref(),
+            dashmap::mapref::entry::Entry::Vacant(v) => {
+                let mut count = g
+                    .services
+                    .bucket_counts
+                    .entry(g.namespace.clone())
+                    .or_insert(0);
+                if *count >= g.rate_limit_keys {
+                    // Full: a new key is refused (a client cannot make room
+                    // for itself by flooding keys), counted, and told to
+                    // come back once the sweep has freed some.
+                    drop(count);
+                    g.refused
+                        .rate_limit_keys
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return rate_limit::Verdict {
+                        allowed: false,
+                        remaining: 0,
+                        retry_after_ms: 1000,
+                        reset_ms: 1000,
+                    };
+                }
+                *count += 1;
+                drop(count);
+                v.insert(Bucket {
+                    tokens: capacity as f64,
+                    last: now,
+                    capacity,
+                    refill,
+                })
+            }
+        };
         // A changed shape (capacity or rate) takes effect at once.
         b.capacity = capacity;
         b.refill = refill;

@@ -122,6 +122,13 @@ impl Live {
             .map_err(fail)?;
         let from_api = origin == Origin::Api;
         let from_file = (!from_api).then(|| config.clone());
+        let removed: Vec<String> = self
+            .config()
+            .filters
+            .keys()
+            .filter(|name| !config.filters.contains_key(*name))
+            .cloned()
+            .collect();
         self.commit(
             control,
             Some((proxy, &prev)),
@@ -134,6 +141,13 @@ impl Live {
         .map_err(|m| fail(vec![ConfigError::new("admin.data_dir", m)]))?;
         if let Some(file) = from_file {
             self.file_config.store(std::sync::Arc::new(file));
+        }
+        // Its host-held rate-limit state leaves with a removed filter.
+        for name in removed {
+            self.deps
+                .engine
+                .services()
+                .forget_buckets(&wasmgate_config::Scoped::default_tenant(name));
         }
         Ok(())
     }

@@ -81,16 +81,22 @@ impl Live {
             m.filter_instances_live
                 .get_or_create(&labels)
                 .set(c.instances.load(std::sync::atomic::Ordering::Relaxed));
-            let dropped = c.log.dropped.load(std::sync::atomic::Ordering::Relaxed);
-            if dropped > 0 {
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            for (limit, total) in [
+                ("log_lines_per_second", c.log.dropped.load(relaxed)),
+                ("rate_limit_keys", c.refused.rate_limit_keys.load(relaxed)),
+            ] {
+                if total == 0 {
+                    continue;
+                }
                 let counter =
                     m.filter_refusals
                         .get_or_create(&wasmgate_metrics::FilterRefusalLabels {
                             filter: name.to_string(),
-                            limit: "log_lines_per_second",
+                            limit,
                         });
-                if dropped > counter.get() {
-                    counter.inc_by(dropped - counter.get());
+                if total > counter.get() {
+                    counter.inc_by(total - counter.get());
                 }
             }
         }
