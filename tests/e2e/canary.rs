@@ -590,3 +590,39 @@ async fn check_leaves_the_data_directory_alone_and_a_changed_admin_section_wins_
     assert!(saved.contains("\"config\": null"), "{saved}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A canary has pools of its own, which config validation (it knows no
+/// canaries) did not count: one that would not fit the engine's instances
+/// is refused, naming the limit, and the current version keeps serving,
+/// rather than the canary taking instances other filters were promised.
+#[tokio::test]
+async fn a_canary_that_does_not_fit_the_engine_is_refused() {
+    let up = Upstream::start("u").await;
+    // Pools of 4, and 6 instances: the stable arm and a spare fit, a
+    // second arm of 4 does not.
+    let gw =
+        start_gateway(&config(&up, "").replace("max_instances = 64", "max_instances = 6")).await;
+    let stored = upload(&gw, "/filters/v/module?activate=false", build_b()).await;
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    let r = admin(
+        &gw,
+        "PUT",
+        "/filters/v/canary",
+        r#"{"version":2,"percent":50}"#,
+    )
+    .await;
+    assert!(r.status >= 400, "{}", r.body);
+    assert!(
+        r.body.contains("engine.max_instances") && r.body.contains("canaries of v"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        version_of(&gw, &[]).await,
+        "aa",
+        "the current version serves on"
+    );
+    let report = admin(&gw, "GET", "/filters/v", "").await.json();
+    assert!(report["canary"].is_null(), "{report}");
+    gw.shutdown().await;
+}

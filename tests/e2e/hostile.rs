@@ -191,3 +191,25 @@ async fn rate_limit_keys_are_bounded_per_filter_and_leave_with_it() {
     assert_eq!(get(gw.addr(), "/", &with_key("e")).await.status, 429);
     gw.shutdown().await;
 }
+
+/// A component that cannot run within its memory cap is refused when it is
+/// loaded, with the reason, rather than failing every request later (or
+/// taking instance slots only to fail).
+#[tokio::test]
+async fn a_component_that_cannot_fit_its_memory_limit_is_refused_at_load() {
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[engine]\nmax_instances = 8\n\
+         [filters.tight]\npath = {fault:?}\npool_size = 1\nmemory_limit = \"64KiB\"\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nrespond = {{ status = 204 }}\nfilters = [{{ name = \"tight\" }}]\n",
+        fault = artifacts::FAULT,
+    );
+    let err = wasmgate_tests::build_gateway(&toml)
+        .await
+        .expect_err("a component larger than its cap at start");
+    assert!(
+        err.contains("filters.tight")
+            && err.contains("cannot run within its limits")
+            && err.contains("more than its memory_limit"),
+        "{err}"
+    );
+}

@@ -361,6 +361,36 @@ pub(crate) async fn build(
         }
     }
 
+    // Every (route, filter) pool, a canary's included, must fit the engine's
+    // instances (validation counted the pools without canaries), with one
+    // spare for probes: a canary that does not fit is refused, not left to
+    // take other filters' instances.
+    let needed: u64 = config
+        .routes
+        .iter()
+        .flat_map(|r| &r.filters)
+        .filter_map(|rf| {
+            let arms = 1 + u64::from(modules.get(&rf.name)?.canary.is_some());
+            Some(arms * u64::from(config.filters.get(&rf.name)?.pool_size))
+        })
+        .sum();
+    if needed + 1 > u64::from(config.engine.max_instances) {
+        let canaries: Vec<&str> = modules
+            .iter()
+            .filter(|(_, m)| m.canary.is_some())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        errors.push(ConfigError::new(
+            "engine.max_instances",
+            format!(
+                "{} is too small: with the canaries of {} the filter pools can hold {needed} \
+                 instances, plus one for validation; end a canary, or raise engine.max_instances",
+                config.engine.max_instances,
+                canaries.join(", ")
+            ),
+        ));
+    }
+
     // The running generation's routes, by name, to keep what did not change.
     let running: HashMap<&str, &Route> = prev
         .map(|p| p.proxy.routes().iter().map(|r| (&*r.name, &**r)).collect())

@@ -136,23 +136,27 @@ impl WasiView for HostState {
     }
 }
 
-/// Caps linear memory per instance and remembers that the cap was hit, so a
-/// trap can be reported as "out of memory" without matching error text.
+/// Caps linear memory per instance (all its memories together: a component
+/// may have several, and a cap per memory would multiply) and remembers
+/// that the cap was hit, so a trap can be reported as "out of memory"
+/// without matching error text.
 pub struct MemoryLimiter {
     limit: usize,
     pub(crate) exceeded: bool,
-    /// Size of the largest memory after its last growth, in bytes.
+    /// All the instance's memories together, in bytes.
     pub(crate) current: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
+        // Each memory reports its own growth (from 0 when it is created).
+        let total = self.current.saturating_sub(current).saturating_add(desired);
+        if total > self.limit {
             self.exceeded = true;
             // An error (rather than `Ok(false)`) traps at the `memory.grow`
             // itself, which names the cause instead of a later allocator abort.
@@ -161,7 +165,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
                 self.limit
             ));
         }
-        self.current = self.current.max(desired);
+        self.current = total;
         Ok(true)
     }
 
@@ -439,6 +443,28 @@ mod tests {
             cut.len() <= MAX_LINE + 16 && cut.ends_with("[cut]"),
             "{}",
             cut.len()
+        );
+    }
+
+    #[test]
+    fn the_memory_cap_counts_every_memory_of_the_instance() {
+        use wasmtime::ResourceLimiter;
+        let mib = 1 << 20;
+        let mut l = MemoryLimiter {
+            limit: 64 * mib,
+            exceeded: false,
+            current: 0,
+        };
+        // Four memories of 16 MiB each fit 64 MiB together, and no more.
+        for _ in 0..4 {
+            assert!(l.memory_growing(0, 16 * mib, None).unwrap());
+        }
+        assert_eq!(l.current, 64 * mib);
+        assert!(l.memory_growing(16 * mib, 17 * mib, None).is_err());
+        assert!(l.exceeded);
+        assert!(
+            l.memory_growing(0, mib, None).is_err(),
+            "a fifth memory does not fit either"
         );
     }
 

@@ -51,6 +51,15 @@ pub enum LoadError {
         /// What it is instead.
         reason: String,
     },
+    /// A component that cannot run within its limits (too many memories or
+    /// tables, or more memory at start than its cap).
+    #[error("{path}: cannot run within its limits: {reason}")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// What does not fit.
+        reason: String,
+    },
     /// A valid component that does not fit the host: wrong exports or imports
     /// the host does not provide.
     #[error("{path}: does not implement the wasmgate:filter contract (0.2 or 0.1): {reason}")]
@@ -60,6 +69,36 @@ pub enum LoadError {
         /// What is missing or mismatched.
         reason: String,
     },
+}
+
+/// Whether one instance of `component` can exist within the engine's
+/// per-component slots and a `memory` cap: what it needs at start is known
+/// from the component itself, so one that can never run is refused at load.
+fn fits(component: &wasmtime::component::Component, memory: u64) -> Result<(), String> {
+    let Some(r) = component.resources_required() else {
+        return Ok(());
+    };
+    if r.num_memories > MAX_MEMORIES {
+        return Err(format!(
+            "has {} linear memories; a filter may have at most {MAX_MEMORIES}",
+            r.num_memories
+        ));
+    }
+    if r.num_tables > MAX_TABLES {
+        return Err(format!(
+            "has {} tables; a filter may have at most {MAX_TABLES}",
+            r.num_tables
+        ));
+    }
+    let initial = r.max_initial_memory_size.unwrap_or(0).saturating_mul(65536);
+    if initial > memory {
+        return Err(format!(
+            "needs {} MiB of memory to start, more than its memory_limit of {} MiB",
+            initial.div_ceil(1 << 20),
+            memory >> 20
+        ));
+    }
+    Ok(())
 }
 
 /// How a filter call failed. Each one fails only the request it served.
@@ -131,6 +170,13 @@ pub struct FilterLimits {
     pub wall: Duration,
 }
 
+/// Linear memories one filter component may have.
+pub const MAX_MEMORIES: u32 = 4;
+/// Core instances one filter component may have.
+pub const MAX_CORE_INSTANCES: u32 = 32;
+/// Tables one filter component may have.
+pub const MAX_TABLES: u32 = 32;
+
 /// The shared wasmtime engine, linker and epoch ticker.
 pub struct FilterEngine {
     engine: Engine,
@@ -160,17 +206,22 @@ impl std::fmt::Debug for FilterEngine {
 impl FilterEngine {
     /// Creates the engine and starts its epoch ticker thread.
     pub fn new(config: &EngineConfig) -> anyhow::Result<FilterEngine> {
+        // One shared budget, counted in component instances: every other
+        // kind of slot is sized so that `n` instances of the largest
+        // component allowed fit, so a filter whose component has many
+        // memories or core instances cannot use up another's slots. A
+        // filter's share is its pools (pool_size per route it is on).
         let n = config.max_instances;
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(8))
-            .total_memories(n)
-            .total_tables(n.saturating_mul(8))
+            .total_core_instances(n.saturating_mul(MAX_CORE_INSTANCES))
+            .total_memories(n.saturating_mul(MAX_MEMORIES))
+            .total_tables(n.saturating_mul(MAX_TABLES))
             .total_stacks(n)
             .max_memory_size(config.max_memory as usize)
-            .max_core_instances_per_component(32)
-            .max_tables_per_component(32)
-            .max_memories_per_component(4);
+            .max_core_instances_per_component(MAX_CORE_INSTANCES)
+            .max_tables_per_component(MAX_TABLES)
+            .max_memories_per_component(MAX_MEMORIES);
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
@@ -291,6 +342,10 @@ impl FilterEngine {
         };
         let (component, outcome) = compiled
             .map_err(|e| not_component(format!("not a valid WebAssembly component: {e:#}")))?;
+        fits(&component, limits.memory).map_err(|reason| LoadError::TooLarge {
+            path: origin.to_owned(),
+            reason,
+        })?;
         self.remember_component(&sha256, &component);
         let filter = name.to_string();
         tracing::info!(
@@ -657,7 +712,7 @@ impl FilterInstance {
         self.uses
     }
 
-    /// Current size of the instance's linear memory in bytes.
+    /// Current size of the instance's linear memories together, in bytes.
     pub fn memory_bytes(&self) -> u64 {
         self.store.data().limiter.current as u64
     }
