@@ -213,3 +213,99 @@ async fn a_component_that_cannot_fit_its_memory_limit_is_refused_at_load() {
         "{err}"
     );
 }
+
+/// The operator bounds which headers a filter reads and edits: a read
+/// outside `read_request_headers` sees nothing (and is counted), an edit
+/// outside `write_request_headers` refuses the decision, and a route can
+/// seal what one filter set (an identity header, say) against the filters
+/// after it.
+#[tokio::test]
+async fn header_reads_and_edits_stay_within_the_operators_bounds() {
+    let up = Upstream::start("u").await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 16\n\
+         [filters.bounded]\npath = {fault:?}\npool_size = 2\n\
+         read_request_headers = [\"x-fault*\", \"x-allowed\"]\nwrite_request_headers = [\"x-ok\", \"x-user\"]\n\
+         [filters.identity]\npath = {headers:?}\npool_size = 2\n\
+         [clusters.c]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"bounded\"\npath_prefix = \"/b\"\ncluster = \"c\"\nfilters = [{{ name = \"bounded\" }}]\n\
+         [[routes]]\nname = \"sealed\"\npath_prefix = \"/s\"\ncluster = \"c\"\nfilters = [\
+         {{ name = \"identity\", seal = [\"x-user\"], config = {{ request = {{ set = {{ \"x-user\" = \"alice\" }} }} }} }}, \
+         {{ name = \"bounded\" }}]\n",
+        up.addr,
+        fault = artifacts::FAULT,
+        headers = artifacts::HEADERS,
+    );
+    let gw = start_gateway(&toml).await;
+    let read = |name: &'static str| {
+        [
+            ("x-fault", "read-header"),
+            ("x-fault-arg", name),
+            ("authorization", "Bearer secret"),
+            ("x-allowed", "yes"),
+        ]
+    };
+    // Reads: within the bound, the value; outside, nothing.
+    assert_eq!(
+        get(gw.addr(), "/b", &read("x-allowed")).await.body,
+        "[\"yes\"]"
+    );
+    assert_eq!(
+        get(gw.addr(), "/b", &read("authorization")).await.body,
+        "[]"
+    );
+
+    // Edits: within the bound, applied; outside, the decision is refused.
+    let set = |name: &'static str| [("x-fault", "set-header"), ("x-fault-arg", name)];
+    assert_eq!(get(gw.addr(), "/b", &set("x-ok")).await.status, 200);
+    assert_eq!(up.seen()[0].headers["x-ok"], "forged");
+    let r = get(gw.addr(), "/b", &set("x-forwarded-for")).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(r.json()["code"], "filter_invalid_decision");
+    assert_eq!(up.count(), 1, "a refused decision is not forwarded");
+
+    // Sealed: the identity filter's x-user cannot be rewritten after it,
+    // though the bound alone would allow it.
+    let r = get(gw.addr(), "/s", &set("x-user")).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(up.count(), 1);
+    assert_eq!(get(gw.addr(), "/s", &set("x-ok")).await.status, 200);
+    assert_eq!(up.seen()[1].headers["x-user"], "alice");
+
+    let text = gw.metrics_text();
+    for (limit, n) in [
+        ("read_request_headers", 1.0),
+        ("write_request_headers", 1.0),
+        ("seal", 1.0),
+    ] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!("wasmgate_filter_refusals_total{{filter=\"bounded\",limit=\"{limit}\"}}")
+            ),
+            Some(n),
+            "{limit}\n{text}"
+        );
+    }
+    gw.shutdown().await;
+}
+
+/// A filter that declares it reads headers its bound does not allow is
+/// refused at load, naming what it asked for (here a 0.1 guest, whose
+/// header list is copied into every call).
+#[tokio::test]
+async fn a_filter_declaring_more_than_its_bound_is_refused_at_load() {
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[engine]\nmax_instances = 8\n\
+         [filters.old]\npath = {old:?}\npool_size = 1\nread_request_headers = [\"x-other\"]\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nrespond = {{ status = 204 }}\nfilters = [{{ name = \"old\" }}]\n",
+        old = artifacts::CONTRACT_0_1_0,
+    );
+    let err = wasmgate_tests::build_gateway(&toml)
+        .await
+        .expect_err("declares x-contract-key, allowed only x-other");
+    assert!(
+        err.contains("read_request_headers") && err.contains("x-contract-key"),
+        "{err}"
+    );
+}

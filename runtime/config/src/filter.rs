@@ -60,6 +60,10 @@ pub(crate) struct RawFilter {
     max_outbound_calls: Option<u32>,
     log_lines_per_second: Option<u32>,
     rate_limit_keys: Option<usize>,
+    read_request_headers: Option<Vec<String>>,
+    write_request_headers: Option<Vec<String>>,
+    read_response_headers: Option<Vec<String>>,
+    write_response_headers: Option<Vec<String>>,
     outbound_timeout: Option<HumanDuration>,
 }
 
@@ -135,6 +139,15 @@ pub struct FilterConfig {
     /// Rate-limit buckets (keys) the filter may hold at once; past it a new
     /// key is refused (`allowed: false`) until the sweep frees some.
     pub rate_limit_keys: usize,
+    /// Request headers it may read (`None`: all; names lower case, a
+    /// trailing `*` matches a prefix).
+    pub read_request_headers: Option<Vec<String>>,
+    /// Request headers it may set or remove (`None`: all but framing).
+    pub write_request_headers: Option<Vec<String>>,
+    /// Response headers it may read.
+    pub read_response_headers: Option<Vec<String>>,
+    /// Response headers it may set or remove.
+    pub write_response_headers: Option<Vec<String>>,
     /// Longest wait per outbound call.
     pub outbound_timeout: Duration,
 }
@@ -312,8 +325,62 @@ pub(crate) fn validate(
             .log_lines_per_second
             .unwrap_or(DEFAULT_LOG_LINES_PER_SECOND),
         rate_limit_keys: f.rate_limit_keys.unwrap_or(DEFAULT_RATE_LIMIT_KEYS),
+        read_request_headers: header_list(
+            &key,
+            "read_request_headers",
+            f.read_request_headers,
+            errors,
+        ),
+        write_request_headers: header_list(
+            &key,
+            "write_request_headers",
+            f.write_request_headers,
+            errors,
+        ),
+        read_response_headers: header_list(
+            &key,
+            "read_response_headers",
+            f.read_response_headers,
+            errors,
+        ),
+        write_response_headers: header_list(
+            &key,
+            "write_response_headers",
+            f.write_response_headers,
+            errors,
+        ),
         outbound_timeout,
     }
+}
+
+/// A list of header names (a trailing `*` matches a prefix), lower-cased;
+/// problems go to `errors` under `key.field[i]`.
+fn header_list(
+    key: &str,
+    field: &str,
+    list: Option<Vec<String>>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Vec<String>> {
+    let list = list?;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, h) in list.into_iter().enumerate() {
+        let name = h.strip_suffix('*').unwrap_or(&h);
+        let valid = if h.ends_with('*') {
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'+^`|~".contains(&b))
+        } else {
+            http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+        };
+        if valid {
+            out.push(h.to_ascii_lowercase());
+        } else {
+            errors.push(ConfigError::new(
+                format!("{key}.{field}[{i}]"),
+                format!("{h:?} is not a header name (or a prefix ending in `*`)"),
+            ));
+        }
+    }
+    Some(out)
 }
 
 /// Reads the `vars` of the filter at `key` that come from the environment

@@ -52,6 +52,8 @@ struct RawRouteFilter {
     name: String,
     #[serde(default)]
     config: Option<toml::Table>,
+    #[serde(default)]
+    seal: Vec<String>,
 }
 
 /// How a route matches the path.
@@ -108,6 +110,10 @@ pub struct RouteFilter {
     pub name: String,
     /// The route's config for it, as the JSON text handed to `init`.
     pub config_json: String,
+    /// Request headers (lower case) that the filters after this one on the
+    /// route may not set or remove: what it vouches for (an identity header
+    /// a `jwt` filter sets, say) stays as it left it.
+    pub seal: Vec<String>,
 }
 
 /// The clusters and filters the routes name, each with the key path that
@@ -278,9 +284,20 @@ fn validate(
             }),
             None => "{}".into(),
         };
+        let mut seal = Vec::new();
+        for (k, h) in f.seal.iter().enumerate() {
+            match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                Ok(n) => seal.push(n.as_str().to_owned()),
+                Err(_) => errors.push(ConfigError::new(
+                    format!("{key}.filters[{j}].seal[{k}]"),
+                    format!("{h:?} is not a header name"),
+                )),
+            }
+        }
         chain.push(RouteFilter {
             name: f.name,
             config_json,
+            seal,
         });
     }
     RouteConfig {

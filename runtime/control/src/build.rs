@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use crate::versions::{FilterVersions, StoredVersion, VersionSource};
 use wasmgate_config::{Config, ConfigError, FailurePolicy, FilterConfig, Isolation};
-use wasmgate_engine::services::{ClusterGrant, OutboundGrant};
+use wasmgate_engine::edits::{Interest, Needs};
+use wasmgate_engine::services::{ClusterGrant, HeaderBound, HeaderBounds, OutboundGrant};
 use wasmgate_engine::{
     FilterEngine, FilterFailure, FilterLimits, FilterModule, InstancePool, PoolPolicy, sha256_hex,
 };
@@ -132,6 +133,12 @@ pub(crate) async fn compile(
     m.grant(f.kv_quota, vars, outbound, reroute);
     m.set_log_rate(f.log_lines_per_second);
     m.set_rate_limit_keys(f.rate_limit_keys);
+    m.set_header_bounds(HeaderBounds {
+        read_request: HeaderBound::from_config(f.read_request_headers.as_deref()),
+        write_request: HeaderBound::from_config(f.write_request_headers.as_deref()),
+        read_response: HeaderBound::from_config(f.read_response_headers.as_deref()),
+        write_response: HeaderBound::from_config(f.write_response_headers.as_deref()),
+    });
     Ok(CompiledVersion {
         module: Arc::new(m),
         config: f.clone(),
@@ -240,6 +247,49 @@ impl RouteVersionError {
     }
 }
 
+/// Whether the headers a filter declares it reads (a 0.1 guest's list, or
+/// every header) are within what the operator lets it read; if not, names
+/// what it asked for.
+fn within_bounds(needs: &Needs, bounds: &HeaderBounds) -> Result<(), String> {
+    for (side, interest, bound, key) in [
+        (
+            "request",
+            &needs.request_headers,
+            &bounds.read_request,
+            "read_request_headers",
+        ),
+        (
+            "response",
+            &needs.response_headers,
+            &bounds.read_response,
+            "read_response_headers",
+        ),
+    ] {
+        match interest {
+            Interest::All if !bound.is_all() => {
+                return Err(format!(
+                    "it declares it reads every {side} header, and {key} does not allow that"
+                ));
+            }
+            Interest::Names(names) => {
+                let over: Vec<&str> = names
+                    .iter()
+                    .map(http::HeaderName::as_str)
+                    .filter(|n| !bound.allows(n))
+                    .collect();
+                if !over.is_empty() {
+                    return Err(format!(
+                        "it declares it reads {side} headers outside its {key}: {}",
+                        over.join(", ")
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// One version of a route's filter: its `init` run with the route's config,
 /// and its instance pool.
 pub(crate) async fn route_version(
@@ -260,7 +310,9 @@ pub(crate) async fn route_version(
             },
             f => RouteVersionError::Start(f),
         })?;
-    let needs = declared.map_err(RouteVersionError::Info)?;
+    let needs = declared
+        .and_then(|n| within_bounds(&n, e.module.header_bounds()).map(|()| n))
+        .map_err(RouteVersionError::Info)?;
     let policy = PoolPolicy {
         size: fc.pool_size as usize,
         max_uses: fc.max_uses,
@@ -438,6 +490,11 @@ pub(crate) async fn build(
                     stable,
                     canary,
                     fail_open: fc.failure_policy == FailurePolicy::FailOpen,
+                    seal: rf
+                        .seal
+                        .iter()
+                        .filter_map(|h| http::HeaderName::from_bytes(h.as_bytes()).ok())
+                        .collect(),
                 }),
                 (stable, canary) => {
                     let failed = [

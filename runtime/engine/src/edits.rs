@@ -70,6 +70,18 @@ pub enum InvalidEdit {
         /// The limit.
         limit: usize,
     },
+    /// A header edit outside the filter's bound (`write_request_headers`,
+    /// `write_response_headers`).
+    #[error("the filter may not set or remove header {name:?} (not in its {key})")]
+    NotPermitted {
+        /// The header.
+        name: String,
+        /// The config key that bounds it.
+        key: &'static str,
+    },
+    /// A header edit on a header an earlier filter of the route sealed.
+    #[error("header {0:?} was sealed by an earlier filter on this route")]
+    Sealed(String),
     /// A response handle from another call, or one already used.
     #[error("a response that is no longer valid (built in an earlier call, or already returned)")]
     StaleResponse,
@@ -239,6 +251,13 @@ pub enum HeaderOp {
 }
 
 impl HeaderOp {
+    /// The header it edits.
+    pub fn name(&self) -> &HeaderName {
+        match self {
+            HeaderOp::Remove(n) | HeaderOp::Set(n, _) | HeaderOp::Append(n, _) => n,
+        }
+    }
+
     /// `remove-header`.
     pub fn remove(n: &str) -> Result<HeaderOp, InvalidEdit> {
         Ok(HeaderOp::Remove(header_name(n)?))

@@ -135,13 +135,45 @@ pub enum RequestOutcome {
     Invalid(InvalidEdit),
 }
 
+/// Refuses a header edit outside the filter's write bound, counting it.
+fn check_writes(
+    ops: &[HeaderOp],
+    bound: &crate::services::HeaderBound,
+    key: &'static str,
+    refused: &std::sync::atomic::AtomicU64,
+) -> Result<(), InvalidEdit> {
+    for op in ops {
+        let name = op.name();
+        if !bound.allows(name.as_str()) {
+            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(InvalidEdit::NotPermitted {
+                name: name.as_str().to_owned(),
+                key,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl RequestOutcome {
-    /// Refuses a decision that hands back more than the host keeps (and
-    /// drops the context with it).
-    pub(crate) fn bounded(self, context: &mut Option<Vec<u8>>) -> RequestOutcome {
+    /// Refuses a decision that hands back more than the host keeps, or
+    /// edits a header the filter may not (and drops the context with it).
+    pub(crate) fn bounded(
+        self,
+        context: &mut Option<Vec<u8>>,
+        grants: &crate::services::Grants,
+    ) -> RequestOutcome {
         let checked = match &self {
             RequestOutcome::Proceed(e) => edits::check_context(context.as_deref())
-                .and_then(|()| edits::check_sizes(&e.headers, None, e.body.as_deref())),
+                .and_then(|()| edits::check_sizes(&e.headers, None, e.body.as_deref()))
+                .and_then(|()| {
+                    check_writes(
+                        &e.headers,
+                        &grants.headers.write_request,
+                        "write_request_headers",
+                        &grants.refused.write_request_headers,
+                    )
+                }),
             RequestOutcome::Respond(m) => edits::check_sizes(&[], Some(&m.headers), Some(&m.body)),
             RequestOutcome::Invalid(_) => Ok(()),
         };
@@ -156,10 +188,19 @@ impl RequestOutcome {
 }
 
 impl ResponseOutcome {
-    /// Refuses a decision that hands back more than the host keeps.
-    pub(crate) fn bounded(self) -> ResponseOutcome {
+    /// Refuses a decision that hands back more than the host keeps, or
+    /// edits a header the filter may not.
+    pub(crate) fn bounded(self, grants: &crate::services::Grants) -> ResponseOutcome {
         let checked = match &self {
-            ResponseOutcome::Proceed(e) => edits::check_sizes(&e.headers, None, e.body.as_deref()),
+            ResponseOutcome::Proceed(e) => edits::check_sizes(&e.headers, None, e.body.as_deref())
+                .and_then(|()| {
+                    check_writes(
+                        &e.headers,
+                        &grants.headers.write_response,
+                        "write_response_headers",
+                        &grants.refused.write_response_headers,
+                    )
+                }),
             ResponseOutcome::Replace(m) => edits::check_sizes(&[], Some(&m.headers), Some(&m.body)),
             ResponseOutcome::Invalid(_) => Ok(()),
         };
@@ -388,6 +429,24 @@ fn named_headers(headers: &HeaderMap, names: &[String]) -> Vec<(String, String)>
     out
 }
 
+/// Keeps the pairs within `bound`, counting what it hides.
+fn visible(
+    mut pairs: Vec<(String, String)>,
+    bound: &crate::services::HeaderBound,
+    hidden: &std::sync::atomic::AtomicU64,
+) -> Vec<(String, String)> {
+    if bound.is_all() {
+        return pairs;
+    }
+    let before = pairs.len();
+    pairs.retain(|(n, _)| bound.allows(n));
+    let gone = (before - pairs.len()) as u64;
+    if gone > 0 {
+        hidden.fetch_add(gone, std::sync::atomic::Ordering::Relaxed);
+    }
+    pairs
+}
+
 fn all_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
@@ -466,14 +525,26 @@ impl wit::HostRequest for HostState {
             .unwrap_or_default()
     }
     fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Vec<String> {
+        let g = self.grants();
+        if !g.headers.read_request.allows(&name) {
+            g.refused
+                .read_request_headers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Vec::new();
+        }
         match self.exchange() {
             Some(e) if self.request_headers_visible() => header_values(&e.request.headers, &name),
             _ => Vec::new(),
         }
     }
     fn headers(&mut self, _: Resource<RequestHandle>) -> Vec<(String, String)> {
+        let g = self.grants();
         match self.exchange() {
-            Some(e) if self.request_headers_visible() => all_headers(&e.request.headers),
+            Some(e) if self.request_headers_visible() => visible(
+                all_headers(&e.request.headers),
+                &g.headers.read_request,
+                &g.refused.read_request_headers,
+            ),
             _ => Vec::new(),
         }
     }
@@ -482,8 +553,13 @@ impl wit::HostRequest for HostState {
         _: Resource<RequestHandle>,
         names: Vec<String>,
     ) -> Vec<(String, String)> {
+        let g = self.grants();
         match self.exchange() {
-            Some(e) if self.request_headers_visible() => named_headers(&e.request.headers, &names),
+            Some(e) if self.request_headers_visible() => visible(
+                named_headers(&e.request.headers, &names),
+                &g.headers.read_request,
+                &g.refused.read_request_headers,
+            ),
             _ => Vec::new(),
         }
     }
@@ -644,6 +720,13 @@ impl wit::HostResponse for HostState {
     }
     fn header(&mut self, r: Resource<ResponseHandle>, name: String) -> Vec<String> {
         if r.rep() == 0 {
+            let g = self.grants();
+            if !g.headers.read_response.allows(&name) {
+                g.refused
+                    .read_response_headers
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Vec::new();
+            }
             return self
                 .live_response()
                 .map(|p| header_values(&p.headers, &name))
@@ -655,9 +738,16 @@ impl wit::HostResponse for HostState {
     }
     fn headers(&mut self, r: Resource<ResponseHandle>) -> Vec<(String, String)> {
         if r.rep() == 0 {
+            let g = self.grants();
             return self
                 .live_response()
-                .map(|p| all_headers(&p.headers))
+                .map(|p| {
+                    visible(
+                        all_headers(&p.headers),
+                        &g.headers.read_response,
+                        &g.refused.read_response_headers,
+                    )
+                })
                 .unwrap_or_default();
         }
         self.built(&r)
@@ -670,9 +760,16 @@ impl wit::HostResponse for HostState {
         names: Vec<String>,
     ) -> Vec<(String, String)> {
         if r.rep() == 0 {
+            let g = self.grants();
             return self
                 .live_response()
-                .map(|p| named_headers(&p.headers, &names))
+                .map(|p| {
+                    visible(
+                        named_headers(&p.headers, &names),
+                        &g.headers.read_response,
+                        &g.refused.read_response_headers,
+                    )
+                })
                 .unwrap_or_default();
         }
         self.built(&r)

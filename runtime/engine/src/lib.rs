@@ -483,6 +483,28 @@ pub struct LiveCounts {
 pub struct LimitCounts {
     /// New rate-limit keys refused past `rate_limit_keys`.
     pub rate_limit_keys: std::sync::atomic::AtomicU64,
+    /// Request header reads refused (`read_request_headers`).
+    pub read_request_headers: std::sync::atomic::AtomicU64,
+    /// Response header reads refused (`read_response_headers`).
+    pub read_response_headers: std::sync::atomic::AtomicU64,
+    /// Decisions refused for a request header edit (`write_request_headers`).
+    pub write_request_headers: std::sync::atomic::AtomicU64,
+    /// Decisions refused for a response header edit (`write_response_headers`).
+    pub write_response_headers: std::sync::atomic::AtomicU64,
+}
+
+impl LimitCounts {
+    /// Each count with the config key of the limit that refused it.
+    pub fn all(&self) -> [(&'static str, u64); 5] {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("rate_limit_keys", get(&self.rate_limit_keys)),
+            ("read_request_headers", get(&self.read_request_headers)),
+            ("read_response_headers", get(&self.read_response_headers)),
+            ("write_request_headers", get(&self.write_request_headers)),
+            ("write_response_headers", get(&self.write_response_headers)),
+        ]
+    }
 }
 
 impl Drop for FilterModule {
@@ -524,6 +546,16 @@ impl FilterModule {
     /// Sets how many rate-limit buckets (keys) the filter may hold.
     pub fn set_rate_limit_keys(&mut self, keys: usize) {
         self.grants.rate_limit_keys = keys;
+    }
+
+    /// Bounds which headers the filter may read and edit.
+    pub fn set_header_bounds(&mut self, bounds: services::HeaderBounds) {
+        self.grants.headers = Arc::new(bounds);
+    }
+
+    /// Which headers the filter may read and edit.
+    pub fn header_bounds(&self) -> &services::HeaderBounds {
+        &self.grants.headers
     }
 }
 
@@ -829,7 +861,8 @@ impl FilterInstance {
             }
         };
         carry.outbound_used = self.store.data().call.outbound_used;
-        result.map(|o| o.bounded(&mut carry.context))
+        let grants = self.store.data().grants();
+        result.map(|o| o.bounded(&mut carry.context, grants))
     }
 
     /// Calls `on-response`, ending by `deadline` at the latest; like
@@ -882,6 +915,7 @@ impl FilterInstance {
             }
         };
         carry.outbound_used = self.store.data().call.outbound_used;
-        result.map(ResponseOutcome::bounded)
+        let grants = self.store.data().grants();
+        result.map(|o| o.bounded(grants))
     }
 }

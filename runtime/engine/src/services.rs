@@ -134,6 +134,8 @@ pub struct Grants {
     pub log: Arc<crate::host::LogBudget>,
     /// Most rate-limit buckets (keys) it may hold at once.
     pub rate_limit_keys: usize,
+    /// Which headers it may read and edit.
+    pub headers: Arc<HeaderBounds>,
     /// What its limits refused, shared by its versions.
     pub refused: Arc<crate::LimitCounts>,
 }
@@ -172,6 +174,71 @@ impl ClusterGrant {
             ClusterGrant::Every => true,
         }
     }
+}
+
+/// Which headers a filter may read, or set and remove, on one side, as the
+/// operator bounded it (`read_request_headers` and the like).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HeaderBound {
+    /// Every header (the default; framing headers are never writable).
+    #[default]
+    All,
+    /// These names, and names starting with these prefixes (`"x-*"`).
+    These {
+        /// Names, lower case.
+        names: HashSet<String>,
+        /// Prefixes, lower case, without the `*`.
+        prefixes: Vec<String>,
+    },
+}
+
+impl HeaderBound {
+    /// From a config list (`None`: every header).
+    pub fn from_config(list: Option<&[String]>) -> HeaderBound {
+        let Some(list) = list else {
+            return HeaderBound::All;
+        };
+        let (mut names, mut prefixes) = (HashSet::new(), Vec::new());
+        for n in list {
+            let n = n.to_ascii_lowercase();
+            match n.strip_suffix('*') {
+                Some(p) => prefixes.push(p.to_owned()),
+                None => {
+                    names.insert(n);
+                }
+            }
+        }
+        HeaderBound::These { names, prefixes }
+    }
+
+    /// Whether `name` (any case) is within the bound.
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            HeaderBound::All => true,
+            HeaderBound::These { names, prefixes } => {
+                let name = name.to_ascii_lowercase();
+                names.contains(&name) || prefixes.iter().any(|p| name.starts_with(p.as_str()))
+            }
+        }
+    }
+
+    /// Whether every header is allowed.
+    pub fn is_all(&self) -> bool {
+        matches!(self, HeaderBound::All)
+    }
+}
+
+/// A filter's header bounds, per side and kind of access.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderBounds {
+    /// Request headers it may read.
+    pub read_request: HeaderBound,
+    /// Request headers it may set or remove.
+    pub write_request: HeaderBound,
+    /// Response headers it may read.
+    pub read_response: HeaderBound,
+    /// Response headers it may set or remove.
+    pub write_response: HeaderBound,
 }
 
 /// A future an [`Outbound`] returns.
@@ -234,6 +301,7 @@ impl Grants {
             reroute: ClusterGrant::Nothing,
             log: Arc::default(),
             rate_limit_keys: DEFAULT_RATE_LIMIT_KEYS,
+            headers: Arc::default(),
             refused: Arc::default(),
         }
     }

@@ -37,6 +37,9 @@ pub struct ChainFilter {
     pub canary: Option<(Arc<Canary>, Arc<RouteVersion>)>,
     /// Skip the filter when it fails, instead of failing the request.
     pub fail_open: bool,
+    /// Request headers the filters after this one may not set or remove
+    /// (the route's `seal`).
+    pub seal: Vec<http::HeaderName>,
 }
 
 /// Which version of one filter a request runs on (picked once, as it

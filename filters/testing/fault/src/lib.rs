@@ -8,7 +8,9 @@
 //! what happened), `sleep` (hold the instance for 2 s), `grow` (keep 8 MiB
 //! alive in the instance), `reroute` (send the request to the cluster named
 //! in `x-fault-arg`, at `/rerouted`), `log-flood` (write `x-fault-arg`
-//! log lines that try to forge gateway lines). `kv-incr`, `kv-put`, `kv-get` and `var` exercise
+//! log lines that try to forge gateway lines), `read-header` (answer with
+//! the values of the header named in `x-fault-arg`), `set-header` (set the
+//! header named in `x-fault-arg` to `forged`). `kv-incr`, `kv-put`, `kv-get` and `var` exercise
 //! the host's `kv` and `config` services (see the match below).
 //! In the config, `fail_init` makes `init` reject it, and `sleep_init_ms`
 //! blocks `init` in a WASI sleep (only after the first `sleep_init_after`
@@ -211,6 +213,17 @@ impl Filter for Fault {
             Some("log") => {
                 log::warn("fault filter: a warning through the log import");
                 OnRequest::proceed()
+            }
+            // Reads any header (named in x-fault-arg) and answers with it.
+            Some("read-header") => {
+                let name = req.header("x-fault-arg").unwrap_or("authorization");
+                let values = req.fetch_header(name);
+                OnRequest::respond(Response::new(200).text(format!("{values:?}")))
+            }
+            // Sets the header named in x-fault-arg to "forged" and goes on.
+            Some("set-header") => {
+                let name = req.header("x-fault-arg").unwrap_or("x-user");
+                OnRequest::proceed_with(RequestEdits::default().set_header(name, "forged"))
             }
             // The attacker's log: as many lines as x-fault-arg says, each
             // trying to forge a gateway line after a newline, through the

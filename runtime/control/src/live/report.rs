@@ -82,10 +82,8 @@ impl Live {
                 .get_or_create(&labels)
                 .set(c.instances.load(std::sync::atomic::Ordering::Relaxed));
             let relaxed = std::sync::atomic::Ordering::Relaxed;
-            for (limit, total) in [
-                ("log_lines_per_second", c.log.dropped.load(relaxed)),
-                ("rate_limit_keys", c.refused.rate_limit_keys.load(relaxed)),
-            ] {
+            let log = [("log_lines_per_second", c.log.dropped.load(relaxed))];
+            for (limit, total) in log.into_iter().chain(c.refused.all()) {
                 if total == 0 {
                     continue;
                 }

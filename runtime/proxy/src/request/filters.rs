@@ -113,8 +113,14 @@ impl Proxy {
         let mut ex = Exchange::new(run.facts.clone(), parts);
         let mut skipped: SmallVec<[bool; 4]> = SmallVec::from_elem(false, route.chain.len());
         let mut seen_by = route.chain.len();
+        // Headers the filters before this one sealed (whether or not they
+        // ran: a filter skipped under fail-open still vouches for nothing
+        // the ones after it may forge).
+        let mut sealed: SmallVec<[&http::HeaderName; 4]> = SmallVec::new();
         for (i, f) in route.chain.iter().enumerate() {
             let arm = f.arm(&s.picks[i]);
+            let seal_before = sealed.len();
+            sealed.extend(f.seal.iter());
             if !arm.needs.on_request {
                 continue;
             }
@@ -138,6 +144,29 @@ impl Proxy {
                     skipped[i] = true;
                     continue;
                 }
+            };
+            // An edit of a header an earlier filter sealed refuses the
+            // decision whole.
+            let sealed_edit = match &outcome {
+                RequestOutcome::Proceed(changes) => changes
+                    .headers
+                    .iter()
+                    .find(|op| sealed[..seal_before].contains(&op.name()))
+                    .map(|op| op.name().as_str().to_owned()),
+                _ => None,
+            };
+            let outcome = match sealed_edit {
+                Some(name) => {
+                    self.metrics
+                        .filter_refusals
+                        .get_or_create(&wasmgate_metrics::FilterRefusalLabels {
+                            filter: f.name().to_string(),
+                            limit: "seal",
+                        })
+                        .inc();
+                    RequestOutcome::Invalid(edits::InvalidEdit::Sealed(name))
+                }
+                None => outcome,
             };
             let applied = match outcome {
                 RequestOutcome::Proceed(changes) => {
