@@ -309,3 +309,65 @@ async fn a_filter_declaring_more_than_its_bound_is_refused_at_load() {
         "{err}"
     );
 }
+
+/// What a filter hands back is bounded: a `context` held across the whole
+/// upstream call, and the header bytes of its edits. Past a bound the
+/// decision is refused whole, and only that request fails. Its rate-limit
+/// buckets, whatever keys it names, stop at its quota.
+#[tokio::test]
+async fn a_filter_cannot_hand_back_or_hold_more_than_the_host_keeps() {
+    let logs = capture_logs();
+    let up = Upstream::start("u").await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n[engine]\nmax_instances = 8\n\
+         [filters.greedy]\npath = {fault:?}\npool_size = 1\nrate_limit_keys = 50\n\
+         [clusters.c]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\ncluster = \"c\"\nfilters = [{{ name = \"greedy\" }}]\n",
+        up.addr,
+        fault = artifacts::FAULT,
+    );
+    let gw = start_gateway(&toml).await;
+    for (what, says) in [
+        (
+            "context",
+            "the context of 102400 bytes exceeds the limit of 65536 bytes",
+        ),
+        ("headers", "the header edits of"),
+    ] {
+        let r = get(
+            gw.addr(),
+            "/",
+            &[("x-fault", "oversize"), ("x-fault-arg", what)],
+        )
+        .await;
+        assert_eq!(r.status, 500, "{what}: {}", r.body);
+        assert_eq!(r.json()["code"], "filter_invalid_decision", "{what}");
+        assert_eq!(
+            logs.lines_with(&["greedy", says]).len(),
+            1,
+            "{what}: {says}"
+        );
+    }
+    assert_eq!(up.count(), 0, "nothing of a refused decision went upstream");
+    assert_eq!(
+        get(gw.addr(), "/", &[]).await.status,
+        200,
+        "the route serves on"
+    );
+
+    let r = get(
+        gw.addr(),
+        "/",
+        &[("x-fault", "bucket-flood"), ("x-fault-arg", "500")],
+    )
+    .await;
+    assert_eq!(r.body, "50", "{}", r.body);
+    assert_eq!(
+        metric(
+            &gw.metrics_text(),
+            "wasmgate_filter_refusals_total{filter=\"greedy\",limit=\"rate_limit_keys\"}"
+        ),
+        Some(450.0)
+    );
+    gw.shutdown().await;
+}

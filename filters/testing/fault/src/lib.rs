@@ -10,7 +10,9 @@
 //! in `x-fault-arg`, at `/rerouted`), `log-flood` (write `x-fault-arg`
 //! log lines that try to forge gateway lines), `read-header` (answer with
 //! the values of the header named in `x-fault-arg`), `set-header` (set the
-//! header named in `x-fault-arg` to `forged`). `kv-incr`, `kv-put`, `kv-get` and `var` exercise
+//! header named in `x-fault-arg` to `forged`), `bucket-flood` (take from as
+//! many rate-limit keys as `x-fault-arg` says), `oversize` (hand back a
+//! 100 KiB `context`, or 100 KiB of headers with `x-fault-arg: headers`). `kv-incr`, `kv-put`, `kv-get` and `var` exercise
 //! the host's `kv` and `config` services (see the match below).
 //! In the config, `fail_init` makes `init` reject it, and `sleep_init_ms`
 //! blocks `init` in a WASI sleep (only after the first `sleep_init_after`
@@ -27,7 +29,7 @@ use serde::Deserialize;
 use wasmgate_sdk::outbound::Call;
 use wasmgate_sdk::{
     Filter, FilterInfo, OnRequest, OnResponse, Request, RequestEdits, Response, ResponseEdits,
-    config, export_filter, kv, log, metrics, outbound, parse_config,
+    config, export_filter, kv, log, metrics, outbound, parse_config, rate_limit,
 };
 
 #[derive(Deserialize, Default)]
@@ -213,6 +215,30 @@ impl Filter for Fault {
             Some("log") => {
                 log::warn("fault filter: a warning through the log import");
                 OnRequest::proceed()
+            }
+            // The attacker's buckets: takes from x-fault-arg distinct keys,
+            // answering with how many were allowed.
+            Some("bucket-flood") => {
+                let n: u32 = req
+                    .header("x-fault-arg")
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(100);
+                let allowed = (0..n)
+                    .filter(|i| rate_limit::take(&format!("flood-{i}"), 10, 1, 1).allowed)
+                    .count();
+                OnRequest::respond(Response::new(200).text(allowed.to_string()))
+            }
+            // Hands back more than the host keeps: a 100 KiB context, or
+            // 100 KiB of header values (x-fault-arg: context or headers).
+            Some("oversize") => {
+                let big = "a".repeat(1024);
+                let edits = match req.header("x-fault-arg") {
+                    Some("headers") => (0..100).fold(RequestEdits::default(), |e, i| {
+                        e.set_header(format!("x-big-{i}"), big.clone())
+                    }),
+                    _ => RequestEdits::default().context(vec![0u8; 100 << 10]),
+                };
+                OnRequest::proceed_with(edits)
             }
             // Reads any header (named in x-fault-arg) and answers with it.
             Some("read-header") => {
