@@ -354,6 +354,13 @@ async fn a_filter_cannot_hand_back_or_hold_more_than_the_host_keeps() {
         200,
         "the route serves on"
     );
+    assert_eq!(
+        metric(
+            &gw.metrics_text(),
+            "wasmgate_filter_refusals_total{filter=\"greedy\",limit=\"decision_size\"}"
+        ),
+        Some(2.0)
+    );
 
     let r = get(
         gw.addr(),

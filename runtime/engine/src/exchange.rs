@@ -177,13 +177,27 @@ impl RequestOutcome {
             RequestOutcome::Respond(m) => edits::check_sizes(&[], Some(&m.headers), Some(&m.body)),
             RequestOutcome::Invalid(_) => Ok(()),
         };
-        match checked {
+        let outcome = match checked {
             Ok(()) => self,
             Err(e) => {
                 *context = None;
                 RequestOutcome::Invalid(e)
             }
+        };
+        if let RequestOutcome::Invalid(e) = &outcome {
+            count_size_refusal(e, grants);
         }
+        outcome
+    }
+}
+
+/// Counts a decision refused for its size under `decision_size`.
+fn count_size_refusal(e: &InvalidEdit, grants: &crate::services::Grants) {
+    if matches!(e, InvalidEdit::TooLarge { .. } | InvalidEdit::TooMany(_)) {
+        grants
+            .refused
+            .decision_size
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -204,10 +218,14 @@ impl ResponseOutcome {
             ResponseOutcome::Replace(m) => edits::check_sizes(&[], Some(&m.headers), Some(&m.body)),
             ResponseOutcome::Invalid(_) => Ok(()),
         };
-        match checked {
+        let outcome = match checked {
             Ok(()) => self,
             Err(e) => ResponseOutcome::Invalid(e),
+        };
+        if let ResponseOutcome::Invalid(e) = &outcome {
+            count_size_refusal(e, grants);
         }
+        outcome
     }
 }
 

@@ -491,11 +491,14 @@ pub struct LimitCounts {
     pub write_request_headers: std::sync::atomic::AtomicU64,
     /// Decisions refused for a response header edit (`write_response_headers`).
     pub write_response_headers: std::sync::atomic::AtomicU64,
+    /// Decisions refused for handing back more than the host keeps (edits,
+    /// responses built, context, header bytes, body).
+    pub decision_size: std::sync::atomic::AtomicU64,
 }
 
 impl LimitCounts {
     /// Each count with the config key of the limit that refused it.
-    pub fn all(&self) -> [(&'static str, u64); 5] {
+    pub fn all(&self) -> [(&'static str, u64); 6] {
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         [
             ("rate_limit_keys", get(&self.rate_limit_keys)),
@@ -503,6 +506,7 @@ impl LimitCounts {
             ("read_response_headers", get(&self.read_response_headers)),
             ("write_request_headers", get(&self.write_request_headers)),
             ("write_response_headers", get(&self.write_response_headers)),
+            ("decision_size", get(&self.decision_size)),
         ]
     }
 }
