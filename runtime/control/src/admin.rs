@@ -111,7 +111,7 @@ impl AdminState {
             self.refused("host_not_allowed");
             let shown = Self::host(&req).unwrap_or("(none)");
             let allowed = if self.config.allowed_hosts.is_empty() {
-                "a loopback name (localhost, 127.0.0.1, [::1]); set admin.allowed_hosts for others"
+                "a loopback name (localhost, 127.0.0.1, [::1]; admin.allowed_hosts names others)"
                     .to_owned()
             } else {
                 format!(
@@ -123,7 +123,7 @@ impl AdminState {
                 StatusCode::FORBIDDEN,
                 "host_not_allowed",
                 format!(
-                    "the admin API answers only to Host {allowed}; this request's Host is {shown:?}"
+                    "the admin API answers only requests whose Host is {allowed}; this one's is {shown:?}"
                 ),
             )
             .into_response(None);
