@@ -246,8 +246,12 @@ async fn connection(
     let limits = &shared.options.limits;
     // The PROXY header and the TLS handshake each get `header_read_timeout`.
     let (client, stream) = if let Some(senders) = &shared.options.proxy_protocol {
-        // A header from anyone else would let a client claim any address.
-        if !senders.iter().any(|n| n.contains(&peer.ip())) {
+        // A header from anyone else would let a client claim any address
+        // (an IPv4 peer on a dual-stack socket is compared as IPv4).
+        if !senders
+            .iter()
+            .any(|n| n.contains(&peer.ip().to_canonical()))
+        {
             shared.metrics.proxy_protocol_errors.inc();
             tracing::debug!(%peer, "PROXY protocol: the peer is not in server.proxy_protocol_from; closed");
             return;
