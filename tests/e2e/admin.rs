@@ -181,13 +181,27 @@ async fn silent_admin_connections_are_capped_and_cut() {
     )
     .await;
     let admin = gw.admin_addr().unwrap();
-    // A takes the only slot and never finishes its request head.
+    // A takes the only slot (its first request is answered, so it holds
+    // it), then never finishes its second request head.
     let mut silent = tokio::net::TcpStream::connect(admin).await.unwrap();
+    silent
+        .write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    within("the first answer on the held connection", async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 512];
+        while !String::from_utf8_lossy(&head).contains("\"ok\"") {
+            let n = silent.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&head));
+            head.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
     silent
         .write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     // B asks while A holds the slot.
     let mut b = tokio::net::TcpStream::connect(admin).await.unwrap();
     b.write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")

@@ -135,60 +135,32 @@ pub enum RequestOutcome {
     Invalid(InvalidEdit),
 }
 
-/// Refuses a header edit outside the filter's write bound, counting it.
-fn check_writes(
-    ops: &[HeaderOp],
+/// The checks on a decision's edits of the live message: their sizes, then
+/// the filter's write bound for that side (a refusal there is counted under
+/// `key`).
+fn check_edits(
+    headers: &[HeaderOp],
+    body: Option<&[u8]>,
     bound: &crate::services::HeaderBound,
     key: &'static str,
     refused: &std::sync::atomic::AtomicU64,
 ) -> Result<(), InvalidEdit> {
-    for op in ops {
-        let name = op.name();
-        if !bound.allows(name.as_str()) {
+    edits::check_sizes(headers, None, body)?;
+    match headers.iter().find(|op| !bound.allows(op.name().as_str())) {
+        None => Ok(()),
+        Some(op) => {
             refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(InvalidEdit::NotPermitted {
-                name: name.as_str().to_owned(),
+            Err(InvalidEdit::NotPermitted {
+                name: op.name().as_str().to_owned(),
                 key,
-            });
+            })
         }
     }
-    Ok(())
 }
 
-impl RequestOutcome {
-    /// Refuses a decision that hands back more than the host keeps, or
-    /// edits a header the filter may not (and drops the context with it).
-    pub(crate) fn bounded(
-        self,
-        context: &mut Option<Vec<u8>>,
-        grants: &crate::services::Grants,
-    ) -> RequestOutcome {
-        let checked = match &self {
-            RequestOutcome::Proceed(e) => edits::check_context(context.as_deref())
-                .and_then(|()| edits::check_sizes(&e.headers, None, e.body.as_deref()))
-                .and_then(|()| {
-                    check_writes(
-                        &e.headers,
-                        &grants.headers.write_request,
-                        "write_request_headers",
-                        &grants.refused.write_request_headers,
-                    )
-                }),
-            RequestOutcome::Respond(m) => edits::check_sizes(&[], Some(&m.headers), Some(&m.body)),
-            RequestOutcome::Invalid(_) => Ok(()),
-        };
-        let outcome = match checked {
-            Ok(()) => self,
-            Err(e) => {
-                *context = None;
-                RequestOutcome::Invalid(e)
-            }
-        };
-        if let RequestOutcome::Invalid(e) = &outcome {
-            count_size_refusal(e, grants);
-        }
-        outcome
-    }
+/// The checks on a response the filter made.
+fn check_made(m: &MadeResponse) -> Result<(), InvalidEdit> {
+    edits::check_sizes(&[], Some(&m.headers), Some(&m.body))
 }
 
 /// Counts a decision refused for its size under `decision_size`.
@@ -201,31 +173,60 @@ fn count_size_refusal(e: &InvalidEdit, grants: &crate::services::Grants) {
     }
 }
 
+impl RequestOutcome {
+    /// Refuses a decision that hands back more than the host keeps, or
+    /// edits a header the filter may not (and drops the context with it).
+    pub(crate) fn bounded(
+        self,
+        context: &mut Option<Vec<u8>>,
+        grants: &crate::services::Grants,
+    ) -> RequestOutcome {
+        let checked = match &self {
+            RequestOutcome::Proceed(e) => edits::check_context(context.as_deref()).and_then(|()| {
+                check_edits(
+                    &e.headers,
+                    e.body.as_deref(),
+                    &grants.headers.write_request,
+                    "write_request_headers",
+                    &grants.refused.write_request_headers,
+                )
+            }),
+            RequestOutcome::Respond(m) => check_made(m),
+            RequestOutcome::Invalid(e) => Err(e.clone()),
+        };
+        match checked {
+            Ok(()) => self,
+            Err(e) => {
+                count_size_refusal(&e, grants);
+                *context = None;
+                RequestOutcome::Invalid(e)
+            }
+        }
+    }
+}
+
 impl ResponseOutcome {
     /// Refuses a decision that hands back more than the host keeps, or
     /// edits a header the filter may not.
     pub(crate) fn bounded(self, grants: &crate::services::Grants) -> ResponseOutcome {
         let checked = match &self {
-            ResponseOutcome::Proceed(e) => edits::check_sizes(&e.headers, None, e.body.as_deref())
-                .and_then(|()| {
-                    check_writes(
-                        &e.headers,
-                        &grants.headers.write_response,
-                        "write_response_headers",
-                        &grants.refused.write_response_headers,
-                    )
-                }),
-            ResponseOutcome::Replace(m) => edits::check_sizes(&[], Some(&m.headers), Some(&m.body)),
-            ResponseOutcome::Invalid(_) => Ok(()),
+            ResponseOutcome::Proceed(e) => check_edits(
+                &e.headers,
+                e.body.as_deref(),
+                &grants.headers.write_response,
+                "write_response_headers",
+                &grants.refused.write_response_headers,
+            ),
+            ResponseOutcome::Replace(m) => check_made(m),
+            ResponseOutcome::Invalid(e) => Err(e.clone()),
         };
-        let outcome = match checked {
+        match checked {
             Ok(()) => self,
-            Err(e) => ResponseOutcome::Invalid(e),
-        };
-        if let ResponseOutcome::Invalid(e) = &outcome {
-            count_size_refusal(e, grants);
+            Err(e) => {
+                count_size_refusal(&e, grants);
+                ResponseOutcome::Invalid(e)
+            }
         }
-        outcome
     }
 }
 

@@ -291,13 +291,5 @@ fn redirect(
 }
 
 /// The request's authority: from its target (HTTP/2, absolute form), else
-/// its `Host` header.
-pub(crate) fn authority_of(parts: &Parts) -> Option<&str> {
-    if let Some(a) = parts.uri.authority() {
-        return Some(a.as_str());
-    }
-    parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-}
+/// its `Host` header (the one the engine shows filters).
+pub(crate) use wasmgate_engine::edits::authority_of;
