@@ -132,12 +132,16 @@ impl Served {
     /// The next log line containing `needle` (blocks this thread).
     fn wait_for(&self, needle: &str) -> String {
         let deadline = Instant::now() + HANG_GUARD;
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.log.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {needle:?}"),
+                Ok(line) => seen.push(line),
+                Err(e) => panic!(
+                    "no log line with {needle:?} ({e}); the lines read:\n{}",
+                    seen.join("\n")
+                ),
             }
         }
     }

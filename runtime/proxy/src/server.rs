@@ -359,13 +359,12 @@ async fn serve_http<S>(
     let result = loop {
         let waiting = close_by.is_some() && !closing;
         let deadline = close_by.unwrap_or_else(tokio::time::Instant::now);
+        // `biased`, shutdown first: when the shutdown and a response in
+        // flight wake this task together (a busy machine runs it late), the
+        // connection is told to close before the response is written, so
+        // the response says `Connection: close` (or goes out under GOAWAY).
         tokio::select! {
-            r = conn.as_mut() => break r,
-            () = activity.idle_for(idle_timeout), if !closing && close_by.is_none() => {
-                tracing::debug!(%peer, "idle for {idle_timeout:?}: closing");
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
+            biased;
             changed = shutdown.changed(), if !closing && close_by.is_none() => {
                 if changed.is_err() || *shutdown.borrow() {
                     if activity.started() {
@@ -376,6 +375,11 @@ async fn serve_http<S>(
                     }
                 }
             }
+            () = activity.idle_for(idle_timeout), if !closing && close_by.is_none() => {
+                tracing::debug!(%peer, "idle for {idle_timeout:?}: closing");
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
             () = activity.first_request(), if waiting => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
@@ -384,6 +388,7 @@ async fn serve_http<S>(
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
+            r = conn.as_mut() => break r,
         }
     };
     if let Err(e) = result {
