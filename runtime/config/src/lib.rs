@@ -48,6 +48,7 @@ pub mod route_config;
 pub mod scope;
 pub mod secret;
 pub mod server;
+pub mod tenant;
 pub mod tls;
 pub mod watch;
 
@@ -65,9 +66,10 @@ pub use crate::filter::{
 };
 pub use crate::limits::LimitsConfig;
 pub use crate::route::{PathMatch, RouteConfig, RouteFilter};
-pub use crate::scope::{Scoped, TenantId};
+pub use crate::scope::{Scope, Scoped, TenantId};
 pub use crate::secret::{Secret, SecretSetting, SecretSource};
 pub use crate::server::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, MAX_DRAIN_TIMEOUT, ServerConfig};
+pub use crate::tenant::{AddressRule, Managed, TenancyConfig, TenantConfig};
 pub use crate::watch::{DEFAULT_WATCH_DEBOUNCE, WatchConfig};
 
 /// One problem in a config, with the key path that caused it.
@@ -196,6 +198,7 @@ struct RawConfig {
     overload: Option<crate::overload::RawOverload>,
     #[serde(default)]
     watch: crate::watch::RawWatch,
+    tenants: Option<crate::tenant::RawTenancy>,
 }
 
 // ---------------------------------------------------------------------------
@@ -231,6 +234,12 @@ pub struct Config {
     pub overload: crate::overload::OverloadConfig,
     /// Reloading when the config file or a module file changes.
     pub watch: WatchConfig,
+    /// `[tenants]`, if the gateway is shared by tenants.
+    pub tenancy: Option<TenancyConfig>,
+    /// The tenants by name (file- and API-managed), each validated on its
+    /// own. The fields above (`filters`, `clusters`, `routes`) are the
+    /// operator's own tenant, [`TenantId::DEFAULT`].
+    pub tenants: BTreeMap<String, TenantConfig>,
 }
 
 /// Every field, except that `text` (which may hold the admin token and
@@ -251,6 +260,8 @@ impl fmt::Debug for Config {
             limits,
             overload,
             watch,
+            tenancy,
+            tenants,
         } = self;
         f.debug_struct("Config")
             .field("source", source)
@@ -266,6 +277,8 @@ impl fmt::Debug for Config {
             .field("limits", limits)
             .field("overload", overload)
             .field("watch", watch)
+            .field("tenancy", tenancy)
+            .field("tenants", tenants)
             .finish()
     }
 }
@@ -283,7 +296,84 @@ impl Config {
             )],
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Config::parse(&text, &source, &base)
+        let mut config = Config::parse(&text, &source, &base)?;
+        let bad = config.load_tenants()?;
+        match bad.into_iter().next() {
+            // The first bad tenant's errors (each tenant's file is its own
+            // source); `wasmgate check` and a start refuse on any.
+            Some((_, e)) => Err(e),
+            None => Ok(config),
+        }
+    }
+
+    /// Reads the file-managed tenants of `tenants.dir` into `tenants`
+    /// (replacing the file-managed ones there; API-managed ones stay): the
+    /// valid ones whose host claims conflict with no tenant read before
+    /// them, and each refused one's errors, by name. Fails only when the
+    /// folder cannot be read.
+    pub fn load_tenants(&mut self) -> Result<Vec<(String, ConfigErrors)>, ConfigErrors> {
+        let Some(dir) = self.tenancy.as_ref().and_then(|t| t.dir.clone()) else {
+            return Ok(Vec::new());
+        };
+        let (good, mut bad) = crate::tenant::load_dir(&dir, &self.engine)?;
+        self.tenants
+            .retain(|_, t| !matches!(t.managed, crate::tenant::Managed::File(_)));
+        for t in good {
+            if let Err(e) = self.admit_tenant(t.clone()) {
+                bad.push((t.name, e));
+            }
+        }
+        Ok(bad)
+    }
+
+    /// Adds or replaces tenant `t`, unless a name it claims is another
+    /// tenant's (or it takes the engine's instances past its limit).
+    pub fn admit_tenant(&mut self, t: TenantConfig) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        for (name, other) in &self.tenants {
+            if *name == t.name {
+                continue;
+            }
+            if let Some(h) = crate::tenant::claims_conflict(&t, other) {
+                let i = t.hosts.iter().position(|x| x == h).unwrap_or(0);
+                errors.push(ConfigError::new(
+                    format!("hosts[{i}]"),
+                    format!("{h:?} is claimed by another tenant"),
+                ));
+            }
+        }
+        let others: u64 = self
+            .scopes()
+            .filter(|s| s.tenant.as_str() != t.name)
+            .map(|s| s.pool_instances())
+            .sum();
+        let needed = others + Scope::of_tenant(&t).pool_instances();
+        if needed + 1 > u64::from(self.engine.max_instances) {
+            errors.push(ConfigError::new(
+                "filters",
+                format!(
+                    "the gateway's filter instances are taken: with this tenant the filter                      pools would hold {needed} of engine.max_instances ({})",
+                    self.engine.max_instances
+                ),
+            ));
+        }
+        if let Some(e) = ConfigErrors::of(&t.source, errors) {
+            return Err(e);
+        }
+        self.tenants.insert(t.name.clone(), t);
+        Ok(())
+    }
+
+    /// The operator's own scope and each tenant's, in that order.
+    pub fn scopes(&self) -> impl Iterator<Item = Scope<'_>> {
+        std::iter::once(Scope {
+            tenant: TenantId::default_tenant(),
+            filters: &self.filters,
+            clusters: &self.clusters,
+            routes: &self.routes,
+            hosts: &[],
+        })
+        .chain(self.tenants.values().map(Scope::of_tenant))
     }
 
     /// Parses and validates config text, then reads its secrets (see
@@ -423,46 +513,22 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> (Config, Vec<ConfigErr
     let access_log = crate::access_log::validate(raw.access_log, base, &mut errors);
     let engine = crate::engine::validate(raw.engine, base, &mut errors);
 
-    let filters = crate::filter::validate_all(raw.filters, &engine, base, &mut errors);
-
-    let clusters = crate::cluster::validate_all(raw.clusters, base, &mut errors);
-
-    // What a filter may call or send its route's traffic to must exist.
-    for (name, f) in &filters {
-        for (field, grants) in [
-            ("outbound_clusters", &f.outbound_clusters),
-            ("reroute_clusters", &f.reroute_clusters),
-        ] {
-            let grants = grants.as_deref().unwrap_or_default();
-            for (j, c) in grants.iter().enumerate() {
-                if c != "*" && !clusters.contains_key(c) {
-                    errors.push(ConfigError::new(
-                        format!("filters.{name}.{field}[{j}]"),
-                        format!("no cluster named {c:?}"),
-                    ));
-                }
-            }
-        }
-    }
-
-    let mut names = crate::route::Names::default();
-    let routes = crate::route::validate_all(raw.routes, &mut names, &mut errors);
-    // What the routes name must exist.
-    for (key, c) in &names.clusters {
-        if !clusters.contains_key(c) {
-            errors.push(ConfigError::new(
-                key,
-                format!("unknown cluster {c:?} (defined: {})", list(clusters.keys())),
-            ));
-        }
-    }
-    for (key, f) in &names.filters {
-        if !filters.contains_key(f) {
-            errors.push(ConfigError::new(
-                key,
-                format!("unknown filter {f:?} (defined: {})", list(filters.keys())),
-            ));
-        }
+    let (filters, clusters, routes) = validate_scope(
+        raw.filters,
+        raw.clusters,
+        raw.routes,
+        &engine,
+        base,
+        &mut errors,
+    );
+    let tenancy = raw
+        .tenants
+        .map(|t| crate::tenant::validate_tenancy(t, base, &mut errors));
+    if routes.is_empty() && tenancy.is_none() {
+        errors.push(ConfigError::new(
+            "routes",
+            "no routes: add at least one [[routes]] entry",
+        ));
     }
     // Every (route, filter) pair has its own pool; all of them together must
     // fit the engine's pooling allocator, with one slot spare for validation.
@@ -498,8 +564,67 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> (Config, Vec<ConfigErr
         limits,
         overload,
         watch,
+        tenancy,
+        tenants: BTreeMap::new(),
     };
     (config, errors)
+}
+
+/// The filters, clusters and routes of one scope (the main config's or a
+/// tenant's), validated, with the checks across them: what the routes and
+/// the filters' grants name must exist in the same scope.
+pub(crate) fn validate_scope(
+    raw_filters: BTreeMap<String, crate::filter::RawFilter>,
+    raw_clusters: BTreeMap<String, crate::cluster::RawCluster>,
+    raw_routes: Vec<crate::route::RawRoute>,
+    engine: &EngineConfig,
+    base: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> (
+    BTreeMap<String, FilterConfig>,
+    BTreeMap<String, ClusterConfig>,
+    Vec<RouteConfig>,
+) {
+    let filters = crate::filter::validate_all(raw_filters, engine, base, errors);
+    let clusters = crate::cluster::validate_all(raw_clusters, base, errors);
+    // What a filter may call or send its route's traffic to must exist.
+    for (name, f) in &filters {
+        for (field, grants) in [
+            ("outbound_clusters", &f.outbound_clusters),
+            ("reroute_clusters", &f.reroute_clusters),
+        ] {
+            let grants = grants.as_deref().unwrap_or_default();
+            for (j, c) in grants.iter().enumerate() {
+                if c != "*" && !clusters.contains_key(c) {
+                    errors.push(ConfigError::new(
+                        format!("filters.{name}.{field}[{j}]"),
+                        format!("no cluster named {c:?}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    let mut names = crate::route::Names::default();
+    let routes = crate::route::validate_all(raw_routes, &mut names, errors);
+    // What the routes name must exist.
+    for (key, c) in &names.clusters {
+        if !clusters.contains_key(c) {
+            errors.push(ConfigError::new(
+                key,
+                format!("unknown cluster {c:?} (defined: {})", list(clusters.keys())),
+            ));
+        }
+    }
+    for (key, f) in &names.filters {
+        if !filters.contains_key(f) {
+            errors.push(ConfigError::new(
+                key,
+                format!("unknown filter {f:?} (defined: {})", list(filters.keys())),
+            ));
+        }
+    }
+    (filters, clusters, routes)
 }
 
 fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
@@ -567,6 +692,80 @@ mod tests {
                 "routes[0].filters[1].name: unknown filter \"g\" (defined: f)",
             ]
         );
+    }
+
+    #[test]
+    fn routes_are_needed_unless_tenants_bring_them() {
+        assert_eq!(
+            errors(""),
+            ["routes: no routes: add at least one [[routes]] entry"]
+        );
+        assert_eq!(errors("[tenants]\n"), Vec::<String>::new());
+        assert_eq!(
+            errors("[tenants]\ndefault = \"default\"\nallow = [\"10.0.0.0/8\", \"nope\"]\n"),
+            [
+                "tenants.allow[1]: \"nope\" is not an address range: write \"10.0.0.0/8\", \
+                 \"192.0.2.7\", \"10.0.0.0/8:8000-8999\" or \"[2001:db8::/32]:443\"",
+                "tenants.default: \"default\" is not a tenant name (letters, digits, '-', '_' \
+                 and '.', at most 64; not \"default\")"
+            ]
+        );
+    }
+
+    #[test]
+    fn tenants_load_from_their_folder_each_on_its_own() {
+        let dir =
+            std::env::temp_dir().join(format!("wasmgate-config-tenants-{}", std::process::id()));
+        let tenants = dir.join("tenants");
+        std::fs::create_dir_all(&tenants).unwrap();
+        let route = "[[routes]]\nname = \"r\"\nrespond = {}\n";
+        std::fs::write(
+            tenants.join("a.toml"),
+            format!("hosts = [\"*.shop.example\"]\n{route}"),
+        )
+        .unwrap();
+        std::fs::write(
+            tenants.join("b.toml"),
+            format!("hosts = [\"b.shop.example\"]\n{route}"),
+        )
+        .unwrap();
+        std::fs::write(
+            tenants.join("c.toml"),
+            format!("hosts = [\"*.shop.example\"]\n{route}"),
+        )
+        .unwrap();
+        std::fs::write(tenants.join("d.toml"), "hosts = [\"d.example\"]\n").unwrap();
+        std::fs::write(tenants.join("notes.txt"), "not a tenant").unwrap();
+        std::fs::write(dir.join("gateway.toml"), "[tenants]\ndir = \"tenants\"\n").unwrap();
+        let mut config =
+            Config::parse("[tenants]\ndir = \"tenants\"\n", "gateway.toml", &dir).unwrap();
+        let bad = config.load_tenants().unwrap();
+        assert_eq!(config.tenants.keys().collect::<Vec<_>>(), ["a", "b"]);
+        let bad: Vec<(String, Vec<String>)> = bad
+            .into_iter()
+            .map(|(n, e)| (n, e.errors.iter().map(ToString::to_string).collect()))
+            .collect();
+        assert_eq!(
+            bad,
+            [
+                (
+                    "d".to_owned(),
+                    vec!["routes: no routes: add at least one [[routes]] entry".to_owned()]
+                ),
+                (
+                    "c".to_owned(),
+                    vec!["hosts[0]: \"*.shop.example\" is claimed by another tenant".to_owned()]
+                ),
+            ]
+        );
+        let scopes: Vec<String> = config
+            .scopes()
+            .map(|s| s.tenant.as_str().to_owned())
+            .collect();
+        assert_eq!(scopes, ["default", "a", "b"]);
+        // `load` refuses on any bad tenant, naming its file.
+        let e = Config::load(&dir.join("gateway.toml")).unwrap_err();
+        assert!(e.source.ends_with("d.toml"), "{e}");
     }
 
     #[test]

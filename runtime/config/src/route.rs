@@ -126,7 +126,8 @@ pub(crate) struct Names {
     pub filters: Vec<(String, String)>,
 }
 
-/// Validates every `[[routes]]` entry (names unique, at least one route);
+/// Validates every `[[routes]]` entry (names unique; the caller decides
+/// whether none at all is an error);
 /// problems go to `errors` with their key paths, and the clusters and
 /// filters the routes name go to `names`.
 pub(crate) fn validate_all(
@@ -140,12 +141,6 @@ pub(crate) fn validate_all(
         .enumerate()
         .map(|(i, r)| validate(i, r, &mut seen, names, errors))
         .collect();
-    if routes.is_empty() {
-        errors.push(ConfigError::new(
-            "routes",
-            "no routes: add at least one [[routes]] entry",
-        ));
-    }
     routes
 }
 
@@ -394,15 +389,6 @@ mod tests {
                 ("routes[0].filters[0].name".to_owned(), "auth".to_owned()),
                 ("routes[0].filters[1].name".to_owned(), "log".to_owned()),
             ]
-        );
-    }
-
-    #[test]
-    fn no_routes() {
-        let (_, _, errors) = check("");
-        assert_eq!(
-            errors,
-            ["routes: no routes: add at least one [[routes]] entry"]
         );
     }
 

@@ -70,3 +70,45 @@ impl std::fmt::Display for Scoped {
         }
     }
 }
+
+/// One scope's sections: the operator's own (the main config's `filters`,
+/// `clusters` and `routes`) or a tenant's. Whatever is built per scope
+/// (modules, pools, clusters, route tables) is built from one of these.
+#[derive(Debug, Clone)]
+pub struct Scope<'a> {
+    /// Whose.
+    pub tenant: TenantId,
+    /// Its filters by name.
+    pub filters: &'a std::collections::BTreeMap<String, crate::FilterConfig>,
+    /// Its clusters by name.
+    pub clusters: &'a std::collections::BTreeMap<String, crate::ClusterConfig>,
+    /// Its routes in order.
+    pub routes: &'a [crate::RouteConfig],
+    /// The host names it claims (none for the operator's scope, which serves
+    /// the names no tenant claims).
+    pub hosts: &'a [String],
+}
+
+impl<'a> Scope<'a> {
+    /// A tenant's scope.
+    pub fn of_tenant(t: &'a crate::TenantConfig) -> Scope<'a> {
+        Scope {
+            tenant: TenantId(Arc::from(t.name.as_str())),
+            filters: &t.filters,
+            clusters: &t.clusters,
+            routes: &t.routes,
+            hosts: &t.hosts,
+        }
+    }
+
+    /// The instances its filter pools can hold (`pool_size` summed over
+    /// every filter of every route).
+    pub fn pool_instances(&self) -> u64 {
+        self.routes
+            .iter()
+            .flat_map(|r| &r.filters)
+            .filter_map(|f| self.filters.get(&f.name))
+            .map(|f| u64::from(f.pool_size))
+            .sum()
+    }
+}
