@@ -311,7 +311,7 @@ impl Config {
     /// valid ones whose host claims conflict with no tenant read before
     /// them, and each refused one's errors, by name. Fails only when the
     /// folder cannot be read.
-    pub fn load_tenants(&mut self) -> Result<Vec<(String, ConfigErrors)>, ConfigErrors> {
+    pub fn load_tenants(&mut self) -> Result<crate::tenant::Refused, ConfigErrors> {
         let Some(dir) = self.tenancy.as_ref().and_then(|t| t.dir.clone()) else {
             return Ok(Vec::new());
         };

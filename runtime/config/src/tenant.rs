@@ -390,12 +390,15 @@ pub fn claims_conflict<'a>(a: &'a TenantConfig, b: &TenantConfig) -> Option<&'a 
         .find(|h| theirs.contains(h))
 }
 
+/// Tenants refused, each with its errors, by name.
+pub type Refused = Vec<(String, ConfigErrors)>;
+
 /// Reads every `*.toml` in `dir` as a file-managed tenant: the valid ones,
 /// and the errors of each that is not (by tenant name).
 pub fn load_dir(
     dir: &Path,
     engine: &EngineConfig,
-) -> Result<(Vec<TenantConfig>, Vec<(String, ConfigErrors)>), ConfigErrors> {
+) -> Result<(Vec<TenantConfig>, Refused), ConfigErrors> {
     let entries = std::fs::read_dir(dir).map_err(|e| ConfigErrors {
         source: dir.display().to_string(),
         errors: vec![ConfigError::new(
