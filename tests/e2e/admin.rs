@@ -55,13 +55,13 @@ async fn health_ready_and_metrics_are_public_and_count() {
     assert_eq!(metrics.status, 200);
     let text = &metrics.body;
     for line in [
-        "wasmgate_requests_total{route=\"r\",cluster=\"c\",status_class=\"2xx\"} 2",
-        "wasmgate_requests_total{route=\"r\",cluster=\"c\",status_class=\"4xx\"} 1",
-        "wasmgate_requests_total{route=\"\",cluster=\"\",status_class=\"4xx\"} 1",
-        "wasmgate_filter_calls_total{filter=\"api-key\",route=\"r\",outcome=\"ok\"} 3",
-        "wasmgate_request_duration_seconds_count{route=\"r\"} 3",
-        "wasmgate_filter_instances_created_total{filter=\"api-key\",route=\"r\"} 1",
-        "wasmgate_filter_instances_idle{filter=\"api-key\",route=\"r\"} 1",
+        "wasmgate_requests_total{tenant=\"default\",route=\"r\",cluster=\"c\",status_class=\"2xx\"} 2",
+        "wasmgate_requests_total{tenant=\"default\",route=\"r\",cluster=\"c\",status_class=\"4xx\"} 1",
+        "wasmgate_requests_total{tenant=\"default\",route=\"\",cluster=\"\",status_class=\"4xx\"} 1",
+        "wasmgate_filter_calls_total{tenant=\"default\",filter=\"api-key\",route=\"r\",outcome=\"ok\"} 3",
+        "wasmgate_request_duration_seconds_count{tenant=\"default\",route=\"r\"} 3",
+        "wasmgate_filter_instances_created_total{tenant=\"default\",filter=\"api-key\",route=\"r\"} 1",
+        "wasmgate_filter_instances_idle{tenant=\"default\",filter=\"api-key\",route=\"r\"} 1",
         "wasmgate_connections_total 4",
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");

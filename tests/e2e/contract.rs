@@ -103,7 +103,7 @@ async fn a_0_1_build_and_a_0_2_build_run_side_by_side_on_one_route() {
     let m = gw.metrics_text();
     for filter in ["old", "new"] {
         let calls = format!(
-            "wasmgate_filter_calls_total{{filter=\"{filter}\",route=\"r\",outcome=\"ok\"}}"
+            "wasmgate_filter_calls_total{{tenant=\"default\",filter=\"{filter}\",route=\"r\",outcome=\"ok\"}}"
         );
         assert_eq!(
             metric(&m, &calls),
@@ -170,7 +170,7 @@ async fn a_phase_a_filter_did_not_declare_is_not_called() {
         metric(
             &m,
             &format!(
-                "wasmgate_filter_calls_total{{filter=\"{filter}\",route=\"{route}\",outcome=\"ok\"}}"
+                "wasmgate_filter_calls_total{{tenant=\"default\",filter=\"{filter}\",route=\"{route}\",outcome=\"ok\"}}"
             ),
         )
     };

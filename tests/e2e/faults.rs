@@ -221,7 +221,7 @@ async fn fail_open_skips_a_failing_filter_and_counts_it() {
     assert_eq!(
         wasmgate_tests::metric(
             &m,
-            "wasmgate_filter_fail_open_total{filter=\"fault\",route=\"r\"}"
+            "wasmgate_filter_fail_open_total{tenant=\"default\",filter=\"fault\",route=\"r\"}"
         ),
         Some(1.0),
         "{m}"
@@ -246,7 +246,7 @@ async fn a_filter_that_keeps_trapping_is_quarantined_then_tried_again() {
     assert_eq!(
         wasmgate_tests::metric(
             &m,
-            "wasmgate_filter_quarantines_total{filter=\"fault\",route=\"r\"}"
+            "wasmgate_filter_quarantines_total{tenant=\"default\",filter=\"fault\",route=\"r\"}"
         ),
         Some(1.0),
         "{m}"

@@ -114,7 +114,7 @@ async fn a_filter_cannot_forge_or_flood_the_log() {
     let text = gw.metrics_text();
     let dropped = metric(
         &text,
-        "wasmgate_filter_refusals_total{filter=\"noisy\",limit=\"log_lines_per_second\"}",
+        "wasmgate_filter_refusals_total{tenant=\"default\",filter=\"noisy\",limit=\"log_lines_per_second\"}",
     );
     assert_eq!(
         dropped,
@@ -175,7 +175,7 @@ async fn rate_limit_keys_are_bounded_per_filter_and_leave_with_it() {
     assert_eq!(
         metric(
             &gw.metrics_text(),
-            "wasmgate_filter_refusals_total{filter=\"limited\",limit=\"rate_limit_keys\"}"
+            "wasmgate_filter_refusals_total{tenant=\"default\",filter=\"limited\",limit=\"rate_limit_keys\"}"
         ),
         Some(1.0)
     );
@@ -281,7 +281,9 @@ async fn header_reads_and_edits_stay_within_the_operators_bounds() {
         assert_eq!(
             metric(
                 &text,
-                &format!("wasmgate_filter_refusals_total{{filter=\"bounded\",limit=\"{limit}\"}}")
+                &format!(
+                    "wasmgate_filter_refusals_total{{tenant=\"default\",filter=\"bounded\",limit=\"{limit}\"}}"
+                )
             ),
             Some(n),
             "{limit}\n{text}"
@@ -357,7 +359,7 @@ async fn a_filter_cannot_hand_back_or_hold_more_than_the_host_keeps() {
     assert_eq!(
         metric(
             &gw.metrics_text(),
-            "wasmgate_filter_refusals_total{filter=\"greedy\",limit=\"decision_size\"}"
+            "wasmgate_filter_refusals_total{tenant=\"default\",filter=\"greedy\",limit=\"decision_size\"}"
         ),
         Some(2.0)
     );
@@ -372,7 +374,7 @@ async fn a_filter_cannot_hand_back_or_hold_more_than_the_host_keeps() {
     assert_eq!(
         metric(
             &gw.metrics_text(),
-            "wasmgate_filter_refusals_total{filter=\"greedy\",limit=\"rate_limit_keys\"}"
+            "wasmgate_filter_refusals_total{tenant=\"default\",filter=\"greedy\",limit=\"rate_limit_keys\"}"
         ),
         Some(450.0)
     );

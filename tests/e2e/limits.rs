@@ -121,7 +121,7 @@ async fn refusals_before_routing_are_counted() {
     assert_eq!(
         metric(
             &text,
-            "wasmgate_requests_total{route=\"\",cluster=\"\",status_class=\"4xx\"}"
+            "wasmgate_requests_total{tenant=\"default\",route=\"\",cluster=\"\",status_class=\"4xx\"}"
         ),
         Some(2.0)
     );
@@ -201,7 +201,7 @@ async fn a_request_that_takes_too_long_is_504() {
     assert_eq!(
         metric(
             &gw.metrics_text(),
-            "wasmgate_requests_total{route=\"slow\",cluster=\"c\",status_class=\"5xx\"}"
+            "wasmgate_requests_total{tenant=\"default\",route=\"slow\",cluster=\"c\",status_class=\"5xx\"}"
         ),
         Some(1.0),
         "the 504 is counted on its route"

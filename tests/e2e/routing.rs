@@ -522,7 +522,7 @@ async fn a_weighted_split_sends_exact_proportions() {
     assert_eq!(
         wasmgate_tests::metric(
             &m,
-            "wasmgate_requests_total{route=\"r\",cluster=\"next\",status_class=\"2xx\"}"
+            "wasmgate_requests_total{tenant=\"default\",route=\"r\",cluster=\"next\",status_class=\"2xx\"}"
         ),
         Some(10.0),
         "{m}"

@@ -402,7 +402,7 @@ async fn grpc_echo(req: Request<hyper::body::Incoming>) -> Response<UpstreamBody
 }
 
 /// The value of one sample in Prometheus text, e.g.
-/// `metric(text, "wasmgate_requests_total{route=\"r\",cluster=\"c\",status_class=\"2xx\"}")`.
+/// `metric(text, "wasmgate_requests_total{tenant=\"default\",route=\"r\",cluster=\"c\",status_class=\"2xx\"}")`.
 ///
 /// The sample must be one of a metric the gateway declares, or a filter's
 /// (see [`is_metric_sample`]): a misspelt or renamed name fails here rather

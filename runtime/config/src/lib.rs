@@ -297,7 +297,7 @@ impl Config {
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut config = Config::parse(&text, &source, &base)?;
-        let bad = config.load_tenants()?;
+        let bad = config.load_tenants(None)?;
         match bad.into_iter().next() {
             // The first bad tenant's errors (each tenant's file is its own
             // source); `wasmgate check` and a start refuse on any.
@@ -306,16 +306,58 @@ impl Config {
         }
     }
 
+    /// Reads the config file at `path` as a reload does beside `running`:
+    /// the main file must be valid; a tenant whose file is not (or whose
+    /// host names another tenant took) keeps its running config, and is
+    /// returned with its errors. API-managed tenants carry over.
+    pub fn load_beside(
+        path: &Path,
+        running: &Config,
+    ) -> Result<(Config, crate::tenant::Refused), ConfigErrors> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            source: source.clone(),
+            errors: vec![ConfigError::new(
+                "",
+                format!("cannot read the config file: {e}"),
+            )],
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut config = Config::parse(&text, &source, &base)?;
+        if config.tenancy.is_some() {
+            config.tenants = running
+                .tenants
+                .iter()
+                .filter(|(_, t)| t.managed == crate::tenant::Managed::Api)
+                .map(|(n, t)| (n.clone(), t.clone()))
+                .collect();
+        }
+        let refused = config.load_tenants(Some(running))?;
+        for (name, _) in &refused {
+            if let Some(t) = running.tenants.get(name) {
+                // Its running config stays (it held its names already).
+                let _ = config.admit_tenant(t.clone());
+            }
+        }
+        Ok((config, refused))
+    }
+
     /// Reads the file-managed tenants of `tenants.dir` into `tenants`
     /// (replacing the file-managed ones there; API-managed ones stay): the
     /// valid ones whose host claims conflict with no tenant read before
-    /// them, and each refused one's errors, by name. Fails only when the
-    /// folder cannot be read.
-    pub fn load_tenants(&mut self) -> Result<crate::tenant::Refused, ConfigErrors> {
+    /// them, and each refused one's errors, by name. The tenants that run
+    /// unchanged in `running` are read first: a changed tenant cannot take
+    /// a name from one that holds it. Fails only when the folder cannot be
+    /// read.
+    pub fn load_tenants(
+        &mut self,
+        running: Option<&Config>,
+    ) -> Result<crate::tenant::Refused, ConfigErrors> {
         let Some(dir) = self.tenancy.as_ref().and_then(|t| t.dir.clone()) else {
             return Ok(Vec::new());
         };
-        let (good, mut bad) = crate::tenant::load_dir(&dir, &self.engine)?;
+        let (mut good, mut bad) = crate::tenant::load_dir(&dir, &self.engine)?;
+        good.sort_by_key(|t| running.and_then(|r| r.tenants.get(&t.name)) != Some(t));
         self.tenants
             .retain(|_, t| !matches!(t.managed, crate::tenant::Managed::File(_)));
         for t in good {
@@ -362,6 +404,17 @@ impl Config {
         }
         self.tenants.insert(t.name.clone(), t);
         Ok(())
+    }
+
+    /// The filter a store key names ([`Scoped::key`]): the operator's, or a
+    /// tenant's.
+    pub fn filter_by_key(&self, key: &str) -> Option<&FilterConfig> {
+        let s = Scoped::from_key(key);
+        if s.tenant.is_default() {
+            self.filters.get(&*s.name)
+        } else {
+            self.tenants.get(s.tenant.as_str())?.filters.get(&*s.name)
+        }
     }
 
     /// The operator's own scope and each tenant's, in that order.
@@ -739,7 +792,7 @@ mod tests {
         std::fs::write(dir.join("gateway.toml"), "[tenants]\ndir = \"tenants\"\n").unwrap();
         let mut config =
             Config::parse("[tenants]\ndir = \"tenants\"\n", "gateway.toml", &dir).unwrap();
-        let bad = config.load_tenants().unwrap();
+        let bad = config.load_tenants(None).unwrap();
         assert_eq!(config.tenants.keys().collect::<Vec<_>>(), ["a", "b"]);
         let bad: Vec<(String, Vec<String>)> = bad
             .into_iter()

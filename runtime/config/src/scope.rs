@@ -60,6 +60,23 @@ impl Scoped {
     }
 }
 
+impl Scoped {
+    /// The name as the filter store and the admin API key it: the name
+    /// alone in the default tenant, `tenant/name` otherwise (unambiguous:
+    /// neither a tenant's name nor a filter's may hold a `/`).
+    pub fn key(&self) -> String {
+        self.to_string()
+    }
+
+    /// The scoped name a [`Scoped::key`] stands for.
+    pub fn from_key(key: &str) -> Scoped {
+        match key.split_once('/') {
+            Some((tenant, name)) => Scoped::new(TenantId(Arc::from(tenant)), name),
+            None => Scoped::default_tenant(key),
+        }
+    }
+}
+
 impl std::fmt::Display for Scoped {
     /// The name alone in the default tenant, `tenant/name` otherwise.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

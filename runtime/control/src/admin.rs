@@ -145,7 +145,7 @@ impl AdminState {
         match (req.method().clone(), path.as_str()) {
             (Method::POST, "/config/reload") => {
                 self.apply(
-                    wasmgate_config::Config::load(self.live.file()),
+                    wasmgate_config::Config::load_beside(self.live.file(), &self.live.config()),
                     crate::live::Origin::File,
                 )
                 .await
@@ -175,7 +175,12 @@ impl AdminState {
                         errors = e;
                     }
                     if errors.is_empty() {
-                        Ok(config)
+                        // The tenants are not part of the main config: they
+                        // stay as they run (with `[tenants]`).
+                        if config.tenancy.is_some() {
+                            config.tenants = current.tenants.clone();
+                        }
+                        Ok((config, Vec::new()))
                     } else {
                         Err(wasmgate_config::ConfigErrors {
                             source: "PUT /config".into(),
@@ -230,10 +235,13 @@ impl AdminState {
 
     async fn apply(
         &self,
-        parsed: Result<wasmgate_config::Config, wasmgate_config::ConfigErrors>,
+        parsed: Result<
+            (wasmgate_config::Config, wasmgate_config::tenant::Refused),
+            wasmgate_config::ConfigErrors,
+        >,
         origin: crate::live::Origin,
     ) -> Response<ProxyBody> {
-        let summary = parsed.as_ref().ok().map(|config| {
+        let summary = parsed.as_ref().ok().map(|(config, _)| {
             serde_json::json!({
                 "status": "applied",
                 "routes": config.routes.len(),
@@ -242,7 +250,24 @@ impl AdminState {
             })
         });
         match self.live.apply_parsed(parsed, origin).await {
-            Ok(()) => json(StatusCode::OK, summary.unwrap_or_default()),
+            Ok(refused) => {
+                let mut summary = summary.unwrap_or_default();
+                if !refused.is_empty() {
+                    summary["tenants_refused"] = refused
+                        .iter()
+                        .map(|(tenant, e)| {
+                            serde_json::json!({
+                                "tenant": tenant,
+                                "source": e.source,
+                                "errors": e.errors.iter().map(|e| serde_json::json!({
+                                    "path": e.path, "message": e.message,
+                                })).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                }
+                json(StatusCode::OK, summary)
+            }
             Err(e) => config_errors(e),
         }
     }
@@ -331,7 +356,11 @@ impl AdminState {
                 json(StatusCode::OK, serde_json::json!({ "routes": routes }))
             }
             "/clusters" => {
-                let mut clusters: Vec<_> = proxy.clusters.values().collect();
+                let mut clusters: Vec<_> = proxy
+                    .clusters
+                    .get(&wasmgate_config::TenantId::default_tenant())
+                    .map(|m| m.values().collect())
+                    .unwrap_or_default();
                 clusters.sort_by(|a, b| a.name().cmp(b.name()));
                 let clusters: Vec<serde_json::Value> =
                     clusters.iter().map(|c| c.health_report()).collect();

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::versions::{FilterVersions, StoredVersion, VersionSource};
-use wasmgate_config::{Config, ConfigError, FailurePolicy, FilterConfig, Isolation};
+use wasmgate_config::{
+    Config, ConfigError, FailurePolicy, FilterConfig, Isolation, Scope, Scoped, TenantId,
+};
 use wasmgate_engine::edits::{Interest, Needs};
 use wasmgate_engine::services::{ClusterGrant, HeaderBound, HeaderBounds, OutboundGrant};
 use wasmgate_engine::{
@@ -22,7 +24,7 @@ use wasmgate_proxy::outbound::ClusterCaller;
 use wasmgate_proxy::overload::OverloadGuard;
 use wasmgate_proxy::proxy::Proxy;
 use wasmgate_proxy::route::{Route, RouteMetrics, RouteTarget, WeightedClusters};
-use wasmgate_proxy::router::{RouteMatch, RouteTable};
+use wasmgate_proxy::router::{RouteMatch, RouteTable, TenantTable};
 use wasmgate_proxy::tls::TlsTerminator;
 use wasmgate_proxy::upstream::Cluster;
 use wasmgate_proxy::upstream::dns::Resolve;
@@ -98,8 +100,8 @@ pub(crate) async fn compile(
         wall: f.wall_limit,
     };
     let engine = deps.engine.clone();
-    // Every name is in the default tenant's scope until tenants exist.
-    let owned_name = wasmgate_config::Scoped::default_tenant(name);
+    // Its kv data, buckets, metrics and outbound calls are its tenant's.
+    let owned_name = wasmgate_config::Scoped::from_key(name);
     let origin = match s.source {
         VersionSource::Upload => format!("upload for {name:?}"),
         _ => f.path.display().to_string(),
@@ -159,7 +161,8 @@ pub(crate) async fn resolve(
     st: &mut FilterVersions,
     read_files: bool,
 ) -> Result<RunningVersions, ConfigError> {
-    let key = format!("filters.{name}.path");
+    let scoped = wasmgate_config::Scoped::from_key(name);
+    let key = key_path(&scoped.tenant, &format!("filters.{}.path", scoped.name));
     // The config points the filter at another file: the file decides again.
     if st.path.as_ref() != Some(&f.path) {
         st.pinned = false;
@@ -194,7 +197,7 @@ pub(crate) async fn resolve(
     let canary = match &st.canary {
         None => None,
         Some(c) => {
-            let key = format!("filters.{name} canary");
+            let key = key_path(&scoped.tenant, &format!("filters.{} canary", scoped.name));
             let s = st.get(c.version()).ok_or_else(|| {
                 ConfigError::new(&key, format!("version {} is not stored", c.version()))
             })?;
@@ -205,6 +208,16 @@ pub(crate) async fn resolve(
         }
     };
     Ok(RunningVersions { current, canary })
+}
+
+/// A key path in `tenant`'s scope: as written for the operator's own
+/// sections, under `tenants.NAME.` for a tenant's.
+pub(crate) fn key_path(tenant: &TenantId, path: &str) -> String {
+    if tenant.is_default() {
+        path.to_owned()
+    } else {
+        format!("tenants.{}.{path}", tenant.as_str())
+    }
 }
 
 /// Why one version of a filter could not be set up for a route.
@@ -299,6 +312,12 @@ pub(crate) async fn route_version(
     e: &CompiledVersion,
     metrics: &Arc<Metrics>,
 ) -> Result<Arc<RouteVersion>, RouteVersionError> {
+    metrics
+        .filter_probes
+        .get_or_create(&wasmgate_metrics::TenantLabels {
+            tenant: e.module.tenant().as_str().to_owned(),
+        })
+        .inc();
     let declared = e
         .module
         .probe(route, config_json)
@@ -361,14 +380,17 @@ fn kept_version(
 /// Builds a whole generation from `config` and the filter store, keeping
 /// what did not change from `prev`; module files are read only with
 /// `read_files` (a config reload, not a version change). Every error is
-/// collected, with its key path.
+/// collected, with its key path and the tenant whose scope it is in (the
+/// caller may then leave a failing tenant out and try again: what did not
+/// change is kept, not rebuilt).
 pub(crate) async fn build(
     config: &Config,
     deps: &Deps,
     prev: Option<&Generation>,
     filters: &mut BTreeMap<String, FilterVersions>,
     read_files: bool,
-) -> Result<Generation, Vec<ConfigError>> {
+    frozen: &std::collections::HashSet<TenantId>,
+) -> Result<Generation, Vec<(TenantId, ConfigError)>> {
     let metrics = &deps.metrics;
     let mut errors = Vec::new();
     let access_log = match (&config.access_log, prev.map(|p| &p.proxy)) {
@@ -386,9 +408,131 @@ pub(crate) async fn build(
         (None, _) => None,
     };
 
+    let mut errors: Vec<(TenantId, ConfigError)> = errors
+        .into_iter()
+        .map(|e| (TenantId::default_tenant(), e))
+        .collect();
+    let mut clusters = wasmgate_proxy::proxy::Clusters::new();
+    let mut modules: BTreeMap<String, RunningVersions> = BTreeMap::new();
+    let mut tables = Vec::new();
+    let mut hung = false;
+    for scope in config.scopes() {
+        let mut scope_errors = Vec::new();
+        let built = build_scope(
+            &scope,
+            deps,
+            prev,
+            filters,
+            read_files && !frozen.contains(&scope.tenant),
+            &mut modules,
+            &mut scope_errors,
+            &mut hung,
+        )
+        .await;
+        errors.extend(scope_errors.into_iter().map(|e| (scope.tenant.clone(), e)));
+        let (table, scope_clusters) = built;
+        clusters.insert(scope.tenant.clone(), scope_clusters);
+        tables.push(table);
+        if hung {
+            break;
+        }
+    }
+
+    // Every (route, filter) pool, a canary's included, must fit the engine's
+    // instances (validation counted the pools without canaries), with one
+    // spare for probes: a canary that does not fit is refused, not left to
+    // take other filters' instances.
+    let needed: u64 = config
+        .scopes()
+        .flat_map(|scope| {
+            let modules = &modules;
+            scope
+                .routes
+                .iter()
+                .flat_map(|r| &r.filters)
+                .filter_map(move |rf| {
+                    let key = Scoped::new(scope.tenant.clone(), rf.name.as_str()).key();
+                    let arms = 1 + u64::from(modules.get(&key)?.canary.is_some());
+                    Some(arms * u64::from(scope.filters.get(&rf.name)?.pool_size))
+                })
+        })
+        .sum();
+    if needed + 1 > u64::from(config.engine.max_instances) {
+        let canaries: Vec<&str> = modules
+            .iter()
+            .filter(|(_, m)| m.canary.is_some())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        errors.push((
+            TenantId::default_tenant(),
+            ConfigError::new(
+                "engine.max_instances",
+                format!(
+                    "{} is too small: with the canaries of {} the filter pools can hold {needed} \
+                     instances, plus one for validation; end a canary, or raise engine.max_instances",
+                    config.engine.max_instances,
+                    canaries.join(", ")
+                ),
+            ),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let policy = wasmgate_proxy::proxy::Policy {
+        path: PathPolicy {
+            allow_encoded_slashes: config.server.allow_encoded_slashes,
+        },
+        forwarding: wasmgate_proxy::forwarding::Forwarding::new(config.server.forwarding.clone()),
+        limits: wasmgate_proxy::proxy::RequestLimits {
+            max_request_body: config.limits.max_request_body,
+            request_timeout: config.limits.request_timeout,
+            tunnel_idle_timeout: config.limits.tunnel_idle_timeout,
+            max_buffered_body: config.limits.max_buffered_body,
+        },
+        tls: deps.tls.clone(),
+        overload: deps.overload.clone(),
+    };
+    let unclaimed = config
+        .tenancy
+        .as_ref()
+        .and_then(|t| t.default.as_deref())
+        .map_or_else(TenantId::default_tenant, |d| TenantId(Arc::from(d)));
+    let proxy = Proxy::new(
+        RouteTable::with_tenants(tables, &unclaimed),
+        clusters,
+        metrics.clone(),
+        config.access_log.clone().zip(access_log),
+        policy,
+    );
+    Ok(Generation {
+        proxy: Arc::new(proxy),
+        modules,
+    })
+}
+
+/// One scope's clusters, filter versions and routes (its part of the route
+/// table), keeping what did not change from `prev`. Errors go to `errors`,
+/// with key paths as the scope's own file writes them; `hung` is set when
+/// a filter blocked as it started (the build then stops probing).
+#[allow(clippy::too_many_arguments)]
+async fn build_scope(
+    scope: &Scope<'_>,
+    deps: &Deps,
+    prev: Option<&Generation>,
+    filters: &mut BTreeMap<String, FilterVersions>,
+    read_files: bool,
+    modules: &mut BTreeMap<String, RunningVersions>,
+    errors: &mut Vec<ConfigError>,
+    hung: &mut bool,
+) -> (TenantTable<Route>, HashMap<String, Arc<Cluster>>) {
+    let metrics = &deps.metrics;
+    let tenant = &scope.tenant;
     let mut clusters: HashMap<String, Arc<Cluster>> = HashMap::new();
-    for (n, c) in &config.clusters {
-        if let Some(p) = prev.and_then(|p| p.proxy.clusters.get(n))
+    for (n, c) in scope.clusters {
+        if let Some(p) = prev
+            .and_then(|p| p.proxy.clusters.get(tenant))
+            .and_then(|m| m.get(n))
             && p.config == *c
         {
             clusters.insert(n.clone(), p.clone());
@@ -402,67 +546,54 @@ pub(crate) async fn build(
         }
     }
 
-    let mut modules: BTreeMap<String, RunningVersions> = BTreeMap::new();
-    for (name, f) in &config.filters {
-        let st = filters.entry(name.clone()).or_default();
-        match resolve(name, f, deps, prev, st, read_files).await {
+    for (name, f) in scope.filters {
+        let key = Scoped::new(tenant.clone(), name.as_str()).key();
+        let st = filters.entry(key.clone()).or_default();
+        match resolve(&key, f, deps, prev, st, read_files).await {
             Ok(m) => {
-                modules.insert(name.clone(), m);
+                modules.insert(key, m);
             }
-            Err(e) => errors.push(e),
+            Err(mut e) => {
+                // The path as the scope's own file writes it.
+                if let Some(rest) = e
+                    .path
+                    .strip_prefix(&format!("tenants.{}.", tenant.as_str()))
+                {
+                    e.path = rest.to_owned();
+                }
+                errors.push(e);
+            }
         }
     }
 
-    // Every (route, filter) pool, a canary's included, must fit the engine's
-    // instances (validation counted the pools without canaries), with one
-    // spare for probes: a canary that does not fit is refused, not left to
-    // take other filters' instances.
-    let needed: u64 = config
-        .routes
-        .iter()
-        .flat_map(|r| &r.filters)
-        .filter_map(|rf| {
-            let arms = 1 + u64::from(modules.get(&rf.name)?.canary.is_some());
-            Some(arms * u64::from(config.filters.get(&rf.name)?.pool_size))
-        })
-        .sum();
-    if needed + 1 > u64::from(config.engine.max_instances) {
-        let canaries: Vec<&str> = modules
-            .iter()
-            .filter(|(_, m)| m.canary.is_some())
-            .map(|(n, _)| n.as_str())
-            .collect();
-        errors.push(ConfigError::new(
-            "engine.max_instances",
-            format!(
-                "{} is too small: with the canaries of {} the filter pools can hold {needed} \
-                 instances, plus one for validation; end a canary, or raise engine.max_instances",
-                config.engine.max_instances,
-                canaries.join(", ")
-            ),
-        ));
-    }
-
-    // The running generation's routes, by name, to keep what did not change.
+    // The running generation's routes of this scope, by name, to keep what
+    // did not change.
     let running: HashMap<&str, &Route> = prev
-        .map(|p| p.proxy.routes().iter().map(|r| (&*r.name, &**r)).collect())
+        .map(|p| {
+            p.proxy
+                .routes()
+                .iter()
+                .filter(|r| r.tenant == *tenant)
+                .map(|r| (&*r.name, &**r))
+                .collect()
+        })
         .unwrap_or_default();
     let mut routes = Vec::new();
-    let mut hung = false;
-    for (i, r) in config.routes.iter().enumerate() {
-        if hung {
+    for (i, r) in scope.routes.iter().enumerate() {
+        if *hung {
             break;
         }
         let name: Arc<str> = Arc::from(r.name.as_str());
         let mut chain = Vec::new();
         for (j, rf) in r.filters.iter().enumerate() {
-            if hung {
+            if *hung {
                 break;
             }
-            let Some(loaded) = modules.get(rf.name.as_str()) else {
+            let Some(loaded) = modules.get(&Scoped::new(tenant.clone(), rf.name.as_str()).key())
+            else {
                 continue;
             };
-            let fc = &config.filters[&rf.name];
+            let fc = &scope.filters[&rf.name];
             let key = format!("routes[{i}].filters[{j}].config");
             let kept = |v: &CompiledVersion| {
                 running
@@ -502,7 +633,7 @@ pub(crate) async fn build(
                         canary.err().map(|(v, e)| (Some(v), e)),
                     ];
                     for (canary, e) in failed.into_iter().flatten() {
-                        hung |= matches!(e, RouteVersionError::Hung { .. });
+                        *hung |= matches!(e, RouteVersionError::Hung { .. });
                         errors.push(ConfigError::new(&key, e.describe(&rf.name, canary)));
                     }
                 }
@@ -539,8 +670,9 @@ pub(crate) async fn build(
             matchers: r.matchers.clone(),
             order: r.order,
             target: Arc::new(Route {
-                metrics: RouteMetrics::new(metrics, &name, &primary),
+                metrics: RouteMetrics::new(metrics, tenant, &name, &primary),
                 name,
+                tenant: tenant.clone(),
                 target,
                 chain,
                 path_prefix: match &r.path {
@@ -553,32 +685,89 @@ pub(crate) async fn build(
             }),
         });
     }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let policy = wasmgate_proxy::proxy::Policy {
-        path: PathPolicy {
-            allow_encoded_slashes: config.server.allow_encoded_slashes,
-        },
-        forwarding: wasmgate_proxy::forwarding::Forwarding::new(config.server.forwarding.clone()),
-        limits: wasmgate_proxy::proxy::RequestLimits {
-            max_request_body: config.limits.max_request_body,
-            request_timeout: config.limits.request_timeout,
-            tunnel_idle_timeout: config.limits.tunnel_idle_timeout,
-            max_buffered_body: config.limits.max_buffered_body,
-        },
-        tls: deps.tls.clone(),
-        overload: deps.overload.clone(),
+    let table = TenantTable {
+        tenant: tenant.clone(),
+        hosts: scope.hosts.to_vec(),
+        routes,
     };
-    let proxy = Proxy::new(
-        RouteTable::new(routes),
-        clusters,
-        metrics.clone(),
-        config.access_log.clone().zip(access_log),
-        policy,
-    );
-    Ok(Generation {
-        proxy: Arc::new(proxy),
-        modules,
-    })
+    (table, clusters)
+}
+
+/// Errors of [`build`] as one list, a tenant's key paths under
+/// `tenants.NAME.`.
+pub(crate) fn flatten(errors: Vec<(TenantId, ConfigError)>) -> Vec<ConfigError> {
+    errors
+        .into_iter()
+        .map(|(t, mut e)| {
+            e.path = key_path(&t, &e.path);
+            e
+        })
+        .collect()
+}
+
+/// What runs now, for [`build_apart`] to fall back on.
+pub(crate) struct Running<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) filters: &'a BTreeMap<String, FilterVersions>,
+}
+
+/// Builds `config` with each tenant apart: a tenant whose part fails (a
+/// module that does not load, a route config its filter refuses) goes back
+/// to how it runs in `running` (out, if it is new there), its module files
+/// not read again, and the build is tried again. What did not change is
+/// kept, not rebuilt, so another try costs little. Returns the generation
+/// and the tenants refused, each with its errors; fails when the operator's
+/// own part does.
+pub(crate) async fn build_apart(
+    config: &mut Config,
+    deps: &Deps,
+    prev: Option<&Generation>,
+    running: Option<Running<'_>>,
+    filters: &mut BTreeMap<String, FilterVersions>,
+    read_files: bool,
+) -> Result<(Generation, wasmgate_config::tenant::Refused), Vec<ConfigError>> {
+    let mut refused: wasmgate_config::tenant::Refused = Vec::new();
+    let mut frozen = std::collections::HashSet::new();
+    loop {
+        let errors = match build(config, deps, prev, filters, read_files, &frozen).await {
+            Ok(g) => return Ok((g, refused)),
+            Err(errors) => errors,
+        };
+        if errors.iter().any(|(t, _)| t.is_default()) {
+            return Err(flatten(errors));
+        }
+        let mut by_tenant: BTreeMap<TenantId, Vec<ConfigError>> = BTreeMap::new();
+        for (t, e) in errors {
+            by_tenant.entry(t).or_default().push(e);
+        }
+        for (t, errors) in by_tenant {
+            let name = t.as_str().to_owned();
+            let source = config
+                .tenants
+                .get(&name)
+                .map_or_else(|| name.clone(), |c| c.source.clone());
+            let back = running.as_ref().and_then(|r| r.config.tenants.get(&name));
+            match back {
+                // Failing as it runs (which it should not): out.
+                Some(old) if !frozen.contains(&t) => {
+                    config.tenants.insert(name.clone(), old.clone());
+                    frozen.insert(t.clone());
+                }
+                _ => {
+                    config.tenants.remove(&name);
+                }
+            }
+            // Its filter store as it runs.
+            let prefix = format!("{name}/");
+            filters.retain(|k, _| !k.starts_with(&prefix));
+            if let Some(r) = &running {
+                for (k, v) in r.filters {
+                    if k.starts_with(&prefix) {
+                        filters.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            refused.push((name, wasmgate_config::ConfigErrors { source, errors }));
+        }
+    }
 }

@@ -493,6 +493,11 @@ impl FilterModule {
         &self.name
     }
 
+    /// The tenant whose filter it is.
+    pub fn tenant(&self) -> &wasmgate_config::TenantId {
+        &self.grants.namespace.tenant
+    }
+
     /// Hex SHA-256 of the component's bytes.
     pub fn sha256(&self) -> &str {
         &self.sha256

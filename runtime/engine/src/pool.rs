@@ -40,12 +40,14 @@ struct PoolMetrics {
 }
 
 impl PoolMetrics {
-    fn new(metrics: Arc<Metrics>, filter: &str, route: &str) -> PoolMetrics {
+    fn new(metrics: Arc<Metrics>, tenant: &str, filter: &str, route: &str) -> PoolMetrics {
         let labels = FilterLabels {
+            tenant: tenant.to_owned(),
             filter: filter.to_owned(),
             route: route.to_owned(),
         };
         let outcome = |o: &str| FilterOutcomeLabels {
+            tenant: tenant.to_owned(),
             filter: filter.to_owned(),
             route: route.to_owned(),
             outcome: o.to_owned(),
@@ -80,6 +82,7 @@ impl PoolMetrics {
             }
             Err(e) => {
                 let labels = FilterOutcomeLabels {
+                    tenant: self.labels.tenant.clone(),
                     filter: self.labels.filter.clone(),
                     route: self.labels.route.clone(),
                     outcome: e.code().to_owned(),
@@ -290,7 +293,7 @@ impl InstancePool {
     ) -> InstancePool {
         let size = policy.size.max(1);
         InstancePool {
-            metrics: PoolMetrics::new(metrics, module.name(), &route),
+            metrics: PoolMetrics::new(metrics, module.tenant().as_str(), module.name(), &route),
             module,
             route,
             config,

@@ -51,6 +51,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[cfg_attr(test, derive(Default))]
 pub struct RequestLabels {
+    /// The tenant (`default`: the operator's own).
+    pub tenant: String,
     /// Route name, or `""` when no route matched.
     pub route: String,
     /// Cluster name, or `""` when nothing was forwarded.
@@ -63,6 +65,8 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[cfg_attr(test, derive(Default))]
 pub struct RouteLabels {
+    /// The tenant (`default`: the operator's own).
+    pub tenant: String,
     /// Route name.
     pub route: String,
 }
@@ -108,6 +112,8 @@ pub struct ConnErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[cfg_attr(test, derive(Default))]
 pub struct FilterLabels {
+    /// The tenant (`default`: the operator's own).
+    pub tenant: String,
     /// Filter name.
     pub filter: String,
     /// Route name.
@@ -118,6 +124,8 @@ pub struct FilterLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[cfg_attr(test, derive(Default))]
 pub struct FilterOutcomeLabels {
+    /// The tenant (`default`: the operator's own).
+    pub tenant: String,
     /// Filter name.
     pub filter: String,
     /// Route name.
@@ -179,10 +187,20 @@ pub struct CanaryLabels {
     pub event: &'static str,
 }
 
+/// One tenant.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
+pub struct TenantLabels {
+    /// The tenant (`default`: the operator's own).
+    pub tenant: String,
+}
+
 /// What a filter asked for and was refused.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[cfg_attr(test, derive(Default))]
 pub struct FilterRefusalLabels {
+    /// The tenant (`default`: the operator's own).
+    pub tenant: String,
     /// Filter name.
     pub filter: String,
     /// The grant or limit that refused it, by its config key
@@ -277,6 +295,8 @@ metric_tables! {
             "Outbound calls made by filters, by filter, cluster and outcome";
         filter_refusals: counter[FilterRefusalLabels] => "filter_refusals",
             "What filters asked for and a grant or limit the operator set refused, by filter and limit";
+        filter_probes: counter[TenantLabels] => "filter_probes",
+            "Filter starts a build made to check a route's config (instantiation and init), by tenant: a change to one tenant probes only its own filters";
     }
 
     // Upstream clusters and their endpoints.
@@ -326,6 +346,8 @@ metric_tables! {
     control {
         config_reloads: counter[OutcomeLabels] => "config_reloads",
             "Config reloads, applied (ok) or refused with the running config kept (rejected)";
+        tenant_refusals: counter[TenantLabels] => "tenant_config_refused",
+            "Tenant configs refused (invalid, a host name another tenant holds, a filter that does not load), the tenant's running config kept; by tenant";
         filter_swaps: counter[SwapLabels] => "filter_swaps",
             "Filter module uploads, activated (ok) or refused with the current version kept (rejected)";
         /// Sampled at scrape.

@@ -91,8 +91,9 @@ fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
 /// What is known about a request, filled in along the way.
 #[derive(Debug, Default)]
 pub struct Entry {
-    /// Tenant (the seam for multi-tenancy; `default` today).
-    pub tenant: &'static str,
+    /// The tenant whose request it is (the operator's, `default`, until
+    /// the host names another).
+    pub tenant: wasmgate_config::TenantId,
     /// Route name, if one matched.
     pub route: Option<Arc<str>>,
     /// Cluster the request went to.
@@ -165,7 +166,7 @@ impl<B: Body> LoggedBody<B> {
         let (log, e, started) = *pending;
         let line = Line {
             time: humantime::format_rfc3339_millis(SystemTime::now()),
-            tenant: e.tenant,
+            tenant: e.tenant.as_str(),
             route: e.route.as_deref(),
             cluster: e.cluster.as_deref(),
             endpoint: e.endpoint.as_deref(),

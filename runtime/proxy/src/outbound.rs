@@ -44,20 +44,10 @@ impl ClusterCaller {
         }
     }
 
-    /// `tenant`'s filters call `clusters`, with response bodies up to
-    /// `max_body`, from now on.
-    pub fn set_clusters(
-        &self,
-        tenant: &TenantId,
-        clusters: HashMap<String, Arc<Cluster>>,
-        max_body: usize,
-    ) {
-        let clusters = Arc::new(clusters);
-        self.clusters.rcu(|all| {
-            let mut all = HashMap::clone(all);
-            all.insert(tenant.clone(), HashMap::clone(&clusters));
-            all
-        });
+    /// Each tenant's filters call that tenant's `clusters`, with response
+    /// bodies up to `max_body`, from now on.
+    pub fn set_clusters(&self, clusters: crate::proxy::Clusters, max_body: usize) {
+        self.clusters.store(Arc::new(clusters));
         self.max_body
             .store(max_body, std::sync::atomic::Ordering::Relaxed);
     }

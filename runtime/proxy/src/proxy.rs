@@ -36,6 +36,10 @@ pub struct ConnHold {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
+/// Clusters by tenant, then by name within the tenant.
+pub type Clusters =
+    std::collections::HashMap<TenantId, std::collections::HashMap<String, Arc<Cluster>>>;
+
 /// The generation new requests are served by. The control plane stores a
 /// new one; the server loads it once per request (never per connection), so
 /// a request runs wholly on the generation current when it arrived.
@@ -45,9 +49,8 @@ pub type Current = arc_swap::ArcSwap<Proxy>;
 #[derive(Debug)]
 pub struct Proxy {
     pub(crate) routes: RouteTable<Route>,
-    /// Every cluster of this generation, by name.
-    pub clusters: std::collections::HashMap<String, Arc<Cluster>>,
-    pub(crate) tenant: TenantId,
+    /// Every cluster of this generation, by tenant and name.
+    pub clusters: Clusters,
     pub(crate) ids: RequestIds,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) access_log: Option<AccessLog>,
@@ -74,7 +77,7 @@ impl Proxy {
     /// A generation of these routes and clusters.
     pub fn new(
         routes: RouteTable<Route>,
-        clusters: std::collections::HashMap<String, Arc<Cluster>>,
+        clusters: Clusters,
         metrics: Arc<Metrics>,
         access_log: Option<(AccessLogTarget, AccessLog)>,
         policy: Policy,
@@ -83,7 +86,6 @@ impl Proxy {
         Proxy {
             routes,
             clusters,
-            tenant: TenantId::default_tenant(),
             ids: RequestIds::new(),
             metrics,
             access_log,
@@ -109,7 +111,7 @@ impl Proxy {
 
     /// The gateway's metrics, with sampled gauges brought up to date.
     pub fn metrics_text(&self) -> String {
-        for c in self.clusters.values() {
+        for c in self.clusters.values().flat_map(|m| m.values()) {
             c.sample_metrics();
         }
         for route in self.routes.routes() {

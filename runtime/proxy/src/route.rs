@@ -28,11 +28,17 @@ pub struct RouteMetrics {
 
 impl RouteMetrics {
     /// Handles for `route` forwarding to `cluster`.
-    pub fn new(metrics: &Metrics, route: &str, cluster: &str) -> RouteMetrics {
+    pub fn new(
+        metrics: &Metrics,
+        tenant: &wasmgate_config::TenantId,
+        route: &str,
+        cluster: &str,
+    ) -> RouteMetrics {
         let class = |c: &str| {
             metrics
                 .requests
                 .get_or_create(&RequestLabels {
+                    tenant: tenant.as_str().to_owned(),
                     route: route.to_owned(),
                     cluster: cluster.to_owned(),
                     status_class: c.to_owned(),
@@ -50,6 +56,7 @@ impl RouteMetrics {
             duration: metrics
                 .request_duration
                 .get_or_create(&RouteLabels {
+                    tenant: tenant.as_str().to_owned(),
                     route: route.to_owned(),
                 })
                 .clone(),
@@ -62,8 +69,10 @@ impl RouteMetrics {
 pub struct Route {
     /// Metric handles.
     pub metrics: RouteMetrics,
-    /// The route's name.
+    /// The route's name, unique within its tenant.
     pub name: Arc<str>,
+    /// Whose route it is.
+    pub tenant: wasmgate_config::TenantId,
     /// What the route does after its filters (unless a filter picks
     /// another cluster or answers itself).
     pub target: RouteTarget,

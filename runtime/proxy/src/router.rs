@@ -15,8 +15,13 @@
 //! Prefixes match whole segments: `/api/search` matches `/api/search` and
 //! `/api/search/x`, never `/api/searchx`.
 //!
-//! The table is keyed by tenant so that multi-tenancy can add tenants without
-//! changing the lookup; today every route belongs to [`TenantId::DEFAULT`].
+//! ## Tenants
+//! Before any of that, the host name picks the tenant whose routes are
+//! searched ([`RouteTable::tenant_of`]): the tenant claiming the exact name,
+//! else the one claiming the longest matching wildcard, else the tenant of
+//! unclaimed names (the operator's own routes, or `tenants.default`). A
+//! tenant's route without `hosts` matches every name the tenant claims;
+//! one tenant's routes never see another's requests.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -134,60 +139,152 @@ struct Entry<R> {
 /// is the winner.
 #[derive(Debug)]
 struct TenantRoutes<R> {
+    id: TenantId,
     entries: Vec<Entry<R>>,
+}
+
+/// One tenant's part of the table: the host names it claims and its
+/// routes.
+#[derive(Debug)]
+pub struct TenantTable<R> {
+    /// Whose.
+    pub tenant: TenantId,
+    /// Host names it claims (lower-case, exact or `*.suffix`); none for
+    /// the operator's own routes.
+    pub hosts: Vec<String>,
+    /// Its routes.
+    pub routes: Vec<RouteMatch<R>>,
+}
+
+/// Which tenant a host name belongs to.
+#[derive(Debug, Default)]
+struct Dispatch {
+    exact: std::collections::HashMap<String, usize>,
+    /// (".suffix", tenant), longest suffix first.
+    wildcard: Vec<(String, usize)>,
+    /// The tenant of names no tenant claims, if any.
+    unclaimed: Option<usize>,
 }
 
 /// The route table.
 #[derive(Debug)]
 pub struct RouteTable<R> {
-    /// Few tenants per gateway and one lookup per request: a short list
-    /// compared by pointer first beats hashing the name every time.
-    tenants: Vec<(TenantId, TenantRoutes<R>)>,
-    /// Every route once, in config order.
+    tenants: Vec<TenantRoutes<R>>,
+    dispatch: Dispatch,
+    /// Every route once, in tenant then config order.
     all: Vec<Arc<R>>,
 }
 
-impl<R> RouteTable<R> {
-    /// Builds the table for the default tenant.
-    pub fn new(routes: Vec<RouteMatch<R>>) -> Self {
-        let mut keyed = Vec::new();
-        let mut all: Vec<(usize, Arc<R>)> = Vec::new();
-        for r in routes {
-            all.push((r.order, r.target.clone()));
-            let patterns: Vec<HostPattern> = if r.hosts.is_empty() {
-                vec![HostPattern::Any]
-            } else {
-                r.hosts.iter().map(|h| HostPattern::parse(h)).collect()
-            };
-            for host in patterns {
-                let key = (
-                    host.rank(),
-                    path_rank(&r.path),
-                    u8::from(r.matchers.is_empty()),
-                    u8::from(r.methods.is_empty()),
-                    r.order,
-                );
-                keyed.push((
-                    key,
-                    Entry {
-                        host,
-                        path: r.path.clone(),
-                        case_sensitive: r.case_sensitive,
-                        methods: r.methods.clone(),
-                        matchers: r.matchers.clone(),
-                        target: r.target.clone(),
-                    },
-                ));
-            }
+/// Sorts one tenant's routes by precedence.
+fn entries<R>(routes: Vec<RouteMatch<R>>, all: &mut Vec<Arc<R>>) -> Vec<Entry<R>> {
+    let mut keyed = Vec::new();
+    let mut ordered: Vec<(usize, Arc<R>)> = Vec::new();
+    for r in routes {
+        ordered.push((r.order, r.target.clone()));
+        let patterns: Vec<HostPattern> = if r.hosts.is_empty() {
+            vec![HostPattern::Any]
+        } else {
+            r.hosts.iter().map(|h| HostPattern::parse(h)).collect()
+        };
+        for host in patterns {
+            let key = (
+                host.rank(),
+                path_rank(&r.path),
+                u8::from(r.matchers.is_empty()),
+                u8::from(r.methods.is_empty()),
+                r.order,
+            );
+            keyed.push((
+                key,
+                Entry {
+                    host,
+                    path: r.path.clone(),
+                    case_sensitive: r.case_sensitive,
+                    methods: r.methods.clone(),
+                    matchers: r.matchers.clone(),
+                    target: r.target.clone(),
+                },
+            ));
         }
-        keyed.sort_by_key(|(key, _)| *key);
-        let entries = keyed.into_iter().map(|(_, e)| e).collect();
-        let tenants = vec![(TenantId::default_tenant(), TenantRoutes { entries })];
-        all.sort_by_key(|(order, _)| *order);
+    }
+    keyed.sort_by_key(|(key, _)| *key);
+    ordered.sort_by_key(|(order, _)| *order);
+    all.extend(ordered.into_iter().map(|(_, r)| r));
+    keyed.into_iter().map(|(_, e)| e).collect()
+}
+
+impl<R> RouteTable<R> {
+    /// Builds the table of the operator's routes alone (no tenants).
+    pub fn new(routes: Vec<RouteMatch<R>>) -> Self {
+        RouteTable::with_tenants(
+            vec![TenantTable {
+                tenant: TenantId::default_tenant(),
+                hosts: Vec::new(),
+                routes,
+            }],
+            &TenantId::default_tenant(),
+        )
+    }
+
+    /// Builds the table of several tenants. Host names go to the tenant that
+    /// claims them (an exact claim before wildcards, the longest wildcard
+    /// first); every other name goes to `unclaimed`, when it is among them.
+    /// Claims were checked to be exclusive when the configs were; should
+    /// two tenants still claim one name, the first keeps it.
+    pub fn with_tenants(tables: Vec<TenantTable<R>>, unclaimed: &TenantId) -> Self {
+        let mut all = Vec::new();
+        let mut dispatch = Dispatch::default();
+        let mut tenants = Vec::with_capacity(tables.len());
+        for (i, t) in tables.into_iter().enumerate() {
+            for h in &t.hosts {
+                match h.strip_prefix('*') {
+                    Some(suffix) => dispatch.wildcard.push((suffix.to_owned(), i)),
+                    None => {
+                        dispatch.exact.entry(h.clone()).or_insert(i);
+                    }
+                }
+            }
+            if t.tenant == *unclaimed {
+                dispatch.unclaimed = Some(i);
+            }
+            tenants.push(TenantRoutes {
+                id: t.tenant,
+                entries: entries(t.routes, &mut all),
+            });
+        }
+        dispatch
+            .wildcard
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         RouteTable {
             tenants,
-            all: all.into_iter().map(|(_, r)| r).collect(),
+            dispatch,
+            all,
         }
+    }
+
+    /// The tenant `host` belongs to (lower-case, without port; `None` for a
+    /// request without one, or a TLS connection without SNI), if any: the
+    /// claimer of the exact name, else of the longest wildcard, else the
+    /// tenant of unclaimed names.
+    pub fn tenant_of(&self, host: Option<&str>) -> Option<TenantIndex> {
+        let Some(host) = host else {
+            return self.dispatch.unclaimed.map(TenantIndex);
+        };
+        if let Some(&i) = self.dispatch.exact.get(host) {
+            return Some(TenantIndex(i));
+        }
+        self.dispatch
+            .wildcard
+            .iter()
+            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .map(|&(_, i)| i)
+            .or(self.dispatch.unclaimed)
+            .map(TenantIndex)
+    }
+
+    /// The id of the tenant at `t`.
+    pub fn tenant(&self, t: TenantIndex) -> &TenantId {
+        &self.tenants[t.0].id
     }
 
     /// Every route once, in config order.
@@ -195,22 +292,18 @@ impl<R> RouteTable<R> {
         &self.all
     }
 
-    /// Finds the route for a request. `host` is the request's host without
-    /// port, lower-case (see [`normalize_host`]); `path` excludes the query.
+    /// Finds the route for a request among tenant `t`'s. `host` is the
+    /// request's host without port, lower-case (see [`normalize_host`]);
+    /// `path` excludes the query.
     pub fn find(
         &self,
-        tenant: &TenantId,
+        t: TenantIndex,
         host: Option<&str>,
         method: &Method,
         path: &str,
         request: RequestView<'_>,
     ) -> Option<&Arc<R>> {
-        let routes = self
-            .tenants
-            .iter()
-            .find(|(id, _)| Arc::ptr_eq(&id.0, &tenant.0) || id == tenant)
-            .map(|(_, routes)| routes)?;
-        routes
+        self.tenants[t.0]
             .entries
             .iter()
             .find(|e| {
@@ -228,6 +321,10 @@ impl<R> RouteTable<R> {
             .map(|e| &e.target)
     }
 }
+
+/// A tenant's place in a [`RouteTable`] (valid for that table only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantIndex(usize);
 
 /// The host part of a `Host` header or URI authority, lower-case, without the
 /// port or a trailing dot. `None` if it is empty. Borrows when the input is
@@ -284,9 +381,10 @@ mod tests {
         path: &str,
     ) -> Option<&'a str> {
         let headers = http::HeaderMap::new();
+        let host = normalize_host(host);
         t.find(
-            &TenantId::default_tenant(),
-            normalize_host(host).as_deref(),
+            t.tenant_of(host.as_deref())?,
+            host.as_deref(),
             &method,
             path,
             RequestView {
@@ -361,7 +459,7 @@ mod tests {
         h.insert("x-canary", "1".parse().unwrap());
         let with = |path| {
             t.find(
-                &TenantId::default_tenant(),
+                t.tenant_of(Some("x")).unwrap(),
                 Some("x"),
                 &Method::GET,
                 path,

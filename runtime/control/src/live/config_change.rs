@@ -2,6 +2,7 @@
 
 use super::{CLOSED, Control, Live, PENDING, one_line};
 use crate::versions::retire;
+use wasmgate_config::tenant::Refused;
 use wasmgate_config::{Config, ConfigError, ConfigErrors};
 
 /// Where a config came from.
@@ -42,26 +43,55 @@ impl Live {
     /// Replaces the config with one put through the API: everything is
     /// built and validated first; on any error the running generation stays
     /// and every error is returned.
-    pub async fn apply_config(&self, config: Config) -> Result<(), ConfigErrors> {
-        self.apply_parsed(Ok(config), Origin::Api).await
+    pub async fn apply_config(&self, config: Config) -> Result<Refused, ConfigErrors> {
+        self.apply_parsed(Ok((config, Vec::new())), Origin::Api)
+            .await
     }
 
-    /// Reads the config file at `path` and applies it.
-    pub async fn reload_from(&self, path: &std::path::Path) -> Result<(), ConfigErrors> {
-        self.apply_parsed(Config::load(path), Origin::File).await
+    /// Reads the config file at `path` (and the tenants' folder) and applies
+    /// it. A tenant whose file is bad, or whose filters do not load, keeps
+    /// running as it did; the others change.
+    pub async fn reload_from(&self, path: &std::path::Path) -> Result<Refused, ConfigErrors> {
+        let parsed = Config::load_beside(path, &self.config());
+        self.apply_parsed(parsed, Origin::File).await
     }
 
-    /// Applies a config that parsed; counts and logs the outcome either way.
+    /// Applies a config that parsed (with the tenants refused as it was
+    /// read); counts and logs the outcome either way. Returns every tenant
+    /// refused, each with its errors.
     pub async fn apply_parsed(
         &self,
-        parsed: Result<Config, ConfigErrors>,
+        parsed: Result<(Config, Refused), ConfigErrors>,
         origin: Origin,
-    ) -> Result<(), ConfigErrors> {
+    ) -> Result<Refused, ConfigErrors> {
         let mut control = self.control.lock().await;
         let result = match parsed {
-            Ok(config) => self.apply_locked(&mut control, config, origin).await,
+            Ok((config, mut refused)) => {
+                self.apply_locked(&mut control, config, origin)
+                    .await
+                    .map(|more| {
+                        refused.extend(more);
+                        refused
+                    })
+            }
             Err(e) => Err(e),
         };
+        if let Ok(refused) = &result {
+            for (tenant, e) in refused {
+                self.deps
+                    .metrics
+                    .tenant_refusals
+                    .get_or_create(&wasmgate_metrics::TenantLabels {
+                        tenant: tenant.clone(),
+                    })
+                    .inc();
+                tracing::error!(
+                    tenant,
+                    "tenant config refused, its running config stays: {}",
+                    one_line(e)
+                );
+            }
+        }
         let outcome = if result.is_ok() { "ok" } else { "rejected" };
         self.deps
             .metrics
@@ -69,7 +99,7 @@ impl Live {
             .get_or_create(&wasmgate_metrics::OutcomeLabels { outcome })
             .inc();
         match &result {
-            Ok(()) => tracing::info!(source = %self.config().source, "config reloaded"),
+            Ok(_) => tracing::info!(source = %self.config().source, "config reloaded"),
             Err(e) => tracing::error!(
                 "config reload rejected, the running config stays: {}",
                 one_line(e)
@@ -81,9 +111,9 @@ impl Live {
     async fn apply_locked(
         &self,
         control: &mut Control,
-        config: Config,
+        mut config: Config,
         origin: Origin,
-    ) -> Result<(), ConfigErrors> {
+    ) -> Result<Refused, ConfigErrors> {
         let source = config.source.clone();
         let fail = |errors| ConfigErrors {
             source: source.clone(),
@@ -112,22 +142,25 @@ impl Live {
         }
         let mut filters = (*self.filters.load_full()).clone();
         for (name, st) in &mut filters {
-            if !config.filters.contains_key(name) {
+            if config.filter_by_key(name).is_none() {
                 retire(st);
             }
         }
-        let (proxy, prev) = self
-            .build_next(&config, &mut filters, true)
+        let (proxy, prev, refused) = self
+            .build_next_apart(&mut config, &mut filters)
             .await
             .map_err(fail)?;
         let from_api = origin == Origin::Api;
         let from_file = (!from_api).then(|| config.clone());
-        let removed: Vec<String> = self
-            .config()
-            .filters
-            .keys()
-            .filter(|name| !config.filters.contains_key(*name))
-            .cloned()
+        let running = self.config();
+        let removed: Vec<wasmgate_config::Scoped> = running
+            .scopes()
+            .flat_map(|s| {
+                s.filters
+                    .keys()
+                    .map(move |n| wasmgate_config::Scoped::new(s.tenant.clone(), n.as_str()))
+            })
+            .filter(|n| config.filter_by_key(&n.key()).is_none())
             .collect();
         self.commit(
             control,
@@ -144,11 +177,8 @@ impl Live {
         }
         // Its host-held rate-limit state leaves with a removed filter.
         for name in removed {
-            self.deps
-                .engine
-                .services()
-                .forget_buckets(&wasmgate_config::Scoped::default_tenant(name));
+            self.deps.engine.services().forget_buckets(&name);
         }
-        Ok(())
+        Ok(refused)
     }
 }

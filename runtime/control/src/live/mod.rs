@@ -53,7 +53,7 @@ use crate::store::{DataDir, Saved};
 use crate::versions::{FilterVersions, gone};
 use filter_change::Change;
 use takeover::restore_all;
-use wasmgate_config::{Config, ConfigError, ConfigErrors, TenantId};
+use wasmgate_config::{Config, ConfigError, ConfigErrors};
 use wasmgate_proxy::canary::{Tripped, VersionStats};
 use wasmgate_proxy::proxy::{Current, Proxy};
 
@@ -137,9 +137,22 @@ impl Live {
                     )]
                 })?;
         }
-        let built = build(&config, &deps, None, &mut filters, true).await;
+        let mut config = config;
+        let built =
+            crate::build::build_apart(&mut config, &deps, None, None, &mut filters, true).await;
         let generation = match built {
-            Ok(p) => p,
+            Ok((p, refused)) => {
+                for (tenant, e) in &refused {
+                    deps.metrics
+                        .tenant_refusals
+                        .get_or_create(&wasmgate_metrics::TenantLabels {
+                            tenant: tenant.clone(),
+                        })
+                        .inc();
+                    tracing::error!(tenant, "tenant not started: {}", one_line(e));
+                }
+                p
+            }
             Err(e) => {
                 for (name, version) in gone(&filters, &BTreeMap::new()) {
                     VersionStats::forget(&deps.metrics, &name, version);
@@ -148,7 +161,6 @@ impl Live {
             }
         };
         deps.caller.set_clusters(
-            &TenantId::default_tenant(),
             generation.proxy.clusters.clone(),
             config.limits.max_buffered_body,
         );
@@ -244,14 +256,53 @@ impl Live {
     ) -> Result<(Generation, Arc<Generation>), Vec<ConfigError>> {
         let prev = self.generation();
         let mut closing = self.closing.subscribe();
+        let none_frozen = std::collections::HashSet::new();
         let built = tokio::select! {
-            built = build(config, &self.deps, Some(&prev), filters, read_files) => built,
+            built = build(config, &self.deps, Some(&prev), filters, read_files, &none_frozen) => {
+                built.map_err(crate::build::flatten)
+            }
             // Abandoned mid-way: the filter store was changed only in
             // `filters`, the caller's copy, and nothing was committed.
             _ = closing.wait_for(|c| *c) => Err(vec![ConfigError::new("", CLOSED)]),
         };
         match built {
             Ok(p) => Ok((p, prev)),
+            Err(errors) => {
+                self.discard(filters);
+                Err(errors)
+            }
+        }
+    }
+
+    /// As [`Live::build_next`], with each tenant apart (see
+    /// [`crate::build::build_apart`]): `config` loses (or gets back as they
+    /// run) the tenants refused, which are returned with their errors.
+    async fn build_next_apart(
+        &self,
+        config: &mut Config,
+        filters: &mut BTreeMap<String, FilterVersions>,
+    ) -> Result<
+        (
+            Generation,
+            Arc<Generation>,
+            wasmgate_config::tenant::Refused,
+        ),
+        Vec<ConfigError>,
+    > {
+        let prev = self.generation();
+        let running_config = self.config();
+        let running_filters = self.filters.load_full();
+        let running = crate::build::Running {
+            config: &running_config,
+            filters: &running_filters,
+        };
+        let mut closing = self.closing.subscribe();
+        let built = tokio::select! {
+            built = crate::build::build_apart(config, &self.deps, Some(&prev), Some(running), filters, true) => built,
+            _ = closing.wait_for(|c| *c) => Err(vec![ConfigError::new("", CLOSED)]),
+        };
+        match built {
+            Ok((p, refused)) => Ok((p, prev, refused)),
             Err(errors) => {
                 self.discard(filters);
                 Err(errors)
@@ -346,22 +397,23 @@ impl Live {
     /// Makes `proxy` current; starts the background tasks of clusters it
     /// added.
     fn activate(&self, next: Generation, prev: &Generation, max_body: usize) {
-        for (name, c) in &next.proxy.clusters {
-            let kept = prev
-                .proxy
-                .clusters
-                .get(name)
-                .is_some_and(|p| Arc::ptr_eq(p, c));
-            if !kept {
-                wasmgate_proxy::upstream::health::spawn(c);
-                wasmgate_proxy::upstream::dns::spawn(c, self.deps.resolver.clone());
+        for (tenant, clusters) in &next.proxy.clusters {
+            for (name, c) in clusters {
+                let kept = prev
+                    .proxy
+                    .clusters
+                    .get(tenant)
+                    .and_then(|m| m.get(name))
+                    .is_some_and(|p| Arc::ptr_eq(p, c));
+                if !kept {
+                    wasmgate_proxy::upstream::health::spawn(c);
+                    wasmgate_proxy::upstream::dns::spawn(c, self.deps.resolver.clone());
+                }
             }
         }
-        self.deps.caller.set_clusters(
-            &TenantId::default_tenant(),
-            next.proxy.clusters.clone(),
-            max_body,
-        );
+        self.deps
+            .caller
+            .set_clusters(next.proxy.clusters.clone(), max_body);
         self.current.store(next.proxy.clone());
         self.generation.store(Arc::new(next));
     }
@@ -369,7 +421,7 @@ impl Live {
     /// Starts the background work: the first generation's cluster tasks,
     /// and the task that rolls back canaries that trip.
     pub(crate) fn spawn_tasks(self: &Arc<Self>) {
-        for cluster in self.proxy().clusters.values() {
+        for cluster in self.proxy().clusters.values().flat_map(|m| m.values()) {
             wasmgate_proxy::upstream::health::spawn(cluster);
             wasmgate_proxy::upstream::dns::spawn(cluster, self.deps.resolver.clone());
         }

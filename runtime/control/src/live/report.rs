@@ -90,7 +90,8 @@ impl Live {
                 let counter =
                     m.filter_refusals
                         .get_or_create(&wasmgate_metrics::FilterRefusalLabels {
-                            filter: name.to_string(),
+                            tenant: name.tenant.as_str().to_owned(),
+                            filter: name.name.to_string(),
                             limit,
                         });
                 if total > counter.get() {

@@ -160,6 +160,7 @@ impl Proxy {
                     self.metrics
                         .filter_refusals
                         .get_or_create(&wasmgate_metrics::FilterRefusalLabels {
+                            tenant: route.tenant.as_str().to_owned(),
                             filter: f.name().to_string(),
                             limit: "seal",
                         })
@@ -179,13 +180,14 @@ impl Proxy {
                             self.metrics
                                 .filter_refusals
                                 .get_or_create(&wasmgate_metrics::FilterRefusalLabels {
+                                    tenant: route.tenant.as_str().to_owned(),
                                     filter: f.name().to_string(),
                                     limit: "reroute_clusters",
                                 })
                                 .inc();
                             return None;
                         }
-                        self.clusters.get(name).cloned()
+                        self.clusters.get(&route.tenant)?.get(name).cloned()
                     };
                     edits::apply_request_edits(&mut ex.request, changes, arm.needs.request_body, to)
                         .map(|change| {
@@ -375,6 +377,7 @@ impl Proxy {
         self.metrics
             .filter_fail_open
             .get_or_create(&wasmgate_metrics::FilterLabels {
+                tenant: route.tenant.as_str().to_owned(),
                 filter: filter.to_owned(),
                 route: route.name.to_string(),
             })

@@ -15,6 +15,7 @@ use crate::body::ProxyBody;
 use crate::proxy::Proxy;
 use crate::route::Route;
 use crate::upstream::Cluster;
+use wasmgate_config::TenantId;
 use wasmgate_metrics::{RequestLabels, status_class};
 
 impl Proxy {
@@ -75,6 +76,7 @@ impl Proxy {
                 self.metrics
                     .requests
                     .get_or_create(&RequestLabels {
+                        tenant: r.tenant.as_str().to_owned(),
                         route: r.name.to_string(),
                         cluster: c.name().to_string(),
                         status_class: status_class(status).to_owned(),
@@ -86,6 +88,11 @@ impl Proxy {
                 self.metrics
                     .requests
                     .get_or_create(&RequestLabels {
+                        tenant: s
+                            .tenant
+                            .as_ref()
+                            .map_or(TenantId::DEFAULT, |t| t.as_str())
+                            .to_owned(),
                         route: String::new(),
                         cluster: String::new(),
                         status_class: status_class(status).to_owned(),

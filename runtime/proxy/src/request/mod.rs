@@ -62,6 +62,8 @@ pub(crate) struct Session<'c> {
     pub(crate) request_id: HeaderValue,
     /// What forwarding decided about the client (set by the early checks).
     pub(crate) client: Option<ClientView>,
+    /// The tenant it belongs to, once its host is known.
+    pub(crate) tenant: Option<TenantId>,
     /// The route it matched.
     pub(crate) route: Option<Arc<Route>>,
     /// The cluster it was sent to, when that is not the route's own (a
@@ -116,7 +118,7 @@ impl Proxy {
                     .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
             });
         let log = self.access_log.as_ref().map(|_| Entry {
-            tenant: TenantId::DEFAULT,
+            tenant: TenantId::default_tenant(),
             method: req.method().as_str().to_owned(),
             request_id: request_id.to_str().unwrap_or_default().to_owned(),
             ..Entry::default()
@@ -126,6 +128,7 @@ impl Proxy {
             started,
             request_id,
             client: None,
+            tenant: None,
             route: None,
             rerouted: None,
             picks: SmallVec::new(),
@@ -184,10 +187,31 @@ impl Proxy {
         parts: &http::request::Parts,
     ) -> Result<Arc<Route>, RequestError> {
         let host = crate::route::authority_of(parts).and_then(crate::router::normalize_host);
+        let tenant = self
+            .routes
+            .tenant_of(host.as_deref())
+            .ok_or(RequestError::RouteNotFound)?;
+        // On TLS, the connection's server name must lead to the same tenant
+        // as the request's host: one tenant's connection never carries
+        // another's requests (its certificate and client-certificate rules
+        // were chosen for the first).
+        if let Some(tls) = &s.conn.tls
+            && self.routes.tenant_of(tls.sni.as_deref()) != Some(tenant)
+        {
+            return Err(RequestError::Misdirected {
+                sni: tls.sni.as_deref().unwrap_or_default().to_owned(),
+                host: host.as_deref().unwrap_or_default().to_owned(),
+            });
+        }
+        let id = self.routes.tenant(tenant);
+        if let Some(e) = s.log.as_mut() {
+            e.tenant = id.clone();
+        }
+        s.tenant = Some(id.clone());
         let route = self
             .routes
             .find(
-                &self.tenant,
+                tenant,
                 host.as_deref(),
                 &parts.method,
                 parts.uri.path(),
