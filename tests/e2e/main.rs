@@ -24,6 +24,7 @@ mod pool;
 mod protocols;
 mod routing;
 mod services;
+mod tenants;
 mod tls;
 mod upstream_health;
 mod watch;

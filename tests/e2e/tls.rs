@@ -427,3 +427,49 @@ async fn a_connection_without_sni_is_judged_as_the_first_certificates() {
     assert_eq!(up.count(), 1);
     gw.shutdown().await;
 }
+
+/// On a shared edge, a TLS connection belongs to the tenant its SNI names:
+/// a request on it for a host of another tenant is 421, even when one
+/// certificate covers both names.
+#[tokio::test]
+async fn a_request_for_another_tenant_than_the_sni_is_421() {
+    let pki = Pki::new();
+    let d = dir("tenant-misdirected");
+    let both = pki.leaf(&["a.test", "b.test"]);
+    let (ua, ub) = (Upstream::start("a").await, Upstream::start("b").await);
+    std::fs::create_dir_all(d.join("tenants")).unwrap();
+    for (t, up) in [("a", &ua), ("b", &ub)] {
+        std::fs::write(
+            d.join("tenants").join(format!("{t}.toml")),
+            format!(
+                "hosts = [\"{t}.test\"]\n[clusters.c]\nendpoints = [\"{}\"]\n\
+                 [[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+                up.addr
+            ),
+        )
+        .unwrap();
+    }
+    let main = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncertificates = [{{ cert = {:?}, key = {:?}, server_names = [\"a.test\", \"b.test\"] }}]\n\
+         [access_log]\nenabled = false\n[tenants]\ndir = \"tenants\"\n",
+        write(&d, "both.pem", &both.cert_pem),
+        write(&d, "both.key", &both.key_pem),
+    );
+    std::fs::write(d.join("gateway.toml"), main).unwrap();
+    let gw = wasmgate_tests::start_gateway_from(&d.join("gateway.toml")).await;
+    let cfg = client_config(&pki, &[b"http/1.1"], None);
+    let r = https_get_host(gw.addr(), "a.test", "b.test", cfg.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 421);
+    let r = https_get_host(gw.addr(), "b.test", "b.test", cfg.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = https_get_host(gw.addr(), "a.test", "a.test", cfg)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!((ua.count(), ub.count()), (1, 1), "the 421 reached no one");
+    gw.shutdown().await;
+}

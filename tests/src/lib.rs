@@ -540,6 +540,17 @@ pub async fn start_gateway_with_resolver(
     gw.start().await.expect("gateway did not start")
 }
 
+/// Builds and starts a gateway from a config file (and the tenants'
+/// folder it names), as `wasmgate serve` reads it.
+pub async fn start_gateway_from(path: &std::path::Path) -> RunningGateway {
+    hermetic();
+    let config = Config::load(path).unwrap_or_else(|e| panic!("config:\n{e}"));
+    let gw = wasmgate::Gateway::build(config)
+        .await
+        .unwrap_or_else(|e| panic!("gateway did not build:\n{e}"));
+    gw.start().await.expect("gateway did not start")
+}
+
 /// Builds and starts a gateway; panics with the config errors if it fails.
 /// The config should listen on `127.0.0.1:0`.
 pub async fn start_gateway(toml: &str) -> RunningGateway {

@@ -1,0 +1,242 @@
+//! Tenants sharing one gateway (issue 17): each with its own host names,
+//! routes, clusters and filters under the same names as the others', served
+//! by its own, its data out of the others' reach, and changed or refused
+//! without touching the others.
+
+use std::path::{Path, PathBuf};
+
+use wasmgate_tests::{Upstream, artifacts, get, metric, start_gateway_from};
+
+/// A fresh folder with `gateway.toml` (tenants in `tenants/`) and the
+/// tenants' files.
+fn layout(name: &str, main: &str, tenants: &[(&str, &str)]) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "wasmgate-e2e-tenants-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("tenants")).unwrap();
+    std::fs::write(d.join("gateway.toml"), main).unwrap();
+    for (t, text) in tenants {
+        write_tenant(&d, t, text);
+    }
+    d
+}
+
+fn write_tenant(d: &Path, name: &str, text: &str) {
+    std::fs::write(d.join("tenants").join(format!("{name}.toml")), text).unwrap();
+}
+
+const MAIN: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n\
+                    [engine]\nmax_instances = 16\n[tenants]\ndir = \"tenants\"\n";
+
+/// A tenant named by `hosts` whose cluster `api` is `up`, with filter `f`
+/// (the fault guest) on route `r`, tagged `tag`, and filter `f`'s
+/// outbound calls granted to `api`.
+fn shop(hosts: &str, up: &Upstream, tag: &str) -> String {
+    format!(
+        "hosts = {hosts}\n\
+         [filters.f]\npath = {fault:?}\npool_size = 1\noutbound_clusters = [\"api\"]\n\
+         [clusters.api]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"r\"\ncluster = \"api\"\nfilters = [{{ name = \"f\", config = {{ tag = \"{tag}\" }} }}]\n",
+        up.addr,
+        fault = artifacts::FAULT,
+    )
+}
+
+#[tokio::test]
+async fn tenants_with_the_same_names_are_each_served_by_their_own() {
+    let (ua, ub) = (
+        Upstream::start("a-api").await,
+        Upstream::start("b-api").await,
+    );
+    let d = layout(
+        "served",
+        MAIN,
+        &[
+            ("a", &shop("[\"a.example\", \"*.shop.example\"]", &ua, "A")),
+            // An exact name under a's wildcard is b's.
+            ("b", &shop("[\"b.shop.example\"]", &ub, "B")),
+        ],
+    );
+    let gw = start_gateway_from(&d.join("gateway.toml")).await;
+    let host = |h: &'static str| [("host", h)];
+
+    for (h, tag, up) in [
+        ("a.example", "A", &ua),
+        ("x.shop.example", "A", &ua),
+        ("b.shop.example", "B", &ub),
+        ("B.Shop.Example:8080", "B", &ub),
+    ] {
+        let before = up.count();
+        let r = get(gw.addr(), "/p", &[("host", h)]).await;
+        assert_eq!(r.status, 200, "{h}: {}", r.body);
+        assert_eq!(up.count(), before + 1, "{h} went to its tenant's cluster");
+        let seen = up.seen();
+        let last = seen.last().unwrap();
+        assert_eq!(
+            last.headers["x-fault-seen"], tag,
+            "{h} ran its tenant's filter"
+        );
+    }
+
+    // A name no tenant claims, without a default tenant: the standard 404,
+    // which names no host.
+    let r = get(gw.addr(), "/p", &host("other.example")).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.json()["code"], "route_not_found");
+    assert!(!r.body.contains("example"), "{}", r.body);
+
+    // kv: one filter name, two tenants, two namespaces.
+    let fault = |mode: &'static str| [("x-fault", mode)];
+    let put = get(
+        gw.addr(),
+        "/p",
+        &[("host", "a.example"), fault("kv-put")[0]],
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    let read = |h: &'static str| {
+        let addr = gw.addr();
+        async move {
+            get(addr, "/p", &[("host", h), ("x-fault", "kv-get")]).await;
+        }
+    };
+    read("b.shop.example").await;
+    assert_eq!(
+        ub.seen().last().unwrap().headers["x-secret"],
+        "none",
+        "b cannot see a's value"
+    );
+    read("a.example").await;
+    assert_eq!(ua.seen().last().unwrap().headers["x-secret"], "A");
+
+    // Outbound calls go to the caller's own `api`.
+    let (a_before, b_before) = (ua.count(), ub.count());
+    let r = get(
+        gw.addr(),
+        "/p",
+        &[
+            ("host", "b.shop.example"),
+            ("x-fault", "outbound-to"),
+            ("x-fault-arg", "api"),
+        ],
+    )
+    .await;
+    assert!(r.body.starts_with("status=200"), "{}", r.body);
+    assert_eq!((ua.count(), ub.count()), (a_before, b_before + 1));
+
+    // Metrics carry the tenant.
+    let text = gw.metrics_text();
+    for t in ["a", "b"] {
+        let sample = format!(
+            "wasmgate_requests_total{{tenant=\"{t}\",route=\"r\",cluster=\"api\",status_class=\"2xx\"}}"
+        );
+        assert!(
+            metric(&text, &sample).unwrap_or(0.0) >= 2.0,
+            "{sample}\n{text}"
+        );
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_tenant_is_refused_alone_and_a_change_probes_only_its_own_filters() {
+    let (ua, ub) = (
+        Upstream::start("a-api").await,
+        Upstream::start("b-api").await,
+    );
+    let d = layout(
+        "apart",
+        MAIN,
+        &[
+            ("a", &shop("[\"a.example\"]", &ua, "A")),
+            ("b", &shop("[\"b.example\"]", &ub, "B")),
+        ],
+    );
+    let gw = start_gateway_from(&d.join("gateway.toml")).await;
+    let probes = |t: &str| {
+        metric(
+            &gw.metrics_text(),
+            &format!("wasmgate_filter_probes_total{{tenant=\"{t}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let (a0, b0) = (probes("a"), probes("b"));
+    assert!(
+        a0 >= 1.0 && b0 >= 1.0,
+        "each tenant's filter was probed at start"
+    );
+    let tag = |h: &'static str| {
+        let addr = gw.addr();
+        async move {
+            let r = get(addr, "/p", &[("host", h)]).await;
+            assert_eq!(r.status, 200, "{h}: {}", r.body);
+        }
+    };
+
+    // b's file breaks in three ways, one at a time; each time b keeps
+    // serving as it did, a is untouched, and the refusal names b's file.
+    let broken = [
+        "hosts = [\"b.example\"\n".to_owned(),
+        shop("[\"a.example\"]", &ub, "B2"),
+        shop("[\"b.example\"]", &ub, "B2").replace("tag = \"B2\"", "fail_init = true"),
+    ];
+    for (i, text) in broken.iter().enumerate() {
+        write_tenant(&d, "b", text);
+        let refused = gw
+            .live()
+            .reload_from(&d.join("gateway.toml"))
+            .await
+            .unwrap_or_else(|e| panic!("the main config is fine: {e}"));
+        assert_eq!(refused.len(), 1, "case {i}: {refused:?}");
+        assert_eq!(refused[0].0, "b", "case {i}");
+        assert!(
+            refused[0].1.source.ends_with("b.toml"),
+            "case {i}: {}",
+            refused[0].1
+        );
+        tag("b.example").await;
+        assert_eq!(
+            ub.seen().last().unwrap().headers["x-fault-seen"],
+            "B",
+            "case {i}"
+        );
+        tag("a.example").await;
+        assert_eq!(probes("a"), a0, "case {i}: a's filter was not probed again");
+    }
+    let refusals = metric(
+        &gw.metrics_text(),
+        "wasmgate_tenant_config_refused_total{tenant=\"b\"}",
+    );
+    assert_eq!(refusals, Some(3.0));
+
+    // A good change to b probes b's filter, not a's.
+    write_tenant(&d, "b", &shop("[\"b.example\"]", &ub, "B2"));
+    let refused = gw
+        .live()
+        .reload_from(&d.join("gateway.toml"))
+        .await
+        .unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    tag("b.example").await;
+    assert_eq!(ub.seen().last().unwrap().headers["x-fault-seen"], "B2");
+    assert_eq!(probes("a"), a0);
+    assert!(probes("b") > b0);
+
+    // Removing b: its names are no one's now.
+    std::fs::remove_file(d.join("tenants").join("b.toml")).unwrap();
+    assert!(
+        gw.live()
+            .reload_from(&d.join("gateway.toml"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        get(gw.addr(), "/p", &[("host", "b.example")]).await.status,
+        404
+    );
+    tag("a.example").await;
+    gw.shutdown().await;
+}
