@@ -28,7 +28,8 @@ fn write_tenant(d: &Path, name: &str, text: &str) {
 }
 
 const MAIN: &str = "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n\
-                    [engine]\nmax_instances = 16\n[tenants]\ndir = \"tenants\"\n";
+                    [engine]\nmax_instances = 16\n[tenants]\ndir = \"tenants\"\n\
+                    allow = [\"127.0.0.0/8\"]\n";
 
 /// A tenant named by `hosts` whose cluster `api` is `up`, with filter `f`
 /// (the fault guest) on route `r`, tagged `tag`, and filter `f`'s
@@ -238,5 +239,84 @@ async fn a_bad_tenant_is_refused_alone_and_a_change_probes_only_its_own_filters(
         404
     );
     tag("a.example").await;
+    gw.shutdown().await;
+}
+
+/// A tenant's cluster connects only where the operator lets tenants go,
+/// judged on the address dialled: not loopback (the admin listener, the
+/// gateway's own ports) unless `tenants.allow` names it, even through a
+/// name that resolves there, and never another party's backend.
+#[tokio::test]
+async fn a_tenant_cluster_connects_only_where_the_operator_allows() {
+    let up = Upstream::start("internal").await;
+    let port = up.addr.port();
+    let cluster = |endpoint: &str, hosts: &str| {
+        format!(
+            "hosts = [\"{hosts}\"]\n[clusters.api]\nendpoints = [\"{endpoint}\"]\n\
+             [[routes]]\nname = \"r\"\ncluster = \"api\"\n"
+        )
+    };
+    let main = "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n\
+                [tenants]\ndir = \"tenants\"\n";
+    let d = layout(
+        "reach",
+        main,
+        &[
+            ("a", &cluster(&up.addr.to_string(), "a.example")),
+            ("b", &cluster(&format!("localhost:{port}"), "b.example")),
+        ],
+    );
+    let gw = start_gateway_from(&d.join("gateway.toml")).await;
+    for (t, h) in [("a", "a.example"), ("b", "b.example")] {
+        let r = get(gw.addr(), "/", &[("host", h)]).await;
+        assert_eq!(r.status, 502, "{t}: {}", r.body);
+        assert_eq!(r.json()["code"], "upstream_address_denied", "{t}");
+        assert!(
+            !r.body.contains("127.0.0.1"),
+            "the answer names no address: {}",
+            r.body
+        );
+        let sample =
+            format!("wasmgate_upstream_address_denied_total{{tenant=\"{t}\",cluster=\"api\"}}");
+        assert_eq!(metric(&gw.metrics_text(), &sample), Some(1.0), "{sample}");
+    }
+    assert_eq!(up.count(), 0, "loopback was never reached");
+    gw.shutdown().await;
+
+    // Allowed by name, loopback is reachable; another party's address is
+    // still not: written as an address it refuses the tenant, reached
+    // through a name it is refused at connect.
+    let main = format!("{main}allow = [\"127.0.0.1:{port}\"]\n");
+    let d = layout(
+        "reach-allowed",
+        &main,
+        &[
+            ("a", &cluster(&up.addr.to_string(), "a.example")),
+            ("b", &cluster(&format!("localhost:{port}"), "b.example")),
+        ],
+    );
+    let gw = start_gateway_from(&d.join("gateway.toml")).await;
+    assert_eq!(
+        get(gw.addr(), "/", &[("host", "a.example")]).await.status,
+        200
+    );
+    let r = get(gw.addr(), "/", &[("host", "b.example")]).await;
+    assert_eq!(r.json()["code"], "upstream_address_denied", "{}", r.body);
+    assert_eq!(up.count(), 1);
+    write_tenant(&d, "c", &cluster(&up.addr.to_string(), "c.example"));
+    let refused = gw
+        .live()
+        .reload_from(&d.join("gateway.toml"))
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, "c");
+    assert!(
+        refused[0].1.errors[0]
+            .message
+            .contains("is not an address this tenant may use"),
+        "{}",
+        refused[0].1
+    );
     gw.shutdown().await;
 }

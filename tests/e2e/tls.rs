@@ -451,7 +451,7 @@ async fn a_request_for_another_tenant_than_the_sni_is_421() {
     }
     let main = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncertificates = [{{ cert = {:?}, key = {:?}, server_names = [\"a.test\", \"b.test\"] }}]\n\
-         [access_log]\nenabled = false\n[tenants]\ndir = \"tenants\"\n",
+         [access_log]\nenabled = false\n[tenants]\ndir = \"tenants\"\nallow = [\"127.0.0.0/8\"]\n",
         write(&d, "both.pem", &both.cert_pem),
         write(&d, "both.key", &both.key_pem),
     );

@@ -384,6 +384,27 @@ impl Config {
                 ));
             }
         }
+        // An endpoint address is the first party's to name it.
+        let shared = self.tenancy.as_ref().map_or(&[][..], |t| &t.shared[..]);
+        let taken: std::collections::HashSet<std::net::SocketAddr> = self
+            .scopes()
+            .filter(|s| s.tenant.as_str() != t.name)
+            .flat_map(|s| s.endpoint_addrs().collect::<Vec<_>>())
+            .collect();
+        for (key, written) in t.endpoints() {
+            if let Ok(addr) = written.parse::<std::net::SocketAddr>()
+                && taken.contains(&addr)
+                && !shared.iter().any(|r| r.matches(addr))
+            {
+                errors.push(ConfigError::new(
+                    key,
+                    format!(
+                        "{addr} is not an address this tenant may use: another party's cluster \
+                         names it (tenants.shared lists addresses several may name)"
+                    ),
+                ));
+            }
+        }
         let others: u64 = self
             .scopes()
             .filter(|s| s.tenant.as_str() != t.name)
@@ -755,8 +776,10 @@ mod tests {
         );
         assert_eq!(errors("[tenants]\n"), Vec::<String>::new());
         assert_eq!(
-            errors("[tenants]\ndefault = \"default\"\n"),
+            errors("[tenants]\ndefault = \"default\"\nallow = [\"10.0.0.0/8\", \"nope\"]\n"),
             [
+                "tenants.allow[1]: \"nope\" is not an address range: write \"10.0.0.0/8\", \
+                 \"192.0.2.7\", \"10.0.0.0/8:8000-8999\" or \"[2001:db8::/32]:443\"",
                 "tenants.default: \"default\" is not a tenant name (letters, digits, '-', '_' \
                  and '.', at most 64; not \"default\")"
             ]

@@ -118,6 +118,14 @@ impl<'a> Scope<'a> {
         }
     }
 
+    /// The endpoint addresses its clusters write as addresses (not names).
+    pub fn endpoint_addrs(&self) -> impl Iterator<Item = std::net::SocketAddr> + 'a {
+        self.clusters
+            .values()
+            .flat_map(|c| &c.endpoints)
+            .filter_map(|e| e.authority.as_str().parse().ok())
+    }
+
     /// The instances its filter pools can hold (`pool_size` summed over
     /// every filter of every route).
     pub fn pool_instances(&self) -> u64 {

@@ -3,8 +3,11 @@
 //!
 //! The main config's `[tenants]` section ([`TenancyConfig`]) is the
 //! operator's: where file-managed tenants live (`dir`, one `NAME.toml` per
-//! tenant) and which tenant answers host names no tenant claims
-//! (`default`). Each tenant's own file ([`TenantConfig`])
+//! tenant), which tenant answers host names no tenant claims (`default`),
+//! and where tenant clusters may connect (`allow`, `deny`, `shared`,
+//! checked by the proxy against the address dialled). An endpoint address
+//! is one party's: a tenant naming an address another party's cluster
+//! already names is refused, unless `shared` covers it. Each tenant's own file ([`TenantConfig`])
 //! holds `hosts` and the `[filters]`, `[clusters]` and `[[routes]]`
 //! sections a main config has, validated by the same code, on its own: one
 //! tenant's mistakes are reported against its own file and refuse that
@@ -33,6 +36,12 @@ use crate::{ClusterConfig, ConfigError, ConfigErrors, EngineConfig, FilterConfig
 pub(crate) struct RawTenancy {
     dir: Option<PathBuf>,
     default: Option<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    shared: Vec<String>,
 }
 
 /// `[tenants]`: the operator's rules for tenants.
@@ -44,16 +53,23 @@ pub struct TenancyConfig {
     /// The tenant that serves hosts no tenant claims, and TLS connections
     /// without SNI; `None`: the main config's own routes do.
     pub default: Option<String>,
+    /// Where tenant clusters may connect: when not empty, only to these.
+    /// Naming a loopback or link-local range here is the operator's
+    /// explicit permission to reach it.
+    pub allow: Vec<AddressRule>,
+    /// Where tenant clusters may never connect, besides the built-in
+    /// denials (loopback, link-local, unspecified, multicast, broadcast).
+    /// Wins over `allow`.
+    pub deny: Vec<AddressRule>,
+    /// Endpoint addresses several parties' clusters may name; any other
+    /// address one party's cluster names is denied to the others.
+    pub shared: Vec<AddressRule>,
 }
 
 /// An address range with an optional port range: `"10.0.0.0/8"`,
 /// `"192.0.2.7"`, `"10.0.0.0/8:8000-8999"`, `"[2001:db8::/32]:443"`. The
-/// form of the allow and deny rules for where tenant clusters may connect
-/// (checked at connect time); not yet accepted in `[tenants]`: the
-/// connector's check comes first.
-///
-/// Examples: `"10.0.0.0/8"`,
-/// `"192.0.2.7"`, `"10.0.0.0/8:8000-8999"`, `"[2001:db8::/32]:443"`.
+/// form of `tenants.allow`, `deny` and `shared` (checked against the address
+/// a tenant's cluster dials, at connect time).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddressRule {
     /// The addresses.
@@ -124,6 +140,21 @@ pub(crate) fn validate_tenancy(
     base: &Path,
     errors: &mut Vec<ConfigError>,
 ) -> TenancyConfig {
+    let mut rules = |list: Vec<String>, key: &str| -> Vec<AddressRule> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, s)| match AddressRule::parse(s) {
+                Ok(r) => Some(r),
+                Err(m) => {
+                    errors.push(ConfigError::new(format!("tenants.{key}[{i}]"), m));
+                    None
+                }
+            })
+            .collect()
+    };
+    let allow = rules(raw.allow, "allow");
+    let deny = rules(raw.deny, "deny");
+    let shared = rules(raw.shared, "shared");
     if let Some(d) = &raw.default
         && (!crate::is_valid_name(d) || d == crate::TenantId::DEFAULT)
     {
@@ -138,6 +169,9 @@ pub(crate) fn validate_tenancy(
     TenancyConfig {
         dir: raw.dir.map(|d| base.join(d)),
         default: raw.default,
+        allow,
+        deny,
+        shared,
     }
 }
 

@@ -38,6 +38,27 @@ pub(crate) struct Deps {
     pub(crate) overload: Arc<OverloadGuard>,
     pub(crate) tls: Option<Arc<TlsTerminator>>,
     pub(crate) caller: Arc<ClusterCaller>,
+    /// Where tenant clusters may connect.
+    pub(crate) guard: Arc<wasmgate_proxy::upstream::guard::AddressGuard>,
+}
+
+/// What the address guard checks for `config`: `[tenants]`'s rules, and
+/// whose each endpoint address written in a cluster is (the operator's
+/// first, then each tenant's).
+pub(crate) fn guard_rules(config: &Config) -> wasmgate_proxy::upstream::guard::GuardRules {
+    let mut owners = std::collections::HashMap::new();
+    for scope in config.scopes() {
+        for addr in scope.endpoint_addrs() {
+            owners.entry(addr).or_insert_with(|| scope.tenant.clone());
+        }
+    }
+    let t = config.tenancy.clone().unwrap_or_default();
+    wasmgate_proxy::upstream::guard::GuardRules {
+        allow: t.allow,
+        deny: t.deny,
+        shared: t.shared,
+        owners,
+    }
 }
 
 /// A generation as the control plane knows it: the data plane's [`Proxy`]
@@ -538,7 +559,13 @@ async fn build_scope(
             clusters.insert(n.clone(), p.clone());
             continue;
         }
-        match Cluster::new(n, c, metrics, &*deps.resolver).await {
+        // The operator's own clusters go anywhere; a tenant's only where
+        // the guard lets it.
+        let reach = (!tenant.is_default()).then(|| wasmgate_proxy::upstream::guard::Reach {
+            guard: deps.guard.clone(),
+            tenant: tenant.clone(),
+        });
+        match Cluster::new(n, c, metrics, &*deps.resolver, reach).await {
             Ok(cluster) => {
                 clusters.insert(n.clone(), Arc::new(cluster));
             }

@@ -208,6 +208,7 @@ impl Gateway {
                 config.limits.max_buffered_body,
                 metrics.clone(),
             )),
+            guard: Arc::default(),
         };
         let live = Live::start(config.clone(), file_config, data, pending, deps).await;
         match live {

@@ -195,6 +195,16 @@ pub struct TenantLabels {
     pub tenant: String,
 }
 
+/// One cluster of one tenant.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
+pub struct TenantClusterLabels {
+    /// The tenant.
+    pub tenant: String,
+    /// Cluster name.
+    pub cluster: String,
+}
+
 /// What a filter asked for and was refused.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[cfg_attr(test, derive(Default))]
@@ -323,6 +333,8 @@ metric_tables! {
             "Retries not made because the cluster's retry budget was spent";
         upstream_overflow: counter[OverflowLabels] => "upstream_overflow",
             "Requests refused by a cluster's circuit-breaker limit";
+        upstream_address_denied: counter[TenantClusterLabels] => "upstream_address_denied",
+            "Connections a tenant's cluster did not make: the address (after DNS) is one the tenant may not reach (tenants.allow, tenants.deny, built-in ranges, another party's cluster)";
     }
 
     // The access log.

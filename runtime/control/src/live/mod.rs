@@ -138,6 +138,7 @@ impl Live {
                 })?;
         }
         let mut config = config;
+        deps.guard.set(crate::build::guard_rules(&config));
         let built =
             crate::build::build_apart(&mut config, &deps, None, None, &mut filters, true).await;
         let generation = match built {
@@ -151,6 +152,7 @@ impl Live {
                         .inc();
                     tracing::error!(tenant, "tenant not started: {}", one_line(e));
                 }
+                deps.guard.set(crate::build::guard_rules(&config));
                 p
             }
             Err(e) => {
@@ -344,6 +346,7 @@ impl Live {
             VersionStats::forget(&self.deps.metrics, &name, version);
         }
         if let Some((next, prev)) = generation {
+            self.deps.guard.set(crate::build::guard_rules(&config));
             self.activate(next, prev, config.limits.max_buffered_body);
             self.config.store(Arc::new(config));
         }

@@ -138,13 +138,13 @@ pub(super) fn restore_all(
 ) -> Result<BTreeMap<String, FilterVersions>, (String, String)> {
     let mut filters = BTreeMap::new();
     for (name, f) in &saved.filters {
-        let mut state = if config.filters.contains_key(name) {
+        let mut state = if config.filter_by_key(name).is_some() {
             restore(dir, name, f, metrics, trips).map_err(|m| (name.clone(), m))?
         } else {
             FilterVersions::default()
         };
         state.last = state.last.max(f.last);
-        if !config.filters.contains_key(name) {
+        if config.filter_by_key(name).is_none() {
             retire(&mut state);
         }
         filters.insert(name.clone(), state);

@@ -135,6 +135,8 @@ impl ConnectionLimit {
 pub struct CountingConnector {
     http: HttpConnector,
     limit: Arc<ConnectionLimit>,
+    /// A tenant's cluster: where it may connect.
+    reach: Option<crate::upstream::guard::Reach>,
 }
 
 impl tower_service::Service<Uri> for CountingConnector {
@@ -149,7 +151,26 @@ impl tower_service::Service<Uri> for CountingConnector {
     fn call(&mut self, dst: Uri) -> Self::Future {
         let mut http = self.http.clone();
         let limit = self.limit.clone();
+        let reach = self.reach.clone();
         Box::pin(async move {
+            // A tenant's cluster dials the address it was checked for, not
+            // a name that could resolve elsewhere a moment later.
+            let dst = match &reach {
+                None => dst,
+                Some(reach) => {
+                    let port = dst.port_u16().unwrap_or(match dst.scheme_str() {
+                        Some("https") => 443,
+                        _ => 80,
+                    });
+                    let addr = reach.resolve(dst.host().unwrap_or_default(), port).await?;
+                    let mut parts = dst.into_parts();
+                    parts.authority = Some(
+                        http::uri::Authority::try_from(addr.to_string())
+                            .map_err(|e| Box::new(e) as BoxError)?,
+                    );
+                    Uri::from_parts(parts).map_err(|e| Box::new(e) as BoxError)?
+                }
+            };
             let permit = limit.admit().await?;
             let io = http.call(dst).await?;
             limit.open.inc();
@@ -271,7 +292,10 @@ pub struct Built {
 
 /// Builds a cluster's client. Fails when a TLS file cannot be read or holds
 /// no usable certificate or key, or when the system has no roots.
-pub fn build(config: &ClusterConfig) -> Result<Built, String> {
+pub fn build(
+    config: &ClusterConfig,
+    reach: Option<crate::upstream::guard::Reach>,
+) -> Result<Built, String> {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(config.connect_timeout));
     http.set_nodelay(true);
@@ -289,6 +313,7 @@ pub fn build(config: &ClusterConfig) -> Result<Built, String> {
     let counting = CountingConnector {
         http,
         limit: connections.clone(),
+        reach,
     };
     let tls_config = match &config.tls {
         Some(t) => client_tls_config(t)?,

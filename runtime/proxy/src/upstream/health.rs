@@ -61,9 +61,19 @@ pub fn spawn(cluster: &Arc<Cluster>) {
 async fn probe(cluster: &Cluster, e: &Endpoint, check: &HealthCheck) -> bool {
     let attempt = async {
         match &check.path {
-            None => tokio::net::TcpStream::connect(e.authority.as_str())
-                .await
-                .is_ok(),
+            None => match cluster.reach() {
+                None => tokio::net::TcpStream::connect(e.authority.as_str())
+                    .await
+                    .is_ok(),
+                // A tenant's check connects only where its requests may.
+                Some(reach) => match reach
+                    .resolve(e.authority.host(), e.authority.port_u16().unwrap_or(80))
+                    .await
+                {
+                    Ok(addr) => tokio::net::TcpStream::connect(addr).await.is_ok(),
+                    Err(_) => false,
+                },
+            },
             Some(path) => {
                 let uri = format!("{}://{}{}", cluster.scheme(), e.authority, path);
                 let host = check.host.as_deref().unwrap_or(e.authority.as_str());

@@ -22,6 +22,7 @@ pub mod balancer;
 pub mod client;
 pub mod dns;
 pub mod endpoint;
+pub mod guard;
 pub mod health;
 
 use std::net::IpAddr;
@@ -63,6 +64,8 @@ pub struct Cluster {
     retrying: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     labels: ClusterLabels,
+    /// A tenant's cluster: where it may connect.
+    reach: Option<guard::Reach>,
 }
 
 /// A request body as the cluster gets it: kept (so a retry can send it
@@ -118,8 +121,9 @@ impl Cluster {
         config: &ClusterConfig,
         metrics: &Arc<Metrics>,
         resolver: &dyn dns::Resolve,
+        reach: Option<guard::Reach>,
     ) -> Result<Cluster, String> {
-        let built = client::build(config)?;
+        let built = client::build(config, reach.clone())?;
         let endpoints = dns::initial_endpoints(name, config, resolver).await;
         let cluster = Cluster {
             name: Arc::from(name),
@@ -146,6 +150,7 @@ impl Cluster {
                 cluster: name.to_owned(),
             },
             config: config.clone(),
+            reach,
         };
         cluster.replace_endpoints(endpoints);
         Ok(cluster)
@@ -457,6 +462,9 @@ impl Cluster {
                         if let Some(o) = find_source::<Overflow>(&e) {
                             return Err(self.overflow(o.0));
                         }
+                        if let Some(d) = find_source::<guard::AddressDenied>(&e) {
+                            return Err(self.denied(d));
+                        }
                         if e.is_connect() {
                             (
                                 Some(RetryOn::ConnectFailure),
@@ -589,6 +597,23 @@ impl Cluster {
         tokio::time::sleep(wait).await;
     }
 
+    fn denied(&self, d: &guard::AddressDenied) -> UpstreamFailure {
+        tracing::warn!(cluster = %self.name, "{d}");
+        self.metrics
+            .upstream_address_denied
+            .get_or_create(&wasmgate_metrics::TenantClusterLabels {
+                tenant: d.tenant.as_str().to_owned(),
+                cluster: self.labels.cluster.clone(),
+            })
+            .inc();
+        UpstreamFailure::Denied
+    }
+
+    /// Where the cluster may connect, when it is a tenant's.
+    pub fn reach(&self) -> Option<&guard::Reach> {
+        self.reach.as_ref()
+    }
+
     fn overflow(&self, limit: &'static str) -> UpstreamFailure {
         self.metrics
             .upstream_overflow
@@ -673,6 +698,9 @@ pub enum UpstreamFailure {
     /// A circuit-breaker limit was reached.
     #[error("circuit breaker: {0} reached")]
     Overflow(&'static str),
+    /// A tenant's cluster named an address its tenant may not reach.
+    #[error("the address is not one this tenant may reach")]
+    Denied,
     /// The request could not be built.
     #[error("{0}")]
     Other(String),
@@ -683,7 +711,7 @@ impl UpstreamFailure {
     /// later: the cluster was down, busy or slow, rather than the request
     /// being one it cannot send.
     pub fn retryable(&self) -> bool {
-        !matches!(self, UpstreamFailure::Other(_))
+        !matches!(self, UpstreamFailure::Other(_) | UpstreamFailure::Denied)
     }
 
     /// The client-facing error. It names the cluster, never endpoint addresses.
@@ -714,6 +742,11 @@ impl UpstreamFailure {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "cluster_overloaded",
                 format!("cluster {cluster:?} is at its {limit} limit"),
+            ),
+            UpstreamFailure::Denied => GatewayError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_address_denied",
+                format!("cluster {cluster:?} points where this tenant may not connect"),
             ),
             UpstreamFailure::Other(_) => GatewayError::new(
                 StatusCode::BAD_GATEWAY,
