@@ -225,20 +225,38 @@ async fn a_bad_tenant_is_refused_alone_and_a_change_probes_only_its_own_filters(
     assert_eq!(probes("a"), a0);
     assert!(probes("b") > b0);
 
-    // Removing b: its names are no one's now.
+    // Removing b: its names are no one's now, and its data goes with it;
+    // a's stays.
+    for h in ["a.example", "b.example"] {
+        let r = get(gw.addr(), "/p", &[("host", h), ("x-fault", "kv-put")]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let main = d.join("gateway.toml");
+    let reload = || gw.live().reload_from(&main);
     std::fs::remove_file(d.join("tenants").join("b.toml")).unwrap();
-    assert!(
-        gw.live()
-            .reload_from(&d.join("gateway.toml"))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(reload().await.unwrap().is_empty());
     assert_eq!(
         get(gw.addr(), "/p", &[("host", "b.example")]).await.status,
         404
     );
     tag("a.example").await;
+    // b again, under the same name: it starts empty.
+    write_tenant(&d, "b", &shop("[\"b.example\"]", &ub, "B3"));
+    assert!(reload().await.unwrap().is_empty());
+    get(
+        gw.addr(),
+        "/p",
+        &[("host", "b.example"), ("x-fault", "kv-get")],
+    )
+    .await;
+    assert_eq!(ub.seen().last().unwrap().headers["x-secret"], "none");
+    get(
+        gw.addr(),
+        "/p",
+        &[("host", "a.example"), ("x-fault", "kv-get")],
+    )
+    .await;
+    assert_eq!(ua.seen().last().unwrap().headers["x-secret"], "A");
     gw.shutdown().await;
 }
 

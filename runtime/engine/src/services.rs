@@ -95,6 +95,22 @@ impl HostServices {
         self.bucket_counts.remove(namespace);
     }
 
+    /// Drops everything a tenant's filters hold in the host: kv entries,
+    /// rate-limit buckets and the metrics they recorded. The tenant has
+    /// left; one added later under its name starts empty.
+    pub fn forget_tenant(&self, tenant: &wasmgate_config::TenantId) {
+        self.kv.retain(|(ns, _), _| ns.tenant != *tenant);
+        self.used.retain(|ns, _| ns.tenant != *tenant);
+        self.buckets.retain(|(ns, _), _| ns.tenant != *tenant);
+        self.bucket_counts.retain(|ns, _| ns.tenant != *tenant);
+        self.metrics.forget_tenant(tenant);
+    }
+
+    /// Entries a namespace holds in `kv` now.
+    pub fn kv_count(&self, namespace: &Scoped) -> usize {
+        self.kv.iter().filter(|e| e.key().0 == *namespace).count()
+    }
+
     /// Rate-limit buckets a namespace holds now.
     pub fn bucket_count(&self, namespace: &Scoped) -> usize {
         self.bucket_counts.get(namespace).map_or(0, |n| *n)

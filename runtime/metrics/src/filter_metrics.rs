@@ -274,6 +274,13 @@ impl FilterMetrics {
         Ok(())
     }
 
+    /// Drops every metric a tenant's filters recorded (the tenant has left).
+    pub fn forget_tenant(&self, tenant: &wasmgate_config::TenantId) {
+        self.metrics.retain(|(f, _), _| f.tenant != *tenant);
+        self.names.retain(|f, _| f.tenant != *tenant);
+        self.refused.retain(|(f, _), _| f.tenant != *tenant);
+    }
+
     /// How many records of `filter` were refused (all reasons).
     pub fn refused(&self, filter: &Scoped) -> u64 {
         self.refused

@@ -153,6 +153,8 @@ impl Live {
         let from_api = origin == Origin::Api;
         let from_file = (!from_api).then(|| config.clone());
         let running = self.config();
+        let config_tenants: std::collections::BTreeSet<String> =
+            config.tenants.keys().cloned().collect();
         let removed: Vec<wasmgate_config::Scoped> = running
             .scopes()
             .flat_map(|s| {
@@ -178,6 +180,20 @@ impl Live {
         // Its host-held rate-limit state leaves with a removed filter.
         for name in removed {
             self.deps.engine.services().forget_buckets(&name);
+        }
+        // A tenant that left takes its host-held state with it (its
+        // requests in flight finish on the generation they started on).
+        for gone in running
+            .tenants
+            .keys()
+            .filter(|t| !config_tenants.contains(*t))
+        {
+            let id = wasmgate_config::TenantId(std::sync::Arc::from(gone.as_str()));
+            self.deps.engine.services().forget_tenant(&id);
+            tracing::info!(
+                tenant = gone.as_str(),
+                "tenant removed; its state is cleared"
+            );
         }
         Ok(refused)
     }
