@@ -43,6 +43,57 @@ fn check_accepts_the_default_gateway_toml() {
 }
 
 #[test]
+fn check_accepts_the_two_tenant_example() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let out = wasmgate_tests::gateway_command(BIN)
+        .args(["check", "--config"])
+        .arg(root.join("examples/tenants/gateway.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok (0 routes, 0 clusters, 0 filters; 2 tenants: shop-a, shop-b)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_fails_on_a_tenant_whose_filter_refuses_its_config() {
+    let dir = std::env::temp_dir().join(format!("wasmgate-cli-tenant-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("tenants")).unwrap();
+    std::fs::write(
+        dir.join("tenants").join("t.toml"),
+        format!(
+            "hosts = [\"t.example\"]\n[filters.f]\npath = {:?}\n\
+             [[routes]]\nname = \"r\"\nrespond = {{}}\nfilters = [{{ name = \"f\", config = {{ fail_init = true }} }}]\n",
+            wasmgate_tests::artifacts::FAULT
+        ),
+    )
+    .unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, "[tenants]\ndir = \"tenants\"\n").unwrap();
+    let out = wasmgate_tests::gateway_command(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("tenant \"t\" was refused"), "{stderr}");
+    assert!(
+        stderr.contains("init failure requested by config"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_rejects_an_invalid_config_with_a_message_and_nonzero_exit() {
     let path = write_config(
         "bad.toml",

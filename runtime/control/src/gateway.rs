@@ -217,6 +217,9 @@ impl Gateway {
                 live.save_initial()
                     .await
                     .map_err(|m| fail(vec![ConfigError::new("admin.data_dir", m)]))?;
+                // As it was applied: a tenant whose filters did not load is
+                // not in it.
+                let config = (*live.config()).clone();
                 Ok(Gateway {
                     config,
                     live: Arc::new(live),

@@ -116,6 +116,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn check(path: &std::path::Path, config: Config) -> ExitCode {
+    let tenants: Vec<String> = config.tenants.keys().cloned().collect();
     let checked = Gateway::check(config).await.map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::FAILURE
@@ -123,8 +124,26 @@ async fn check(path: &std::path::Path, config: Config) -> ExitCode {
     match checked {
         Ok(g) => {
             let c = g.config();
+            // A tenant whose filters did not load is left out of a start
+            // (and logged); a check fails on it.
+            let refused: Vec<&String> = tenants
+                .iter()
+                .filter(|t| !c.tenants.contains_key(*t))
+                .collect();
+            if !refused.is_empty() {
+                for t in refused {
+                    eprintln!("error: tenant {t:?} was refused (its errors are logged above)");
+                }
+                return ExitCode::FAILURE;
+            }
+            let tenants = if c.tenants.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = c.tenants.keys().map(String::as_str).collect();
+                format!("; {} tenants: {}", names.len(), names.join(", "))
+            };
             println!(
-                "{}: ok ({} routes, {} clusters, {} filters)",
+                "{}: ok ({} routes, {} clusters, {} filters{tenants})",
                 path.display(),
                 c.routes.len(),
                 c.clusters.len(),
