@@ -644,3 +644,69 @@ async fn a_swapped_folder_symlink_is_followed() {
     assert_eq!(reloads(&gw, "ok"), 2.0);
     gw.shutdown().await;
 }
+
+/// With `[watch]` on, the tenants' folder is watched too: a tenant's file
+/// added, changed or removed changes that tenant, without a signal.
+#[tokio::test]
+async fn a_tenant_file_added_changed_or_removed_is_picked_up() {
+    let (ua, ub) = (Upstream::start("a").await, Upstream::start("b").await);
+    let dir = fresh_dir("tenants");
+    std::fs::create_dir_all(dir.join("tenants")).unwrap();
+    let served = |host: &str, up: &Upstream| {
+        format!(
+            "hosts = [\"{host}\"]\n[clusters.c]\nendpoints = [\"{}\"]\n\
+             [[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+            up.addr
+        )
+    };
+    let answered = |host: &str, status: u16| {
+        format!(
+            "hosts = [\"{host}\"]\n[[routes]]\nname = \"r\"\nrespond = {{ status = {status} }}\n"
+        )
+    };
+    replace(
+        &dir.join("tenants").join("a.toml"),
+        served("a.example", &ua).as_bytes(),
+    );
+    let main = dir.join("gateway.toml");
+    std::fs::write(
+        &main,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n\
+         [watch]\nenabled = true\ndebounce = \"50ms\"\n\
+         [tenants]\ndir = \"tenants\"\nallow = [\"127.0.0.0/8\"]\n",
+    )
+    .unwrap();
+    let gw = start_from_file(&main).await;
+    let addr = gw.addr();
+    let status = |h: &'static str| async move { get(addr, "/", &[("host", h)]).await.status };
+    assert_eq!(status("a.example").await, 200);
+    assert_eq!(status("b.example").await, 404);
+
+    // Added.
+    replace(
+        &dir.join("tenants").join("b.toml"),
+        served("b.example", &ub).as_bytes(),
+    );
+    until("tenant b to be served", || async {
+        status("b.example").await == 200
+    })
+    .await;
+    assert_eq!(ub.count(), 1);
+    // Changed.
+    replace(
+        &dir.join("tenants").join("b.toml"),
+        answered("b.example", 204).as_bytes(),
+    );
+    until("tenant b to change", || async {
+        status("b.example").await == 204
+    })
+    .await;
+    // Removed.
+    std::fs::remove_file(dir.join("tenants").join("b.toml")).unwrap();
+    until("tenant b to be gone", || async {
+        status("b.example").await == 404
+    })
+    .await;
+    assert_eq!(status("a.example").await, 200, "a was untouched throughout");
+    gw.shutdown().await;
+}

@@ -83,6 +83,7 @@ impl FileWatcher {
             dirs: BTreeSet::new(),
             folders: BTreeMap::new(),
             entries: BTreeSet::new(),
+            listings: BTreeSet::new(),
             seen: BTreeMap::new(),
             built: BTreeMap::new(),
             config,
@@ -170,6 +171,9 @@ struct Watched {
     /// The watched files as the watcher names them (canonical folder, file
     /// name), to tell their events from those of other files.
     entries: BTreeSet<PathBuf>,
+    /// The tenants' folders (canonical), where a `.toml` file appearing is
+    /// a change too (a new tenant).
+    listings: BTreeSet<PathBuf>,
     /// Each watched file and the SHA-256 of its contents as last acted on:
     /// what the running generation was built from, or what the last reload
     /// read (refused or not), or when neither tells, what the file held when
@@ -225,6 +229,11 @@ impl Watched {
         }
         self.dirs = watching;
         self.entries = files.iter().filter_map(|f| entry(f)).collect();
+        self.listings = files
+            .iter()
+            .filter(|f| f.file_name().is_some_and(|n| n == LISTING))
+            .filter_map(|f| folder(f))
+            .collect();
         self.seen.retain(|f, _| files.contains(f));
         for f in files {
             match built.get(f) {
@@ -255,7 +264,12 @@ impl Watched {
         let mut targets = None;
         let mut settled = false;
         for event in batch {
-            let watched = self.entries.contains(&event.path) || {
+            let in_listing = event.path.extension().is_some_and(|x| x == "toml")
+                && event
+                    .path
+                    .parent()
+                    .is_some_and(|p| self.listings.contains(p));
+            let watched = self.entries.contains(&event.path) || in_listing || {
                 let targets = targets.get_or_insert_with(|| self.targets());
                 leads_to_one(&event.path, targets)
             };
@@ -432,12 +446,24 @@ fn built_from(
         let text = wasmgate_engine::sha256_hex(config.text.as_bytes());
         built.insert(absolute(live.file()), text);
     }
-    for (name, f) in &config.filters {
-        if let Some(l) = generation.modules.get(name)
-            && !pinned.contains(name)
-        {
-            let module = l.current.module.sha256().to_owned();
-            built.insert(absolute(&f.path), module);
+    for scope in config.scopes() {
+        for (name, f) in scope.filters {
+            let key = wasmgate_config::Scoped::new(scope.tenant.clone(), name.as_str()).key();
+            if let Some(l) = generation.modules.get(&key)
+                && !pinned.contains(&key)
+            {
+                let module = l.current.module.sha256().to_owned();
+                built.insert(absolute(&f.path), module);
+            }
+        }
+    }
+    // What each file-managed tenant was built from.
+    for t in config.tenants.values() {
+        if let wasmgate_config::Managed::File(path) = &t.managed {
+            built.insert(
+                absolute(path),
+                wasmgate_engine::sha256_hex(t.text.as_bytes()),
+            );
         }
     }
     built
@@ -448,13 +474,26 @@ fn built_from(
 fn wanted_files(live: &Live, config: &Config) -> BTreeSet<PathBuf> {
     let mut files = BTreeSet::new();
     files.insert(absolute(live.file()));
-    for f in config.filters.values() {
-        files.insert(absolute(&f.path));
-    }
-    if let Ok(c) = Config::load(live.file()) {
-        for f in c.filters.values() {
-            files.insert(absolute(&f.path));
+    let mut add = |c: &Config| {
+        for scope in c.scopes() {
+            for f in scope.filters.values() {
+                files.insert(absolute(&f.path));
+            }
         }
+        // The tenants' folder: each tenant's file, and the list of them.
+        if let Some(dir) = c.tenancy.as_ref().and_then(|t| t.dir.as_ref()) {
+            files.insert(absolute(&dir.join(LISTING)));
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "toml") {
+                    files.insert(absolute(&p));
+                }
+            }
+        }
+    };
+    add(config);
+    if let Ok((c, _)) = Config::load_beside(live.file(), config) {
+        add(&c);
     }
     files
 }
@@ -494,8 +533,24 @@ fn leads_to_one(path: &Path, targets: &[PathBuf]) -> bool {
     std::fs::canonicalize(path).is_ok_and(|to| targets.iter().any(|t| t.starts_with(&to)))
 }
 
-/// The SHA-256 of the file's contents, or `None` if it cannot be read.
+/// The name standing for a tenants' folder's list of `.toml` files among
+/// the watched files (no such file exists): its fingerprint is that list's,
+/// so a tenant's file added or removed is a change.
+const LISTING: &str = ".wasmgate-tenants-listing";
+
+/// The SHA-256 of the file's contents, or `None` if it cannot be read (for
+/// [`LISTING`], of the names of the `.toml` files in its folder).
 fn fingerprint(file: &Path) -> Option<String> {
+    if file.file_name().is_some_and(|n| n == LISTING) {
+        let mut names: Vec<String> = std::fs::read_dir(file.parent()?)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".toml"))
+            .collect();
+        names.sort();
+        return Some(wasmgate_engine::sha256_hex(names.join("\n").as_bytes()));
+    }
     std::fs::read(file)
         .ok()
         .map(|bytes| wasmgate_engine::sha256_hex(&bytes))
