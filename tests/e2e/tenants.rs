@@ -338,3 +338,221 @@ async fn a_tenant_cluster_connects_only_where_the_operator_allows() {
     );
     gw.shutdown().await;
 }
+
+/// The admin API per tenant: the operator makes tenant tokens (kept
+/// hashed, two at a time) and puts API-managed tenants; a tenant's token
+/// reads and changes its own tenant only, and everything else answers the
+/// 404 of a path that does not exist.
+#[tokio::test]
+async fn tenant_tokens_reach_their_own_tenant_only() {
+    use wasmgate_tests::send_body;
+    let (ua, ub, uc) = (
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    );
+    let operator = "operator-token-0123456789";
+    let d = layout(
+        "admin",
+        "",
+        &[
+            ("a", &shop("[\"a.example\"]", &ua, "A")),
+            ("b", &shop("[\"b.example\"]", &ub, "B")),
+        ],
+    );
+    let data = d.join("data");
+    let main = format!(
+        "{MAIN}[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{operator}\"\ndata_dir = {:?}\n",
+        data.display().to_string()
+    );
+    std::fs::write(d.join("gateway.toml"), &main).unwrap();
+    let gw = start_gateway_from(&d.join("gateway.toml")).await;
+    let admin = gw.admin_addr().unwrap();
+    let call = |method: &'static str, path: String, token: String, body: String| async move {
+        let auth = format!("Bearer {token}");
+        send_body(
+            admin,
+            method,
+            &path,
+            &[("host", "localhost"), ("authorization", &auth)],
+            body,
+        )
+        .await
+    };
+    let op = || operator.to_owned();
+
+    // Tokens: made by the operator, shown once, two at a time.
+    let made = call("POST", "/tenants/a/tokens".into(), op(), String::new()).await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let token_a = made.json()["token"].as_str().unwrap().to_owned();
+    let second = call("POST", "/tenants/a/tokens".into(), op(), String::new()).await;
+    assert_eq!(second.status, 201);
+    let third = call("POST", "/tenants/a/tokens".into(), op(), String::new()).await;
+    assert_eq!(third.status, 409, "{}", third.body);
+    let kept = std::fs::read_to_string(data.join("tenant-tokens.json")).unwrap();
+    assert!(!kept.contains(&token_a), "only the hash is kept");
+
+    // a's token: its own tenant.
+    let own = call("GET", "/tenants/a".into(), token_a.clone(), String::new()).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert_eq!(own.json()["name"], "a");
+    assert!(
+        own.json().get("tokens").is_none(),
+        "tokens are the operator's to see"
+    );
+    let metrics = call(
+        "GET",
+        "/tenants/a/metrics".into(),
+        token_a.clone(),
+        String::new(),
+    )
+    .await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.body.contains("tenant=\"a\""), "{}", metrics.body);
+    assert!(!metrics.body.contains("tenant=\"b\""), "{}", metrics.body);
+    // Everything else is the 404 of a path that does not exist.
+    let missing = call(
+        "GET",
+        "/no/such/path".into(),
+        token_a.clone(),
+        String::new(),
+    )
+    .await;
+    for (method, path) in [
+        ("GET", "/tenants/b"),
+        ("GET", "/tenants/b/config"),
+        ("GET", "/tenants/zzz"),
+        ("GET", "/tenants"),
+        ("POST", "/tenants/a/tokens"),
+        ("DELETE", "/tenants/a"),
+        ("GET", "/routes"),
+        ("GET", "/config"),
+        ("GET", "/filters"),
+        ("POST", "/config/reload"),
+    ] {
+        let r = call(method, path.into(), token_a.clone(), String::new()).await;
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.body);
+        assert_eq!(r.json()["code"], missing.json()["code"]);
+        assert_eq!(
+            r.json()["message"].as_str().unwrap().replace(path, "P"),
+            missing.json()["message"]
+                .as_str()
+                .unwrap()
+                .replace("/no/such/path", "P"),
+            "{method} {path}"
+        );
+    }
+    // a is its file's: the API does not change it.
+    let put = call(
+        "PUT",
+        "/tenants/a/config".into(),
+        token_a.clone(),
+        "hosts = [\"a.example\"]\n".into(),
+    )
+    .await;
+    assert_eq!(put.status, 409, "{}", put.body);
+
+    // An API-managed tenant, put by the operator, changed by its own token.
+    let c = |status: u16| {
+        format!(
+            "hosts = [\"c.example\"]\n[clusters.api]\nendpoints = [\"{}\"]\n\
+             [[routes]]\nname = \"r\"\npath = \"/fixed\"\nrespond = {{ status = {status} }}\n\
+             [[routes]]\nname = \"up\"\ncluster = \"api\"\n",
+            uc.addr
+        )
+    };
+    let put = call("PUT", "/tenants/c/config".into(), op(), c(201)).await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(
+        get(gw.addr(), "/fixed", &[("host", "c.example")])
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        get(gw.addr(), "/x", &[("host", "c.example")]).await.status,
+        200
+    );
+    assert_eq!(uc.count(), 1);
+    // One that names a module file on the host is refused, whole.
+    let with_filter = format!("{}[filters.f]\npath = \"/etc/passwd\"\n", c(202));
+    let refused = call("PUT", "/tenants/c/config".into(), op(), with_filter).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.json()["errors"][0]["path"], "filters.f.path");
+    let token_c = call("POST", "/tenants/c/tokens".into(), op(), String::new())
+        .await
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let put = call("PUT", "/tenants/c/config".into(), token_c.clone(), c(203)).await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(
+        get(gw.addr(), "/fixed", &[("host", "c.example")])
+            .await
+            .status,
+        203
+    );
+    // A host another tenant holds is refused.
+    let taken = call(
+        "PUT",
+        "/tenants/c/config".into(),
+        token_c.clone(),
+        c(204).replace("c.example", "a.example"),
+    )
+    .await;
+    assert_eq!(taken.status, 400, "{}", taken.body);
+    assert_eq!(
+        get(gw.addr(), "/fixed", &[("host", "c.example")])
+            .await
+            .status,
+        203
+    );
+    assert_eq!(
+        get(gw.addr(), "/p", &[("host", "a.example")]).await.status,
+        200
+    );
+
+    // Kept across a restart.
+    gw.shutdown().await;
+    let gw = start_gateway_from(&d.join("gateway.toml")).await;
+    assert_eq!(
+        get(gw.addr(), "/fixed", &[("host", "c.example")])
+            .await
+            .status,
+        203
+    );
+    let admin = gw.admin_addr().unwrap();
+    let call = |method: &'static str, path: &'static str, token: String| async move {
+        let auth = format!("Bearer {token}");
+        send_body(
+            admin,
+            method,
+            path,
+            &[("host", "localhost"), ("authorization", &auth)],
+            "",
+        )
+        .await
+    };
+    assert_eq!(
+        call("GET", "/tenants/c", token_c.clone()).await.status,
+        200,
+        "its token too"
+    );
+    // The file's tenant cannot be removed through the API; the API's can,
+    // and its tokens go with it.
+    assert_eq!(call("DELETE", "/tenants/a", op()).await.status, 409);
+    assert_eq!(
+        call("DELETE", "/tenants/c", token_c.clone()).await.status,
+        404
+    );
+    assert_eq!(call("DELETE", "/tenants/c", op()).await.status, 200);
+    assert_eq!(
+        get(gw.addr(), "/fixed", &[("host", "c.example")])
+            .await
+            .status,
+        404
+    );
+    assert_eq!(call("GET", "/tenants/c", token_c).await.status, 401);
+    gw.shutdown().await;
+}

@@ -34,7 +34,7 @@ use wasmgate_proxy::error::GatewayError;
 use wasmgate_proxy::route::RouteTarget;
 
 /// Largest config document accepted by `PUT /config`.
-const MAX_CONFIG_SIZE: usize = 4 << 20;
+pub(crate) const MAX_CONFIG_SIZE: usize = 4 << 20;
 
 /// What the admin endpoints read.
 #[derive(Debug)]
@@ -48,7 +48,7 @@ pub struct AdminState {
     pub(crate) ready: AtomicBool,
 }
 
-fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+pub(crate) fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
     let mut resp = Response::new(body::full(Bytes::from(value.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -59,7 +59,7 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
 }
 
 /// Compares without an early exit, so timing does not reveal the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = u8::from(a.len() != b.len());
     for (i, x) in a.iter().enumerate() {
         diff |= x ^ b.get(i).copied().unwrap_or(0);
@@ -129,6 +129,15 @@ impl AdminState {
             .into_response(None);
         }
         let path = req.uri().path().to_owned();
+        let caller = self.caller(&req);
+        if path == "/tenants" || path.starts_with("/tenants/") {
+            return self.tenants(req, caller).await;
+        }
+        // A tenant's token reaches its own tenant's endpoints and nothing
+        // else: everything else is as if it did not exist.
+        if matches!(caller, crate::tenant_admin::Caller::Tenant(_)) {
+            return crate::tenant_admin::not_found(&path);
+        }
         let change = match (req.method(), path.as_str()) {
             (&Method::PUT, "/config") | (&Method::POST, "/config/reload") => true,
             (m, p) => filter_target(p).is_some_and(|(_, action)| {
@@ -272,22 +281,47 @@ impl AdminState {
         }
     }
 
+    /// The 401 for a request without a valid token (counted).
+    pub(crate) fn unauthorized(&self) -> Response<ProxyBody> {
+        self.refused("unauthorized");
+        let mut resp = GatewayError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin API needs `Authorization: Bearer <token>`",
+        )
+        .into_response(None);
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        resp
+    }
+
+    /// Who is asking: a tenant by one of its tokens, else the operator (the
+    /// admin token, or none configured), else nobody.
+    fn caller(&self, req: &Request<Incoming>) -> crate::tenant_admin::Caller {
+        use crate::tenant_admin::Caller;
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if let Some(t) = bearer.and_then(|b| self.live.tokens().tenant_of(b)) {
+            return Caller::Tenant(t);
+        }
+        if self.authorized(req) {
+            Caller::Operator
+        } else {
+            Caller::Nobody
+        }
+    }
+
     /// The read-only endpoints (and the refusals).
     fn read(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
         let path = req.uri().path();
         let public = matches!(path, "/health" | "/ready")
             || (path == "/metrics" && !self.config.protect_metrics);
         if !public && !self.authorized(req) {
-            self.refused("unauthorized");
-            let mut resp = GatewayError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the admin API needs `Authorization: Bearer <token>`",
-            )
-            .into_response(None);
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return resp;
+            return self.unauthorized();
         }
         let proxy = self.live.proxy();
         if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -452,7 +486,7 @@ pub async fn serve(
 }
 
 /// `400 invalid_config` with every error and its key path.
-fn config_errors(e: wasmgate_config::ConfigErrors) -> Response<ProxyBody> {
+pub(crate) fn config_errors(e: wasmgate_config::ConfigErrors) -> Response<ProxyBody> {
     let errors: Vec<_> = e
         .errors
         .iter()
@@ -500,7 +534,7 @@ fn swap_error(e: SwapError) -> Response<ProxyBody> {
     json(status, value)
 }
 
-fn body_error(e: body::FirstFrameError, limit: usize) -> Response<ProxyBody> {
+pub(crate) fn body_error(e: body::FirstFrameError, limit: usize) -> Response<ProxyBody> {
     match e {
         body::FirstFrameError::TooLarge => GatewayError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -176,7 +176,11 @@ impl Gateway {
         });
         let file_config = config.clone();
         let config = match data.as_mut() {
-            Some((dir, saved)) => api_config(config, dir, saved)?,
+            Some((dir, saved)) => {
+                let mut config = api_config(config, dir, saved)?;
+                api_tenants(&mut config, dir, saved);
+                config
+            }
             None => config,
         };
         let fail = |errors: Vec<ConfigError>| ConfigErrors {
@@ -459,5 +463,48 @@ pub(crate) fn api_config(
     );
     // Reloads still re-read the file the gateway was started with.
     kept.source.clone_from(&file.source);
+    // The tenants are not part of the main config: the file's stay.
+    if kept.tenancy.is_some() {
+        kept.tenants = file.tenants;
+    }
     Ok(kept)
+}
+
+/// Adds the tenants put through the API that `saved` kept; one that no
+/// longer fits (its names taken by a file-managed tenant since, say) is
+/// left out, with a warning.
+pub(crate) fn api_tenants(config: &mut Config, dir: &DataDir, saved: &Saved) {
+    if config.tenancy.is_none() {
+        return;
+    }
+    for (name, text) in &saved.tenants {
+        let source = format!(
+            "{} (tenant {name:?}, put through the admin API)",
+            dir.path().join("state.json").display()
+        );
+        let parsed = wasmgate_config::TenantConfig::parse(
+            name,
+            text,
+            &source,
+            &config.base,
+            wasmgate_config::Managed::Api,
+            &config.engine,
+        );
+        let admitted = parsed.and_then(|t| match config.tenants.get(name) {
+            Some(_) => Err(ConfigErrors {
+                source: source.clone(),
+                errors: vec![ConfigError::new(
+                    "",
+                    "a tenant's file of that name exists now",
+                )],
+            }),
+            None => config.admit_tenant(t),
+        });
+        if let Err(e) = admitted {
+            tracing::warn!(
+                tenant = name.as_str(),
+                "the tenant kept from the admin API is left out: {e}"
+            );
+        }
+    }
 }

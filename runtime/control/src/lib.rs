@@ -12,6 +12,8 @@ pub mod build;
 pub mod gateway;
 pub mod live;
 pub mod store;
+pub mod tenant_admin;
+pub mod tokens;
 pub mod versions;
 pub mod watch;
 

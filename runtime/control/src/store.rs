@@ -42,6 +42,9 @@ pub struct Saved {
     /// Every filter's store.
     #[serde(default)]
     pub filters: BTreeMap<String, SavedFilter>,
+    /// The configs of the tenants put through the API, by name.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -12,6 +12,28 @@ pub enum Origin {
     File,
     /// A document put through the management API.
     Api,
+    /// A tenant put or removed through the management API: the main config
+    /// stays where it came from.
+    Tenants,
+}
+
+/// Why a tenant could not be put or removed through the API.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantChangeError {
+    /// `[tenants]` is not configured.
+    #[error("this gateway takes no tenants: the config file has no [tenants] section")]
+    NoTenancy,
+    /// The tenant is its file's.
+    #[error(
+        "tenant {0:?} is managed by its file in the tenants folder; change the file (the API changes only API-managed tenants)"
+    )]
+    FileManaged(String),
+    /// No such tenant.
+    #[error("no tenant {0:?}")]
+    Unknown(String),
+    /// Refused, with every error.
+    #[error("{0}")]
+    Invalid(ConfigErrors),
 }
 
 /// The sections of `new` that differ from `old` and apply to the listener or
@@ -108,6 +130,61 @@ impl Live {
         result
     }
 
+    /// Adds or replaces an API-managed tenant: validated and built alone,
+    /// the others untouched. Refused for a file-managed one.
+    pub async fn put_tenant(
+        &self,
+        tenant: wasmgate_config::TenantConfig,
+    ) -> Result<(), TenantChangeError> {
+        let mut control = self.control.lock().await;
+        let mut config = (*self.config()).clone();
+        if config.tenancy.is_none() {
+            return Err(TenantChangeError::NoTenancy);
+        }
+        if let Some(t) = config.tenants.get(&tenant.name)
+            && t.managed != wasmgate_config::Managed::Api
+        {
+            return Err(TenantChangeError::FileManaged(tenant.name));
+        }
+        let name = tenant.name.clone();
+        config
+            .admit_tenant(tenant)
+            .map_err(TenantChangeError::Invalid)?;
+        let refused = self
+            .apply_locked(&mut control, config, Origin::Tenants)
+            .await
+            .map_err(TenantChangeError::Invalid)?;
+        match refused.into_iter().find(|(t, _)| *t == name) {
+            Some((_, e)) => Err(TenantChangeError::Invalid(e)),
+            None => {
+                tracing::info!(
+                    tenant = name.as_str(),
+                    "tenant applied through the admin API"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes an API-managed tenant; its requests in flight finish, then
+    /// its state is cleared and its tokens revoked.
+    pub async fn remove_tenant(&self, name: &str) -> Result<(), TenantChangeError> {
+        let mut control = self.control.lock().await;
+        let mut config = (*self.config()).clone();
+        match config.tenants.get(name) {
+            None => return Err(TenantChangeError::Unknown(name.to_owned())),
+            Some(t) if t.managed != wasmgate_config::Managed::Api => {
+                return Err(TenantChangeError::FileManaged(name.to_owned()));
+            }
+            Some(_) => {}
+        }
+        config.tenants.remove(name);
+        self.apply_locked(&mut control, config, Origin::Tenants)
+            .await
+            .map_err(TenantChangeError::Invalid)?;
+        Ok(())
+    }
+
     async fn apply_locked(
         &self,
         control: &mut Control,
@@ -150,8 +227,12 @@ impl Live {
             .build_next_apart(&mut config, &mut filters)
             .await
             .map_err(fail)?;
-        let from_api = origin == Origin::Api;
-        let from_file = (!from_api).then(|| config.clone());
+        let from_api = match origin {
+            Origin::Api => true,
+            Origin::File => false,
+            Origin::Tenants => control.from_api,
+        };
+        let from_file = (origin == Origin::File).then(|| config.clone());
         let running = self.config();
         let config_tenants: std::collections::BTreeSet<String> =
             config.tenants.keys().cloned().collect();
@@ -190,6 +271,9 @@ impl Live {
         {
             let id = wasmgate_config::TenantId(std::sync::Arc::from(gone.as_str()));
             self.deps.engine.services().forget_tenant(&id);
+            if let Err(e) = self.tokens.forget(gone) {
+                tracing::error!(tenant = gone.as_str(), "its tokens were not revoked: {e}");
+            }
             tracing::info!(
                 tenant = gone.as_str(),
                 "tenant removed; its state is cleared"

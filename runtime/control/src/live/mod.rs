@@ -36,7 +36,7 @@ mod filter_change;
 mod report;
 mod takeover;
 
-pub use config_change::{Origin, restart_only_changes};
+pub use config_change::{Origin, TenantChangeError, restart_only_changes};
 pub use filter_change::{MAX_MODULE_SIZE, SwapError};
 pub use takeover::Pending;
 
@@ -107,6 +107,8 @@ pub struct Live {
     /// probes, say) is abandoned at once, so a guest cannot hold up the
     /// drain for as long as its wall-clock budget.
     closing: tokio::sync::watch::Sender<bool>,
+    /// The tenants' admin tokens (hashed, in the data directory).
+    tokens: Arc<crate::tokens::TenantTokens>,
     deps: Deps,
 }
 
@@ -137,6 +139,11 @@ impl Live {
                     )]
                 })?;
         }
+        let tokens = crate::tokens::TenantTokens::open(
+            config.admin.as_ref().and_then(|a| a.data_dir.as_deref()),
+        )
+        .map(Arc::new)
+        .map_err(|m| vec![ConfigError::new("admin.data_dir", m)])?;
         let mut config = config;
         deps.guard.set(crate::build::guard_rules(&config));
         let built =
@@ -184,6 +191,7 @@ impl Live {
             trips,
             tripped: std::sync::Mutex::new(Some(tripped)),
             closing: tokio::sync::watch::Sender::new(false),
+            tokens,
             deps,
         })
     }
@@ -369,6 +377,12 @@ impl Live {
         };
         let saved = Saved {
             config: from_api.then(|| config.text.clone()),
+            tenants: config
+                .tenants
+                .iter()
+                .filter(|(_, t)| t.managed == wasmgate_config::Managed::Api)
+                .map(|(n, t)| (n.clone(), t.text.clone()))
+                .collect(),
             filters: filters
                 .iter()
                 .map(|(n, f)| (n.clone(), f.saved()))
@@ -507,6 +521,11 @@ impl Live {
     }
 
     /// The shared parts every generation uses.
+    /// The tenants' admin tokens.
+    pub fn tokens(&self) -> &crate::tokens::TenantTokens {
+        &self.tokens
+    }
+
     pub(crate) fn deps(&self) -> &Deps {
         &self.deps
     }

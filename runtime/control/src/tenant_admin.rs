@@ -1,0 +1,285 @@
+//! The tenants' part of the admin API, `/tenants[/NAME[/...]]`.
+//!
+//! The operator's token reaches every tenant: it lists them, puts and
+//! removes API-managed ones, and makes and revokes their tokens. A tenant's
+//! token reaches its own tenant only (`GET /tenants/NAME`,
+//! `GET|PUT /tenants/NAME/config`, `GET /tenants/NAME/metrics`); anything
+//! else it asks for, another tenant's included, is the same 404 as a path
+//! that does not exist, so it cannot even learn which tenants exist.
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::admin::{AdminState, MAX_CONFIG_SIZE, body_error, config_errors, json};
+use crate::live::TenantChangeError;
+use wasmgate_config::{ConfigError, ConfigErrors, Managed, TenantConfig};
+use wasmgate_proxy::body::{self, ProxyBody};
+use wasmgate_proxy::error::GatewayError;
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The operator (the admin token, or no token configured).
+    Operator,
+    /// A tenant, by one of its tokens.
+    Tenant(String),
+    /// No valid token.
+    Nobody,
+}
+
+/// The answer to a path a caller may not see: the same as for a path that
+/// does not exist.
+pub(crate) fn not_found(path: &str) -> Response<ProxyBody> {
+    GatewayError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no admin endpoint {path}"),
+    )
+    .into_response(None)
+}
+
+fn refusal(status: StatusCode, code: &'static str, message: String) -> Response<ProxyBody> {
+    GatewayError::new(status, code, message).into_response(None)
+}
+
+/// What an API-managed tenant's config may not name: files on the gateway's
+/// host (a filter's module, a cluster's TLS files). Filter modules of
+/// API-managed tenants come by upload (not yet available), so such a
+/// tenant has no filters for now.
+fn api_reach_errors(t: &TenantConfig) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for name in t.filters.keys() {
+        errors.push(ConfigError::new(
+            format!("filters.{name}.path"),
+            "a tenant put through the API may not name a module file on the gateway's host; \
+             filters of API-managed tenants come as uploaded modules, which this version does \
+             not take yet (use a file-managed tenant for filters)",
+        ));
+    }
+    for (name, c) in &t.clusters {
+        if let Some(tls) = &c.tls
+            && (tls.ca.is_some() || tls.client_cert.is_some())
+        {
+            errors.push(ConfigError::new(
+                format!("clusters.{name}.tls"),
+                "a tenant put through the API may not name files on the gateway's host \
+                 (ca, client_cert, client_key)",
+            ));
+        }
+    }
+    errors
+}
+
+fn change_error(e: TenantChangeError) -> Response<ProxyBody> {
+    match e {
+        TenantChangeError::Invalid(e) => config_errors(e),
+        TenantChangeError::Unknown(_) => {
+            refusal(StatusCode::NOT_FOUND, "unknown_tenant", e.to_string())
+        }
+        TenantChangeError::FileManaged(_) | TenantChangeError::NoTenancy => {
+            refusal(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+    }
+}
+
+impl AdminState {
+    /// Answers a request under `/tenants`.
+    pub(crate) async fn tenants(
+        &self,
+        req: Request<Incoming>,
+        caller: Caller,
+    ) -> Response<ProxyBody> {
+        let path = req.uri().path().to_owned();
+        if caller == Caller::Nobody {
+            return self.unauthorized();
+        }
+        let rest = path.strip_prefix("/tenants").unwrap_or_default();
+        let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+        let operator = caller == Caller::Operator;
+        // A tenant's token: its own tenant, and only these.
+        if let Caller::Tenant(own) = &caller {
+            let allowed = match (req.method(), parts.as_slice()) {
+                (&Method::GET, [n]) => n == own,
+                (&Method::GET | &Method::PUT, [n, "config"]) => n == own,
+                (&Method::GET, [n, "metrics"]) => n == own,
+                _ => false,
+            };
+            if !allowed {
+                return not_found(&path);
+            }
+        }
+        let config = self.live.config();
+        let exists = |n: &str| config.tenants.contains_key(n);
+        match (req.method().clone(), parts.as_slice()) {
+            (Method::GET, []) if operator => {
+                let tenants: Vec<serde_json::Value> = config
+                    .tenants
+                    .values()
+                    .map(|t| self.report(t, false))
+                    .collect();
+                json(StatusCode::OK, serde_json::json!({ "tenants": tenants }))
+            }
+            (Method::GET, [n]) if exists(n) => {
+                json(StatusCode::OK, self.report(&config.tenants[*n], operator))
+            }
+            (Method::DELETE, [n]) if operator => match self.live.remove_tenant(n).await {
+                Ok(()) => json(StatusCode::OK, serde_json::json!({ "status": "removed" })),
+                Err(e) => change_error(e),
+            },
+            (Method::GET, [n, "config"]) if exists(n) => {
+                let mut resp = Response::new(body::full(config.tenants[*n].text.clone()));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/toml"),
+                );
+                resp
+            }
+            (Method::PUT, [n, "config"]) => {
+                let name = (*n).to_owned();
+                drop(config);
+                self.put_config(&name, req).await
+            }
+            (Method::GET, [n, "metrics"]) if exists(n) => {
+                self.live.sample_metrics();
+                let needle = format!("tenant=\"{n}\"");
+                let mut text: String = self
+                    .live
+                    .proxy()
+                    .metrics_text()
+                    .lines()
+                    .filter(|l| l.contains(&needle))
+                    .flat_map(|l| [l, "\n"])
+                    .collect();
+                text.push_str("# EOF\n");
+                let mut resp = Response::new(body::full(text));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                resp
+            }
+            (Method::GET, [n, "tokens"]) if operator && exists(n) => json(
+                StatusCode::OK,
+                serde_json::json!({ "tokens": self.live.tokens().list(n).iter().map(|t| {
+                    serde_json::json!({ "id": t.id, "created_ms": t.created_ms })
+                }).collect::<Vec<_>>() }),
+            ),
+            (Method::POST, [n, "tokens"]) if operator && exists(n) => {
+                match self.live.tokens().create(n) {
+                    Ok((id, token)) => {
+                        tracing::info!(tenant = *n, id = id.as_str(), "tenant token made");
+                        json(
+                            StatusCode::CREATED,
+                            serde_json::json!({ "id": id, "token": token,
+                                "note": "shown this once; only its hash is kept" }),
+                        )
+                    }
+                    Err(e @ crate::tokens::TokenError::Io(_)) => refusal(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "data_dir_unwritable",
+                        e.to_string(),
+                    ),
+                    Err(e) => refusal(StatusCode::CONFLICT, "conflict", e.to_string()),
+                }
+            }
+            (Method::DELETE, [n, "tokens", id]) if operator && exists(n) => {
+                match self.live.tokens().revoke(n, id) {
+                    Ok(()) => {
+                        tracing::info!(tenant = *n, id = *id, "tenant token revoked");
+                        json(StatusCode::OK, serde_json::json!({ "status": "revoked" }))
+                    }
+                    Err(e @ crate::tokens::TokenError::Unknown(..)) => {
+                        refusal(StatusCode::NOT_FOUND, "unknown_token", e.to_string())
+                    }
+                    Err(e) => refusal(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "data_dir_unwritable",
+                        e.to_string(),
+                    ),
+                }
+            }
+            (_, [n, ..]) if operator && !exists(n) => refusal(
+                StatusCode::NOT_FOUND,
+                "unknown_tenant",
+                format!("no tenant {n:?}"),
+            ),
+            _ => not_found(&path),
+        }
+    }
+
+    /// `PUT /tenants/NAME/config`: an API-managed tenant, added or replaced.
+    async fn put_config(&self, name: &str, req: Request<Incoming>) -> Response<ProxyBody> {
+        let source = format!("PUT /tenants/{name}/config");
+        let bytes = match body::collect(req.into_body(), MAX_CONFIG_SIZE).await {
+            Ok(k) => k.data,
+            Err(e) => return body_error(e, MAX_CONFIG_SIZE),
+        };
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            return GatewayError::bad_request("the tenant's config must be UTF-8 TOML")
+                .into_response(None);
+        };
+        let config = self.live.config();
+        // Who manages it decides before what it says.
+        if config.tenancy.is_none() {
+            return change_error(TenantChangeError::NoTenancy);
+        }
+        if config
+            .tenants
+            .get(name)
+            .is_some_and(|t| t.managed != Managed::Api)
+        {
+            return change_error(TenantChangeError::FileManaged(name.to_owned()));
+        }
+        let parsed = TenantConfig::parse(
+            name,
+            text,
+            &source,
+            &config.base,
+            Managed::Api,
+            &config.engine,
+        )
+        .and_then(|t| {
+            let errors = api_reach_errors(&t);
+            if errors.is_empty() {
+                Ok(t)
+            } else {
+                Err(ConfigErrors {
+                    source: source.clone(),
+                    errors,
+                })
+            }
+        });
+        drop(config);
+        match parsed {
+            Err(e) => config_errors(e),
+            Ok(t) => match self.live.put_tenant(t).await {
+                Ok(()) => json(StatusCode::OK, serde_json::json!({ "status": "applied" })),
+                Err(e) => change_error(e),
+            },
+        }
+    }
+
+    /// What a tenant is made of (with its tokens, for the operator).
+    fn report(&self, t: &TenantConfig, tokens: bool) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "name": t.name,
+            "managed": match t.managed { Managed::File(_) => "file", Managed::Api => "api" },
+            "hosts": t.hosts,
+            "routes": t.routes.iter().map(|r| &r.name).collect::<Vec<_>>(),
+            "clusters": t.clusters.keys().collect::<Vec<_>>(),
+            "filters": t.filters.keys().collect::<Vec<_>>(),
+        });
+        if tokens {
+            v["tokens"] = self
+                .live
+                .tokens()
+                .list(&t.name)
+                .iter()
+                .map(|t| serde_json::json!({ "id": t.id, "created_ms": t.created_ms }))
+                .collect();
+        }
+        v
+    }
+}
