@@ -452,6 +452,53 @@ async fn tenant_tokens_reach_their_own_tenant_only() {
     .await;
     assert_eq!(put.status, 409, "{}", put.body);
 
+    // Its filters' versions are its own to change: a module upload that
+    // its route config refuses is refused, the same module again stored.
+    let upload = |tenant: &'static str, token: String, path: &'static str| async move {
+        let auth = format!("Bearer {token}");
+        let bytes = std::fs::read(path).unwrap();
+        send_body(
+            admin,
+            "PUT",
+            &format!("/tenants/{tenant}/filters/f/module"),
+            &[("host", "localhost"), ("authorization", &auth)],
+            bytes,
+        )
+        .await
+    };
+    let wrong = upload("a", token_a.clone(), artifacts::HEADERS).await;
+    assert_eq!(
+        wrong.status, 422,
+        "headers refuses fault's route config: {}",
+        wrong.body
+    );
+    let same = upload("a", token_a.clone(), artifacts::FAULT).await;
+    assert_eq!(same.status, 200, "{}", same.body);
+    let report = call(
+        "GET",
+        "/tenants/a/filters/f".into(),
+        token_a.clone(),
+        String::new(),
+    )
+    .await;
+    assert_eq!(report.status, 200, "{}", report.body);
+    assert_eq!(
+        upload("b", token_a.clone(), artifacts::FAULT).await.status,
+        404
+    );
+    let r = call(
+        "POST",
+        "/tenants/b/filters/f/rollback".into(),
+        token_a.clone(),
+        String::new(),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        get(gw.addr(), "/p", &[("host", "a.example")]).await.status,
+        200
+    );
+
     // An API-managed tenant, put by the operator, changed by its own token.
     let c = |status: u16| {
         format!(

@@ -204,41 +204,52 @@ impl AdminState {
                     return self.read(&req);
                 };
                 let (name, action) = (name.to_owned(), action.to_owned());
-                let result = match action.as_str() {
-                    "module" => {
-                        let activate = match activate_param(req.uri().query()) {
-                            Ok(a) => a,
-                            Err(m) => return GatewayError::bad_request(m).into_response(None),
-                        };
-                        let expected = req
-                            .headers()
-                            .get("x-wasmgate-sha256")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
-                        let bytes = match body::collect(req.into_body(), MAX_MODULE_SIZE).await {
-                            Ok(k) => Vec::from(k.data),
-                            Err(e) => return body_error(e, MAX_MODULE_SIZE),
-                        };
-                        self.live
-                            .upload_module(&name, bytes, expected.as_deref(), activate)
-                            .await
-                    }
-                    "activate" => match read_json::<VersionBody>(req).await {
-                        Ok(b) => self.live.activate_version(&name, b.version).await,
-                        Err(resp) => return resp,
-                    },
-                    "canary" => match read_json::<wasmgate_proxy::canary::CanarySpec>(req).await {
-                        Ok(spec) => self.live.start_canary(&name, spec).await,
-                        Err(resp) => return resp,
-                    },
-                    "promote" => self.live.promote(&name).await,
-                    _ => self.live.rollback(&name).await,
-                };
-                match result {
-                    Ok(report) => json(StatusCode::OK, report),
-                    Err(e) => swap_error(e),
-                }
+                self.filter_change(&name, &action, req).await
             }
+        }
+    }
+
+    /// A change to filter `name` (a store key: `tenant/name` for a
+    /// tenant's): `module`, `activate`, `canary`, `promote` or `rollback`.
+    pub(crate) async fn filter_change(
+        &self,
+        name: &str,
+        action: &str,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let result = match action {
+            "module" => {
+                let activate = match activate_param(req.uri().query()) {
+                    Ok(a) => a,
+                    Err(m) => return GatewayError::bad_request(m).into_response(None),
+                };
+                let expected = req
+                    .headers()
+                    .get("x-wasmgate-sha256")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let bytes = match body::collect(req.into_body(), MAX_MODULE_SIZE).await {
+                    Ok(k) => Vec::from(k.data),
+                    Err(e) => return body_error(e, MAX_MODULE_SIZE),
+                };
+                self.live
+                    .upload_module(name, bytes, expected.as_deref(), activate)
+                    .await
+            }
+            "activate" => match read_json::<VersionBody>(req).await {
+                Ok(b) => self.live.activate_version(name, b.version).await,
+                Err(resp) => return resp,
+            },
+            "canary" => match read_json::<wasmgate_proxy::canary::CanarySpec>(req).await {
+                Ok(spec) => self.live.start_canary(name, spec).await,
+                Err(resp) => return resp,
+            },
+            "promote" => self.live.promote(name).await,
+            _ => self.live.rollback(name).await,
+        };
+        match result {
+            Ok(report) => json(StatusCode::OK, report),
+            Err(e) => swap_error(e),
         }
     }
 

@@ -3,7 +3,10 @@
 //! The operator's token reaches every tenant: it lists them, puts and
 //! removes API-managed ones, and makes and revokes their tokens. A tenant's
 //! token reaches its own tenant only (`GET /tenants/NAME`,
-//! `GET|PUT /tenants/NAME/config`, `GET /tenants/NAME/metrics`); anything
+//! `GET|PUT /tenants/NAME/config`, `GET /tenants/NAME/metrics`, and its
+//! filters' versions: `GET /tenants/NAME/filters/F`, `PUT .../module`,
+//! `PUT .../canary`, `POST .../activate|promote|rollback`, as
+//! `/filters/F/...` does for the operator's own); anything
 //! else it asks for, another tenant's included, is the same 404 as a path
 //! that does not exist, so it cannot even learn which tenants exist.
 
@@ -70,6 +73,14 @@ fn api_reach_errors(t: &TenantConfig) -> Vec<ConfigError> {
     errors
 }
 
+/// Whether `action` on a filter takes `method` (as `/filters/NAME/ACTION`).
+fn filter_action(method: &Method, action: &str) -> bool {
+    matches!(
+        (method, action),
+        (&Method::PUT, "module" | "canary") | (&Method::POST, "activate" | "promote" | "rollback")
+    )
+}
+
 fn change_error(e: TenantChangeError) -> Response<ProxyBody> {
     match e {
         TenantChangeError::Invalid(e) => config_errors(e),
@@ -102,6 +113,8 @@ impl AdminState {
                 (&Method::GET, [n]) => n == own,
                 (&Method::GET | &Method::PUT, [n, "config"]) => n == own,
                 (&Method::GET, [n, "metrics"]) => n == own,
+                (&Method::GET, [n, "filters", _]) => n == own,
+                (m, [n, "filters", _, action]) => n == own && filter_action(m, action),
                 _ => false,
             };
             if !allowed {
@@ -159,6 +172,31 @@ impl AdminState {
                     ),
                 );
                 resp
+            }
+            (Method::GET, [n, "filters", f]) if exists(n) => {
+                let key = wasmgate_config::Scoped::new(
+                    wasmgate_config::TenantId(std::sync::Arc::from(*n)),
+                    *f,
+                )
+                .key();
+                match self.live.filter_report(&key) {
+                    serde_json::Value::Null => refusal(
+                        StatusCode::NOT_FOUND,
+                        "unknown_filter",
+                        format!("tenant {n:?} has no filter {f:?}"),
+                    ),
+                    report => json(StatusCode::OK, report),
+                }
+            }
+            (m, [n, "filters", f, action]) if exists(n) && filter_action(&m, action) => {
+                let key = wasmgate_config::Scoped::new(
+                    wasmgate_config::TenantId(std::sync::Arc::from(*n)),
+                    *f,
+                )
+                .key();
+                let action = (*action).to_owned();
+                drop(config);
+                self.filter_change(&key, &action, req).await
             }
             (Method::GET, [n, "tokens"]) if operator && exists(n) => json(
                 StatusCode::OK,

@@ -225,7 +225,7 @@ impl Live {
         kind: ChangeKind,
         result: Result<serde_json::Value, SwapError>,
     ) -> Result<serde_json::Value, SwapError> {
-        let known = self.config().filters.contains_key(name);
+        let known = self.config().filter_by_key(name).is_some();
         let what = kind.as_str();
         if kind == ChangeKind::Upload && known {
             let outcome = if result.is_ok() { "ok" } else { "rejected" };
@@ -275,7 +275,7 @@ impl Live {
             return Err(SwapError::Pending);
         }
         let config = self.config();
-        if !config.filters.contains_key(name) {
+        if config.filter_by_key(name).is_none() {
             return Err(SwapError::UnknownFilter(name.to_owned()));
         }
         let mut filters = (*self.filters.load_full()).clone();

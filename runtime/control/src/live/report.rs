@@ -17,7 +17,7 @@ impl Live {
             .engine
             .live_counts()
             .into_iter()
-            .find(|(n, _)| n.tenant.is_default() && &*n.name == name)
+            .find(|(n, _)| *n == wasmgate_config::Scoped::from_key(name))
             .map(|(_, c)| c);
         let get = |f: fn(&wasmgate_engine::LiveCounts) -> i64| counts.as_deref().map_or(0, f);
         let store = self.filters.load();
