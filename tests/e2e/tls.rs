@@ -473,3 +473,69 @@ async fn a_request_for_another_tenant_than_the_sni_is_421() {
     assert_eq!((ua.count(), ub.count()), (1, 1), "the 421 reached no one");
     gw.shutdown().await;
 }
+
+/// Each tenant brings its own certificates, chosen by SNI among the names
+/// it claims, beside the operator's; a tenant's certificate for a name it
+/// does not claim is refused with the tenant.
+#[tokio::test]
+async fn tenants_serve_their_own_certificates_by_sni() {
+    let pki = Pki::new();
+    let d = dir("tenant-certs");
+    let (op, a, b) = (
+        pki.leaf(&["op.test"]),
+        pki.leaf(&["a.test"]),
+        pki.leaf(&["b.test", "evil.test"]),
+    );
+    let up = Upstream::start("u").await;
+    std::fs::create_dir_all(d.join("tenants")).unwrap();
+    // One upstream for both, as an address the operator shares.
+    let tenant = |t: &str, names: &str, leaf: &wasmgate_tests::pki::Leaf| {
+        format!(
+            "hosts = [\"{t}.test\"]\n[tls]\ncertificates = [{{ cert = {:?}, key = {:?}{names} }}]\n\
+             [clusters.c]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+            write(&d, &format!("{t}.pem"), &leaf.cert_pem),
+            write(&d, &format!("{t}.key"), &leaf.key_pem),
+            up.addr
+        )
+    };
+    std::fs::write(d.join("tenants").join("a.toml"), tenant("a", "", &a)).unwrap();
+    std::fs::write(d.join("tenants").join("b.toml"), tenant("b", "", &b)).unwrap();
+    let main = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncertificates = [{{ cert = {:?}, key = {:?}, server_names = [\"op.test\"] }}]\n\
+         [access_log]\nenabled = false\n[tenants]\ndir = \"tenants\"\nallow = [\"127.0.0.0/8\"]\nshared = [\"{}\"]\n",
+        write(&d, "op.pem", &op.cert_pem),
+        write(&d, "op.key", &op.key_pem),
+        up.addr,
+    );
+    std::fs::write(d.join("gateway.toml"), &main).unwrap();
+    let gw = wasmgate_tests::start_gateway_from(&d.join("gateway.toml")).await;
+    let cfg = client_config(&pki, &[b"http/1.1"], None);
+    for (sni, leaf) in [("a.test", &a), ("b.test", &b)] {
+        let r = https_get(gw.addr(), sni, cfg.clone()).await.unwrap();
+        assert_eq!(r.status, 200, "{sni}");
+        assert_eq!(r.leaf, leaf.der, "{sni} got its tenant's certificate");
+    }
+    // A certificate for a name the tenant does not claim refuses the tenant
+    // (its running config stays).
+    std::fs::write(
+        d.join("tenants").join("b.toml"),
+        tenant("b", ", server_names = [\"evil.test\"]", &b),
+    )
+    .unwrap();
+    let refused = gw
+        .live()
+        .reload_from(&d.join("gateway.toml"))
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].1.errors[0]
+            .message
+            .contains("is not among the tenant's hosts"),
+        "{}",
+        refused[0].1
+    );
+    let r = https_get(gw.addr(), "b.test", cfg).await.unwrap();
+    assert_eq!(r.leaf, b.der);
+    gw.shutdown().await;
+}

@@ -384,6 +384,12 @@ impl Config {
                 ));
             }
         }
+        if t.tls.is_some() && self.server.tls.is_none() {
+            errors.push(ConfigError::new(
+                "tls",
+                "the gateway's listener does not terminate TLS (no [server.tls] in its config)",
+            ));
+        }
         // An endpoint address is the first party's to name it.
         let shared = self.tenancy.as_ref().map_or(&[][..], |t| &t.shared[..]);
         let taken: std::collections::HashSet<std::net::SocketAddr> = self
@@ -446,6 +452,7 @@ impl Config {
             clusters: &self.clusters,
             routes: &self.routes,
             hosts: &[],
+            tls: None,
         })
         .chain(self.tenants.values().map(Scope::of_tenant))
     }

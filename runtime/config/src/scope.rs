@@ -104,6 +104,8 @@ pub struct Scope<'a> {
     /// The host names it claims (none for the operator's scope, which serves
     /// the names no tenant claims).
     pub hosts: &'a [String],
+    /// Its certificates (a tenant's; the operator's are `[server.tls]`).
+    pub tls: Option<&'a crate::tls::TlsConfig>,
 }
 
 impl<'a> Scope<'a> {
@@ -115,6 +117,7 @@ impl<'a> Scope<'a> {
             clusters: &t.clusters,
             routes: &t.routes,
             hosts: &t.hosts,
+            tls: t.tls.as_ref(),
         }
     }
 

@@ -196,6 +196,7 @@ struct RawTenant {
     clusters: BTreeMap<String, crate::cluster::RawCluster>,
     #[serde(default)]
     routes: Vec<crate::route::RawRoute>,
+    tls: Option<crate::tls::RawTls>,
 }
 
 /// One tenant's validated config.
@@ -218,6 +219,8 @@ pub struct TenantConfig {
     pub clusters: BTreeMap<String, ClusterConfig>,
     /// Its routes in order.
     pub routes: Vec<RouteConfig>,
+    /// Its certificates, chosen by SNI among the names it claims.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl std::fmt::Debug for TenantConfig {
@@ -231,6 +234,7 @@ impl std::fmt::Debug for TenantConfig {
             .field("filters", &self.filters)
             .field("clusters", &self.clusters)
             .field("routes", &self.routes)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -332,6 +336,26 @@ impl TenantConfig {
                 "no routes: add at least one [[routes]] entry",
             ));
         }
+        // Its certificates serve only names it claims (all of them when a
+        // certificate names none).
+        let tls = raw.tls.map(|t| {
+            let mut tls = crate::tls::validate("tls", t, base, &mut errors);
+            for (i, c) in tls.certificates.iter_mut().enumerate() {
+                if c.server_names.is_empty() {
+                    c.server_names.clone_from(&hosts);
+                }
+                for (j, n) in c.server_names.iter().enumerate() {
+                    let n = n.to_ascii_lowercase();
+                    if !hosts.iter().any(|claim| covers(claim, &n)) {
+                        errors.push(ConfigError::new(
+                            format!("tls.certificates[{i}].server_names[{j}]"),
+                            format!("{n:?} is not among the tenant's hosts"),
+                        ));
+                    }
+                }
+            }
+            tls
+        });
         // A route answers only host names its tenant claims.
         for (i, r) in routes.iter().enumerate() {
             for (j, h) in r.hosts.iter().enumerate() {
@@ -355,6 +379,7 @@ impl TenantConfig {
             filters,
             clusters,
             routes,
+            tls,
         })
     }
 
@@ -490,7 +515,7 @@ mod tests {
         assert_eq!(
             parse("hosts = [\"a.example\"]\n[server]\nlisten = \"0.0.0.0:1\"\n").unwrap_err(),
             [
-                "server: unknown field `server`, expected one of `hosts`, `filters`, `clusters`, `routes` (line 2, column 2)"
+                "server: unknown field `server`, expected one of `hosts`, `filters`, `clusters`, `routes`, `tls` (line 2, column 2)"
             ]
         );
     }

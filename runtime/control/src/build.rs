@@ -42,6 +42,17 @@ pub(crate) struct Deps {
     pub(crate) guard: Arc<wasmgate_proxy::upstream::guard::AddressGuard>,
 }
 
+/// The tenants' certificates, for the listener to serve beside the
+/// operator's.
+pub(crate) fn tenant_certs(config: &Config) -> Vec<wasmgate_config::tls::CertConfig> {
+    config
+        .tenants
+        .values()
+        .filter_map(|t| t.tls.as_ref())
+        .flat_map(|t| t.certificates.iter().cloned())
+        .collect()
+}
+
 /// What the address guard checks for `config`: `[tenants]`'s rules, and
 /// whose each endpoint address written in a cluster is (the operator's
 /// first, then each tenant's).
@@ -549,6 +560,11 @@ async fn build_scope(
 ) -> (TenantTable<Route>, HashMap<String, Arc<Cluster>>) {
     let metrics = &deps.metrics;
     let tenant = &scope.tenant;
+    if let Some(tls) = scope.tls
+        && let Err(e) = wasmgate_proxy::tls::check_certs(&tls.certificates)
+    {
+        errors.push(ConfigError::new("tls", e));
+    }
     let mut clusters: HashMap<String, Arc<Cluster>> = HashMap::new();
     for (n, c) in scope.clusters {
         if let Some(p) = prev

@@ -59,6 +59,14 @@ fn api_reach_errors(t: &TenantConfig) -> Vec<ConfigError> {
              not take yet (use a file-managed tenant for filters)",
         ));
     }
+    if t.tls.is_some() {
+        errors.push(ConfigError::new(
+            "tls",
+            "a tenant put through the API may not name certificate files on the gateway's host; \
+             certificates of API-managed tenants come by upload, which this version does not \
+             take yet (use a file-managed tenant for TLS)",
+        ));
+    }
     for (name, c) in &t.clusters {
         if let Some(tls) = &c.tls
             && (tls.ca.is_some() || tls.client_cert.is_some())

@@ -140,6 +140,9 @@ pub struct TlsInfo {
 #[derive(Debug)]
 pub struct TlsTerminator {
     config: TlsConfig,
+    /// The tenants' certificates, after the operator's (whose first stays
+    /// the default for clients without SNI).
+    tenants: ArcSwap<Vec<CertConfig>>,
     certs: ArcSwap<Certs>,
     stamps: std::sync::Mutex<Vec<Option<SystemTime>>>,
 }
@@ -152,9 +155,33 @@ impl TlsTerminator {
         let stamps = stamps(&config);
         Ok(Arc::new(TlsTerminator {
             config,
+            tenants: ArcSwap::default(),
             certs: ArcSwap::from_pointee(certs),
             stamps: std::sync::Mutex::new(stamps),
         }))
+    }
+
+    /// The operator's certificates and the tenants'.
+    fn all(&self) -> TlsConfig {
+        let mut all = self.config.clone();
+        all.certificates.extend(self.tenants.load().iter().cloned());
+        all
+    }
+
+    /// Serves the tenants' certificates from now on, beside the operator's
+    /// (chosen by SNI like them). When one cannot be loaded, the ones
+    /// serving now stay, and the error says why.
+    pub fn set_tenant_certs(&self, certs: Vec<CertConfig>) -> Result<(), String> {
+        if **self.tenants.load() == certs {
+            return Ok(());
+        }
+        let mut all = self.config.clone();
+        all.certificates.extend(certs.iter().cloned());
+        let built = Certs::build(&all)?;
+        *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = stamps(&all);
+        self.tenants.store(Arc::new(certs));
+        self.certs.store(Arc::new(built));
+        Ok(())
     }
 
     /// Completes a handshake, choosing the certificate by SNI.
@@ -199,7 +226,8 @@ impl TlsTerminator {
     /// Reloads if any certificate, key or CA file changed. Returns whether a
     /// new set is now serving.
     pub fn reload_if_changed(&self) -> bool {
-        let now = stamps(&self.config);
+        let all = self.all();
+        let now = stamps(&all);
         {
             let mut last = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
             if *last == now {
@@ -207,7 +235,7 @@ impl TlsTerminator {
             }
             *last = now;
         }
-        match Certs::build(&self.config) {
+        match Certs::build(&all) {
             Ok(certs) => {
                 self.certs.store(Arc::new(certs));
                 tracing::info!("TLS certificates reloaded");
@@ -234,6 +262,15 @@ impl TlsTerminator {
             }
         });
     }
+}
+
+/// Whether every certificate of `certs` loads (a tenant's, before it is
+/// served); the error names the entry (`tls.certificates[i]`) and file.
+pub fn check_certs(certs: &[CertConfig]) -> Result<(), String> {
+    for (i, c) in certs.iter().enumerate() {
+        build_one(c).map_err(|e| format!("tls.certificates[{i}]: {e}"))?;
+    }
+    Ok(())
 }
 
 fn stamps(config: &TlsConfig) -> Vec<Option<SystemTime>> {

@@ -160,6 +160,11 @@ impl Live {
                     tracing::error!(tenant, "tenant not started: {}", one_line(e));
                 }
                 deps.guard.set(crate::build::guard_rules(&config));
+                if let Some(tls) = &deps.tls
+                    && let Err(e) = tls.set_tenant_certs(crate::build::tenant_certs(&config))
+                {
+                    tracing::error!("the tenants' certificates are not served: {e}");
+                }
                 p
             }
             Err(e) => {
@@ -355,6 +360,11 @@ impl Live {
         }
         if let Some((next, prev)) = generation {
             self.deps.guard.set(crate::build::guard_rules(&config));
+            if let Some(tls) = &self.deps.tls
+                && let Err(e) = tls.set_tenant_certs(crate::build::tenant_certs(&config))
+            {
+                tracing::error!("the tenants' certificates are not served: {e}");
+            }
             self.activate(next, prev, config.limits.max_buffered_body);
             self.config.store(Arc::new(config));
         }
