@@ -240,6 +240,13 @@ async fn a_bad_tenant_is_refused_alone_and_a_change_probes_only_its_own_filters(
         404
     );
     tag("a.example").await;
+    let text = gw.metrics_text();
+    let left: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("tenant=\"b\"") || l.contains("\"b/f\""))
+        .collect();
+    assert!(left.is_empty(), "b's series are gone: {left:#?}");
+    assert!(text.contains("tenant=\"a\""));
     // b again, under the same name: it starts empty.
     write_tenant(&d, "b", &shop("[\"b.example\"]", &ub, "B3"));
     assert!(reload().await.unwrap().is_empty());

@@ -18,7 +18,7 @@ mod contract_0_1;
 pub mod edits;
 pub mod exchange;
 mod host;
-mod limits;
+pub mod limits;
 mod pool;
 pub mod services;
 
@@ -113,6 +113,19 @@ pub enum FilterFailure {
 }
 
 impl FilterFailure {
+    /// Every [`FilterFailure::code`].
+    pub const CODES: [&'static str; 9] = [
+        "filter_trap",
+        "filter_cpu_budget",
+        "filter_memory_limit",
+        "filter_init_failed",
+        "filter_unavailable",
+        "filter_invalid_decision",
+        "filter_pool_exhausted",
+        "filter_wall_clock",
+        "filter_quarantined",
+    ];
+
     /// A short machine-readable code for error bodies, logs and metrics.
     pub fn code(&self) -> &'static str {
         match self {
@@ -265,6 +278,16 @@ impl FilterEngine {
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect()
+    }
+
+    /// Forgets the counts of `name` once nothing of it is alive (its tenant
+    /// left): whether it did.
+    pub fn forget_live(&self, name: &Scoped) -> bool {
+        self.live
+            .remove_if(name, |_, c| {
+                c.versions.load(Ordering::Relaxed) == 0 && c.instances.load(Ordering::Relaxed) == 0
+            })
+            .is_some()
     }
 
     /// Compile cache folders and entries refused so far because another

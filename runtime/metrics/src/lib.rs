@@ -561,3 +561,85 @@ mod tests {
         assert!(tried >= 20, "{tried}");
     }
 }
+
+/// What a tenant that left had, for [`Metrics::forget_tenant`].
+#[derive(Debug, Default)]
+pub struct TenantSeries {
+    /// Its routes, each with the filters of its chain.
+    pub routes: Vec<(String, Vec<String>)>,
+    /// Its clusters.
+    pub clusters: Vec<String>,
+    /// Its filters.
+    pub filters: Vec<String>,
+    /// Every outcome a filter call is counted by (`ok` and the failure
+    /// codes).
+    pub outcomes: Vec<&'static str>,
+    /// Every limit a refusal is counted by.
+    pub limits: Vec<&'static str>,
+}
+
+impl Metrics {
+    /// Drops the series labelled with `tenant` (it left; one added later
+    /// under its name starts from zero). Series are found by their labels,
+    /// so this takes what the tenant had.
+    pub fn forget_tenant(&self, tenant: &str, had: &TenantSeries) {
+        let t = || tenant.to_owned();
+        let routes = had.routes.iter().map(|(r, _)| r.as_str()).chain([""]);
+        for route in routes {
+            for cluster in had.clusters.iter().map(String::as_str).chain([""]) {
+                for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+                    self.requests.remove(&RequestLabels {
+                        tenant: t(),
+                        route: route.to_owned(),
+                        cluster: cluster.to_owned(),
+                        status_class: class.to_owned(),
+                    });
+                }
+            }
+            self.request_duration.remove(&RouteLabels {
+                tenant: t(),
+                route: route.to_owned(),
+            });
+        }
+        for (route, filters) in &had.routes {
+            for filter in filters {
+                let labels = FilterLabels {
+                    tenant: t(),
+                    filter: filter.clone(),
+                    route: route.clone(),
+                };
+                self.filter_duration.remove(&labels);
+                self.filter_instances_created.remove(&labels);
+                self.filter_instances_discarded.remove(&labels);
+                self.filter_instances_idle.remove(&labels);
+                self.filter_quarantines.remove(&labels);
+                self.filter_fail_open.remove(&labels);
+                for outcome in &had.outcomes {
+                    self.filter_calls.remove(&FilterOutcomeLabels {
+                        tenant: t(),
+                        filter: filter.clone(),
+                        route: route.clone(),
+                        outcome: (*outcome).to_owned(),
+                    });
+                }
+            }
+        }
+        for filter in &had.filters {
+            for limit in &had.limits {
+                self.filter_refusals.remove(&FilterRefusalLabels {
+                    tenant: t(),
+                    filter: filter.clone(),
+                    limit,
+                });
+            }
+        }
+        for cluster in &had.clusters {
+            self.upstream_address_denied.remove(&TenantClusterLabels {
+                tenant: t(),
+                cluster: cluster.clone(),
+            });
+        }
+        self.filter_probes.remove(&TenantLabels { tenant: t() });
+        self.tenant_refusals.remove(&TenantLabels { tenant: t() });
+    }
+}

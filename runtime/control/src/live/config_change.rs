@@ -271,6 +271,32 @@ impl Live {
         {
             let id = wasmgate_config::TenantId(std::sync::Arc::from(gone.as_str()));
             self.deps.engine.services().forget_tenant(&id);
+            let t = &running.tenants[gone];
+            let mut limits = vec!["reroute_clusters", "seal", "log_lines_per_second"];
+            limits.extend(
+                wasmgate_engine::limits::LimitCounts::default()
+                    .all()
+                    .map(|(l, _)| l),
+            );
+            let had = wasmgate_metrics::TenantSeries {
+                routes: t
+                    .routes
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.name.clone(),
+                            r.filters.iter().map(|f| f.name.clone()).collect(),
+                        )
+                    })
+                    .collect(),
+                clusters: t.clusters.keys().cloned().collect(),
+                filters: t.filters.keys().cloned().collect(),
+                outcomes: std::iter::once("ok")
+                    .chain(wasmgate_engine::FilterFailure::CODES)
+                    .collect(),
+                limits,
+            };
+            self.deps.metrics.forget_tenant(gone, &had);
             if let Err(e) = self.tokens.forget(gone) {
                 tracing::error!(tenant = gone.as_str(), "its tokens were not revoked: {e}");
             }

@@ -70,11 +70,22 @@ impl Live {
         if refused > counted {
             m.compile_cache_refused.inc_by(refused - counted);
         }
+        let config = self.config();
         for (name, c) in self.deps.engine.live_counts() {
             let labels = wasmgate_metrics::FilterNameLabels {
                 filter: name.to_string(),
             };
             let m = &self.deps.metrics;
+            // A tenant that left: its filters' series go once nothing of
+            // them is alive (their last requests have ended).
+            if !name.tenant.is_default()
+                && !config.tenants.contains_key(name.tenant.as_str())
+                && self.deps.engine.forget_live(&name)
+            {
+                m.filter_versions_live.remove(&labels);
+                m.filter_instances_live.remove(&labels);
+                continue;
+            }
             m.filter_versions_live
                 .get_or_create(&labels)
                 .set(c.versions.load(std::sync::atomic::Ordering::Relaxed));
