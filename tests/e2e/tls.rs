@@ -483,7 +483,7 @@ async fn tenants_serve_their_own_certificates_by_sni() {
     let d = dir("tenant-certs");
     let (op, a, b) = (
         pki.leaf(&["op.test"]),
-        pki.leaf(&["a.test"]),
+        pki.leaf(&["a.test", "127.0.0.1"]),
         pki.leaf(&["b.test", "evil.test"]),
     );
     let up = Upstream::start("u").await;
@@ -535,7 +535,31 @@ async fn tenants_serve_their_own_certificates_by_sni() {
         "{}",
         refused[0].1
     );
-    let r = https_get(gw.addr(), "b.test", cfg).await.unwrap();
+    let r = https_get(gw.addr(), "b.test", cfg.clone()).await.unwrap();
     assert_eq!(r.leaf, b.der);
+
+    // Without SNI (an IP address), with no default tenant and no routes of
+    // the operator's own, there is nothing to serve: the handshake fails.
+    assert!(
+        https_get_host(gw.addr(), "127.0.0.1", "a.test", cfg.clone())
+            .await
+            .is_err()
+    );
+    // With a default tenant, its certificate and routes serve it.
+    std::fs::write(
+        d.join("gateway.toml"),
+        main.replace("[tenants]\n", "[tenants]\ndefault = \"a\"\n"),
+    )
+    .unwrap();
+    let refused = gw
+        .live()
+        .reload_from(&d.join("gateway.toml"))
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), 1, "b is still refused: {refused:?}");
+    let r = https_get_host(gw.addr(), "127.0.0.1", "a.test", cfg)
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.leaf.clone()), (200, a.der.clone()));
     gw.shutdown().await;
 }

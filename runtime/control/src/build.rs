@@ -43,14 +43,30 @@ pub(crate) struct Deps {
 }
 
 /// The tenants' certificates, for the listener to serve beside the
-/// operator's.
-pub(crate) fn tenant_certs(config: &Config) -> Vec<wasmgate_config::tls::CertConfig> {
-    config
-        .tenants
-        .values()
-        .filter_map(|t| t.tls.as_ref())
-        .flat_map(|t| t.certificates.iter().cloned())
-        .collect()
+/// operator's, and what a client without SNI gets: the default tenant's
+/// first certificate (the operator's when it has none), the operator's when
+/// its own routes serve unclaimed names, else nothing.
+pub(crate) fn tenant_certs(
+    config: &Config,
+) -> (
+    Vec<wasmgate_config::tls::CertConfig>,
+    wasmgate_proxy::tls::NoSni,
+) {
+    use wasmgate_proxy::tls::NoSni;
+    let mut certs = Vec::new();
+    let default = config.tenancy.as_ref().and_then(|t| t.default.as_deref());
+    let mut no_sni = match (&config.tenancy, default) {
+        (Some(_), None) if config.routes.is_empty() => NoSni::Refuse,
+        _ => NoSni::Operator,
+    };
+    for t in config.tenants.values() {
+        let Some(tls) = &t.tls else { continue };
+        if Some(t.name.as_str()) == default && !tls.certificates.is_empty() {
+            no_sni = NoSni::Tenant(certs.len());
+        }
+        certs.extend(tls.certificates.iter().cloned());
+    }
+    (certs, no_sni)
 }
 
 /// What the address guard checks for `config`: `[tenants]`'s rules, and

@@ -127,6 +127,19 @@ impl Certs {
     }
 }
 
+/// What a TLS client that sends no server name (SNI) gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSni {
+    /// The operator's first certificate (its own routes serve it).
+    Operator,
+    /// The certificate at this index among the tenants' (the first of the
+    /// default tenant's).
+    Tenant(usize),
+    /// Nothing: the handshake fails (tenants only, none of them the
+    /// default, and no routes of the operator's own).
+    Refuse,
+}
+
 /// What a connection's handshake chose.
 #[derive(Debug, Clone)]
 pub struct TlsInfo {
@@ -140,9 +153,10 @@ pub struct TlsInfo {
 #[derive(Debug)]
 pub struct TlsTerminator {
     config: TlsConfig,
-    /// The tenants' certificates, after the operator's (whose first stays
-    /// the default for clients without SNI).
+    /// The tenants' certificates, after the operator's.
     tenants: ArcSwap<Vec<CertConfig>>,
+    /// What a client without SNI gets.
+    no_sni: ArcSwap<NoSni>,
     certs: ArcSwap<Certs>,
     stamps: std::sync::Mutex<Vec<Option<SystemTime>>>,
 }
@@ -156,6 +170,7 @@ impl TlsTerminator {
         Ok(Arc::new(TlsTerminator {
             config,
             tenants: ArcSwap::default(),
+            no_sni: ArcSwap::from_pointee(NoSni::Operator),
             certs: ArcSwap::from_pointee(certs),
             stamps: std::sync::Mutex::new(stamps),
         }))
@@ -171,7 +186,8 @@ impl TlsTerminator {
     /// Serves the tenants' certificates from now on, beside the operator's
     /// (chosen by SNI like them). When one cannot be loaded, the ones
     /// serving now stay, and the error says why.
-    pub fn set_tenant_certs(&self, certs: Vec<CertConfig>) -> Result<(), String> {
+    pub fn set_tenant_certs(&self, certs: Vec<CertConfig>, no_sni: NoSni) -> Result<(), String> {
+        self.no_sni.store(Arc::new(no_sni));
         if **self.tenants.load() == certs {
             return Ok(());
         }
@@ -195,7 +211,18 @@ impl TlsTerminator {
             .server_name()
             .map(str::to_ascii_lowercase);
         let certs = self.certs.load();
-        let entry = certs.select(sni.as_deref());
+        let entry = match (&sni, &**self.no_sni.load()) {
+            (Some(_), _) | (None, NoSni::Operator) => certs.select(sni.as_deref()),
+            (None, NoSni::Tenant(i)) => {
+                (self.config.certificates.len() + i).min(certs.configs.len() - 1)
+            }
+            (None, NoSni::Refuse) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a TLS connection without SNI, and no tenant serves those",
+                ));
+            }
+        };
         let config = certs.configs[entry].clone();
         drop(certs);
         let stream = start.into_stream(config).await?;

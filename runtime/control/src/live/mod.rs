@@ -161,7 +161,10 @@ impl Live {
                 }
                 deps.guard.set(crate::build::guard_rules(&config));
                 if let Some(tls) = &deps.tls
-                    && let Err(e) = tls.set_tenant_certs(crate::build::tenant_certs(&config))
+                    && let Err(e) = {
+                        let (certs, no_sni) = crate::build::tenant_certs(&config);
+                        tls.set_tenant_certs(certs, no_sni)
+                    }
                 {
                     tracing::error!("the tenants' certificates are not served: {e}");
                 }
@@ -361,7 +364,10 @@ impl Live {
         if let Some((next, prev)) = generation {
             self.deps.guard.set(crate::build::guard_rules(&config));
             if let Some(tls) = &self.deps.tls
-                && let Err(e) = tls.set_tenant_certs(crate::build::tenant_certs(&config))
+                && let Err(e) = {
+                    let (certs, no_sni) = crate::build::tenant_certs(&config);
+                    tls.set_tenant_certs(certs, no_sni)
+                }
             {
                 tracing::error!("the tenants' certificates are not served: {e}");
             }
