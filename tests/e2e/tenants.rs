@@ -547,6 +547,52 @@ async fn tenant_tokens_reach_their_own_tenant_only() {
             .status,
         203
     );
+    // Its filters' modules (and any file it names) are uploads, named by
+    // their SHA-256.
+    let auth = format!("Bearer {token_c}");
+    let up = send_body(
+        admin,
+        "PUT",
+        "/tenants/c/uploads",
+        &[("host", "localhost"), ("authorization", &auth)],
+        std::fs::read(artifacts::FAULT).unwrap(),
+    )
+    .await;
+    assert_eq!(up.status, 200, "{}", up.body);
+    let module = up.json()["ref"].as_str().unwrap().to_owned();
+    assert!(module.starts_with("upload:"), "{module}");
+    let with_upload = format!(
+        "{}[filters.f]\npath = \"{module}\"\npool_size = 1\n",
+        c(203).replace(
+            "name = \"up\"\ncluster = \"api\"\n",
+            "name = \"up\"\ncluster = \"api\"\nfilters = [{ name = \"f\", config = { tag = \"C\" } }]\n"
+        )
+    );
+    let put = call(
+        "PUT",
+        "/tenants/c/config".into(),
+        token_c.clone(),
+        with_upload,
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(
+        get(gw.addr(), "/x", &[("host", "c.example")]).await.status,
+        200
+    );
+    assert_eq!(uc.seen().last().unwrap().headers["x-fault-seen"], "C");
+    let missing = format!(
+        "{}[filters.f]\npath = \"upload:{}\"\n",
+        c(203),
+        "0".repeat(64)
+    );
+    let r = call("PUT", "/tenants/c/config".into(), token_c.clone(), missing).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("PUT /tenants/c/uploads first"),
+        "{}",
+        r.body
+    );
     // A host another tenant holds is refused.
     let taken = call(
         "PUT",
@@ -575,6 +621,15 @@ async fn tenant_tokens_reach_their_own_tenant_only() {
             .await
             .status,
         203
+    );
+    assert_eq!(
+        get(gw.addr(), "/x", &[("host", "c.example")]).await.status,
+        200
+    );
+    assert_eq!(
+        uc.seen().last().unwrap().headers["x-fault-seen"],
+        "C",
+        "its upload too"
     );
     let admin = gw.admin_addr().unwrap();
     let call = |method: &'static str, path: &'static str, token: String| async move {
@@ -608,5 +663,9 @@ async fn tenant_tokens_reach_their_own_tenant_only() {
         404
     );
     assert_eq!(call("GET", "/tenants/c", token_c).await.status, 401);
+    assert!(
+        !data.join("uploads").join("c").exists(),
+        "its uploads are gone"
+    );
     gw.shutdown().await;
 }

@@ -421,7 +421,8 @@ impl Config {
             errors.push(ConfigError::new(
                 "filters",
                 format!(
-                    "the gateway's filter instances are taken: with this tenant the filter                      pools would hold {needed} of engine.max_instances ({})",
+                    "the gateway's filter instances are taken: with this tenant the filter \
+                     pools would hold {needed} of engine.max_instances ({})",
                     self.engine.max_instances
                 ),
             ));

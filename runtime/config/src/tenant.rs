@@ -396,6 +396,78 @@ impl TenantConfig {
     }
 }
 
+/// The prefix of a file an API-managed tenant uploaded, as its config names
+/// it: `upload:<sha256>`.
+pub const UPLOAD_PREFIX: &str = "upload:";
+
+impl TenantConfig {
+    /// For an API-managed tenant parsed with `dir` (its uploads folder) as
+    /// its base: makes every file it names one it uploaded. A file is
+    /// written `upload:<sha256>` (what `PUT /tenants/NAME/uploads`
+    /// answered) and becomes `dir/<sha256>`, which must exist; anything
+    /// else (a path on the gateway's host, an environment variable) is an
+    /// error, with its key path.
+    pub fn resolve_uploads(&mut self, dir: &Path) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut literal_only = Vec::new();
+        let tenant = self.name.clone();
+        let mut fix = |key: String, p: &mut PathBuf| {
+            let hex = p
+                .strip_prefix(dir)
+                .ok()
+                .and_then(|rest| rest.to_str())
+                .and_then(|rest| rest.strip_prefix(UPLOAD_PREFIX))
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_ascii_lowercase);
+            match hex {
+                Some(hex) if dir.join(&hex).is_file() => *p = dir.join(hex),
+                Some(hex) => errors.push(ConfigError::new(
+                    key,
+                    format!("no upload {hex}: PUT /tenants/{tenant}/uploads first"),
+                )),
+                None => errors.push(ConfigError::new(
+                    key,
+                    "a tenant put through the API names no file on the gateway's host: write \
+                     \"upload:<sha256>\" for a file uploaded with PUT /tenants/NAME/uploads",
+                )),
+            }
+        };
+        for (name, f) in &mut self.filters {
+            fix(format!("filters.{name}.path"), &mut f.path);
+            for (var, setting) in &f.vars {
+                if *setting.source() != crate::SecretSource::Literal {
+                    literal_only.push(ConfigError::new(
+                        format!("filters.{name}.vars.{var}"),
+                        "a tenant put through the API gives vars as literal strings only",
+                    ));
+                }
+            }
+        }
+        for (name, c) in &mut self.clusters {
+            if let Some(tls) = &mut c.tls {
+                if let Some(ca) = &mut tls.ca {
+                    fix(format!("clusters.{name}.tls.ca"), ca);
+                }
+                if let Some((cert, key)) = &mut tls.client_cert {
+                    fix(format!("clusters.{name}.tls.client_cert"), cert);
+                    fix(format!("clusters.{name}.tls.client_key"), key);
+                }
+            }
+        }
+        if let Some(tls) = &mut self.tls {
+            for (i, c) in tls.certificates.iter_mut().enumerate() {
+                fix(format!("tls.certificates[{i}].cert"), &mut c.cert);
+                fix(format!("tls.certificates[{i}].key"), &mut c.key);
+                if let Some(ca) = &mut c.client_ca {
+                    fix(format!("tls.certificates[{i}].client_ca"), ca);
+                }
+            }
+        }
+        errors.extend(literal_only);
+        errors
+    }
+}
+
 /// Whether host claim `claim` covers route host `h`: the same pattern, an
 /// exact name under a wildcard, or a wildcard under a wildcard.
 fn covers(claim: &str, h: &str) -> bool {

@@ -482,14 +482,26 @@ pub(crate) fn api_tenants(config: &mut Config, dir: &DataDir, saved: &Saved) {
             "{} (tenant {name:?}, put through the admin API)",
             dir.path().join("state.json").display()
         );
+        let uploads = crate::tenant_admin::uploads_dir(config, name)
+            .unwrap_or_else(|| dir.path().join("uploads").join(name));
         let parsed = wasmgate_config::TenantConfig::parse(
             name,
             text,
             &source,
-            &config.base,
+            &uploads,
             wasmgate_config::Managed::Api,
             &config.engine,
-        );
+        )
+        .and_then(|mut t| {
+            let errors = t.resolve_uploads(&uploads);
+            match errors.is_empty() {
+                true => Ok(t),
+                false => Err(ConfigErrors {
+                    source: source.clone(),
+                    errors,
+                }),
+            }
+        });
         let admitted = parsed.and_then(|t| match config.tenants.get(name) {
             Some(_) => Err(ConfigErrors {
                 source: source.clone(),

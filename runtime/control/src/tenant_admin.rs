@@ -3,7 +3,9 @@
 //! The operator's token reaches every tenant: it lists them, puts and
 //! removes API-managed ones, and makes and revokes their tokens. A tenant's
 //! token reaches its own tenant only (`GET /tenants/NAME`,
-//! `GET|PUT /tenants/NAME/config`, `GET /tenants/NAME/metrics`, and its
+//! `GET|PUT /tenants/NAME/config`, `PUT /tenants/NAME/uploads` (a file its
+//! config names as `upload:<sha256>`: an API-managed tenant names no file
+//! on the host), `GET /tenants/NAME/metrics`, and its
 //! filters' versions: `GET /tenants/NAME/filters/F`, `PUT .../module`,
 //! `PUT .../canary`, `POST .../activate|promote|rollback`, as
 //! `/filters/F/...` does for the operator's own); anything
@@ -15,7 +17,7 @@ use hyper::body::Incoming;
 
 use crate::admin::{AdminState, MAX_CONFIG_SIZE, body_error, config_errors, json};
 use crate::live::TenantChangeError;
-use wasmgate_config::{ConfigError, ConfigErrors, Managed, TenantConfig};
+use wasmgate_config::{ConfigErrors, Managed, TenantConfig};
 use wasmgate_proxy::body::{self, ProxyBody};
 use wasmgate_proxy::error::GatewayError;
 
@@ -45,40 +47,14 @@ fn refusal(status: StatusCode, code: &'static str, message: String) -> Response<
     GatewayError::new(status, code, message).into_response(None)
 }
 
-/// What an API-managed tenant's config may not name: files on the gateway's
-/// host (a filter's module, a cluster's TLS files). Filter modules of
-/// API-managed tenants come by upload (not yet available), so such a
-/// tenant has no filters for now.
-fn api_reach_errors(t: &TenantConfig) -> Vec<ConfigError> {
-    let mut errors = Vec::new();
-    for name in t.filters.keys() {
-        errors.push(ConfigError::new(
-            format!("filters.{name}.path"),
-            "a tenant put through the API may not name a module file on the gateway's host; \
-             filters of API-managed tenants come as uploaded modules, which this version does \
-             not take yet (use a file-managed tenant for filters)",
-        ));
-    }
-    if t.tls.is_some() {
-        errors.push(ConfigError::new(
-            "tls",
-            "a tenant put through the API may not name certificate files on the gateway's host; \
-             certificates of API-managed tenants come by upload, which this version does not \
-             take yet (use a file-managed tenant for TLS)",
-        ));
-    }
-    for (name, c) in &t.clusters {
-        if let Some(tls) = &c.tls
-            && (tls.ca.is_some() || tls.client_cert.is_some())
-        {
-            errors.push(ConfigError::new(
-                format!("clusters.{name}.tls"),
-                "a tenant put through the API may not name files on the gateway's host \
-                 (ca, client_cert, client_key)",
-            ));
-        }
-    }
-    errors
+/// Where the files an API-managed tenant uploaded are kept: its folder
+/// under `uploads/` in the data directory (`None`: no data directory).
+pub(crate) fn uploads_dir(
+    config: &wasmgate_config::Config,
+    tenant: &str,
+) -> Option<std::path::PathBuf> {
+    let dir = config.admin.as_ref()?.data_dir.as_ref()?;
+    Some(dir.join("uploads").join(tenant))
 }
 
 /// Whether `action` on a filter takes `method` (as `/filters/NAME/ACTION`).
@@ -122,6 +98,7 @@ impl AdminState {
                 (&Method::GET | &Method::PUT, [n, "config"]) => n == own,
                 (&Method::GET, [n, "metrics"]) => n == own,
                 (&Method::GET, [n, "filters", _]) => n == own,
+                (&Method::PUT, [n, "uploads"]) => n == own,
                 (m, [n, "filters", _, action]) => n == own && filter_action(m, action),
                 _ => false,
             };
@@ -206,6 +183,26 @@ impl AdminState {
                 drop(config);
                 self.filter_change(&key, &action, req).await
             }
+            (Method::PUT, [n, "uploads"]) => {
+                let name = (*n).to_owned();
+                let managed_by_file = config
+                    .tenants
+                    .get(&name)
+                    .is_some_and(|t| t.managed != Managed::Api);
+                let dir = uploads_dir(&config, &name);
+                drop(config);
+                if managed_by_file {
+                    return change_error(TenantChangeError::FileManaged(name));
+                }
+                let Some(dir) = dir else {
+                    return refusal(
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        "uploads are kept in the data directory; set admin.data_dir".into(),
+                    );
+                };
+                self.upload(&name, &dir, req).await
+            }
             (Method::GET, [n, "tokens"]) if operator && exists(n) => json(
                 StatusCode::OK,
                 serde_json::json!({ "tokens": self.live.tokens().list(n).iter().map(|t| {
@@ -278,25 +275,23 @@ impl AdminState {
         {
             return change_error(TenantChangeError::FileManaged(name.to_owned()));
         }
-        let parsed = TenantConfig::parse(
-            name,
-            text,
-            &source,
-            &config.base,
-            Managed::Api,
-            &config.engine,
-        )
-        .and_then(|t| {
-            let errors = api_reach_errors(&t);
-            if errors.is_empty() {
-                Ok(t)
-            } else {
-                Err(ConfigErrors {
-                    source: source.clone(),
-                    errors,
-                })
-            }
-        });
+        // Files it names are its uploads (a folder that does not exist
+        // without a data directory: none then).
+        let uploads = uploads_dir(&config, name)
+            .unwrap_or_else(|| std::path::PathBuf::from("/nonexistent/wasmgate-uploads"));
+        let parsed =
+            TenantConfig::parse(name, text, &source, &uploads, Managed::Api, &config.engine)
+                .and_then(|mut t| {
+                    let errors = t.resolve_uploads(&uploads);
+                    if errors.is_empty() {
+                        Ok(t)
+                    } else {
+                        Err(ConfigErrors {
+                            source: source.clone(),
+                            errors,
+                        })
+                    }
+                });
         drop(config);
         match parsed {
             Err(e) => config_errors(e),
@@ -304,6 +299,67 @@ impl AdminState {
                 Ok(()) => json(StatusCode::OK, serde_json::json!({ "status": "applied" })),
                 Err(e) => change_error(e),
             },
+        }
+    }
+
+    /// `PUT /tenants/NAME/uploads`: a file (a filter module, a certificate
+    /// or key) kept by its SHA-256 in the tenant's uploads folder, for its
+    /// config to name as `upload:<sha256>`.
+    async fn upload(
+        &self,
+        tenant: &str,
+        dir: &std::path::Path,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let limit = crate::live::MAX_MODULE_SIZE;
+        let bytes = match body::collect(req.into_body(), limit).await {
+            Ok(k) => k.data,
+            Err(e) => return body_error(e, limit),
+        };
+        let sha = wasmgate_engine::sha256_hex(&bytes);
+        let (dir, path) = (dir.to_owned(), dir.join(&sha));
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            std::fs::create_dir_all(&dir)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+            if path.is_file() {
+                return Ok(());
+            }
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::OpenOptions::new();
+            f.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                f.mode(0o600);
+            }
+            let mut f = f.open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                tracing::info!(tenant, sha256 = &sha[..16], "tenant upload kept");
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({
+                        "sha256": sha,
+                        "ref": format!("{}{sha}", wasmgate_config::tenant::UPLOAD_PREFIX),
+                    }),
+                )
+            }
+            Ok(Err(e)) => refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "data_dir_unwritable",
+                format!("the upload could not be kept: {e}"),
+            ),
+            Err(e) => refusal(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         }
     }
 

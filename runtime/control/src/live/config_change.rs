@@ -179,9 +179,18 @@ impl Live {
             Some(_) => {}
         }
         config.tenants.remove(name);
+        let uploads = crate::tenant_admin::uploads_dir(&config, name);
         self.apply_locked(&mut control, config, Origin::Tenants)
             .await
             .map_err(TenantChangeError::Invalid)?;
+        // Its uploads go with it (a module in use stays loaded until its
+        // last request ends).
+        if let Some(dir) = uploads
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(tenant = name, "its uploads were not removed: {e}");
+        }
         Ok(())
     }
 
