@@ -38,6 +38,7 @@ fn shop(hosts: &str, up: &Upstream, tag: &str) -> String {
     format!(
         "hosts = {hosts}\n\
          [filters.f]\npath = {fault:?}\npool_size = 1\noutbound_clusters = [\"api\"]\n\
+         reroute_clusters = [\"api\"]\n\
          [clusters.api]\nendpoints = [\"{}\"]\n\
          [[routes]]\nname = \"r\"\ncluster = \"api\"\nfilters = [{{ name = \"f\", config = {{ tag = \"{tag}\" }} }}]\n",
         up.addr,
@@ -109,6 +110,29 @@ async fn tenants_with_the_same_names_are_each_served_by_their_own() {
         "none",
         "b cannot see a's value"
     );
+    // Nor through any key b's filter forms, separators and all.
+    for key in [
+        "a/f/secret",
+        "a/secret",
+        "a:f:secret",
+        "a\\f\\secret",
+        "../a/f/secret",
+        "f/secret",
+        "default/f/secret",
+        "a%2Ff%2Fsecret",
+    ] {
+        let h = [
+            ("host", "b.shop.example"),
+            ("x-fault", "kv-get-key"),
+            ("x-fault-arg", key),
+        ];
+        assert_eq!(get(gw.addr(), "/p", &h).await.status, 200, "{key}");
+        assert_eq!(
+            ub.seen().last().unwrap().headers["x-secret"],
+            "none",
+            "{key}"
+        );
+    }
     read("a.example").await;
     assert_eq!(ua.seen().last().unwrap().headers["x-secret"], "A");
 
@@ -126,6 +150,22 @@ async fn tenants_with_the_same_names_are_each_served_by_their_own() {
     .await;
     assert!(r.body.starts_with("status=200"), "{}", r.body);
     assert_eq!((ua.count(), ub.count()), (a_before, b_before + 1));
+
+    // So do reroutes: `api` is the caller's own.
+    let (a_before, b_before) = (ua.count(), ub.count());
+    let r = get(
+        gw.addr(),
+        "/p",
+        &[
+            ("host", "b.shop.example"),
+            ("x-fault", "reroute"),
+            ("x-fault-arg", "api"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!((ua.count(), ub.count()), (a_before, b_before + 1));
+    assert_eq!(ub.seen().last().unwrap().path, "/rerouted");
 
     // Metrics carry the tenant.
     let text = gw.metrics_text();

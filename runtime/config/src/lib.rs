@@ -788,8 +788,8 @@ mod tests {
             [
                 "tenants.allow[1]: \"nope\" is not an address range: write \"10.0.0.0/8\", \
                  \"192.0.2.7\", \"10.0.0.0/8:8000-8999\" or \"[2001:db8::/32]:443\"",
-                "tenants.default: \"default\" is not a tenant name (letters, digits, '-', '_' \
-                 and '.', at most 64; not \"default\")"
+                "tenants.default: \"default\" is not a tenant name (lower-case letters, digits \
+                 and single inner '-', at most 63; not \"default\")"
             ]
         );
     }

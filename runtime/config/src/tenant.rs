@@ -156,13 +156,13 @@ pub(crate) fn validate_tenancy(
     let deny = rules(raw.deny, "deny");
     let shared = rules(raw.shared, "shared");
     if let Some(d) = &raw.default
-        && (!crate::is_valid_name(d) || d == crate::TenantId::DEFAULT)
+        && !is_tenant_name(d)
     {
         errors.push(ConfigError::new(
             "tenants.default",
             format!(
-                "{d:?} is not a tenant name (letters, digits, '-', '_' and '.', at most 64; \
-                 not \"default\")"
+                "{d:?} is not a tenant name (lower-case letters, digits and single inner '-', \
+                 at most 63; not \"default\")"
             ),
         ));
     }
@@ -239,9 +239,20 @@ impl std::fmt::Debug for TenantConfig {
     }
 }
 
-/// Whether `name` may name a tenant.
+/// Whether `name` may name a tenant: lower-case letters, digits and single
+/// inner `-` (like a DNS label), at most 63, and not `default`. Narrower
+/// than other names, so that the metric names of a tenant's filters
+/// (`wasmgate_t_<tenant>__…`) name one tenant only.
 pub fn is_tenant_name(name: &str) -> bool {
-    crate::is_valid_name(name) && name != crate::TenantId::DEFAULT
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+        && name != crate::TenantId::DEFAULT
 }
 
 impl TenantConfig {
@@ -292,8 +303,8 @@ impl TenantConfig {
             return Err(fail(vec![ConfigError::new(
                 "",
                 format!(
-                    "{name:?} is not a tenant name: use letters, digits, '-', '_' and '.' \
-                     (at most 64), and not \"default\""
+                    "{name:?} is not a tenant name: use lower-case letters, digits and single \
+                     inner '-' (at most 63), and not \"default\""
                 ),
             )]));
         }
@@ -594,7 +605,9 @@ mod tests {
 
     #[test]
     fn the_default_name_and_odd_names_are_not_tenants() {
-        for bad in ["default", "", "a/b", "..x/"] {
+        for bad in [
+            "default", "", "a/b", "..x/", "Shop", "a_b", "a.b", "-a", "a-", "a--b",
+        ] {
             let e = TenantConfig::parse(
                 bad,
                 "hosts = [\"a.example\"]\n",

@@ -151,13 +151,21 @@ fn valid_name(s: &str) -> bool {
 
 pub use wasmgate_config::metric_prefix as prefix_of;
 
-/// The part of an exported name that names the filter: its config name
-/// for the default tenant; the tenant's id and the name for another.
-fn scoped_prefix(filter: &Scoped) -> String {
+/// The exported name (after `wasmgate_`) of `filter`'s metric `name`:
+/// `filter_<filter>_<name>` for the operator's filters, and
+/// `t_<tenant>__<filter>_<name>` for a tenant's, the tenant's name with
+/// `-` read as `_`. Tenant names hold only lower-case letters, digits and
+/// single inner `-`, so `t_<tenant>__` names one tenant: no name one
+/// tenant's filter records can be another party's, whatever either writes.
+fn exported_name(filter: &Scoped, name: &str) -> String {
     if filter.tenant.is_default() {
-        prefix_of(&filter.name)
+        format!("filter_{}_{name}", prefix_of(&filter.name))
     } else {
-        prefix_of(&format!("{}_{}", filter.tenant.as_str(), filter.name))
+        format!(
+            "t_{}__{}_{name}",
+            filter.tenant.as_str().replace('-', "_"),
+            prefix_of(&filter.name)
+        )
     }
 }
 
@@ -213,7 +221,7 @@ impl FilterMetrics {
                     if *count >= MAX_NAMES {
                         return Err(Refused::TooManyNames);
                     }
-                    let exported = format!("filter_{}_{name}", scoped_prefix(filter));
+                    let exported = exported_name(filter, name);
                     // Creating a name is rare: checking it against every
                     // other exported name is cheap enough.
                     if reserved().any(|r| clash(&exported, r))
@@ -365,6 +373,40 @@ mod tests {
             "{out}"
         );
         assert_eq!(fm.refused(&Scoped::default_tenant("my-filter")), 0);
+    }
+
+    #[test]
+    fn no_name_one_tenant_records_is_another_partys() {
+        let fm = Arc::new(FilterMetrics::default());
+        let t = |tenant: &str, filter: &str| {
+            Scoped::new(wasmgate_config::TenantId(Arc::from(tenant)), filter)
+        };
+        // Names that, written together, read alike.
+        let all = [
+            t("a", "b_c"),
+            t("a-b", "c"),
+            t("b", "b_c"),
+            Scoped::default_tenant("a_b_c"),
+            Scoped::default_tenant("t_a__b_c"),
+        ];
+        for (i, f) in all.iter().enumerate() {
+            // Each its own kind: nothing may merge them.
+            let kind = [Kind::Counter, Kind::Gauge][i % 2];
+            fm.record(f, kind, "x", vec![], 1.0);
+        }
+        for f in &all {
+            assert_eq!(fm.refused(f), 0, "{f}");
+        }
+        let out = text(fm.clone());
+        for name in [
+            "wasmgate_t_a__b_c_x_total 1",
+            "wasmgate_t_a_b__c_x 1",
+            "wasmgate_t_b__b_c_x_total 1",
+            "wasmgate_filter_a_b_c_x 1",
+            "wasmgate_filter_t_a__b_c_x_total 1",
+        ] {
+            assert!(out.contains(name), "{name} in {out}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! the values of the header named in `x-fault-arg`), `set-header` (set the
 //! header named in `x-fault-arg` to `forged`), `bucket-flood` (take from as
 //! many rate-limit keys as `x-fault-arg` says), `oversize` (hand back a
-//! 100 KiB `context`, or 100 KiB of headers with `x-fault-arg: headers`). `kv-incr`, `kv-put`, `kv-get` and `var` exercise
+//! 100 KiB `context`, or 100 KiB of headers with `x-fault-arg: headers`). `kv-incr`, `kv-put`, `kv-get`, `kv-get-key` and `var` exercise
 //! the host's `kv` and `config` services (see the match below).
 //! In the config, `fail_init` makes `init` reject it, and `sleep_init_ms`
 //! blocks `init` in a WASI sleep (only after the first `sleep_init_after`
@@ -204,6 +204,15 @@ impl Filter for Fault {
             },
             Some("kv-get") => {
                 let v = kv::get("secret").map_or("none".to_owned(), |e| {
+                    String::from_utf8_lossy(&e.value).into_owned()
+                });
+                OnRequest::proceed_with(RequestEdits::default().set_header("x-secret", v))
+            }
+            // `kv-get-key`: the value of the key in `x-fault-arg` (any key
+            // a filter may form), or `none`, in `x-secret`.
+            Some("kv-get-key") => {
+                let key = req.header("x-fault-arg").unwrap_or_default();
+                let v = kv::get(key).map_or("none".to_owned(), |e| {
                     String::from_utf8_lossy(&e.value).into_owned()
                 });
                 OnRequest::proceed_with(RequestEdits::default().set_header("x-secret", v))
