@@ -144,7 +144,7 @@ async fn ring_hash_sticks_keys_and_moves_only_a_removed_endpoints_keys() {
         metric(
             &m,
             &format!(
-                "wasmgate_upstream_endpoint_healthy{{cluster=\"c\",endpoint=\"{}\"}}",
+                "wasmgate_upstream_endpoint_healthy{{tenant=\"default\",cluster=\"c\",endpoint=\"{}\"}}",
                 c.addr
             ),
         ) == Some(0.0)
@@ -175,11 +175,21 @@ async fn a_killed_endpoint_is_ejected_retried_around_and_readmitted() {
     assert!(names.iter().all(|n| n == "a"), "{names:?}");
     let m = gw.metrics_text();
     assert!(
-        metric(&m, "wasmgate_upstream_ejections_total{cluster=\"c\"}").unwrap_or(0.0) >= 1.0,
+        metric(
+            &m,
+            "wasmgate_upstream_ejections_total{tenant=\"default\",cluster=\"c\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
         "{m}"
     );
     assert!(
-        metric(&m, "wasmgate_upstream_retries_total{cluster=\"c\"}").unwrap_or(0.0) >= 1.0,
+        metric(
+            &m,
+            "wasmgate_upstream_retries_total{tenant=\"default\",cluster=\"c\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
         "{m}"
     );
 
@@ -281,7 +291,7 @@ async fn the_retry_budget_caps_retries_in_a_full_outage() {
     assert!(
         metric(
             &m,
-            "wasmgate_upstream_retry_budget_exhausted_total{cluster=\"c\"}"
+            "wasmgate_upstream_retry_budget_exhausted_total{tenant=\"default\",cluster=\"c\"}"
         )
         .unwrap_or(0.0)
             >= 1.0,
@@ -299,11 +309,11 @@ async fn all_endpoints_down_by_active_checks_is_a_fast_503() {
         let m = gw.metrics_text();
         metric(
             &m,
-            &format!("wasmgate_upstream_endpoint_healthy{{cluster=\"c\",endpoint=\"{d1}\"}}"),
+            &format!("wasmgate_upstream_endpoint_healthy{{tenant=\"default\",cluster=\"c\",endpoint=\"{d1}\"}}"),
         ) == Some(0.0)
             && metric(
                 &m,
-                &format!("wasmgate_upstream_endpoint_healthy{{cluster=\"c\",endpoint=\"{d2}\"}}"),
+                &format!("wasmgate_upstream_endpoint_healthy{{tenant=\"default\",cluster=\"c\",endpoint=\"{d2}\"}}"),
             ) == Some(0.0)
     })
     .await;
@@ -356,7 +366,7 @@ async fn circuit_breaker_limits_requests_and_connections() {
     assert!(
         metric(
             &m,
-            "wasmgate_upstream_overflow_total{cluster=\"c\",limit=\"max_pending\"}"
+            "wasmgate_upstream_overflow_total{tenant=\"default\",cluster=\"c\",limit=\"max_pending\"}"
         )
         .unwrap_or(0.0)
             >= 1.0,

@@ -182,14 +182,16 @@ fn count(names: &[String], name: &str) -> usize {
 fn healthy(gw: &wasmgate_tests::RunningGateway, endpoint: SocketAddr) -> Option<f64> {
     metric(
         &gw.metrics_text(),
-        &format!("wasmgate_upstream_endpoint_healthy{{cluster=\"c\",endpoint=\"{endpoint}\"}}"),
+        &format!(
+            "wasmgate_upstream_endpoint_healthy{{tenant=\"default\",cluster=\"c\",endpoint=\"{endpoint}\"}}"
+        ),
     )
 }
 
 fn ejections(gw: &wasmgate_tests::RunningGateway) -> f64 {
     metric(
         &gw.metrics_text(),
-        "wasmgate_upstream_ejections_total{cluster=\"c\"}",
+        "wasmgate_upstream_ejections_total{tenant=\"default\",cluster=\"c\"}",
     )
     .unwrap_or(0.0)
 }
@@ -500,7 +502,9 @@ async fn a_localhost_endpoint_is_resolved_by_the_system_resolver_and_served() {
     let m = gw.metrics_text();
     let endpoints: Vec<&str> = m
         .lines()
-        .filter(|l| l.starts_with("wasmgate_upstream_endpoint_healthy{cluster=\"c\""))
+        .filter(|l| {
+            l.starts_with("wasmgate_upstream_endpoint_healthy{tenant=\"default\",cluster=\"c\"")
+        })
         .collect();
     assert_eq!(endpoints.len(), expected.len(), "{endpoints:?}");
     for a in &expected {

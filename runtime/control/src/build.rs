@@ -597,7 +597,7 @@ async fn build_scope(
             guard: deps.guard.clone(),
             tenant: tenant.clone(),
         });
-        match Cluster::new(n, c, metrics, &*deps.resolver, reach).await {
+        match Cluster::new(n, tenant, c, metrics, &*deps.resolver, reach).await {
             Ok(cluster) => {
                 clusters.insert(n.clone(), Arc::new(cluster));
             }

@@ -75,6 +75,8 @@ pub struct RouteLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[cfg_attr(test, derive(Default))]
 pub struct ClusterLabels {
+    /// The tenant whose cluster it is (`default`: the operator's).
+    pub tenant: String,
     /// Cluster name.
     pub cluster: String,
 }
@@ -83,6 +85,8 @@ pub struct ClusterLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[cfg_attr(test, derive(Default))]
 pub struct EndpointLabels {
+    /// The tenant whose cluster it is (`default`: the operator's).
+    pub tenant: String,
     /// Cluster name.
     pub cluster: String,
     /// The address dialled.
@@ -93,6 +97,8 @@ pub struct EndpointLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[cfg_attr(test, derive(Default))]
 pub struct OverflowLabels {
+    /// The tenant whose cluster it is (`default`: the operator's).
+    pub tenant: String,
     /// Cluster name.
     pub cluster: String,
     /// `max_requests`, `max_connections` or `max_pending`.
@@ -569,6 +575,8 @@ pub struct TenantSeries {
     pub routes: Vec<(String, Vec<String>)>,
     /// Its clusters.
     pub clusters: Vec<String>,
+    /// Each endpoint of its clusters, by cluster.
+    pub endpoints: Vec<(String, String)>,
     /// Its filters.
     pub filters: Vec<String>,
     /// Every outcome a filter call is counted by (`ok` and the failure
@@ -638,6 +646,32 @@ impl Metrics {
                 tenant: t(),
                 cluster: cluster.clone(),
             });
+            let labels = ClusterLabels {
+                tenant: t(),
+                cluster: cluster.clone(),
+            };
+            self.upstream_connections.remove(&labels);
+            self.upstream_active_requests.remove(&labels);
+            self.upstream_ejections.remove(&labels);
+            self.upstream_no_healthy.remove(&labels);
+            self.upstream_retries.remove(&labels);
+            self.upstream_retry_budget_exhausted.remove(&labels);
+            for limit in ["max_requests", "max_connections", "max_pending"] {
+                self.upstream_overflow.remove(&OverflowLabels {
+                    tenant: t(),
+                    cluster: cluster.clone(),
+                    limit,
+                });
+            }
+        }
+        for (cluster, endpoint) in &had.endpoints {
+            let labels = EndpointLabels {
+                tenant: t(),
+                cluster: cluster.clone(),
+                endpoint: endpoint.clone(),
+            };
+            self.upstream_endpoint_healthy.remove(&labels);
+            self.upstream_endpoint_active.remove(&labels);
         }
         self.filter_probes.remove(&TenantLabels { tenant: t() });
         self.tenant_refusals.remove(&TenantLabels { tenant: t() });

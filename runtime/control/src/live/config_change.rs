@@ -271,49 +271,109 @@ impl Live {
         for name in removed {
             self.deps.engine.services().forget_buckets(&name);
         }
-        // A tenant that left takes its host-held state with it (its
-        // requests in flight finish on the generation they started on).
-        for gone in running
+        // A tenant that left takes its host-held state with it, once its
+        // requests in flight (on the generation they started on) are done.
+        let gone: Vec<(
+            String,
+            Vec<std::sync::Weak<wasmgate_proxy::route::Route>>,
+            TenantSeries,
+        )> = running
             .tenants
             .keys()
             .filter(|t| !config_tenants.contains(*t))
-        {
-            let id = wasmgate_config::TenantId(std::sync::Arc::from(gone.as_str()));
-            self.deps.engine.services().forget_tenant(&id);
-            let t = &running.tenants[gone];
-            let mut limits = vec!["reroute_clusters", "seal", "log_lines_per_second"];
-            limits.extend(
-                wasmgate_engine::limits::LimitCounts::default()
-                    .all()
-                    .map(|(l, _)| l),
-            );
-            let had = wasmgate_metrics::TenantSeries {
-                routes: t
-                    .routes
+            .map(|name| {
+                let id = wasmgate_config::TenantId(std::sync::Arc::from(name.as_str()));
+                let routes = prev
+                    .proxy
+                    .routes()
                     .iter()
-                    .map(|r| {
-                        (
-                            r.name.clone(),
-                            r.filters.iter().map(|f| f.name.clone()).collect(),
-                        )
+                    .filter(|r| r.tenant == id)
+                    .map(std::sync::Arc::downgrade)
+                    .collect();
+                let endpoints = prev
+                    .proxy
+                    .clusters
+                    .get(&id)
+                    .into_iter()
+                    .flat_map(|m| m.iter())
+                    .flat_map(|(c, cluster)| {
+                        cluster
+                            .endpoints()
+                            .into_iter()
+                            .map(move |e| (c.clone(), e.authority.to_string()))
                     })
-                    .collect(),
-                clusters: t.clusters.keys().cloned().collect(),
-                filters: t.filters.keys().cloned().collect(),
-                outcomes: std::iter::once("ok")
-                    .chain(wasmgate_engine::FilterFailure::CODES)
-                    .collect(),
-                limits,
-            };
-            self.deps.metrics.forget_tenant(gone, &had);
-            if let Err(e) = self.tokens.forget(gone) {
-                tracing::error!(tenant = gone.as_str(), "its tokens were not revoked: {e}");
+                    .collect();
+                (
+                    name.clone(),
+                    routes,
+                    series(&running.tenants[name], endpoints),
+                )
+            })
+            .collect();
+        drop(prev);
+        for (name, routes, had) in gone {
+            if let Err(e) = self.tokens.forget(&name) {
+                tracing::error!(tenant = name.as_str(), "its tokens were not revoked: {e}");
             }
-            tracing::info!(
-                tenant = gone.as_str(),
-                "tenant removed; its state is cleared"
-            );
+            let clear = {
+                let services = self.deps.engine.services().clone();
+                let metrics = self.deps.metrics.clone();
+                move || {
+                    let id = wasmgate_config::TenantId(std::sync::Arc::from(name.as_str()));
+                    services.forget_tenant(&id);
+                    metrics.forget_tenant(&name, &had);
+                    tracing::info!(
+                        tenant = name.as_str(),
+                        "tenant removed; its state is cleared"
+                    );
+                }
+            };
+            let drained = move || routes.iter().all(|r| r.strong_count() == 0);
+            if drained() {
+                clear();
+                continue;
+            }
+            // Requests still run on its routes: clear once they are done
+            // (or after the longest a request may take, and a margin).
+            let deadline = tokio::time::Instant::now() + running.limits.request_timeout * 2;
+            tokio::spawn(async move {
+                while !drained() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                clear();
+            });
         }
         Ok(refused)
+    }
+}
+
+use wasmgate_metrics::TenantSeries;
+
+/// The series tenant `t` had, for [`wasmgate_metrics::Metrics::forget_tenant`].
+fn series(t: &wasmgate_config::TenantConfig, endpoints: Vec<(String, String)>) -> TenantSeries {
+    let mut limits = vec!["reroute_clusters", "seal", "log_lines_per_second"];
+    limits.extend(
+        wasmgate_engine::limits::LimitCounts::default()
+            .all()
+            .map(|(l, _)| l),
+    );
+    TenantSeries {
+        routes: t
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    r.filters.iter().map(|f| f.name.clone()).collect(),
+                )
+            })
+            .collect(),
+        clusters: t.clusters.keys().cloned().collect(),
+        endpoints,
+        filters: t.filters.keys().cloned().collect(),
+        outcomes: std::iter::once("ok")
+            .chain(wasmgate_engine::FilterFailure::CODES)
+            .collect(),
+        limits,
     }
 }

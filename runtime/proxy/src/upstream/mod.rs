@@ -118,6 +118,7 @@ impl Cluster {
     /// resolved by `resolver` (see [`dns`]).
     pub async fn new(
         name: &str,
+        tenant: &wasmgate_config::TenantId,
         config: &ClusterConfig,
         metrics: &Arc<Metrics>,
         resolver: &dyn dns::Resolve,
@@ -147,6 +148,7 @@ impl Cluster {
             retrying: Arc::new(AtomicUsize::new(0)),
             metrics: metrics.clone(),
             labels: ClusterLabels {
+                tenant: tenant.as_str().to_owned(),
                 cluster: name.to_owned(),
             },
             config: config.clone(),
@@ -238,6 +240,7 @@ impl Cluster {
         let now = self.clock.now_ms();
         for e in self.set.load().endpoints.iter() {
             let l = EndpointLabels {
+                tenant: self.labels.tenant.clone(),
                 cluster: self.labels.cluster.clone(),
                 endpoint: e.authority.to_string(),
             };
@@ -618,6 +621,7 @@ impl Cluster {
         self.metrics
             .upstream_overflow
             .get_or_create(&OverflowLabels {
+                tenant: self.labels.tenant.clone(),
                 cluster: self.labels.cluster.clone(),
                 limit,
             })
