@@ -489,6 +489,21 @@ async fn tenant_tokens_reach_their_own_tenant_only() {
             "{method} {path}"
         );
     }
+    // A name that is not a tenant's is refused before anything is touched.
+    for path in [
+        "/tenants/../uploads",
+        "/tenants/Shop/config",
+        "/tenants/a%2F..%2Fb/uploads",
+    ] {
+        let r = call("PUT", path.into(), op(), "x".into()).await;
+        assert!(
+            matches!(r.status, 400 | 404),
+            "{path}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    assert!(!data.join("uploads").exists(), "nothing was written");
     // a is its file's: the API does not change it.
     let put = call(
         "PUT",

@@ -91,6 +91,18 @@ impl AdminState {
         let rest = path.strip_prefix("/tenants").unwrap_or_default();
         let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
         let operator = caller == Caller::Operator;
+        // A tenant's name is a plain name (it names a folder for uploads).
+        if let Some(n) = parts.first()
+            && !wasmgate_config::tenant::is_tenant_name(n)
+        {
+            return match operator {
+                true => GatewayError::bad_request(format!(
+                    "{n:?} is not a tenant name: lower-case letters, digits and single inner '-'"
+                ))
+                .into_response(None),
+                false => not_found(&path),
+            };
+        }
         // A tenant's token: its own tenant, and only these.
         if let Caller::Tenant(own) = &caller {
             let allowed = match (req.method(), parts.as_slice()) {
