@@ -61,6 +61,16 @@ async fn tenants_with_the_same_names_are_each_served_by_their_own() {
             ("b", &shop("[\"b.shop.example\"]", &ub, "B")),
         ],
     );
+    // This one logs its requests, to a file.
+    let log = d.join("access.log");
+    std::fs::write(
+        d.join("gateway.toml"),
+        MAIN.replace(
+            "[access_log]\nenabled = false\n",
+            &format!("[access_log]\npath = {:?}\n", log.display().to_string()),
+        ),
+    )
+    .unwrap();
     let gw = start_gateway_from(&d.join("gateway.toml")).await;
     let host = |h: &'static str| [("host", h)];
 
@@ -166,6 +176,26 @@ async fn tenants_with_the_same_names_are_each_served_by_their_own() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!((ua.count(), ub.count()), (a_before, b_before + 1));
     assert_eq!(ub.seen().last().unwrap().path, "/rerouted");
+
+    // The access log names each request's tenant.
+    wasmgate_tests::within("the access log lines", async {
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tenants: Vec<String> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v["tenant"].as_str().map(str::to_owned))
+                .collect();
+            if ["a", "b", "default"]
+                .iter()
+                .all(|t| tenants.iter().any(|x| x == t))
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 
     // Metrics carry the tenant.
     let text = gw.metrics_text();
