@@ -11,7 +11,9 @@
 //! value either way, so that the checks after it still run) and its typed
 //! form: [`server`] (with [`tls`] and [`forwarding`]), [`limits`],
 //! [`admin`], [`engine`], [`filter`], [`cluster`], [`route`] (with
-//! [`route_config`]), [`access_log`], [`overload`] and [`watch`]. This module
+//! [`route_config`]), [`access_log`], [`overload`], [`watch`] and
+//! [`tenant`] (`[tenants]`, each tenant's file, and reading them into a
+//! `Config`). This module
 //! calls them in turn and makes the checks that span sections: routes and
 //! filters naming clusters and filters that exist, and the filter pools
 //! fitting `engine.max_instances`.
@@ -287,16 +289,7 @@ impl Config {
     /// Reads and validates a config file. Relative filter paths are resolved
     /// against the file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-            source: source.clone(),
-            errors: vec![ConfigError::new(
-                "",
-                format!("cannot read the config file: {e}"),
-            )],
-        })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut config = Config::parse(&text, &source, &base)?;
+        let mut config = Config::load_main(path)?;
         let bad = config.load_tenants(None)?;
         match bad.into_iter().next() {
             // The first bad tenant's errors (each tenant's file is its own
@@ -306,14 +299,9 @@ impl Config {
         }
     }
 
-    /// Reads the config file at `path` as a reload does beside `running`:
-    /// the main file must be valid; a tenant whose file is not (or whose
-    /// host names another tenant took) keeps its running config, and is
-    /// returned with its errors. API-managed tenants carry over.
-    pub fn load_beside(
-        path: &Path,
-        running: &Config,
-    ) -> Result<(Config, crate::tenant::Refused), ConfigErrors> {
+    /// Reads and validates the config file alone (its tenants' folder not
+    /// read).
+    pub(crate) fn load_main(path: &Path) -> Result<Config, ConfigErrors> {
         let source = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             source: source.clone(),
@@ -323,139 +311,7 @@ impl Config {
             )],
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut config = Config::parse(&text, &source, &base)?;
-        if config.tenancy.is_some() {
-            config.tenants = running
-                .tenants
-                .iter()
-                .filter(|(_, t)| t.managed == crate::tenant::Managed::Api)
-                .map(|(n, t)| (n.clone(), t.clone()))
-                .collect();
-        }
-        let refused = config.load_tenants(Some(running))?;
-        for (name, _) in &refused {
-            if let Some(t) = running.tenants.get(name) {
-                // Its running config stays (it held its names already).
-                let _ = config.admit_tenant(t.clone());
-            }
-        }
-        Ok((config, refused))
-    }
-
-    /// Reads the file-managed tenants of `tenants.dir` into `tenants`
-    /// (replacing the file-managed ones there; API-managed ones stay): the
-    /// valid ones whose host claims conflict with no tenant read before
-    /// them, and each refused one's errors, by name. The tenants that run
-    /// unchanged in `running` are read first: a changed tenant cannot take
-    /// a name from one that holds it. Fails only when the folder cannot be
-    /// read.
-    pub fn load_tenants(
-        &mut self,
-        running: Option<&Config>,
-    ) -> Result<crate::tenant::Refused, ConfigErrors> {
-        let Some(dir) = self.tenancy.as_ref().and_then(|t| t.dir.clone()) else {
-            return Ok(Vec::new());
-        };
-        let (mut good, mut bad) = crate::tenant::load_dir(&dir, &self.engine)?;
-        good.sort_by_key(|t| running.and_then(|r| r.tenants.get(&t.name)) != Some(t));
-        self.tenants
-            .retain(|_, t| !matches!(t.managed, crate::tenant::Managed::File(_)));
-        for t in good {
-            if let Err(e) = self.admit_tenant(t.clone()) {
-                bad.push((t.name, e));
-            }
-        }
-        Ok(bad)
-    }
-
-    /// Adds or replaces tenant `t`, unless a name it claims is another
-    /// tenant's (or it takes the engine's instances past its limit).
-    pub fn admit_tenant(&mut self, t: TenantConfig) -> Result<(), ConfigErrors> {
-        let mut errors = Vec::new();
-        for (name, other) in &self.tenants {
-            if *name == t.name {
-                continue;
-            }
-            if let Some(h) = crate::tenant::claims_conflict(&t, other) {
-                let i = t.hosts.iter().position(|x| x == h).unwrap_or(0);
-                errors.push(ConfigError::new(
-                    format!("hosts[{i}]"),
-                    format!("{h:?} is claimed by another tenant"),
-                ));
-            }
-        }
-        if t.tls.is_some() && self.server.tls.is_none() {
-            errors.push(ConfigError::new(
-                "tls",
-                "the gateway's listener does not terminate TLS (no [server.tls] in its config)",
-            ));
-        }
-        // An endpoint address is the first party's to name it.
-        let shared = self.tenancy.as_ref().map_or(&[][..], |t| &t.shared[..]);
-        let taken: std::collections::HashSet<std::net::SocketAddr> = self
-            .scopes()
-            .filter(|s| s.tenant.as_str() != t.name)
-            .flat_map(|s| s.endpoint_addrs().collect::<Vec<_>>())
-            .collect();
-        for (key, written) in t.endpoints() {
-            if let Ok(addr) = written.parse::<std::net::SocketAddr>()
-                && taken.contains(&addr)
-                && !shared.iter().any(|r| r.matches(addr))
-            {
-                errors.push(ConfigError::new(
-                    key,
-                    format!(
-                        "{addr} is not an address this tenant may use: another party's cluster \
-                         names it (tenants.shared lists addresses several may name)"
-                    ),
-                ));
-            }
-        }
-        let others: u64 = self
-            .scopes()
-            .filter(|s| s.tenant.as_str() != t.name)
-            .map(|s| s.pool_instances())
-            .sum();
-        let needed = others + Scope::of_tenant(&t).pool_instances();
-        if needed + 1 > u64::from(self.engine.max_instances) {
-            errors.push(ConfigError::new(
-                "filters",
-                format!(
-                    "the gateway's filter instances are taken: with this tenant the filter \
-                     pools would hold {needed} of engine.max_instances ({})",
-                    self.engine.max_instances
-                ),
-            ));
-        }
-        if let Some(e) = ConfigErrors::of(&t.source, errors) {
-            return Err(e);
-        }
-        self.tenants.insert(t.name.clone(), t);
-        Ok(())
-    }
-
-    /// The filter a store key names ([`Scoped::key`]): the operator's, or a
-    /// tenant's.
-    pub fn filter_by_key(&self, key: &str) -> Option<&FilterConfig> {
-        let s = Scoped::from_key(key);
-        if s.tenant.is_default() {
-            self.filters.get(&*s.name)
-        } else {
-            self.tenants.get(s.tenant.as_str())?.filters.get(&*s.name)
-        }
-    }
-
-    /// The operator's own scope and each tenant's, in that order.
-    pub fn scopes(&self) -> impl Iterator<Item = Scope<'_>> {
-        std::iter::once(Scope {
-            tenant: TenantId::default_tenant(),
-            filters: &self.filters,
-            clusters: &self.clusters,
-            routes: &self.routes,
-            hosts: &[],
-            tls: None,
-        })
-        .chain(self.tenants.values().map(Scope::of_tenant))
+        Config::parse(&text, &source, &base)
     }
 
     /// Parses and validates config text, then reads its secrets (see
@@ -551,6 +407,11 @@ impl ConfigErrors {
 }
 
 fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
+    parse_toml(text)
+}
+
+/// TOML as `T`, or the first error with its key path, line and column.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     let de = toml::Deserializer::parse(text).map_err(|e| toml_error("", &e, text))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -792,62 +653,6 @@ mod tests {
                  and single inner '-', at most 63; not \"default\")"
             ]
         );
-    }
-
-    #[test]
-    fn tenants_load_from_their_folder_each_on_its_own() {
-        let dir =
-            std::env::temp_dir().join(format!("wasmgate-config-tenants-{}", std::process::id()));
-        let tenants = dir.join("tenants");
-        std::fs::create_dir_all(&tenants).unwrap();
-        let route = "[[routes]]\nname = \"r\"\nrespond = {}\n";
-        std::fs::write(
-            tenants.join("a.toml"),
-            format!("hosts = [\"*.shop.example\"]\n{route}"),
-        )
-        .unwrap();
-        std::fs::write(
-            tenants.join("b.toml"),
-            format!("hosts = [\"b.shop.example\"]\n{route}"),
-        )
-        .unwrap();
-        std::fs::write(
-            tenants.join("c.toml"),
-            format!("hosts = [\"*.shop.example\"]\n{route}"),
-        )
-        .unwrap();
-        std::fs::write(tenants.join("d.toml"), "hosts = [\"d.example\"]\n").unwrap();
-        std::fs::write(tenants.join("notes.txt"), "not a tenant").unwrap();
-        std::fs::write(dir.join("gateway.toml"), "[tenants]\ndir = \"tenants\"\n").unwrap();
-        let mut config =
-            Config::parse("[tenants]\ndir = \"tenants\"\n", "gateway.toml", &dir).unwrap();
-        let bad = config.load_tenants(None).unwrap();
-        assert_eq!(config.tenants.keys().collect::<Vec<_>>(), ["a", "b"]);
-        let bad: Vec<(String, Vec<String>)> = bad
-            .into_iter()
-            .map(|(n, e)| (n, e.errors.iter().map(ToString::to_string).collect()))
-            .collect();
-        assert_eq!(
-            bad,
-            [
-                (
-                    "d".to_owned(),
-                    vec!["routes: no routes: add at least one [[routes]] entry".to_owned()]
-                ),
-                (
-                    "c".to_owned(),
-                    vec!["hosts[0]: \"*.shop.example\" is claimed by another tenant".to_owned()]
-                ),
-            ]
-        );
-        let scopes: Vec<String> = config
-            .scopes()
-            .map(|s| s.tenant.as_str().to_owned())
-            .collect();
-        assert_eq!(scopes, ["default", "a", "b"]);
-        // `load` refuses on any bad tenant, naming its file.
-        let e = Config::load(&dir.join("gateway.toml")).unwrap_err();
-        assert!(e.source.ends_with("d.toml"), "{e}");
     }
 
     #[test]

@@ -258,7 +258,7 @@ fn private_file(path: &Path, truncate: bool) -> std::io::Result<std::fs::File> {
 /// one: a synced temporary file (named for this process) renamed over it,
 /// then the directory synced. Once the rename is done the new file is in
 /// place, so a failed directory sync is only logged.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.{}.tmp",

@@ -331,7 +331,6 @@ impl AdminState {
         let sha = wasmgate_engine::sha256_hex(&bytes);
         let (dir, path) = (dir.to_owned(), dir.join(&sha));
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write;
             std::fs::create_dir_all(&dir)?;
             #[cfg(unix)]
             {
@@ -341,18 +340,7 @@ impl AdminState {
             if path.is_file() {
                 return Ok(());
             }
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::OpenOptions::new();
-            f.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                f.mode(0o600);
-            }
-            let mut f = f.open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
+            crate::store::write_atomic(&path, &bytes)
         })
         .await;
         match written {

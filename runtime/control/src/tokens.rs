@@ -69,11 +69,6 @@ fn random_hex(bytes: usize) -> Result<String, TokenError> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Compares without an early exit.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
-}
-
 impl TenantTokens {
     /// The tokens kept in `data_dir` (none when there is no such file yet,
     /// or no data directory).
@@ -104,22 +99,8 @@ impl TenantTokens {
         };
         let text =
             serde_json::to_string_pretty(tokens).map_err(|e| TokenError::Io(e.to_string()))?;
-        let tmp = path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new();
-            f.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                f.mode(0o600);
-            }
-            let mut f = f.open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|e| TokenError::Io(format!("cannot write {}: {e}", path.display())))
+        crate::store::write_atomic(path, text.as_bytes())
+            .map_err(|e| TokenError::Io(format!("cannot write {}: {e}", path.display())))
     }
 
     /// Makes a token for `tenant`: its id and the token, which is shown
@@ -194,7 +175,7 @@ impl TenantTokens {
             .iter()
             .find(|(_, list)| {
                 list.iter()
-                    .any(|t| same(t.sha256.as_bytes(), hash.as_bytes()))
+                    .any(|t| crate::admin::constant_time_eq(t.sha256.as_bytes(), hash.as_bytes()))
             })
             .map(|(tenant, _)| tenant.clone())
     }
