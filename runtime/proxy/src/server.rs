@@ -21,6 +21,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -325,13 +327,28 @@ async fn serve_http<S>(
     let info = Arc::new(info);
     let service = {
         let (current, activity) = (shared.current.clone(), activity.clone());
-        service_fn(move |req| {
+        let stopping = shutdown.clone();
+        service_fn(move |req: Request<Incoming>| {
             // Each request runs wholly on the generation current when it
             // arrived (a reload or module swap affects only later requests).
             let (proxy, info) = (current.load_full(), info.clone());
             let in_flight = activity.begin();
+            let stopping = stopping.clone();
+            let http1 = req.version() < http::Version::HTTP_2;
             async move {
-                let resp = proxy.handle(req, &info).await;
+                let mut resp = proxy.handle(req, &info).await;
+                // An HTTP/1.1 response made once the gateway is shutting
+                // down says so itself, whichever of the shutdown and the
+                // response the connection's task sees first.
+                if http1
+                    && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                    && *stopping.borrow()
+                {
+                    resp.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
             }
         })
