@@ -22,6 +22,7 @@ mod limits;
 mod live;
 mod pool;
 mod protocols;
+mod quotas;
 mod routing;
 mod services;
 mod tenants;

@@ -9,7 +9,7 @@ use wasmgate_tests::{Upstream, artifacts, get, metric, start_gateway_from};
 
 /// A fresh folder with `gateway.toml` (tenants in `tenants/`) and the
 /// tenants' files.
-fn layout(name: &str, main: &str, tenants: &[(&str, &str)]) -> PathBuf {
+pub(crate) fn layout(name: &str, main: &str, tenants: &[(&str, &str)]) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "wasmgate-e2e-tenants-{}-{name}",
         std::process::id()
@@ -23,7 +23,7 @@ fn layout(name: &str, main: &str, tenants: &[(&str, &str)]) -> PathBuf {
     d
 }
 
-fn write_tenant(d: &Path, name: &str, text: &str) {
+pub(crate) fn write_tenant(d: &Path, name: &str, text: &str) {
     std::fs::write(d.join("tenants").join(format!("{name}.toml")), text).unwrap();
 }
 

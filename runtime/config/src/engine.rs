@@ -13,8 +13,9 @@ use crate::{ConfigError, HumanDuration, HumanSize};
 pub const DEFAULT_MAX_INSTANCES: u32 = 256;
 /// Default upper bound of any filter's memory (the pooling slot size).
 pub const DEFAULT_MAX_MEMORY: u64 = 256 << 20;
-/// Default interval of the epoch ticker that enforces CPU budgets.
-pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Default interval of the epoch ticker that enforces CPU budgets; a
+/// long guest call yields its worker thread at every tick.
+pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -44,6 +44,7 @@ pub mod filter;
 pub mod forwarding;
 pub mod limits;
 pub mod overload;
+pub mod quota;
 pub mod reach;
 pub mod route;
 pub mod route_config;
@@ -67,6 +68,7 @@ pub use crate::filter::{
     DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, FailurePolicy, FilterConfig, Isolation,
 };
 pub use crate::limits::LimitsConfig;
+pub use crate::quota::{QuotaSettings, Quotas};
 pub use crate::route::{PathMatch, RouteConfig, RouteFilter};
 pub use crate::scope::{Scope, Scoped, TenantId};
 pub use crate::secret::{Secret, SecretSetting, SecretSource};

@@ -45,6 +45,9 @@ pub(crate) struct RawTenancy {
     deny: Vec<String>,
     #[serde(default)]
     shared: Vec<String>,
+    quotas: Option<crate::quota::RawQuota>,
+    #[serde(default)]
+    quota_overrides: BTreeMap<String, crate::quota::RawQuota>,
 }
 
 /// `[tenants]`: the operator's rules for tenants.
@@ -67,6 +70,8 @@ pub struct TenancyConfig {
     /// Endpoint addresses several parties' clusters may name; any other
     /// address one party's cluster names is denied to the others.
     pub shared: Vec<AddressRule>,
+    /// What each tenant may use.
+    pub quotas: crate::Quotas,
 }
 
 /// An address range with an optional port range: `"10.0.0.0/8"`,
@@ -169,12 +174,20 @@ pub(crate) fn validate_tenancy(
             ),
         ));
     }
+    let quotas = crate::quota::validate_quotas(
+        crate::quota::RawQuotas {
+            defaults: raw.quotas,
+            overrides: raw.quota_overrides,
+        },
+        errors,
+    );
     TenancyConfig {
         dir: raw.dir.map(|d| base.join(d)),
         default: raw.default,
         allow,
         deny,
         shared,
+        quotas,
     }
 }
 
@@ -630,9 +643,10 @@ impl Config {
         let others: u64 = self
             .scopes()
             .filter(|s| s.tenant.as_str() != t.name)
-            .map(|s| s.pool_instances())
+            .map(|s| self.instance_share(&s.tenant, s.pool_instances()))
             .sum();
-        let needed = others + Scope::of_tenant(&t).pool_instances();
+        let scope = Scope::of_tenant(&t);
+        let needed = others + self.instance_share(&scope.tenant, scope.pool_instances());
         if needed + 1 > u64::from(self.engine.max_instances) {
             errors.push(ConfigError::new(
                 "filters",
@@ -648,6 +662,27 @@ impl Config {
         }
         self.tenants.insert(t.name.clone(), t);
         Ok(())
+    }
+
+    /// The instances a scope whose pools can hold `pools` may hold at
+    /// once: all of them for the operator's, no more than its
+    /// `filter_instances` quota for a tenant's.
+    pub fn instance_share(&self, tenant: &TenantId, pools: u64) -> u64 {
+        if tenant.is_default() {
+            return pools;
+        }
+        self.quotas(tenant)
+            .filter_instances
+            .map_or(pools, |q| pools.min(u64::from(q)))
+    }
+
+    /// What `tenant` may use (the defaults when there is no `[tenants]`).
+    pub fn quotas(&self, tenant: &TenantId) -> crate::QuotaSettings {
+        self.tenancy
+            .as_ref()
+            .map_or_else(crate::QuotaSettings::builtin, |t| {
+                t.quotas.of(tenant.as_str())
+            })
     }
 
     /// The filter a store key names ([`Scoped::key`]): the operator's, or a

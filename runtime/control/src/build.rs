@@ -72,6 +72,17 @@ pub(crate) fn tenant_certs(
 /// What the address guard checks for `config`: `[tenants]`'s rules, and
 /// whose each endpoint address written in a cluster is (the operator's
 /// first, then each tenant's).
+/// Brings every tenant's quotas to what `config` says (at start, and when
+/// a config is committed; what is in use stays counted).
+pub(crate) fn apply_quotas(config: &Config, engine: &wasmgate_engine::FilterEngine) {
+    let services = engine.services();
+    services.set_workers(config.server.workers.unwrap_or(0));
+    for name in config.tenants.keys() {
+        let tenant = TenantId(Arc::from(name.as_str()));
+        services.set_quota(&tenant, &config.quotas(&tenant));
+    }
+}
+
 pub(crate) fn guard_rules(config: &Config) -> wasmgate_proxy::upstream::guard::GuardRules {
     let mut owners = std::collections::HashMap::new();
     for scope in config.scopes() {
@@ -468,6 +479,7 @@ pub(crate) async fn build(
         let mut scope_errors = Vec::new();
         let built = build_scope(
             &scope,
+            config.quotas(&scope.tenant),
             deps,
             prev,
             filters,
@@ -490,19 +502,22 @@ pub(crate) async fn build(
     // instances (validation counted the pools without canaries), with one
     // spare for probes: a canary that does not fit is refused, not left to
     // take other filters' instances.
+    // A tenant's pools count up to its `filter_instances` quota, which it
+    // cannot go past.
     let needed: u64 = config
         .scopes()
-        .flat_map(|scope| {
-            let modules = &modules;
-            scope
+        .map(|scope| {
+            let pools: u64 = scope
                 .routes
                 .iter()
                 .flat_map(|r| &r.filters)
-                .filter_map(move |rf| {
+                .filter_map(|rf| {
                     let key = Scoped::new(scope.tenant.clone(), rf.name.as_str()).key();
                     let arms = 1 + u64::from(modules.get(&key)?.canary.is_some());
                     Some(arms * u64::from(scope.filters.get(&rf.name)?.pool_size))
                 })
+                .sum();
+            config.instance_share(&scope.tenant, pools)
         })
         .sum();
     if needed + 1 > u64::from(config.engine.max_instances) {
@@ -566,6 +581,7 @@ pub(crate) async fn build(
 #[allow(clippy::too_many_arguments)]
 async fn build_scope(
     scope: &Scope<'_>,
+    quotas: wasmgate_config::QuotaSettings,
     deps: &Deps,
     prev: Option<&Generation>,
     filters: &mut BTreeMap<String, FilterVersions>,
@@ -576,6 +592,8 @@ async fn build_scope(
 ) -> (TenantTable<Route>, HashMap<String, Arc<Cluster>>) {
     let metrics = &deps.metrics;
     let tenant = &scope.tenant;
+    // Before its filters load: their grants hold it.
+    let quota = deps.engine.services().quota_or_new(tenant, &quotas);
     if let Some(tls) = scope.tls
         && let Err(e) = wasmgate_proxy::tls::check_certs(&tls.certificates)
     {
@@ -741,6 +759,7 @@ async fn build_scope(
                 prefix_rewrite: r.prefix_rewrite.clone(),
                 reject_path_parameters: r.reject_path_parameters,
                 timeout: r.timeout,
+                quota: quota.clone(),
             }),
         });
     }

@@ -75,6 +75,9 @@ pub struct Exchange {
     pub response: Option<http::response::Parts>,
     /// The buffered response body, if a filter asked for it.
     pub response_body: Option<Bytes>,
+    /// Guest CPU time the request's filters used so far (against the
+    /// tenant's `filter_cpu_per_request`); the host's, never a guest's.
+    pub filter_cpu: std::time::Duration,
 }
 
 static NO_FACTS: LazyLock<Arc<Facts>> = LazyLock::new(|| {
@@ -95,6 +98,7 @@ impl Exchange {
             facts,
             request,
             request_body: None,
+            filter_cpu: std::time::Duration::ZERO,
             response: None,
             response_body: None,
         }

@@ -44,33 +44,33 @@ pub(crate) struct CallState {
     pub(crate) request_id: String,
     /// Outbound calls this filter made for the request so far.
     pub(crate) outbound_used: u32,
-    /// When the call started.
-    pub(crate) started: Option<std::time::Instant>,
-    /// Time spent awaiting host calls during the call: it does not count
-    /// as CPU time (see the epoch deadline callback in `lib.rs`).
-    pub(crate) host_wait: std::time::Duration,
+    /// The call's time on the thread and its CPU budget (see the epoch
+    /// deadline callback in `lib.rs`).
+    pub(crate) meter: std::sync::Arc<crate::quota::CpuMeter>,
     /// Whether a refused outbound call was already logged in this call.
     pub(crate) budget_logged: bool,
+    /// The budget is what the tenant's `filter_cpu_per_request` left, less
+    /// than the filter's own.
+    pub(crate) tenant_bound: bool,
 }
 
 impl CallState {
-    /// Starts a call for the request `request_id` (none: `init`).
-    pub(crate) fn begin(&mut self, request_id: Option<&str>, outbound_used: u32) {
+    /// Starts a call for the request `request_id` (none: `init`) with a CPU
+    /// budget of `cpu` (`tenant_bound`: set by the tenant's quota).
+    pub(crate) fn begin(
+        &mut self,
+        request_id: Option<&str>,
+        outbound_used: u32,
+        cpu: std::time::Duration,
+        tenant_bound: bool,
+    ) {
+        self.tenant_bound = tenant_bound;
         self.in_request = request_id.is_some();
         self.request_id.clear();
         self.request_id.push_str(request_id.unwrap_or_default());
         self.outbound_used = outbound_used;
-        self.started = Some(std::time::Instant::now());
-        self.host_wait = std::time::Duration::ZERO;
+        self.meter.begin(cpu);
         self.budget_logged = false;
-    }
-
-    /// CPU time the call has used so far: time since it started, less the
-    /// time it waited on host calls.
-    pub(crate) fn cpu_used(&self) -> std::time::Duration {
-        self.started
-            .map_or(std::time::Duration::ZERO, |s| s.elapsed())
-            .saturating_sub(self.host_wait)
     }
 }
 
@@ -108,6 +108,8 @@ impl HostState {
                 limit: memory_limit as usize,
                 exceeded: false,
                 current: 0,
+                tenant: grants.quota.clone(),
+                tenant_exceeded: false,
             },
             site,
             grants,
@@ -145,6 +147,19 @@ pub struct MemoryLimiter {
     pub(crate) exceeded: bool,
     /// All the instance's memories together, in bytes.
     pub(crate) current: usize,
+    /// The tenant's quotas, whose `filter_memory` bounds all its instances'
+    /// memories together.
+    tenant: Option<std::sync::Arc<crate::quota::TenantQuota>>,
+    /// Growth was refused by the tenant's `filter_memory`.
+    pub(crate) tenant_exceeded: bool,
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        if let Some(t) = &self.tenant {
+            t.release_memory(self.current as u64);
+        }
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
@@ -164,6 +179,20 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
                 "filter memory limit of {} bytes exceeded",
                 self.limit
             ));
+        }
+        if let Some(t) = &self.tenant
+            && total > self.current
+            && !t.grow_memory((total - self.current) as u64)
+        {
+            self.tenant_exceeded = true;
+            return Err(wasmtime::format_err!(
+                "the tenant's filter_memory quota is used up"
+            ));
+        }
+        if let Some(t) = &self.tenant
+            && total < self.current
+        {
+            t.release_memory((self.current - total) as u64);
         }
         self.current = total;
         Ok(true)
@@ -454,6 +483,8 @@ mod tests {
             limit: 64 * mib,
             exceeded: false,
             current: 0,
+            tenant: None,
+            tenant_exceeded: false,
         };
         // Four memories of 16 MiB each fit 64 MiB together, and no more.
         for _ in 0..4 {
@@ -466,6 +497,40 @@ mod tests {
             l.memory_growing(0, mib, None).is_err(),
             "a fifth memory does not fit either"
         );
+    }
+
+    #[test]
+    fn a_tenants_memory_quota_counts_all_its_instances_and_is_given_back() {
+        use wasmtime::ResourceLimiter;
+        let mib = 1 << 20;
+        let mut settings = wasmgate_config::QuotaSettings::builtin();
+        settings.filter_memory = Some(24 * mib as u64);
+        let quota = std::sync::Arc::new(crate::quota::TenantQuota::new(
+            wasmgate_config::TenantId(std::sync::Arc::from("t")),
+            &settings,
+            2,
+        ));
+        let limiter = || MemoryLimiter {
+            limit: 64 * mib,
+            exceeded: false,
+            current: 0,
+            tenant: Some(quota.clone()),
+            tenant_exceeded: false,
+        };
+        let (mut a, mut b) = (limiter(), limiter());
+        assert!(a.memory_growing(0, 16 * mib, None).unwrap());
+        assert!(b.memory_growing(0, 8 * mib, None).unwrap());
+        assert_eq!(quota.memory(), 24 * mib as u64);
+        assert!(
+            b.memory_growing(8 * mib, 9 * mib, None).is_err(),
+            "each is within its own cap, together they are past the tenant's"
+        );
+        assert!(b.tenant_exceeded && !b.exceeded);
+        drop(a);
+        assert_eq!(quota.memory(), 8 * mib as u64, "a's memory is given back");
+        assert!(b.memory_growing(8 * mib, 20 * mib, None).unwrap());
+        drop(b);
+        assert_eq!(quota.memory(), 0);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod exchange;
 mod host;
 pub mod limits;
 mod pool;
+pub mod quota;
 pub mod services;
 
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub use host::CallSite;
 use host::HostState;
 pub use limits::{LimitCounts, LiveCounts, MAX_CORE_INSTANCES, MAX_MEMORIES, MAX_TABLES};
 pub use pool::{InstancePool, PoolPolicy, PoolStats};
+pub use quota::{Quota, QuotaRefusal, RequestGuard, TenantQuota};
 
 use wasmgate_config::{EngineConfig, Scoped};
 
@@ -110,11 +112,15 @@ pub enum FilterFailure {
     /// without running it.
     #[error("is quarantined after failing repeatedly (next try in {0:?})")]
     Quarantined(Duration),
+    /// The call was not made, or was ended, because its tenant used up a
+    /// quota: the tenant's load, not the filter's fault.
+    #[error("could not run: {0}")]
+    Quota(QuotaRefusal),
 }
 
 impl FilterFailure {
     /// Every [`FilterFailure::code`].
-    pub const CODES: [&'static str; 9] = [
+    pub const CODES: [&'static str; 10] = [
         "filter_trap",
         "filter_cpu_budget",
         "filter_memory_limit",
@@ -124,6 +130,7 @@ impl FilterFailure {
         "filter_pool_exhausted",
         "filter_wall_clock",
         "filter_quarantined",
+        "tenant_quota",
     ];
 
     /// A short machine-readable code for error bodies, logs and metrics.
@@ -138,6 +145,7 @@ impl FilterFailure {
             FilterFailure::PoolExhausted { .. } => "filter_pool_exhausted",
             FilterFailure::WallClock(_) => "filter_wall_clock",
             FilterFailure::Quarantined(_) => "filter_quarantined",
+            FilterFailure::Quota(_) => "tenant_quota",
         }
     }
 }
@@ -360,7 +368,6 @@ impl FilterEngine {
             grants,
             pre,
             limits,
-            tick: self.tick,
             live,
         })
     }
@@ -445,7 +452,6 @@ pub struct FilterModule {
     grants: services::Grants,
     pre: Pre,
     limits: FilterLimits,
-    tick: Duration,
     live: Arc<LiveCounts>,
 }
 
@@ -521,6 +527,11 @@ impl FilterModule {
         &self.grants.namespace.tenant
     }
 
+    /// Its tenant's quotas (none in the operator's scope).
+    pub fn quota(&self) -> Option<&Arc<TenantQuota>> {
+        self.grants.quota.as_ref()
+    }
+
     /// Hex SHA-256 of the component's bytes.
     pub fn sha256(&self) -> &str {
         &self.sha256
@@ -529,13 +540,6 @@ impl FilterModule {
     /// The contract version (`"0.2"`, `"0.1"`) the filter was built against.
     pub fn contract(&self) -> &'static str {
         self.pre.contract()
-    }
-
-    /// Epoch ticks to a call's first deadline: its whole CPU budget, or one
-    /// time slice ([`SLICE`]) if that is shorter. One extra tick because
-    /// the current tick is already partly over when a call starts.
-    fn deadline_ticks(&self) -> u64 {
-        ticks(self.limits.cpu.min(SLICE), self.tick) + 1
     }
 
     /// Creates an instance for `route` and runs its `init` with `config_json`,
@@ -579,6 +583,10 @@ impl FilterModule {
     }
 
     async fn new_instance(&self, route: &Arc<str>) -> Result<FilterInstance, FilterFailure> {
+        let slot = InstanceSlot::take(self.grants.quota.clone())?;
+        if let Some(q) = &self.grants.quota {
+            q.admit_call().map_err(FilterFailure::Quota)?;
+        }
         let site = CallSite {
             filter: self.name.clone(),
             route: route.clone(),
@@ -588,35 +596,43 @@ impl FilterModule {
             HostState::new(site, self.limits.memory, self.grants.clone()),
         );
         store.limiter(|s| &mut s.limiter);
-        // The epoch ticks in wall-clock time, but time spent awaiting a host
-        // call (an outbound request) is not the guest's CPU time. When the
-        // deadline is reached, the CPU time actually used is computed (time
-        // since the call began, less the time waited); past the budget the
-        // call is interrupted, otherwise the deadline moves to what is left
-        // of the budget, or to the next time slice if that comes first.
-        // `Yield` hands the thread back to the executor each time, so a guest
-        // that spins holds its worker thread for one slice at a time, not for
-        // its whole budget: the worker runs its other tasks and polls the
-        // I/O and timer driver in between (which other workers may be
-        // waiting on), and the wall-clock limit can end a call that waited.
-        let (tick, budget) = (self.tick, self.limits.cpu);
-        store.epoch_deadline_callback(move |ctx| {
-            let used = ctx.data().call.cpu_used();
-            if used >= budget {
+        // The deadline is one epoch tick away, and each time it comes the
+        // call's time on the thread (measured by `quota::metered`: time
+        // awaiting a host call or waiting to be scheduled again is not
+        // counted) is checked against its CPU budget: past it the call is
+        // interrupted, otherwise it yields (`Yield`) and its deadline moves
+        // one tick on. So a guest that spins holds its worker thread for one
+        // tick at a time, not for its whole budget: the worker runs other
+        // tenants' tasks and polls the I/O and timer driver in between, and
+        // the wall-clock limit can end a call that waited.
+        store.epoch_deadline_callback(|ctx| {
+            let meter = &ctx.data().call.meter;
+            if meter.used() >= meter.budget() {
                 return Err(Trap::Interrupt.into());
             }
-            Ok(wasmtime::UpdateDeadline::Yield(ticks(
-                (budget - used).min(SLICE),
-                tick,
-            )))
+            meter.mark_yield();
+            Ok(wasmtime::UpdateDeadline::Yield(1))
         });
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.set_epoch_deadline(1);
         // Instantiation runs guest code (start functions): under the budget.
-        store.data_mut().call.begin(None, 0);
+        store.data_mut().call.begin(None, 0, self.limits.cpu, false);
+        let meter = store.data().call.meter.clone();
+        let quota = self.grants.quota.clone();
         let plugin = match &self.pre {
-            Pre::V0_2(pre) => pre.instantiate_async(&mut store).await.map(Guest::V0_2),
-            Pre::V0_1(pre) => pre.instantiate_async(&mut store).await.map(Guest::V0_1),
+            Pre::V0_2(pre) => {
+                quota::metered(pre.instantiate_async(&mut store), &meter, quota.as_ref())
+                    .await
+                    .map(Guest::V0_2)
+            }
+            Pre::V0_1(pre) => {
+                quota::metered(pre.instantiate_async(&mut store), &meter, quota.as_ref())
+                    .await
+                    .map(Guest::V0_1)
+            }
         };
+        if let Some(q) = &quota {
+            q.charge_cpu(meter.used());
+        }
         let plugin = match plugin {
             Ok(p) => p,
             Err(e) => return Err(classify(&store, e, self.limits, FilterFailure::Instantiate)),
@@ -626,25 +642,42 @@ impl FilterModule {
             store,
             plugin,
             limits: self.limits,
-            ticks: self.deadline_ticks(),
             uses: 0,
             needs: Needs::nothing(),
             live: self.live.clone(),
+            quota,
+            _slot: slot,
+            idle_since: std::time::Instant::now(),
         })
     }
 }
 
-/// The longest a guest runs before its call yields to the executor (it
-/// resumes at once if nothing else is waiting). Calls that end sooner, which
-/// is nearly all of them, never yield.
-pub const SLICE: Duration = Duration::from_millis(10);
+/// An instance's place in its tenant's `filter_instances` quota, given
+/// back when the instance (or its failed creation) ends.
+struct InstanceSlot(Option<Arc<TenantQuota>>);
 
-/// Epoch ticks (of `tick` each) that cover `d`, at least one.
-fn ticks(d: Duration, tick: Duration) -> u64 {
-    let tick = tick.as_nanos().max(1);
-    u64::try_from(d.as_nanos().div_ceil(tick))
-        .unwrap_or(u64::MAX)
-        .max(1)
+impl InstanceSlot {
+    /// A place for a new instance; when the tenant's are all taken, one of
+    /// its idle instances (in any of its pools) is dropped to make room.
+    fn take(quota: Option<Arc<TenantQuota>>) -> Result<InstanceSlot, FilterFailure> {
+        if let Some(q) = &quota
+            && q.add_instance().is_err()
+        {
+            if !q.reclaim_idle() {
+                return Err(FilterFailure::Quota(q.refuse_instance()));
+            }
+            q.add_instance().map_err(FilterFailure::Quota)?;
+        }
+        Ok(InstanceSlot(quota))
+    }
+}
+
+impl Drop for InstanceSlot {
+    fn drop(&mut self) {
+        if let Some(q) = &self.0 {
+            q.remove_instance();
+        }
+    }
 }
 
 /// Names why a call into a store failed. `not_a_trap` builds the failure for
@@ -659,8 +692,24 @@ fn classify(
     if store.data().limiter.exceeded {
         return FilterFailure::Memory(limits.memory);
     }
+    if store.data().limiter.tenant_exceeded {
+        return FilterFailure::Quota(QuotaRefusal {
+            quota: Quota::FilterMemory,
+            retry_after: None,
+        });
+    }
+    let call = &store.data().call;
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => FilterFailure::CpuBudget(limits.cpu),
+        Some(Trap::Interrupt) if call.tenant_bound => {
+            if let Some(q) = &store.data().grants().quota {
+                q.count_refusal(Quota::FilterCpuPerRequest);
+            }
+            FilterFailure::Quota(QuotaRefusal {
+                quota: Quota::FilterCpuPerRequest,
+                retry_after: None,
+            })
+        }
+        Some(Trap::Interrupt) => FilterFailure::CpuBudget(call.meter.budget()),
         Some(Trap::StackOverflow) => FilterFailure::Trap("stack overflow".into()),
         Some(_) => FilterFailure::Trap(format!("{e:#}")),
         None => not_a_trap(format!("{e:#}")),
@@ -672,11 +721,15 @@ pub struct FilterInstance {
     store: Store<HostState>,
     plugin: Guest,
     limits: FilterLimits,
-    ticks: u64,
     uses: u64,
     /// What this instance's `init` declared.
     needs: Needs,
     live: Arc<LiveCounts>,
+    /// Its tenant's quotas.
+    quota: Option<Arc<TenantQuota>>,
+    _slot: InstanceSlot,
+    /// When it last went back to its pool.
+    pub(crate) idle_since: std::time::Instant,
 }
 
 impl Drop for FilterInstance {
@@ -705,17 +758,28 @@ impl FilterInstance {
     /// Runs `init`. The outer result fails the instance; the inner one is
     /// what the filter declared, or why the declarations do not fit.
     async fn init(&mut self, config_json: &str) -> Result<Result<Needs, String>, FilterFailure> {
-        self.store.data_mut().call.begin(None, 0);
+        if let Some(q) = &self.quota {
+            q.admit_call().map_err(FilterFailure::Quota)?;
+        }
+        self.store
+            .data_mut()
+            .call
+            .begin(None, 0, self.limits.cpu, false);
         self.store.data_mut().pending.begin(Phase::Init, None, None);
-        self.store.set_epoch_deadline(self.ticks);
+        self.store.set_epoch_deadline(1);
+        let meter = self.store.data().call.meter.clone();
+        let quota = self.quota.clone();
         let declared = match &self.plugin {
             Guest::V0_2(p) => {
                 let setup = wasmtime::component::Resource::new_borrow(0);
-                match p
-                    .wasmgate_filter_filter()
-                    .call_init(&mut self.store, config_json, setup)
-                    .await
-                {
+                let call =
+                    p.wasmgate_filter_filter()
+                        .call_init(&mut self.store, config_json, setup);
+                let called = quota::metered(call, &meter, quota.as_ref()).await;
+                if let Some(q) = &quota {
+                    q.charge_cpu(meter.used());
+                }
+                match called {
                     Ok(Ok(())) => Ok(self
                         .store
                         .data_mut()
@@ -728,15 +792,20 @@ impl FilterInstance {
                     Err(e) => Err(self.classify(e)),
                 }
             }
-            Guest::V0_1(p) => match p
-                .wasmgate_filter_filter()
-                .call_init(&mut self.store, config_json)
-                .await
-            {
-                Ok(Ok(info)) => Ok(contract_0_1::needs(info)),
-                Ok(Err(message)) => Err(FilterFailure::Init(message)),
-                Err(e) => Err(self.classify(e)),
-            },
+            Guest::V0_1(p) => {
+                let call = p
+                    .wasmgate_filter_filter()
+                    .call_init(&mut self.store, config_json);
+                let called = quota::metered(call, &meter, quota.as_ref()).await;
+                if let Some(q) = &quota {
+                    q.charge_cpu(meter.used());
+                }
+                match called {
+                    Ok(Ok(info)) => Ok(contract_0_1::needs(info)),
+                    Ok(Err(message)) => Err(FilterFailure::Init(message)),
+                    Err(e) => Err(self.classify(e)),
+                }
+            }
         }?;
         if let Ok(needs) = &declared {
             self.needs = needs.clone();
@@ -746,15 +815,38 @@ impl FilterInstance {
     }
 
     /// Starts a call for the exchange: the request id for host calls,
-    /// the outbound budget so far, the CPU deadline.
-    fn begin(&mut self, ex: &Exchange, carry: &FilterCarry) {
+    /// the outbound budget so far, the CPU budget (the filter's, or what the
+    /// tenant's `filter_cpu_per_request` leaves if that is less) and
+    /// deadline. Refused if the tenant's CPU per second is used up.
+    fn begin(&mut self, ex: &Exchange, carry: &FilterCarry) -> Result<(), FilterFailure> {
+        let mut cpu = self.limits.cpu;
+        let mut tenant_bound = false;
+        if let Some(q) = &self.quota {
+            q.admit_call().map_err(FilterFailure::Quota)?;
+            if let Some(left) = q.cpu_left_for_request(ex.filter_cpu) {
+                let left = left.map_err(FilterFailure::Quota)?;
+                if left < cpu {
+                    (cpu, tenant_bound) = (left, true);
+                }
+            }
+        }
         self.uses += 1;
         let id = ex.facts.request_id.to_str().unwrap_or_default();
         self.store
             .data_mut()
             .call
-            .begin(Some(id), carry.outbound_used);
-        self.store.set_epoch_deadline(self.ticks);
+            .begin(Some(id), carry.outbound_used, cpu, tenant_bound);
+        self.store.set_epoch_deadline(1);
+        Ok(())
+    }
+
+    /// Charges a call's time on the thread to the request and the tenant.
+    fn charge(&self, ex: &mut Exchange) {
+        let used = self.store.data().call.meter.used();
+        ex.filter_cpu += used;
+        if let Some(q) = &self.quota {
+            q.charge_cpu(used);
+        }
     }
 
     /// Calls `on-request`, ending by `deadline` at the latest. A 0.2 call
@@ -766,7 +858,9 @@ impl FilterInstance {
         carry: &mut FilterCarry,
         deadline: tokio::time::Instant,
     ) -> Result<RequestOutcome, FilterFailure> {
-        self.begin(ex, carry);
+        self.begin(ex, carry)?;
+        let meter = self.store.data().call.meter.clone();
+        let quota = self.quota.clone();
         let result = match &self.plugin {
             Guest::V0_2(p) => {
                 let moved = std::mem::replace(ex, Exchange::placeholder());
@@ -778,6 +872,7 @@ impl FilterInstance {
                 let call = p
                     .wasmgate_filter_filter()
                     .call_on_request(&mut self.store, req);
+                let call = quota::metered(call, &meter, quota.as_ref());
                 let called = tokio::time::timeout_at(deadline, call).await;
                 let pending = &mut self.store.data_mut().pending;
                 if let Some(moved) = pending.exchange.take() {
@@ -800,6 +895,7 @@ impl FilterInstance {
                 let call = p
                     .wasmgate_filter_filter()
                     .call_on_request(&mut self.store, &req);
+                let call = quota::metered(call, &meter, quota.as_ref());
                 match tokio::time::timeout_at(deadline, call).await {
                     Ok(Ok(d)) => Ok(contract_0_1::request_outcome(d, carry)),
                     Ok(Err(e)) => Err(self.classify(e)),
@@ -807,6 +903,7 @@ impl FilterInstance {
                 }
             }
         };
+        self.charge(ex);
         carry.outbound_used = self.store.data().call.outbound_used;
         let grants = self.store.data().grants();
         result.map(|o| o.bounded(&mut carry.context, grants))
@@ -820,7 +917,9 @@ impl FilterInstance {
         carry: &mut FilterCarry,
         deadline: tokio::time::Instant,
     ) -> Result<ResponseOutcome, FilterFailure> {
-        self.begin(ex, carry);
+        self.begin(ex, carry)?;
+        let meter = self.store.data().call.meter.clone();
+        let quota = self.quota.clone();
         let result = match &self.plugin {
             Guest::V0_2(p) => {
                 let moved = std::mem::replace(ex, Exchange::placeholder());
@@ -834,6 +933,7 @@ impl FilterInstance {
                 let call = p
                     .wasmgate_filter_filter()
                     .call_on_response(&mut self.store, req, resp);
+                let call = quota::metered(call, &meter, quota.as_ref());
                 let called = tokio::time::timeout_at(deadline, call).await;
                 let pending = &mut self.store.data_mut().pending;
                 if let Some(moved) = pending.exchange.take() {
@@ -854,6 +954,7 @@ impl FilterInstance {
                     &resp,
                     carry.context.as_deref(),
                 );
+                let call = quota::metered(call, &meter, quota.as_ref());
                 match tokio::time::timeout_at(deadline, call).await {
                     Ok(Ok(d)) => Ok(contract_0_1::response_outcome(d)),
                     Ok(Err(e)) => Err(self.classify(e)),
@@ -861,6 +962,7 @@ impl FilterInstance {
                 }
             }
         };
+        self.charge(ex);
         carry.outbound_used = self.store.data().call.outbound_used;
         let grants = self.store.data().grants();
         result.map(|o| o.bounded(grants))

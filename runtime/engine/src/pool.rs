@@ -262,7 +262,10 @@ pub struct InstancePool {
     route: Arc<str>,
     config: Arc<str>,
     policy: PoolPolicy,
-    idle: ArrayQueue<FilterInstance>,
+    /// Shared with the tenant's quota, which may take an idle instance back
+    /// to make room for another of the tenant's pools (`filter_instances`),
+    /// and drops those idle too long.
+    idle: Arc<ArrayQueue<FilterInstance>>,
     permits: Semaphore,
     created: AtomicU64,
     discarded: AtomicU64,
@@ -292,13 +295,17 @@ impl InstancePool {
         metrics: Arc<Metrics>,
     ) -> InstancePool {
         let size = policy.size.max(1);
+        let idle = Arc::new(ArrayQueue::new(size));
+        if let Some(q) = module.quota() {
+            q.register_idle(&idle);
+        }
         InstancePool {
             metrics: PoolMetrics::new(metrics, module.tenant().as_str(), module.name(), &route),
             module,
             route,
             config,
             policy,
-            idle: ArrayQueue::new(size),
+            idle,
             permits: Semaphore::new(size),
             created: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
@@ -323,7 +330,8 @@ impl InstancePool {
         // Running out of instances is load, not a fault of the filter.
         let failed = match &result {
             Ok(_) => Some(false),
-            Err(FilterFailure::PoolExhausted { .. }) => None,
+            // So is a tenant's quota: it says nothing of the filter.
+            Err(FilterFailure::PoolExhausted { .. } | FilterFailure::Quota(_)) => None,
             Err(_) => Some(true),
         };
         if let Some(length) = self
@@ -508,6 +516,8 @@ impl Drop for Lease<'_> {
             && !policy.fresh
             && instance.uses() < policy.max_uses
             && instance.memory_bytes() <= policy.recycle_above;
+        let mut instance = instance;
+        instance.idle_since = std::time::Instant::now();
         if !keep || self.pool.idle.push(instance).is_err() {
             self.pool.discarded.fetch_add(1, Ordering::Relaxed);
             self.pool.metrics.discarded.inc();

@@ -17,6 +17,10 @@ use super::bindings::v0_2::wasmgate::filter::{config, crypto, kv, metrics, outbo
 use super::host::HostState;
 use wasmgate_metrics::filter_metrics::{FilterMetrics, Kind};
 
+/// A tenant's filter instance idle this long is dropped by the sweep: an
+/// idle tenant holds no instances (the operator's pools keep theirs).
+pub const IDLE_INSTANCE_TTL: Duration = Duration::from_secs(60);
+
 /// Longest key accepted.
 pub const MAX_KEY: usize = 512;
 /// Largest value accepted.
@@ -60,17 +64,115 @@ pub struct HostServices {
     bucket_counts: DashMap<Scoped, usize>,
     /// What filters record through `metrics`.
     pub metrics: Arc<FilterMetrics>,
+    /// Each tenant's quotas (none for the operator's scope).
+    tenants: DashMap<wasmgate_config::TenantId, Arc<crate::quota::TenantQuota>>,
+    /// Worker threads serving requests: the default of `filter_concurrency`
+    /// is half of them (0: not told, the machine's cores).
+    workers: std::sync::atomic::AtomicUsize,
 }
 
 impl HostServices {
+    /// Tells the quotas how many worker threads serve requests.
+    pub fn set_workers(&self, workers: usize) {
+        self.workers
+            .store(workers, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn workers(&self) -> usize {
+        match self.workers.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// `tenant`'s quotas, made with `settings` or brought up to them.
+    pub fn set_quota(
+        &self,
+        tenant: &wasmgate_config::TenantId,
+        settings: &wasmgate_config::QuotaSettings,
+    ) -> Arc<crate::quota::TenantQuota> {
+        let workers = self.workers();
+        self.tenants
+            .entry(tenant.clone())
+            .and_modify(|q| q.set(settings, workers))
+            .or_insert_with(|| {
+                Arc::new(crate::quota::TenantQuota::new(
+                    tenant.clone(),
+                    settings,
+                    workers,
+                ))
+            })
+            .clone()
+    }
+
+    /// `tenant`'s quotas (none for the operator's scope); made with the
+    /// built-in defaults if the tenant has none yet.
+    pub fn quota(
+        &self,
+        tenant: &wasmgate_config::TenantId,
+    ) -> Option<Arc<crate::quota::TenantQuota>> {
+        if tenant.is_default() {
+            return None;
+        }
+        if let Some(q) = self.tenants.get(tenant) {
+            return Some(q.clone());
+        }
+        Some(self.set_quota(tenant, &wasmgate_config::QuotaSettings::builtin()))
+    }
+
+    /// `tenant`'s quotas as they are, or made with `settings` if it has
+    /// none yet (a new tenant: its settings apply from its first request;
+    /// a running tenant's change to them waits for [`Self::set_quota`]
+    /// when its config is committed).
+    pub fn quota_or_new(
+        &self,
+        tenant: &wasmgate_config::TenantId,
+        settings: &wasmgate_config::QuotaSettings,
+    ) -> Option<Arc<crate::quota::TenantQuota>> {
+        if tenant.is_default() {
+            return None;
+        }
+        let workers = self.workers();
+        Some(
+            self.tenants
+                .entry(tenant.clone())
+                .or_insert_with(|| {
+                    Arc::new(crate::quota::TenantQuota::new(
+                        tenant.clone(),
+                        settings,
+                        workers,
+                    ))
+                })
+                .clone(),
+        )
+    }
+
+    /// Every tenant's quotas.
+    pub fn quotas(&self) -> Vec<Arc<crate::quota::TenantQuota>> {
+        self.tenants.iter().map(|e| e.value().clone()).collect()
+    }
+
+    fn tenant_of(&self, ns: &Scoped) -> Option<Arc<crate::quota::TenantQuota>> {
+        self.tenants.get(&ns.tenant).map(|q| q.clone())
+    }
+
     /// Drops expired entries and idle full buckets (both would otherwise
-    /// accumulate without bound).
+    /// accumulate without bound), and tenants' filter instances idle for
+    /// [`IDLE_INSTANCE_TTL`].
     pub fn sweep(&self) {
+        for q in self.quotas() {
+            q.expire_idle(IDLE_INSTANCE_TTL);
+        }
         let now = Instant::now();
         self.kv.retain(|(ns, _), e| {
             let keep = e.live(now);
-            if !keep && let Some(mut u) = self.used.get_mut(ns) {
-                *u = u.saturating_sub(e.counted);
+            if !keep {
+                if let Some(mut u) = self.used.get_mut(ns) {
+                    *u = u.saturating_sub(e.counted);
+                }
+                if let Some(q) = self.tenant_of(ns) {
+                    q.kv_release(e.counted as u64);
+                }
             }
             keep
         });
@@ -80,8 +182,13 @@ impl HostServices {
             let keep = b.refill > 0
                 && now.duration_since(b.last).as_secs_f64() * (b.refill as f64) < missing
                 || b.refill == 0 && missing > 0.0;
-            if !keep && let Some(mut n) = self.bucket_counts.get_mut(ns) {
-                *n = n.saturating_sub(1);
+            if !keep {
+                if let Some(mut n) = self.bucket_counts.get_mut(ns) {
+                    *n = n.saturating_sub(1);
+                }
+                if let Some(q) = self.tenant_of(ns) {
+                    q.release_rate_limit_keys(1);
+                }
             }
             keep
         });
@@ -92,7 +199,11 @@ impl HostServices {
     /// afresh).
     pub fn forget_buckets(&self, namespace: &Scoped) {
         self.buckets.retain(|(ns, _), _| ns != namespace);
-        self.bucket_counts.remove(namespace);
+        if let Some((_, n)) = self.bucket_counts.remove(namespace)
+            && let Some(q) = self.tenant_of(namespace)
+        {
+            q.release_rate_limit_keys(n as u64);
+        }
     }
 
     /// Drops everything a tenant's filters hold in the host: kv entries,
@@ -104,6 +215,7 @@ impl HostServices {
         self.buckets.retain(|(ns, _), _| ns.tenant != *tenant);
         self.bucket_counts.retain(|ns, _| ns.tenant != *tenant);
         self.metrics.forget_tenant(tenant);
+        self.tenants.remove(tenant);
     }
 
     /// Entries a namespace holds in `kv` now.
@@ -154,6 +266,8 @@ pub struct Grants {
     pub headers: Arc<HeaderBounds>,
     /// What its limits refused, shared by its versions.
     pub refused: Arc<crate::LimitCounts>,
+    /// Its tenant's quotas (none in the operator's scope).
+    pub quota: Option<Arc<crate::quota::TenantQuota>>,
 }
 
 /// Default `rate_limit_keys`.
@@ -308,6 +422,7 @@ impl OutboundGrant {
 impl Grants {
     /// A namespace with no values and the default quota.
     pub fn new(namespace: Scoped, services: Arc<HostServices>) -> Grants {
+        let quota = services.quota(&namespace.tenant);
         Grants {
             namespace,
             kv_quota: 16 << 20,
@@ -319,6 +434,7 @@ impl Grants {
             rate_limit_keys: DEFAULT_RATE_LIMIT_KEYS,
             headers: Arc::default(),
             refused: Arc::default(),
+            quota,
         }
     }
 }
@@ -369,6 +485,11 @@ impl Grants {
             let mut used = svc.used.entry(self.namespace.clone()).or_insert(0);
             let after = used.saturating_sub(old_counted) + new_counted;
             if after > self.kv_quota {
+                return Err(kv::KvError::QuotaExceeded);
+            }
+            if let Some(q) = &self.quota
+                && !q.kv_change(old_counted as u64, new_counted as u64)
+            {
                 return Err(kv::KvError::QuotaExceeded);
             }
             *used = after;
@@ -460,6 +581,9 @@ impl kv::Host for HostState {
                 if let Some(mut u) = g.services.used.get_mut(&ns) {
                     *u = u.saturating_sub(e.counted);
                 }
+                if let Some(q) = &g.quota {
+                    q.kv_release(e.counted as u64);
+                }
                 e.live(Instant::now())
             }
             None => false,
@@ -480,7 +604,9 @@ impl rate_limit::Host for HostState {
                     .bucket_counts
                     .entry(g.namespace.clone())
                     .or_insert(0);
-                if *count >= g.rate_limit_keys {
+                if *count >= g.rate_limit_keys
+                    || g.quota.as_ref().is_some_and(|q| !q.add_rate_limit_key())
+                {
                     // Full: a new key is refused (a client cannot make room
                     // for itself by flooding keys), counted, and told to
                     // come back once the sweep has freed some.
@@ -630,6 +756,19 @@ impl HostState {
             }
             return refuse(E::BudgetExhausted);
         }
+        if let Some(q) = &self.grants().quota
+            && !q.admit_outbound()
+        {
+            if !std::mem::replace(&mut self.call.budget_logged, true) {
+                tracing::warn!(
+                    filter = &*self.site().filter,
+                    route = &*self.site().route,
+                    request_id = self.call.request_id,
+                    "outbound call refused: the tenant's outbound_per_second quota is used up"
+                );
+            }
+            return refuse(E::BudgetExhausted);
+        }
         self.call.outbound_used += 1;
         let timeout = req.timeout_ms.map_or(grant.timeout, |ms| {
             grant.timeout.min(Duration::from_millis(ms.into()))
@@ -644,14 +783,11 @@ impl outbound::Host for HostState {
         req: outbound::OutboundRequest,
     ) -> Result<outbound::OutboundResponse, outbound::OutboundError> {
         let (grant, timeout) = self.admit(&req)?;
-        let started = Instant::now();
         let from = self.grants().namespace.clone();
-        let result = grant
+        grant
             .sender
             .send(&from, req, &self.call.request_id, timeout)
-            .await;
-        self.call.host_wait += started.elapsed();
-        result
+            .await
     }
 
     async fn send_all(
@@ -662,16 +798,13 @@ impl outbound::Host for HostState {
             .into_iter()
             .map(|r| self.admit(&r).map(|(g, t)| (g, t, r)))
             .collect();
-        let started = Instant::now();
         let request_id = &self.call.request_id;
         let from = &self.grants().namespace;
         let calls = admitted.into_iter().map(|a| async move {
             let (grant, timeout, req) = a?;
             grant.sender.send(from, req, request_id, timeout).await
         });
-        let results = futures_util::future::join_all(calls).await;
-        self.call.host_wait += started.elapsed();
-        results
+        futures_util::future::join_all(calls).await
     }
 }
 

@@ -224,6 +224,16 @@ pub struct FilterRefusalLabels {
     pub limit: &'static str,
 }
 
+/// One tenant's quota.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
+pub struct TenantQuotaLabels {
+    /// The tenant.
+    pub tenant: String,
+    /// The quota, by its key in `[tenants.quotas]`.
+    pub quota: &'static str,
+}
+
 /// Why the admin listener refused a request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[cfg_attr(test, derive(Default))]
@@ -343,6 +353,23 @@ metric_tables! {
             "Connections a tenant's cluster did not make: the address (after DNS) is one the tenant may not reach (tenants.allow, tenants.deny, built-in ranges, another party's cluster)";
     }
 
+    // What each tenant uses of its quotas, and what they refused (all
+    // sampled at scrape from the engine's counts).
+    tenants {
+        tenant_quota_refusals: counter[TenantQuotaLabels] => "tenant_quota_refusals",
+            "What a tenant's quotas refused, by tenant and quota (requests answered 429 or 503, filter calls not made or ended, kv writes, rate-limit keys, outbound calls)";
+        tenant_filter_cpu: seconds[TenantLabels] => "tenant_filter_cpu_seconds",
+            "Time a tenant's filter calls spent running on the gateway's worker threads (instantiation and init included)";
+        tenant_filter_slot_waits: counter[TenantLabels] => "tenant_filter_slot_waits",
+            "Filter calls of a tenant that waited because filter_concurrency of its calls were running guest code";
+        tenant_requests_in_flight: gauge[TenantLabels] => "tenant_requests_in_flight",
+            "Requests of a tenant in flight (against concurrent_requests)";
+        tenant_filter_instances: gauge[TenantLabels] => "tenant_filter_instances",
+            "Filter instances a tenant holds (against filter_instances)";
+        tenant_filter_memory: gauge[TenantLabels] => "tenant_filter_memory_bytes",
+            "Linear memory of a tenant's filter instances together (against filter_memory)";
+    }
+
     // The access log.
     access_log {
         access_log_dropped: counter => "access_log_dropped",
@@ -383,6 +410,25 @@ metric_tables! {
             "Compile cache folders and entries refused because another user owns them or others may write them (the module is compiled instead)";
         admin_refused: counter[AdminRefusalLabels] => "admin_refused",
             "Admin requests refused, by reason (host_not_allowed, unauthorized)";
+    }
+}
+
+/// Brings a counter sampled at scrape from a running total up to that total.
+pub fn raise(c: &prometheus_client::metrics::counter::Counter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
+}
+
+/// [`raise`] for a counter of float seconds.
+pub fn raise_seconds(
+    c: &prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
+    total: f64,
+) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
     }
 }
 
@@ -675,5 +721,18 @@ impl Metrics {
         }
         self.filter_probes.remove(&TenantLabels { tenant: t() });
         self.tenant_refusals.remove(&TenantLabels { tenant: t() });
+        self.tenant_filter_cpu.remove(&TenantLabels { tenant: t() });
+        self.tenant_filter_slot_waits
+            .remove(&TenantLabels { tenant: t() });
+        self.tenant_requests_in_flight
+            .remove(&TenantLabels { tenant: t() });
+        self.tenant_filter_instances
+            .remove(&TenantLabels { tenant: t() });
+        self.tenant_filter_memory
+            .remove(&TenantLabels { tenant: t() });
+        for quota in wasmgate_config::quota::QUOTA_KEYS {
+            self.tenant_quota_refusals
+                .remove(&TenantQuotaLabels { tenant: t(), quota });
+        }
     }
 }

@@ -58,11 +58,13 @@ impl MetricInfo {
 /// }
 /// ```
 ///
-/// `kind` is `counter`, `gauge` or `histogram`; `[Labels]` (optional) makes
+/// `kind` is `counter`, `seconds` (a counter of float seconds, with labels),
+/// `gauge` or `histogram`; `[Labels]` (optional) makes
 /// the field a `Family` keyed by that label set; `(buckets)` (histograms
 /// only, required) is an expression giving the bucket bounds. The field's
 /// type follows: `Counter`, `Gauge`, `Histogram`, `Family<Labels, Counter>`,
-/// `Family<Labels, Gauge>` or `Family<Labels, Histogram, fn() -> Histogram>`.
+/// `Family<Labels, Counter<f64, AtomicU64>>`, `Family<Labels, Gauge>` or
+/// `Family<Labels, Histogram, fn() -> Histogram>`.
 /// `name` is exported as `wasmgate_<name>`.
 ///
 /// Generates the struct (a private `registry` and one public field per row,
@@ -141,6 +143,12 @@ macro_rules! metric_tables {
             ::prometheus_client::metrics::counter::Counter,
         >
     };
+    (@type seconds [$labels:ty]) => {
+        ::prometheus_client::metrics::family::Family<
+            $labels,
+            ::prometheus_client::metrics::counter::Counter<f64, ::std::sync::atomic::AtomicU64>,
+        >
+    };
     (@type gauge [$labels:ty]) => {
         ::prometheus_client::metrics::family::Family<
             $labels,
@@ -174,13 +182,14 @@ macro_rules! metric_tables {
     };
 
     (@kind counter) => { $crate::filter_metrics::Kind::Counter };
+    (@kind seconds) => { $crate::filter_metrics::Kind::Counter };
     (@kind gauge) => { $crate::filter_metrics::Kind::Gauge };
     (@kind histogram) => { $crate::filter_metrics::Kind::Histogram };
     (@kind $other:ident) => {
         compile_error!(concat!(
             "unknown metric kind `",
             stringify!($other),
-            "`: counter, gauge or histogram"
+            "`: counter, seconds (a counter of float seconds), gauge or histogram"
         ))
     };
 }
@@ -204,6 +213,12 @@ mod touch {
     impl Touch for Counter {
         fn touch(&self) {
             self.inc();
+        }
+    }
+
+    impl Touch for Counter<f64, std::sync::atomic::AtomicU64> {
+        fn touch(&self) {
+            self.inc_by(0.5);
         }
     }
 

@@ -147,6 +147,9 @@ pub struct LoggedBody<B: Body> {
     inner: B,
     pending: Option<Box<(AccessLog, Entry, Instant)>>,
     bytes: u64,
+    /// The request's place among its tenant's requests in flight, given
+    /// back when the body is dropped.
+    _admitted: Option<wasmgate_engine::RequestGuard>,
 }
 
 impl<B: Body> LoggedBody<B> {
@@ -156,7 +159,15 @@ impl<B: Body> LoggedBody<B> {
             inner,
             pending: log.map(Box::new),
             bytes: 0,
+            _admitted: None,
         }
+    }
+
+    /// Holds the request's place among its tenant's requests in flight
+    /// until the body is done with.
+    pub fn holding(mut self, admitted: Option<wasmgate_engine::RequestGuard>) -> Self {
+        self._admitted = admitted;
+        self
     }
 
     fn finish(&mut self, complete: bool) {

@@ -146,6 +146,7 @@ impl Live {
         .map_err(|m| vec![ConfigError::new("admin.data_dir", m)])?;
         let mut config = config;
         deps.guard.set(crate::build::guard_rules(&config));
+        crate::build::apply_quotas(&config, &deps.engine);
         let built =
             crate::build::build_apart(&mut config, &deps, None, None, &mut filters, true).await;
         let generation = match built {
@@ -160,6 +161,7 @@ impl Live {
                     tracing::error!(tenant, "tenant not started: {}", one_line(e));
                 }
                 deps.guard.set(crate::build::guard_rules(&config));
+                crate::build::apply_quotas(&config, &deps.engine);
                 if let Some(tls) = &deps.tls
                     && let Err(e) = {
                         let (certs, no_sni) = crate::build::tenant_certs(&config);
@@ -363,6 +365,7 @@ impl Live {
         }
         if let Some((next, prev)) = generation {
             self.deps.guard.set(crate::build::guard_rules(&config));
+            crate::build::apply_quotas(&config, &self.deps.engine);
             if let Some(tls) = &self.deps.tls
                 && let Err(e) = {
                     let (certs, no_sni) = crate::build::tenant_certs(&config);

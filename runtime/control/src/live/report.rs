@@ -62,6 +62,48 @@ impl Live {
         serde_json::json!({ "filters": filters })
     }
 
+    /// Brings the tenants' quota counters and gauges up to date.
+    fn sample_quotas(&self) {
+        let m = &self.deps.metrics;
+        let grow = wasmgate_metrics::raise;
+        for q in self.deps.engine.services().quotas() {
+            let tenant = q.tenant().as_str().to_owned();
+            let labels = wasmgate_metrics::TenantLabels {
+                tenant: tenant.clone(),
+            };
+            for (quota, total) in q.refusals() {
+                if total > 0 {
+                    grow(
+                        &m.tenant_quota_refusals.get_or_create(
+                            &wasmgate_metrics::TenantQuotaLabels {
+                                tenant: tenant.clone(),
+                                quota,
+                            },
+                        ),
+                        total,
+                    );
+                }
+            }
+            wasmgate_metrics::raise_seconds(
+                &m.tenant_filter_cpu.get_or_create(&labels),
+                q.cpu_used().as_secs_f64(),
+            );
+            grow(
+                &m.tenant_filter_slot_waits.get_or_create(&labels),
+                q.slot_waits(),
+            );
+            m.tenant_requests_in_flight
+                .get_or_create(&labels)
+                .set(i64::from(q.requests_in_flight()));
+            m.tenant_filter_instances
+                .get_or_create(&labels)
+                .set(i64::from(q.instances()));
+            m.tenant_filter_memory
+                .get_or_create(&labels)
+                .set(i64::try_from(q.memory()).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Brings the live-version and live-instance gauges up to date.
     pub(crate) fn sample_metrics(&self) {
         let m = &self.deps.metrics;
@@ -71,6 +113,7 @@ impl Live {
             m.compile_cache_refused.inc_by(refused - counted);
         }
         let config = self.config();
+        self.sample_quotas();
         for (name, c) in self.deps.engine.live_counts() {
             let labels = wasmgate_metrics::FilterNameLabels {
                 filter: name.to_string(),

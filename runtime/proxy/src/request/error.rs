@@ -18,6 +18,10 @@ use wasmgate_engine::FilterFailure;
 /// Why a request got an answer the gateway made up itself.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
+    /// The request's tenant used up one of its quotas: its own requests
+    /// alone are refused (429 for its request rate, else 503).
+    #[error("{0}")]
+    TenantQuota(wasmgate_engine::QuotaRefusal),
     /// The overload guard is shedding load.
     #[error("the gateway is shedding load ({} pressure); retry shortly", .0.as_str())]
     Overloaded(Pressure),
@@ -106,6 +110,10 @@ impl RequestError {
     pub fn gateway_error(&self) -> GatewayError {
         let (status, code) = match self {
             RequestError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            RequestError::TenantQuota(r) => (
+                StatusCode::from_u16(r.quota.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "tenant_quota",
+            ),
             RequestError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             RequestError::DeclaredBodyTooLarge { .. }
             | RequestError::Body(FirstFrameError::TooLarge, _) => {
@@ -141,6 +149,7 @@ impl RequestError {
     pub fn retryable(&self) -> bool {
         match self {
             RequestError::Overloaded(_)
+            | RequestError::TenantQuota(_)
             | RequestError::RouteTimeout { .. }
             | RequestError::RequestTimeout(_) => true,
             RequestError::Filter { failure, .. } => matches!(
@@ -194,8 +203,16 @@ impl RequestError {
     pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
         let mut resp = self.gateway_error().into_response(Some(request_id));
         let h = resp.headers_mut();
-        if let RequestError::Overloaded(_) = self {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match &self {
+            RequestError::Overloaded(_) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            RequestError::TenantQuota(r) => {
+                if let Some(secs) = r.retry_after_secs() {
+                    h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
+            }
+            _ => {}
         }
         if self.closes_connection() {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -357,8 +357,13 @@ impl Proxy {
         i: usize,
         failure: FilterFailure,
     ) -> Result<(), RequestError> {
-        s.picks[i].failed = true;
         let f = &route.chain[i];
+        // A tenant's quota refused the call: the filter did not fail, and
+        // fail-open does not skip it (skipping would escape the quota).
+        if let FilterFailure::Quota(r) = failure {
+            return Err(RequestError::TenantQuota(r));
+        }
+        s.picks[i].failed = true;
         if !f.fail_open {
             return Err(RequestError::Filter {
                 filter: f.name().clone(),

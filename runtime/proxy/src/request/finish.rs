@@ -46,7 +46,7 @@ impl Proxy {
             }
             _ => None,
         };
-        resp.map(|b| LoggedBody::new(b, log))
+        resp.map(|b| LoggedBody::new(b, log).holding(s.admitted))
     }
 
     /// An error as the client sees it (logged first with what the client is

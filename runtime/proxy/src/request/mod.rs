@@ -77,6 +77,9 @@ pub(crate) struct Session<'c> {
     pub(crate) chunked: bool,
     /// Its access log line, when the generation logs.
     pub(crate) log: Option<Entry>,
+    /// Its place among its tenant's requests in flight, held until its
+    /// response body ends.
+    pub(crate) admitted: Option<wasmgate_engine::RequestGuard>,
 }
 
 impl Session<'_> {
@@ -134,6 +137,7 @@ impl Proxy {
             picks: SmallVec::new(),
             chunked: false,
             log,
+            admitted: None,
         }
     }
 
@@ -226,6 +230,9 @@ impl Proxy {
             e.route = Some(route.name.clone());
         }
         s.route = Some(route.clone());
+        if let Some(q) = &route.quota {
+            s.admitted = Some(q.admit_request().map_err(RequestError::TenantQuota)?);
+        }
         if route.reject_path_parameters && parts.uri.path().contains(';') {
             return Err(RequestError::BadRequest(
                 "`;` path parameters are not accepted here".into(),
