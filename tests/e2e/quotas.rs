@@ -392,3 +392,110 @@ async fn a_tenants_filters_share_its_kv_keys_and_outbound_quotas() {
     assert_eq!(refusals(&m, "svc", "kv_bytes"), 1.0, "{m}");
     gw.shutdown().await;
 }
+
+/// Hundreds of tenants, each with its own routes and its own filter, whose
+/// modules are the same bytes: compiled once and shared; after start no
+/// tenant holds an instance; each serves through its own; one more is
+/// added while they run; and the metric series grow with the tenants, by a
+/// bounded number each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_tenants_share_one_compiled_module_and_hold_nothing_idle() {
+    const TENANTS: usize = 300;
+    let up = Upstream::start("u").await;
+    let one = |i: usize| {
+        format!(
+            "hosts = [\"t{i}.example\"]\n\
+             [filters.f]\npath = {fault:?}\npool_size = 1\n\
+             [clusters.api]\nendpoints = [\"{}\"]\n\
+             [[routes]]\nname = \"r\"\ncluster = \"api\"\nfilters = [{{ name = \"f\", config = {{ tag = \"t{i}\" }} }}]\n",
+            up.addr,
+            fault = artifacts::FAULT,
+        )
+    };
+    let tenants: Vec<(String, String)> = (0..TENANTS).map(|i| (format!("t{i}"), one(i))).collect();
+    let refs: Vec<(&str, &str)> = tenants
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let main = main_toml("filter_instances = 1", "").replace(
+        "max_instances = 32",
+        "max_instances = 400\nmax_memory = \"32MiB\"",
+    );
+    let d = layout("scale", &main, &refs);
+    let gw = start_gateway_from(&d.join("gateway.toml")).await;
+    let addr = gw.addr();
+
+    let m = gw.metrics_text();
+    let loads = |m: &str, source: &str| {
+        metric(
+            m,
+            &format!("wasmgate_filter_module_loads_total{{source=\"{source}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        loads(&m, "compiled") + loads(&m, "disk"),
+        1.0,
+        "the same bytes are compiled (or read from the cache) once: {}",
+        loads(&m, "memory")
+    );
+    assert!(loads(&m, "memory") >= (TENANTS - 1) as f64);
+    assert_eq!(metric(&m, "wasmgate_filter_components"), Some(1.0));
+    let held: f64 = (0..TENANTS)
+        .filter_map(|i| {
+            metric(
+                &m,
+                &format!("wasmgate_tenant_filter_instances{{tenant=\"t{i}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(held, 0.0, "no tenant has served: none holds an instance");
+    let idle_lines = m.lines().filter(|l| !l.starts_with('#')).count();
+
+    for i in 0..TENANTS {
+        let host = format!("t{i}.example");
+        let r = get(addr, "/", &[("host", host.as_str())]).await;
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+        let seen = up.seen();
+        assert_eq!(
+            seen.last().unwrap().headers["x-fault-seen"],
+            format!("t{i}")
+        );
+    }
+
+    // One more, added while the others serve.
+    crate::tenants::write_tenant(
+        &d,
+        "late",
+        &one(TENANTS).replace(&format!("t{TENANTS}"), "late"),
+    );
+    let serving = tokio::spawn(async move {
+        for _ in 0..50 {
+            let r = get(addr, "/", &[("host", "t1.example")]).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    });
+    let refused = gw
+        .live()
+        .reload_from(&d.join("gateway.toml"))
+        .await
+        .expect("reload");
+    assert!(refused.is_empty(), "{refused:?}");
+    serving.await.unwrap();
+    let r = get(addr, "/", &[("host", "late.example")]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let m = gw.metrics_text();
+    assert_eq!(
+        loads(&m, "compiled") + loads(&m, "disk"),
+        1.0,
+        "still compiled once"
+    );
+    let lines = m.lines().filter(|l| !l.starts_with('#')).count();
+    let per_tenant = lines / (TENANTS + 1);
+    assert!(
+        per_tenant <= 150,
+        "{per_tenant} series per tenant ({lines} in all; {idle_lines} before any request)"
+    );
+    gw.shutdown().await;
+}

@@ -14,9 +14,11 @@
 //! could write there could otherwise have the gateway run their code (the
 //! trailing digest only catches accidents, since a writer can recompute it).
 //!
-//! The folder holds at most [`MAX_ENTRIES`] entries: a load touches its entry,
-//! and storing a new one removes the least recently used past the cap, so a
-//! gateway that swaps modules for months does not fill its disk.
+//! The folder holds at most [`MAX_ENTRIES`] entries and [`MAX_BYTES`]: a load
+//! touches its entry, and the least recently used past either cap are
+//! removed (at open, and after every [`PRUNE_EVERY`] entries stored), so a
+//! gateway that swaps modules for months does not fill its disk, and one
+//! with a thousand tenants' modules starts again without compiling them.
 
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
@@ -44,9 +46,14 @@ pub enum CacheOutcome {
     Refused,
 }
 
-/// Entries kept in the folder (each filter keeps at most 8 versions, so this
-/// covers several filters' whole history).
-pub const MAX_ENTRIES: usize = 64;
+/// Entries kept in the folder: a thousand tenants with a few versions of
+/// their filters each.
+pub const MAX_ENTRIES: usize = 4096;
+/// Bytes kept in the folder (a compiled filter is typically a few hundred
+/// KiB).
+pub const MAX_BYTES: u64 = 4 << 30;
+/// Entries stored between two prunes (a prune lists the folder).
+pub const PRUNE_EVERY: u64 = 64;
 
 /// The cache folder and the engine's compatibility key.
 #[derive(Debug, Clone)]
@@ -54,6 +61,8 @@ pub struct CompileCache {
     dir: PathBuf,
     compat: String,
     refusals: Arc<AtomicU64>,
+    /// Entries stored since the last prune.
+    stored: Arc<AtomicU64>,
 }
 
 /// Why a cache folder or entry is not trusted, if it is not: it must belong
@@ -107,9 +116,11 @@ impl CompileCache {
             dir: dir.to_path_buf(),
             compat: format!("{:016x}", h.finish()),
             refusals: Arc::default(),
+            stored: Arc::default(),
         };
         // Said once at start; each load checks again.
         cache.dir_trusted();
+        prune(dir, MAX_ENTRIES, MAX_BYTES);
         Ok(cache)
     }
 
@@ -175,7 +186,10 @@ impl CompileCache {
         if let Err(e) = self.store(&path, &compiled) {
             tracing::warn!(path = %path.display(), "cannot write the compile cache: {e}");
         }
-        prune(&self.dir, MAX_ENTRIES);
+        if self.stored.fetch_add(1, Ordering::Relaxed) + 1 >= PRUNE_EVERY {
+            self.stored.store(0, Ordering::Relaxed);
+            prune(&self.dir, MAX_ENTRIES, MAX_BYTES);
+        }
         Ok((component, CacheOutcome::Compiled))
     }
 
@@ -232,22 +246,36 @@ impl CompileCache {
     }
 }
 
-/// Removes the least recently modified `.cwasm` entries of `dir` past `max`.
-fn prune(dir: &Path, max: usize) {
+/// Removes the least recently modified `.cwasm` entries of `dir` past
+/// `max` entries or `max_bytes` together.
+fn prune(dir: &Path, max: usize, max_bytes: u64) {
     let Ok(read) = std::fs::read_dir(dir) else {
         return;
     };
-    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = read
+    let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = read
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((m.modified().ok()?, m.len(), e.path()))
+        })
         .collect();
-    if entries.len() <= max {
+    let mut bytes: u64 = entries.iter().map(|e| e.1).sum();
+    if entries.len() <= max && bytes <= max_bytes {
         return;
     }
     entries.sort();
-    let excess = entries.len() - max;
-    for (_, path) in entries.into_iter().take(excess) {
+    let mut count = entries.len();
+    let excess = entries.iter().take_while(|(_, len, _)| {
+        let over = count > max || bytes > max_bytes;
+        if over {
+            count -= 1;
+            bytes -= len;
+        }
+        over
+    });
+    let excess: Vec<PathBuf> = excess.map(|(_, _, p)| p.clone()).collect();
+    for path in excess {
         match std::fs::remove_file(&path) {
             Ok(()) => tracing::debug!(path = %path.display(), "compile cache: pruned"),
             Err(e) => tracing::warn!(path = %path.display(), "compile cache: cannot prune: {e}"),
@@ -292,7 +320,7 @@ mod tests {
                 .unwrap();
         }
         std::fs::write(dir.join("other.txt"), b"not an entry").unwrap();
-        prune(&dir, 4);
+        prune(&dir, 4, u64::MAX);
         let mut left: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -302,6 +330,23 @@ mod tests {
             left,
             ["2.cwasm", "3.cwasm", "4.cwasm", "5.cwasm", "other.txt"]
         );
+        // Past the bytes: 10 bytes each, 25 kept, so the two oldest go.
+        for i in 2..6u64 {
+            std::fs::write(dir.join(format!("{i}.cwasm")), [0u8; 10]).unwrap();
+            let f = std::fs::File::options()
+                .write(true)
+                .open(dir.join(format!("{i}.cwasm")))
+                .unwrap();
+            f.set_modified(base + std::time::Duration::from_secs(i))
+                .unwrap();
+        }
+        prune(&dir, 100, 25);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["4.cwasm", "5.cwasm", "other.txt"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

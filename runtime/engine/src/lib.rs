@@ -172,14 +172,109 @@ pub struct FilterEngine {
     cache: Option<CompileCache>,
     services: Arc<services::HostServices>,
     live: dashmap::DashMap<Scoped, Arc<LiveCounts>>,
-    /// The most recently compiled components by sha256, most recent first:
-    /// loading the same bytes again (a swap back to an earlier build, a
-    /// filter whose settings changed) does not compile them again.
-    recent: std::sync::Mutex<std::collections::VecDeque<(String, wasmtime::component::Component)>>,
+    /// Compiled components by the sha256 of their bytes, shared by every
+    /// module loaded from the same bytes.
+    components: Arc<Components>,
+    /// Modules loaded so far, by where their compiled code came from.
+    loads: [std::sync::atomic::AtomicU64; 3],
 }
 
-/// Compiled components kept by [`FilterEngine`] for reuse.
+/// Components no module uses any more, kept for reuse (a swap back to an
+/// earlier build, a tenant removed and added again).
 const RECENT_COMPONENTS: usize = 8;
+
+/// Compiled components by the sha256 of their bytes: every one a loaded
+/// module uses (so modules with the same bytes, in any number of tenants,
+/// share one compiled copy), and the [`RECENT_COMPONENTS`] last ones no
+/// module uses any more.
+#[derive(Default)]
+struct Components {
+    inner: std::sync::Mutex<ComponentsInner>,
+}
+
+#[derive(Default)]
+struct ComponentsInner {
+    used: std::collections::HashMap<String, (wasmtime::component::Component, usize)>,
+    recent: std::collections::VecDeque<(String, wasmtime::component::Component)>,
+}
+
+/// A module's hold on its compiled component; the last one's drop moves it
+/// to the recent few.
+struct ComponentRef {
+    set: Arc<Components>,
+    sha256: String,
+}
+
+impl Components {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ComponentsInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The component compiled from bytes with this digest, if one is kept,
+    /// with a hold on it.
+    fn get(
+        self: &Arc<Self>,
+        sha256: &str,
+    ) -> Option<(wasmtime::component::Component, ComponentRef)> {
+        let mut inner = self.lock();
+        let component = if let Some((c, n)) = inner.used.get_mut(sha256) {
+            *n += 1;
+            c.clone()
+        } else {
+            let i = inner.recent.iter().position(|(s, _)| s == sha256)?;
+            let (s, c) = inner.recent.remove(i)?;
+            inner.used.insert(s, (c.clone(), 1));
+            c
+        };
+        Some((component, self.hold(sha256)))
+    }
+
+    /// Keeps a component just compiled, with a hold on it.
+    fn insert(
+        self: &Arc<Self>,
+        sha256: &str,
+        component: &wasmtime::component::Component,
+    ) -> ComponentRef {
+        let mut inner = self.lock();
+        inner
+            .used
+            .entry(sha256.to_owned())
+            .or_insert_with(|| (component.clone(), 0))
+            .1 += 1;
+        self.hold(sha256)
+    }
+
+    fn hold(self: &Arc<Self>, sha256: &str) -> ComponentRef {
+        ComponentRef {
+            set: self.clone(),
+            sha256: sha256.to_owned(),
+        }
+    }
+
+    /// Distinct compiled components in memory.
+    fn len(&self) -> usize {
+        let inner = self.lock();
+        inner.used.len() + inner.recent.len()
+    }
+}
+
+impl Drop for ComponentRef {
+    fn drop(&mut self) {
+        let mut inner = self.set.lock();
+        let Some((_, n)) = inner.used.get_mut(&self.sha256) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0
+            && let Some((c, _)) = inner.used.remove(&self.sha256)
+        {
+            inner
+                .recent
+                .push_front((std::mem::take(&mut self.sha256), c));
+            inner.recent.truncate(RECENT_COMPONENTS);
+        }
+    }
+}
 
 impl std::fmt::Debug for FilterEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -256,28 +351,22 @@ impl FilterEngine {
             cache,
             services: Arc::default(),
             live: dashmap::DashMap::new(),
-            recent: std::sync::Mutex::default(),
+            components: Arc::default(),
+            loads: Default::default(),
         })
     }
 
-    /// A component compiled from bytes with this digest not long ago.
-    fn recent_component(&self, sha256: &str) -> Option<wasmtime::component::Component> {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let i = recent.iter().position(|(s, _)| s == sha256)?;
-        let entry = recent.remove(i)?;
-        let component = entry.1.clone();
-        recent.push_front(entry);
-        Some(component)
+    /// Distinct compiled components held in memory.
+    pub fn components_in_memory(&self) -> usize {
+        self.components.len()
     }
 
-    /// Keeps `component` among the [`RECENT_COMPONENTS`] most recent.
-    fn remember_component(&self, sha256: &str, component: &wasmtime::component::Component) {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.front().is_some_and(|(s, _)| s == sha256) {
-            return;
-        }
-        recent.push_front((sha256.to_owned(), component.clone()));
-        recent.truncate(RECENT_COMPONENTS);
+    /// Modules loaded so far by where their compiled code came from:
+    /// `compiled` now, `disk` (the compile cache), `memory` (a component
+    /// already compiled from the same bytes).
+    pub fn module_loads(&self) -> [(&'static str, u64); 3] {
+        let n = |i: usize| self.loads[i].load(Ordering::Relaxed);
+        [("compiled", n(0)), ("disk", n(1)), ("memory", n(2))]
     }
 
     /// Live versions and instances of each filter name ever loaded.
@@ -328,21 +417,32 @@ impl FilterEngine {
         check_component_header(bytes).map_err(not_component)?;
         let sha256 = sha256_hex(bytes);
         let started = std::time::Instant::now();
-        let recent = self.recent_component(&sha256);
-        let compiled = match (recent, &self.cache) {
-            (Some(c), _) => Ok((c, CacheOutcome::Memory)),
-            (None, Some(cache)) => cache.load_or_compile(&self.engine, bytes, &sha256),
-            (None, None) => {
-                cache::compile(&self.engine, bytes).map(|c| (c, CacheOutcome::Disabled))
+        let (component, held, outcome) = match self.components.get(&sha256) {
+            Some((c, held)) => (c, held, CacheOutcome::Memory),
+            None => {
+                let compiled = match &self.cache {
+                    Some(cache) => cache.load_or_compile(&self.engine, bytes, &sha256),
+                    None => {
+                        cache::compile(&self.engine, bytes).map(|c| (c, CacheOutcome::Disabled))
+                    }
+                };
+                let (c, outcome) = compiled.map_err(|e| {
+                    not_component(format!("not a valid WebAssembly component: {e:#}"))
+                })?;
+                let held = self.components.insert(&sha256, &c);
+                (c, held, outcome)
             }
         };
-        let (component, outcome) = compiled
-            .map_err(|e| not_component(format!("not a valid WebAssembly component: {e:#}")))?;
+        let source = match outcome {
+            CacheOutcome::Hit => 1,
+            CacheOutcome::Memory => 2,
+            _ => 0,
+        };
+        self.loads[source].fetch_add(1, Ordering::Relaxed);
         crate::limits::fits(&component, limits.memory).map_err(|reason| LoadError::TooLarge {
             path: origin.to_owned(),
             reason,
         })?;
-        self.remember_component(&sha256, &component);
         let filter = name.to_string();
         tracing::info!(
             filter = filter.as_str(),
@@ -363,6 +463,7 @@ impl FilterEngine {
         grants.log = live.log.clone();
         grants.refused = live.refused.clone();
         Ok(FilterModule {
+            _component: held,
             name: name.name.clone(),
             sha256,
             grants,
@@ -447,6 +548,8 @@ enum Guest {
 
 /// A compiled, pre-linked filter component.
 pub struct FilterModule {
+    /// Its hold on the shared compiled component.
+    _component: ComponentRef,
     name: Arc<str>,
     sha256: String,
     grants: services::Grants,

@@ -224,6 +224,15 @@ pub struct FilterRefusalLabels {
     pub limit: &'static str,
 }
 
+/// Where a filter module's compiled code came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
+pub struct LoadSourceLabels {
+    /// `compiled`, `disk` (the compile cache) or `memory` (a component
+    /// already compiled from the same bytes).
+    pub source: &'static str,
+}
+
 /// One tenant's quota.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[cfg_attr(test, derive(Default))]
@@ -405,6 +414,12 @@ metric_tables! {
             "Requests each filter version handled, by outcome: ok, 5xx (the response), filter_failed (the filter itself)";
         filter_canary_events: counter[CanaryLabels] => "filter_canary_events",
             "Canary releases started, promoted, rolled back by hand (rolled_back) or by the error-rate check (auto_rolled_back)";
+        /// Sampled at scrape.
+        filter_module_loads: counter[LoadSourceLabels] => "filter_module_loads",
+            "Filter modules loaded, by where their compiled code came from: compiled now, the compile cache on disk, or a component already in memory from the same bytes (shared, not compiled again)";
+        /// Sampled at scrape.
+        filter_components: gauge => "filter_components",
+            "Distinct compiled filter components held in memory, shared by every module loaded from the same bytes";
         /// Sampled at scrape.
         compile_cache_refused: counter => "compile_cache_refused",
             "Compile cache folders and entries refused because another user owns them or others may write them (the module is compiled instead)";

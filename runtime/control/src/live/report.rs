@@ -114,6 +114,15 @@ impl Live {
         }
         let config = self.config();
         self.sample_quotas();
+        for (source, total) in self.deps.engine.module_loads() {
+            wasmgate_metrics::raise(
+                &m.filter_module_loads
+                    .get_or_create(&wasmgate_metrics::LoadSourceLabels { source }),
+                total,
+            );
+        }
+        m.filter_components
+            .set(i64::try_from(self.deps.engine.components_in_memory()).unwrap_or(i64::MAX));
         for (name, c) in self.deps.engine.live_counts() {
             let labels = wasmgate_metrics::FilterNameLabels {
                 filter: name.to_string(),
