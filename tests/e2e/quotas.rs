@@ -114,6 +114,22 @@ async fn a_tenant_past_its_request_quotas_is_refused_and_the_others_are_not() {
     assert_eq!(refusals(&m, "busy", "concurrent_requests"), 1.0, "{m}");
     assert_eq!(refusals(&m, "rate", "requests_per_second"), 1.0, "{m}");
     assert_eq!(refusals(&m, "calm", "concurrent_requests"), 0.0, "{m}");
+
+    // A reload changes a quota in place: rate may now send 1000 a second.
+    std::fs::write(
+        d.join("gateway.toml"),
+        main_toml(
+            "concurrent_requests = 1",
+            "[tenants.quota_overrides.rate]\nrequests_per_second = 1000\n",
+        ),
+    )
+    .unwrap();
+    let refused = gw.live().reload_from(&d.join("gateway.toml")).await;
+    assert!(refused.is_ok_and(|r| r.is_empty()));
+    for _ in 0..3 {
+        let r = get(addr, "/", &[("host", "rate.example")]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
     gw.shutdown().await;
 }
 
