@@ -515,3 +515,32 @@ async fn hundreds_of_tenants_share_one_compiled_module_and_hold_nothing_idle() {
     );
     gw.shutdown().await;
 }
+
+/// A tenant whose config would have the gateway export more metric series
+/// than its `metric_series` quota is refused, with the count: a tenant
+/// writing its own config cannot grow the gateway's memory and scrapes
+/// without bound.
+#[tokio::test]
+async fn a_tenant_config_past_its_metric_series_is_refused() {
+    let up = Upstream::start("u").await;
+    let d = layout(
+        "series",
+        &main_toml("metric_series = 100", ""),
+        &[("big", &tenant("big.example", &up, ""))],
+    );
+    let e = wasmgate::config::Config::load(&d.join("gateway.toml"))
+        .expect_err("two routes with a filter each are past 100 series");
+    let text = e.to_string();
+    assert!(text.contains("big.toml"), "{text}");
+    assert!(
+        text.contains("metric series for the tenant") && text.contains("quota is 100"),
+        "{text}"
+    );
+    // Within it, the same tenant loads.
+    std::fs::write(
+        d.join("gateway.toml"),
+        main_toml("metric_series = 1000", ""),
+    )
+    .unwrap();
+    wasmgate::config::Config::load(&d.join("gateway.toml")).expect("within the quota");
+}

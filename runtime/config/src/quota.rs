@@ -29,6 +29,7 @@ pub(crate) struct RawQuota {
     kv_bytes: Option<HumanSize>,
     rate_limit_keys: Option<u32>,
     outbound_per_second: Option<u32>,
+    metric_series: Option<u32>,
 }
 
 /// What one tenant may use. `None`: no quota of that kind (the gateway-wide
@@ -63,6 +64,10 @@ pub struct QuotaSettings {
     pub rate_limit_keys: Option<u32>,
     /// Outbound calls per second the tenant's filters may make, together.
     pub outbound_per_second: Option<u32>,
+    /// Metric series its config may make the gateway export (routes,
+    /// filters on them, clusters, endpoints): a tenant's config past it
+    /// is refused.
+    pub metric_series: Option<u32>,
 }
 
 /// Every quota's key, as `[tenants.quotas]` writes it and metrics label it.
@@ -78,6 +83,9 @@ pub const QUOTA_KEYS: [&str; 9] = [
     "outbound_per_second",
 ];
 
+/// Built-in default of `metric_series`: some 250 routes with a filter each.
+pub const DEFAULT_METRIC_SERIES: u32 = 20_000;
+
 /// Built-in default of `kv_bytes`.
 pub const DEFAULT_KV_BYTES: u64 = 64 << 20;
 /// Built-in default of `rate_limit_keys`.
@@ -90,6 +98,7 @@ impl QuotaSettings {
         QuotaSettings {
             kv_bytes: Some(DEFAULT_KV_BYTES),
             rate_limit_keys: Some(DEFAULT_RATE_LIMIT_KEYS),
+            metric_series: Some(DEFAULT_METRIC_SERIES),
             ..QuotaSettings::default()
         }
     }
@@ -146,6 +155,7 @@ impl QuotaSettings {
         take!(filter_concurrency, raw.filter_concurrency);
         take!(rate_limit_keys, raw.rate_limit_keys);
         take!(outbound_per_second, raw.outbound_per_second);
+        take!(metric_series, raw.metric_series);
         take!(filter_memory, raw.filter_memory.map(|s| s.0));
         take!(kv_bytes, raw.kv_bytes.map(|s| s.0));
         for (name, d, field) in [

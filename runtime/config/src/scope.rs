@@ -129,6 +129,30 @@ impl<'a> Scope<'a> {
             .filter_map(|e| e.authority.as_str().parse().ok())
     }
 
+    /// The metric series the gateway exports for it at most, as its
+    /// config makes them: per route (requests by status class, the latency
+    /// histogram), per filter on a route (calls by outcome, the call
+    /// histogram, instance counters), per cluster and per endpoint, and the
+    /// tenant's own. What its filters record themselves is capped apart.
+    pub fn metric_series(&self) -> u64 {
+        const TENANT: u64 = 20;
+        const ROUTE: u64 = 5 + 23;
+        const ROUTE_FILTER: u64 = 23 + 10 + 5;
+        const CLUSTER: u64 = 12;
+        const ENDPOINT: u64 = 2;
+        let routes: u64 = self
+            .routes
+            .iter()
+            .map(|r| ROUTE + ROUTE_FILTER * r.filters.len() as u64)
+            .sum();
+        let clusters: u64 = self
+            .clusters
+            .values()
+            .map(|c| CLUSTER + ENDPOINT * c.endpoints.len() as u64)
+            .sum();
+        TENANT + routes + clusters
+    }
+
     /// The instances its filter pools can hold (`pool_size` summed over
     /// every filter of every route).
     pub fn pool_instances(&self) -> u64 {

@@ -640,12 +640,25 @@ impl Config {
                 ));
             }
         }
+        let scope = Scope::of_tenant(&t);
+        if let Some(max) = self.quotas(&scope.tenant).metric_series
+            && scope.metric_series() > u64::from(max)
+        {
+            errors.push(ConfigError::new(
+                "routes",
+                format!(
+                    "this config would have the gateway export {} metric series for the tenant \
+                     (routes, the filters on them, clusters, endpoints); its metric_series \
+                     quota is {max}",
+                    scope.metric_series()
+                ),
+            ));
+        }
         let others: u64 = self
             .scopes()
             .filter(|s| s.tenant.as_str() != t.name)
             .map(|s| self.instance_share(&s.tenant, s.pool_instances()))
             .sum();
-        let scope = Scope::of_tenant(&t);
         let needed = others + self.instance_share(&scope.tenant, scope.pool_instances());
         if needed + 1 > u64::from(self.engine.max_instances) {
             errors.push(ConfigError::new(

@@ -222,12 +222,15 @@ pub(crate) async fn resolve(
 ) -> Result<RunningVersions, ConfigError> {
     let scoped = wasmgate_config::Scoped::from_key(name);
     let key = key_path(&scoped.tenant, &format!("filters.{}.path", scoped.name));
-    // The config points the filter at another file: the file decides again.
-    if st.path.as_ref() != Some(&f.path) {
+    // The config points the filter at another file: the file decides again,
+    // and is read even when files are not (a tenant's change through the
+    // API reads its own new files, not every other tenant's).
+    let moved = st.path.as_ref() != Some(&f.path);
+    if moved {
         st.pinned = false;
     }
     st.path = Some(f.path.clone());
-    if (!st.pinned && read_files) || st.get(st.current).is_none() {
+    if (!st.pinned && (read_files || moved)) || st.get(st.current).is_none() {
         let path = f.path.clone();
         let read = tokio::task::spawn_blocking(move || std::fs::read(&path))
             .await

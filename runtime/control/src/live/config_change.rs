@@ -226,6 +226,7 @@ impl Live {
                     .collect(),
             ));
         }
+        let started = std::time::Instant::now();
         let mut filters = (*self.filters.load_full()).clone();
         for (name, st) in &mut filters {
             if config.filter_by_key(name).is_none() {
@@ -233,9 +234,10 @@ impl Live {
             }
         }
         let (proxy, prev, refused) = self
-            .build_next_apart(&mut config, &mut filters)
+            .build_next_apart(&mut config, &mut filters, origin != Origin::Tenants)
             .await
             .map_err(fail)?;
+        let built = started.elapsed();
         let from_api = match origin {
             Origin::Api => true,
             Origin::File => false,
@@ -264,6 +266,12 @@ impl Live {
         )
         .await
         .map_err(|m| fail(vec![ConfigError::new("admin.data_dir", m)]))?;
+        tracing::debug!(
+            ?origin,
+            build_ms = built.as_secs_f64() * 1e3,
+            commit_ms = (started.elapsed() - built).as_secs_f64() * 1e3,
+            "change built and committed"
+        );
         if let Some(file) = from_file {
             self.file_config.store(std::sync::Arc::new(file));
         }

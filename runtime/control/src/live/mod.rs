@@ -297,10 +297,13 @@ impl Live {
     /// As [`Live::build_next`], with each tenant apart (see
     /// [`crate::build::build_apart`]): `config` loses (or gets back as they
     /// run) the tenants refused, which are returned with their errors.
+    /// `read_files`: read every filter's module file again (a reload); a
+    /// tenant's change through the API reads only the files it names anew.
     async fn build_next_apart(
         &self,
         config: &mut Config,
         filters: &mut BTreeMap<String, FilterVersions>,
+        read_files: bool,
     ) -> Result<
         (
             Generation,
@@ -318,7 +321,7 @@ impl Live {
         };
         let mut closing = self.closing.subscribe();
         let built = tokio::select! {
-            built = crate::build::build_apart(config, &self.deps, Some(&prev), Some(running), filters, true) => built,
+            built = crate::build::build_apart(config, &self.deps, Some(&prev), Some(running), filters, read_files) => built,
             _ = closing.wait_for(|c| *c) => Err(vec![ConfigError::new("", CLOSED)]),
         };
         match built {
