@@ -766,10 +766,10 @@ impl InstanceSlot {
         if let Some(q) = &quota
             && q.add_instance().is_err()
         {
-            if !q.reclaim_idle() {
+            // Another call may take the room made before this one does.
+            if !q.reclaim_idle() || q.add_instance().is_err() {
                 return Err(FilterFailure::Quota(q.refuse_instance()));
             }
-            q.add_instance().map_err(FilterFailure::Quota)?;
         }
         Ok(InstanceSlot(quota))
     }
