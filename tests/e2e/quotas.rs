@@ -226,8 +226,24 @@ async fn a_tenants_filter_quotas_bound_its_cpu_memory_and_instances() {
     let r = get(addr, "/two", &[("host", "few.example")]).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.contains("filter_instances"), "{}", r.body);
+    // The gateway's check of a changed config is not the tenant's load: a
+    // tenant using its whole share can still change its filter's config.
+    crate::tenants::write_tenant(
+        &d,
+        "few",
+        &tenant("few.example", &up, "wall_limit = \"10s\"")
+            .replace(
+                "name = \"r\"\ncluster = \"api\"\nfilters = [{ name = \"f\" }]",
+                "name = \"r\"\ncluster = \"api\"\nfilters = [{ name = \"f\", config = { tag = \"changed\" } }]",
+            ),
+    );
+    let refused = gw.live().reload_from(&d.join("gateway.toml")).await;
+    assert!(refused.as_ref().is_ok_and(|r| r.is_empty()), "{refused:?}");
     assert!(!slow.is_finished());
     assert_eq!((&mut slow).await.unwrap().status, 200);
+    let r = get(addr, "/", &[("host", "few.example")]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.seen().last().unwrap().headers["x-fault-seen"], "changed");
 
     let m = gw.metrics_text();
     assert_eq!(refusals(&m, "cpu", "filter_cpu_per_request"), 1.0, "{m}");

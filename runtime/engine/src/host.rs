@@ -78,7 +78,14 @@ impl HostState {
     /// A sandbox with no files, no environment, no arguments and no network;
     /// stdout and stderr go to the gateway log under the filter's name; clocks
     /// and randomness work.
-    pub fn new(site: CallSite, memory_limit: u64, grants: super::services::Grants) -> Self {
+    /// `counted`: its memory counts against its tenant's `filter_memory`
+    /// (not a probe's).
+    pub fn new(
+        site: CallSite,
+        memory_limit: u64,
+        grants: super::services::Grants,
+        counted: bool,
+    ) -> Self {
         let wasi = WasiCtxBuilder::new()
             .stdout(LogStream {
                 site: site.clone(),
@@ -108,7 +115,7 @@ impl HostState {
                 limit: memory_limit as usize,
                 exceeded: false,
                 current: 0,
-                tenant: grants.quota.clone(),
+                tenant: grants.quota.clone().filter(|_| counted),
                 tenant_exceeded: false,
             },
             site,

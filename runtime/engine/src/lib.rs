@@ -652,20 +652,25 @@ impl FilterModule {
         route: &Arc<str>,
         config_json: &str,
     ) -> Result<FilterInstance, FilterFailure> {
-        self.started(route, config_json)
+        self.started(route, config_json, true)
             .await
             .map(|(instance, _)| instance)
     }
 
     /// Creates an instance, runs `init`, and returns what the filter declared,
     /// within the filter's wall-clock budget. Used at load to validate a
-    /// route's config and learn the filter's needs.
+    /// route's config and learn the filter's needs. The gateway's own check,
+    /// so not counted against the tenant's instances, memory, CPU per second
+    /// or share of the workers (a tenant busy up to its quotas can still
+    /// change its config); its filter's own budgets hold.
     pub async fn probe(
         &self,
         route: &Arc<str>,
         config_json: &str,
     ) -> Result<Result<Needs, String>, FilterFailure> {
-        self.started(route, config_json).await.map(|(_, info)| info)
+        self.started(route, config_json, false)
+            .await
+            .map(|(_, info)| info)
     }
 
     /// A new instance past its `init`. Both run guest code, which the CPU
@@ -675,19 +680,27 @@ impl FilterModule {
         &self,
         route: &Arc<str>,
         config_json: &str,
+        counted: bool,
     ) -> Result<(FilterInstance, Result<Needs, String>), FilterFailure> {
         let wall = self.limits.wall;
         let started = tokio::time::timeout(wall, async {
-            let mut instance = self.new_instance(route).await?;
+            let mut instance = self.new_instance(route, counted).await?;
             let info = instance.init(config_json).await?;
             Ok((instance, info))
         });
         started.await.unwrap_or(Err(FilterFailure::WallClock(wall)))
     }
 
-    async fn new_instance(&self, route: &Arc<str>) -> Result<FilterInstance, FilterFailure> {
-        let slot = InstanceSlot::take(self.grants.quota.clone())?;
-        if let Some(q) = &self.grants.quota {
+    /// A new instance; `counted` against its tenant's quotas (a probe's
+    /// is not).
+    async fn new_instance(
+        &self,
+        route: &Arc<str>,
+        counted: bool,
+    ) -> Result<FilterInstance, FilterFailure> {
+        let quota = self.grants.quota.clone().filter(|_| counted);
+        let slot = InstanceSlot::take(quota.clone())?;
+        if let Some(q) = &quota {
             q.admit_call().map_err(FilterFailure::Quota)?;
         }
         let site = CallSite {
@@ -696,7 +709,7 @@ impl FilterModule {
         };
         let mut store = Store::new(
             self.pre.engine(),
-            HostState::new(site, self.limits.memory, self.grants.clone()),
+            HostState::new(site, self.limits.memory, self.grants.clone(), counted),
         );
         store.limiter(|s| &mut s.limiter);
         // The deadline is one epoch tick away, and each time it comes the
@@ -720,7 +733,6 @@ impl FilterModule {
         // Instantiation runs guest code (start functions): under the budget.
         store.data_mut().call.begin(None, 0, self.limits.cpu, false);
         let meter = store.data().call.meter.clone();
-        let quota = self.grants.quota.clone();
         let plugin = match &self.pre {
             Pre::V0_2(pre) => {
                 quota::metered(pre.instantiate_async(&mut store), &meter, quota.as_ref())
