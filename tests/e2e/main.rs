@@ -23,6 +23,7 @@ mod live;
 mod pool;
 mod protocols;
 mod quotas;
+mod response_cache;
 mod routing;
 mod services;
 mod tenants;

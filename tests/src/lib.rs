@@ -77,6 +77,28 @@ pub struct UpstreamOptions {
     pub http1_only: bool,
     /// Answer every request after this long.
     pub delay: Option<Duration>,
+    /// Holds requests whose path has `/held` until [`Upstream::release`].
+    pub gate: Arc<Gate>,
+}
+
+/// Holds requests until released (see [`UpstreamOptions::gate`]).
+#[derive(Default)]
+pub struct Gate {
+    open: std::sync::atomic::AtomicBool,
+    opened: tokio::sync::Notify,
+}
+
+impl Gate {
+    async fn pass(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            let notified = self.opened.notified();
+            if self.open.load(SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl UpstreamOptions {
@@ -112,7 +134,13 @@ impl Upstream {
     /// Starts an upstream called `name` with `options`.
     ///
     /// Every request is recorded. Besides the JSON answer, it has two
-    /// behaviours for protocol tests:
+    /// behaviours for protocol tests (and, for caching tests, each request
+    /// header `x-reply-header: name: value` is added to the answer,
+    /// `x-reply-bytes: N` makes the body N bytes, `x-reply-status: NNN`
+    /// sets the status, a request whose `If-None-Match` or
+    /// `If-Modified-Since` matches the answer's `ETag` or `Last-Modified`
+    /// gets a `304`, and a path with `/held` waits for
+    /// [`Upstream::release`]):
     /// - `Upgrade: websocket`: answers 101 and echoes WebSocket messages;
     /// - a path under `/grpc`: answers gRPC-style, echoing the request body
     ///   with trailers `grpc-status: 0`, `grpc-message` and, if the request
@@ -167,6 +195,15 @@ impl Upstream {
     /// How many requests arrived.
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    /// Lets the requests held at `/held` (and those to come) be answered.
+    pub fn release(&self) {
+        self.options
+            .gate
+            .open
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.options.gate.opened.notify_waiters();
     }
 }
 
@@ -231,8 +268,9 @@ async fn serve_upstream<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let delay = options.delay;
+    let gate = options.gate.clone();
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-        let (name, seen, info) = (name.clone(), seen.clone(), info.clone());
+        let (name, seen, info, gate) = (name.clone(), seen.clone(), info.clone(), gate.clone());
         async move {
             let path = req
                 .uri()
@@ -276,6 +314,9 @@ async fn serve_upstream<S>(
             if let Some(d) = delay {
                 tokio::time::sleep(d).await;
             }
+            if path.contains("/held") {
+                gate.pass().await;
+            }
             // `/delay/MS…`: answer after MS milliseconds.
             if let Some(ms) = path
                 .strip_prefix("/delay/")
@@ -288,12 +329,29 @@ async fn serve_upstream<S>(
             if path.starts_with("/close") {
                 return Err(std::io::Error::other("closing without an answer"));
             }
-            let body = serde_json::json!({ "upstream": name, "path": path }).to_string();
-            let mut resp = Response::new(
-                Full::new(Bytes::from(body))
-                    .map_err(|never| match never {})
-                    .boxed(),
-            );
+            // `x-reply-bytes: N`: a body of N bytes instead of the JSON.
+            let body = match req
+                .headers()
+                .get("x-reply-bytes")
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            {
+                Some(n) => Bytes::from(vec![b'a'; n]),
+                None => {
+                    Bytes::from(serde_json::json!({ "upstream": name, "path": path }).to_string())
+                }
+            };
+            let mut resp = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+            // Each `x-reply-header: name: value` is added to the answer.
+            for v in req.headers().get_all("x-reply-header") {
+                if let Some((k, v)) = v.to_str().ok().and_then(|v| v.split_once(':'))
+                    && let (Ok(k), Ok(v)) = (
+                        http::HeaderName::from_bytes(k.trim().as_bytes()),
+                        http::HeaderValue::from_str(v.trim()),
+                    )
+                {
+                    resp.headers_mut().append(k, v);
+                }
+            }
             // `/status/NNN…` answers NNN.
             if let Some(code) = path
                 .find("/status/")
@@ -302,6 +360,29 @@ async fn serve_upstream<S>(
                 .and_then(|c| http::StatusCode::from_u16(c).ok())
             {
                 *resp.status_mut() = code;
+            }
+            if let Some(code) = req
+                .headers()
+                .get("x-reply-status")
+                .and_then(|v| http::StatusCode::from_bytes(v.as_bytes()).ok())
+            {
+                *resp.status_mut() = code;
+            }
+            // An ETag among those listed, or the very Last-Modified date.
+            let matches = |cond: &str, validator: &str| {
+                req.headers().get(cond).is_some_and(|c| {
+                    resp.headers().get(validator).is_some_and(|v| {
+                        let (c, v) = (
+                            c.to_str().unwrap_or_default(),
+                            v.to_str().unwrap_or_default(),
+                        );
+                        c == v || (cond == "if-none-match" && c.split(',').any(|c| c.trim() == v))
+                    })
+                })
+            };
+            if matches("if-none-match", "etag") || matches("if-modified-since", "last-modified") {
+                *resp.status_mut() = http::StatusCode::NOT_MODIFIED;
+                *resp.body_mut() = Full::new(Bytes::new()).map_err(|n| match n {}).boxed();
             }
             let h = resp.headers_mut();
             h.insert("content-type", "application/json".parse().unwrap());

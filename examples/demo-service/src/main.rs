@@ -88,6 +88,9 @@ async fn main() -> std::io::Result<()> {
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let body = answer(&name, &req).to_string();
+                // Search results may be cached for a few seconds (the
+                // gateway's search route caches them).
+                let cacheable = name.rsplit_once('-').map_or(&*name, |(s, _)| s) == "search";
                 async move {
                     let mut resp = Response::new(Full::new(Bytes::from(body + "\n")));
                     resp.headers_mut().insert(
@@ -96,6 +99,14 @@ async fn main() -> std::io::Result<()> {
                             .parse()
                             .unwrap_or_else(|_| unreachable!()),
                     );
+                    if cacheable {
+                        resp.headers_mut().insert(
+                            "cache-control",
+                            "public, max-age=10"
+                                .parse()
+                                .unwrap_or_else(|_| unreachable!()),
+                        );
+                    }
                     Ok::<_, Infallible>(resp)
                 }
             });

@@ -46,6 +46,7 @@ pub mod limits;
 pub mod overload;
 pub mod quota;
 pub mod reach;
+pub mod response_cache;
 pub mod route;
 pub mod route_config;
 pub mod scope;
@@ -69,6 +70,7 @@ pub use crate::filter::{
 };
 pub use crate::limits::LimitsConfig;
 pub use crate::quota::{QuotaSettings, Quotas};
+pub use crate::response_cache::{CacheConfig, RouteCacheConfig};
 pub use crate::route::{PathMatch, RouteConfig, RouteFilter};
 pub use crate::scope::{Scope, Scoped, TenantId};
 pub use crate::secret::{Secret, SecretSetting, SecretSource};
@@ -203,6 +205,7 @@ struct RawConfig {
     #[serde(default)]
     watch: crate::watch::RawWatch,
     tenants: Option<crate::tenant::RawTenancy>,
+    cache: Option<crate::response_cache::RawCache>,
 }
 
 // ---------------------------------------------------------------------------
@@ -238,6 +241,8 @@ pub struct Config {
     pub overload: crate::overload::OverloadConfig,
     /// Reloading when the config file or a module file changes.
     pub watch: WatchConfig,
+    /// `[cache]`: the response cache routes with `[routes.cache]` share.
+    pub cache: CacheConfig,
     /// `[tenants]`, if the gateway is shared by tenants.
     pub tenancy: Option<TenancyConfig>,
     /// The tenants by name (file- and API-managed), each validated on its
@@ -264,6 +269,7 @@ impl fmt::Debug for Config {
             limits,
             overload,
             watch,
+            cache,
             tenancy,
             tenants,
         } = self;
@@ -281,6 +287,7 @@ impl fmt::Debug for Config {
             .field("limits", limits)
             .field("overload", overload)
             .field("watch", watch)
+            .field("cache", cache)
             .field("tenancy", tenancy)
             .field("tenants", tenants)
             .finish()
@@ -455,6 +462,10 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> (Config, Vec<ConfigErr
         .map(|a| crate::admin::validate(a, base, &mut errors));
     let limits = crate::limits::validate(raw.limits, &mut errors);
     let overload = crate::overload::validate(raw.overload, &mut errors);
+    let cache = raw
+        .cache
+        .map(|c| crate::response_cache::validate_cache(c, &mut errors))
+        .unwrap_or_default();
     let access_log = crate::access_log::validate(raw.access_log, base, &mut errors);
     let engine = crate::engine::validate(raw.engine, base, &mut errors);
 
@@ -509,6 +520,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> (Config, Vec<ConfigErr
         limits,
         overload,
         watch,
+        cache,
         tenancy,
         tenants: BTreeMap::new(),
     };

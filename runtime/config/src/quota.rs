@@ -30,6 +30,7 @@ pub(crate) struct RawQuota {
     rate_limit_keys: Option<u32>,
     outbound_per_second: Option<u32>,
     metric_series: Option<u32>,
+    cache_bytes: Option<HumanSize>,
 }
 
 /// What one tenant may use. `None`: no quota of that kind (the gateway-wide
@@ -68,6 +69,10 @@ pub struct QuotaSettings {
     /// filters on them, clusters, endpoints): a tenant's config past it
     /// is refused.
     pub metric_series: Option<u32>,
+    /// Bytes the tenant's answers may take in the response cache (past
+    /// it, its own oldest entries make room); `None`: only the whole
+    /// cache's `max_bytes`.
+    pub cache_bytes: Option<u64>,
 }
 
 /// Every quota's key, as `[tenants.quotas]` writes it and metrics label it.
@@ -158,6 +163,7 @@ impl QuotaSettings {
         take!(metric_series, raw.metric_series);
         take!(filter_memory, raw.filter_memory.map(|s| s.0));
         take!(kv_bytes, raw.kv_bytes.map(|s| s.0));
+        take!(cache_bytes, raw.cache_bytes.map(|s| s.0));
         for (name, d, field) in [
             (
                 "filter_cpu_per_request",

@@ -44,6 +44,7 @@ pub(crate) struct RawRoute {
     timeout: Option<HumanDuration>,
     #[serde(default)]
     filters: Vec<RawRouteFilter>,
+    cache: Option<crate::response_cache::RawRouteCache>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +98,8 @@ pub struct RouteConfig {
     pub prefix_rewrite: Option<String>,
     /// Time the upstream part (every try) may take; 504 past it.
     pub timeout: Option<Duration>,
+    /// `[routes.cache]`: its answers are cached, and how; `None`: not.
+    pub cache: Option<crate::RouteCacheConfig>,
     /// The filter chain, in request order.
     pub filters: Vec<RouteFilter>,
     /// Position in the config, which breaks ties between equal matches.
@@ -315,6 +318,10 @@ fn validate(
             }
             t => t.map(|t| t.0),
         },
+        cache: r.cache.map(|c| {
+            let names: Vec<&str> = chain.iter().map(|f| f.name.as_str()).collect();
+            crate::response_cache::validate_route_cache(c, &key, &names, errors)
+        }),
         filters: chain,
         order: i,
     }

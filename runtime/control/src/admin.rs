@@ -31,6 +31,7 @@ use crate::live::{Live, MAX_MODULE_SIZE, SwapError};
 use wasmgate_config::AdminConfig;
 use wasmgate_proxy::body::{self, ProxyBody};
 use wasmgate_proxy::error::GatewayError;
+use wasmgate_proxy::response_cache::Purge;
 use wasmgate_proxy::route::RouteTarget;
 
 /// Largest config document accepted by `PUT /config`.
@@ -139,7 +140,9 @@ impl AdminState {
             return crate::tenant_admin::not_found(&path);
         }
         let change = match (req.method(), path.as_str()) {
-            (&Method::PUT, "/config") | (&Method::POST, "/config/reload") => true,
+            (&Method::PUT, "/config")
+            | (&Method::POST, "/config/reload")
+            | (&Method::POST, "/cache/purge") => true,
             (m, p) => filter_target(p).is_some_and(|(_, action)| {
                 matches!(
                     (m, action),
@@ -159,6 +162,7 @@ impl AdminState {
                 )
                 .await
             }
+            (Method::POST, "/cache/purge") => self.purge(None, req).await,
             (_, "/config") => {
                 let current = self.live.config();
                 let body = match body::collect(req.into_body(), MAX_CONFIG_SIZE).await {
@@ -586,6 +590,100 @@ fn activate_param(query: Option<&str>) -> Result<bool, String> {
 #[serde(deny_unknown_fields)]
 struct VersionBody {
     version: u64,
+}
+
+/// `POST /cache/purge` (and a tenant's `POST /tenants/NAME/cache/purge`):
+/// exactly one of `url`, `prefix` or `tag`; `host` narrows a prefix (a
+/// `url` may be absolute instead); `tenant` narrows an operator's purge.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    url: Option<String>,
+    prefix: Option<String>,
+    host: Option<String>,
+    tag: Option<String>,
+    tenant: Option<String>,
+}
+
+impl PurgeRequest {
+    /// The purge it asks for, and the tenant it names, or what is wrong.
+    fn parse(self) -> Result<(Purge, Option<String>), String> {
+        let host = |h: &str| {
+            wasmgate_proxy::router::normalize_host(h)
+                .map(|h| h.into_owned())
+                .ok_or_else(|| format!("{h:?} is not a host"))
+        };
+        let given_host = self.host.as_deref().map(host).transpose()?;
+        let purge = match (self.url, self.prefix, self.tag) {
+            (Some(url), None, None) => {
+                let uri: http::Uri = url
+                    .parse()
+                    .map_err(|e| format!("url {url:?} is not a URL: {e}"))?;
+                let from_url = uri.authority().map(|a| host(a.as_str())).transpose()?;
+                let path_and_query = uri
+                    .path_and_query()
+                    .map(|p| p.as_str().to_owned())
+                    .filter(|p| p.starts_with('/'))
+                    .ok_or_else(|| format!("url {url:?} has no path (it starts with /)"))?;
+                Purge::Url {
+                    host: from_url.or(given_host),
+                    path_and_query,
+                }
+            }
+            (None, Some(prefix), None) if prefix.starts_with('/') => Purge::Prefix {
+                host: given_host,
+                prefix,
+            },
+            (None, Some(prefix), None) => {
+                return Err(format!(
+                    "prefix {prefix:?} is not a path (it starts with /)"
+                ));
+            }
+            (None, None, Some(tag)) if !tag.is_empty() && self.host.is_none() => Purge::Tag(tag),
+            (None, None, Some(_)) => {
+                return Err("tag must not be empty, and takes no host".into());
+            }
+            _ => return Err("give exactly one of url, prefix or tag".into()),
+        };
+        Ok((purge, self.tenant))
+    }
+}
+
+impl AdminState {
+    /// Removes cached answers: an operator's purge reaches every tenant's
+    /// (or the one it names), a tenant's only its own.
+    pub(crate) async fn purge(
+        &self,
+        tenant: Option<&str>,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let (purge, named) = match read_json::<PurgeRequest>(req)
+            .await
+            .map(PurgeRequest::parse)
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return GatewayError::bad_request(e).into_response(None),
+            Err(resp) => return resp,
+        };
+        let tenant = match (tenant, named) {
+            (Some(own), Some(named)) if named != own => {
+                return GatewayError::bad_request(format!(
+                    "this purge reaches tenant {own:?} only, not {named:?}"
+                ))
+                .into_response(None);
+            }
+            (Some(own), _) => Some(own.to_owned()),
+            (None, named) => named,
+        };
+        let purged = self.live.response_cache().purge(tenant.as_deref(), &purge);
+        tracing::info!(
+            ?purge,
+            tenant = tenant.as_deref().unwrap_or("(all)"),
+            purged,
+            "cache purge"
+        );
+        json(StatusCode::OK, serde_json::json!({ "purged": purged }))
+    }
 }
 
 /// A small JSON body, or the `400` that says what is wrong with it.

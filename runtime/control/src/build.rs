@@ -40,6 +40,9 @@ pub(crate) struct Deps {
     pub(crate) caller: Arc<ClusterCaller>,
     /// Where tenant clusters may connect.
     pub(crate) guard: Arc<wasmgate_proxy::upstream::guard::AddressGuard>,
+    /// The response cache, one for the gateway's life (its entries outlive
+    /// config changes).
+    pub(crate) response_cache: Arc<wasmgate_proxy::response_cache::ResponseCache>,
 }
 
 /// The tenants' certificates, for the listener to serve beside the
@@ -558,6 +561,7 @@ pub(crate) async fn build(
         },
         tls: deps.tls.clone(),
         overload: deps.overload.clone(),
+        response_cache: deps.response_cache.clone(),
     };
     let unclaimed = config
         .tenancy
@@ -762,6 +766,7 @@ async fn build_scope(
                 prefix_rewrite: r.prefix_rewrite.clone(),
                 reject_path_parameters: r.reject_path_parameters,
                 timeout: r.timeout,
+                cache: r.cache.clone(),
                 quota: quota.clone(),
             }),
         });

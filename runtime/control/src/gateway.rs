@@ -213,6 +213,9 @@ impl Gateway {
                 metrics.clone(),
             )),
             guard: Arc::default(),
+            response_cache: Arc::new(wasmgate_proxy::response_cache::ResponseCache::new(
+                &config.cache,
+            )),
         };
         let live = Live::start(config.clone(), file_config, data, pending, deps).await;
         match live {

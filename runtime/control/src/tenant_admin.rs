@@ -111,6 +111,7 @@ impl AdminState {
                 (&Method::GET, [n, "metrics"]) => n == own,
                 (&Method::GET, [n, "filters", _]) => n == own,
                 (&Method::PUT, [n, "uploads"]) => n == own,
+                (&Method::POST, [n, "cache", "purge"]) => n == own,
                 (m, [n, "filters", _, action]) => n == own && filter_action(m, action),
                 _ => false,
             };
@@ -214,6 +215,11 @@ impl AdminState {
                     );
                 };
                 self.upload(&name, &dir, req).await
+            }
+            (Method::POST, [n, "cache", "purge"]) if exists(n) => {
+                let name = (*n).to_owned();
+                drop(config);
+                self.purge(Some(&name), req).await
             }
             (Method::GET, [n, "tokens"]) if operator && exists(n) => json(
                 StatusCode::OK,

@@ -195,6 +195,7 @@ pub struct TenantQuota {
     kv_bytes: Limit,
     rate_limit_keys: Limit,
     outbound_per_second: Limit,
+    cache_bytes: Limit,
 
     requests: AtomicU32,
     request_bucket: Bucket,
@@ -238,6 +239,7 @@ impl TenantQuota {
             kv_bytes: Limit::default(),
             rate_limit_keys: Limit::default(),
             outbound_per_second: Limit::default(),
+            cache_bytes: Limit::default(),
             requests: AtomicU32::new(0),
             request_bucket: Bucket::new(f64::from(settings.request_burst().unwrap_or(0))),
             cpu_bucket: Bucket::new(
@@ -284,6 +286,12 @@ impl TenantQuota {
         self.rate_limit_keys.set(s.rate_limit_keys.map(u64::from));
         self.outbound_per_second
             .set(s.outbound_per_second.map(u64::from));
+        self.cache_bytes.set(s.cache_bytes);
+    }
+
+    /// Bytes its answers may take in the response cache.
+    pub fn cache_bytes(&self) -> Option<u64> {
+        self.cache_bytes.get()
     }
 
     /// Whose.

@@ -233,6 +233,14 @@ pub struct LoadSourceLabels {
     pub source: &'static str,
 }
 
+/// What the response cache did with a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
+pub struct CacheResultLabels {
+    /// `hit`, `stale`, `miss` or `bypass`.
+    pub result: &'static str,
+}
+
 /// One tenant's quota.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[cfg_attr(test, derive(Default))]
@@ -377,6 +385,30 @@ metric_tables! {
             "Filter instances a tenant holds (against filter_instances)";
         tenant_filter_memory: gauge[TenantLabels] => "tenant_filter_memory_bytes",
             "Linear memory of a tenant's filter instances together (against filter_memory)";
+    }
+
+    // The response cache (sampled at scrape from its counts).
+    cache {
+        cache_lookups: counter[CacheResultLabels] => "cache_lookups",
+            "Requests on cached routes by what the cache did: hit (served fresh from it), stale (a stale answer served under stale-while-revalidate or stale-if-error), miss (went upstream), bypass (not looked up: an unsafe method, a Range or an Authorization header)";
+        cache_revalidated: counter => "cache_revalidated",
+            "Stale answers the upstream confirmed with a 304 (renewed in the cache, not fetched again)";
+        cache_coalesced_waits: counter => "cache_coalesced_waits",
+            "Misses that waited for another request fetching the same key rather than going upstream themselves";
+        cache_purged: counter => "cache_purged",
+            "Entries removed by a purge through the admin API or by a successful unsafe method on their URL";
+        cache_stores: counter[OutcomeLabels] => "cache_stores",
+            "Upstream answers to misses offered to the cache: stored (ok), or not (rejected: not cacheable, too large, trailers)";
+        cache_evictions: counter => "cache_evictions",
+            "Cache entries evicted to keep within cache.max_bytes";
+        tenant_cache_bytes: gauge[TenantLabels] => "tenant_cache_bytes",
+            "Bytes a tenant's answers weigh in the response cache (against its cache_bytes quota)";
+        tenant_cache_evictions: counter[TenantLabels] => "tenant_cache_evictions",
+            "A tenant's own entries removed to keep its answers within its cache_bytes quota";
+        cache_entries: gauge => "cache_entries",
+            "Entries (keys, each with its Vary variants) in the response cache";
+        cache_bytes: gauge => "cache_bytes",
+            "Bytes the response cache's entries weigh (keys, heads and bodies), against cache.max_bytes";
     }
 
     // The access log.

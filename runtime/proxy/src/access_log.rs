@@ -112,6 +112,8 @@ pub struct Entry {
     pub trace_id: Option<String>,
     /// `filter:outcome` per filter call.
     pub filters: Vec<String>,
+    /// On a cached route: `hit`, `stale`, `miss` or `bypass`.
+    pub cache: Option<&'static str>,
     /// Response status.
     pub status: u16,
 }
@@ -135,6 +137,8 @@ struct Line<'a> {
     request_id: &'a str,
     trace_id: Option<&'a str>,
     filters: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<&'a str>,
 }
 
 fn display<S: serde::Serializer>(v: &humantime::Rfc3339Timestamp, s: S) -> Result<S::Ok, S::Error> {
@@ -191,6 +195,7 @@ impl<B: Body> LoggedBody<B> {
             request_id: &e.request_id,
             trace_id: e.trace_id.as_deref(),
             filters: &e.filters,
+            cache: e.cache,
         };
         // Serialising a borrowed struct straight to text: no value tree.
         if let Ok(text) = serde_json::to_string(&line) {

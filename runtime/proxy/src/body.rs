@@ -51,6 +51,90 @@ pub struct Streamed {
     inner: Limited<Incoming>,
     /// Keeps an upstream request counted while its response body streams.
     _hold: Option<crate::upstream::RequestHold>,
+    /// A copy of the body on its way into the response cache.
+    tee: Option<Box<Tee>>,
+}
+
+/// What is told the copy a [`Tee`] made: the whole body, or `None` when
+/// it could not be kept (past its limit, trailers, an error, or the body
+/// dropped before its end).
+pub type TeeDone = Box<dyn FnOnce(Option<Bytes>) + Send + Sync>;
+
+/// Copies a streamed body as it passes, up to a limit, and hands the copy
+/// over once the body has ended.
+pub struct Tee {
+    buf: bytes::BytesMut,
+    limit: usize,
+    done: Option<TeeDone>,
+}
+
+impl std::fmt::Debug for Tee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tee")
+            .field("kept", &self.buf.len())
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
+impl Tee {
+    /// Adds a frame; false once the copy cannot be kept.
+    fn frame(&mut self, frame: &Frame<Bytes>) -> bool {
+        match frame.data_ref() {
+            Some(d) if self.buf.len() + d.len() <= self.limit => {
+                self.buf.extend_from_slice(d);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn finish(mut self) {
+        if let Some(done) = self.done.take() {
+            done(Some(std::mem::take(&mut self.buf).freeze()));
+        }
+    }
+}
+
+impl Drop for Tee {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(None);
+        }
+    }
+}
+
+/// Tees `body` (an upstream's) into `done` when it ends, if it is no larger
+/// than `limit`; a body the gateway made is handed over at once. False when
+/// it cannot be kept.
+pub fn tee(body: &mut ProxyBody, limit: usize, done: TeeDone) -> bool {
+    match body {
+        Either::Left(s) => {
+            s.tee = Some(Box::new(Tee {
+                buf: bytes::BytesMut::new(),
+                limit,
+                done: Some(done),
+            }));
+            true
+        }
+        Either::Right(made) => match (&made.data, &made.trailers) {
+            (data, None) if data.as_ref().is_none_or(|d| d.len() <= limit) => {
+                done(Some(data.clone().unwrap_or_default()));
+                true
+            }
+            _ => false,
+        },
+    }
+}
+
+/// The body length a response declares (`Content-Length`), if any.
+pub fn declared_len<B>(resp: &http::Response<B>) -> Option<u64> {
+    resp.headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 impl Body for Streamed {
@@ -61,10 +145,31 @@ impl Body for Streamed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(frame) = self.first.take() {
-            return Poll::Ready(Some(Ok(frame)));
+        let polled = match self.first.take() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => Pin::new(&mut self.inner).poll_frame(cx),
+        };
+        if self.tee.is_some() {
+            let end = self.inner.is_end_stream();
+            match &polled {
+                Poll::Pending => {}
+                Poll::Ready(Some(Ok(frame))) => {
+                    let kept = self.tee.as_mut().is_some_and(|t| t.frame(frame));
+                    if !kept {
+                        self.tee = None;
+                    } else if end && let Some(tee) = self.tee.take() {
+                        tee.finish();
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => self.tee = None,
+                Poll::Ready(None) => {
+                    if let Some(tee) = self.tee.take() {
+                        tee.finish();
+                    }
+                }
+            }
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -128,6 +233,7 @@ pub fn stream(body: Incoming, limit: usize) -> ProxyBody {
         first: None,
         inner: Limited::new(body, limit),
         _hold: None,
+        tee: None,
     })
 }
 
@@ -137,6 +243,7 @@ pub fn stream_holding(body: Incoming, hold: crate::upstream::RequestHold) -> Pro
         first: None,
         inner: Limited::new(body, usize::MAX),
         _hold: Some(hold),
+        tee: None,
     })
 }
 
@@ -188,5 +295,6 @@ pub async fn stream_checked(body: Incoming, limit: usize) -> Result<ProxyBody, F
         first,
         inner,
         _hold: None,
+        tee: None,
     }))
 }

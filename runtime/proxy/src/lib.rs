@@ -24,6 +24,7 @@ pub mod overload;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod request;
+pub mod response_cache;
 pub mod route;
 pub mod router;
 pub mod server;

@@ -71,6 +71,8 @@ pub struct Policy {
     pub tls: Option<Arc<crate::tls::TlsTerminator>>,
     /// The gateway-wide overload guard.
     pub overload: Arc<crate::overload::OverloadGuard>,
+    /// The response cache routes with `[routes.cache]` use.
+    pub response_cache: Arc<crate::response_cache::ResponseCache>,
 }
 
 impl Proxy {

@@ -86,6 +86,8 @@ pub struct Route {
     pub reject_path_parameters: bool,
     /// Time the upstream part (every try) may take.
     pub timeout: Option<std::time::Duration>,
+    /// `[routes.cache]`: its answers are cached, and how.
+    pub cache: Option<wasmgate_config::RouteCacheConfig>,
     /// Its tenant's quotas (none for the operator's routes).
     pub quota: Option<Arc<wasmgate_engine::TenantQuota>>,
 }

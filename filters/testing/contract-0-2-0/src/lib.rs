@@ -87,7 +87,12 @@ impl Guest for Contract020 {
         if let Some(key) = req.header("x-contract-key").into_iter().next() {
             req.set_header(&format!("{p}-key-seen"), &key);
         }
-        req.set_context(VERSION.as_bytes());
+        // The context is the version, and what `x-contract-context-extra`
+        // adds (a filter-made value other parts of the gateway may key on).
+        match req.header("x-contract-context-extra").into_iter().next() {
+            Some(extra) => req.set_context(format!("{VERSION}:{extra}").as_bytes()),
+            None => req.set_context(VERSION.as_bytes()),
+        }
         RequestDecision::Proceed
     }
 

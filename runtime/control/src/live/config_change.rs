@@ -55,6 +55,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.watch != new.watch {
         fixed.push("watch");
     }
+    if old.cache != new.cache {
+        fixed.push("cache");
+    }
     if old.limits.listener() != new.limits.listener() {
         fixed.push("limits");
     }

@@ -240,6 +240,11 @@ impl Live {
         self.current.load_full()
     }
 
+    /// The response cache (one for the gateway's life, across reloads).
+    pub fn response_cache(&self) -> &Arc<wasmgate_proxy::response_cache::ResponseCache> {
+        &self.deps.response_cache
+    }
+
     /// The slot the server loads the current generation from.
     pub fn current(&self) -> &Arc<Current> {
         &self.current

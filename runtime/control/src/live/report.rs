@@ -62,6 +62,51 @@ impl Live {
         serde_json::json!({ "filters": filters })
     }
 
+    /// Brings the response cache's counters and gauges up to date.
+    fn sample_cache(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.deps.metrics;
+        let cache = &self.deps.response_cache;
+        // Maintenance first: evictions are counted as it runs.
+        let (entries, bytes) = cache.usage();
+        let st = cache.stats();
+        for (result, n) in [
+            ("hit", &st.hits),
+            ("stale", &st.stale),
+            ("miss", &st.misses),
+            ("bypass", &st.bypasses),
+        ] {
+            wasmgate_metrics::raise(
+                &m.cache_lookups
+                    .get_or_create(&wasmgate_metrics::CacheResultLabels { result }),
+                n.load(Relaxed),
+            );
+        }
+        for (outcome, n) in [("ok", &st.stores), ("rejected", &st.not_stored)] {
+            wasmgate_metrics::raise(
+                &m.cache_stores
+                    .get_or_create(&wasmgate_metrics::OutcomeLabels { outcome }),
+                n.load(Relaxed),
+            );
+        }
+        wasmgate_metrics::raise(&m.cache_evictions, st.evictions.load(Relaxed));
+        wasmgate_metrics::raise(&m.cache_revalidated, st.revalidated.load(Relaxed));
+        wasmgate_metrics::raise(&m.cache_coalesced_waits, st.coalesced.load(Relaxed));
+        wasmgate_metrics::raise(&m.cache_purged, st.purged.load(Relaxed));
+        for (tenant, bytes, evictions) in cache.tenant_usage() {
+            let labels = wasmgate_metrics::TenantLabels {
+                tenant: tenant.to_string(),
+            };
+            m.tenant_cache_bytes
+                .get_or_create(&labels)
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            wasmgate_metrics::raise(&m.tenant_cache_evictions.get_or_create(&labels), evictions);
+        }
+        m.cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        m.cache_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     /// Brings the tenants' quota counters and gauges up to date.
     fn sample_quotas(&self) {
         let m = &self.deps.metrics;
@@ -123,6 +168,7 @@ impl Live {
         }
         m.filter_components
             .set(i64::try_from(self.deps.engine.components_in_memory()).unwrap_or(i64::MAX));
+        self.sample_cache();
         for (name, c) in self.deps.engine.live_counts() {
             let labels = wasmgate_metrics::FilterNameLabels {
                 filter: name.to_string(),

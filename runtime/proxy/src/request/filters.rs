@@ -93,6 +93,14 @@ impl ChainRun {
     }
 }
 
+impl ChainRun {
+    /// What the route's filter `name` handed on with `set-context`.
+    pub(super) fn context(&self, route: &Route, name: &str) -> Option<&[u8]> {
+        let i = route.chain.iter().position(|f| &**f.name() == name)?;
+        self.carry.get(i)?.context.as_deref()
+    }
+}
+
 impl Proxy {
     /// Phase 3: `on-request` of each filter in order (those that declared
     /// it: the others are not called at all).

@@ -153,7 +153,9 @@ impl Proxy {
         if route.chain.is_empty() {
             // The lean path: nothing to copy, nothing to call.
             let target = route.pick();
-            return Ok(self.upstream(s, &route, target, parts, body.into()).await);
+            return Ok(self
+                .upstream(s, &route, target, parts, body.into(), None)
+                .await);
         }
         // Boxed: the filter path's state is large, and keeping it out of
         // this future keeps the lean path's future small (hyper moves it
@@ -177,7 +179,8 @@ impl Proxy {
         {
             filters::Next::Forward(parts, body) => {
                 let target = chain.target.clone();
-                self.upstream(s, &route, target.as_ref(), parts, body).await
+                self.upstream(s, &route, target.as_ref(), parts, body, Some(&chain))
+                    .await
             }
             filters::Next::Answer(resp) => resp,
         };

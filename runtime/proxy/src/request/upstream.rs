@@ -40,26 +40,38 @@ impl Proxy {
     pub(super) async fn upstream(
         &self,
         s: &mut Session<'_>,
+        route: &Arc<Route>,
+        target: Option<&Arc<Cluster>>,
+        parts: Parts,
+        body: ForwardBody,
+        chain: Option<&super::filters::ChainRun>,
+    ) -> Response<ProxyBody> {
+        if let (Some(_), Some(cluster)) = (&route.cache, target) {
+            // Boxed: the lean path's future stays small.
+            return Box::pin(self.cached_upstream(s, route, cluster, parts, body, chain)).await;
+        }
+        self.forwarded(s, route, target, parts, body).await
+    }
+
+    /// The upstream's response, or the failure's in the standard format.
+    pub(super) async fn forwarded(
+        &self,
+        s: &mut Session<'_>,
         route: &Route,
         target: Option<&Arc<Cluster>>,
         parts: Parts,
         body: ForwardBody,
     ) -> Response<ProxyBody> {
-        if let Some(hit) = self.cache_lookup(s, route, &parts) {
-            return hit;
-        }
-        let mut resp = match self.dispatch(s, route, target, parts, body).await {
+        match self.dispatch(s, route, target, parts, body).await {
             Ok(resp) => resp,
             Err(e) => self.error_response(s, e),
-        };
-        self.cache_store(s, route, &mut resp);
-        resp
+        }
     }
 
     /// Forwards to `target` (with the prefix rewritten, under the route's
     /// timeout), or, when there is none, makes the route's own redirect or
     /// response.
-    async fn dispatch(
+    pub(super) async fn dispatch(
         &self,
         s: &mut Session<'_>,
         route: &Route,
