@@ -70,7 +70,7 @@ extern crate self as wasmgate_sdk;
 mod http;
 pub mod log;
 mod state;
-pub use state::{config, crypto, kv, metrics, outbound, rate_limit};
+pub use state::{cache, config, crypto, kv, metrics, outbound, rate_limit};
 
 pub use http::{
     FilterInfo, HeaderInterest, OnRequest, OnResponse, Request, RequestEdits, RequestMeta,

@@ -1,9 +1,40 @@
 //! What the host does for a filter: a key-value store ([`kv`]), token
 //! buckets ([`rate_limit`]), named config values ([`config`]), metrics
-//! ([`metrics`]) and requests to clusters ([`outbound`]). State is
+//! ([`metrics`]), requests to clusters ([`outbound`]) and values kept in
+//! the gateway's response cache ([`cache`]). State is
 //! namespaced by the filter's name in the gateway config and shared by every
 //! instance of the filter, so it survives instance recycling and is
 //! consistent under concurrent requests.
+
+/// The gateway's response cache, for values a filter computes and may
+/// recompute (a token introspection's result, an aggregated answer).
+/// Unlike [`kv`], an entry may be evicted at any time, always expires,
+/// shares the cache's memory and the tenant's cache budget, and can be
+/// purged by tag through the admin API. A filter sees only its own entries.
+/// Within the filter's `cache_bytes` (1 MiB by default), its own oldest
+/// entries make room for new ones.
+pub mod cache {
+    use crate::__private::bindings::wasmgate::filter::cache as host;
+
+    pub use host::CacheError as Error;
+
+    /// The value under `key`, if it is still there.
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        host::get(key)
+    }
+
+    /// Stores `value` under `key` for `ttl_ms` (at most a day), with `tags`
+    /// a purge by tag names.
+    pub fn set(key: &str, value: &[u8], ttl_ms: u64, tags: &[&str]) -> Result<(), Error> {
+        let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+        host::set(key, value, ttl_ms, &tags)
+    }
+
+    /// Removes the value under `key`; whether there was one.
+    pub fn delete(key: &str) -> bool {
+        host::delete(key)
+    }
+}
 
 /// The filter's key-value store.
 pub mod kv {

@@ -273,6 +273,18 @@ fn the_published_0_1_1_contract_is_unchanged() {
     );
 }
 
+/// The last 0.2.0 contract, `wit/0.2.0/filter.wit`, is `wit/filter.wit` of
+/// commit 6c0b731 byte for byte: `contract-0-2-0` is built from it.
+#[test]
+fn the_published_0_2_0_contract_is_unchanged() {
+    let text = std::fs::read(repo_file("wit/0.2.0/filter.wit")).unwrap();
+    assert_eq!(
+        wasmgate::filter::sha256_hex(&text),
+        "21a0e4433bce311cfb60c90f8933b6c24fc880ff95c2aa0da5789e9e0382d911",
+        "wit/0.2.0/filter.wit is frozen: change wit/filter.wit under a new version instead"
+    );
+}
+
 /// Each frozen version in `wit/<version>/` declares that version, and the
 /// one contract the host and SDK bind, `wit/filter.wit`, is newer than all
 /// of them.

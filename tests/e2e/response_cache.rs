@@ -1064,3 +1064,190 @@ async fn the_access_log_says_how_the_cache_served() {
     let cache: Vec<&str> = lines.iter().map(|l| l["cache"].as_str().unwrap()).collect();
     assert_eq!(cache, ["miss", "hit", "bypass"]);
 }
+
+/// Filters keep values in the cache (the `cache` import, contract 0.2.1):
+/// each in its own namespace, within its `cache_bytes`, purged by tag.
+async fn filter_cache_gateway(up: &Upstream, admin: &str) -> RunningGateway {
+    start_gateway(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n{admin}\n\
+         [engine]\nmax_instances = 16\n\
+         [filters.f1]\npath = {fault:?}\npool_size = 1\ncache_bytes = \"4KiB\"\n\
+         [filters.f2]\npath = {fault:?}\npool_size = 1\n\
+         [filters.none]\npath = {fault:?}\npool_size = 1\ncache_bytes = 0\n\
+         [clusters.up]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"one\"\npath_prefix = \"/one\"\ncluster = \"up\"\nfilters = [{{ name = \"f1\" }}]\n\
+         [[routes]]\nname = \"two\"\npath_prefix = \"/two\"\ncluster = \"up\"\nfilters = [{{ name = \"f2\" }}]\n\
+         [[routes]]\nname = \"none\"\npath_prefix = \"/none\"\ncluster = \"up\"\nfilters = [{{ name = \"none\" }}]\n",
+        up.addr,
+        fault = artifacts::FAULT,
+    ))
+    .await
+}
+
+async fn cache_op(addr: std::net::SocketAddr, route: &str, op: &str, arg: &str) -> (u16, String) {
+    let r = get(addr, route, &[("x-fault", op), ("x-fault-arg", arg)]).await;
+    (r.status, r.body)
+}
+
+#[tokio::test]
+async fn filters_keep_values_in_the_cache_each_in_its_own_namespace() {
+    let up = Upstream::start("u").await;
+    let gw = filter_cache_gateway(&up, "").await;
+    let addr = gw.addr();
+    assert_eq!(
+        cache_op(addr, "/one", "cache-set", "k=v1@60000").await,
+        (200, "stored".into())
+    );
+    assert_eq!(
+        cache_op(addr, "/one", "cache-get", "k").await,
+        (200, "v1".into())
+    );
+    // Another filter, the same key: its own namespace, empty.
+    assert_eq!(cache_op(addr, "/two", "cache-get", "k").await.0, 404);
+    assert_eq!(cache_op(addr, "/two", "cache-set", "k=v2").await.0, 200);
+    assert_eq!(cache_op(addr, "/one", "cache-get", "k").await.1, "v1");
+    assert_eq!(cache_op(addr, "/two", "cache-get", "k").await.1, "v2");
+    // Bad calls are refused, naming why; a filter with no grant has none.
+    assert_eq!(
+        cache_op(addr, "/one", "cache-set", "k=v@0").await,
+        (507, "CacheError::InvalidTtl".into())
+    );
+    assert_eq!(
+        cache_op(
+            addr,
+            "/one",
+            "cache-set",
+            &format!("k=v@1000#{}", "t,".repeat(17))
+        )
+        .await,
+        (507, "CacheError::InvalidKey".into())
+    );
+    let big = format!("big={}", "x".repeat(5000));
+    assert_eq!(
+        cache_op(addr, "/one", "cache-set", &big).await,
+        (507, "CacheError::TooLarge(4096)".into())
+    );
+    assert_eq!(
+        cache_op(addr, "/none", "cache-set", "k=v").await,
+        (507, "CacheError::NotGranted".into())
+    );
+    assert_eq!(cache_op(addr, "/none", "cache-get", "k").await.0, 404);
+    // Expiry by TTL.
+    assert_eq!(
+        cache_op(addr, "/one", "cache-set", "short=v@1").await.0,
+        200
+    );
+    wasmgate_tests::within("the 1 ms entry to expire", async {
+        while cache_op(addr, "/one", "cache-get", "short").await.0 != 404 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Past its quota, the filter's own oldest values make room: ten of
+    // 1,000 bytes in 4 KiB.
+    for i in 0..10 {
+        let set = format!("fill{i}={}", "y".repeat(1000));
+        assert_eq!(cache_op(addr, "/one", "cache-set", &set).await.0, 200);
+    }
+    assert_eq!(cache_op(addr, "/one", "cache-get", "fill9").await.0, 200);
+    assert_eq!(cache_op(addr, "/one", "cache-get", "fill0").await.0, 404);
+    // The other filter's value was never touched.
+    assert_eq!(cache_op(addr, "/two", "cache-get", "k").await.1, "v2");
+    let m = gw.metrics_text();
+    assert!(
+        metric(&m, "wasmgate_cache_filter_lookups_total{result=\"hit\"}").unwrap() >= 5.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "wasmgate_cache_filter_stores_total{outcome=\"rejected\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(up.count(), 0, "every answer was the filter's");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_filter_value_is_purged_by_its_tag() {
+    let up = Upstream::start("u").await;
+    let operator = "operator-token-0123456789";
+    let gw = filter_cache_gateway(
+        &up,
+        &format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{operator}\""),
+    )
+    .await;
+    let (addr, admin) = (gw.addr(), gw.admin_addr().unwrap());
+    let purge = |body: &'static str| async move {
+        wasmgate_tests::send_body(
+            admin,
+            "POST",
+            "/cache/purge",
+            &[
+                ("host", "localhost"),
+                ("authorization", "Bearer operator-token-0123456789"),
+            ],
+            body,
+        )
+        .await
+        .json()["purged"]
+            .as_u64()
+    };
+    cache_op(addr, "/one", "cache-set", "/a=1@60000#user-7,plan").await;
+    cache_op(addr, "/one", "cache-set", "/b=2@60000#user-8").await;
+    // A purge by URL or prefix is for answers to requests, not filters' values.
+    assert_eq!(purge(r#"{"prefix": "/"}"#).await, Some(0));
+    assert_eq!(purge(r#"{"tag": "user-7"}"#).await, Some(1));
+    assert_eq!(cache_op(addr, "/one", "cache-get", "/a").await.0, 404);
+    assert_eq!(cache_op(addr, "/one", "cache-get", "/b").await.1, "2");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn tenants_filters_of_one_name_keep_apart_values() {
+    let up = Upstream::start("u").await;
+    let tenant = |host: &str| {
+        format!(
+            "hosts = [\"{host}\"]\n[filters.f]\npath = {:?}\npool_size = 1\n\
+             [clusters.api]\nendpoints = [\"{}\"]\n\
+             [[routes]]\nname = \"r\"\ncluster = \"api\"\nfilters = [{{ name = \"f\" }}]\n",
+            artifacts::FAULT,
+            up.addr
+        )
+    };
+    let d = crate::tenants::layout(
+        "filter-cache",
+        &tenant_main(""),
+        &[("a", &tenant("a.example")), ("b", &tenant("b.example"))],
+    );
+    let gw = wasmgate_tests::start_gateway_from(&d.join("gateway.toml")).await;
+    let addr = gw.addr();
+    let op = |host: &'static str, op: &'static str, arg: &'static str| async move {
+        get(
+            addr,
+            "/",
+            &[("host", host), ("x-fault", op), ("x-fault-arg", arg)],
+        )
+        .await
+        .status
+    };
+    assert_eq!(op("a.example", "cache-set", "secret=a").await, 200);
+    assert_eq!(op("a.example", "cache-get", "secret").await, 200);
+    assert_eq!(
+        op("b.example", "cache-get", "secret").await,
+        404,
+        "b's f is not a's f"
+    );
+    // The value counts in a's cache budget.
+    assert!(
+        metric(
+            &gw.metrics_text(),
+            "wasmgate_tenant_cache_bytes{tenant=\"a\"}"
+        )
+        .unwrap()
+            > 0.0
+    );
+    gw.shutdown().await;
+}

@@ -22,6 +22,8 @@ use crate::secret::{SecretSetting, SecretSource};
 use crate::{ConfigError, HumanDuration, HumanSize};
 
 /// Default memory limit of one filter instance.
+/// Default `cache_bytes` of a filter: what its `cache` entries may take.
+pub const DEFAULT_FILTER_CACHE_BYTES: u64 = 1 << 20;
 pub const DEFAULT_FILTER_MEMORY: u64 = 64 << 20;
 /// Default CPU budget of one filter call.
 pub const DEFAULT_FILTER_CPU: Duration = Duration::from_millis(50);
@@ -53,6 +55,7 @@ pub(crate) struct RawFilter {
     failure_policy: Option<FailurePolicy>,
     quarantine_after: Option<u32>,
     kv_quota: Option<HumanSize>,
+    cache_bytes: Option<HumanSize>,
     #[serde(default)]
     vars: BTreeMap<String, RawVar>,
     outbound_clusters: Option<Vec<String>>,
@@ -121,6 +124,9 @@ pub struct FilterConfig {
     pub quarantine_after: u32,
     /// Largest total size of its `kv` entries.
     pub kv_quota: usize,
+    /// Largest total size of its entries in the response cache (`cache`
+    /// import); 0: no cache.
+    pub cache_bytes: u64,
     /// Values its `config.get` returns: where each comes from and, once
     /// [`crate::Config::read_secrets`] has run, the value.
     pub vars: BTreeMap<String, SecretSetting>,
@@ -317,6 +323,7 @@ pub(crate) fn validate(
         kv_quota: f
             .kv_quota
             .map_or(16 << 20, |q| usize::try_from(q.0).unwrap_or(usize::MAX)),
+        cache_bytes: f.cache_bytes.map_or(DEFAULT_FILTER_CACHE_BYTES, |q| q.0),
         vars,
         outbound_clusters: f.outbound_clusters,
         reroute_clusters: f.reroute_clusters,

@@ -195,6 +195,12 @@ pub(crate) async fn compile(
         .collect();
     let reroute = ClusterGrant::from_config(f.reroute_clusters.as_deref());
     m.grant(f.kv_quota, vars, outbound, reroute);
+    m.set_cache(
+        (f.cache_bytes > 0).then(|| wasmgate_engine::services::CacheGrant {
+            store: deps.response_cache.clone(),
+            quota: f.cache_bytes,
+        }),
+    );
     m.set_log_rate(f.log_lines_per_second);
     m.set_rate_limit_keys(f.rate_limit_keys);
     m.set_header_bounds(HeaderBounds {

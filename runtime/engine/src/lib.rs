@@ -594,6 +594,11 @@ impl FilterModule {
         self.grants.log.set_rate(per_second);
     }
 
+    /// Grants the filter its share of the response cache (`None`: none).
+    pub fn set_cache(&mut self, cache: Option<services::CacheGrant>) {
+        self.grants.cache = cache;
+    }
+
     /// Sets how many rate-limit buckets (keys) the filter may hold.
     pub fn set_rate_limit_keys(&mut self, keys: usize) {
         self.grants.rate_limit_keys = keys;

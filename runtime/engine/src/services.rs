@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use wasmgate_config::Scoped;
 
-use super::bindings::v0_2::wasmgate::filter::{config, crypto, kv, metrics, outbound, rate_limit};
+use super::bindings::v0_2::wasmgate::filter::{
+    cache, config, crypto, kv, metrics, outbound, rate_limit,
+};
 use super::host::HostState;
 use wasmgate_metrics::filter_metrics::{FilterMetrics, Kind};
 
@@ -268,7 +270,49 @@ pub struct Grants {
     pub refused: Arc<crate::LimitCounts>,
     /// Its tenant's quotas (none in the operator's scope).
     pub quota: Option<Arc<crate::quota::TenantQuota>>,
+    /// Its share of the response cache, if granted.
+    pub cache: Option<CacheGrant>,
 }
+
+/// The response cache as filters reach it: the seam between the filter
+/// host and the proxy's cache (which implements it), keyed by the
+/// filter's namespace so that a filter reaches only its own entries.
+pub trait FilterCache: Send + Sync + std::fmt::Debug {
+    /// The live value under `key` of `from`'s.
+    fn get(&self, from: &Scoped, key: &str) -> Option<Vec<u8>>;
+    /// Stores `value` under `key` of `from`'s for `ttl` with `tags`; past
+    /// `quota` bytes of `from`'s entries (or the tenant's `tenant_budget`),
+    /// its own oldest entries make room. False when it cannot fit at all.
+    #[allow(clippy::too_many_arguments)]
+    fn set(
+        &self,
+        from: &Scoped,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+        tags: Vec<String>,
+        quota: u64,
+        tenant_budget: Option<u64>,
+    ) -> bool;
+    /// Removes `key` of `from`'s; whether it was there.
+    fn delete(&self, from: &Scoped, key: &str) -> bool;
+}
+
+/// A filter's share of the response cache.
+#[derive(Debug, Clone)]
+pub struct CacheGrant {
+    /// The cache.
+    pub store: Arc<dyn FilterCache>,
+    /// Bytes its entries may take together (`cache_bytes`).
+    pub quota: u64,
+}
+
+/// The longest TTL a filter's cache entry may have.
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(86_400);
+/// The longest key of a filter's cache entry.
+pub const MAX_CACHE_KEY: usize = 512;
+/// Most tags on one entry, and the longest tag.
+pub const MAX_CACHE_TAGS: (usize, usize) = (16, 256);
 
 /// Default `rate_limit_keys`.
 pub const DEFAULT_RATE_LIMIT_KEYS: usize = 100_000;
@@ -435,6 +479,7 @@ impl Grants {
             headers: Arc::default(),
             refused: Arc::default(),
             quota,
+            cache: None,
         }
     }
 }
@@ -588,6 +633,55 @@ impl kv::Host for HostState {
             }
             None => false,
         }
+    }
+}
+
+impl cache::Host for HostState {
+    fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        let g = self.grants();
+        g.cache.as_ref()?.store.get(&g.namespace, &key)
+    }
+
+    fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: u64,
+        tags: Vec<String>,
+    ) -> Result<(), cache::CacheError> {
+        use cache::CacheError as E;
+        let g = self.grants();
+        let Some(grant) = &g.cache else {
+            return Err(E::NotGranted);
+        };
+        if key.len() > MAX_CACHE_KEY
+            || tags.len() > MAX_CACHE_TAGS.0
+            || tags
+                .iter()
+                .any(|t| t.len() > MAX_CACHE_TAGS.1 || t.is_empty())
+        {
+            return Err(E::InvalidKey);
+        }
+        let ttl = Duration::from_millis(ttl_ms);
+        if ttl.is_zero() || ttl > MAX_CACHE_TTL {
+            return Err(E::InvalidTtl);
+        }
+        let budget = g.quota.as_ref().and_then(|q| q.cache_bytes());
+        let stored = grant
+            .store
+            .set(&g.namespace, &key, value, ttl, tags, grant.quota, budget);
+        if stored {
+            Ok(())
+        } else {
+            Err(E::TooLarge(grant.quota))
+        }
+    }
+
+    fn delete(&mut self, key: String) -> bool {
+        let g = self.grants();
+        g.cache
+            .as_ref()
+            .is_some_and(|c| c.store.delete(&g.namespace, &key))
     }
 }
 

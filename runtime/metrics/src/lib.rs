@@ -395,6 +395,10 @@ metric_tables! {
             "Stale answers the upstream confirmed with a 304 (renewed in the cache, not fetched again)";
         cache_coalesced_waits: counter => "cache_coalesced_waits",
             "Misses that waited for another request fetching the same key rather than going upstream themselves";
+        cache_filter_lookups: counter[CacheResultLabels] => "cache_filter_lookups",
+            "Filters' cache.get calls by result: hit (a live value) or miss";
+        cache_filter_stores: counter[OutcomeLabels] => "cache_filter_stores",
+            "Filters' cache.set calls: stored (ok), or refused (rejected: larger than the filter's cache_bytes or its tenant's cache budget)";
         cache_purged: counter => "cache_purged",
             "Entries removed by a purge through the admin API or by a successful unsafe method on their URL";
         cache_stores: counter[OutcomeLabels] => "cache_stores",

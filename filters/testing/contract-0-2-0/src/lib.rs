@@ -1,6 +1,7 @@
 //! Test-only: the `contract-0-1-0` guest's behaviour, built against the
-//! 0.2 contract (`wit/filter.wit`) without the SDK, so that one route can
-//! run a 0.1 build and a 0.2 build of the same filter side by side.
+//! published 0.2.0 contract (`wit/0.2.0/filter.wit`) without the SDK, so
+//! that one route can run a 0.1 build and a 0.2 build of the same filter
+//! side by side, and a 0.2.0 build runs on a host of a later 0.2.x.
 //!
 //! Its config (JSON) names the header prefix it uses (default
 //! `x-contract`), which phases it declares (default both), whether to echo
@@ -16,7 +17,7 @@
 //! (`tests/benches/filter_call.rs`).
 
 wit_bindgen::generate!({
-    path: "../../../wit/filter.wit",
+    path: "../../../wit/0.2.0/filter.wit",
     world: "plugin",
 });
 

@@ -7,7 +7,8 @@
 //! the environment and the network, print to stdout/stderr, and answer 200 with
 //! what happened), `sleep` (hold the instance for 2 s), `grow` (keep 8 MiB
 //! alive in the instance), `reroute` (send the request to the cluster named
-//! in `x-fault-arg`, at `/rerouted`), `log-flood` (write `x-fault-arg`
+//! in `x-fault-arg`, at `/rerouted`), `cache-set` and `cache-get` (the
+//! `cache` import, see the match below), `log-flood` (write `x-fault-arg`
 //! log lines that try to forge gateway lines), `read-header` (answer with
 //! the values of the header named in `x-fault-arg`), `set-header` (set the
 //! header named in `x-fault-arg` to `forged`), `bucket-flood` (take from as
@@ -29,7 +30,7 @@ use serde::Deserialize;
 use wasmgate_sdk::outbound::Call;
 use wasmgate_sdk::{
     Filter, FilterInfo, OnRequest, OnResponse, Request, RequestEdits, Response, ResponseEdits,
-    config, export_filter, kv, log, metrics, outbound, parse_config, rate_limit,
+    cache, config, export_filter, kv, log, metrics, outbound, parse_config, rate_limit,
 };
 
 #[derive(Deserialize, Default)]
@@ -216,6 +217,29 @@ impl Filter for Fault {
                     String::from_utf8_lossy(&e.value).into_owned()
                 });
                 OnRequest::proceed_with(RequestEdits::default().set_header("x-secret", v))
+            }
+            // The `cache` import: `cache-set` stores `KEY=VALUE@TTL_MS#TAG,…`
+            // (from `x-fault-arg`), answering 200 `stored` or 507 with the
+            // error; `cache-get` answers 200 with the value of KEY, or 404.
+            Some("cache-set") => {
+                let arg = req.header("x-fault-arg").unwrap_or_default();
+                let (entry, tags) = arg.split_once('#').unwrap_or((arg, ""));
+                let (kv, ttl) = entry.split_once('@').unwrap_or((entry, "60000"));
+                let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+                let tags: Vec<&str> = tags.split(',').filter(|t| !t.is_empty()).collect();
+                match cache::set(key, value.as_bytes(), ttl.parse().unwrap_or(0), &tags) {
+                    Ok(()) => OnRequest::respond(Response::new(200).text("stored")),
+                    Err(e) => OnRequest::respond(Response::new(507).text(format!("{e:?}"))),
+                }
+            }
+            Some("cache-get") => {
+                let key = req.header("x-fault-arg").unwrap_or_default();
+                match cache::get(key) {
+                    Some(v) => {
+                        OnRequest::respond(Response::new(200).text(String::from_utf8_lossy(&v)))
+                    }
+                    None => OnRequest::respond(Response::new(404).text("none")),
+                }
             }
             Some("var") => {
                 let v = config::get("greeting").unwrap_or_else(|| "none".into());

@@ -89,6 +89,20 @@ impl Live {
                 n.load(Relaxed),
             );
         }
+        for (result, n) in [("hit", &st.filter_hits), ("miss", &st.filter_misses)] {
+            wasmgate_metrics::raise(
+                &m.cache_filter_lookups
+                    .get_or_create(&wasmgate_metrics::CacheResultLabels { result }),
+                n.load(Relaxed),
+            );
+        }
+        for (outcome, n) in [("ok", &st.filter_stores), ("rejected", &st.filter_refused)] {
+            wasmgate_metrics::raise(
+                &m.cache_filter_stores
+                    .get_or_create(&wasmgate_metrics::OutcomeLabels { outcome }),
+                n.load(Relaxed),
+            );
+        }
         wasmgate_metrics::raise(&m.cache_evictions, st.evictions.load(Relaxed));
         wasmgate_metrics::raise(&m.cache_revalidated, st.revalidated.load(Relaxed));
         wasmgate_metrics::raise(&m.cache_coalesced_waits, st.coalesced.load(Relaxed));

@@ -143,7 +143,7 @@ impl Proxy {
             let _ = write!(extra, "{}={}:{};", part.describe(), value.len(), value);
         }
         Key {
-            tenant: Arc::from(route.tenant.as_str()),
+            tenant: route.tenant.0.clone(),
             route: route.name.clone(),
             cluster: cluster.name().clone(),
             scheme: s.client.as_ref().map_or("http", |c| c.scheme),

@@ -1,4 +1,5 @@
-//! Each tenant's budget inside the one cache. moka has one capacity (the
+//! Each tenant's budget inside the one cache (and each filter's quota for
+//! the values it keeps there, by the same means). moka has one capacity (the
 //! gateway-wide `max_bytes`, evicting the least recently used across all
 //! tenants), so a tenant's own budget (its `cache_bytes` quota) is kept
 //! here: its bytes are counted exactly (added on insert, taken off by
@@ -33,24 +34,31 @@ fn live_estimate(t: &TenantBytes) -> usize {
     usize::try_from(t.bytes.load(Relaxed) / 512).unwrap_or(usize::MAX)
 }
 
-/// Every tenant's share.
+/// Every owner's share: tenants' (their answers and their filters'
+/// values), or filters' (their values, against their `cache_bytes`).
 #[derive(Default)]
 pub(super) struct Budgets {
-    tenants: DashMap<Arc<str>, Arc<TenantBytes>>,
+    owners: DashMap<Arc<str>, Arc<TenantBytes>>,
 }
 
 impl Budgets {
-    pub(super) fn of(&self, tenant: &Arc<str>) -> Arc<TenantBytes> {
-        if let Some(t) = self.tenants.get(tenant) {
+    pub(super) fn of(&self, owner: &Arc<str>) -> Arc<TenantBytes> {
+        if let Some(t) = self.owners.get(owner) {
             return t.clone();
         }
-        self.tenants.entry(tenant.clone()).or_default().clone()
+        self.owners.entry(owner.clone()).or_default().clone()
     }
 
-    /// `key` was stored, weighing `size`; `live` says whether a key is
-    /// still stored.
-    pub(super) fn added(&self, key: &Arc<Key>, size: u64, live: impl Fn(&Arc<Key>) -> bool) {
-        let t = self.of(&key.tenant);
+    /// `key` of `owner`'s was stored, weighing `size`; `live` says whether
+    /// a key is still stored.
+    pub(super) fn added(
+        &self,
+        owner: &Arc<str>,
+        key: &Arc<Key>,
+        size: u64,
+        live: impl Fn(&Arc<Key>) -> bool,
+    ) {
+        let t = self.of(owner);
         t.bytes.fetch_add(size, Relaxed);
         let mut order = t.order.lock().unwrap();
         order.push_back(key.clone());
@@ -69,9 +77,9 @@ impl Budgets {
         }
     }
 
-    /// An entry of `tenant` weighing `size` left the cache.
-    pub(super) fn removed(&self, tenant: &Arc<str>, size: u64) {
-        if let Some(t) = self.tenants.get(tenant) {
+    /// An entry of `owner`'s weighing `size` left the cache.
+    pub(super) fn removed(&self, owner: &str, size: u64) {
+        if let Some(t) = self.owners.get(owner) {
             // Never below zero, even if a removal races its own insert.
             let _ = t
                 .bytes
@@ -84,12 +92,12 @@ impl Budgets {
     /// Says how many it removed.
     pub(super) fn make_room(
         &self,
-        tenant: &Arc<str>,
+        owner: &Arc<str>,
         budget: u64,
         incoming: u64,
         mut remove: impl FnMut(&Arc<Key>) -> bool,
     ) -> u64 {
-        let t = self.of(tenant);
+        let t = self.of(owner);
         let mut order = t.order.lock().unwrap();
         let mut removed = 0;
         // moka tells the removal listener (which takes the bytes off) on
@@ -104,9 +112,9 @@ impl Budgets {
         removed
     }
 
-    /// Bytes and budget evictions by tenant, for the metrics.
+    /// Bytes and budget evictions by owner, for the metrics.
     pub(super) fn report(&self) -> Vec<(Arc<str>, u64, u64)> {
-        self.tenants
+        self.owners
             .iter()
             .map(|e| {
                 (

@@ -153,10 +153,19 @@ impl Stored {
     }
 }
 
-/// The variants stored under one key.
+/// A value a filter keeps in the cache (the `cache` import).
+#[derive(Debug)]
+struct FilterValue {
+    bytes: Bytes,
+    tags: Box<[Box<str>]>,
+    expires: std::time::Instant,
+}
+
+/// The variants stored under one key (or, under a filter's key, its value).
 #[derive(Debug)]
 struct Entry {
     variants: Vec<Arc<Stored>>,
+    value: Option<FilterValue>,
     /// Its weight.
     size: usize,
     /// How long from its insert it is worth keeping.
@@ -210,6 +219,14 @@ pub struct CacheStats {
     pub evictions: AtomicU64,
     /// Entries removed by purges and unsafe methods.
     pub purged: AtomicU64,
+    /// Filters' `cache.get` that found a value.
+    pub filter_hits: AtomicU64,
+    /// Filters' `cache.get` that found none.
+    pub filter_misses: AtomicU64,
+    /// Filters' values stored.
+    pub filter_stores: AtomicU64,
+    /// Filters' values refused (past their quota or their tenant's budget).
+    pub filter_refused: AtomicU64,
 }
 
 /// The gateway's response cache.
@@ -220,8 +237,33 @@ pub struct ResponseCache {
     tag_header: http::HeaderName,
     lock_timeout: Duration,
     locks: Arc<Locks>,
+    /// Tenants' budgets.
     budgets: Arc<budget::Budgets>,
+    /// Filters' quotas for their values (owner `tenant/filter`).
+    filter_budgets: Arc<budget::Budgets>,
     stats: Arc<CacheStats>,
+}
+
+/// The scheme of a filter's key: never a request's, so a filter's values
+/// and the answers to requests cannot meet.
+const FILTER_SCHEME: &str = "filter";
+
+/// The key of filter `from`'s value `key`.
+fn filter_key(from: &wasmgate_config::Scoped, key: &str) -> Key {
+    Key {
+        tenant: from.tenant.0.clone(),
+        route: from.name.clone(),
+        cluster: Arc::from(""),
+        scheme: FILTER_SCHEME,
+        host: String::new(),
+        path_and_query: key.to_owned(),
+        extra: String::new(),
+    }
+}
+
+/// Whose quota a filter's key counts against.
+fn filter_owner(k: &Key) -> String {
+    format!("{}/{}", k.tenant, k.route)
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -336,7 +378,9 @@ impl ResponseCache {
     pub fn new(config: &CacheConfig) -> ResponseCache {
         let stats = Arc::new(CacheStats::default());
         let budgets = Arc::new(budget::Budgets::default());
-        let (evicted, released) = (stats.clone(), budgets.clone());
+        let filter_budgets = Arc::new(budget::Budgets::default());
+        let (evicted, released, released_filter) =
+            (stats.clone(), budgets.clone(), filter_budgets.clone());
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
@@ -344,6 +388,9 @@ impl ResponseCache {
             .expire_after(KeepFor)
             .eviction_listener(move |k: Arc<Arc<Key>>, v: Arc<Entry>, cause| {
                 released.removed(&k.tenant, v.size as u64);
+                if k.scheme == FILTER_SCHEME {
+                    released_filter.removed(&filter_owner(&k), v.size as u64);
+                }
                 if cause == moka::notification::RemovalCause::Size {
                     evicted.evictions.fetch_add(1, Relaxed);
                 }
@@ -357,6 +404,7 @@ impl ResponseCache {
             lock_timeout: config.lock_timeout,
             locks: Arc::new(Locks::new(config.lock_bypass_for)),
             budgets,
+            filter_budgets,
             stats,
         }
     }
@@ -375,6 +423,21 @@ impl ResponseCache {
     /// Bytes and budget evictions by tenant.
     pub fn tenant_usage(&self) -> Vec<(Arc<str>, u64, u64)> {
         self.budgets.report()
+    }
+
+    /// Removes `owner`'s oldest entries in `budgets` until `incoming` more
+    /// bytes fit `budget`, sparing `key`.
+    fn make_room(
+        &self,
+        budgets: &budget::Budgets,
+        owner: &Arc<str>,
+        budget: u64,
+        incoming: u64,
+        key: &Arc<Key>,
+    ) {
+        budgets.make_room(owner, budget, incoming, |k| {
+            k != key && self.entries.remove(k).is_some()
+        });
     }
 
     /// Looks the request up under `key`. `parts` is the request going
@@ -489,7 +552,9 @@ impl ResponseCache {
                 );
                 return Lookup::Stale { response, refresh };
             }
-            let lock = if waited {
+            // A HEAD never fetches for others (its answer is not stored),
+            // and a request that waited once goes on alone.
+            let lock = if waited || head {
                 None
             } else {
                 match self.locks.acquire(&key) {
@@ -899,25 +964,25 @@ impl ResponseCache {
             .max()
             .unwrap_or_default();
         if let Some(budget) = budget {
-            let incoming = size.saturating_sub(old.as_ref().map_or(0, |e| e.size)) as u64;
-            self.budgets.make_room(&key.tenant, budget, incoming, |k| {
-                k != key && self.entries.remove(k).is_some()
-            });
             if size as u64 > budget {
                 self.stats.not_stored.fetch_add(1, Relaxed);
                 return;
             }
+            let incoming = size.saturating_sub(old.as_ref().map_or(0, |e| e.size)) as u64;
+            self.make_room(&self.budgets, &key.tenant, budget, incoming, key);
         }
         self.entries.insert(
             key.clone(),
             Arc::new(Entry {
                 variants,
+                value: None,
                 size,
                 keep,
             }),
         );
-        self.budgets
-            .added(key, size as u64, |k| self.entries.contains_key(k));
+        self.budgets.added(&key.tenant, key, size as u64, |k| {
+            self.entries.contains_key(k)
+        });
         self.stats.stores.fetch_add(1, Relaxed);
     }
 
@@ -936,23 +1001,30 @@ impl ResponseCache {
             .entries
             .iter()
             .filter(|(k, e)| {
+                let answer = k.scheme != FILTER_SCHEME;
                 tenant.is_none_or(|t| &*k.tenant == t)
                     && match purge {
                         Purge::Url {
                             host,
                             path_and_query,
                         } => {
-                            host.as_deref().is_none_or(|h| h == k.host)
+                            answer
+                                && host.as_deref().is_none_or(|h| h == k.host)
                                 && k.path_and_query == *path_and_query
                         }
                         Purge::Prefix { host, prefix } => {
-                            host.as_deref().is_none_or(|h| h == k.host)
+                            answer
+                                && host.as_deref().is_none_or(|h| h == k.host)
                                 && k.path().starts_with(prefix.as_str())
                         }
-                        Purge::Tag(tag) => e
-                            .variants
-                            .iter()
-                            .any(|v| v.tags.iter().any(|t| **t == **tag)),
+                        Purge::Tag(tag) => {
+                            e.variants
+                                .iter()
+                                .any(|v| v.tags.iter().any(|t| **t == **tag))
+                                || e.value
+                                    .as_ref()
+                                    .is_some_and(|v| v.tags.iter().any(|t| **t == **tag))
+                        }
                     }
             })
             .map(|(k, _)| (*k).clone())
@@ -965,6 +1037,70 @@ impl ResponseCache {
         }
         self.stats.purged.fetch_add(n, Relaxed);
         n
+    }
+}
+
+impl wasmgate_engine::services::FilterCache for ResponseCache {
+    fn get(&self, from: &wasmgate_config::Scoped, key: &str) -> Option<Vec<u8>> {
+        let found = self.entries.get(&filter_key(from, key)).and_then(|e| {
+            let v = e.value.as_ref()?;
+            (v.expires > std::time::Instant::now()).then(|| v.bytes.to_vec())
+        });
+        let counter = match found {
+            Some(_) => &self.stats.filter_hits,
+            None => &self.stats.filter_misses,
+        };
+        counter.fetch_add(1, Relaxed);
+        found
+    }
+
+    fn set(
+        &self,
+        from: &wasmgate_config::Scoped,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+        tags: Vec<String>,
+        quota: u64,
+        tenant_budget: Option<u64>,
+    ) -> bool {
+        let key = Arc::new(filter_key(from, key));
+        let tags: Box<[Box<str>]> = tags.into_iter().map(Box::from).collect();
+        let size =
+            key.size() + value.len() + tags.iter().map(|t| t.len() + 16).sum::<usize>() + 128;
+        if size as u64 > quota || tenant_budget.is_some_and(|b| size as u64 > b) {
+            self.stats.filter_refused.fetch_add(1, Relaxed);
+            return false;
+        }
+        let old = self.entries.get(&key).map_or(0, |e| e.size);
+        let incoming = size.saturating_sub(old) as u64;
+        let owner: Arc<str> = Arc::from(filter_owner(&key));
+        self.make_room(&self.filter_budgets, &owner, quota, incoming, &key);
+        if let Some(budget) = tenant_budget {
+            self.make_room(&self.budgets, &key.tenant, budget, incoming, &key);
+        }
+        self.entries.insert(
+            key.clone(),
+            Arc::new(Entry {
+                variants: Vec::new(),
+                value: Some(FilterValue {
+                    bytes: Bytes::from(value),
+                    tags,
+                    expires: std::time::Instant::now() + ttl,
+                }),
+                size,
+                keep: ttl,
+            }),
+        );
+        let live = |k: &Arc<Key>| self.entries.contains_key(k);
+        self.budgets.added(&key.tenant, &key, size as u64, live);
+        self.filter_budgets.added(&owner, &key, size as u64, live);
+        self.stats.filter_stores.fetch_add(1, Relaxed);
+        true
+    }
+
+    fn delete(&self, from: &wasmgate_config::Scoped, key: &str) -> bool {
+        self.entries.remove(&filter_key(from, key)).is_some()
     }
 }
 
