@@ -55,6 +55,9 @@ use wasmgate_config::{CacheConfig, RouteCacheConfig};
 
 pub use lock::LockGuard;
 
+/// RFC 9211's header.
+const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
 /// Variants (by `Vary`) kept under one key.
 pub const MAX_VARIANTS: usize = 8;
 
@@ -116,9 +119,55 @@ struct Stored {
     /// Its freshness lifetime.
     lifetime: Duration,
     staleness: Staleness,
+    /// When it stops being fresh.
+    fresh_until: SystemTime,
+    /// When it was made (its age is the time since).
+    born: SystemTime,
+    /// The request headers its `Vary` names, with the values it was
+    /// stored for.
+    vary: Box<[(http::HeaderName, Option<HeaderValue>)]>,
 }
 
 impl Stored {
+    /// A stored answer judged by `policy` at `now`, for `request`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        policy: CachePolicy,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        size: usize,
+        tags: Box<[Box<str>]>,
+        request: &HeaderMap,
+        now: SystemTime,
+    ) -> Stored {
+        Stored {
+            lifetime: rules::freshness_lifetime(&headers),
+            staleness: Staleness::of(&headers),
+            fresh_until: now + policy.time_to_live(now),
+            born: now.checked_sub(policy.age(now)).unwrap_or(now),
+            vary: rules::vary_of(&headers, request),
+            policy,
+            status,
+            headers,
+            body,
+            size,
+            tags,
+        }
+    }
+
+    /// Whether it is fresh for a request with `headers` that says nothing
+    /// of caching (no `Cache-Control`, no `Pragma`): the common case, judged
+    /// without the policy's general path (the key already matched the
+    /// target and host; a `GET` and a `HEAD` are both served from a `GET`).
+    fn fresh_for_plain(&self, headers: &HeaderMap, now: SystemTime) -> bool {
+        now < self.fresh_until
+            && self
+                .vary
+                .iter()
+                .all(|(name, value)| headers.get(name) == value.as_ref())
+    }
+
     /// How long it has been stale; `None` while fresh.
     fn stale_for(&self, now: SystemTime) -> Option<Duration> {
         self.policy
@@ -145,10 +194,8 @@ impl Stored {
     /// Its head as served at `now`, with its current `Age`.
     fn head_at(&self, now: SystemTime) -> HeaderMap {
         let mut h = self.headers.clone();
-        h.insert(
-            header::AGE,
-            HeaderValue::from(self.policy.age(now).as_secs()),
-        );
+        let age = now.duration_since(self.born).unwrap_or_default();
+        h.insert(header::AGE, HeaderValue::from(age.as_secs()));
         h
     }
 }
@@ -471,31 +518,49 @@ impl ResponseCache {
         rules::normalize_accept_encoding(&mut parts.headers);
         let key = Arc::new(key);
         let head = *method == Method::HEAD;
-        // Judged as a GET of the key's host and target, however it came
-        // (HTTP/1.1 or 2, origin or absolute form).
-        let mut request = copy_head(parts, Method::GET);
-        if let Ok(host) = HeaderValue::from_str(&key.host) {
-            request.headers.insert(header::HOST, host);
-        }
-        if let Ok(uri) = key.path_and_query.parse() {
-            request.uri = uri;
-        }
+        // A request that says nothing of caching is judged on the fast path
+        // (`Stored::fresh_for_plain`); the others, and what is not fresh,
+        // by the policy, as a GET of the key's host and target, however it
+        // came (HTTP/1.1 or 2, origin or absolute form).
+        let plain = !parts.headers.contains_key(header::CACHE_CONTROL)
+            && !parts.headers.contains_key(header::PRAGMA);
+        let mut judged: Option<Parts> = None;
         let mut waited = false;
         loop {
             let now = SystemTime::now();
             let mut forward = Forward::UriMiss;
             let mut stale = None;
-            if let Some(entry) = self.entries.get(&key) {
+            let entry = self.entries.get(&key);
+            let collapsed = if waited { "; collapsed" } else { "" };
+            if plain
+                && let Some(entry) = &entry
+                && let Some(stored) = entry
+                    .variants
+                    .iter()
+                    .find(|v| v.fresh_for_plain(&parts.headers, now))
+            {
+                self.stats.hits.fetch_add(1, Relaxed);
+                let ttl = stored.fresh_until.duration_since(now).unwrap_or_default();
+                return Lookup::Hit(self.serve(
+                    stored,
+                    stored.head_at(now),
+                    parts,
+                    head,
+                    "HIT",
+                    &format!("wasmgate; hit; ttl={}{collapsed}", ttl.as_secs()),
+                ));
+            }
+            let request = judged.get_or_insert_with(|| judged_request(parts, &key));
+            if let Some(entry) = &entry {
                 forward = Forward::VaryMiss;
                 for stored in &entry.variants {
-                    match stored.policy.before_request(&request, now) {
-                        BeforeRequest::Fresh(fresh) => {
+                    match stored.policy.before_request(&*request, now) {
+                        BeforeRequest::Fresh(_) => {
                             self.stats.hits.fetch_add(1, Relaxed);
                             let ttl = stored.policy.time_to_live(now).as_secs();
-                            let collapsed = if waited { "; collapsed" } else { "" };
                             return Lookup::Hit(self.serve(
                                 stored,
-                                fresh.headers,
+                                stored.head_at(now),
                                 parts,
                                 head,
                                 "HIT",
@@ -530,7 +595,7 @@ impl ResponseCache {
                 let refresh = match self.locks.acquire(&key) {
                     Acquired::Leader(lock) => Some(self.pending(
                         &key,
-                        request,
+                        judged.take().unwrap_or_else(|| judged_request(parts, &key)),
                         forward,
                         Some((stored.clone(), revalidation.headers)),
                         Some(lock),
@@ -571,7 +636,7 @@ impl ResponseCache {
             self.stats.misses.fetch_add(1, Relaxed);
             let mut pending = self.pending(
                 &key,
-                request,
+                judged.take().unwrap_or_else(|| judged_request(parts, &key)),
                 forward,
                 stale.map(|(s, r)| (s, r.headers)),
                 lock,
@@ -678,7 +743,7 @@ impl ResponseCache {
 
     fn mark(&self, h: &mut HeaderMap, simple: &'static str, status: &str) {
         if let Ok(v) = HeaderValue::from_str(status) {
-            h.append("cache-status", v);
+            h.append(CACHE_STATUS, v);
         }
         if let Some(name) = &self.status_header {
             h.insert(name.clone(), HeaderValue::from_static(simple));
@@ -795,16 +860,16 @@ impl ResponseCache {
         self.stats.revalidated.fetch_add(1, Relaxed);
         let mut headers = parts.headers;
         headers.remove(header::AGE);
-        let renewed = Arc::new(Stored {
-            lifetime: rules::freshness_lifetime(&headers),
-            staleness: Staleness::of(&headers),
+        let renewed = Arc::new(Stored::new(
             policy,
-            status: stale.status,
+            stale.status,
             headers,
-            body: stale.body.clone(),
-            size: stale.size,
-            tags: stale.tags.clone(),
-        });
+            stale.body.clone(),
+            stale.size,
+            stale.tags.clone(),
+            &pending.request.headers,
+            now,
+        ));
         self.insert(
             &pending.key,
             &pending.request,
@@ -891,16 +956,17 @@ impl ResponseCache {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 8)
             .sum();
-        let stored = Stored {
-            lifetime: rules::freshness_lifetime(&headers),
-            staleness: Staleness::of(&headers),
-            tags: rules::tags(&headers, &self.tag_header),
+        let tags = rules::tags(&headers, &self.tag_header);
+        let stored = Stored::new(
             policy,
-            status: resp.status(),
+            resp.status(),
             headers,
-            body: Bytes::new(),
-            size: head_size * 2 + 512,
-        };
+            Bytes::new(),
+            head_size * 2 + 512,
+            tags,
+            &req.headers,
+            now,
+        );
         if stored.keep(now).is_zero() {
             // Stale on arrival, with nothing to revalidate and no stale
             // serving: of no use.
@@ -1123,6 +1189,19 @@ pub enum Purge {
     },
     /// Every answer that listed this surrogate tag.
     Tag(String),
+}
+
+/// The request as the cache judges it: a `GET` of the key's host and
+/// target, however it came (HTTP/1.1 or 2, origin or absolute form).
+fn judged_request(parts: &Parts, key: &Key) -> Parts {
+    let mut request = copy_head(parts, http::Method::GET);
+    if let Ok(host) = HeaderValue::from_str(&key.host) {
+        request.headers.insert(header::HOST, host);
+    }
+    if let Ok(uri) = key.path_and_query.parse() {
+        request.uri = uri;
+    }
+    request
 }
 
 /// A copy of a request's head (method, target, headers) with `method`.

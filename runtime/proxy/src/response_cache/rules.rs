@@ -135,6 +135,25 @@ pub(super) fn vary_star(h: &HeaderMap) -> bool {
     })
 }
 
+/// The request headers a response's `Vary` names, with `request`'s values
+/// of them (what a later request must match to be served it).
+pub(super) fn vary_of(
+    response: &HeaderMap,
+    request: &HeaderMap,
+) -> Box<[(HeaderName, Option<HeaderValue>)]> {
+    response
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(|n| {
+            let v = request.get(&n).cloned();
+            (n, v)
+        })
+        .collect()
+}
+
 /// The codings the gateway tells apart in `Accept-Encoding`, in the order
 /// its canonical form lists them.
 const CODINGS: [&str; 4] = ["br", "deflate", "gzip", "zstd"];
