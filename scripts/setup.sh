@@ -17,3 +17,20 @@ if command -v rustup >/dev/null; then
 else
     rustc --print target-list | grep -qx wasm32-wasip2 || { echo "need the wasm32-wasip2 target" >&2; exit 1; }
 fi
+
+# The C toolchain the C example filter is built with in the tests
+# (examples/filters/c): Debian's clang, lld, wasi-libc and the wasm32
+# compiler runtime.
+c_packages="clang lld wasi-libc libclang-rt-dev-wasm32"
+if ! dpkg -s $c_packages >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null; then
+        sudo=""
+        [ "$(id -u)" = 0 ] || sudo="sudo"
+        echo "installing $c_packages (apt-get)" >&2
+        $sudo apt-get install -y -q $c_packages >/dev/null 2>&1 \
+            || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q $c_packages >/dev/null; }
+    else
+        echo "need $c_packages (or their equivalents) to build the C example filter" >&2
+        exit 1
+    fi
+fi

@@ -794,3 +794,72 @@ async fn sigterm_during_a_reload_whose_filter_blocks_in_init_exits_at_once() {
     let status = gw.wait_exit();
     assert!(status.success(), "{status}");
 }
+
+/// `wasmgate filter inspect`: what a component targets, whether this
+/// gateway loads it, its imports (and any it would refuse), and what it
+/// declares at `init` with a config.
+#[test]
+fn filter_inspect_says_what_a_component_is_and_whether_it_loads() {
+    let inspect = |path: &str, extra: &[&str]| {
+        let out = wasmgate_tests::gateway_command(BIN)
+            .args(["filter", "inspect", path])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A first-party filter: 0.2, loads, declares its phases with a config.
+    let (ok, out, err) = inspect(artifacts::API_KEY, &["--config", r#"{"keys":["k"]}"#]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("contract: wasmgate:filter@0.2."), "{out}");
+    assert!(out.contains("loads: yes"), "{out}");
+    assert!(out.contains("phases called: on-request"), "{out}");
+    assert!(!out.contains("REFUSED"), "{out}");
+    // Its init refuses a bad config: said, and the exit code fails.
+    let (ok, out, _) = inspect(artifacts::API_KEY, &["--config", r#"{"keys":[]}"#]);
+    assert!(!ok);
+    assert!(out.contains("refused"), "{out}");
+    // A 0.1 guest, as JSON.
+    let (ok, out, err) = inspect(artifacts::CONTRACT_0_1_0, &["--json"]);
+    assert!(ok, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["contract"].as_str().unwrap().starts_with("0.1."), "{v}");
+    assert_eq!(v["loads"], true);
+    // A component for another contract, and one importing what this host
+    // lacks: each refused, naming why.
+    let (ok, out, _) = inspect(artifacts::WRONG_CONTRACT, &[]);
+    assert!(!ok);
+    assert!(out.contains("contract: none"), "{out}");
+    assert!(out.contains("loads: NO"), "{out}");
+    let newer = wat::parse_str(
+        r#"(component
+             (import "wasmgate:filter/config@0.2.9" (instance
+               (export "get" (func (param "name" string) (result (option string))))))
+             (import "wasmgate:filter/clock@0.2.9" (instance
+               (export "now-ms" (func (result u64))))))"#,
+    )
+    .unwrap();
+    let path = write_config("newer.wasm", "");
+    std::fs::write(&path, newer).unwrap();
+    let (ok, out, _) = inspect(path.to_str().unwrap(), &[]);
+    assert!(!ok);
+    assert!(
+        out.lines()
+            .any(|l| l.contains("wasmgate:filter/clock@0.2.9") && l.contains("REFUSED")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("wasmgate:filter/config@0.2.9") && l.contains("provided")),
+        "{out}"
+    );
+    // Not a component at all.
+    let path = write_config("not.wasm", "hello");
+    let (ok, _, err) = inspect(path.to_str().unwrap(), &[]);
+    assert!(!ok);
+    assert!(err.contains("not a WebAssembly file"), "{err}");
+}

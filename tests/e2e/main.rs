@@ -18,6 +18,7 @@ mod faults;
 mod filters;
 mod hostile;
 mod hygiene;
+mod languages;
 mod limits;
 mod live;
 mod pool;

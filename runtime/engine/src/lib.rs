@@ -18,6 +18,7 @@ mod contract_0_1;
 pub mod edits;
 pub mod exchange;
 mod host;
+pub mod inspect;
 pub mod limits;
 mod pool;
 pub mod quota;

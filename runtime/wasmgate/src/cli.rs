@@ -1,5 +1,6 @@
 //! The `wasmgate` command line: `serve` runs the gateway, `check` validates a
-//! config. The binary's `main` is one call to [`main`].
+//! config, `filter …` are the filter author's tools ([`crate::toolkit`]).
+//! The binary's `main` is one call to [`main`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,48 @@ enum Command {
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
     },
+    /// Tools for filter authors, with no gateway running.
+    Filter {
+        #[command(subcommand)]
+        command: FilterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FilterCommand {
+    /// Say what a filter component is: the contract it targets, whether
+    /// this gateway loads it, its imports (and any it would refuse), its
+    /// size and memories, and what it declares at `init` with a config.
+    Inspect {
+        /// The component.
+        filter: PathBuf,
+        /// The config handed to its `init` (JSON), as a route would.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write bindings for the contract this gateway serves, for a language
+    /// whose toolchain cannot read WIT itself (C).
+    Bindings {
+        /// The language: `c`.
+        #[arg(long)]
+        lang: String,
+        /// The folder to write them in.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a core WebAssembly module built against the bindings a
+    /// component the gateway loads (with the WASI adapter this gateway's
+    /// wasmtime matches).
+    Componentize {
+        /// The core module.
+        core: PathBuf,
+        /// The component to write.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
 }
 
 /// The log filter: `WASMGATE_LOG` (tracing's `EnvFilter` syntax), default
@@ -67,6 +110,7 @@ pub fn main() -> ExitCode {
         .init();
     let path = match &cli.command {
         Command::Check { config } | Command::Serve { config } => config.clone(),
+        Command::Filter { command } => return filter(command),
     };
     // Sockets passed by socket activation are taken now, before any thread
     // exists (taking them clears `LISTEN_FDS` from the environment).
@@ -78,7 +122,7 @@ pub fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        Command::Check { .. } => Default::default(),
+        Command::Check { .. } | Command::Filter { .. } => Default::default(),
     };
     // The config is read before the runtime exists, because it says how many
     // worker threads to start; errors are reported here and again never.
@@ -111,6 +155,64 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Check { .. } => check(&path, config).await,
             Command::Serve { .. } => serve(&path, config, inherited).await,
+            Command::Filter { .. } => unreachable!("answered above"),
+        }
+    })
+}
+
+/// `wasmgate filter …`, on a runtime of its own.
+fn filter(command: &FilterCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match command {
+            FilterCommand::Inspect {
+                filter,
+                config,
+                json,
+            } => crate::toolkit::inspect(filter, config, *json).await,
+            FilterCommand::Bindings { lang, out } => {
+                if lang != "c" {
+                    eprintln!(
+                        "error: bindings are written for c only (--lang {lang:?}); Rust, Python \
+                         and JavaScript toolchains read the WIT themselves"
+                    );
+                    return ExitCode::FAILURE;
+                }
+                match crate::toolkit::bindings_c(out) {
+                    Ok(files) => {
+                        for f in files {
+                            println!("wrote {}", f.display());
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            FilterCommand::Componentize { core, output } => {
+                match crate::toolkit::componentize(core, output) {
+                    Ok(n) => {
+                        println!("wrote {} ({n} bytes)", output.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
         }
     })
 }

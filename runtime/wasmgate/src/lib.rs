@@ -14,6 +14,7 @@
 //! Start here: [`config::Config::load`] → [`Gateway::build`] → [`Gateway::start`].
 
 pub mod cli;
+pub mod toolkit;
 
 pub use wasmgate_config as config;
 pub use wasmgate_engine as filter;

@@ -1,0 +1,310 @@
+//! `wasmgate filter …`: the filter author's tools, on the gateway's own
+//! filter engine (no gateway, no network). `inspect` says what a component
+//! is and whether this gateway loads it.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{EngineConfig, Scoped, TenantId};
+use crate::filter::edits::{Interest, Needs};
+use crate::filter::inspect::{ComponentSummary, host_provides};
+use crate::filter::{FilterEngine, FilterLimits};
+
+/// The limits a filter is inspected under: the gateway's defaults.
+fn limits() -> FilterLimits {
+    FilterLimits {
+        memory: crate::config::filter::DEFAULT_FILTER_MEMORY,
+        cpu: crate::config::filter::DEFAULT_FILTER_CPU,
+        wall: Duration::from_secs(5),
+    }
+}
+
+/// What `inspect` found.
+struct Inspection {
+    summary: ComponentSummary,
+    /// `Err`: why this gateway refuses it.
+    loads: Result<(), String>,
+    /// What `init` declared with the config given; `None` when it did not load.
+    init: Option<Result<Needs, String>>,
+}
+
+async fn inspection(
+    engine: &FilterEngine,
+    path: &Path,
+    config: &str,
+) -> Result<Inspection, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let origin = path.display().to_string();
+    let summary = engine
+        .summarize(&origin, &bytes)
+        .map_err(|e| e.to_string())?;
+    let name = Scoped::new(TenantId::default_tenant(), "inspected");
+    let (loads, init) = match engine.load_bytes(&name, &origin, &bytes, limits()) {
+        Err(e) => (Err(e.to_string()), None),
+        Ok(module) => {
+            let route: Arc<str> = Arc::from("inspect");
+            let init = match module.probe(&route, config).await {
+                Ok(declared) => declared,
+                Err(failure) => Err(format!("init failed: {failure}")),
+            };
+            (Ok(()), Some(init))
+        }
+    };
+    Ok(Inspection {
+        summary,
+        loads,
+        init,
+    })
+}
+
+fn interest(i: &Interest) -> serde_json::Value {
+    match i {
+        Interest::None => serde_json::json!([]),
+        Interest::All => serde_json::json!("all"),
+        Interest::Names(n) => serde_json::json!(n.iter().map(|h| h.as_str()).collect::<Vec<_>>()),
+    }
+}
+
+fn needs_json(n: &Needs) -> serde_json::Value {
+    serde_json::json!({
+        "on_request": n.on_request,
+        "on_response": n.on_response,
+        "request_body": n.request_body,
+        "response_body": n.response_body,
+        "request_headers_on_response": n.request_headers_on_response,
+        "request_headers": interest(&n.request_headers),
+        "response_headers": interest(&n.response_headers),
+    })
+}
+
+impl Inspection {
+    fn json(&self, config: &str) -> serde_json::Value {
+        let s = &self.summary;
+        serde_json::json!({
+            "size": s.size,
+            "sha256": s.sha256,
+            "contract": s.contract,
+            "loads": self.loads.is_ok(),
+            "refused_because": self.loads.as_ref().err(),
+            "imports": s.imports.iter().map(|i| serde_json::json!({
+                "name": i, "provided": host_provides(i),
+            })).collect::<Vec<_>>(),
+            "exports": s.exports,
+            "memories": s.memories,
+            "initial_memory_bytes": s.initial_memory,
+            "tables": s.tables,
+            "config": config,
+            "init": match &self.init {
+                None => serde_json::Value::Null,
+                Some(Ok(n)) => needs_json(n),
+                Some(Err(e)) => serde_json::json!({ "error": e }),
+            },
+        })
+    }
+
+    fn text(&self, path: &Path, config: &str) -> String {
+        use std::fmt::Write;
+        let s = &self.summary;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{}: {} bytes, sha256 {}",
+            path.display(),
+            s.size,
+            s.sha256
+        );
+        let _ = writeln!(
+            out,
+            "contract: {}",
+            match &s.contract {
+                Some(v) => format!("wasmgate:filter@{v} (this gateway serves 0.2.x and 0.1.x)"),
+                None => "none: it exports no wasmgate:filter/filter".into(),
+            }
+        );
+        match &self.loads {
+            Ok(()) => out.push_str("loads: yes\n"),
+            Err(e) => {
+                let _ = writeln!(out, "loads: NO: {e}");
+            }
+        }
+        out.push_str("imports:\n");
+        for i in &s.imports {
+            let verdict = if host_provides(i) {
+                "provided"
+            } else {
+                "REFUSED: this gateway does not provide it"
+            };
+            let _ = writeln!(out, "  {i:<48} {verdict}");
+        }
+        let _ = writeln!(out, "exports: {}", s.exports.join(", "));
+        let _ = writeln!(
+            out,
+            "memories: {} (largest initial size {} KiB), tables: {}",
+            s.memories,
+            s.initial_memory / 1024,
+            s.tables
+        );
+        match &self.init {
+            None => {}
+            Some(Err(e)) => {
+                let _ = writeln!(out, "init with config {config}: refused: {e}");
+            }
+            Some(Ok(n)) => {
+                let _ = writeln!(out, "init with config {config}: ok");
+                let phases: Vec<&str> =
+                    [(n.on_request, "on-request"), (n.on_response, "on-response")]
+                        .into_iter()
+                        .filter_map(|(on, p)| on.then_some(p))
+                        .collect();
+                let _ = writeln!(
+                    out,
+                    "  phases called: {}",
+                    if phases.is_empty() {
+                        "none (the filter is never called)".to_owned()
+                    } else {
+                        phases.join(", ")
+                    }
+                );
+                let yes = |b: bool| if b { "yes" } else { "no" };
+                let _ = writeln!(
+                    out,
+                    "  buffers the request body: {}, the response body: {}",
+                    yes(n.request_body),
+                    yes(n.response_body)
+                );
+                let _ = writeln!(
+                    out,
+                    "  keeps the request's headers for on-response: {}",
+                    yes(n.request_headers_on_response)
+                );
+                let shown = |i: &Interest| match i {
+                    Interest::None => "none (it reads those it asks for, one call each)".to_owned(),
+                    Interest::All => "all".to_owned(),
+                    Interest::Names(n) => {
+                        n.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ")
+                    }
+                };
+                let _ = writeln!(
+                    out,
+                    "  request headers copied into each call: {}",
+                    shown(&n.request_headers)
+                );
+                let _ = writeln!(
+                    out,
+                    "  response headers copied into each call: {}",
+                    shown(&n.response_headers)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// `wasmgate filter inspect FILTER.wasm [--config JSON] [--json]`: exit 0
+/// when this gateway loads the component and its `init` accepts the
+/// config, 1 otherwise.
+pub async fn inspect(path: &Path, config: &str, json: bool) -> ExitCode {
+    let engine = match FilterEngine::new(&EngineConfig::default()) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot start the filter engine: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let found = match inspection(&engine, path, config).await {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{:#}", found.json(config));
+    } else {
+        print!("{}", found.text(path, config));
+    }
+    let ok = found.loads.is_ok() && matches!(found.init, Some(Ok(_)));
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The contract this gateway serves, embedded so that the tools work
+/// without the repository.
+pub const CONTRACT_WIT: &str = include_str!("../../../wit/filter.wit");
+
+/// `wasmgate filter bindings --lang c --out DIR`: C bindings for the
+/// contract (`plugin.h`, `plugin.c` and `plugin_component_type.o`, the
+/// world's type to link into the core module), with `wit-bindgen-c`.
+pub fn bindings_c(out: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    use anyhow::Context;
+    use wit_bindgen_core::wit_parser::Resolve;
+    let mut resolve = Resolve::default();
+    let pkg = resolve
+        .push_str("filter.wit", CONTRACT_WIT)
+        .context("the embedded contract")?;
+    let world = resolve.select_world(&[pkg], Some("plugin"))?;
+    let mut files = wit_bindgen_core::Files::default();
+    wit_bindgen_c::Opts::default()
+        .build()
+        .generate(&mut resolve, world, &mut files)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut written = Vec::new();
+    for (name, contents) in files.iter() {
+        let path = out.join(name);
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// `wasmgate filter componentize CORE.wasm -o FILTER.wasm`: a core module
+/// built against the bindings (its world's type linked in) made a
+/// component, with the WASI preview1 reactor adapter of this gateway's
+/// wasmtime (embedded only if the module calls WASI).
+pub fn componentize(core: &Path, out: &Path) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    use wasi_preview1_component_adapter_provider::{
+        WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+    };
+    let module = std::fs::read(core).with_context(|| format!("reading {}", core.display()))?;
+    let component = wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(&module)
+        .with_context(|| {
+            format!(
+                "{}: not a core module built against the bindings (is plugin_component_type.o linked in?)",
+                core.display()
+            )
+        })?
+        .adapter(
+            WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+            WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+        )?
+        .encode()
+        .context("encoding the component")?;
+    // A module that does not export the filter interface makes a
+    // component, but not one a gateway loads: say so here.
+    let exports_filter = match wit_component::decode(&component) {
+        Ok(wit_component::DecodedWasm::Component(resolve, world)) => {
+            resolve.worlds[world].exports.keys().any(|k| {
+                let name = resolve.name_world_key(k);
+                name.starts_with("wasmgate:filter/filter@")
+            })
+        }
+        _ => false,
+    };
+    if !exports_filter {
+        anyhow::bail!(
+            "{}: exports no wasmgate:filter/filter interface; build it against the \
+             bindings of `wasmgate filter bindings` and link plugin_component_type.o in",
+            core.display()
+        );
+    }
+    std::fs::write(out, &component).with_context(|| format!("writing {}", out.display()))?;
+    Ok(component.len())
+}

@@ -1,0 +1,202 @@
+//! Filters in other languages than the SDK's Rust (issue 20): the examples
+//! under `examples/filters/<lang>/` are built from source with their real
+//! toolchains, and the one behaviour they share (an API key check against
+//! keys from the config, 401 in the gateway's error format without one, and
+//! `x-filter-lang: <lang>` on every response) is checked through the real
+//! gateway for each.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use wasmgate_tests::{Upstream, get, start_gateway};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wasmgate-e2e");
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// Runs `cmd`, failing the test with its output if it fails.
+fn run(what: &str, cmd: &mut Command) {
+    // The outer build's settings are for the host, not for the guests.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The C example, built once per run with Debian's clang and the gateway's
+/// own `filter bindings` and `filter componentize`.
+fn c_filter() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = repo().join("target").join("examples").join("c");
+        let _ = std::fs::remove_dir_all(&out);
+        run(
+            "examples/filters/c/build.sh (needs clang, lld, wasi-libc and libclang-rt-dev-wasm32: scripts/setup.sh installs them)",
+            Command::new(repo().join("examples/filters/c/build.sh"))
+                .arg(&out)
+                .env("WASMGATE", BIN),
+        );
+        out.join("filter.wasm")
+    })
+}
+
+/// The Rust example: its own cargo project, depending on the SDK by path.
+fn rust_filter() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target = repo().join("target").join("examples");
+        run(
+            "cargo build of examples/filters/rust",
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args([
+                    "build",
+                    "--release",
+                    "--locked",
+                    "--target",
+                    "wasm32-wasip2",
+                ])
+                .arg("--manifest-path")
+                .arg(repo().join("examples/filters/rust/Cargo.toml"))
+                .arg("--target-dir")
+                .arg(&target),
+        );
+        target.join("wasm32-wasip2/release/api_key_rust.wasm")
+    })
+}
+
+/// The shared behaviour, through the gateway.
+async fn behaves(lang: &str, filter: &Path) {
+    let up = Upstream::start("u").await;
+    let gw = start_gateway(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n\
+         [engine]\nmax_instances = 8\n\
+         [filters.key]\npath = {:?}\npool_size = 2\n\
+         [clusters.up]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"r\"\ncluster = \"up\"\n\
+         filters = [{{ name = \"key\", config = {{ keys = [\"k1\", \"k2\"] }} }}]\n",
+        filter.display().to_string(),
+        up.addr
+    ))
+    .await;
+    let addr = gw.addr();
+    for headers in [
+        &[][..],
+        &[("x-api-key", "k3")][..],
+        &[("x-api-key", "k")][..],
+    ] {
+        let r = get(addr, "/x", headers).await;
+        assert_eq!(r.status, 401, "{lang} {headers:?}: {}", r.body);
+        assert_eq!(r.header("content-type"), Some("application/json"), "{lang}");
+        let body = r.json();
+        assert_eq!(body["status"], 401, "{lang}: {body}");
+        assert_eq!(body["code"], "unauthorized", "{lang}: {body}");
+    }
+    assert_eq!(
+        up.count(),
+        0,
+        "{lang}: refused requests never reach the upstream"
+    );
+    let r = get(addr, "/x", &[("x-api-key", "k2")]).await;
+    assert_eq!(r.status, 200, "{lang}: {}", r.body);
+    assert_eq!(r.header("x-filter-lang"), Some(lang));
+    assert_eq!(up.count(), 1);
+    gw.shutdown().await;
+
+    // Its init refuses a config without keys, and the gateway says so.
+    let err = wasmgate_tests::build_gateway(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[filters.key]\npath = {:?}\n\
+         [clusters.up]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"r\"\ncluster = \"up\"\nfilters = [{{ name = \"key\", config = {{ keys = [] }} }}]\n",
+        filter.display().to_string(),
+        up.addr
+    ))
+    .await
+    .err()
+    .unwrap_or_else(|| panic!("{lang}: a config without keys was accepted"));
+    assert!(err.contains("keys"), "{lang}: {err}");
+}
+
+#[tokio::test]
+async fn a_c_filter_built_from_source_runs_in_the_gateway() {
+    let filter = c_filter();
+    behaves("c", filter).await;
+    // Small, and importing nothing but the contract (it calls no WASI).
+    let size = std::fs::metadata(filter).unwrap().len();
+    assert!(size < 100_000, "{size} bytes");
+    let out = wasmgate_tests::gateway_command(BIN)
+        .args([
+            "filter",
+            "inspect",
+            "--json",
+            "--config",
+            r#"{"keys":["k"]}"#,
+        ])
+        .arg(filter)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["loads"], true, "{v}");
+    assert!(v["contract"].as_str().unwrap().starts_with("0.2."), "{v}");
+    assert!(
+        v["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["provided"] == true
+                && i["name"].as_str().unwrap().starts_with("wasmgate:filter/")),
+        "{v}"
+    );
+    assert_eq!(v["init"]["on_response"], true, "{v}");
+}
+
+#[tokio::test]
+async fn a_rust_filter_in_its_own_project_runs_in_the_gateway() {
+    behaves("rust", rust_filter()).await;
+}
+
+/// `filter bindings` refuses a language whose toolchain reads the WIT
+/// itself, and `filter componentize` refuses what is not a core module
+/// built against the bindings, each saying why.
+#[test]
+fn the_c_tools_refuse_what_they_cannot_do() {
+    let out = wasmgate_tests::gateway_command(BIN)
+        .args(["filter", "bindings", "--lang", "python", "--out"])
+        .arg(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("c only"));
+    let not_core =
+        std::env::temp_dir().join(format!("wasmgate-not-core-{}.wasm", std::process::id()));
+    std::fs::write(&not_core, wat::parse_str("(module)").unwrap()).unwrap();
+    let out = wasmgate_tests::gateway_command(BIN)
+        .args(["filter", "componentize"])
+        .arg(&not_core)
+        .arg("-o")
+        .arg(not_core.with_extension("component.wasm"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plugin_component_type.o") || err.contains("component-type"),
+        "{err}"
+    );
+}
