@@ -81,13 +81,30 @@ fn rust_filter() -> &'static Path {
     })
 }
 
+/// The Python example, built once per run with componentize-py (pinned,
+/// from PyPI, in a venv kept under `target/examples/`).
+fn python_filter() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = repo().join("target").join("examples").join("python");
+        run(
+            "examples/filters/python/build.sh (needs python3 with venv, and PyPI)",
+            Command::new(repo().join("examples/filters/python/build.sh"))
+                .arg(&out)
+                .env("WASMGATE", BIN)
+                .env("VENV", repo().join("target/examples/python-venv")),
+        );
+        out.join("filter.wasm")
+    })
+}
+
 /// The shared behaviour, through the gateway.
 async fn behaves(lang: &str, filter: &Path) {
     let up = Upstream::start("u").await;
     let gw = start_gateway(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n\
          [engine]\nmax_instances = 8\n\
-         [filters.key]\npath = {:?}\npool_size = 2\n\
+         [filters.key]\npath = {:?}\npool_size = 2\ncpu_limit = \"200ms\"\n\
          [clusters.up]\nendpoints = [\"{}\"]\n\
          [[routes]]\nname = \"r\"\ncluster = \"up\"\n\
          filters = [{{ name = \"key\", config = {{ keys = [\"k1\", \"k2\"] }} }}]\n",
@@ -167,6 +184,36 @@ async fn a_c_filter_built_from_source_runs_in_the_gateway() {
 }
 
 #[tokio::test]
+async fn a_python_filter_built_from_source_runs_in_the_gateway() {
+    let filter = python_filter();
+    behaves("python", filter).await;
+    // It carries an interpreter, and says what it imports: WASI and the
+    // contract, all of which the gateway provides.
+    let out = wasmgate_tests::gateway_command(BIN)
+        .args([
+            "filter",
+            "inspect",
+            "--json",
+            "--config",
+            r#"{"keys":["k"]}"#,
+        ])
+        .arg(filter)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["loads"], true, "{v}");
+    assert!(v["size"].as_u64().unwrap() > 1_000_000, "{v}");
+    assert!(
+        v["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["provided"] == true),
+        "{v}"
+    );
+}
+
+#[tokio::test]
 async fn a_rust_filter_in_its_own_project_runs_in_the_gateway() {
     behaves("rust", rust_filter()).await;
 }
@@ -199,4 +246,93 @@ fn the_c_tools_refuse_what_they_cannot_do() {
         err.contains("plugin_component_type.o") || err.contains("component-type"),
         "{err}"
     );
+}
+
+/// `wasmgate filter new` makes projects that build as they are, and whose
+/// filter runs in the gateway (each adds `x-NAME: <greeting>` to the
+/// request it passes on).
+#[tokio::test]
+async fn filter_new_makes_projects_that_build_and_run() {
+    let root = repo().join("target").join("examples").join("scaffolds");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let new = |name: &str, lang: &str| {
+        run(
+            &format!("wasmgate filter new {name} --lang {lang}"),
+            wasmgate_tests::gateway_command(BIN)
+                .args(["filter", "new", name, "--lang", lang, "--dir"])
+                .arg(root.join(name)),
+        );
+    };
+    new("scaf-rust", "rust");
+    new("scaf-c", "c");
+    run(
+        "cargo build of the Rust scaffold",
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--target", "wasm32-wasip2"])
+            .arg("--manifest-path")
+            .arg(root.join("scaf-rust/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(repo().join("target/examples/scaffold-target")),
+    );
+    run(
+        "the C scaffold's build.sh",
+        Command::new(root.join("scaf-c/build.sh")).env("WASMGATE", BIN),
+    );
+    let built = [
+        (
+            "scaf-rust",
+            repo().join("target/examples/scaffold-target/wasm32-wasip2/release/scaf_rust.wasm"),
+        ),
+        ("scaf-c", root.join("scaf-c/out/filter.wasm")),
+    ];
+    let up = Upstream::start("u").await;
+    for (name, wasm) in built {
+        let gw = start_gateway(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n\
+             [engine]\nmax_instances = 8\n[filters.f]\npath = {:?}\npool_size = 1\n\
+             [clusters.up]\nendpoints = [\"{}\"]\n\
+             [[routes]]\nname = \"r\"\ncluster = \"up\"\nfilters = [{{ name = \"f\" }}]\n",
+            wasm.display().to_string(),
+            up.addr
+        ))
+        .await;
+        assert_eq!(get(gw.addr(), "/", &[]).await.status, 200, "{name}");
+        let seen = up.seen();
+        assert_eq!(
+            seen.last().unwrap().headers[format!("x-{name}").as_str()],
+            "hello",
+            "{name}"
+        );
+        gw.shutdown().await;
+    }
+    // A name that is not one, a language not there yet, a folder in use.
+    for (args, says) in [
+        (
+            &["filter", "new", "Bad_Name", "--lang", "rust"][..],
+            "not a filter name",
+        ),
+        (
+            &["filter", "new", "ok", "--lang", "cobol"][..],
+            "one of rust, c",
+        ),
+    ] {
+        let out = wasmgate_tests::gateway_command(BIN)
+            .args(args)
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{args:?}"
+        );
+    }
+    let out = wasmgate_tests::gateway_command(BIN)
+        .args(["filter", "new", "scaf-c", "--lang", "c", "--dir"])
+        .arg(root.join("scaf-c"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
 }

@@ -72,7 +72,16 @@ impl FilterEngine {
             reason,
         };
         check_component_header(bytes).map_err(not_component)?;
-        let component = Component::new(&self.engine, bytes)
+        // Through the compile cache, as a load: an interpreter-carrying
+        // component takes seconds to compile, and is then compiled once.
+        let sha256 = sha256_hex(bytes);
+        let compiled = match &self.cache {
+            Some(cache) => cache
+                .load_or_compile(&self.engine, bytes, &sha256)
+                .map(|(c, _)| c),
+            None => crate::cache::compile(&self.engine, bytes),
+        };
+        let component: Component = compiled
             .map_err(|e| not_component(format!("not a valid WebAssembly component: {e:#}")))?;
         let ty = component.component_type();
         let imports: Vec<String> = ty
@@ -89,7 +98,7 @@ impl FilterEngine {
         let r = component.resources_required();
         Ok(ComponentSummary {
             size: bytes.len(),
-            sha256: sha256_hex(bytes),
+            sha256,
             contract,
             imports,
             exports,

@@ -57,6 +57,26 @@ enum FilterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make a filter project that builds as it is, against the contract
+    /// this gateway serves (embedded in the binary).
+    New {
+        /// The filter's name (lower-case letters, digits and '-').
+        name: String,
+        /// The language: `rust` or `c`.
+        #[arg(long)]
+        lang: String,
+        /// The folder to make (default: NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Write the contract this gateway serves (`filter.wit`), for
+    /// toolchains that read WIT themselves (componentize-py,
+    /// componentize-js, wit-bindgen).
+    Wit {
+        /// The folder to write it in.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write bindings for the contract this gateway serves, for a language
     /// whose toolchain cannot read WIT itself (C).
     Bindings {
@@ -103,8 +123,18 @@ fn log_filter(directive: Option<&str>) -> tracing_subscriber::EnvFilter {
 /// Parses the command line, runs the command, and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The filter tools print their own results: only warnings are logged.
+    let default_log = match &cli.command {
+        Command::Filter { .. } => Some("warn".to_owned()),
+        _ => None,
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(log_filter(std::env::var("WASMGATE_LOG").ok().as_deref()))
+        .with_env_filter(log_filter(
+            std::env::var("WASMGATE_LOG")
+                .ok()
+                .or(default_log)
+                .as_deref(),
+        ))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -180,6 +210,36 @@ fn filter(command: &FilterCommand) -> ExitCode {
                 config,
                 json,
             } => crate::toolkit::inspect(filter, config, *json).await,
+            FilterCommand::New { name, lang, dir } => {
+                let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+                match crate::toolkit::new_filter(name, lang, &dir) {
+                    Ok(files) => {
+                        for f in files {
+                            println!("wrote {}", f.display());
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            FilterCommand::Wit { out } => {
+                let path = out.join("filter.wit");
+                match std::fs::create_dir_all(out)
+                    .and_then(|()| std::fs::write(&path, crate::toolkit::CONTRACT_WIT))
+                {
+                    Ok(()) => {
+                        println!("wrote {}", path.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", path.display());
+                        ExitCode::FAILURE
+                    }
+                }
+            }
             FilterCommand::Bindings { lang, out } => {
                 if lang != "c" {
                     eprintln!(

@@ -308,3 +308,103 @@ pub fn componentize(core: &Path, out: &Path) -> anyhow::Result<usize> {
     std::fs::write(out, &component).with_context(|| format!("writing {}", out.display()))?;
     Ok(component.len())
 }
+
+/// A scaffold's files: `(path in the project, contents)`, with `{{name}}`
+/// and `{{crate}}` filled in.
+fn scaffold(lang: &str, name: &str) -> Result<Vec<(&'static str, String)>, String> {
+    let fill = |t: &str| {
+        t.replace("{{name}}", name)
+            .replace("{{crate}}", &name.replace('-', "_"))
+    };
+    let readme = |build: &str, wasm: &str| {
+        format!(
+            "# {name}\n\nA wasmgate filter, made by `wasmgate filter new {name} --lang {lang}`.\n\n\
+             ## Build\n\n```sh\n{build}\n```\n\n\
+             ## Check and configure\n\n```sh\nwasmgate filter inspect {wasm} --config '{{}}'\n```\n\n\
+             ```toml\n[filters.{name}]\npath = \"{wasm}\"\n\n[[routes]]\nname = \"api\"\ncluster = \"api\"\n\
+             filters = [{{ name = \"{name}\" }}]\n```\n"
+        )
+    };
+    match lang {
+        "rust" => Ok(vec![
+            (
+                "Cargo.toml",
+                fill(include_str!("../templates/rust/Cargo.toml")),
+            ),
+            ("src/lib.rs", fill(include_str!("../templates/rust/lib.rs"))),
+            ("wit/filter.wit", CONTRACT_WIT.to_owned()),
+            (".gitignore", "target/\n".to_owned()),
+            (
+                "README.md",
+                readme(
+                    "rustup target add wasm32-wasip2\ncargo build --release --target wasm32-wasip2",
+                    &format!(
+                        "target/wasm32-wasip2/release/{}.wasm",
+                        name.replace('-', "_")
+                    ),
+                ),
+            ),
+        ]),
+        "c" => Ok(vec![
+            ("filter.c", fill(include_str!("../templates/c/filter.c"))),
+            (
+                "build.sh",
+                include_str!("../templates/c/build.sh").to_owned(),
+            ),
+            (".gitignore", "out/\n".to_owned()),
+            (
+                "README.md",
+                readme(
+                    "sudo apt-get install -y clang lld wasi-libc libclang-rt-dev-wasm32\n./build.sh",
+                    "out/filter.wasm",
+                ),
+            ),
+        ]),
+        "python" | "js" => Err(format!(
+            "--lang {lang}: not yet; see examples/filters/ in the repository for what works today (rust, c)"
+        )),
+        other => Err(format!("--lang {other:?}: one of rust, c")),
+    }
+}
+
+/// `wasmgate filter new NAME --lang LANG [--dir DIR]`: a filter project
+/// that builds as it is, against the contract this gateway serves.
+pub fn new_filter(name: &str, lang: &str, dir: &Path) -> Result<Vec<std::path::PathBuf>, String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.ends_with('-');
+    if !valid {
+        return Err(format!(
+            "{name:?} is not a filter name: lower-case letters, digits and '-', starting with a letter"
+        ));
+    }
+    let files = scaffold(lang, name)?;
+    if dir.exists()
+        && std::fs::read_dir(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .next()
+            .is_some()
+    {
+        return Err(format!("{} exists and is not empty", dir.display()));
+    }
+    let mut written = Vec::new();
+    for (rel, contents) in files {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        std::fs::write(&path, contents).map_err(|e| format!("{}: {e}", path.display()))?;
+        #[cfg(unix)]
+        if rel.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        written.push(path);
+    }
+    Ok(written)
+}
