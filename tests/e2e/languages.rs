@@ -98,6 +98,22 @@ fn python_filter() -> &'static Path {
     })
 }
 
+/// The JavaScript example, built once per run with componentize-js (the
+/// toolchain pinned by its package-lock.json, from npm).
+fn js_filter() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = repo().join("target").join("examples").join("js");
+        run(
+            "examples/filters/js/build.sh (needs node and npm, and the npm registry)",
+            Command::new(repo().join("examples/filters/js/build.sh"))
+                .arg(&out)
+                .env("WASMGATE", BIN),
+        );
+        out.join("filter.wasm")
+    })
+}
+
 /// The shared behaviour, through the gateway.
 async fn behaves(lang: &str, filter: &Path) {
     let up = Upstream::start("u").await;
@@ -210,6 +226,33 @@ async fn a_python_filter_built_from_source_runs_in_the_gateway() {
             .iter()
             .all(|i| i["provided"] == true),
         "{v}"
+    );
+}
+
+#[tokio::test]
+async fn a_javascript_filter_built_from_source_runs_in_the_gateway() {
+    let filter = js_filter();
+    behaves("js", filter).await;
+    let out = wasmgate_tests::gateway_command(BIN)
+        .args([
+            "filter",
+            "inspect",
+            "--json",
+            "--config",
+            r#"{"keys":["k"]}"#,
+        ])
+        .arg(filter)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["loads"], true, "{v}");
+    assert!(
+        v["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["provided"] == true),
+        "wasi:http is left out: {v}"
     );
 }
 

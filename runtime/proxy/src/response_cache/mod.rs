@@ -596,6 +596,7 @@ impl ResponseCache {
                     Acquired::Leader(lock) => Some(self.pending(
                         &key,
                         judged.take().unwrap_or_else(|| judged_request(parts, &key)),
+                        HeaderMap::new(),
                         forward,
                         Some((stored.clone(), revalidation.headers)),
                         Some(lock),
@@ -637,17 +638,22 @@ impl ResponseCache {
             let mut pending = self.pending(
                 &key,
                 judged.take().unwrap_or_else(|| judged_request(parts, &key)),
+                HeaderMap::new(),
                 forward,
                 stale.map(|(s, r)| (s, r.headers)),
                 lock,
                 head,
                 budget,
             );
-            if pending.validators.is_some() {
+            pending.conditionals = if pending.validators.is_some() {
                 // The gateway revalidates: the client's own conditionals
                 // are answered here, from what comes back.
-                pending.conditionals = rules::take_conditionals(&mut parts.headers);
-            }
+                rules::take_conditionals(&mut parts.headers)
+            } else {
+                // They go upstream as they are; kept to answer the client
+                // if a stale answer stands in for a failure.
+                rules::conditionals_of(&parts.headers)
+            };
             return Lookup::Miss(pending);
         }
     }
@@ -656,14 +662,14 @@ impl ResponseCache {
     fn pending(
         &self,
         key: &Arc<Key>,
-        mut request: Parts,
+        request: Parts,
+        conditionals: HeaderMap,
         forward: Forward,
         stale: Option<(Arc<Stored>, HeaderMap)>,
         lock: Option<LockGuard>,
         head: bool,
         budget: Option<u64>,
     ) -> Box<Pending> {
-        let conditionals = rules::take_conditionals(&mut request.headers);
         let (stale, validators) = match stale {
             Some((stored, revalidation)) => {
                 let validators: HeaderMap = [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE]
@@ -1193,8 +1199,13 @@ pub enum Purge {
 
 /// The request as the cache judges it: a `GET` of the key's host and
 /// target, however it came (HTTP/1.1 or 2, origin or absolute form).
+///
+/// It carries none of the client's conditionals: those are the client's
+/// question, answered by the gateway from what it serves, and must not mix
+/// with the stored answer's own validators when it is revalidated.
 fn judged_request(parts: &Parts, key: &Key) -> Parts {
     let mut request = copy_head(parts, http::Method::GET);
+    rules::take_conditionals(&mut request.headers);
     if let Ok(host) = HeaderValue::from_str(&key.host) {
         request.headers.insert(header::HOST, host);
     }

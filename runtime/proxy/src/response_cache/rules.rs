@@ -219,6 +219,17 @@ pub(super) fn take_conditionals(h: &mut HeaderMap) -> HeaderMap {
     taken
 }
 
+/// A copy of the client's `If-None-Match` and `If-Modified-Since`.
+pub(super) fn conditionals_of(h: &HeaderMap) -> HeaderMap {
+    let mut copy = HeaderMap::new();
+    for name in CONDITIONALS {
+        for v in h.get_all(&name) {
+            copy.append(name.clone(), v.clone());
+        }
+    }
+    copy
+}
+
 /// Whether a client that sent `conditionals` already has the answer whose
 /// head is `resp` (RFC 9110 §13.1.2, §13.1.3; `If-None-Match` decides when
 /// present, by weak comparison).
