@@ -17,6 +17,14 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
+/// `program` run at a low priority: the toolchains build while other tests
+/// run filters under CPU budgets, and must not take their turns.
+fn niced(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("nice");
+    cmd.args(["-n", "15"]).arg(program);
+    cmd
+}
+
 /// Runs `cmd`, failing the test with its output if it fails.
 fn run(what: &str, cmd: &mut Command) {
     // The outer build's settings are for the host, not for the guests.
@@ -49,7 +57,7 @@ fn c_filter() -> &'static Path {
         let _ = std::fs::remove_dir_all(&out);
         run(
             "examples/filters/c/build.sh (needs clang, lld, wasi-libc and libclang-rt-dev-wasm32: scripts/setup.sh installs them)",
-            Command::new(repo().join("examples/filters/c/build.sh"))
+            niced(repo().join("examples/filters/c/build.sh"))
                 .arg(&out)
                 .env("WASMGATE", BIN),
         );
@@ -64,7 +72,7 @@ fn rust_filter() -> &'static Path {
         let target = repo().join("target").join("examples");
         run(
             "cargo build of examples/filters/rust",
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            niced(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args([
                     "build",
                     "--release",
@@ -89,7 +97,7 @@ fn python_filter() -> &'static Path {
         let out = repo().join("target").join("examples").join("python");
         run(
             "examples/filters/python/build.sh (needs python3 with venv, and PyPI)",
-            Command::new(repo().join("examples/filters/python/build.sh"))
+            niced(repo().join("examples/filters/python/build.sh"))
                 .arg(&out)
                 .env("WASMGATE", BIN)
                 .env("VENV", repo().join("target/examples/python-venv")),
@@ -106,7 +114,7 @@ fn js_filter() -> &'static Path {
         let out = repo().join("target").join("examples").join("js");
         run(
             "examples/filters/js/build.sh (needs node and npm, and the npm registry)",
-            Command::new(repo().join("examples/filters/js/build.sh"))
+            niced(repo().join("examples/filters/js/build.sh"))
                 .arg(&out)
                 .env("WASMGATE", BIN),
         );
@@ -311,7 +319,7 @@ async fn filter_new_makes_projects_that_build_and_run() {
     new("scaf-c", "c");
     run(
         "cargo build of the Rust scaffold",
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        niced(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(["build", "--release", "--target", "wasm32-wasip2"])
             .arg("--manifest-path")
             .arg(root.join("scaf-rust/Cargo.toml"))
@@ -320,7 +328,7 @@ async fn filter_new_makes_projects_that_build_and_run() {
     );
     run(
         "the C scaffold's build.sh",
-        Command::new(root.join("scaf-c/build.sh")).env("WASMGATE", BIN),
+        niced(root.join("scaf-c/build.sh")).env("WASMGATE", BIN),
     );
     let built = [
         (
