@@ -1,6 +1,9 @@
 //! `wasmgate filter …`: the filter author's tools, on the gateway's own
-//! filter engine (no gateway, no network). `inspect` says what a component
-//! is and whether this gateway loads it.
+//! filter engine and contract (no gateway running, no network). `inspect`
+//! says what a component is and whether this gateway loads it; `new` makes
+//! a project, `wit` writes the contract, and `bindings` and `componentize`
+//! are the two steps of a C build that need the component model's
+//! libraries.
 
 use std::path::Path;
 use std::process::ExitCode;
