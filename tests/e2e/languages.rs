@@ -317,6 +317,8 @@ async fn filter_new_makes_projects_that_build_and_run() {
     };
     new("scaf-rust", "rust");
     new("scaf-c", "c");
+    new("scaf-py", "python");
+    new("scaf-js", "js");
     run(
         "cargo build of the Rust scaffold",
         niced(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -330,18 +332,30 @@ async fn filter_new_makes_projects_that_build_and_run() {
         "the C scaffold's build.sh",
         niced(root.join("scaf-c/build.sh")).env("WASMGATE", BIN),
     );
+    run(
+        "the Python scaffold's build.sh",
+        niced(root.join("scaf-py/build.sh"))
+            .env("WASMGATE", BIN)
+            .env("VENV", repo().join("target/examples/python-venv")),
+    );
+    run(
+        "the JavaScript scaffold's build.sh",
+        niced(root.join("scaf-js/build.sh")).env("WASMGATE", BIN),
+    );
     let built = [
         (
             "scaf-rust",
             repo().join("target/examples/scaffold-target/wasm32-wasip2/release/scaf_rust.wasm"),
         ),
         ("scaf-c", root.join("scaf-c/out/filter.wasm")),
+        ("scaf-py", root.join("scaf-py/out/filter.wasm")),
+        ("scaf-js", root.join("scaf-js/out/filter.wasm")),
     ];
     let up = Upstream::start("u").await;
     for (name, wasm) in built {
         let gw = start_gateway(&format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n[access_log]\nenabled = false\n\
-             [engine]\nmax_instances = 8\n[filters.f]\npath = {:?}\npool_size = 1\n\
+             [engine]\nmax_instances = 8\n[filters.f]\npath = {:?}\npool_size = 1\ncpu_limit = \"200ms\"\n\
              [clusters.up]\nendpoints = [\"{}\"]\n\
              [[routes]]\nname = \"r\"\ncluster = \"up\"\nfilters = [{{ name = \"f\" }}]\n",
             wasm.display().to_string(),
@@ -365,7 +379,7 @@ async fn filter_new_makes_projects_that_build_and_run() {
         ),
         (
             &["filter", "new", "ok", "--lang", "cobol"][..],
-            "one of rust, c",
+            "one of rust, c, python, js",
         ),
     ] {
         let out = wasmgate_tests::gateway_command(BIN)

@@ -62,7 +62,7 @@ enum FilterCommand {
     New {
         /// The filter's name (lower-case letters, digits and '-').
         name: String,
-        /// The language: `rust` or `c`.
+        /// The language: `rust`, `c`, `python` or `js`.
         #[arg(long)]
         lang: String,
         /// The folder to make (default: NAME).

@@ -363,10 +363,44 @@ fn scaffold(lang: &str, name: &str) -> Result<Vec<(&'static str, String)>, Strin
                 ),
             ),
         ]),
-        "python" | "js" => Err(format!(
-            "--lang {lang}: not yet; see examples/filters/ in the repository for what works today (rust, c)"
-        )),
-        other => Err(format!("--lang {other:?}: one of rust, c")),
+        "python" => Ok(vec![
+            (
+                "filter.py",
+                fill(include_str!("../templates/python/filter.py")),
+            ),
+            (
+                "build.sh",
+                include_str!("../templates/python/build.sh").to_owned(),
+            ),
+            (".gitignore", "out/\n__pycache__/\n".to_owned()),
+            (
+                "README.md",
+                readme(
+                    "./build.sh   # python3 with venv; componentize-py from PyPI",
+                    "out/filter.wasm",
+                ),
+            ),
+        ]),
+        "js" => Ok(vec![
+            ("filter.js", fill(include_str!("../templates/js/filter.js"))),
+            (
+                "package.json",
+                fill(include_str!("../templates/js/package.json")),
+            ),
+            (
+                "build.sh",
+                include_str!("../templates/js/build.sh").to_owned(),
+            ),
+            (".gitignore", "out/\nnode_modules/\n".to_owned()),
+            (
+                "README.md",
+                readme(
+                    "./build.sh   # node and npm; componentize-js from npm",
+                    "out/filter.wasm",
+                ),
+            ),
+        ]),
+        other => Err(format!("--lang {other:?}: one of rust, c, python, js")),
     }
 }
 
