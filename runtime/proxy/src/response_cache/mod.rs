@@ -35,7 +35,9 @@
 //!   own budget inside it is kept by [`budget`].
 
 mod budget;
+mod filter;
 mod lock;
+mod purge;
 mod rules;
 
 use std::sync::Arc;
@@ -54,6 +56,9 @@ use rules::Staleness;
 use wasmgate_config::{CacheConfig, RouteCacheConfig};
 
 pub use lock::LockGuard;
+pub use purge::Purge;
+
+use filter::{FILTER_SCHEME, FilterValue, filter_owner};
 
 /// RFC 9211's header.
 const CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
@@ -200,14 +205,6 @@ impl Stored {
     }
 }
 
-/// A value a filter keeps in the cache (the `cache` import).
-#[derive(Debug)]
-struct FilterValue {
-    bytes: Bytes,
-    tags: Box<[Box<str>]>,
-    expires: std::time::Instant,
-}
-
 /// The variants stored under one key (or, under a filter's key, its value).
 #[derive(Debug)]
 struct Entry {
@@ -289,28 +286,6 @@ pub struct ResponseCache {
     /// Filters' quotas for their values (owner `tenant/filter`).
     filter_budgets: Arc<budget::Budgets>,
     stats: Arc<CacheStats>,
-}
-
-/// The scheme of a filter's key: never a request's, so a filter's values
-/// and the answers to requests cannot meet.
-const FILTER_SCHEME: &str = "filter";
-
-/// The key of filter `from`'s value `key`.
-fn filter_key(from: &wasmgate_config::Scoped, key: &str) -> Key {
-    Key {
-        tenant: from.tenant.0.clone(),
-        route: from.name.clone(),
-        cluster: Arc::from(""),
-        scheme: FILTER_SCHEME,
-        host: String::new(),
-        path_and_query: key.to_owned(),
-        extra: String::new(),
-    }
-}
-
-/// Whose quota a filter's key counts against.
-fn filter_owner(k: &Key) -> String {
-    format!("{}/{}", k.tenant, k.route)
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -539,16 +514,8 @@ impl ResponseCache {
                     .iter()
                     .find(|v| v.fresh_for_plain(&parts.headers, now))
             {
-                self.stats.hits.fetch_add(1, Relaxed);
                 let ttl = stored.fresh_until.duration_since(now).unwrap_or_default();
-                return Lookup::Hit(self.serve(
-                    stored,
-                    stored.head_at(now),
-                    parts,
-                    head,
-                    "HIT",
-                    &format!("wasmgate; hit; ttl={}{collapsed}", ttl.as_secs()),
-                ));
+                return self.hit(stored, parts, head, now, ttl, collapsed);
             }
             let request = judged.get_or_insert_with(|| judged_request(parts, &key));
             if let Some(entry) = &entry {
@@ -556,16 +523,8 @@ impl ResponseCache {
                 for stored in &entry.variants {
                     match stored.policy.before_request(&*request, now) {
                         BeforeRequest::Fresh(_) => {
-                            self.stats.hits.fetch_add(1, Relaxed);
-                            let ttl = stored.policy.time_to_live(now).as_secs();
-                            return Lookup::Hit(self.serve(
-                                stored,
-                                stored.head_at(now),
-                                parts,
-                                head,
-                                "HIT",
-                                &format!("wasmgate; hit; ttl={ttl}{collapsed}"),
-                            ));
+                            let ttl = stored.policy.time_to_live(now);
+                            return self.hit(stored, parts, head, now, ttl, collapsed);
                         }
                         BeforeRequest::Stale {
                             matches: true,
@@ -656,6 +615,27 @@ impl ResponseCache {
             };
             return Lookup::Miss(pending);
         }
+    }
+
+    /// A fresh stored answer, served.
+    fn hit(
+        &self,
+        stored: &Stored,
+        client: &Parts,
+        head: bool,
+        now: SystemTime,
+        ttl: Duration,
+        collapsed: &str,
+    ) -> Lookup {
+        self.stats.hits.fetch_add(1, Relaxed);
+        Lookup::Hit(self.serve(
+            stored,
+            stored.head_at(now),
+            client,
+            head,
+            "HIT",
+            &format!("wasmgate; hit; ttl={}{collapsed}", ttl.as_secs()),
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1057,144 +1037,6 @@ impl ResponseCache {
         });
         self.stats.stores.fetch_add(1, Relaxed);
     }
-
-    /// Removes every entry under `key` (all its variants), as a successful
-    /// unsafe method does (RFC 9111 §4.4).
-    pub fn invalidate(&self, key: &Key) {
-        if self.entries.remove(key).is_some() {
-            self.stats.purged.fetch_add(1, Relaxed);
-        }
-    }
-
-    /// Removes the entries `purge` names, of `tenant` only when given; says
-    /// how many.
-    pub fn purge(&self, tenant: Option<&str>, purge: &Purge) -> u64 {
-        let doomed: Vec<Arc<Key>> = self
-            .entries
-            .iter()
-            .filter(|(k, e)| {
-                let answer = k.scheme != FILTER_SCHEME;
-                tenant.is_none_or(|t| &*k.tenant == t)
-                    && match purge {
-                        Purge::Url {
-                            host,
-                            path_and_query,
-                        } => {
-                            answer
-                                && host.as_deref().is_none_or(|h| h == k.host)
-                                && k.path_and_query == *path_and_query
-                        }
-                        Purge::Prefix { host, prefix } => {
-                            answer
-                                && host.as_deref().is_none_or(|h| h == k.host)
-                                && k.path().starts_with(prefix.as_str())
-                        }
-                        Purge::Tag(tag) => {
-                            e.variants
-                                .iter()
-                                .any(|v| v.tags.iter().any(|t| **t == **tag))
-                                || e.value
-                                    .as_ref()
-                                    .is_some_and(|v| v.tags.iter().any(|t| **t == **tag))
-                        }
-                    }
-            })
-            .map(|(k, _)| (*k).clone())
-            .collect();
-        let mut n = 0;
-        for k in doomed {
-            if self.entries.remove(&*k).is_some() {
-                n += 1;
-            }
-        }
-        self.stats.purged.fetch_add(n, Relaxed);
-        n
-    }
-}
-
-impl wasmgate_engine::services::FilterCache for ResponseCache {
-    fn get(&self, from: &wasmgate_config::Scoped, key: &str) -> Option<Vec<u8>> {
-        let found = self.entries.get(&filter_key(from, key)).and_then(|e| {
-            let v = e.value.as_ref()?;
-            (v.expires > std::time::Instant::now()).then(|| v.bytes.to_vec())
-        });
-        let counter = match found {
-            Some(_) => &self.stats.filter_hits,
-            None => &self.stats.filter_misses,
-        };
-        counter.fetch_add(1, Relaxed);
-        found
-    }
-
-    fn set(
-        &self,
-        from: &wasmgate_config::Scoped,
-        key: &str,
-        value: Vec<u8>,
-        ttl: Duration,
-        tags: Vec<String>,
-        quota: u64,
-        tenant_budget: Option<u64>,
-    ) -> bool {
-        let key = Arc::new(filter_key(from, key));
-        let tags: Box<[Box<str>]> = tags.into_iter().map(Box::from).collect();
-        let size =
-            key.size() + value.len() + tags.iter().map(|t| t.len() + 16).sum::<usize>() + 128;
-        if size as u64 > quota || tenant_budget.is_some_and(|b| size as u64 > b) {
-            self.stats.filter_refused.fetch_add(1, Relaxed);
-            return false;
-        }
-        let old = self.entries.get(&key).map_or(0, |e| e.size);
-        let incoming = size.saturating_sub(old) as u64;
-        let owner: Arc<str> = Arc::from(filter_owner(&key));
-        self.make_room(&self.filter_budgets, &owner, quota, incoming, &key);
-        if let Some(budget) = tenant_budget {
-            self.make_room(&self.budgets, &key.tenant, budget, incoming, &key);
-        }
-        self.entries.insert(
-            key.clone(),
-            Arc::new(Entry {
-                variants: Vec::new(),
-                value: Some(FilterValue {
-                    bytes: Bytes::from(value),
-                    tags,
-                    expires: std::time::Instant::now() + ttl,
-                }),
-                size,
-                keep: ttl,
-            }),
-        );
-        let live = |k: &Arc<Key>| self.entries.contains_key(k);
-        self.budgets.added(&key.tenant, &key, size as u64, live);
-        self.filter_budgets.added(&owner, &key, size as u64, live);
-        self.stats.filter_stores.fetch_add(1, Relaxed);
-        true
-    }
-
-    fn delete(&self, from: &wasmgate_config::Scoped, key: &str) -> bool {
-        self.entries.remove(&filter_key(from, key)).is_some()
-    }
-}
-
-/// What a purge removes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Purge {
-    /// One URL, all its variants (of every route and cluster).
-    Url {
-        /// Its host (lower-case, no port); `None`: any.
-        host: Option<String>,
-        /// Its canonical path and query.
-        path_and_query: String,
-    },
-    /// Every URL whose path starts with `prefix`.
-    Prefix {
-        /// Its host; `None`: any.
-        host: Option<String>,
-        /// The path prefix.
-        prefix: String,
-    },
-    /// Every answer that listed this surrogate tag.
-    Tag(String),
 }
 
 /// The request as the cache judges it: a `GET` of the key's host and
