@@ -214,6 +214,98 @@ async fn a_component_that_cannot_fit_its_memory_limit_is_refused_at_load() {
     );
 }
 
+/// The engine's per-component slots are sized for the largest filter it
+/// accepts (the Python and JavaScript interpreters included): a component
+/// with more linear memories or core instances than a slot holds is refused
+/// when it is loaded, from a config or uploaded through the API, naming the
+/// limit, and the running version keeps serving.
+#[tokio::test]
+async fn a_component_beyond_the_per_component_slots_is_refused_at_load() {
+    let wat_component = |memories: usize, instances: usize| {
+        let mut text =
+            String::from("(component\n  (core module $m (memory 1))\n  (core module $n)\n");
+        for _ in 0..memories {
+            text.push_str("  (core instance (instantiate $m))\n");
+        }
+        for _ in 0..instances {
+            text.push_str("  (core instance (instantiate $n))\n");
+        }
+        text.push(')');
+        wat::parse_str(&text).unwrap()
+    };
+    let dir = std::env::temp_dir().join(format!("wasmgate-slots-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "memories",
+            wat_component(wasmgate::filter::MAX_MEMORIES as usize + 1, 0),
+            // wasmtime's own words, as it checks the slots.
+            format!(
+                "contains {} Wasm linear memories, which exceeds the configured maximum of {}",
+                wasmgate::filter::MAX_MEMORIES + 1,
+                wasmgate::filter::MAX_MEMORIES
+            ),
+        ),
+        (
+            "instances",
+            wat_component(0, wasmgate::filter::MAX_CORE_INSTANCES as usize + 1),
+            format!(
+                "instantiates {} core modules; a filter may have at most {} core instances",
+                wasmgate::filter::MAX_CORE_INSTANCES + 1,
+                wasmgate::filter::MAX_CORE_INSTANCES
+            ),
+        ),
+    ];
+    for (what, bytes, says) in &cases {
+        let path = dir.join(format!("{what}.wasm"));
+        std::fs::write(&path, bytes).unwrap();
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[engine]\nmax_instances = 8\n\
+             [filters.wide]\npath = {path:?}\npool_size = 1\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nrespond = {{ status = 204 }}\nfilters = [{{ name = \"wide\" }}]\n",
+        );
+        let err = wasmgate_tests::build_gateway(&toml)
+            .await
+            .expect_err("a component beyond the slots");
+        assert!(
+            err.contains("filters.wide")
+                && err.contains("cannot run within its limits")
+                && err.contains(says.as_str()),
+            "{what}: {err}"
+        );
+    }
+    // Uploaded through the API: refused with the reason; the running
+    // version serves on.
+    let up = Upstream::start("u").await;
+    let gw = start_gateway(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"admin-secret-0123456789\"\n\
+         [access_log]\nenabled = false\n[engine]\nmax_instances = 16\n\
+         [filters.v]\npath = {:?}\npool_size = 2\n\
+         [clusters.c]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\ncluster = \"c\"\nfilters = [{{ name = \"v\" }}]\n",
+        artifacts::VERSION_A,
+        up.addr
+    ))
+    .await;
+    let admin = gw.admin_addr().expect("an admin listener");
+    for (what, bytes, says) in cases {
+        let r = wasmgate_tests::send_body(
+            admin,
+            "PUT",
+            "/filters/v/module",
+            &[("authorization", "Bearer admin-secret-0123456789")],
+            bytes,
+        )
+        .await;
+        assert_eq!(r.status, 422, "{what}: {}", r.body);
+        assert_eq!(r.json()["code"], "invalid_module", "{what}: {}", r.body);
+        assert!(r.body.contains(says.as_str()), "{what}: {}", r.body);
+        let still = get(gw.addr(), "/", &[]).await;
+        assert_eq!(still.header("x-version"), Some("aa"), "{what}");
+    }
+    gw.shutdown().await;
+}
+
 /// The operator bounds which headers a filter reads and edits: a read
 /// outside `read_request_headers` sees nothing (and is counted), an edit
 /// outside `write_request_headers` refuses the decision, and a route can

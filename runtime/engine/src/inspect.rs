@@ -28,6 +28,8 @@ pub struct ComponentSummary {
     pub initial_memory: u64,
     /// Tables its instances have.
     pub tables: u32,
+    /// Core module instances it makes (see [`crate::limits::core_instances`]).
+    pub core_instances: u32,
 }
 
 /// Whether an import names something this host provides: the contract's
@@ -81,8 +83,7 @@ impl FilterEngine {
                 .map(|(c, _)| c),
             None => crate::cache::compile(&self.engine, bytes),
         };
-        let component: Component = compiled
-            .map_err(|e| not_component(format!("not a valid WebAssembly component: {e:#}")))?;
+        let component: Component = compiled.map_err(|e| crate::compile_error(origin, &e))?;
         let ty = component.component_type();
         let imports: Vec<String> = ty
             .imports(&self.engine)
@@ -109,6 +110,7 @@ impl FilterEngine {
                 .unwrap_or(0)
                 .saturating_mul(65536),
             tables: r.as_ref().map_or(0, |r| r.num_tables),
+            core_instances: crate::limits::core_instances(bytes).map_err(not_component)?,
         })
     }
 }

@@ -421,15 +421,21 @@ impl FilterEngine {
         let (component, held, outcome) = match self.components.get(&sha256) {
             Some((c, held)) => (c, held, CacheOutcome::Memory),
             None => {
+                // Counted before compiling: a component with more core
+                // instances than a slot holds is not worth compiling.
+                crate::limits::check_core_instances(bytes).map_err(|reason| {
+                    LoadError::TooLarge {
+                        path: origin.to_owned(),
+                        reason,
+                    }
+                })?;
                 let compiled = match &self.cache {
                     Some(cache) => cache.load_or_compile(&self.engine, bytes, &sha256),
                     None => {
                         cache::compile(&self.engine, bytes).map(|c| (c, CacheOutcome::Disabled))
                     }
                 };
-                let (c, outcome) = compiled.map_err(|e| {
-                    not_component(format!("not a valid WebAssembly component: {e:#}"))
-                })?;
+                let (c, outcome) = compiled.map_err(|e| compile_error(origin, &e))?;
                 let held = self.components.insert(&sha256, &c);
                 (c, held, outcome)
             }
@@ -472,6 +478,25 @@ impl FilterEngine {
             limits,
             live,
         })
+    }
+}
+
+/// Why a component could not be compiled: it does not fit the engine's
+/// per-component slots (wasmtime checks its memories and tables against
+/// the pooling allocator when it takes the compiled code), or it is not a
+/// valid component.
+pub(crate) fn compile_error(origin: &str, e: &wasmtime::Error) -> LoadError {
+    let reason = format!("{e:#}");
+    if reason.contains("in the pooling allocator") {
+        LoadError::TooLarge {
+            path: origin.to_owned(),
+            reason,
+        }
+    } else {
+        LoadError::NotAComponent {
+            path: origin.to_owned(),
+            reason: format!("not a valid WebAssembly component: {reason}"),
+        }
     }
 }
 
@@ -863,6 +888,12 @@ impl FilterInstance {
     /// Calls served (`on-request` and `on-response` each count).
     pub fn uses(&self) -> u64 {
         self.uses
+    }
+
+    /// What this instance's `init` declared: which calls to make and what
+    /// each carries.
+    pub fn needs(&self) -> &Needs {
+        &self.needs
     }
 
     /// Current size of the instance's linear memories together, in bytes.

@@ -44,6 +44,39 @@ pub(crate) fn fits(component: &wasmtime::component::Component, memory: u64) -> R
     Ok(())
 }
 
+/// Refuses a component that instantiates more core modules than a slot
+/// holds ([`MAX_CORE_INSTANCES`]), before it is compiled.
+pub(crate) fn check_core_instances(bytes: &[u8]) -> Result<(), String> {
+    let instances = core_instances(bytes)?;
+    if instances > MAX_CORE_INSTANCES {
+        return Err(format!(
+            "instantiates {instances} core modules; a filter may have at most \
+             {MAX_CORE_INSTANCES} core instances"
+        ));
+    }
+    Ok(())
+}
+
+/// The core module instances a component makes, as written: each `core
+/// instance (instantiate …)` in it and in the components nested in it
+/// (wasmtime counts again at instantiation, where a nested component
+/// instantiated twice counts twice).
+pub fn core_instances(bytes: &[u8]) -> Result<u32, String> {
+    let mut n = 0u32;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| format!("cannot be read: {e}"))?;
+        if let wasmparser::Payload::InstanceSection(section) = payload {
+            for instance in section {
+                let instance = instance.map_err(|e| format!("cannot be read: {e}"))?;
+                if matches!(instance, wasmparser::Instance::Instantiate { .. }) {
+                    n = n.saturating_add(1);
+                }
+            }
+        }
+    }
+    Ok(n)
+}
+
 /// How many versions (loaded modules) and instances of one filter name are
 /// alive: an old version is freed once no request, pool or config uses it,
 /// and these say whether that happened.
