@@ -172,6 +172,26 @@ async fn behaves(lang: &str, filter: &Path) {
     .err()
     .unwrap_or_else(|| panic!("{lang}: a config without keys was accepted"));
     assert!(err.contains("keys"), "{lang}: {err}");
+
+    // The same behaviour offline: the examples' shared cases pass under
+    // `wasmgate filter test`, and its report shows the language's mark.
+    let cases = repo().join("examples/filters/cases.toml");
+    let out = wasmgate_tests::gateway_command(BIN)
+        .args(["filter", "test"])
+        .arg(filter)
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{lang}: {report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains(&format!("x-filter-lang: {lang}")),
+        "{lang}: {report}"
+    );
 }
 
 #[tokio::test]
@@ -363,6 +383,19 @@ async fn filter_new_makes_projects_that_build_and_run() {
         ))
         .await;
         assert_eq!(get(gw.addr(), "/", &[]).await.status, 200, "{name}");
+        // And its own cases pass offline, as written.
+        let out = wasmgate_tests::gateway_command(BIN)
+            .args(["filter", "test"])
+            .arg(&wasm)
+            .arg(root.join(name).join("cases.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let seen = up.seen();
         assert_eq!(
             seen.last().unwrap().headers[format!("x-{name}").as_str()],

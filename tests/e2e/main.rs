@@ -15,6 +15,7 @@ mod contract;
 mod drain;
 mod edge;
 mod faults;
+mod filter_test;
 mod filters;
 mod hostile;
 mod hygiene;

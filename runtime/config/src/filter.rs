@@ -400,6 +400,54 @@ pub(crate) fn read_secrets(key: &str, f: &mut FilterConfig, errors: &mut Vec<Con
     }
 }
 
+/// A filter's settings written without a `path` (the `[filter]` table of
+/// an offline test file, for `wasmgate filter test`): the keys of
+/// `[filters.NAME]`, validated as the gateway validates them (against the
+/// default `[engine]`) with `module` as the path, and their `vars` read.
+/// Errors name their keys under `key` (`filter.cpu_limit`, say).
+pub fn settings_without_path(
+    key: &str,
+    mut table: toml::Table,
+    module: &Path,
+    base: &Path,
+) -> Result<FilterConfig, Vec<ConfigError>> {
+    if table.contains_key("path") {
+        return Err(vec![ConfigError::new(
+            format!("{key}.path"),
+            "the module is the one given on the command line; leave path out",
+        )]);
+    }
+    table.insert(
+        "path".into(),
+        toml::Value::String(module.display().to_string()),
+    );
+    let raw: RawFilter =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let at = e.path().to_string();
+            let path = if at == "." || at.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{key}.{at}")
+            };
+            vec![ConfigError::new(path, e.into_inner().to_string())]
+        })?;
+    let mut errors = Vec::new();
+    let name = "filter";
+    let mut f = validate(name, raw, &EngineConfig::default(), base, &mut errors);
+    read_secrets(&format!("filters.{name}"), &mut f, &mut errors);
+    if errors.is_empty() {
+        return Ok(f);
+    }
+    let prefix = format!("filters.{name}");
+    Err(errors
+        .into_iter()
+        .map(|e| ConfigError {
+            path: e.path.replacen(&prefix, key, 1),
+            message: e.message,
+        })
+        .collect())
+}
+
 /// Validates every `[filters.NAME]`, and that no two of them would export
 /// metrics under one name.
 pub(crate) fn validate_all(

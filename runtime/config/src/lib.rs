@@ -67,6 +67,7 @@ pub use crate::engine::{
 pub use crate::filter::{
     DEFAULT_FILTER_CPU, DEFAULT_FILTER_MEMORY, DEFAULT_MAX_USES, DEFAULT_OUTBOUND_CALLS,
     DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, FailurePolicy, FilterConfig, Isolation,
+    settings_without_path,
 };
 pub use crate::limits::LimitsConfig;
 pub use crate::quota::{QuotaSettings, Quotas};

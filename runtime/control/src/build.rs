@@ -11,7 +11,9 @@ use wasmgate_config::{
     Config, ConfigError, FailurePolicy, FilterConfig, Isolation, Scope, Scoped, TenantId,
 };
 use wasmgate_engine::edits::{Interest, Needs};
-use wasmgate_engine::services::{ClusterGrant, HeaderBound, HeaderBounds, OutboundGrant};
+use wasmgate_engine::services::{
+    ClusterGrant, FilterCache, HeaderBound, HeaderBounds, Outbound, OutboundGrant,
+};
 use wasmgate_engine::{
     FilterEngine, FilterFailure, FilterLimits, FilterModule, InstancePool, PoolPolicy, sha256_hex,
 };
@@ -176,11 +178,33 @@ pub(crate) async fn compile(
     .await
     .map_err(|e| e.to_string())?;
     let mut m = loaded.map_err(|e| e.to_string())?;
+    grant(&mut m, f, deps.caller.clone(), deps.response_cache.clone());
+    Ok(CompiledVersion {
+        module: Arc::new(m),
+        config: f.clone(),
+        version: s.version,
+        source: s.source,
+        stats: s.stats.clone(),
+    })
+}
+
+/// Grants a loaded module what its `[filters.NAME]` settings give it: its
+/// `kv` quota and `config` values, outbound calls through `caller`, the
+/// clusters it may reroute to, its share of `cache`, its log rate,
+/// rate-limit keys and header bounds. The gateway's builds and the offline
+/// runner (`wasmgate filter test`, with in-memory stand-ins for the two
+/// seams) grant through this one function.
+pub fn grant(
+    m: &mut FilterModule,
+    f: &FilterConfig,
+    caller: Arc<dyn Outbound>,
+    cache: Arc<dyn FilterCache>,
+) {
     // No grant, no outbound calls; `"*"` grants every cluster.
     let outbound = match f.outbound_clusters.as_deref() {
         None | Some([]) => None,
         Some(list) => Some(OutboundGrant {
-            sender: deps.caller.clone(),
+            sender: caller,
             clusters: (!list.iter().any(|c| c == "*"))
                 .then(|| Arc::new(list.iter().cloned().collect())),
             max_calls: f.max_outbound_calls,
@@ -197,7 +221,7 @@ pub(crate) async fn compile(
     m.grant(f.kv_quota, vars, outbound, reroute);
     m.set_cache(
         (f.cache_bytes > 0).then(|| wasmgate_engine::services::CacheGrant {
-            store: deps.response_cache.clone(),
+            store: cache,
             quota: f.cache_bytes,
         }),
     );
@@ -209,13 +233,6 @@ pub(crate) async fn compile(
         read_response: HeaderBound::from_config(f.read_response_headers.as_deref()),
         write_response: HeaderBound::from_config(f.write_response_headers.as_deref()),
     });
-    Ok(CompiledVersion {
-        module: Arc::new(m),
-        config: f.clone(),
-        version: s.version,
-        source: s.source,
-        stats: s.stats.clone(),
-    })
 }
 
 /// Settles filter `name`'s current version (reading its module file when

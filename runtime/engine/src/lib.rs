@@ -890,12 +890,6 @@ impl FilterInstance {
         self.uses
     }
 
-    /// What this instance's `init` declared: which calls to make and what
-    /// each carries.
-    pub fn needs(&self) -> &Needs {
-        &self.needs
-    }
-
     /// Current size of the instance's linear memories together, in bytes.
     pub fn memory_bytes(&self) -> u64 {
         self.store.data().limiter.current as u64

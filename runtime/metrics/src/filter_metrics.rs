@@ -86,7 +86,9 @@ pub enum Kind {
 enum Series {
     Counter(Counter),
     Gauge(Gauge<f64, AtomicU64>),
-    Histogram(Histogram),
+    /// The histogram, and its observations (the client library keeps its
+    /// count to itself).
+    Histogram(Histogram, AtomicU64),
 }
 
 #[derive(Debug)]
@@ -129,6 +131,28 @@ impl Refused {
             Refused::NameTaken => "name_taken",
         }
     }
+}
+
+/// One series a filter recorded, as [`FilterMetrics::snapshot`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    /// The filter's own name for the metric.
+    pub name: String,
+    /// Its labels, sorted by name.
+    pub labels: Vec<(String, String)>,
+    /// Its value.
+    pub value: Value,
+}
+
+/// A series' value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    /// A counter's total.
+    Counter(u64),
+    /// A gauge's value.
+    Gauge(f64),
+    /// A histogram's observations.
+    Histogram(u64),
 }
 
 /// All filters' metrics in one gateway.
@@ -265,7 +289,9 @@ impl FilterMetrics {
                     .or_insert_with(|| match kind {
                         Kind::Counter => Series::Counter(Counter::default()),
                         Kind::Gauge => Series::Gauge(Gauge::default()),
-                        Kind::Histogram => Series::Histogram(Histogram::new(BUCKETS)),
+                        Kind::Histogram => {
+                            Series::Histogram(Histogram::new(BUCKETS), AtomicU64::new(0))
+                        }
                     })
                     .downgrade()
             }
@@ -277,7 +303,10 @@ impl FilterMetrics {
             Series::Gauge(g) => {
                 g.set(value);
             }
-            Series::Histogram(h) => h.observe(value),
+            Series::Histogram(h, n) => {
+                h.observe(value);
+                n.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -287,6 +316,28 @@ impl FilterMetrics {
         self.metrics.retain(|(f, _), _| f.tenant != *tenant);
         self.names.retain(|f, _| f.tenant != *tenant);
         self.refused.retain(|(f, _), _| f.tenant != *tenant);
+    }
+
+    /// Every series `filter` recorded, sorted by name then labels (for
+    /// the offline filter runner, which shows what a filter recorded).
+    pub fn snapshot(&self, filter: &Scoped) -> Vec<Recorded> {
+        let mut out = Vec::new();
+        for m in self.metrics.iter().filter(|m| &m.key().0 == filter) {
+            for s in m.series.iter() {
+                let value = match s.value() {
+                    Series::Counter(c) => Value::Counter(c.get()),
+                    Series::Gauge(g) => Value::Gauge(g.get()),
+                    Series::Histogram(_, n) => Value::Histogram(n.load(Ordering::Relaxed)),
+                };
+                out.push(Recorded {
+                    name: m.key().1.clone(),
+                    labels: s.key().clone(),
+                    value,
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.name, &a.labels).cmp(&(&b.name, &b.labels)));
+        out
     }
 
     /// How many records of `filter` were refused (all reasons).
@@ -313,7 +364,7 @@ impl Collector for FilterMetrics {
                 match s.value() {
                     Series::Counter(c) => c.encode(e)?,
                     Series::Gauge(g) => g.encode(e)?,
-                    Series::Histogram(h) => h.encode(e)?,
+                    Series::Histogram(h, _) => h.encode(e)?,
                 }
             }
         }

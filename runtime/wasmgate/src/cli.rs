@@ -56,6 +56,29 @@ enum FilterCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also time its load (compiled, and from the compile cache) and a
+        /// new instance with its `init`.
+        #[arg(long)]
+        timings: bool,
+    },
+    /// Run a filter offline on the cases of a TOML file (requests, upstream
+    /// answers, canned outbound answers, expectations), on the gateway's
+    /// own filter engine, with no gateway and no network. Exit code 0 when
+    /// every expectation holds, 1 when one does not, 2 when the file or
+    /// the filter cannot be used.
+    Test {
+        /// The component.
+        filter: PathBuf,
+        /// The test file.
+        cases: PathBuf,
+        /// Run only the case with this name (the cases before it are not
+        /// run, so host state they would leave, a `kv` entry or a
+        /// rate-limit bucket, is not there).
+        #[arg(long)]
+        case: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Make a filter project that builds as it is, against the contract
     /// this gateway serves (embedded in the binary).
@@ -192,6 +215,17 @@ pub fn main() -> ExitCode {
 
 /// `wasmgate filter …`, on a runtime of its own.
 fn filter(command: &FilterCommand) -> ExitCode {
+    // The runner makes a runtime of its own (one thread, where its log
+    // capture is the default subscriber).
+    if let FilterCommand::Test {
+        filter,
+        cases,
+        case,
+        json,
+    } = command
+    {
+        return crate::filter_test::run(filter, cases, *json, case.as_deref());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -209,7 +243,8 @@ fn filter(command: &FilterCommand) -> ExitCode {
                 filter,
                 config,
                 json,
-            } => crate::toolkit::inspect(filter, config, *json).await,
+                timings,
+            } => crate::toolkit::inspect(filter, config, *json, *timings).await,
             FilterCommand::New { name, lang, dir } => {
                 let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
                 match crate::toolkit::new_filter(name, lang, &dir) {
@@ -261,6 +296,7 @@ fn filter(command: &FilterCommand) -> ExitCode {
                     }
                 }
             }
+            FilterCommand::Test { .. } => unreachable!("run above"),
             FilterCommand::Componentize { core, output } => {
                 match crate::toolkit::componentize(core, output) {
                     Ok(n) => {

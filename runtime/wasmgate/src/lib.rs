@@ -14,6 +14,7 @@
 //! Start here: [`config::Config::load`] → [`Gateway::build`] → [`Gateway::start`].
 
 pub mod cli;
+pub mod filter_test;
 pub mod toolkit;
 
 pub use wasmgate_config as config;

@@ -98,6 +98,7 @@ impl Inspection {
             "memories": s.memories,
             "initial_memory_bytes": s.initial_memory,
             "tables": s.tables,
+            "core_instances": s.core_instances,
             "config": config,
             "init": match &self.init {
                 None => serde_json::Value::Null,
@@ -144,10 +145,11 @@ impl Inspection {
         let _ = writeln!(out, "exports: {}", s.exports.join(", "));
         let _ = writeln!(
             out,
-            "memories: {} (largest initial size {} KiB), tables: {}",
+            "memories: {} (largest initial size {} KiB), tables: {}, core instances: {}",
             s.memories,
             s.initial_memory / 1024,
-            s.tables
+            s.tables,
+            s.core_instances
         );
         match &self.init {
             None => {}
@@ -205,10 +207,75 @@ impl Inspection {
     }
 }
 
-/// `wasmgate filter inspect FILTER.wasm [--config JSON] [--json]`: exit 0
-/// when this gateway loads the component and its `init` accepts the
-/// config, 1 otherwise.
-pub async fn inspect(path: &Path, config: &str, json: bool) -> ExitCode {
+/// What loading and starting a filter costs, from `inspect --timings`.
+#[derive(Debug, Clone, Copy)]
+struct Timings {
+    /// Loading it with an empty compile cache (compiling it).
+    compile_ms: f64,
+    /// Loading it again, by a new engine, from the compile cache.
+    cached_load_ms: f64,
+    /// A new instance and its `init` with the config: the median of
+    /// [`INSTANTIATIONS`].
+    instantiate_ms: f64,
+}
+
+/// Instances made to time instantiation.
+const INSTANTIATIONS: usize = 21;
+
+/// Times a filter's load (compiled, then from a compile cache of its own,
+/// removed after) and its instantiation with `config`.
+async fn timings(path: &Path, config: &str) -> Result<Timings, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let dir = std::env::temp_dir().join(format!("wasmgate-timings-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let cfg = EngineConfig {
+        cache_dir: Some(dir.clone()),
+        ..EngineConfig::default()
+    };
+    let name = Scoped::new(TenantId::default_tenant(), "timed");
+    let origin = path.display().to_string();
+    let measured = async {
+        let load = |engine: &FilterEngine| {
+            let started = std::time::Instant::now();
+            engine
+                .load_bytes(&name, &origin, &bytes, limits())
+                .map(|m| (m, started.elapsed().as_secs_f64() * 1e3))
+                .map_err(|e| e.to_string())
+        };
+        let first = FilterEngine::new(&cfg).map_err(|e| format!("{e:#}"))?;
+        let (_, compile_ms) = load(&first)?;
+        drop(first);
+        let second = FilterEngine::new(&cfg).map_err(|e| format!("{e:#}"))?;
+        let (module, cached_load_ms) = load(&second)?;
+        let route: Arc<str> = Arc::from("inspect");
+        let mut runs = Vec::with_capacity(INSTANTIATIONS);
+        for _ in 0..INSTANTIATIONS {
+            let started = std::time::Instant::now();
+            let instance = module
+                .instantiate(&route, config)
+                .await
+                .map_err(|e| format!("instantiating: {e}"))?;
+            runs.push(started.elapsed().as_secs_f64() * 1e3);
+            drop(instance);
+        }
+        runs.sort_by(f64::total_cmp);
+        Ok(Timings {
+            compile_ms,
+            cached_load_ms,
+            instantiate_ms: runs[runs.len() / 2],
+        })
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    measured
+}
+
+/// `wasmgate filter inspect FILTER.wasm [--config JSON] [--json]
+/// [--timings]`: exit 0 when this gateway loads the component and its
+/// `init` accepts the config, 1 otherwise. `--timings` also times its load
+/// (compiled, and from the compile cache) and its instantiation.
+pub async fn inspect(path: &Path, config: &str, json: bool, timed: bool) -> ExitCode {
     let engine = match FilterEngine::new(&EngineConfig::default()) {
         Ok(e) => e,
         Err(e) => {
@@ -223,12 +290,37 @@ pub async fn inspect(path: &Path, config: &str, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let ok = found.loads.is_ok() && matches!(found.init, Some(Ok(_)));
+    let timed = match (timed, ok) {
+        (true, true) => match timings(path, config).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("error: timing it: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     if json {
-        println!("{:#}", found.json(config));
+        let mut out = found.json(config);
+        if let Some(t) = timed {
+            out["timings"] = serde_json::json!({
+                "compile_ms": t.compile_ms,
+                "cached_load_ms": t.cached_load_ms,
+                "instantiate_ms": t.instantiate_ms,
+            });
+        }
+        println!("{out:#}");
     } else {
         print!("{}", found.text(path, config));
+        if let Some(t) = timed {
+            println!(
+                "timings: compile {:.1} ms, load from the compile cache {:.1} ms, \
+                 new instance + init {:.3} ms (median of {INSTANTIATIONS})",
+                t.compile_ms, t.cached_load_ms, t.instantiate_ms
+            );
+        }
     }
-    let ok = found.loads.is_ok() && matches!(found.init, Some(Ok(_)));
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -319,11 +411,15 @@ fn scaffold(lang: &str, name: &str) -> Result<Vec<(&'static str, String)>, Strin
         t.replace("{{name}}", name)
             .replace("{{crate}}", &name.replace('-', "_"))
     };
+    let cases = fill(include_str!("../templates/cases.toml"));
     let readme = |build: &str, wasm: &str| {
         format!(
             "# {name}\n\nA wasmgate filter, made by `wasmgate filter new {name} --lang {lang}`.\n\n\
              ## Build\n\n```sh\n{build}\n```\n\n\
-             ## Check and configure\n\n```sh\nwasmgate filter inspect {wasm} --config '{{}}'\n```\n\n\
+             ## Check and test\n\n```sh\nwasmgate filter inspect {wasm} --config '{{}}'\n\
+             wasmgate filter test {wasm} cases.toml\n```\n\n\
+             `cases.toml` runs the filter offline on the gateway's own engine: add a case \
+             for each behaviour.\n\n## Configure\n\n\
              ```toml\n[filters.{name}]\npath = \"{wasm}\"\n\n[[routes]]\nname = \"api\"\ncluster = \"api\"\n\
              filters = [{{ name = \"{name}\" }}]\n```\n"
         )
@@ -337,6 +433,7 @@ fn scaffold(lang: &str, name: &str) -> Result<Vec<(&'static str, String)>, Strin
             ("src/lib.rs", fill(include_str!("../templates/rust/lib.rs"))),
             ("wit/filter.wit", CONTRACT_WIT.to_owned()),
             (".gitignore", "target/\n".to_owned()),
+            ("cases.toml", cases.clone()),
             (
                 "README.md",
                 readme(
@@ -355,6 +452,7 @@ fn scaffold(lang: &str, name: &str) -> Result<Vec<(&'static str, String)>, Strin
                 include_str!("../templates/c/build.sh").to_owned(),
             ),
             (".gitignore", "out/\n".to_owned()),
+            ("cases.toml", cases.clone()),
             (
                 "README.md",
                 readme(
@@ -373,6 +471,7 @@ fn scaffold(lang: &str, name: &str) -> Result<Vec<(&'static str, String)>, Strin
                 include_str!("../templates/python/build.sh").to_owned(),
             ),
             (".gitignore", "out/\n__pycache__/\n".to_owned()),
+            ("cases.toml", cases.clone()),
             (
                 "README.md",
                 readme(
@@ -392,6 +491,7 @@ fn scaffold(lang: &str, name: &str) -> Result<Vec<(&'static str, String)>, Strin
                 include_str!("../templates/js/build.sh").to_owned(),
             ),
             (".gitignore", "out/\nnode_modules/\n".to_owned()),
+            ("cases.toml", cases.clone()),
             (
                 "README.md",
                 readme(
