@@ -16,7 +16,7 @@ keys, `x-filter-lang: <lang>` on every response). For each, one run measures:
   loading      `wasmgate filter inspect FILE --json --timings --config JSON`:
                first load with an empty compile cache, cached load by a new
                engine, new instance + init (median of the binary's own
-               repetitions); rounds interleaved, a new empty cache each.
+               repetitions); rounds interleaved.
   per request  mode S's method (bench.py): wrk, gateway and upstream pinned
                to one CPU, cost = 1/T_route - 1/T_direct per round, rounds
                interleaved, gateways not measured frozen; each language with
@@ -256,25 +256,23 @@ def timings_supported(wasmgate: Path) -> bool:
     return "--timings" in out.stdout + out.stderr
 
 
-def inspect(wasmgate: Path, component: Path, workdir: Path, tag: str, timings: bool,
+def inspect(wasmgate: Path, component: Path, workdir: Path, timings: bool,
             cpu: str | None) -> dict:
-    """`wasmgate filter inspect COMPONENT --json [--timings] --config ...` with
-    its own empty cache folder (XDG_CACHE_HOME, which the compile cache's
-    default folder follows); fails unless it loads and `init` accepts the
-    config."""
-    cache = workdir / f"inspect-cache-{tag}"
-    shutil.rmtree(cache, ignore_errors=True)
-    cache.mkdir(parents=True)
+    """`wasmgate filter inspect COMPONENT --json [--timings] --config ...`;
+    fails unless it loads and `init` accepts the config. Its plain inspection
+    loads the component through the default compile cache folder, which
+    follows XDG_CACHE_HOME: one folder in the work folder, kept across rounds
+    (so only the first round compiles there, and nothing is written to the
+    user's cache); `--timings` times its first load with a new empty cache
+    folder of its own, removed after."""
+    cache = workdir / "inspect-cache"
+    cache.mkdir(parents=True, exist_ok=True)
     argv = [str(wasmgate), "filter", "inspect", str(component), "--json",
             *(["--timings"] if timings else []), "--config", KEY_CFG_JSON]
     if cpu is not None:
         argv = ["taskset", "-c", cpu, *argv]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=900,
-                              env={**os.environ, "XDG_CACHE_HOME": str(cache),
-                                   "WASMGATE_LOG": "warn"})
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "XDG_CACHE_HOME": str(cache), "WASMGATE_LOG": "warn"})
     try:
         found = json.loads(done.stdout)
     except ValueError:
@@ -305,7 +303,7 @@ def run_loads(langs: list[Lang], args, workdir: Path, components: Path,
         line = []
         for lang in langs:
             found = inspect(args.wasmgate, component_path(components, lang), workdir,
-                            f"{lang.key}-r{r}", timings, args.cpu_inspect)
+                            timings, args.cpu_inspect)
             last[lang.key] = found
             if timings:
                 results[lang.key].append(found["timings"])
@@ -633,10 +631,10 @@ def section(args, langs, builds, tools, loads, inspected, result, timings: bool,
                    else "unpinned (both CPUs; compilation runs in parallel)")
     loads_line = (
         f"- Loading: `wasmgate filter inspect FILE --json --timings --config '{KEY_CFG_JSON}'`, "
-        f"{plural(args.load_rounds, 'round')} interleaved, each with a new empty cache folder "
-        f"(`XDG_CACHE_HOME`), {pin_inspect}: first load = compile with an empty compile "
-        f"cache, cached load = a new engine loading it from that cache, new instance + init "
-        f"= the binary's median of several.\n" if timings else
+        f"{plural(args.load_rounds, 'round')} interleaved, {pin_inspect}: first load = "
+        f"compile, with a new empty compile cache folder; cached load = a new engine loading "
+        f"it from that folder; new instance + init = the binary's median of several.\n"
+        if timings else
         "- Loading: **not measured**: this wasmgate's `filter inspect` has no `--timings`; "
         "each component was only checked to load and accept the config.\n")
     fp = (f" The first-party `{FIRST_PARTY}` filter (Rust, the SDK, built by the workspace) "
