@@ -103,6 +103,32 @@ fn main() {
     writeln!(code, "    }};\n}}").unwrap();
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("artifacts.rs");
     std::fs::write(out, code).expect("cannot write artifacts.rs");
+
+    grpc_upstream(&root.join("runtime/transcode/protos"));
+}
+
+/// The test gRPC upstream (`src/grpc`): tonic code for `bookstore.v1`, from
+/// a descriptor set `protox` compiles (no `protoc`), and the descriptor set
+/// the transcoder loads. The second is encoded by protox itself: a
+/// `prost_types::FileDescriptorSet` re-encoded would drop every
+/// `google.api.http` option.
+fn grpc_upstream(protos: &Path) {
+    println!("cargo:rerun-if-changed={}", protos.display());
+    let file = "test/bookstore.proto";
+    let fds = protox::compile([file], [protos]).expect("compiling the test protos");
+    tonic_prost_build::configure()
+        .build_client(false)
+        .compile_fds(fds)
+        .expect("generating the test gRPC server");
+    let bytes = protox::Compiler::new([protos])
+        .expect("the test protos' folder")
+        .include_imports(true)
+        .include_source_info(false)
+        .open_files([file])
+        .expect("compiling the test protos")
+        .encode_file_descriptor_set();
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    std::fs::write(out.join("bookstore.bin"), bytes).expect("writing the descriptor set");
 }
 
 /// `(path relative to filters/, crate name)` of each guest workspace member.

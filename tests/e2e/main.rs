@@ -30,6 +30,7 @@ mod routing;
 mod services;
 mod tenants;
 mod tls;
+mod transcode;
 mod upstream_health;
 mod watch;
 

@@ -22,6 +22,7 @@ use wasmgate::config::Config;
 pub mod pki;
 
 /// Paths of the WASM guests that `build.rs` compiled.
+pub mod grpc;
 pub mod artifacts {
     include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 }
