@@ -823,6 +823,27 @@ fn filter_inspect_says_what_a_component_is_and_whether_it_loads() {
     let (ok, out, _) = inspect(artifacts::API_KEY, &["--config", r#"{"keys":[]}"#]);
     assert!(!ok);
     assert!(out.contains("refused"), "{out}");
+    // Timed: a compile, a load from the compile cache, a new instance,
+    // each measured (the figures are the benchmark's, not checked here).
+    let (ok, out, err) = inspect(
+        artifacts::API_KEY,
+        &["--json", "--timings", "--config", r#"{"keys":["k"]}"#],
+    );
+    assert!(ok, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for key in ["compile_ms", "cached_load_ms", "instantiate_ms"] {
+        let ms = v["timings"][key].as_f64();
+        assert!(ms.is_some_and(|ms| ms > 0.0), "{key}: {v}");
+    }
+    assert!(v["core_instances"].as_u64().is_some_and(|n| n >= 1), "{v}");
+    // Timings need a filter that starts: a refused config times nothing.
+    let (ok, out, _) = inspect(
+        artifacts::API_KEY,
+        &["--json", "--timings", "--config", r#"{"keys":[]}"#],
+    );
+    assert!(!ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v.get("timings").is_none(), "{v}");
     // A 0.1 guest, as JSON.
     let (ok, out, err) = inspect(artifacts::CONTRACT_0_1_0, &["--json"]);
     assert!(ok, "{out}{err}");
