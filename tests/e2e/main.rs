@@ -31,6 +31,7 @@ mod services;
 mod tenants;
 mod tls;
 mod transcode;
+mod translation;
 mod upstream_health;
 mod watch;
 

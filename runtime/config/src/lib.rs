@@ -54,6 +54,7 @@ pub mod secret;
 pub mod server;
 pub mod tenant;
 pub mod tls;
+pub mod transcode;
 pub mod watch;
 
 pub use crate::admin::{AdminConfig, DEFAULT_ADMIN_LISTEN};
@@ -77,6 +78,7 @@ pub use crate::scope::{Scope, Scoped, TenantId};
 pub use crate::secret::{Secret, SecretSetting, SecretSource};
 pub use crate::server::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_LISTEN, MAX_DRAIN_TIMEOUT, ServerConfig};
 pub use crate::tenant::{AddressRule, Managed, TenancyConfig, TenantConfig};
+pub use crate::transcode::{DescriptorConfig, StreamMode, TranscodeConfig};
 pub use crate::watch::{DEFAULT_WATCH_DEBOUNCE, WatchConfig};
 
 /// One problem in a config, with the key path that caused it.
@@ -198,6 +200,8 @@ struct RawConfig {
     clusters: BTreeMap<String, crate::cluster::RawCluster>,
     #[serde(default)]
     routes: Vec<crate::route::RawRoute>,
+    #[serde(default)]
+    descriptors: BTreeMap<String, crate::transcode::RawDescriptor>,
     admin: Option<crate::admin::RawAdmin>,
     access_log: Option<crate::access_log::RawAccessLog>,
     #[serde(default)]
@@ -232,6 +236,8 @@ pub struct Config {
     pub clusters: BTreeMap<String, ClusterConfig>,
     /// Routes in config order.
     pub routes: Vec<RouteConfig>,
+    /// Protobuf descriptor sets by name, for the routes that transcode.
+    pub descriptors: BTreeMap<String, DescriptorConfig>,
     /// The admin listener, if configured.
     pub admin: Option<AdminConfig>,
     /// Where access log lines go; `None` = off.
@@ -265,6 +271,7 @@ impl fmt::Debug for Config {
             filters,
             clusters,
             routes,
+            descriptors,
             admin,
             access_log,
             limits,
@@ -283,6 +290,7 @@ impl fmt::Debug for Config {
             .field("filters", filters)
             .field("clusters", clusters)
             .field("routes", routes)
+            .field("descriptors", descriptors)
             .field("admin", admin)
             .field("access_log", access_log)
             .field("limits", limits)
@@ -470,10 +478,16 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> (Config, Vec<ConfigErr
     let access_log = crate::access_log::validate(raw.access_log, base, &mut errors);
     let engine = crate::engine::validate(raw.engine, base, &mut errors);
 
-    let (filters, clusters, routes) = validate_scope(
+    let ScopeSections {
+        filters,
+        clusters,
+        routes,
+        descriptors,
+    } = validate_scope(
         raw.filters,
         raw.clusters,
         raw.routes,
+        Some(raw.descriptors),
         &engine,
         base,
         &mut errors,
@@ -516,6 +530,7 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> (Config, Vec<ConfigErr
         filters,
         clusters,
         routes,
+        descriptors,
         admin,
         access_log,
         limits,
@@ -531,18 +546,18 @@ fn validate(raw: RawConfig, source: &str, base: &Path) -> (Config, Vec<ConfigErr
 /// The filters, clusters and routes of one scope (the main config's or a
 /// tenant's), validated, with the checks across them: what the routes and
 /// the filters' grants name must exist in the same scope.
+/// `raw_descriptors` is `None` for a tenant: descriptor sets are the
+/// operator's (their files are read from the gateway's disk), so a
+/// tenant's route cannot transcode.
 pub(crate) fn validate_scope(
     raw_filters: BTreeMap<String, crate::filter::RawFilter>,
     raw_clusters: BTreeMap<String, crate::cluster::RawCluster>,
     raw_routes: Vec<crate::route::RawRoute>,
+    raw_descriptors: Option<BTreeMap<String, crate::transcode::RawDescriptor>>,
     engine: &EngineConfig,
     base: &Path,
     errors: &mut Vec<ConfigError>,
-) -> (
-    BTreeMap<String, FilterConfig>,
-    BTreeMap<String, ClusterConfig>,
-    Vec<RouteConfig>,
-) {
+) -> ScopeSections {
     let filters = crate::filter::validate_all(raw_filters, engine, base, errors);
     let clusters = crate::cluster::validate_all(raw_clusters, base, errors);
     // What a filter may call or send its route's traffic to must exist.
@@ -582,7 +597,55 @@ pub(crate) fn validate_scope(
             ));
         }
     }
-    (filters, clusters, routes)
+    let operator = raw_descriptors.is_some();
+    let descriptors = raw_descriptors
+        .map(|d| crate::transcode::validate_descriptors(d, base, errors))
+        .unwrap_or_default();
+    for (key, d) in &names.descriptors {
+        if !operator {
+            errors.push(ConfigError::new(
+                key,
+                "descriptor sets are the operator's: a tenant's route cannot transcode yet \
+                 (gRPC-Web and plain gRPC work)",
+            ));
+        } else if !descriptors.contains_key(d) {
+            errors.push(ConfigError::new(
+                key,
+                format!(
+                    "unknown descriptor set {d:?} (defined: {})",
+                    list(descriptors.keys())
+                ),
+            ));
+        }
+    }
+    // gRPC is HTTP/2: a route that speaks it to its clusters needs them to.
+    for (key, c) in &names.grpc_clusters {
+        if let Some(cluster) = clusters.get(c)
+            && cluster.protocol == crate::cluster::UpstreamProtocol::Http1
+        {
+            errors.push(ConfigError::new(
+                key,
+                format!(
+                    "cluster {c:?} speaks HTTP/1.1, and this route sends it gRPC: \
+                     set its protocol to \"h2c\" (or \"h2\" with tls)"
+                ),
+            ));
+        }
+    }
+    ScopeSections {
+        filters,
+        clusters,
+        routes,
+        descriptors,
+    }
+}
+
+/// One scope's sections, validated.
+pub(crate) struct ScopeSections {
+    pub(crate) filters: BTreeMap<String, FilterConfig>,
+    pub(crate) clusters: BTreeMap<String, ClusterConfig>,
+    pub(crate) routes: Vec<RouteConfig>,
+    pub(crate) descriptors: BTreeMap<String, DescriptorConfig>,
 }
 
 fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {

@@ -2,7 +2,8 @@
 //!
 //! Holding the admin token lets someone replace the routing config; it does
 //! not make them the machine's owner. A config names host files (filter
-//! modules, `vars` files, cluster TLS roots and client keys, the access log)
+//! modules, `vars` files, cluster TLS roots and client keys, descriptor
+//! sets, the access log)
 //! and environment variables (`vars`), and the gateway reads them with its
 //! own rights. So a config put through the API may name only:
 //!
@@ -65,6 +66,12 @@ impl Config {
                 ));
             }
         }
+        for (name, d) in &self.descriptors {
+            out.push((
+                format!("descriptors.{name}.path"),
+                Reach::File(d.path.clone()),
+            ));
+        }
         out
     }
 
@@ -88,7 +95,7 @@ impl Config {
                             format!(
                                 "{}: {why}; a config put through the admin API may name only the files \
                                  the config file names and those under admin.api_paths \
-                                 (upload filter modules with PUT /filters/NAME/module)",
+                                 (upload filter modules with PUT /filters/NAME/module, descriptor sets with PUT /descriptors/NAME)",
                                 path.display()
                             ),
                         ));

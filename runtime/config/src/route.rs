@@ -45,6 +45,8 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     filters: Vec<RawRouteFilter>,
     cache: Option<crate::response_cache::RawRouteCache>,
+    transcode: Option<crate::transcode::RawTranscode>,
+    grpc_web: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +104,10 @@ pub struct RouteConfig {
     pub cache: Option<crate::RouteCacheConfig>,
     /// The filter chain, in request order.
     pub filters: Vec<RouteFilter>,
+    /// `transcode = { ... }`: JSON/HTTP requests are sent as gRPC calls.
+    pub transcode: Option<crate::TranscodeConfig>,
+    /// `grpc_web = true`: gRPC-Web requests are sent as gRPC.
+    pub grpc_web: bool,
     /// Position in the config, which breaks ties between equal matches.
     pub order: usize,
 }
@@ -127,6 +133,11 @@ pub(crate) struct Names {
     pub clusters: Vec<(String, String)>,
     /// `(key path, filter)`, e.g. `("routes[0].filters[1].name", "auth")`.
     pub filters: Vec<(String, String)>,
+    /// `(key path, descriptor)`, e.g. `("routes[0].transcode.descriptor", "books")`.
+    pub descriptors: Vec<(String, String)>,
+    /// The clusters of routes that speak gRPC to them (`transcode`,
+    /// `grpc_web`), which must use HTTP/2: `(key path, cluster)`.
+    pub grpc_clusters: Vec<(String, String)>,
 }
 
 /// Validates every `[[routes]]` entry (names unique; the caller decides
@@ -250,6 +261,7 @@ fn validate(
             )),
         }
     }
+    let clusters_before = refs.clusters.len();
     let action = crate::route_config::action(
         &key,
         crate::route_config::RawAction {
@@ -267,6 +279,35 @@ fn validate(
             format!("{key}.prefix_rewrite"),
             "applies to forwarded requests; this route answers itself",
         ));
+    }
+    let transcode = r.transcode.map(|t| {
+        let t = crate::transcode::validate_transcode(t, &key, errors);
+        refs.descriptors
+            .push((format!("{key}.transcode.descriptor"), t.descriptor.clone()));
+        if r.prefix_rewrite.is_some() {
+            errors.push(ConfigError::new(
+                format!("{key}.prefix_rewrite"),
+                "a transcoded route sends each call to its gRPC method's path: \
+                 prefix_rewrite does not apply",
+            ));
+        }
+        t
+    });
+    let grpc_web = r.grpc_web.unwrap_or(false);
+    if transcode.is_some() || grpc_web {
+        let what = if transcode.is_some() {
+            "transcode"
+        } else {
+            "grpc_web"
+        };
+        if matches!(action, Action::Redirect(_) | Action::Respond(_)) {
+            errors.push(ConfigError::new(
+                format!("{key}.{what}"),
+                "translates requests for a cluster; this route answers itself",
+            ));
+        }
+        let named = refs.clusters[clusters_before..].to_vec();
+        refs.grpc_clusters.extend(named);
     }
     let mut chain = Vec::new();
     for (j, f) in r.filters.into_iter().enumerate() {
@@ -323,6 +364,8 @@ fn validate(
             crate::response_cache::validate_route_cache(c, &key, &names, errors)
         }),
         filters: chain,
+        transcode,
+        grpc_web,
         order: i,
     }
 }

@@ -101,12 +101,18 @@ pub struct Scope<'a> {
     pub clusters: &'a std::collections::BTreeMap<String, crate::ClusterConfig>,
     /// Its routes in order.
     pub routes: &'a [crate::RouteConfig],
+    /// Its descriptor sets (the operator's only: a tenant has none).
+    pub descriptors: &'a std::collections::BTreeMap<String, crate::DescriptorConfig>,
     /// The host names it claims (none for the operator's scope, which serves
     /// the names no tenant claims).
     pub hosts: &'a [String],
     /// Its certificates (a tenant's; the operator's are `[server.tls]`).
     pub tls: Option<&'a crate::tls::TlsConfig>,
 }
+
+/// A tenant's descriptor sets: none.
+static NO_DESCRIPTORS: std::collections::BTreeMap<String, crate::DescriptorConfig> =
+    std::collections::BTreeMap::new();
 
 impl<'a> Scope<'a> {
     /// A tenant's scope.
@@ -116,6 +122,7 @@ impl<'a> Scope<'a> {
             filters: &t.filters,
             clusters: &t.clusters,
             routes: &t.routes,
+            descriptors: &NO_DESCRIPTORS,
             hosts: &t.hosts,
             tls: t.tls.as_ref(),
         }

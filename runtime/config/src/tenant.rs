@@ -343,10 +343,16 @@ impl TenantConfig {
                 "a tenant claims at least one host name (\"shop.example\" or \"*.shop.example\")",
             ));
         }
-        let (filters, clusters, routes) = crate::validate_scope(
+        let crate::ScopeSections {
+            filters,
+            clusters,
+            routes,
+            ..
+        } = crate::validate_scope(
             raw.filters,
             raw.clusters,
             raw.routes,
+            None,
             engine,
             base,
             &mut errors,
@@ -716,6 +722,7 @@ impl Config {
             filters: &self.filters,
             clusters: &self.clusters,
             routes: &self.routes,
+            descriptors: &self.descriptors,
             hosts: &[],
             tls: None,
         })

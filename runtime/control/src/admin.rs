@@ -1,6 +1,7 @@
 //! The admin listener: health, readiness and Prometheus metrics, plus the
 //! management API (routes, clusters with health, filters with versions;
-//! uploading a filter module; getting, replacing and reloading the config),
+//! uploading a filter module; getting, replacing and reloading the config;
+//! listing and replacing descriptor sets),
 //! on its own address, loopback by default. `docs/admin-api.yaml` is its
 //! OpenAPI description.
 //!
@@ -27,7 +28,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::live::{Live, MAX_MODULE_SIZE, SwapError};
+use crate::live::{DescriptorError, Live, MAX_MODULE_SIZE, SwapError};
 use wasmgate_config::AdminConfig;
 use wasmgate_proxy::body::{self, ProxyBody};
 use wasmgate_proxy::error::GatewayError;
@@ -143,6 +144,7 @@ impl AdminState {
             (&Method::PUT, "/config")
             | (&Method::POST, "/config/reload")
             | (&Method::POST, "/cache/purge") => true,
+            (&Method::PUT, p) if descriptor_target(p).is_some() => true,
             (m, p) => filter_target(p).is_some_and(|(_, action)| {
                 matches!(
                     (m, action),
@@ -163,6 +165,10 @@ impl AdminState {
                 .await
             }
             (Method::POST, "/cache/purge") => self.purge(None, req).await,
+            (Method::PUT, p) if descriptor_target(p).is_some() => {
+                let name = descriptor_target(p).unwrap_or_default().to_owned();
+                self.put_descriptor(&name, req).await
+            }
             (_, "/config") => {
                 let current = self.live.config();
                 let body = match body::collect(req.into_body(), MAX_CONFIG_SIZE).await {
@@ -330,6 +336,22 @@ impl AdminState {
         }
     }
 
+    /// `PUT /descriptors/NAME`: the body is a binary FileDescriptorSet.
+    async fn put_descriptor(&self, name: &str, req: Request<Incoming>) -> Response<ProxyBody> {
+        let limit = crate::descriptors::MAX_DESCRIPTOR_SET;
+        let bytes = match body::collect(req.into_body(), limit).await {
+            Ok(k) => Vec::from(k.data),
+            Err(body::FirstFrameError::TooLarge) => {
+                return descriptor_error(DescriptorError::TooLarge(limit + 1));
+            }
+            Err(e) => return body_error(e, limit),
+        };
+        match self.live.put_descriptor(name, bytes).await {
+            Ok(report) => json(StatusCode::OK, report),
+            Err(e) => descriptor_error(e),
+        }
+    }
+
     /// The read-only endpoints (and the refusals).
     fn read(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
         let path = req.uri().path();
@@ -399,6 +421,8 @@ impl AdminState {
                                 v["canary"] = f.canary.as_ref().map(|(_, a)| arm(a)).into();
                                 v
                             }).collect::<Vec<_>>(),
+                            "transcode": r.translation.as_ref().and_then(|t| t.descriptor.as_deref()),
+                            "grpc_web": r.translation.as_ref().is_some_and(|t| t.grpc_web),
                         })
                     })
                     .collect();
@@ -424,6 +448,19 @@ impl AdminState {
                 match self.live.filter_report(name) {
                     serde_json::Value::Null => {
                         swap_error(SwapError::UnknownFilter(name.to_owned()))
+                    }
+                    report => json(StatusCode::OK, report),
+                }
+            }
+            "/descriptors" => json(
+                StatusCode::OK,
+                serde_json::json!({ "descriptors": self.live.descriptors_report() }),
+            ),
+            p if descriptor_target(p).is_some() => {
+                let name = descriptor_target(p).unwrap_or_default();
+                match self.live.descriptor_report(name) {
+                    serde_json::Value::Null => {
+                        descriptor_error(DescriptorError::Unknown(name.to_owned()))
                     }
                     report => json(StatusCode::OK, report),
                 }
@@ -564,6 +601,43 @@ pub(crate) fn body_error(e: body::FirstFrameError, limit: usize) -> Response<Pro
 }
 
 /// The filter name and action in `/filters/NAME/ACTION`.
+/// The NAME of `/descriptors/NAME`.
+fn descriptor_target(path: &str) -> Option<&str> {
+    path.strip_prefix("/descriptors/")
+        .filter(|n| !n.is_empty() && !n.contains('/'))
+}
+
+fn descriptor_error(e: DescriptorError) -> Response<ProxyBody> {
+    let (status, code) = match &e {
+        DescriptorError::Unknown(_) => (StatusCode::NOT_FOUND, "unknown_descriptor"),
+        DescriptorError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "descriptor_too_large"),
+        DescriptorError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_descriptor"),
+        DescriptorError::Routes(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_descriptor"),
+        DescriptorError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "data_dir_unwritable"),
+        DescriptorError::Closed => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        DescriptorError::Pending => (StatusCode::SERVICE_UNAVAILABLE, "taking_over"),
+    };
+    let message = match &e {
+        DescriptorError::Routes(errors) => errors
+            .errors
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
+    };
+    let mut err = GatewayError::new(status, code, message);
+    if let DescriptorError::Routes(errors) = &e {
+        let list: Vec<serde_json::Value> = errors
+            .errors
+            .iter()
+            .map(|e| serde_json::json!({ "path": e.path, "message": e.message }))
+            .collect();
+        err = err.with("errors", list);
+    }
+    err.into_response(None)
+}
+
 fn filter_target(path: &str) -> Option<(&str, &str)> {
     let (name, action) = path.strip_prefix("/filters/")?.split_once('/')?;
     (!name.is_empty() && !action.is_empty() && !action.contains('/')).then_some((name, action))

@@ -216,6 +216,7 @@ impl Gateway {
             response_cache: Arc::new(wasmgate_proxy::response_cache::ResponseCache::new(
                 &config.cache,
             )),
+            descriptors: Arc::default(),
         };
         let live = Live::start(config.clone(), file_config, data, pending, deps).await;
         match live {

@@ -53,6 +53,81 @@ pub struct Streamed {
     _hold: Option<crate::upstream::RequestHold>,
     /// A copy of the body on its way into the response cache.
     tee: Option<Box<Tee>>,
+    /// What the body is turned into on its way (protocol translation).
+    transform: Option<Box<Transforming>>,
+}
+
+/// Turns a peer's body into another as it streams, frame by frame: gRPC
+/// frames into JSON, gRPC-Web text into gRPC frames, trailers into a
+/// gRPC-Web trailer frame. What it returns is passed on at once (nothing
+/// is held back beyond what the transform itself keeps); an error ends the
+/// body with that error.
+pub trait Transform: Send + Sync {
+    /// A chunk of data; the bytes to pass on (possibly none).
+    fn data(&mut self, chunk: Bytes) -> Result<Bytes, BoxError>;
+    /// The end of the body, with its trailers if it had any; the last
+    /// bytes to pass on. Nothing is passed on after them (trailers are the
+    /// transform's to turn into bytes or drop).
+    fn end(&mut self, trailers: Option<HeaderMap>) -> Result<Bytes, BoxError>;
+}
+
+/// An error a body ends with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+struct Transforming {
+    transform: Box<dyn Transform>,
+    /// `end` was called: nothing more comes.
+    ended: bool,
+}
+
+impl std::fmt::Debug for Transforming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transforming")
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+/// Makes a streamed body pass through `transform` from now on (a body the
+/// gateway made is transformed at once). Frames already read are
+/// transformed too.
+pub fn transform(
+    body: ProxyBody,
+    mut transform: Box<dyn Transform>,
+) -> Result<ProxyBody, BoxError> {
+    match body {
+        Either::Left(mut s) => {
+            s.transform = Some(Box::new(Transforming {
+                transform,
+                ended: false,
+            }));
+            Ok(Either::Left(s))
+        }
+        Either::Right(made) => {
+            let mut out = match made.data {
+                Some(d) => transform.data(d)?.to_vec(),
+                None => Vec::new(),
+            };
+            out.extend_from_slice(&transform.end(made.trailers)?);
+            Ok(full(out))
+        }
+    }
+}
+
+/// Reads the next frame of a streamed body and keeps it to be read again
+/// (a body the gateway made is not read): what a stage that must see how
+/// a body starts before it answers uses. `None` at the end of the body.
+pub async fn peek(body: &mut ProxyBody) -> Option<Result<&Frame<Bytes>, FirstFrameError>> {
+    let Either::Left(s) = body else {
+        return None;
+    };
+    if s.first.is_none() {
+        match s.inner.frame().await? {
+            Ok(f) => s.first = Some(f),
+            Err(e) => return Some(Err(classify(e))),
+        }
+    }
+    s.first.as_ref().map(Ok)
 }
 
 /// What is told the copy a [`Tee`] made: the whole body, or `None` when
@@ -137,6 +212,64 @@ pub fn declared_len<B>(resp: &http::Response<B>) -> Option<u64> {
         .ok()
 }
 
+impl Streamed {
+    /// The next frame from the peer (the one kept by a peek first).
+    fn poll_peer(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.first.take() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => Pin::new(&mut self.inner).poll_frame(cx),
+        }
+    }
+
+    /// The next frame to pass on: the peer's, or what the transform made
+    /// of it.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Some(t) = self.transform.as_ref() else {
+                return self.poll_peer(cx);
+            };
+            if t.ended {
+                return Poll::Ready(None);
+            }
+            let polled = std::task::ready!(self.poll_peer(cx));
+            let t = self.transform.as_mut().expect("checked above");
+            let out = match polled {
+                Some(Err(e)) => {
+                    t.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => t.transform.data(data),
+                    Err(frame) => {
+                        t.ended = true;
+                        t.transform.end(frame.into_trailers().ok())
+                    }
+                },
+                None => {
+                    t.ended = true;
+                    t.transform.end(None)
+                }
+            };
+            match out {
+                Ok(bytes) if bytes.is_empty() => continue,
+                Ok(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Err(e) => {
+                    t.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    /// Whether the peer's body, or the transform, has nothing more.
+    fn at_end(&self) -> bool {
+        match &self.transform {
+            Some(t) => t.ended,
+            None => self.first.is_none() && self.inner.is_end_stream(),
+        }
+    }
+}
+
 impl Body for Streamed {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -145,12 +278,9 @@ impl Body for Streamed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = match self.first.take() {
-            Some(frame) => Poll::Ready(Some(Ok(frame))),
-            None => Pin::new(&mut self.inner).poll_frame(cx),
-        };
+        let polled = self.poll_next(cx);
         if self.tee.is_some() {
-            let end = self.inner.is_end_stream();
+            let end = self.at_end();
             match &polled {
                 Poll::Pending => {}
                 Poll::Ready(Some(Ok(frame))) => {
@@ -173,10 +303,14 @@ impl Body for Streamed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.inner.is_end_stream()
+        self.at_end()
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.transform.is_some() {
+            // Its length is the transform's to decide.
+            return SizeHint::default();
+        }
         let mut hint = self.inner.size_hint();
         if let Some(len) = self
             .first
@@ -234,6 +368,7 @@ pub fn stream(body: Incoming, limit: usize) -> ProxyBody {
         inner: Limited::new(body, limit),
         _hold: None,
         tee: None,
+        transform: None,
     })
 }
 
@@ -244,6 +379,7 @@ pub fn stream_holding(body: Incoming, hold: crate::upstream::RequestHold) -> Pro
         inner: Limited::new(body, usize::MAX),
         _hold: Some(hold),
         tee: None,
+        transform: None,
     })
 }
 
@@ -296,5 +432,6 @@ pub async fn stream_checked(body: Incoming, limit: usize) -> Result<ProxyBody, F
         inner,
         _hold: None,
         tee: None,
+        transform: None,
     }))
 }

@@ -22,6 +22,10 @@ pub struct GatewayError {
     pub code: &'static str,
     /// Human-readable detail. Never names upstream addresses.
     pub message: Cow<'static, str>,
+    /// More members of the body, where the error has them: `field` (the
+    /// request field a transcoding failure is about), `grpc` (the gRPC
+    /// status a transcoded call ended with).
+    pub extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl GatewayError {
@@ -35,7 +39,16 @@ impl GatewayError {
             status,
             code,
             message: message.into(),
+            extra: None,
         }
+    }
+
+    /// With one more member in its body.
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extra
+            .get_or_insert_default()
+            .insert(key.to_owned(), value.into());
+        self
     }
 
     /// 404: no route matches.
@@ -61,6 +74,9 @@ impl GatewayError {
         });
         if let Some(id) = request_id {
             json["request_id"] = id.into();
+        }
+        if let (Some(extra), Some(obj)) = (self.extra, json.as_object_mut()) {
+            obj.extend(*extra);
         }
         let bytes = Bytes::from(json.to_string());
         let mut resp = Response::new(body::full(bytes));

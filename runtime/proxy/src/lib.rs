@@ -3,7 +3,8 @@
 //! a generation: [`proxy`]; its routes: [`route`]), filter
 //! chains ([`chain`], over the filter engine), routing ([`router`]),
 //! forwarding headers ([`forwarding`]), upstream clusters ([`upstream`]), TLS
-//! ([`tls`]), the overload guard ([`overload`]) and the access log.
+//! ([`tls`]), protocol translation ([`translation`]: JSON and gRPC-Web to
+//! gRPC), the overload guard ([`overload`]) and the access log.
 //!
 //! It depends on the configuration ([`wasmgate_config`]), the metrics
 //! registry and the filter engine, never on the control plane: a
@@ -29,4 +30,5 @@ pub mod route;
 pub mod router;
 pub mod server;
 pub mod tls;
+pub mod translation;
 pub mod upstream;

@@ -90,6 +90,8 @@ pub struct Route {
     pub cache: Option<wasmgate_config::RouteCacheConfig>,
     /// Its tenant's quotas (none for the operator's routes).
     pub quota: Option<Arc<wasmgate_engine::TenantQuota>>,
+    /// `transcode` / `grpc_web`: what it translates.
+    pub translation: Option<Arc<crate::translation::Translation>>,
 }
 
 /// A route's action with its clusters resolved.

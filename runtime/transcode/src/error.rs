@@ -13,6 +13,8 @@ pub enum ConfigError {
     Rule { method: String, message: String },
     #[error("path template {template:?}: {message}")]
     Template { template: String, message: String },
+    #[error("no service {service:?} in the descriptor set (it has: {known})")]
+    UnknownService { service: String, known: String },
     #[error("{http_method} {template} is bound to both {first} and {second}")]
     Conflict {
         http_method: String,

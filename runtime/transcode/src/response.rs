@@ -8,6 +8,52 @@ use crate::error::TranscodeError;
 use crate::frame::{DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder};
 use crate::router::Route;
 
+/// How a server-streaming method's messages are written to the client.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StreamFormat {
+    /// One JSON array, `[` before the first message and `]` after the last
+    /// (Envoy's default).
+    #[default]
+    Array,
+    /// One JSON message per line (`application/x-ndjson`).
+    NewlineDelimited,
+    /// Server-sent events: `data: <json>` and a blank line per message
+    /// (`text/event-stream`).
+    ServerSentEvents,
+}
+
+impl StreamFormat {
+    /// The response `content-type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            StreamFormat::Array => "application/json",
+            StreamFormat::NewlineDelimited => "application/x-ndjson",
+            StreamFormat::ServerSentEvents => "text/event-stream",
+        }
+    }
+
+    /// A failure after messages were sent, written into the stream where
+    /// the format has room for it (`None`: the array has none; the
+    /// response is cut off instead).
+    pub fn error_record(self, error_json: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            StreamFormat::Array => None,
+            StreamFormat::NewlineDelimited => {
+                let mut out = b"{\"error\":".to_vec();
+                out.extend_from_slice(error_json);
+                out.extend_from_slice(b"}\n");
+                Some(out)
+            }
+            StreamFormat::ServerSentEvents => {
+                let mut out = b"event: error\ndata: ".to_vec();
+                out.extend_from_slice(error_json);
+                out.extend_from_slice(b"\n\n");
+                Some(out)
+            }
+        }
+    }
+}
+
 /// Response-side options.
 #[derive(Debug, Clone)]
 pub struct ResponseOptions {
@@ -17,8 +63,8 @@ pub struct ResponseOptions {
     pub use_proto_field_names: bool,
     /// Enums as numbers instead of names.
     pub enums_as_ints: bool,
-    /// Server streams as one JSON message per line instead of a JSON array.
-    pub stream_newline_delimited: bool,
+    /// How a server stream's messages are written.
+    pub stream: StreamFormat,
     pub max_message_size: usize,
 }
 
@@ -28,7 +74,7 @@ impl Default for ResponseOptions {
             emit_defaults: false,
             use_proto_field_names: false,
             enums_as_ints: false,
-            stream_newline_delimited: false,
+            stream: StreamFormat::Array,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
@@ -147,12 +193,20 @@ impl ResponseTranscoder {
             let msg = decode_message(self.output.clone(), &frame.payload)?;
             let json = message_to_json(&msg, self.response_body.as_ref(), &self.options)?;
             if self.streaming {
-                if self.options.stream_newline_delimited {
-                    out.extend_from_slice(&json);
-                    out.push(b'\n');
-                } else {
-                    out.push(if self.messages == 0 { b'[' } else { b',' });
-                    out.extend_from_slice(&json);
+                match self.options.stream {
+                    StreamFormat::Array => {
+                        out.push(if self.messages == 0 { b'[' } else { b',' });
+                        out.extend_from_slice(&json);
+                    }
+                    StreamFormat::NewlineDelimited => {
+                        out.extend_from_slice(&json);
+                        out.push(b'\n');
+                    }
+                    StreamFormat::ServerSentEvents => {
+                        out.extend_from_slice(b"data: ");
+                        out.extend_from_slice(&json);
+                        out.extend_from_slice(b"\n\n");
+                    }
                 }
             } else {
                 out.extend_from_slice(&json);
@@ -167,17 +221,11 @@ impl ResponseTranscoder {
     /// status instead).
     pub fn finish(&mut self) -> Result<Vec<u8>, TranscodeError> {
         self.decoder.finish().map_err(as_response)?;
-        Ok(
-            match (
-                self.streaming,
-                self.options.stream_newline_delimited,
-                self.messages,
-            ) {
-                (true, false, 0) => b"[]".to_vec(),
-                (true, false, _) => b"]".to_vec(),
-                _ => Vec::new(),
-            },
-        )
+        Ok(match (self.streaming, self.options.stream, self.messages) {
+            (true, StreamFormat::Array, 0) => b"[]".to_vec(),
+            (true, StreamFormat::Array, _) => b"]".to_vec(),
+            _ => Vec::new(),
+        })
     }
 }
 

@@ -76,9 +76,37 @@ impl Router {
     /// `google.api.http` rule, or `POST /package.Service/Method` with
     /// `body: "*"` when it has none.
     pub fn from_pool(pool: &DescriptorPool) -> Result<Self, ConfigError> {
+        Router::from_services(pool, None)
+    }
+
+    /// As [`Router::from_pool`], for the named services only (full names,
+    /// `package.Service`); `None` routes them all. A name the pool does not
+    /// have is an error.
+    pub fn from_services(
+        pool: &DescriptorPool,
+        only: Option<&[String]>,
+    ) -> Result<Self, ConfigError> {
+        if let Some(only) = only
+            && let Some(missing) = only
+                .iter()
+                .find(|name| pool.get_service_by_name(name).is_none())
+        {
+            let known: Vec<String> = pool.services().map(|s| s.full_name().to_owned()).collect();
+            return Err(ConfigError::UnknownService {
+                service: missing.clone(),
+                known: if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                },
+            });
+        }
         let mut router = Router::default();
         let mut seen: HashMap<(String, String), String> = HashMap::new();
-        for service in pool.services() {
+        let services = pool
+            .services()
+            .filter(|s| only.is_none_or(|only| only.iter().any(|n| n == s.full_name())));
+        for service in services {
             for method in service.methods() {
                 let rules = match descriptor::http_rule(&method)? {
                     Some(rule) => {

@@ -143,6 +143,87 @@ impl GrpcStatus {
     }
 }
 
+/// `google.rpc.Status`, as a server sends it in `grpc-status-details-bin`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<RpcAny>,
+}
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// The error details a server attached (`grpc-status-details-bin`, a
+/// base64 `google.rpc.Status`), as proto3 JSON `Any` values: each detail
+/// whose type the descriptor pool knows is rendered field by field next to
+/// its `@type`; any other keeps its bytes, base64, under `value`. `None`
+/// when there is no such header; a header that does not decode is
+/// reported as such rather than dropped silently.
+pub fn status_details(
+    headers: &HeaderMap,
+    pool: Option<&prost_reflect::DescriptorPool>,
+) -> Option<Result<Vec<serde_json::Value>, String>> {
+    use base64::Engine as _;
+    use prost::Message as _;
+    let raw = headers.get("grpc-status-details-bin")?;
+    // `-bin` metadata is base64 with or without padding.
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let decoded = engine
+        .decode(raw.as_bytes())
+        .map_err(|e| format!("grpc-status-details-bin is not base64: {e}"))
+        .and_then(|bytes| {
+            RpcStatus::decode(bytes.as_slice())
+                .map_err(|e| format!("grpc-status-details-bin is not a google.rpc.Status: {e}"))
+        });
+    Some(decoded.map(|status| {
+        status
+            .details
+            .iter()
+            .map(|any| detail_json(any, pool, &engine))
+            .collect()
+    }))
+}
+
+fn detail_json(
+    any: &RpcAny,
+    pool: Option<&prost_reflect::DescriptorPool>,
+    engine: &impl base64::Engine,
+) -> serde_json::Value {
+    let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
+    let known = pool
+        .and_then(|p| p.get_message_by_name(type_name))
+        .and_then(|desc| prost_reflect::DynamicMessage::decode(desc, any.value.as_slice()).ok())
+        .and_then(|msg| serde_json::to_value(&msg).ok());
+    match known {
+        Some(serde_json::Value::Object(mut fields)) => {
+            fields.insert("@type".into(), any.type_url.clone().into());
+            // `@type` first, as proto3 JSON writes it.
+            let mut out = serde_json::Map::new();
+            out.insert("@type".into(), any.type_url.clone().into());
+            out.extend(fields.into_iter().filter(|(k, _)| k != "@type"));
+            serde_json::Value::Object(out)
+        }
+        _ => serde_json::json!({
+            "@type": any.type_url,
+            "value": engine.encode(&any.value),
+        }),
+    }
+}
+
 /// Decodes a `grpc-message` value (percent-encoded UTF-8; invalid UTF-8 is
 /// replaced rather than refused).
 pub fn decode_grpc_message(raw: &[u8]) -> String {
@@ -183,6 +264,34 @@ mod tests {
         assert_eq!(Code::from_i32(-1), Code::Unknown);
         assert_eq!(Code::from_header(b"5"), Code::NotFound);
         assert_eq!(Code::from_header(b"x"), Code::Unknown);
+    }
+
+    #[test]
+    fn reads_error_details() {
+        use base64::Engine as _;
+        use prost::Message as _;
+        let mut h = HeaderMap::new();
+        assert!(status_details(&h, None).is_none());
+        let status = RpcStatus {
+            code: 5,
+            message: "gone".into(),
+            details: vec![RpcAny {
+                type_url: "type.googleapis.com/google.rpc.ErrorInfo".into(),
+                value: vec![10, 3, b'w', b'h', b'y'],
+            }],
+        };
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(status.encode_to_vec());
+        h.insert("grpc-status-details-bin", b64.parse().unwrap());
+        let details = status_details(&h, None).unwrap().unwrap();
+        assert_eq!(
+            details,
+            [serde_json::json!({
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "value": "CgN3aHk=",
+            })]
+        );
+        h.insert("grpc-status-details-bin", "!!".parse().unwrap());
+        assert!(status_details(&h, None).unwrap().is_err());
     }
 
     #[test]

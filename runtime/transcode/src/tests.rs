@@ -628,7 +628,7 @@ fn server_stream_to_json_array_and_lines() {
         bookstore_set(),
         TranscoderOptions {
             response: ResponseOptions {
-                stream_newline_delimited: true,
+                stream: crate::response::StreamFormat::NewlineDelimited,
                 ..Default::default()
             },
             ..Default::default()
@@ -645,6 +645,80 @@ fn server_stream_to_json_array_and_lines() {
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "{\"id\":\"1\"}\n{\"id\":\"2\"}\n"
+    );
+
+    let sse = Transcoder::from_descriptor_set(
+        bookstore_set(),
+        TranscoderOptions {
+            response: ResponseOptions {
+                stream: crate::response::StreamFormat::ServerSentEvents,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let route = sse
+        .request(&Method::GET, "/v1/shelves/1/books:stream", b"")
+        .unwrap()
+        .route;
+    let mut rt = sse.response(route);
+    let mut out = rt.push(&frames).unwrap();
+    out.extend(rt.finish().unwrap());
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "data: {\"id\":\"1\"}\n\ndata: {\"id\":\"2\"}\n\n"
+    );
+    use crate::response::StreamFormat;
+    assert_eq!(StreamFormat::Array.error_record(b"{}"), None);
+    assert_eq!(
+        StreamFormat::NewlineDelimited.error_record(b"{\"code\":5}"),
+        Some(b"{\"error\":{\"code\":5}}\n".to_vec())
+    );
+    assert_eq!(
+        StreamFormat::ServerSentEvents.error_record(b"{}"),
+        Some(b"event: error\ndata: {}\n\n".to_vec())
+    );
+}
+
+#[test]
+fn routes_only_the_services_named() {
+    let all = transcoder();
+    let services: std::collections::BTreeSet<String> = all
+        .router()
+        .routes()
+        .iter()
+        .map(|r| r.method().parent_service().full_name().to_owned())
+        .collect();
+    assert!(services.len() >= 2, "{services:?}");
+    let first = services.iter().next().unwrap().clone();
+    let only = Transcoder::from_descriptor_set(
+        bookstore_set(),
+        TranscoderOptions {
+            services: Some(vec![first.clone()]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!only.router().routes().is_empty());
+    assert!(
+        only.router()
+            .routes()
+            .iter()
+            .all(|r| r.method().parent_service().full_name() == first)
+    );
+    let err = Transcoder::from_descriptor_set(
+        bookstore_set(),
+        TranscoderOptions {
+            services: Some(vec!["nope.Missing".into()]),
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("no service \"nope.Missing\" in the descriptor set (it has: "),
+        "{err}"
     );
 }
 

@@ -14,6 +14,8 @@ use crate::router::{Route, Router};
 
 #[derive(Debug, Clone, Default)]
 pub struct TranscoderOptions {
+    /// The services routed (full names); `None`: every service in the set.
+    pub services: Option<Vec<String>>,
     pub request: RequestOptions,
     pub response: ResponseOptions,
 }
@@ -54,7 +56,7 @@ impl Transcoder {
     }
 
     pub fn new(pool: DescriptorPool, options: TranscoderOptions) -> Result<Self, ConfigError> {
-        let router = Router::from_pool(&pool)?;
+        let router = Router::from_services(&pool, options.services.as_deref())?;
         Ok(Transcoder {
             pool,
             router,
@@ -64,6 +66,10 @@ impl Transcoder {
 
     pub fn pool(&self) -> &DescriptorPool {
         &self.pool
+    }
+
+    pub fn options(&self) -> &TranscoderOptions {
+        &self.options
     }
 
     pub fn router(&self) -> &Router {

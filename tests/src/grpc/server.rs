@@ -1,9 +1,10 @@
 //! A tonic implementation of the test services, answering from the request
 //! so the tests can see what the transcoder sent.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::time::Duration;
+use std::sync::Arc;
 
 use prost_types::{ListValue, Struct, Timestamp, value::Kind};
 use tokio_stream::Stream;
@@ -16,6 +17,23 @@ use super::pb::{
 
 #[derive(Debug, Default)]
 pub struct Bookstore;
+
+/// Streams of the shelves in here stop after their first message until
+/// their gate is notified (see [`hold_after_first`]).
+static GATES: std::sync::Mutex<BTreeMap<i64, Arc<tokio::sync::Notify>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// The next `StreamBooks` call for `shelf` sends its first book, then
+/// waits until the returned gate is notified before it sends the rest: a
+/// test sees the first message arrive while the stream is still open.
+pub fn hold_after_first(shelf: i64) -> Arc<tokio::sync::Notify> {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    GATES.lock().unwrap().insert(shelf, gate.clone());
+    gate
+}
+
+/// `StreamBooks` for this shelf ends with `DATA_LOSS` after its books.
+pub const FAIL_AFTER_FIRST: i64 = 666;
 
 fn string_value(s: impl Into<String>) -> prost_types::Value {
     prost_types::Value {
@@ -135,13 +153,23 @@ impl pb::bookstore_server::Bookstore for Bookstore {
         }
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let all: Vec<Book> = books(r.shelf, r.page_size).collect();
+        let gate = GATES.lock().unwrap().remove(&r.shelf);
         tokio::spawn(async move {
-            for book in all {
-                // Paced, so each message reaches the client in its own DATA frame.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            for (i, book) in all.into_iter().enumerate() {
+                if i == 1
+                    && let Some(gate) = &gate
+                {
+                    // Held after the first message until the test says.
+                    gate.notified().await;
+                }
                 if tx.send(Ok(book)).await.is_err() {
                     return;
                 }
+            }
+            if r.shelf == FAIL_AFTER_FIRST {
+                let _ = tx
+                    .send(Err(Status::data_loss("the shelf fell over mid-stream")))
+                    .await;
             }
         });
         Ok(Response::new(Box::pin(
@@ -150,9 +178,47 @@ impl pb::bookstore_server::Bookstore for Bookstore {
     }
 
     async fn delete_book(&self, req: Request<DeleteBookRequest>) -> Result<Response<()>, Status> {
+        let name = req.into_inner().name;
+        // One error per status, for the mapping tests:
+        // shelves/1/books/<code number> answers that code.
+        if let Some(code) = name
+            .strip_prefix("shelves/1/books/")
+            .and_then(|n| n.parse::<i32>().ok())
+        {
+            let code = tonic::Code::from_i32(code);
+            return Err(Status::new(code, format!("status {code:?} as asked")));
+        }
+        if name == "shelves/2/books/detailed" {
+            // With details: a Book the descriptor set knows, and a type it does not.
+            use prost::Message as _;
+            let detail = |type_url: &str, value: Vec<u8>| prost_types::Any {
+                type_url: type_url.into(),
+                value,
+            };
+            let status = RpcStatus {
+                code: tonic::Code::FailedPrecondition as i32,
+                message: "the book is checked out".into(),
+                details: vec![
+                    detail(
+                        "type.googleapis.com/bookstore.v1.Book",
+                        Book {
+                            id: 7,
+                            title: "Dune".into(),
+                            ..Default::default()
+                        }
+                        .encode_to_vec(),
+                    ),
+                    detail("type.googleapis.com/example.Unknown", vec![1, 2, 3]),
+                ],
+            };
+            return Err(Status::with_details(
+                tonic::Code::FailedPrecondition,
+                "the book is checked out",
+                status.encode_to_vec().into(),
+            ));
+        }
         Err(Status::not_found(format!(
-            "book \"{}\" not found — déjà vu 100%",
-            req.into_inner().name
+            "book \"{name}\" not found — déjà vu 100%"
         )))
     }
 
@@ -167,6 +233,17 @@ impl pb::bookstore_server::Bookstore for Bookstore {
     async fn check(&self, _: Request<()>) -> Result<Response<()>, Status> {
         Ok(Response::new(()))
     }
+}
+
+/// `google.rpc.Status`, as `grpc-status-details-bin` carries it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
 }
 
 fn books(shelf: i64, n: i32) -> impl Iterator<Item = Book> {
@@ -191,7 +268,13 @@ impl pb::admin_server::Admin for Admin {
 
 /// Starts the server on an ephemeral loopback port.
 pub async fn spawn() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    spawn_on("127.0.0.1:0".parse().unwrap()).await
+}
+
+/// Starts the server on `addr` (the benchmark's upstream runs it on a
+/// fixed port: `bookstore-grpc`).
+pub async fn spawn_on(addr: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {

@@ -28,15 +28,19 @@
 //!   a filter version whose settings are the same keeps its compiled module,
 //!   and a route's use of it whose route config is the same keeps its
 //!   `RouteVersion` (no `init` again, the pool carries over).
+//! - **Descriptor sets** ([`crate::descriptors`]) are read at every build;
+//!   one put through the API stands in for its file, rebuilt the same way.
 //! - **A failure changes nothing.** Every error is reported with its key
 //!   path, and the running generation keeps serving.
 
 mod config_change;
+mod descriptor_change;
 mod filter_change;
 mod report;
 mod takeover;
 
 pub use config_change::{Origin, TenantChangeError, restart_only_changes};
+pub use descriptor_change::DescriptorError;
 pub use filter_change::{MAX_MODULE_SIZE, SwapError};
 pub use takeover::Pending;
 
@@ -382,6 +386,8 @@ impl Live {
             {
                 tracing::error!("the tenants' certificates are not served: {e}");
             }
+            let used: Vec<&str> = next.descriptors.values().map(|s| &*s.sha256).collect();
+            self.deps.descriptors.keep_only(&used);
             self.activate(next, prev, config.limits.max_buffered_body);
             self.config.store(Arc::new(config));
         }

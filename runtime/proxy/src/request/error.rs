@@ -87,7 +87,24 @@ pub enum RequestError {
     /// A route with nothing to do (a bug if it ever shows).
     #[error("no target")]
     NoTarget,
+    /// A transcoded request could not be made into a gRPC call (a bad
+    /// JSON body, a field of the wrong type, no method for the path), or
+    /// the upstream's answer was not usable gRPC.
+    #[error("{0}")]
+    Transcode(wasmgate_transcode::TranscodeError),
+    /// A transcoded call ended with a gRPC status other than OK.
+    #[error("{}", .status.message)]
+    Grpc {
+        /// The status.
+        status: wasmgate_transcode::status::GrpcStatus,
+        /// Its details (`grpc-status-details-bin`), as JSON.
+        details: Vec<serde_json::Value>,
+    },
 }
+
+/// The `code` of a gRPC status other than OK, answered in the standard
+/// format (its own code and name are in the `grpc` member).
+pub const GRPC_ERROR_CODE: &str = "upstream_grpc_status";
 
 fn body_message(e: &FirstFrameError, limit: usize) -> String {
     match e {
@@ -139,6 +156,32 @@ impl RequestError {
             RequestError::RouteTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
             RequestError::RequestTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "request_timeout"),
             RequestError::NoTarget => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            RequestError::Transcode(e) => {
+                use wasmgate_transcode::TranscodeError as T;
+                let code = match e {
+                    T::NotFound { .. } => "route_not_found",
+                    T::MethodNotAllowed { .. } => "method_not_allowed",
+                    T::Field { .. } => "invalid_field",
+                    T::Body(_) => "invalid_json",
+                    T::UnknownQueryParameter(_) => "unknown_query_parameter",
+                    T::Frame(_) | T::GrpcWebText(_) => "bad_request",
+                    T::Response(_) => "upstream_error",
+                };
+                let err = GatewayError::new(e.http_status(), code, self.to_string());
+                return match e {
+                    T::Field { path, .. } => err.with("field", path.as_str()),
+                    T::UnknownQueryParameter(name) => err.with("field", name.as_str()),
+                    _ => err,
+                };
+            }
+            RequestError::Grpc { status, details } => {
+                return GatewayError::new(
+                    status.code.http_status(),
+                    GRPC_ERROR_CODE,
+                    status.message.clone(),
+                )
+                .with("grpc", crate::translation::grpc_json(status, details));
+            }
         };
         GatewayError::new(status, code, self.to_string())
     }
@@ -193,7 +236,10 @@ impl RequestError {
                 request_id,
                 "upstream: {failure}"
             ),
-            RequestError::UpstreamBody(..) => tracing::warn!(route, request_id, "{self}"),
+            RequestError::UpstreamBody(..)
+            | RequestError::Transcode(wasmgate_transcode::TranscodeError::Response(_)) => {
+                tracing::warn!(route, request_id, "{self}");
+            }
             _ => {}
         }
     }

@@ -29,6 +29,7 @@ mod error;
 mod filters;
 mod finish;
 mod id;
+mod translate;
 mod upstream;
 
 use std::sync::Arc;
@@ -39,7 +40,7 @@ use hyper::body::Incoming;
 use smallvec::SmallVec;
 
 pub use early::strip_hop_by_hop;
-pub use error::RequestError;
+pub use error::{GRPC_ERROR_CODE, RequestError};
 pub(crate) use id::RequestIds;
 
 use crate::access_log::{Entry, LoggedBody};

@@ -25,6 +25,8 @@ pub(crate) enum ForwardBody {
     Stream(Incoming),
     /// Read whole for filters (and possibly replaced by one).
     Kept(body::Kept),
+    /// Made by the gateway as it streams (a gRPC-Web text body, decoded).
+    Made(ProxyBody),
 }
 
 impl From<Incoming> for ForwardBody {
@@ -62,6 +64,14 @@ impl Proxy {
         parts: Parts,
         body: ForwardBody,
     ) -> Response<ProxyBody> {
+        let (parts, body) = match route.translation {
+            // Boxed: the lean path's future stays small.
+            Some(_) => match Box::pin(self.translated(s, route, target, parts, body)).await {
+                Ok(resp) => return resp,
+                Err(untranslated) => untranslated,
+            },
+            None => (parts, body),
+        };
         match self.dispatch(s, route, target, parts, body).await {
             Ok(resp) => resp,
             Err(e) => self.error_response(s, e),
@@ -133,6 +143,7 @@ impl Proxy {
                 }
                 RequestBody::Replayable(kept)
             }
+            ForwardBody::Made(body) => RequestBody::Once(body),
             ForwardBody::Stream(body) if hyper::body::Body::is_end_stream(&body) => {
                 RequestBody::Replayable(body::Kept::default())
             }
