@@ -904,3 +904,62 @@ async fn a_bad_descriptor_set_fails_the_build_naming_it() {
     assert_eq!(body.trailers().unwrap().get("grpc-status").unwrap(), "0");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_uploaded_descriptor_set_survives_a_restart_with_a_data_directory() {
+    wasmgate_tests::hermetic();
+    let up = server::spawn().await;
+    let dir = wasmgate_tests::pki::dir("descriptors-data");
+    let set = descriptor_file("data", &admin_only_set());
+    let data = format!("data_dir = {:?}\n", dir.join("state").display().to_string());
+    let text = config(up, &set, ONE_ROUTE).replace(
+        &format!("token = \"{TOKEN}\"\n"),
+        &format!("token = \"{TOKEN}\"\n{data}"),
+    );
+    let file = dir.join("gateway.toml");
+    std::fs::write(&file, &text).unwrap();
+    let start = || async {
+        let config = wasmgate::config::Config::load(&file).unwrap();
+        wasmgate::Gateway::build(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .start()
+            .await
+            .unwrap()
+    };
+    let auth = format!("Bearer {TOKEN}");
+    let auth = [("authorization", auth.as_str())];
+
+    let gw = start().await;
+    let admin = gw.admin_addr().unwrap();
+    let r = send_body(admin, "PUT", "/descriptors/books", &auth, DESCRIPTOR_SET).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let uploaded = r.json()["sha256"].clone();
+    gw.shutdown().await;
+
+    // Restarted: the uploaded set, not the file's, is in use.
+    let gw = start().await;
+    let shown = get(gw.admin_addr().unwrap(), "/descriptors/books", &auth)
+        .await
+        .json();
+    assert_eq!(
+        (shown["sha256"].clone(), shown["source"].clone()),
+        (uploaded, json!("api"))
+    );
+    let r = json_call(gw.addr(), "GET", "/v1/books/5", "").await;
+    assert_eq!((r.status, r.json()["id"].clone()), (200, json!("5")));
+    gw.shutdown().await;
+
+    // The config names another file for it: the upload stood in for the
+    // old one only.
+    let other = descriptor_file("data-other", &admin_only_set());
+    std::fs::write(&file, text.replace(&set, &other)).unwrap();
+    let gw = start().await;
+    let shown = get(gw.admin_addr().unwrap(), "/descriptors/books", &auth)
+        .await
+        .json();
+    assert_eq!(shown["source"], json!({ "file": other }));
+    let r = json_call(gw.addr(), "GET", "/v1/books/5", "").await;
+    assert_eq!(r.status, 404);
+    gw.shutdown().await;
+}

@@ -4,7 +4,9 @@
 //!
 //! An uploaded set replaces the file's until the config points the entry
 //! at another file (or drops it), as an uploaded filter module pins its
-//! filter. It lives in memory: a restart reads the files again.
+//! filter. With `admin.data_dir`, uploaded sets are kept there
+//! (`descriptors/<sha256>.pb`) and put back at start; without one, a
+//! restart reads the files again.
 //! Parsed sets are kept by content hash, so a rebuild that finds the same
 //! bytes does not parse them again.
 
@@ -178,6 +180,48 @@ impl DescriptorStore {
                 uploaded.remove(name);
             }
         }
+    }
+
+    /// The sets put through the API, for the data directory: (name, bytes,
+    /// the file each stands in for).
+    pub(crate) fn uploaded(&self) -> Vec<(String, Arc<Vec<u8>>, PathBuf)> {
+        self.uploaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(n, u)| (n.clone(), u.bytes.clone(), u.replaces.clone()))
+            .collect()
+    }
+
+    /// Puts back the sets a data directory kept, in place of any uploaded
+    /// now. An error names the set whose bytes could not be read.
+    pub(crate) fn restore_saved(
+        &self,
+        dir: &crate::store::DataDir,
+        saved: &crate::store::Saved,
+    ) -> Result<(), (String, String)> {
+        let mut kept = BTreeMap::new();
+        for (name, d) in &saved.descriptors {
+            let bytes = dir.descriptor(&d.sha256).map_err(|e| (name.clone(), e))?;
+            kept.insert(
+                name.clone(),
+                Uploaded {
+                    bytes: Arc::new(bytes),
+                    replaces: d.replaces.clone(),
+                },
+            );
+        }
+        *self.uploaded.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+        Ok(())
+    }
+
+    /// Makes `sets` (as [`DescriptorStore::uploaded`] listed them) the
+    /// uploaded sets again.
+    pub(crate) fn replace_all(&self, sets: Vec<(String, Arc<Vec<u8>>, PathBuf)>) {
+        *self.uploaded.lock().unwrap_or_else(|e| e.into_inner()) = sets
+            .into_iter()
+            .map(|(n, bytes, replaces)| (n, Uploaded { bytes, replaces }))
+            .collect();
     }
 
     /// Forgets parsed sets no generation uses any more.

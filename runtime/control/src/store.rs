@@ -5,6 +5,7 @@
 //! <data_dir>/state.json            the filter store and, when the running
 //!                                  config came through the API, its text
 //! <data_dir>/modules/<sha256>.wasm every stored version's bytes
+//! <data_dir>/descriptors/<sha256>.pb every descriptor set put through the API
 //! ```
 //!
 //! - **Crash-safe.** Module files are written (to a temporary name, synced,
@@ -45,6 +46,18 @@ pub struct Saved {
     /// The configs of the tenants put through the API, by name.
     #[serde(default)]
     pub tenants: BTreeMap<String, String>,
+    /// The descriptor sets put through the API, by name.
+    #[serde(default)]
+    pub descriptors: BTreeMap<String, SavedDescriptor>,
+}
+
+/// A descriptor set put through the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedDescriptor {
+    /// The sha256 of its bytes (its file's name).
+    pub sha256: String,
+    /// The file of `[descriptors.NAME]` it stands in for.
+    pub replaces: PathBuf,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -115,9 +128,11 @@ impl DataDir {
         builder.recursive(true);
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(path.join("modules"))
-            .map_err(|e| other(format!("cannot create {}: {e}", path.display())))?;
+        for sub in ["modules", "descriptors"] {
+            builder
+                .create(path.join(sub))
+                .map_err(|e| other(format!("cannot create {}: {e}", path.display())))?;
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -160,10 +175,6 @@ impl DataDir {
         self.path.join("state.json")
     }
 
-    fn module_file(&self, sha256: &str) -> PathBuf {
-        self.path.join("modules").join(format!("{sha256}.wasm"))
-    }
-
     /// What the directory holds (nothing, the first time).
     pub fn load(&self) -> Result<Saved, String> {
         let file = self.state_file();
@@ -186,10 +197,19 @@ impl DataDir {
 
     /// The bytes of the module stored as `sha256`, checked against it.
     pub fn module(&self, sha256: &str) -> Result<Vec<u8>, String> {
+        self.blob(Blob::Module, sha256)
+    }
+
+    /// The bytes of the descriptor set stored as `sha256`, checked against it.
+    pub fn descriptor(&self, sha256: &str) -> Result<Vec<u8>, String> {
+        self.blob(Blob::Descriptor, sha256)
+    }
+
+    fn blob(&self, kind: Blob, sha256: &str) -> Result<Vec<u8>, String> {
         if !is_sha256(sha256) {
             return Err(format!("{sha256:?} is not a sha256"));
         }
-        let file = self.module_file(sha256);
+        let file = self.path.join(kind.folder()).join(kind.file(sha256));
         let bytes =
             std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         let actual = sha256_hex(&bytes);
@@ -202,19 +222,27 @@ impl DataDir {
         Ok(bytes)
     }
 
-    /// Writes `saved`, with the `modules` (sha256, bytes) it names, and
-    /// removes module files it no longer names.
-    pub fn save(&self, saved: &Saved, modules: &[(&str, &[u8])]) -> std::io::Result<()> {
+    /// Writes `saved`, with the `modules` and `descriptors` (sha256, bytes)
+    /// it names, and removes the files of either it no longer names.
+    pub fn save(
+        &self,
+        saved: &Saved,
+        modules: &[(&str, &[u8])],
+        descriptors: &[(&str, &[u8])],
+    ) -> std::io::Result<()> {
         if self.lock.is_none() {
             return Err(std::io::Error::other(
                 "the data directory is not locked by this process",
             ));
         }
-        let mut names = HashSet::new();
-        for (sha, bytes) in modules {
-            let file = self.module_file(sha);
-            if names.insert(format!("{sha}.wasm")) && !file.exists() {
-                write_atomic(&file, bytes)?;
+        let mut names = [HashSet::new(), HashSet::new()];
+        for (kind, blobs) in [(Blob::Module, modules), (Blob::Descriptor, descriptors)] {
+            for (sha, bytes) in blobs {
+                let name = kind.file(sha);
+                let file = self.path.join(kind.folder()).join(&name);
+                if names[kind as usize].insert(name) && !file.exists() {
+                    write_atomic(&file, bytes)?;
+                }
             }
         }
         let text = serde_json::to_vec_pretty(&File {
@@ -225,19 +253,44 @@ impl DataDir {
         write_atomic(&self.state_file(), &text)?;
         // The new state is in place: what follows is tidying, and its
         // failure must not be reported as the change failing.
-        let modules = self.path.join("modules");
-        match std::fs::read_dir(&modules) {
-            Ok(entries) => {
-                for entry in entries.flatten() {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if !names.contains(&name) {
-                        let _ = std::fs::remove_file(entry.path());
+        for kind in [Blob::Module, Blob::Descriptor] {
+            let folder = self.path.join(kind.folder());
+            match std::fs::read_dir(&folder) {
+                Ok(entries) => {
+                    for entry in entries.flatten() {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        if !names[kind as usize].contains(&name) {
+                            let _ = std::fs::remove_file(entry.path());
+                        }
                     }
                 }
+                Err(e) => tracing::warn!("cannot list {}: {e}", folder.display()),
             }
-            Err(e) => tracing::warn!("cannot list {}: {e}", modules.display()),
         }
         Ok(())
+    }
+}
+
+/// What the directory keeps by content hash.
+#[derive(Debug, Clone, Copy)]
+enum Blob {
+    Module = 0,
+    Descriptor = 1,
+}
+
+impl Blob {
+    fn folder(self) -> &'static str {
+        match self {
+            Blob::Module => "modules",
+            Blob::Descriptor => "descriptors",
+        }
+    }
+
+    fn file(self, sha256: &str) -> String {
+        match self {
+            Blob::Module => format!("{sha256}.wasm"),
+            Blob::Descriptor => format!("{sha256}.pb"),
+        }
     }
 }
 
@@ -315,7 +368,7 @@ mod tests {
                 canary: None,
             },
         );
-        d.save(&saved, &[(&sha, a)]).unwrap();
+        d.save(&saved, &[(&sha, a)], &[]).unwrap();
         let back = d.load().unwrap();
         assert_eq!(back.config.as_deref(), Some("[server]\n"));
         assert_eq!(back.filters["f"].current, 3);
@@ -324,9 +377,15 @@ mod tests {
         // A module no state names is removed.
         let b = b"module b".as_slice();
         let sha_b = sha256_hex(b);
-        d.save(&saved, &[(&sha, a), (&sha_b, b)]).unwrap();
-        d.save(&saved, &[(&sha, a)]).unwrap();
+        d.save(&saved, &[(&sha, a), (&sha_b, b)], &[(&sha_b, b)])
+            .unwrap();
+        assert_eq!(d.descriptor(&sha_b).unwrap(), b);
+        d.save(&saved, &[(&sha, a)], &[]).unwrap();
         assert!(d.module(&sha_b).is_err());
+        assert!(
+            d.descriptor(&sha_b).is_err(),
+            "a descriptor set no state names is removed"
+        );
 
         // Damage is reported with the file's name.
         std::fs::write(dir.join("modules").join(format!("{sha}.wasm")), b"x").unwrap();

@@ -135,6 +135,9 @@ impl Live {
         let mut filters = BTreeMap::new();
         if let Some((dir, saved)) = &data {
             control.from_api = saved.config.is_some();
+            deps.descriptors
+                .restore_saved(dir, saved)
+                .map_err(|(name, m)| vec![ConfigError::new(format!("descriptors.{name}"), m)])?;
             filters =
                 restore_all(dir, saved, &config, &deps.metrics, &trips).map_err(|(name, m)| {
                     vec![ConfigError::new(
@@ -408,6 +411,23 @@ impl Live {
         let Some(dir) = dir else {
             return Ok(());
         };
+        // The sets put through the API that the config still has.
+        let descriptors: Vec<(String, Arc<Vec<u8>>, std::path::PathBuf, String)> = self
+            .deps
+            .descriptors
+            .uploaded()
+            .into_iter()
+            .filter(|(n, _, replaces)| {
+                config
+                    .descriptors
+                    .get(n)
+                    .is_some_and(|d| &d.path == replaces)
+            })
+            .map(|(n, bytes, replaces)| {
+                let sha = wasmgate_engine::sha256_hex(&bytes);
+                (n, bytes, replaces, sha)
+            })
+            .collect();
         let saved = Saved {
             config: from_api.then(|| config.text.clone()),
             tenants: config
@@ -420,19 +440,29 @@ impl Live {
                 .iter()
                 .map(|(n, f)| (n.clone(), f.saved()))
                 .collect(),
+            descriptors: descriptors
+                .iter()
+                .map(|(n, _, replaces, sha256)| {
+                    let kept = crate::store::SavedDescriptor {
+                        sha256: sha256.clone(),
+                        replaces: replaces.clone(),
+                    };
+                    (n.clone(), kept)
+                })
+                .collect(),
         };
         let modules: Vec<(String, Arc<Vec<u8>>)> = filters
             .values()
             .flat_map(|f| f.versions.iter())
             .map(|s| (s.sha256.clone(), s.bytes.clone()))
             .collect();
+        let descriptors: Vec<(String, Arc<Vec<u8>>)> = descriptors
+            .into_iter()
+            .map(|(_, bytes, _, sha)| (sha, bytes))
+            .collect();
         let path = dir.path().display().to_string();
         let written = tokio::task::spawn_blocking(move || {
-            let modules: Vec<(&str, &[u8])> = modules
-                .iter()
-                .map(|(sha, bytes)| (sha.as_str(), bytes.as_slice()))
-                .collect();
-            dir.save(&saved, &modules)
+            dir.save(&saved, &as_slices(&modules), &as_slices(&descriptors))
         })
         .await
         .map_err(std::io::Error::other)
@@ -562,6 +592,13 @@ impl Live {
     pub(crate) fn deps(&self) -> &Deps {
         &self.deps
     }
+}
+
+/// (sha256, bytes) pairs as the data directory's `save` takes them.
+fn as_slices(list: &[(String, Arc<Vec<u8>>)]) -> Vec<(&str, &[u8])> {
+    list.iter()
+        .map(|(sha, bytes)| (sha.as_str(), bytes.as_slice()))
+        .collect()
 }
 
 /// Every error of `e` on one log line: `source: path: message; ...`.

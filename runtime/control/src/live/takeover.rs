@@ -102,15 +102,20 @@ impl Live {
         }
         let mut filters = restore_all(&dir, &saved, &config, &self.deps.metrics, &self.trips)
             .map_err(|(name, m)| format!("filters.{name}: {m}"))?;
-        let (proxy, prev) =
-            self.build_next(&config, &mut filters, true)
-                .await
-                .map_err(|errors| {
-                    one_line(&ConfigErrors {
-                        source: config.source.clone(),
-                        errors,
-                    })
-                })?;
+        let uploaded = self.deps.descriptors.uploaded();
+        self.deps
+            .descriptors
+            .restore_saved(&dir, &saved)
+            .map_err(|(name, m)| format!("descriptors.{name}: {m}"))?;
+        let built = self.build_next(&config, &mut filters, true).await;
+        let (proxy, prev) = built.map_err(|errors| {
+            // The running sets stay.
+            self.deps.descriptors.replace_all(uploaded);
+            one_line(&ConfigErrors {
+                source: config.source.clone(),
+                errors,
+            })
+        })?;
         let from_api = saved.config.is_some();
         self.commit(
             control,
