@@ -386,3 +386,44 @@ async fn an_upstream_that_stalls_its_tls_handshake_fails_within_connect_timeout(
     assert_eq!(r.json()["code"], "upstream_unavailable");
     gw.shutdown().await;
 }
+
+/// The gateway's own connection pools: an HTTP/1.1 connection goes back to
+/// its endpoint's pool when its response is done and serves the next
+/// request; an HTTP/2 connection carries concurrent requests. With one
+/// connection allowed and nobody allowed to wait for one, any request that
+/// opened a second connection would be refused.
+#[tokio::test]
+async fn upstream_connections_are_pooled_and_reused() {
+    let one =
+        "protocol = \"{}\"\n[clusters.c.circuit_breaker]\nmax_connections = 1\nmax_pending = 0";
+    let h1 = Upstream::start("h1").await;
+    let gw = start_gateway(&config(&h1, &one.replace("{}", "http1"))).await;
+    for i in 0..20 {
+        let r = get(gw.addr(), &format!("/seq/{i}"), &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+    let text = gw.metrics_text();
+    assert_eq!(
+        wasmgate_tests::metric(
+            &text,
+            "wasmgate_upstream_connections{tenant=\"default\",cluster=\"c\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    gw.shutdown().await;
+    assert_eq!(h1.count(), 20);
+
+    let h2c = Upstream::start_with("h2c", UpstreamOptions::default()).await;
+    let gw = start_gateway(&config(&h2c, &one.replace("{}", "h2c"))).await;
+    let addr = gw.addr();
+    let all: Vec<_> = (0..10)
+        .map(|i| tokio::spawn(async move { get(addr, &format!("/delay/100?{i}"), &[]).await }))
+        .collect();
+    for h in all {
+        let r = h.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    gw.shutdown().await;
+    assert_eq!(h2c.count(), 10);
+}

@@ -1,6 +1,10 @@
-//! The hyper client a cluster sends through: TLS (rustls, ring) over a TCP
-//! connector that counts open connections and, with `max_connections`,
-//! limits them (requests beyond wait as pending, up to `max_pending`).
+//! How a cluster sends a request: on a connection of the endpoint's own
+//! pool ([`super::pool`]), or on a new one made by the connector stack, TLS
+//! (rustls, ring) over a TCP connector that counts open connections and,
+//! with `max_connections`, limits them (requests beyond wait as pending, up
+//! to `max_pending`). Connections are hyper's (`client::conn::http1` and
+//! `http2`), driven by a task each; the pool and the request path are
+//! wasmgate's.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,21 +16,231 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::Uri;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, ResolveServerName};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::pool::{ConnPool, Lease};
 use crate::body::ProxyBody;
 use wasmgate_config::cluster::{ClusterConfig, UpstreamProtocol, UpstreamTls};
 
-/// The client type every cluster uses.
-pub type UpstreamClient = Client<Deadline<HttpsConnector<CountingConnector>>, ProxyBody>;
+/// The connector stack every cluster opens its connections through.
+type Connector = Deadline<HttpsConnector<CountingConnector>>;
+
+/// How long a connection may sit idle in a pool before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A cluster's way of sending requests to its endpoints.
+#[derive(Debug, Clone)]
+pub struct UpstreamClient {
+    connector: Connector,
+    protocol: UpstreamProtocol,
+    scheme: &'static str,
+}
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made; the request was not sent, and comes
+    /// back.
+    Connect {
+        /// Why (the connector's error, with its chain).
+        error: BoxError,
+        /// The request, unsent (taken by a retry).
+        request: Option<Box<http::Request<ProxyBody>>>,
+    },
+    /// The exchange failed; the request may have been (partly) sent.
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect { error, .. } => write!(f, "connect: {error}"),
+            SendError::Http(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Connect { error, .. } => Some(&**error),
+            SendError::Http(e) => Some(e),
+        }
+    }
+}
+
+impl UpstreamClient {
+    /// Sends `req` to the endpoint at `authority` whose connections `pool`
+    /// holds: on its HTTP/2 connection, on an idle HTTP/1.1 one (another,
+    /// if that one turns out closed before the request went out), or on a
+    /// new one. The request's URI is set here (origin-form for HTTP/1.1,
+    /// absolute for HTTP/2). An HTTP/1.1 connection comes back as a
+    /// [`Lease`], to be dropped when the response is done with.
+    pub async fn send(
+        &self,
+        pool: &Arc<ConnPool>,
+        authority: &http::uri::Authority,
+        mut req: http::Request<ProxyBody>,
+    ) -> Result<(http::Response<Incoming>, Option<Lease>), SendError> {
+        if let Some(mut h2) = pool.h2() {
+            absolute(&mut req, self.scheme, authority);
+            return h2
+                .send_request(req)
+                .await
+                .map(|r| (r, None))
+                .map_err(SendError::Http);
+        }
+        let h2_only = matches!(self.protocol, UpstreamProtocol::H2 | UpstreamProtocol::H2c);
+        if !h2_only {
+            while let Some(mut sender) = pool.take_h1(IDLE_TIMEOUT) {
+                origin_form(&mut req, authority);
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, Some(Lease::new(sender, pool.clone())))),
+                    Err(mut e) => match e.take_message() {
+                        // Not sent (the endpoint closed it as it idled): the next.
+                        Some(unsent) => req = unsent,
+                        None => return Err(SendError::Http(e.into_error())),
+                    },
+                }
+            }
+        }
+        // One HTTP/2 connection per endpoint: whoever opens it, the others
+        // wait for it and share it.
+        let _opening = if h2_only {
+            let guard = pool.h2_opening().lock().await;
+            if let Some(mut h2) = pool.h2() {
+                absolute(&mut req, self.scheme, authority);
+                return h2
+                    .send_request(req)
+                    .await
+                    .map(|r| (r, None))
+                    .map_err(SendError::Http);
+            }
+            Some(guard)
+        } else {
+            None
+        };
+        let uri = match Uri::builder()
+            .scheme(self.scheme)
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+        {
+            Ok(u) => u,
+            Err(e) => {
+                return Err(SendError::Connect {
+                    error: Box::new(e),
+                    request: Some(Box::new(req)),
+                });
+            }
+        };
+        let mut connector = self.connector.clone();
+        let io = match tower_service::Service::call(&mut connector, uri).await {
+            Ok(io) => io,
+            Err(error) => {
+                return Err(SendError::Connect {
+                    error,
+                    request: Some(Box::new(req)),
+                });
+            }
+        };
+        if h2_only || io.connected().is_negotiated_h2() {
+            let handshake = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await;
+            let (mut h2, conn) = match handshake {
+                Ok(pair) => pair,
+                Err(e) => {
+                    return Err(SendError::Connect {
+                        error: Box::new(e),
+                        request: Some(Box::new(req)),
+                    });
+                }
+            };
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("upstream HTTP/2 connection ended: {e}");
+                }
+            });
+            pool.set_h2(&h2);
+            drop(_opening);
+            absolute(&mut req, self.scheme, authority);
+            return h2
+                .send_request(req)
+                .await
+                .map(|r| (r, None))
+                .map_err(SendError::Http);
+        }
+        let (mut sender, conn) = match http1::Builder::new().handshake(io).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                return Err(SendError::Connect {
+                    error: Box::new(e),
+                    request: Some(Box::new(req)),
+                });
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+        });
+        origin_form(&mut req, authority);
+        let resp = sender.send_request(req).await.map_err(SendError::Http)?;
+        Ok((resp, Some(Lease::new(sender, pool.clone()))))
+    }
+}
+
+/// HTTP/1.1 sends the path alone, and `Host` says where (the client's
+/// `Host` is kept; a request that had none gets the endpoint's).
+fn origin_form(req: &mut http::Request<ProxyBody>, authority: &http::uri::Authority) {
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
+    }
+    if !req.headers().contains_key(http::header::HOST)
+        && let Ok(v) = http::HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+}
+
+/// HTTP/2 sends `:scheme` and `:authority` from an absolute URI.
+fn absolute(
+    req: &mut http::Request<ProxyBody>,
+    scheme: &'static str,
+    authority: &http::uri::Authority,
+) {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    if let Ok(uri) = Uri::builder()
+        .scheme(scheme)
+        .authority(authority.clone())
+        .path_and_query(pq)
+        .build()
+    {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_2;
+}
 
 /// Bounds a whole connection setup (waiting for a place, TCP, TLS) by the
 /// cluster's `connect_timeout`: an endpoint that accepts TCP and then stalls
@@ -349,24 +563,20 @@ pub fn build(
         }
         UpstreamProtocol::Auto => builder.enable_all_versions().wrap_connector(counting),
     };
-    let mut client = Client::builder(TokioExecutor::new());
-    client
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256);
-    if matches!(
-        config.protocol,
-        UpstreamProtocol::H2 | UpstreamProtocol::H2c
-    ) {
-        client.http2_only(true);
-    }
     let connector = Deadline {
         inner: connector,
         limit: config.connect_timeout,
     };
     Ok(Built {
-        client: client.build(connector),
+        client: UpstreamClient {
+            connector,
+            protocol: config.protocol,
+            scheme: if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+        },
         connections,
         names,
     })

@@ -46,6 +46,8 @@ pub struct Endpoint {
     pub origin: Arc<str>,
     /// Relative share of the traffic.
     pub weight: u32,
+    /// Its connections.
+    pub pool: Arc<super::pool::ConnPool>,
     active: AtomicUsize,
     /// Set by active health checks; true until a check says otherwise.
     checked_healthy: AtomicBool,
@@ -88,6 +90,7 @@ impl Endpoint {
             authority,
             origin,
             weight: weight.max(1),
+            pool: Arc::default(),
             active: AtomicUsize::new(0),
             checked_healthy: AtomicBool::new(true),
             check_streak: AtomicU32::new(0),

@@ -84,8 +84,8 @@ async fn probe(cluster: &Cluster, e: &Endpoint, check: &HealthCheck) -> bool {
                 else {
                     return false;
                 };
-                match cluster.client().request(req).await {
-                    Ok(resp) => {
+                match cluster.client().send(&e.pool, &e.authority, req).await {
+                    Ok((resp, _connection)) => {
                         let s = resp.status();
                         s.is_success() || s.is_redirection()
                     }

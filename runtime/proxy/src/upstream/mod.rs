@@ -24,6 +24,7 @@ pub mod dns;
 pub mod endpoint;
 pub mod guard;
 pub mod health;
+pub mod pool;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -93,6 +94,9 @@ pub struct Forwarded {
 /// See [`Forwarded::hold`].
 #[derive(Debug)]
 pub struct RequestHold {
+    /// Dropped first: the connection goes back to its pool before the
+    /// request stops counting as in flight.
+    _connection: Option<pool::Lease>,
     _endpoint: ActiveGuard,
     _cluster: ClusterGuard,
 }
@@ -343,7 +347,22 @@ impl Cluster {
             RequestBody::Once(b) => (Some(b), None),
         };
         let mut parts = Some(parts);
-        let mut tried: Vec<usize> = Vec::new();
+        // A request a try gave back unsent (no connection could be made).
+        let mut pending: Option<Request<ProxyBody>> = None;
+        // Whether a try may follow one that sent the request, which then
+        // needs the head again.
+        let resend_after_sent = (idempotent
+            && policy.on.iter().any(|r| {
+                matches!(
+                    r,
+                    RetryOn::Reset
+                        | RetryOn::PerTryTimeout
+                        | RetryOn::FiveXx
+                        | RetryOn::GatewayError
+                )
+            }))
+            || policy.on.contains(&RetryOn::RefusedStream);
+        let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
         // Held while a retry (its backoff and its try) is in flight.
         let mut _retry_slot: Option<ClusterGuard> = None;
         let mut attempt: u32 = 0;
@@ -361,34 +380,34 @@ impl Cluster {
             tried.push(idx);
             let endpoint = set.endpoints[idx].clone();
             let guard = endpoint.begin();
-            let last_chance = attempt > policy.retries || replay.is_none();
-            // Build this try's request: the original parts on the last
-            // chance, a copy otherwise.
-            let req = {
-                let p = if last_chance {
-                    parts.take()
-                } else {
-                    parts.as_ref().map(copy_parts)
-                };
-                let Some(mut p) = p else {
-                    return Err(UpstreamFailure::Other("request already sent".into()));
-                };
-                let mut uri = http::uri::Parts::default();
-                uri.scheme = Some(self.scheme.clone());
-                uri.authority = Some(endpoint.authority.clone());
-                uri.path_and_query = Some(path.clone());
-                p.uri = Uri::from_parts(uri).map_err(|e| UpstreamFailure::Other(e.to_string()))?;
-                p.version = self.version;
-                let b = match (&replay, body.take()) {
-                    (Some(kept), _) => kept.to_body(),
-                    (None, Some(b)) => b,
-                    (None, None) => {
-                        return Err(UpstreamFailure::Other("request body already sent".into()));
-                    }
-                };
-                Request::from_parts(p, b)
+            // This try's request: one that came back unsent from the last
+            // try, or one made from the head (a copy only when a try after
+            // this one could need it again: the endpoint may answer or
+            // fail after the request left).
+            let req = match pending.take() {
+                Some(unsent) => unsent,
+                None => {
+                    let keep = attempt <= policy.retries && replay.is_some() && resend_after_sent;
+                    let p = if keep {
+                        parts.as_ref().map(copy_parts)
+                    } else {
+                        parts.take()
+                    };
+                    let Some(mut p) = p else {
+                        return Err(UpstreamFailure::Other("request already sent".into()));
+                    };
+                    p.uri = Uri::from(path.clone());
+                    let b = match (&replay, body.take()) {
+                        (Some(kept), _) => kept.to_body(),
+                        (None, Some(b)) => b,
+                        (None, None) => {
+                            return Err(UpstreamFailure::Other("request body already sent".into()));
+                        }
+                    };
+                    Request::from_parts(p, b)
+                }
             };
-            let sent = self.client.request(req);
+            let sent = self.client.send(&endpoint.pool, &endpoint.authority, req);
             let result = match policy.per_try_timeout {
                 Some(t) => match tokio::time::timeout(t, sent).await {
                     Ok(r) => r.map_err(TryError::Http),
@@ -399,7 +418,7 @@ impl Cluster {
             let now = self.clock.now_ms();
             let (retry_on, outcome, failure): (Option<RetryOn>, Outcome, Option<UpstreamFailure>) =
                 match result {
-                    Ok(response) => {
+                    Ok((response, connection)) => {
                         let status = response.status().as_u16();
                         let verdict = endpoint.record_outcome(
                             Outcome::Status(status),
@@ -417,8 +436,9 @@ impl Cluster {
                         } else {
                             None
                         };
+                        let another = attempt <= policy.retries && parts.is_some();
                         let slot = match why {
-                            Some(_) if !last_chance && idempotent => {
+                            Some(_) if another && idempotent => {
                                 // This request's previous retry frees its place first.
                                 _retry_slot = None;
                                 self.retry_slot()
@@ -434,6 +454,7 @@ impl Cluster {
                                     "retrying after {why:?}"
                                 );
                                 drop(response);
+                                drop(connection);
                                 drop(guard);
                                 _retry_slot = Some(slot);
                                 self.backoff(attempt).await;
@@ -444,6 +465,7 @@ impl Cluster {
                                     response,
                                     endpoint,
                                     hold: RequestHold {
+                                        _connection: connection,
                                         _endpoint: guard,
                                         _cluster: cluster_guard,
                                     },
@@ -461,14 +483,17 @@ impl Cluster {
                             after,
                         }),
                     ),
-                    Err(TryError::Http(e)) => {
+                    Err(TryError::Http(mut e)) => {
+                        if let client::SendError::Connect { request, .. } = &mut e {
+                            pending = request.take().map(|r| *r);
+                        }
                         if let Some(o) = find_source::<Overflow>(&e) {
                             return Err(self.overflow(o.0));
                         }
                         if let Some(d) = find_source::<guard::AddressDenied>(&e) {
                             return Err(self.denied(d));
                         }
-                        if e.is_connect() {
+                        if matches!(e, client::SendError::Connect { .. }) {
                             (
                                 Some(RetryOn::ConnectFailure),
                                 Outcome::ConnectFailure,
@@ -523,7 +548,8 @@ impl Cluster {
             );
             let allowed =
                 retry_on.is_some_and(|r| policy.on.contains(&r)) && (never_reached || idempotent);
-            if last_chance || !allowed {
+            let can_resend = pending.is_some() || (replay.is_some() && parts.is_some());
+            if attempt > policy.retries || !allowed || !can_resend {
                 return Err(failure);
             }
             _retry_slot = None;
@@ -631,7 +657,7 @@ impl Cluster {
 }
 
 enum TryError {
-    Http(hyper_util::client::legacy::Error),
+    Http(client::SendError),
     Timeout(Duration),
 }
 
