@@ -137,12 +137,11 @@ impl Forwarding {
         }
 
         // X-Forwarded-For.
-        let peer_text = peer_ip.to_string();
         let xff = match (trusted, joined(headers, &XFF)) {
-            (true, Some(existing)) => format!("{existing}, {peer_text}"),
-            _ => peer_text.clone(),
+            (true, Some(existing)) => HeaderValue::from_str(&format!("{existing}, {peer_ip}")),
+            _ => HeaderValue::from_str(&peer_ip.to_string()),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        if let Ok(v) = xff {
             headers.insert(XFF, v);
         }
 

@@ -113,9 +113,24 @@ impl UpstreamClient {
                 }
             }
         }
+        // Boxed: opening a connection (the connector, the TLS and HTTP/2
+        // handshakes) makes a future far larger than sending on a pooled
+        // one, and every request's future would otherwise carry its size
+        // (and be copied with it).
+        Box::pin(self.open_and_send(pool, authority, req, h2_only)).await
+    }
+
+    /// No pooled connection would do: a new one, on which `req` goes first.
+    async fn open_and_send(
+        &self,
+        pool: &Arc<ConnPool>,
+        authority: &http::uri::Authority,
+        mut req: http::Request<ProxyBody>,
+        h2_only: bool,
+    ) -> Result<(http::Response<Incoming>, Option<Lease>), SendError> {
         // One HTTP/2 connection per endpoint: whoever opens it, the others
         // wait for it and share it.
-        let _opening = if h2_only {
+        let opening = if h2_only {
             let guard = pool.h2_opening().lock().await;
             if let Some(mut h2) = pool.h2() {
                 absolute(&mut req, self.scheme, authority);
@@ -173,7 +188,7 @@ impl UpstreamClient {
                 }
             });
             pool.set_h2(&h2);
-            drop(_opening);
+            drop(opening);
             absolute(&mut req, self.scheme, authority);
             return h2
                 .send_request(req)
