@@ -93,11 +93,18 @@ impl UpstreamClient {
     ) -> Result<(http::Response<Incoming>, Option<Lease>), SendError> {
         if let Some(mut h2) = pool.h2() {
             absolute(&mut req, self.scheme, authority);
-            return h2
-                .send_request(req)
-                .await
-                .map(|r| (r, None))
-                .map_err(SendError::Http);
+            match h2.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, None)),
+                Err(mut e) => match e.take_message() {
+                    // The connection went away before the stream opened (a
+                    // GOAWAY, say): forget it, and open another below.
+                    Some(unsent) => {
+                        pool.forget_h2();
+                        req = unsent;
+                    }
+                    None => return Err(SendError::Http(e.into_error())),
+                },
+            }
         }
         let h2_only = matches!(self.protocol, UpstreamProtocol::H2 | UpstreamProtocol::H2c);
         if !h2_only {

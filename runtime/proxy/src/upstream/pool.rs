@@ -95,6 +95,19 @@ impl ConnPool {
         Some((*shared).clone())
     }
 
+    /// Forgets the shared HTTP/2 connection once it takes no more
+    /// requests (a new one that took its place meanwhile is kept).
+    pub(crate) fn forget_h2(&self) {
+        if self
+            .h2
+            .load()
+            .as_ref()
+            .is_some_and(|s| s.is_closed() || !s.is_ready())
+        {
+            self.h2.store(None);
+        }
+    }
+
     pub(crate) fn set_h2(&self, sender: &http2::SendRequest<ProxyBody>) {
         self.h2.store(Some(Arc::new(sender.clone())));
     }
