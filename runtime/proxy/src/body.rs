@@ -49,8 +49,9 @@ impl Body for Made {
 pub struct Streamed {
     first: Option<Frame<Bytes>>,
     inner: Limited<Incoming>,
-    /// Keeps an upstream request counted while its response body streams.
-    _hold: Option<crate::upstream::RequestHold>,
+    /// Keeps an upstream request counted while its response body streams
+    /// (and its connection lent to it, handed back once the body ended).
+    hold: Option<crate::upstream::RequestHold>,
     /// A copy of the body on its way into the response cache.
     tee: Option<Box<Tee>>,
     /// What the body is turned into on its way (protocol translation).
@@ -215,10 +216,22 @@ pub fn declared_len<B>(resp: &http::Response<B>) -> Option<u64> {
 impl Streamed {
     /// The next frame from the peer (the one kept by a peek first).
     fn poll_peer(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.first.take() {
+        let polled = match self.first.take() {
             Some(frame) => Poll::Ready(Some(Ok(frame))),
             None => Pin::new(&mut self.inner).poll_frame(cx),
+        };
+        if let Some(hold) = self.hold.as_mut() {
+            let ended = match &polled {
+                Poll::Ready(None) => true,
+                Poll::Ready(Some(Ok(_))) => self.first.is_none() && self.inner.is_end_stream(),
+                _ => false,
+            };
+            if ended {
+                // Read to its end: its connection can serve another request.
+                hold.complete();
+            }
         }
+        polled
     }
 
     /// The next frame to pass on: the peer's, or what the transform made
@@ -366,18 +379,22 @@ pub fn stream(body: Incoming, limit: usize) -> ProxyBody {
     Either::Left(Streamed {
         first: None,
         inner: Limited::new(body, limit),
-        _hold: None,
+        hold: None,
         tee: None,
         transform: None,
     })
 }
 
 /// An upstream's response body, streamed, keeping `hold` until it is done.
-pub fn stream_holding(body: Incoming, hold: crate::upstream::RequestHold) -> ProxyBody {
+pub fn stream_holding(body: Incoming, mut hold: crate::upstream::RequestHold) -> ProxyBody {
+    if hyper::body::Body::is_end_stream(&body) {
+        // No body at all (HEAD, 204, 304): the exchange is over already.
+        hold.complete();
+    }
     Either::Left(Streamed {
         first: None,
         inner: Limited::new(body, usize::MAX),
-        _hold: Some(hold),
+        hold: Some(hold),
         tee: None,
         transform: None,
     })
@@ -430,7 +447,7 @@ pub async fn stream_checked(body: Incoming, limit: usize) -> Result<ProxyBody, F
     Ok(Either::Left(Streamed {
         first,
         inner,
-        _hold: None,
+        hold: None,
         tee: None,
         transform: None,
     }))

@@ -108,7 +108,7 @@ impl UpstreamClient {
         }
         let h2_only = matches!(self.protocol, UpstreamProtocol::H2 | UpstreamProtocol::H2c);
         if !h2_only {
-            while let Some(mut sender) = pool.take_h1(IDLE_TIMEOUT) {
+            while let Some(mut sender) = pool.take_h1(IDLE_TIMEOUT).await {
                 origin_form(&mut req, authority);
                 match sender.try_send_request(req).await {
                     Ok(resp) => return Ok((resp, Some(Lease::new(sender, pool.clone())))),

@@ -101,6 +101,16 @@ pub struct RequestHold {
     _cluster: ClusterGuard,
 }
 
+impl RequestHold {
+    /// The response was read to its end: its connection may go back to
+    /// its pool when this is dropped (one dropped half read does not).
+    pub fn complete(&mut self) {
+        if let Some(c) = self._connection.as_mut() {
+            c.complete();
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ClusterGuard(Arc<AtomicUsize>);
 

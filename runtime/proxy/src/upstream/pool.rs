@@ -30,6 +30,11 @@ use crate::body::ProxyBody;
 /// Idle HTTP/1.1 connections kept per endpoint at most.
 pub const MAX_IDLE: usize = 256;
 
+/// How long a request waits for a pooled connection whose last response
+/// ended to say it is ready, before it takes another (a guard: the wait is
+/// for one step of the connection's own task).
+const READY_WAIT: Duration = Duration::from_millis(50);
+
 /// An endpoint's connections.
 pub struct ConnPool {
     idle: ArrayQueue<Idle>,
@@ -65,9 +70,14 @@ impl Default for ConnPool {
 
 impl ConnPool {
     /// An idle HTTP/1.1 connection ready for a request, dropping the ones
-    /// closed, idle past `idle_timeout`, or not ready (one whose response
-    /// was abandoned half read: hyper closes it).
-    pub(crate) fn take_h1(&self, idle_timeout: Duration) -> Option<http1::SendRequest<ProxyBody>> {
+    /// closed or idle past `idle_timeout`. Only connections whose last
+    /// response was read to its end come back here, so one not ready yet is
+    /// one whose task has not yet taken that end in (it runs on another
+    /// worker): it is waited for, briefly.
+    pub(crate) async fn take_h1(
+        &self,
+        idle_timeout: Duration,
+    ) -> Option<http1::SendRequest<ProxyBody>> {
         while let Some(Idle { mut sender, since }) = self.idle.pop() {
             if sender.is_closed() || since.elapsed() > idle_timeout {
                 continue;
@@ -75,10 +85,12 @@ impl ConnPool {
             if sender.is_ready() {
                 return Some(sender);
             }
-            // Its last response ended, but the connection's task may not have
-            // said it is ready yet: ask once, without waiting.
-            let mut cx = Context::from_waker(Waker::noop());
-            if let Poll::Ready(Ok(())) = sender.poll_ready(&mut cx) {
+            match poll_ready_once(&mut sender) {
+                Poll::Ready(Ok(())) => return Some(sender),
+                Poll::Ready(Err(_)) => continue,
+                Poll::Pending => {}
+            }
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, sender.ready()).await {
                 return Some(sender);
             }
         }
@@ -122,13 +134,20 @@ impl ConnPool {
     }
 }
 
+/// Asks a connection whether it is ready, without waiting.
+fn poll_ready_once(sender: &mut http1::SendRequest<ProxyBody>) -> Poll<hyper::Result<()>> {
+    sender.poll_ready(&mut Context::from_waker(Waker::noop()))
+}
+
 /// An HTTP/1.1 connection lent to one request: back to its pool when the
-/// request is done with it (its response body read or dropped), unless it
-/// closed meanwhile (an upgrade takes it over; a body dropped half read
-/// makes hyper close it).
+/// request is done with it, if its response was read to its end and it is
+/// still open (an upgrade takes it over; a body dropped half read leaves
+/// the connection to close).
 pub struct Lease {
     sender: Option<http1::SendRequest<ProxyBody>>,
     pool: Arc<ConnPool>,
+    /// The response was read to its end.
+    complete: bool,
 }
 
 impl std::fmt::Debug for Lease {
@@ -142,13 +161,20 @@ impl Lease {
         Lease {
             sender: Some(sender),
             pool,
+            complete: false,
         }
+    }
+
+    /// Its response was read to its end: the connection may be reused.
+    pub(crate) fn complete(&mut self) {
+        self.complete = true;
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(sender) = self.sender.take()
+            && self.complete
             && !sender.is_closed()
         {
             // A full queue drops the connection.
