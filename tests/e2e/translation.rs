@@ -812,6 +812,18 @@ async fn a_descriptor_set_is_swapped_through_the_api_without_a_restart() {
         "{}",
         r.body
     );
+    let r = send_body(
+        admin,
+        "PUT",
+        "/descriptors/books",
+        &auth,
+        vec![0u8; (16 << 20) + 1],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (413, json!("descriptor_too_large"))
+    );
     let r = send_body(admin, "PUT", "/descriptors/other", &auth, DESCRIPTOR_SET).await;
     assert_eq!(
         (r.status, r.json()["code"].clone()),

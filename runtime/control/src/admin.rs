@@ -342,7 +342,7 @@ impl AdminState {
         let bytes = match body::collect(req.into_body(), limit).await {
             Ok(k) => Vec::from(k.data),
             Err(body::FirstFrameError::TooLarge) => {
-                return descriptor_error(DescriptorError::TooLarge(limit + 1));
+                return descriptor_error(DescriptorError::TooLarge);
             }
             Err(e) => return body_error(e, limit),
         };
@@ -600,7 +600,6 @@ pub(crate) fn body_error(e: body::FirstFrameError, limit: usize) -> Response<Pro
     .into_response(None)
 }
 
-/// The filter name and action in `/filters/NAME/ACTION`.
 /// The NAME of `/descriptors/NAME`.
 fn descriptor_target(path: &str) -> Option<&str> {
     path.strip_prefix("/descriptors/")
@@ -610,7 +609,7 @@ fn descriptor_target(path: &str) -> Option<&str> {
 fn descriptor_error(e: DescriptorError) -> Response<ProxyBody> {
     let (status, code) = match &e {
         DescriptorError::Unknown(_) => (StatusCode::NOT_FOUND, "unknown_descriptor"),
-        DescriptorError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "descriptor_too_large"),
+        DescriptorError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "descriptor_too_large"),
         DescriptorError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_descriptor"),
         DescriptorError::Routes(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_descriptor"),
         DescriptorError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "data_dir_unwritable"),
@@ -638,6 +637,7 @@ fn descriptor_error(e: DescriptorError) -> Response<ProxyBody> {
     err.into_response(None)
 }
 
+/// The filter name and action in `/filters/NAME/ACTION`.
 fn filter_target(path: &str) -> Option<(&str, &str)> {
     let (name, action) = path.strip_prefix("/filters/")?.split_once('/')?;
     (!name.is_empty() && !action.is_empty() && !action.contains('/')).then_some((name, action))

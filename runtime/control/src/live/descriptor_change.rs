@@ -14,8 +14,8 @@ pub enum DescriptorError {
     #[error("no descriptor set named {0:?} in the config (add [descriptors.NAME] with a path)")]
     Unknown(String),
     /// Larger than [`MAX_DESCRIPTOR_SET`].
-    #[error("the descriptor set is {0} bytes; at most {MAX_DESCRIPTOR_SET} are accepted")]
-    TooLarge(usize),
+    #[error("the descriptor set is larger than the {MAX_DESCRIPTOR_SET} bytes accepted")]
+    TooLarge,
     /// Not a descriptor set, or one whose HTTP rules do not hold together.
     #[error("not a usable descriptor set: {0}")]
     Invalid(String),
@@ -51,7 +51,7 @@ impl Live {
             return Err(DescriptorError::Pending);
         }
         if bytes.len() > MAX_DESCRIPTOR_SET {
-            return Err(DescriptorError::TooLarge(bytes.len()));
+            return Err(DescriptorError::TooLarge);
         }
         let config = self.config();
         let Some(entry) = config.descriptors.get(name) else {
