@@ -1,5 +1,6 @@
-//! The upstream side of the test gateway: an h2 connection made with
-//! hyper's client, and the JSON ⇄ gRPC pipeline using `grpc-transcode`.
+//! An HTTP/2 connection made with hyper's client (to the tonic server, or to
+//! the gateway as a plain gRPC client), and the JSON ⇄ gRPC pipeline the
+//! transcoding core makes without a gateway (`wasmgate-transcode`).
 
 use std::net::SocketAddr;
 
