@@ -597,41 +597,8 @@ pub(crate) fn validate_scope(
             ));
         }
     }
-    let operator = raw_descriptors.is_some();
-    let descriptors = raw_descriptors
-        .map(|d| crate::transcode::validate_descriptors(d, base, errors))
-        .unwrap_or_default();
-    for (key, d) in &names.descriptors {
-        if !operator {
-            errors.push(ConfigError::new(
-                key,
-                "descriptor sets are the operator's: a tenant's route cannot transcode yet \
-                 (gRPC-Web and plain gRPC work)",
-            ));
-        } else if !descriptors.contains_key(d) {
-            errors.push(ConfigError::new(
-                key,
-                format!(
-                    "unknown descriptor set {d:?} (defined: {})",
-                    list(descriptors.keys())
-                ),
-            ));
-        }
-    }
-    // gRPC is HTTP/2: a route that speaks it to its clusters needs them to.
-    for (key, c) in &names.grpc_clusters {
-        if let Some(cluster) = clusters.get(c)
-            && cluster.protocol == crate::cluster::UpstreamProtocol::Http1
-        {
-            errors.push(ConfigError::new(
-                key,
-                format!(
-                    "cluster {c:?} speaks HTTP/1.1, and this route sends it gRPC: \
-                     set its protocol to \"h2c\" (or \"h2\" with tls)"
-                ),
-            ));
-        }
-    }
+    let descriptors =
+        crate::transcode::validate_scope(raw_descriptors, &names, &clusters, base, errors);
     ScopeSections {
         filters,
         clusters,
@@ -648,7 +615,7 @@ pub(crate) struct ScopeSections {
     pub(crate) descriptors: BTreeMap<String, DescriptorConfig>,
 }
 
-fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+pub(crate) fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
     let v: Vec<&str> = names.map(String::as_str).collect();
     if v.is_empty() {
         "none".into()

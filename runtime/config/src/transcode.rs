@@ -126,6 +126,55 @@ pub(crate) fn validate_descriptors(
     out
 }
 
+/// A scope's `[descriptors]` (`None` for a tenant: descriptor sets are the
+/// operator's, so a tenant's route cannot transcode) and what its routes
+/// ask of them: the sets they name exist, and the clusters they speak gRPC
+/// to speak HTTP/2.
+pub(crate) fn validate_scope(
+    raw_descriptors: Option<BTreeMap<String, RawDescriptor>>,
+    names: &crate::route::Names,
+    clusters: &BTreeMap<String, crate::ClusterConfig>,
+    base: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, DescriptorConfig> {
+    let operator = raw_descriptors.is_some();
+    let descriptors = raw_descriptors
+        .map(|d| validate_descriptors(d, base, errors))
+        .unwrap_or_default();
+    for (key, d) in &names.descriptors {
+        if !operator {
+            errors.push(ConfigError::new(
+                key,
+                "descriptor sets are the operator's: a tenant's route cannot transcode yet \
+                 (gRPC-Web and plain gRPC work)",
+            ));
+        } else if !descriptors.contains_key(d) {
+            errors.push(ConfigError::new(
+                key,
+                format!(
+                    "unknown descriptor set {d:?} (defined: {})",
+                    crate::list(descriptors.keys())
+                ),
+            ));
+        }
+    }
+    // gRPC is HTTP/2: a route that speaks it to its clusters needs them to.
+    for (key, c) in &names.grpc_clusters {
+        if let Some(cluster) = clusters.get(c)
+            && cluster.protocol == crate::cluster::UpstreamProtocol::Http1
+        {
+            errors.push(ConfigError::new(
+                key,
+                format!(
+                    "cluster {c:?} speaks HTTP/1.1, and this route sends it gRPC: \
+                     set its protocol to \"h2c\" (or \"h2\" with tls)"
+                ),
+            ));
+        }
+    }
+    descriptors
+}
+
 /// Validates a route's `transcode` table; `key` is the route's key path.
 pub(crate) fn validate_transcode(
     raw: RawTranscode,

@@ -508,18 +508,9 @@ pub(crate) async fn build(
     let mut modules: BTreeMap<String, RunningVersions> = BTreeMap::new();
     let mut tables = Vec::new();
     let mut hung = false;
-    let mut descriptors = BTreeMap::new();
-    for (name, d) in &config.descriptors {
-        match deps.descriptors.load(name, d) {
-            Ok(set) => {
-                descriptors.insert(name.clone(), set);
-            }
-            Err(e) => errors.push((
-                TenantId::default_tenant(),
-                ConfigError::new(format!("descriptors.{name}.path"), e),
-            )),
-        }
-    }
+    let descriptors = deps.descriptors.load_all(&config.descriptors, |e| {
+        errors.push((TenantId::default_tenant(), e));
+    });
     for scope in config.scopes() {
         let mut scope_errors = Vec::new();
         let built = build_scope(
@@ -788,7 +779,7 @@ async fn build_scope(
             RouteTarget::Cluster(c) => c.name().to_string(),
             _ => String::new(),
         };
-        let translation = match translation(r, descriptors) {
+        let translation = match crate::descriptors::translation(r, descriptors) {
             Ok(t) => t,
             Err(e) => {
                 errors.push(ConfigError::new(format!("routes[{i}].transcode"), e));
@@ -827,63 +818,6 @@ async fn build_scope(
         routes,
     };
     (table, clusters)
-}
-
-/// A route's translation settings: its transcoder, made from its
-/// descriptor set with its options (which may not fit the set: a service
-/// it does not have, say).
-fn translation(
-    r: &wasmgate_config::RouteConfig,
-    descriptors: &BTreeMap<String, crate::descriptors::LoadedSet>,
-) -> Result<Option<Arc<wasmgate_proxy::translation::Translation>>, String> {
-    use wasmgate_transcode::request::RequestOptions;
-    use wasmgate_transcode::response::{ResponseOptions, StreamFormat};
-    if r.transcode.is_none() && !r.grpc_web {
-        return Ok(None);
-    }
-    let transcoder = match &r.transcode {
-        None => None,
-        Some(t) => {
-            // A set that did not load was reported under its own key.
-            let Some(set) = descriptors.get(&t.descriptor) else {
-                return Err(format!(
-                    "descriptor set {:?} did not load (see descriptors.{})",
-                    t.descriptor, t.descriptor
-                ));
-            };
-            let options = wasmgate_transcode::TranscoderOptions {
-                services: (!t.services.is_empty()).then(|| t.services.clone()),
-                request: RequestOptions {
-                    ignore_unknown_fields: t.ignore_unknown_fields,
-                    ignored_query_parameters: t.ignored_query_parameters.clone(),
-                    ..RequestOptions::default()
-                },
-                response: ResponseOptions {
-                    emit_defaults: t.emit_defaults,
-                    use_proto_field_names: t.use_proto_field_names,
-                    enums_as_ints: t.enums_as_ints,
-                    stream: match t.stream {
-                        wasmgate_config::StreamMode::Array => StreamFormat::Array,
-                        wasmgate_config::StreamMode::Ndjson => StreamFormat::NewlineDelimited,
-                        wasmgate_config::StreamMode::Sse => StreamFormat::ServerSentEvents,
-                    },
-                    ..ResponseOptions::default()
-                },
-            };
-            Some(
-                wasmgate_transcode::Transcoder::new(set.pool.clone(), options)
-                    .map_err(|e| e.to_string())?,
-            )
-        }
-    };
-    Ok(Some(Arc::new(wasmgate_proxy::translation::Translation {
-        transcoder,
-        descriptor: r
-            .transcode
-            .as_ref()
-            .map(|t| Arc::from(t.descriptor.as_str())),
-        grpc_web: r.grpc_web,
-    })))
 }
 
 /// Errors of [`build`] as one list, a tenant's key paths under

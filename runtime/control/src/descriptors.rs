@@ -117,6 +117,28 @@ impl DescriptorStore {
         Ok(set)
     }
 
+    /// Every set of the operator's `[descriptors]`; each that does not load
+    /// is reported to `error` under `descriptors.NAME.path`.
+    pub(crate) fn load_all(
+        &self,
+        sets: &BTreeMap<String, DescriptorConfig>,
+        mut error: impl FnMut(wasmgate_config::ConfigError),
+    ) -> BTreeMap<String, LoadedSet> {
+        let mut loaded = BTreeMap::new();
+        for (name, d) in sets {
+            match self.load(name, d) {
+                Ok(set) => {
+                    loaded.insert(name.clone(), set);
+                }
+                Err(e) => error(wasmgate_config::ConfigError::new(
+                    format!("descriptors.{name}.path"),
+                    e,
+                )),
+            }
+        }
+        loaded
+    }
+
     /// Parses `bytes` (or finds them parsed already).
     pub(crate) fn parse(&self, bytes: &[u8]) -> Result<LoadedSet, String> {
         let sha256 = wasmgate_engine::sha256_hex(bytes);
@@ -244,4 +266,61 @@ fn read_file(path: &Path) -> Result<Vec<u8>, String> {
         ));
     }
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// A route's translation settings: its transcoder, made from its
+/// descriptor set with its options (which may not fit the set: a service
+/// it does not have, say).
+pub(crate) fn translation(
+    r: &wasmgate_config::RouteConfig,
+    descriptors: &BTreeMap<String, LoadedSet>,
+) -> Result<Option<Arc<wasmgate_proxy::translation::Translation>>, String> {
+    use wasmgate_transcode::request::RequestOptions;
+    use wasmgate_transcode::response::{ResponseOptions, StreamFormat};
+    if r.transcode.is_none() && !r.grpc_web {
+        return Ok(None);
+    }
+    let transcoder = match &r.transcode {
+        None => None,
+        Some(t) => {
+            // A set that did not load was reported under its own key.
+            let Some(set) = descriptors.get(&t.descriptor) else {
+                return Err(format!(
+                    "descriptor set {:?} did not load (see descriptors.{})",
+                    t.descriptor, t.descriptor
+                ));
+            };
+            let options = wasmgate_transcode::TranscoderOptions {
+                services: (!t.services.is_empty()).then(|| t.services.clone()),
+                request: RequestOptions {
+                    ignore_unknown_fields: t.ignore_unknown_fields,
+                    ignored_query_parameters: t.ignored_query_parameters.clone(),
+                    ..RequestOptions::default()
+                },
+                response: ResponseOptions {
+                    emit_defaults: t.emit_defaults,
+                    use_proto_field_names: t.use_proto_field_names,
+                    enums_as_ints: t.enums_as_ints,
+                    stream: match t.stream {
+                        wasmgate_config::StreamMode::Array => StreamFormat::Array,
+                        wasmgate_config::StreamMode::Ndjson => StreamFormat::NewlineDelimited,
+                        wasmgate_config::StreamMode::Sse => StreamFormat::ServerSentEvents,
+                    },
+                    ..ResponseOptions::default()
+                },
+            };
+            Some(
+                wasmgate_transcode::Transcoder::new(set.pool.clone(), options)
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+    };
+    Ok(Some(Arc::new(wasmgate_proxy::translation::Translation {
+        transcoder,
+        descriptor: r
+            .transcode
+            .as_ref()
+            .map(|t| Arc::from(t.descriptor.as_str())),
+        grpc_web: r.grpc_web,
+    })))
 }
