@@ -164,6 +164,11 @@ pub struct FilterLimits {
     pub wall: Duration,
 }
 
+/// How much of a table slot is reset in place rather than decommitted when
+/// PAGEMAP_SCAN finds its written pages: all of it (the pool's tables hold
+/// wasmtime's default 20,000 elements, well under this).
+const TABLE_KEEP_RESIDENT: usize = 1 << 20;
+
 /// The shared wasmtime engine, linker and epoch ticker.
 pub struct FilterEngine {
     engine: Engine,
@@ -304,6 +309,25 @@ impl FilterEngine {
             .max_core_instances_per_component(MAX_CORE_INSTANCES)
             .max_tables_per_component(MAX_TABLES)
             .max_memories_per_component(MAX_MEMORIES);
+        // A slot given back (an instance ended: every call in `fresh`
+        // isolation) is reset to its module's image. With Linux's
+        // PAGEMAP_SCAN (6.7+) wasmtime finds the pages the instance wrote and
+        // copies the image back over just those: no `madvise`, and no page
+        // faults when the slot is next used (27.7 µs → 11.2 µs for a fresh
+        // instance, its `init` and one call, in the `filter_call` bench).
+        // Without it, keeping memory resident would mean a `memset` of all of
+        // it, slower than `madvise`; the default stays.
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
+            pool.pagemap_scan(wasmtime::Enabled::Yes)
+                .linear_memory_keep_resident(config.max_memory as usize)
+                .table_keep_resident(TABLE_KEEP_RESIDENT);
+            tracing::debug!("filter slots are reset in place (PAGEMAP_SCAN)");
+        } else {
+            tracing::info!(
+                "filter slots are reset with madvise (no PAGEMAP_SCAN, Linux < 6.7): \
+                 isolation = \"fresh\" costs more per call"
+            );
+        }
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
