@@ -231,8 +231,9 @@ pub fn is_protected(name: &HeaderName) -> bool {
 
 /// A header name a filter may set.
 pub fn header_name(n: &str) -> Result<HeaderName, InvalidEdit> {
-    let name = HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
-        .map_err(|_| InvalidEdit::HeaderName(n.to_owned()))?;
+    // `from_bytes` lowercases as it parses.
+    let name =
+        HeaderName::from_bytes(n.as_bytes()).map_err(|_| InvalidEdit::HeaderName(n.to_owned()))?;
     if is_protected(&name) {
         return Err(InvalidEdit::Protected(name));
     }

@@ -14,7 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use wasmtime::component::Resource;
 
 use crate::bindings::v0_2::wasmgate::filter::types as wit;
@@ -428,25 +428,26 @@ impl Pending {
     }
 }
 
+// Looked up by `&str`: `http` matches it case-insensitively without making
+// a `HeaderName` (an invalid name finds nothing).
 fn header_values(headers: &HeaderMap, name: &str) -> Vec<String> {
-    match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
-        Ok(n) => headers
-            .get_all(n)
-            .iter()
-            .map(edits::value_to_string)
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    headers
+        .get_all(name)
+        .iter()
+        .map(edits::value_to_string)
+        .collect()
 }
 
 fn named_headers(headers: &HeaderMap, names: &[String]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for name in names {
-        let Ok(n) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) else {
+        let mut values = headers.get_all(name.as_str()).iter().peekable();
+        if values.peek().is_none() {
             continue;
-        };
-        for v in headers.get_all(&n) {
-            out.push((n.as_str().to_owned(), edits::value_to_string(v)));
+        }
+        let lower = name.to_ascii_lowercase();
+        for v in values {
+            out.push((lower.clone(), edits::value_to_string(v)));
         }
     }
     out

@@ -361,9 +361,19 @@ impl InstancePool {
         let permit = self.permit().await?;
         let wall = self.policy.wall_limit;
         let deadline = tokio::time::Instant::now() + wall;
-        let mut lease = match tokio::time::timeout_at(deadline, self.lease(permit)).await {
-            Ok(lease) => lease?,
-            Err(_) => return Err(FilterFailure::WallClock(wall)),
+        // An idle instance needs no guest code before the call (and no
+        // timer): only a new one runs under the deadline first.
+        let idle = if self.policy.fresh {
+            None
+        } else {
+            self.idle.pop()
+        };
+        let mut lease = match idle {
+            Some(instance) => Lease::of(self, instance, permit),
+            None => match tokio::time::timeout_at(deadline, self.started(permit)).await {
+                Ok(lease) => lease?,
+                Err(_) => return Err(FilterFailure::WallClock(wall)),
+            },
         };
         // A call cut off mid-way leaves its store in an unknown state: its
         // lease is not marked healthy, so the instance is discarded.
@@ -448,39 +458,23 @@ impl InstancePool {
         }
     }
 
-    /// An idle instance, or a new one (instantiated and `init`ed), for the
-    /// slot `permit` holds.
-    async fn lease<'a>(
+    /// A new instance (instantiated and `init`ed) for the slot `permit`
+    /// holds.
+    async fn started<'a>(
         &'a self,
         permit: tokio::sync::SemaphorePermit<'a>,
     ) -> Result<Lease<'a>, FilterFailure> {
-        let reused = if self.policy.fresh {
-            None
-        } else {
-            self.idle.pop()
-        };
-        let instance = match reused {
-            Some(i) => i,
-            None => {
-                let i = self.module.instantiate(&self.route, &self.config).await;
-                self.created.fetch_add(1, Ordering::Relaxed);
-                self.metrics.created.inc();
-                match i {
-                    Ok(i) => i,
-                    Err(e) => {
-                        self.discarded.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.discarded.inc();
-                        return Err(e);
-                    }
-                }
+        let instance = self.module.instantiate(&self.route, &self.config).await;
+        self.created.fetch_add(1, Ordering::Relaxed);
+        self.metrics.created.inc();
+        match instance {
+            Ok(i) => Ok(Lease::of(self, i, permit)),
+            Err(e) => {
+                self.discarded.fetch_add(1, Ordering::Relaxed);
+                self.metrics.discarded.inc();
+                Err(e)
             }
-        };
-        Ok(Lease {
-            pool: self,
-            instance: Some(instance),
-            _permit: permit,
-            healthy: false,
-        })
+        }
     }
 }
 
@@ -494,7 +488,20 @@ struct Lease<'a> {
     healthy: bool,
 }
 
-impl Lease<'_> {
+impl<'a> Lease<'a> {
+    fn of(
+        pool: &'a InstancePool,
+        instance: FilterInstance,
+        permit: tokio::sync::SemaphorePermit<'a>,
+    ) -> Lease<'a> {
+        Lease {
+            pool,
+            instance: Some(instance),
+            _permit: permit,
+            healthy: false,
+        }
+    }
+
     fn instance_mut(&mut self) -> &mut FilterInstance {
         self.instance
             .as_mut()
