@@ -137,9 +137,11 @@ impl Forwarding {
         }
 
         // X-Forwarded-For.
-        let xff = match (trusted, joined(headers, &XFF)) {
-            (true, Some(existing)) => HeaderValue::from_str(&format!("{existing}, {peer_ip}")),
-            _ => HeaderValue::from_str(&peer_ip.to_string()),
+        // What an untrusted peer sent is replaced, so not even read.
+        let existing = if trusted { joined(headers, &XFF) } else { None };
+        let xff = match existing {
+            Some(existing) => HeaderValue::from_str(&format!("{existing}, {peer_ip}")),
+            None => HeaderValue::from_str(&peer_ip.to_string()),
         };
         if let Ok(v) = xff {
             headers.insert(XFF, v);
@@ -171,9 +173,14 @@ impl Forwarding {
             if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
                 element.push_str(&format!(";host=\"{}\"", h.replace(['"', '\\'], "")));
             }
-            let value = match (trusted, joined(headers, &FORWARDED)) {
-                (true, Some(existing)) => format!("{existing}, {element}"),
-                _ => element,
+            let existing = if trusted {
+                joined(headers, &FORWARDED)
+            } else {
+                None
+            };
+            let value = match existing {
+                Some(existing) => format!("{existing}, {element}"),
+                None => element,
             };
             if let Ok(v) = HeaderValue::from_str(&value) {
                 headers.insert(FORWARDED, v);
