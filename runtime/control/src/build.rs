@@ -779,6 +779,10 @@ async fn build_scope(
             RouteTarget::Cluster(c) => c.name().to_string(),
             _ => String::new(),
         };
+        let split: Vec<Arc<str>> = match &target {
+            RouteTarget::Weighted(w) => w.clusters().iter().map(|c| c.name().clone()).collect(),
+            _ => Vec::new(),
+        };
         let translation = match crate::descriptors::translation(r, descriptors) {
             Ok(t) => t,
             Err(e) => {
@@ -794,7 +798,7 @@ async fn build_scope(
             matchers: r.matchers.clone(),
             order: r.order,
             target: Arc::new(Route {
-                metrics: RouteMetrics::new(metrics, tenant, &name, &primary),
+                metrics: RouteMetrics::new(metrics, tenant, &name, &primary, &split),
                 name,
                 tenant: tenant.clone(),
                 target,

@@ -23,36 +23,38 @@ use wasmgate_metrics::{Metrics, RequestLabels, RouteLabels};
 pub struct RouteMetrics {
     /// Requests to the route's own cluster by status class (1xx…5xx).
     pub(crate) by_class: [Counter; 5],
+    /// The same for each cluster of a weighted split, so a split route
+    /// makes no labels and looks up no map per request.
+    split: Vec<(Arc<str>, [Counter; 5])>,
     pub(crate) duration: Histogram,
 }
 
 impl RouteMetrics {
-    /// Handles for `route` forwarding to `cluster`.
+    /// Handles for `route` forwarding to `cluster` (or, for a weighted
+    /// split, to each of `split`).
     pub fn new(
         metrics: &Metrics,
         tenant: &wasmgate_config::TenantId,
         route: &str,
         cluster: &str,
+        split: &[Arc<str>],
     ) -> RouteMetrics {
-        let class = |c: &str| {
-            metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    tenant: tenant.as_str().to_owned(),
-                    route: route.to_owned(),
-                    cluster: cluster.to_owned(),
-                    status_class: c.to_owned(),
-                })
-                .clone()
+        let classes = |cluster: &str| {
+            ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| {
+                metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        tenant: tenant.as_str().to_owned(),
+                        route: route.to_owned(),
+                        cluster: cluster.to_owned(),
+                        status_class: c.to_owned(),
+                    })
+                    .clone()
+            })
         };
         RouteMetrics {
-            by_class: [
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-            ],
+            by_class: classes(cluster),
+            split: split.iter().map(|c| (c.clone(), classes(c))).collect(),
             duration: metrics
                 .request_duration
                 .get_or_create(&RouteLabels {
@@ -61,6 +63,15 @@ impl RouteMetrics {
                 })
                 .clone(),
         }
+    }
+
+    /// The handles for `cluster`, one of the route's split; none for a
+    /// cluster a filter chose outside it.
+    pub(crate) fn of_cluster(&self, cluster: &str) -> Option<&[Counter; 5]> {
+        self.split
+            .iter()
+            .find(|(name, _)| &**name == cluster)
+            .map(|(_, c)| c)
     }
 }
 
@@ -125,6 +136,11 @@ impl WeightedClusters {
             clusters: clusters.into_iter().map(|(c, _)| c).collect(),
             next: AtomicU64::new(0),
         }
+    }
+
+    /// The clusters of the split.
+    pub fn clusters(&self) -> &[Arc<Cluster>] {
+        &self.clusters
     }
 
     /// `[{cluster, weight}]` for the admin API.

@@ -72,6 +72,10 @@ impl Proxy {
                 r.metrics.by_class[class].inc();
                 r.metrics.duration.observe(elapsed());
             }
+            (Some(r), Some(c)) if let Some(handles) = r.metrics.of_cluster(c.name()) => {
+                handles[class].inc();
+                r.metrics.duration.observe(elapsed());
+            }
             (Some(r), Some(c)) => {
                 self.metrics
                     .requests
