@@ -370,7 +370,9 @@ impl InstancePool {
         };
         let mut lease = match idle {
             Some(instance) => Lease::of(self, instance, permit),
-            None => match tokio::time::timeout_at(deadline, self.started(permit)).await {
+            // Boxed: instantiation's future is larger than the call's, and
+            // every call's future would carry (and move) its size inline.
+            None => match tokio::time::timeout_at(deadline, Box::pin(self.started(permit))).await {
                 Ok(lease) => lease?,
                 Err(_) => return Err(FilterFailure::WallClock(wall)),
             },
