@@ -169,6 +169,12 @@ pub struct FilterLimits {
 /// wasmtime's default 20,000 elements, well under this).
 const TABLE_KEEP_RESIDENT: usize = 1 << 20;
 
+/// The same for a linear memory: its lowest 4 MiB, which hold a typical
+/// guest's stack, data and working heap. Written pages above it are given
+/// back to the kernel, so a freed slot keeps at most this much resident
+/// however large its last instance grew.
+const MEMORY_KEEP_RESIDENT: u64 = 4 << 20;
+
 /// The shared wasmtime engine, linker and epoch ticker.
 pub struct FilterEngine {
     engine: Engine,
@@ -319,7 +325,7 @@ impl FilterEngine {
         // it, slower than `madvise`; the default stays.
         if PoolingAllocationConfig::is_pagemap_scan_available() {
             pool.pagemap_scan(wasmtime::Enabled::Yes)
-                .linear_memory_keep_resident(config.max_memory as usize)
+                .linear_memory_keep_resident(config.max_memory.min(MEMORY_KEEP_RESIDENT) as usize)
                 .table_keep_resident(TABLE_KEEP_RESIDENT);
             tracing::debug!("filter slots are reset in place (PAGEMAP_SCAN)");
         } else {
