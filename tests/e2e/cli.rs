@@ -156,7 +156,7 @@ impl Served {
                 break line
                     .split("addr=")
                     .nth(1)
-                    .and_then(|rest| rest.trim().parse::<SocketAddr>().ok())
+                    .and_then(|rest| rest.split_whitespace().next()?.parse::<SocketAddr>().ok())
                     .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
             }
         };
@@ -253,6 +253,83 @@ async fn serve_reloads_on_sighup_and_stops_cleanly_on_sigterm() {
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
+    );
+}
+
+/// `workers = 3`: thread-per-core. Three worker threads (named, so an
+/// operator sees them in `top -H`), each with a listener of its own, serve
+/// every connection; the admin API answers from the control thread; SIGTERM
+/// drains them all and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_workers_runs_a_thread_per_worker_and_drains_them_all() {
+    let up = Upstream::start("u").await;
+    let path = write_config(
+        "workers.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 3\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [access_log]\nenabled = false\n[clusters.c]\nendpoints = [\"{}\"]\n\
+             [[routes]]\nname = \"r\"\ncluster = \"c\"\n",
+            up.addr
+        ),
+    );
+    let mut cmd = wasmgate_tests::gateway_command(BIN);
+    cmd.args(["serve", "--config"]).arg(&path);
+    let mut gw = Served::spawn_until(cmd, "admin listening");
+    let admin = gw.addr;
+    let line = tokio::task::block_in_place(|| gw.wait_for("wasmgate listening"));
+    assert!(line.contains("workers=3"), "{line}");
+    let addr: SocketAddr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .expect("the listening line names the address");
+
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", gw.child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect();
+    // `comm` is cut to 15 bytes: "wasmgate-worker-0" reads "wasmgate-worker".
+    assert_eq!(
+        threads
+            .iter()
+            .filter(|t| t.starts_with("wasmgate-worker"))
+            .count(),
+        3,
+        "one thread per worker: {threads:?}"
+    );
+
+    for _ in 0..30 {
+        assert_eq!(get(addr, "/", &[]).await.status, 200);
+    }
+    let metrics = get(admin, "/metrics", &[("host", "localhost")]).await;
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    let accepted: Vec<u64> = (0..3)
+        .map(|w| {
+            metrics
+                .body
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!(
+                        "wasmgate_worker_connections_total{{worker=\"{w}\"}}"
+                    ))
+                })
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(accepted.iter().sum::<u64>(), 30, "{accepted:?}");
+    assert!(
+        accepted.iter().filter(|&&n| n > 0).count() >= 2,
+        "the connections were spread over the workers' listeners: {accepted:?}"
+    );
+
+    gw.signal("-TERM");
+    let status = tokio::task::block_in_place(|| gw.wait_exit());
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no worker accepts any longer"
     );
 }
 

@@ -34,6 +34,7 @@ mod transcode;
 mod translation;
 mod upstream_health;
 mod watch;
+mod workers;
 
 use wasmgate_tests::artifacts;
 

@@ -34,6 +34,9 @@ pub struct Gateway {
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     inherited: Inherited,
+    /// The worker runtimes that accept and serve connections
+    /// (thread-per-core); none: the runtime `start` runs on.
+    workers: Vec<tokio::runtime::Handle>,
 }
 
 /// Listening sockets handed over by whoever started the process (systemd
@@ -100,6 +103,59 @@ async fn open_listener(
         }
         None => TcpListener::bind(addr).await,
     }
+}
+
+/// The proxy's listening sockets, one per accept loop (`n`).
+///
+/// An inherited socket is shared: every loop accepts from its own
+/// descriptor of it, so a process started beside this one on the same
+/// socket (a zero-downtime restart) still takes over all of its queue.
+/// Otherwise each loop gets a socket of its own bound with `SO_REUSEPORT`
+/// to the same address, and the kernel spreads new connections over them
+/// (the first binds, so port 0 picks one port for all). Only a process of
+/// the same user can join a `SO_REUSEPORT` group on Linux.
+fn open_proxy_listeners(
+    inherited: Option<std::net::TcpListener>,
+    addr: SocketAddr,
+    n: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let n = n.max(1);
+    if let Some(l) = inherited {
+        tracing::info!(
+            addr = %l.local_addr()?,
+            "proxy: using the inherited socket (its listen setting is not used)"
+        );
+        let mut all = Vec::with_capacity(n);
+        for _ in 1..n {
+            all.push(l.try_clone()?);
+        }
+        all.push(l);
+        return Ok(all);
+    }
+    let bind = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        // As tokio's own bind: a restart need not wait out TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        if n > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        Ok(socket.into())
+    };
+    let first = bind(addr)?;
+    // Port 0 took a port: the others join that one.
+    let addr = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(bind(addr)?);
+    }
+    Ok(all)
 }
 
 impl Gateway {
@@ -233,6 +289,7 @@ impl Gateway {
                     live: Arc::new(live),
                     metrics,
                     inherited: Inherited::default(),
+                    workers: Vec::new(),
                 })
             }
             Ok(_) => Err(fail(errors)),
@@ -246,6 +303,15 @@ impl Gateway {
     /// Serves on these sockets instead of binding the configured addresses.
     pub fn with_inherited(mut self, inherited: Inherited) -> Gateway {
         self.inherited = inherited;
+        self
+    }
+
+    /// Accepts and serves connections on these worker runtimes, each on a
+    /// listener of its own (thread-per-core, see
+    /// [`wasmgate_proxy::workers`]), instead of the runtime `start` is
+    /// called on (which keeps the admin API, reloads and health checks).
+    pub fn with_workers(mut self, workers: Vec<tokio::runtime::Handle>) -> Gateway {
+        self.workers = workers;
         self
     }
 
@@ -267,13 +333,12 @@ impl Gateway {
     /// Binds the configured listen address and serves until `shutdown` flips
     /// to true; then stops accepting and lets open requests finish.
     pub async fn start(mut self) -> std::io::Result<RunningGateway> {
-        let listener = open_listener(
+        let listeners = open_proxy_listeners(
             self.inherited.proxy.take(),
             self.config.server.listen,
-            "proxy",
-        )
-        .await?;
-        let addr = listener.local_addr()?;
+            self.workers.len(),
+        )?;
+        let addr = listeners[0].local_addr()?;
         let (tx, rx) = watch::channel(false);
         // The admin listener outlives the drain, so `/ready` can say so.
         let (admin_tx, admin_rx) = watch::channel(false);
@@ -334,14 +399,31 @@ impl Gateway {
             drain_timeout: self.config.server.drain_timeout,
             overload: deps.overload.clone(),
         };
+        let acceptors = match self.workers.len() {
+            0 => listeners
+                .into_iter()
+                .map(|listener| server::Acceptor {
+                    listener,
+                    worker: None,
+                })
+                .collect(),
+            _ => listeners
+                .into_iter()
+                .zip(self.workers.iter().cloned().enumerate())
+                .map(|(listener, worker)| server::Acceptor {
+                    listener,
+                    worker: Some(worker),
+                })
+                .collect(),
+        };
         let task = tokio::spawn(server::serve(
-            listener,
+            acceptors,
             live.current().clone(),
             metrics,
             options,
             rx,
         ));
-        tracing::info!(%addr, "wasmgate listening");
+        tracing::info!(%addr, workers = self.workers.len().max(1), "wasmgate listening");
         Ok(RunningGateway {
             live,
             addr,

@@ -114,6 +114,14 @@ pub struct ConnErrorLabels {
     pub kind: &'static str,
 }
 
+/// A worker thread (thread-per-core).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[cfg_attr(test, derive(Default))]
+pub struct WorkerLabels {
+    /// The worker's index, from 0.
+    pub worker: u32,
+}
+
 /// A filter's calls on one route.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 #[cfg_attr(test, derive(Default))]
@@ -294,6 +302,8 @@ metric_tables! {
             "Open client connections";
         connections: counter => "connections",
             "Client connections accepted";
+        worker_connections: counter[WorkerLabels] => "worker_connections",
+            "Client connections accepted by each worker thread (with server.workers above 1: thread-per-core)";
         active_requests: gauge => "active_requests",
             "Requests in flight on client connections, from the request head until the response body is finished";
         drain_cutoff_requests: counter => "drain_cutoff_requests",

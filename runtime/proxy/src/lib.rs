@@ -32,3 +32,4 @@ pub mod server;
 pub mod tls;
 pub mod translation;
 pub mod upstream;
+pub mod workers;

@@ -35,7 +35,7 @@ use crate::proxy::{ConnHold, ConnInfo, Current};
 use crate::proxy_protocol::{self, Prefixed};
 use crate::tls::TlsTerminator;
 use wasmgate_config::LimitsConfig;
-use wasmgate_metrics::{ConnErrorLabels, Metrics};
+use wasmgate_metrics::{ConnErrorLabels, Metrics, WorkerLabels};
 
 /// How long cut connections get to wind down after the drain deadline
 /// (dropping a connection's task is immediate; this only bounds the wait
@@ -111,15 +111,31 @@ struct Shared {
     options: ListenerOptions,
 }
 
-/// Accepts connections until `shutdown` becomes true, then drains.
+/// A listening socket and the worker runtime that accepts on it.
+#[derive(Debug)]
+pub struct Acceptor {
+    /// The socket (made non-blocking here).
+    pub listener: std::net::TcpListener,
+    /// The worker thread's runtime that accepts on it and serves what it
+    /// accepts (thread-per-core); `None`: the runtime `serve` runs on.
+    pub worker: Option<(usize, tokio::runtime::Handle)>,
+}
+
+/// Accepts connections on every acceptor until `shutdown` becomes true,
+/// then drains them all.
+///
+/// All acceptors share one `max_connections` (a semaphore: a worker waits
+/// for a slot another worker's connection frees only at the limit) and one
+/// drain: the drain deadline is counted from the shutdown, for every
+/// worker's connections alike.
 pub async fn serve(
-    listener: TcpListener,
+    acceptors: Vec<Acceptor>,
     current: Arc<Current>,
     metrics: Arc<Metrics>,
     options: ListenerOptions,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    // At most `max_connections` open: past it the loop stops accepting and
+    // At most `max_connections` open: past it the loops stop accepting and
     // new connections wait in the kernel's backlog. Each connection holds a
     // permit; all permits back means all connections closed.
     let max = options.limits.max_connections;
@@ -134,6 +150,86 @@ pub async fn serve(
         metrics,
         http: http_builder(&options.limits),
         options,
+    });
+    let mut loops = Vec::with_capacity(acceptors.len());
+    for Acceptor { listener, worker } in acceptors {
+        let accept = accept_loop(
+            listener,
+            worker.as_ref().map(|(i, _)| *i),
+            shared.clone(),
+            slots.clone(),
+            shutdown.clone(),
+            cut_rx.clone(),
+        );
+        loops.push(match worker {
+            Some((_, handle)) => handle.spawn(accept),
+            None => tokio::spawn(accept),
+        });
+    }
+    // Every loop ends at the shutdown (its listener closed); the drain is
+    // then waited for here, over all of them.
+    for l in loops {
+        if let Err(e) = l.await {
+            tracing::error!("an accept loop ended abnormally: {e}");
+        }
+    }
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    tokio::select! {
+        _ = slots.acquire_many(all) => {
+            tracing::info!("drained: all connections closed");
+            return;
+        }
+        () = tokio::time::sleep(drain_timeout) => {}
+    }
+    // The deadline passed: count what is cut off, then cut it.
+    let metrics = &shared.metrics;
+    let requests = u64::try_from(metrics.active_requests.get()).unwrap_or(0);
+    let connections = max.saturating_sub(slots.available_permits()) as u64;
+    metrics.drain_cutoff_requests.inc_by(requests);
+    metrics.drain_cutoff_connections.inc_by(connections);
+    tracing::warn!(
+        requests,
+        connections,
+        "drain deadline ({drain_timeout:?}) passed: cutting off {requests} requests in flight \
+         on {connections} open connections"
+    );
+    let _ = cut.send(true);
+    if tokio::time::timeout(CUT_GRACE, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::debug!("some connections were still closing when the drain ended");
+    }
+}
+
+/// One listener's accept loop, on the runtime that serves what it accepts:
+/// runs until the shutdown, then closes the listener.
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    worker: Option<usize>,
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+    cut_rx: watch::Receiver<bool>,
+) {
+    // Registered with this runtime's reactor, so made here.
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(?worker, "cannot accept on the listener: {e}");
+            return;
+        }
+    };
+    let accepted_here = worker.map(|w| {
+        shared
+            .metrics
+            .worker_connections
+            .get_or_create_owned(&WorkerLabels {
+                worker: u32::try_from(w).unwrap_or(u32::MAX),
+            })
     });
     loop {
         // Shutdown first (`biased`): once it is asked for, not one more
@@ -185,7 +281,10 @@ pub async fn serve(
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                                shared.metrics.connections.inc();
+                shared.metrics.connections.inc();
+                if let Some(c) = &accepted_here {
+                    c.inc();
+                }
                 let active = Open::new(&shared.metrics.active_connections);
                 let (shared, shutdown) = (shared.clone(), shutdown.clone());
                 let mut cut = cut_rx.clone();
@@ -200,40 +299,12 @@ pub async fn serve(
                         () = connection(&shared, stream, peer, shutdown, hold) => {}
                         // Already counted by the drain.
                         _ = cut.wait_for(|cut| *cut) => {
-                                                        tracing::debug!(%peer, "drain deadline: connection cut");
+                            tracing::debug!(%peer, "drain deadline: connection cut");
                         }
                     }
                 });
             }
         }
-    }
-    drop(listener);
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
-    tokio::select! {
-        _ = slots.acquire_many(all) => {
-            tracing::info!("drained: all connections closed");
-            return;
-        }
-        () = tokio::time::sleep(drain_timeout) => {}
-    }
-    // The deadline passed: count what is cut off, then cut it.
-    let metrics = &shared.metrics;
-    let requests = u64::try_from(metrics.active_requests.get()).unwrap_or(0);
-    let connections = max.saturating_sub(slots.available_permits()) as u64;
-    metrics.drain_cutoff_requests.inc_by(requests);
-    metrics.drain_cutoff_connections.inc_by(connections);
-    tracing::warn!(
-        requests,
-        connections,
-        "drain deadline ({drain_timeout:?}) passed: cutting off {requests} requests in flight \
-         on {connections} open connections"
-    );
-    let _ = cut.send(true);
-    if tokio::time::timeout(CUT_GRACE, slots.acquire_many(all))
-        .await
-        .is_err()
-    {
-        tracing::debug!("some connections were still closing when the drain ended");
     }
 }
 

@@ -186,17 +186,41 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // One worker: a current-thread runtime (no work-stealing machinery, no
-    // cross-thread wake-ups). Several: the multi-threaded scheduler.
-    let mut builder = if config.server.workers == Some(1) {
+    // Several workers (the default: one per CPU), when serving:
+    // thread-per-core, one current-thread runtime per worker, each
+    // accepting on a listener of its own, and a current-thread runtime on
+    // this thread for the control plane (admin API, reloads, health
+    // checks). Started before the gateway is built, whose upstream pools
+    // are sized by them. One worker: a current-thread runtime serves
+    // everything (no cross-thread wake-up either). `check`: a small
+    // multi-threaded runtime.
+    let workers = config.server.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let serving = matches!(cli.command, Command::Serve { .. });
+    let pool = if serving && workers > 1 {
+        match wasmgate_proxy::workers::Workers::start(workers) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("error: cannot start {workers} worker threads: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let mut builder = if serving {
         tokio::runtime::Builder::new_current_thread()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers.clamp(1, 4));
+        b
     };
-    builder.enable_all().thread_name("wasmgate-worker");
-    if let Some(n) = config.server.workers.filter(|&n| n > 1) {
-        builder.worker_threads(n);
-    }
+    builder.enable_all().thread_name(if pool.is_some() {
+        "wasmgate-control"
+    } else {
+        "wasmgate-worker"
+    });
     let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -204,13 +228,20 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let handles = pool
+        .as_ref()
+        .map(|p| p.handles().to_vec())
+        .unwrap_or_default();
+    let code = runtime.block_on(async {
         match cli.command {
             Command::Check { .. } => check(&path, config).await,
-            Command::Serve { .. } => serve(&path, config, inherited).await,
+            Command::Serve { .. } => serve(&path, config, inherited, handles).await,
             Command::Filter { .. } => unreachable!("answered above"),
         }
-    })
+    });
+    // After the drain: what is left on the workers is dropped with them.
+    drop(pool);
+    code
 }
 
 /// `wasmgate filter …`, on a runtime of its own.
@@ -357,6 +388,7 @@ async fn serve(
     path: &std::path::Path,
     config: Config,
     inherited: crate::gateway::Inherited,
+    workers: Vec<tokio::runtime::Handle>,
 ) -> ExitCode {
     let built = if inherited.proxy.is_some() {
         Gateway::build_taking_over(config).await
@@ -364,7 +396,7 @@ async fn serve(
         Gateway::build(config).await
     };
     let gateway = match built {
-        Ok(g) => g.with_inherited(inherited),
+        Ok(g) => g.with_inherited(inherited).with_workers(workers),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;

@@ -23,7 +23,7 @@ pub use wasmgate_metrics as metrics;
 
 pub use wasmgate_proxy::{
     access_log, body, canary, chain, error, forwarding, idle, normalize, outbound, overload, proxy,
-    proxy_protocol, router, server, tls, upstream,
+    proxy_protocol, router, server, tls, upstream, workers,
 };
 
 pub use wasmgate_control::{admin, gateway, live, store, watch};

@@ -46,8 +46,11 @@ pub struct Endpoint {
     pub origin: Arc<str>,
     /// Relative share of the traffic.
     pub weight: u32,
-    /// Its connections.
-    pub pool: Arc<super::pool::ConnPool>,
+    /// Its connections: one pool per worker thread (thread-per-core, see
+    /// [`crate::workers`]), and the last for threads that are not workers
+    /// (the control plane's health checks, or every request when one
+    /// runtime serves them all). Each is made when first used.
+    pools: Box<[std::sync::OnceLock<Arc<super::pool::ConnPool>>]>,
     active: AtomicUsize,
     /// Set by active health checks; true until a check says otherwise.
     checked_healthy: AtomicBool,
@@ -90,7 +93,9 @@ impl Endpoint {
             authority,
             origin,
             weight: weight.max(1),
-            pool: Arc::default(),
+            pools: (0..=crate::workers::count())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
             active: AtomicUsize::new(0),
             checked_healthy: AtomicBool::new(true),
             check_streak: AtomicU32::new(0),
@@ -100,6 +105,24 @@ impl Endpoint {
             ejected_at: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
         }
+    }
+
+    /// The connections of this thread's worker (of the thread that is not
+    /// a worker, on others): a connection's task runs on the thread that
+    /// opened it, so a request never hands work to another thread.
+    pub fn pool(&self) -> &Arc<super::pool::ConnPool> {
+        let last = self.pools.len() - 1;
+        let i = crate::workers::current().map_or(last, |w| w.min(last));
+        self.pools[i].get_or_init(Arc::default)
+    }
+
+    /// Idle HTTP/1.1 connections to it, per pool (workers in order, then
+    /// the one for other threads; 0 for a pool never used).
+    pub fn idle_connections(&self) -> Vec<usize> {
+        self.pools
+            .iter()
+            .map(|p| p.get().map_or(0, |p| p.idle()))
+            .collect()
     }
 
     /// Requests in flight to it.

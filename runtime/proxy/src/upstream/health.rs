@@ -84,7 +84,7 @@ async fn probe(cluster: &Cluster, e: &Endpoint, check: &HealthCheck) -> bool {
                 else {
                     return false;
                 };
-                match cluster.client().send(&e.pool, &e.authority, req).await {
+                match cluster.client().send(e.pool(), &e.authority, req).await {
                     Ok((resp, _connection)) => {
                         let s = resp.status();
                         s.is_success() || s.is_redirection()

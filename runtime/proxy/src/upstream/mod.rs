@@ -417,7 +417,7 @@ impl Cluster {
                     Request::from_parts(p, b)
                 }
             };
-            let sent = self.client.send(&endpoint.pool, &endpoint.authority, req);
+            let sent = self.client.send(endpoint.pool(), &endpoint.authority, req);
             let result = match policy.per_try_timeout {
                 Some(t) => match tokio::time::timeout(t, sent).await {
                     Ok(r) => r.map_err(TryError::Http),
