@@ -3,7 +3,7 @@
 # thread-per-core is judged by (issue 22), since a machine with two CPUs
 # cannot show it as throughput.
 #
-#   bench/wakeups.sh [--workers N] [--connections C] [--duration S]
+#   bench/wakeups.sh [--workers N] [--connections C] [--duration S] [--access-log]
 #
 # Starts an nginx `return 200` upstream and target/release/wasmgate with
 # `workers = N` (default 2) in front of it, both on loopback. wrk sends
@@ -12,7 +12,10 @@
 # hand-off costs a futex call; under a saturating load the threads rarely
 # park and the count hides the hand-offs). `strace -f -c` counts the
 # gateway's futex and epoll_wait calls while wrk runs; the script prints
-# them per request. A current-thread runtime (`workers = 1`) makes none.
+# them per request. A current-thread runtime (`workers = 1`) makes none,
+# and neither should thread-per-core (`workers` above 1). --access-log turns
+# the access log on (to a file in the scratch directory), whose writer
+# thread must not be woken per request either.
 # Needs nginx, wrk and strace, and a release build (`cargo build --release
 # -p wasmgate`). Writes nothing into the repository.
 set -euo pipefail
@@ -22,12 +25,14 @@ REPO="$(cd "$BENCH/.." && pwd)"
 WORKERS=2
 CONNECTIONS=2
 DURATION=4
+ACCESS_LOG=false
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --workers) WORKERS="$2"; shift 2 ;;
         --connections) CONNECTIONS="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --access-log) ACCESS_LOG=true; shift ;;
+        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -67,7 +72,8 @@ cat > "$DIR/gateway.toml" <<EOF
 listen = "127.0.0.1:$GW"
 workers = $WORKERS
 [access_log]
-enabled = false
+enabled = $ACCESS_LOG
+$([[ $ACCESS_LOG == true ]] && echo "path = \"$DIR/access.log\"")
 [clusters.up]
 endpoints = ["127.0.0.1:$UP"]
 [[routes]]
