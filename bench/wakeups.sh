@@ -56,6 +56,7 @@ free_port() {
 }
 UP=$(free_port)
 GW=$(free_port)
+ADMIN=$(free_port)
 cat > "$DIR/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -71,6 +72,8 @@ cat > "$DIR/gateway.toml" <<EOF
 [server]
 listen = "127.0.0.1:$GW"
 workers = $WORKERS
+[admin]
+listen = "127.0.0.1:$ADMIN"
 [access_log]
 enabled = $ACCESS_LOG
 $([[ $ACCESS_LOG == true ]] && echo "path = \"$DIR/access.log\"")
@@ -98,8 +101,10 @@ sleep 0.5
 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$GW/" > "$DIR/wrk.txt"
 kill -INT "$STRACE"
 wait "$STRACE" 2>/dev/null || true
+# Which workers accepted the connections (thread-per-core).
+curl -s "http://127.0.0.1:$ADMIN/metrics" | grep '^wasmgate_worker_connections_total' > "$DIR/workers.txt" || true
 
-python3 - "$DIR/wrk.txt" "$DIR/strace.txt" "$WORKERS" "$CONNECTIONS" <<'EOF'
+python3 - "$DIR/wrk.txt" "$DIR/strace.txt" "$WORKERS" "$CONNECTIONS" "$DIR/workers.txt" <<'EOF'
 import re, sys
 wrk, trace, workers, conns = open(sys.argv[1]).read(), open(sys.argv[2]).read(), sys.argv[3], sys.argv[4]
 m = re.search(r"(\d+) requests in", wrk)
@@ -115,4 +120,8 @@ print(f"workers = {workers}, {conns} connections: {requests} requests while coun
 for name in ("futex", "epoll_wait"):
     n = calls.get(name, 0)
     print(f"  {name:<10} {n:>8} calls, {n / requests:.3f} per request")
+accepted = re.findall(r'worker="(\d+)"\} (\d+)', open(sys.argv[5]).read())
+if accepted:
+    print("  connections accepted per worker (warm-up included): "
+          + ", ".join(f"worker {w}: {n}" for w, n in accepted))
 EOF
