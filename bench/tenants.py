@@ -220,13 +220,13 @@ ATTACKERS = {
 
 
 class Storm:
-    def __init__(self, port: int, host: str) -> None:
+    def __init__(self, port: int, host: str, only: list[str] | None = None) -> None:
         self.port, self.host = port, host
         self.stop_flag = threading.Event()
         self.counts: dict[str, dict[int, int]] = {}
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._attack, args=(name, seq), daemon=True)
-                        for name, seq in ATTACKERS.items()]
+                        for name, seq in ATTACKERS.items() if not only or name in only]
 
     def _attack(self, name: str, seq: list[str]) -> None:
         client = Client(self.port, timeout=15)
@@ -259,10 +259,10 @@ class Storm:
 
 
 def gateway_main(port: int, admin: int | None, extra_quotas: str, cache: Path,
-                 workers: int = 2, max_instances: int = 64) -> str:
+                 workers: int = 2, max_instances: int = 64, engine: str = "") -> str:
     lines = ["[server]", f'listen = "{HOST}:{port}"', f"workers = {workers}", "",
              "[access_log]", "enabled = false", "",
-             "[engine]", f"max_instances = {max_instances}", f'cache_dir = "{cache}"', ""]
+             "[engine]", f"max_instances = {max_instances}", f'cache_dir = "{cache}"', engine, ""]
     if admin:
         lines += ["[admin]", f'listen = "{HOST}:{admin}"', 'data_dir = "data"', ""]
     lines += ["[tenants]", 'dir = "tenants"', 'allow = ["127.0.0.1/32"]',
@@ -321,10 +321,13 @@ def mode_n(args, wasmgate: Path, filters: Path, wrk: str, nginx: str) -> str:
             B.wait_listening(up, up_port)
             slow = SlowService(slow_port, delay=0.2)
             for variant, (_, quotas) in VARIANTS.items():
+                if args.variants and variant not in args.variants:
+                    continue
                 d = workdir / variant
                 (d / "tenants").mkdir(parents=True)
                 port = B.free_ports(1)[0]
-                (d / "gateway.toml").write_text(gateway_main(port, None, quotas, workdir / "cache"))
+                (d / "gateway.toml").write_text(
+                    gateway_main(port, None, quotas, workdir / "cache", engine=args.engine))
                 for t in ("good", "bad"):
                     (d / "tenants" / f"{t}.toml").write_text(
                         fault_tenant(f"{t}.bench", up_port, slow_port, fault))
@@ -339,7 +342,7 @@ def mode_n(args, wasmgate: Path, filters: Path, wrk: str, nginx: str) -> str:
                 run_wrk(wrk, port, "good.bench", args.warmup, 16, d, "warmup")
                 for r in range(args.rounds):
                     alone = run_wrk(wrk, port, "good.bench", args.duration, 16, d, f"alone-{r}")
-                    storm = Storm(port, "bad.bench")
+                    storm = Storm(port, "bad.bench", args.attackers)
                     storm.start()
                     time.sleep(1.0)
                     during = run_wrk(wrk, port, "good.bench", args.duration, 16, d, f"storm-{r}")
@@ -379,6 +382,8 @@ def report_n(args, results: dict[str, list[dict]], attackers) -> str:
             "|---|---|---:|---:|---:|---:|---:|"]
     verdicts = []
     for variant, (label, _) in VARIANTS.items():
+        if f"{variant}/alone" not in results:
+            continue
         alone, storm = results[f"{variant}/alone"], results[f"{variant}/storm"]
         for phase, samples in (("alone", alone), ("during the storm", storm)):
             ratio = med(samples, "p99_us") / med(alone, "p99_us")
@@ -685,6 +690,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--duration", type=float, default=None)
     ap.add_argument("--warmup", type=float, default=None)
     ap.add_argument("--tenants", type=int, default=None, help="mode M (default 1000; quick 50)")
+    ap.add_argument("--attackers", type=lambda v: v.split(","), default=None,
+                    help="mode N: only these attackers (comma-separated; for profiling)")
+    ap.add_argument("--variants", type=lambda v: v.split(","), default=None,
+                    help="mode N: only these gateways (" + ", ".join(VARIANTS) + ")")
+    ap.add_argument("--engine", default="",
+                    help="mode N: extra [engine] lines, e.g. 'epoch_tick = \"1ms\"'")
     ap.add_argument("--wasmgate", type=Path, default=REPO / "target/release/wasmgate")
     ap.add_argument("--filters", type=Path,
                     default=REPO / "target/filters/wasm32-wasip2/release")
@@ -702,6 +713,8 @@ def main(argv: list[str]) -> int:
             raise B.BenchError(f"{p} is missing: cargo build --release -p wasmgate --workspace")
     text = (mode_n if args.mode == "N" else mode_m)(args, args.wasmgate, args.filters, wrk, nginx)
     print(text)
+    if args.attackers or args.variants or args.engine:
+        args.quick = True  # a partial run is for profiling, not for BENCHMARKS.md
     if not args.quick:
         write_section(args.mode, text)
         print("written to BENCHMARKS.md")
