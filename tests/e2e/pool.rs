@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use wasmgate_tests::{Upstream, artifacts, get, start_gateway};
+use wasmgate_tests::{Upstream, artifacts, get, metric, start_gateway, within};
 
 /// One route `r` (and a second route `other` on `/other` with another tag)
 /// through filter `pooled` = the fault filter with `settings`.
@@ -134,6 +134,44 @@ async fn an_instance_whose_memory_grew_past_the_bound_is_replaced() {
     let (next, calls) = last_instance(&up);
     assert_ne!(next, grown);
     assert_eq!(calls, 1);
+    gw.shutdown().await;
+}
+
+/// An instance discarded with more than 4 MiB of memory is freed on the
+/// reaper thread, not on the worker that ran the call (its slot reset is
+/// milliseconds of `madvise` for a large guest), and its pool's permit comes
+/// back only once it is freed: a pool of one serves again on a new instance.
+#[tokio::test]
+async fn a_large_discarded_instance_is_freed_off_the_worker_and_its_slot_returns() {
+    let up = Upstream::start("u").await;
+    let gw = start_gateway(&config(&up, "pool_size = 1\nrecycle_memory = \"4MiB\"")).await;
+    let reaped = |gw: &wasmgate_tests::RunningGateway| {
+        metric(
+            &gw.metrics_text(),
+            "wasmgate_filter_instances_reaped_total{tenant=\"default\",filter=\"pooled\",route=\"r\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    // A small instance, discarded after a trap, is freed in place.
+    let r = get(gw.addr(), "/", &[("x-fault", "trap")]).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(reaped(&gw), 0.0, "a small instance is freed where it ran");
+    // This call keeps 8 MiB alive: past recycle_memory, it is discarded.
+    let r = get(gw.addr(), "/", &[("x-fault", "grow")]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (grown, _) = last_instance(&up);
+    within("the reaper to free the grown instance", async {
+        while reaped(&gw) < 1.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let r = get(gw.addr(), "/", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (next, calls) = last_instance(&up);
+    assert_ne!(next, grown);
+    assert_eq!(calls, 1);
+    assert_eq!(reaped(&gw), 1.0);
     gw.shutdown().await;
 }
 

@@ -22,6 +22,7 @@ pub mod inspect;
 pub mod limits;
 mod pool;
 pub mod quota;
+mod reap;
 pub mod services;
 
 use std::sync::Arc;

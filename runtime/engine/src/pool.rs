@@ -36,6 +36,7 @@ struct PoolMetrics {
     duration: prometheus_client::metrics::histogram::Histogram,
     created: prometheus_client::metrics::counter::Counter,
     discarded: prometheus_client::metrics::counter::Counter,
+    reaped: prometheus_client::metrics::counter::Counter,
     quarantined: prometheus_client::metrics::counter::Counter,
 }
 
@@ -62,6 +63,10 @@ impl PoolMetrics {
             .filter_instances_discarded
             .get_or_create(&labels)
             .clone();
+        let reaped = metrics
+            .filter_instances_reaped
+            .get_or_create(&labels)
+            .clone();
         let quarantined = metrics.filter_quarantines.get_or_create(&labels).clone();
         PoolMetrics {
             metrics,
@@ -70,6 +75,7 @@ impl PoolMetrics {
             duration,
             created,
             discarded,
+            reaped,
             quarantined,
         }
     }
@@ -266,7 +272,9 @@ pub struct InstancePool {
     /// to make room for another of the tenant's pools (`filter_instances`),
     /// and drops those idle too long.
     idle: Arc<ArrayQueue<FilterInstance>>,
-    permits: Semaphore,
+    /// In an `Arc` so that an instance freed on the reaper thread can give
+    /// its permit back from there (`reap::free`).
+    permits: Arc<Semaphore>,
     created: AtomicU64,
     discarded: AtomicU64,
     exhausted: AtomicU64,
@@ -306,7 +314,7 @@ impl InstancePool {
             config,
             policy,
             idle,
-            permits: Semaphore::new(size),
+            permits: Arc::new(Semaphore::new(size)),
             created: AtomicU64::new(0),
             discarded: AtomicU64::new(0),
             exhausted: AtomicU64::new(0),
@@ -482,11 +490,12 @@ impl InstancePool {
 
 /// An instance borrowed for one call. Returned to the pool when dropped if the
 /// call succeeded and the instance is still within its policy; otherwise
-/// discarded (its store and pooling slot are freed).
+/// discarded (its store and pooling slot are freed: a large one on the
+/// reaper thread, which gives the permit back once it is).
 struct Lease<'a> {
     pool: &'a InstancePool,
     instance: Option<FilterInstance>,
-    _permit: tokio::sync::SemaphorePermit<'a>,
+    permit: Option<tokio::sync::SemaphorePermit<'a>>,
     healthy: bool,
 }
 
@@ -499,7 +508,7 @@ impl<'a> Lease<'a> {
         Lease {
             pool,
             instance: Some(instance),
-            _permit: permit,
+            permit: Some(permit),
             healthy: false,
         }
     }
@@ -527,12 +536,28 @@ impl Drop for Lease<'_> {
             && instance.memory_bytes() <= policy.recycle_above;
         let mut instance = instance;
         instance.idle_since = std::time::Instant::now();
-        if !keep || self.pool.idle.push(instance).is_err() {
+        let dead = if keep {
+            self.pool.idle.push(instance).err()
+        } else {
+            Some(instance)
+        };
+        if let Some(dead) = dead {
             self.pool.discarded.fetch_add(1, Ordering::Relaxed);
             self.pool.metrics.discarded.inc();
+            if dead.memory_bytes() > crate::reap::REAP_ABOVE
+                && let Some(permit) = self.permit.take()
+            {
+                permit.forget();
+                crate::reap::free(
+                    dead,
+                    self.pool.permits.clone(),
+                    self.pool.metrics.reaped.clone(),
+                );
+            }
         }
-        // The permit is released after the instance is back in the queue, so a
-        // waiter always finds it.
+        // The permit is released after the instance is back in the queue (or
+        // freed), so a waiter always finds it.
+        drop(self.permit.take());
     }
 }
 

@@ -337,6 +337,8 @@ metric_tables! {
             "Filter instances created";
         filter_instances_discarded: counter[FilterLabels] => "filter_instances_discarded",
             "Filter instances discarded (failure, max_uses, memory, fresh mode)";
+        filter_instances_reaped: counter[FilterLabels] => "filter_instances_reaped",
+            "Discarded filter instances with more than 4 MiB of memory, freed on the reaper thread instead of a worker";
         /// Sampled at scrape.
         filter_instances_idle: gauge[FilterLabels] => "filter_instances_idle",
             "Idle filter instances in each pool";
@@ -726,6 +728,7 @@ impl Metrics {
                 self.filter_duration.remove(&labels);
                 self.filter_instances_created.remove(&labels);
                 self.filter_instances_discarded.remove(&labels);
+                self.filter_instances_reaped.remove(&labels);
                 self.filter_instances_idle.remove(&labels);
                 self.filter_quarantines.remove(&labels);
                 self.filter_fail_open.remove(&labels);
