@@ -32,6 +32,7 @@ mod tenants;
 mod tls;
 mod transcode;
 mod translation;
+mod upstream_faults;
 mod upstream_health;
 mod watch;
 mod workers;

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub use wasmgate::RunningGateway;
 use wasmgate::config::Config;
 
+pub mod middlebox;
 pub mod pki;
 
 /// Paths of the WASM guests that `build.rs` compiled.
