@@ -187,6 +187,43 @@ async fn a_slow_request_head_is_cut_off() {
     gw.shutdown().await;
 }
 
+/// A client that stops reading a large answer (the slow-read attack) is cut
+/// off once the gateway's writes have waited `send_timeout`; its upstream
+/// request ends with it, and another client is served meanwhile and after.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_at_the_send_timeout() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(&up, "send_timeout = \"300ms\"").await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    // 64 MiB: far more than the sockets on the way can buffer.
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nx-reply-bytes: 67108864\r\n\r\n")
+        .await
+        .unwrap();
+    let stalled = "wasmgate_connection_errors_total{kind=\"send_timeout\"}";
+    wasmgate_tests::within("the stalled connection to be cut off", async {
+        while metric(&gw.metrics_text(), stalled).unwrap_or(0.0) < 1.0 {
+            // Served while the slow reader waits.
+            assert_eq!(get(gw.addr(), "/", &[]).await.status, 200);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The client, reading now, gets the start of the answer and then the
+    // end of the connection, well short of 64 MiB.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert!(got.len() < 64 << 20, "{} bytes", got.len());
+    assert_eq!(
+        metric(&gw.metrics_text(), "wasmgate_active_requests"),
+        Some(0.0),
+        "nothing of the cut-off request is left in flight"
+    );
+    assert_eq!(get(gw.addr(), "/", &[]).await.status, 200);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_request_that_takes_too_long_is_504() {
     let up = Upstream::start("u").await;

@@ -19,6 +19,7 @@ pub(crate) struct RawLimits {
     h2_max_concurrent_streams: Option<u32>,
     idle_timeout: Option<HumanDuration>,
     tunnel_idle_timeout: Option<HumanDuration>,
+    send_timeout: Option<HumanDuration>,
     max_buffered_body: Option<HumanSize>,
 }
 
@@ -45,6 +46,9 @@ pub struct LimitsConfig {
     /// An upgraded connection (WebSocket) with no bytes either way for this
     /// long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// A client connection whose writes stay blocked this long (the client
+    /// reads nothing: a slow reader) is closed.
+    pub send_timeout: Duration,
     /// Largest body buffered for filters that ask for one (413 for requests,
     /// 502 for responses past it).
     pub max_buffered_body: usize,
@@ -62,6 +66,7 @@ impl Default for LimitsConfig {
             h2_max_concurrent_streams: 100,
             idle_timeout: Duration::from_secs(60),
             tunnel_idle_timeout: Duration::from_secs(300),
+            send_timeout: Duration::from_secs(60),
             max_buffered_body: 1 << 20,
         }
     }
@@ -103,6 +108,11 @@ pub(crate) fn validate(rl: RawLimits, errors: &mut Vec<ConfigError>) -> LimitsCo
             "limits.tunnel_idle_timeout",
             rl.tunnel_idle_timeout,
             &mut limits.tunnel_idle_timeout,
+        ),
+        (
+            "limits.send_timeout",
+            rl.send_timeout,
+            &mut limits.send_timeout,
         ),
     ] {
         if let Some(HumanDuration(d)) = given {
@@ -182,7 +192,7 @@ mod tests {
             "header_read_timeout = \"2s\"\nrequest_timeout = \"3s\"\nmax_header_count = 7\n\
              max_header_size = \"8KiB\"\nmax_request_body = \"1KiB\"\nmax_connections = 5\n\
              h2_max_concurrent_streams = 6\nidle_timeout = \"4s\"\ntunnel_idle_timeout = \"9s\"\n\
-             max_buffered_body = 10\n",
+             send_timeout = \"5s\"\nmax_buffered_body = 10\n",
         );
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(l.header_read_timeout, Duration::from_secs(2));
@@ -194,18 +204,20 @@ mod tests {
         assert_eq!(l.h2_max_concurrent_streams, 6);
         assert_eq!(l.idle_timeout, Duration::from_secs(4));
         assert_eq!(l.tunnel_idle_timeout, Duration::from_secs(9));
+        assert_eq!(l.send_timeout, Duration::from_secs(5));
         assert_eq!(l.max_buffered_body, 10);
         let listener = l.listener();
         assert_eq!(listener.request_timeout, Duration::ZERO);
         assert_eq!(listener.max_request_body, 0);
         assert_eq!(listener.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(listener.send_timeout, Duration::from_secs(5));
     }
 
     #[test]
     fn out_of_range_values_are_refused() {
         let (_, errors) = check(
             "header_read_timeout = \"0s\"\nidle_timeout = \"0s\"\ntunnel_idle_timeout = \"0s\"\n\
-             request_timeout = \"0s\"\nmax_header_count = 0\nmax_header_size = 100\n\
+             send_timeout = \"0s\"\nrequest_timeout = \"0s\"\nmax_header_count = 0\nmax_header_size = 100\n\
              max_connections = 0\nh2_max_concurrent_streams = 0\n",
         );
         let got: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -215,6 +227,7 @@ mod tests {
                 "limits.header_read_timeout: must be more than 0",
                 "limits.idle_timeout: must be more than 0",
                 "limits.tunnel_idle_timeout: must be more than 0",
+                "limits.send_timeout: must be more than 0",
                 "limits.request_timeout: must be more than 0",
                 "limits.max_header_count: must be between 1 and 10000, got 0",
                 "limits.max_header_size: must be between 8KiB and 16MiB, got 100 bytes",

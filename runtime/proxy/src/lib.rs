@@ -29,6 +29,7 @@ pub mod response_cache;
 pub mod route;
 pub mod router;
 pub mod server;
+pub mod stall;
 pub mod tls;
 pub mod translation;
 pub mod upstream;

@@ -33,6 +33,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::idle::{Activity, Tracked};
 use crate::proxy::{ConnHold, ConnInfo, Current};
 use crate::proxy_protocol::{self, Prefixed};
+use crate::stall::{SendTimeout, is_send_stalled};
 use crate::tls::TlsTerminator;
 use wasmgate_config::LimitsConfig;
 use wasmgate_metrics::{ConnErrorLabels, Metrics, WorkerLabels};
@@ -424,9 +425,10 @@ async fn serve_http<S>(
             }
         })
     };
-    let conn = shared
-        .http
-        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = shared.http.serve_connection_with_upgrades(
+        TokioIo::new(SendTimeout::new(stream, shared.options.limits.send_timeout)),
+        service,
+    );
     tokio::pin!(conn);
     let idle_timeout = shared.options.limits.idle_timeout;
     // At shutdown, a connection that has not sent its first request yet (it
@@ -481,6 +483,7 @@ async fn serve_http<S>(
     };
     if let Err(e) = result {
         let kind = match e.downcast_ref::<hyper::Error>() {
+            _ if is_send_stalled(&*e) => "send_timeout",
             Some(h) if h.is_parse_too_large() => "head_too_large",
             Some(h) if h.is_parse() => "parse",
             Some(h) if h.is_timeout() => "header_timeout",
