@@ -46,7 +46,7 @@ pub(crate) struct CallState {
     pub(crate) outbound_used: u32,
     /// The call's time on the thread and its CPU budget (see the epoch
     /// deadline callback in `lib.rs`).
-    pub(crate) meter: std::sync::Arc<crate::quota::CpuMeter>,
+    pub(crate) meter: std::sync::Arc<crate::meter::CpuMeter>,
     /// Whether a refused outbound call was already logged in this call.
     pub(crate) budget_logged: bool,
     /// The budget is what the tenant's `filter_cpu_per_request` left, less

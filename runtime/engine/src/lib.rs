@@ -20,6 +20,7 @@ pub mod exchange;
 mod host;
 pub mod inspect;
 pub mod limits;
+mod meter;
 mod pool;
 pub mod quota;
 mod reap;
@@ -775,7 +776,7 @@ impl FilterModule {
         );
         store.limiter(|s| &mut s.limiter);
         // The deadline is one epoch tick away, and each time it comes the
-        // call's time on the thread (measured by `quota::metered`: time
+        // call's time on the thread (measured by `meter::metered`: time
         // awaiting a host call or waiting to be scheduled again is not
         // counted) is checked against its CPU budget: past it the call is
         // interrupted, otherwise it yields (`Yield`) and its deadline moves
@@ -808,12 +809,12 @@ impl FilterModule {
         let meter = store.data().call.meter.clone();
         let plugin = match &self.pre {
             Pre::V0_2(pre) => {
-                quota::metered(pre.instantiate_async(&mut store), &meter, quota.as_ref())
+                meter::metered(pre.instantiate_async(&mut store), &meter, quota.as_ref())
                     .await
                     .map(Guest::V0_2)
             }
             Pre::V0_1(pre) => {
-                quota::metered(pre.instantiate_async(&mut store), &meter, quota.as_ref())
+                meter::metered(pre.instantiate_async(&mut store), &meter, quota.as_ref())
                     .await
                     .map(Guest::V0_1)
             }
@@ -963,7 +964,7 @@ impl FilterInstance {
                 let call =
                     p.wasmgate_filter_filter()
                         .call_init(&mut self.store, config_json, setup);
-                let called = quota::metered(call, &meter, quota.as_ref()).await;
+                let called = meter::metered(call, &meter, quota.as_ref()).await;
                 if let Some(q) = &quota {
                     q.charge_cpu(meter.used());
                 }
@@ -984,7 +985,7 @@ impl FilterInstance {
                 let call = p
                     .wasmgate_filter_filter()
                     .call_init(&mut self.store, config_json);
-                let called = quota::metered(call, &meter, quota.as_ref()).await;
+                let called = meter::metered(call, &meter, quota.as_ref()).await;
                 if let Some(q) = &quota {
                     q.charge_cpu(meter.used());
                 }
@@ -1060,7 +1061,7 @@ impl FilterInstance {
                 let call = p
                     .wasmgate_filter_filter()
                     .call_on_request(&mut self.store, req);
-                let call = quota::metered(call, &meter, quota.as_ref());
+                let call = meter::metered(call, &meter, quota.as_ref());
                 let called = tokio::time::timeout_at(deadline, call).await;
                 let pending = &mut self.store.data_mut().pending;
                 if let Some(moved) = pending.exchange.take() {
@@ -1083,7 +1084,7 @@ impl FilterInstance {
                 let call = p
                     .wasmgate_filter_filter()
                     .call_on_request(&mut self.store, &req);
-                let call = quota::metered(call, &meter, quota.as_ref());
+                let call = meter::metered(call, &meter, quota.as_ref());
                 match tokio::time::timeout_at(deadline, call).await {
                     Ok(Ok(d)) => Ok(contract_0_1::request_outcome(d, carry)),
                     Ok(Err(e)) => Err(self.classify(e)),
@@ -1121,7 +1122,7 @@ impl FilterInstance {
                 let call = p
                     .wasmgate_filter_filter()
                     .call_on_response(&mut self.store, req, resp);
-                let call = quota::metered(call, &meter, quota.as_ref());
+                let call = meter::metered(call, &meter, quota.as_ref());
                 let called = tokio::time::timeout_at(deadline, call).await;
                 let pending = &mut self.store.data_mut().pending;
                 if let Some(moved) = pending.exchange.take() {
@@ -1142,7 +1143,7 @@ impl FilterInstance {
                     &resp,
                     carry.context.as_deref(),
                 );
-                let call = quota::metered(call, &meter, quota.as_ref());
+                let call = meter::metered(call, &meter, quota.as_ref());
                 match tokio::time::timeout_at(deadline, call).await {
                     Ok(Ok(d)) => Ok(contract_0_1::response_outcome(d)),
                     Ok(Err(e)) => Err(self.classify(e)),
